@@ -1,0 +1,197 @@
+"""Composites: which rule each layer gets.
+
+A composite maps a layer *site* (its kind, module, qualified name and position) to a rule. Precedence, highest
+first: ``name_map`` (qualified module name, exact or glob such as ``"features.*"``) > ``index_map`` / ``first``
+(position among linear-like layers in execution order, 0 = the first one run) > ``layer_map`` (module type, or an
+op kind: ``"linear"``, ``"conv"`` (includes transposed), ``"conv_transpose"``, ``"avg_pool"``) > the default,
+which is the plain gradient (LRP-0 for linear maps). Ops that are not linear-like (activations, sums, products,
+norms) follow the engine's default op rules.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from . import rules
+from .rules import Rule
+
+KINDS = ("linear", "conv", "conv_transpose", "avg_pool")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a linear-like op runs."""
+
+    kind: str  # "linear", "conv", "conv_transpose" or "avg_pool"
+    op: str  # torch function name, e.g. "torch.nn.functional.conv2d"
+    module: torch.nn.Module | None  # innermost module running when the op ran
+    name: str  # its qualified name ("" for the root model)
+    index: int  # position among linear-like ops in execution order; -1 for avg_pool
+
+
+def _matches_kind(key: str, kind: str) -> bool:
+    return key == kind or (key == "conv" and kind == "conv_transpose")
+
+
+class Composite:
+    """Rules by name, position and layer type; see the module docstring for precedence."""
+
+    def __init__(
+        self,
+        layer_map: Mapping[Any, Rule] | None = None,
+        name_map: Mapping[str, Rule] | None = None,
+        index_map: Mapping[int, Rule] | None = None,
+        first: Rule | None = None,
+        default: Rule | None = None,
+    ):
+        self.layer_map = dict(layer_map or {})
+        self.name_map = dict(name_map or {})
+        self.index_map = dict(index_map or {})
+        if first is not None:
+            self.index_map.setdefault(0, first)
+        self.default = default
+        for key in self.layer_map:
+            if isinstance(key, str) and key not in KINDS:
+                raise ValueError(f"unknown layer kind {key!r} in layer_map; use a module type or one of {KINDS}")
+            if not isinstance(key, (str, type)):
+                raise TypeError(f"layer_map keys are module types or kind names, got {key!r}")
+        for mapping in (self.layer_map, self.name_map, self.index_map):
+            for rule in mapping.values():
+                if not isinstance(rule, Rule):
+                    raise TypeError(f"composite maps layers to rules (relprop.rules), got {rule!r}")
+
+    def rule_for(self, site: Site) -> Rule | None:
+        if site.name in self.name_map:
+            return self.name_map[site.name]
+        for pattern, rule in self.name_map.items():
+            if fnmatch.fnmatchcase(site.name, pattern):
+                return rule
+        if site.index in self.index_map and site.kind != "avg_pool":
+            return self.index_map[site.index]
+        for key, rule in self.layer_map.items():
+            if isinstance(key, type):
+                if isinstance(site.module, key):
+                    return rule
+            elif _matches_kind(key, site.kind):
+                return rule
+        return self.default
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(layer_map={self.layer_map}, name_map={self.name_map}, "
+                f"index_map={self.index_map}, default={self.default})")
+
+
+def _extend(own: Mapping | None, base: Mapping) -> dict:
+    merged = dict(own or {})  # user entries first: they take precedence over the composite's own
+    for key, value in base.items():
+        merged.setdefault(key, value)
+    return merged
+
+
+class Epsilon(Composite):
+    """LRP-epsilon on every linear and convolutional layer."""
+
+    def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False, layer_map=None, name_map=None, index_map=None):
+        rule = rules.Epsilon(epsilon, zero_bias=zero_bias)
+        super().__init__(_extend(layer_map, {"linear": rule, "conv": rule}), name_map, index_map)
+
+
+class EpsilonPlus(Composite):
+    """z+ on convolutions, epsilon on dense layers."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
+                 layer_map=None, name_map=None, index_map=None):
+        base = {"conv": rules.ZPlus(stabilizer, zero_bias=zero_bias),
+                "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
+        super().__init__(_extend(layer_map, base), name_map, index_map)
+
+
+class EpsilonPlusFlat(Composite):
+    """EpsilonPlus, with the flat rule on the first linear-like layer."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
+                 layer_map=None, name_map=None, index_map=None):
+        base = {"conv": rules.ZPlus(stabilizer, zero_bias=zero_bias),
+                "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
+        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
+
+
+class EpsilonGammaBox(Composite):
+    """gamma on convolutions, epsilon on dense layers, z^B with input bounds [low, high] on the first layer."""
+
+    def __init__(self, low=-3.0, high=3.0, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
+                 zero_bias: bool = False, layer_map=None, name_map=None, index_map=None):
+        base = {"conv": rules.Gamma(gamma, stabilizer, zero_bias=zero_bias),
+                "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
+        first = {0: rules.ZBox(low, high, stabilizer)}
+        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, first))
+
+
+class EpsilonAlpha2Beta1(Composite):
+    """alpha=2, beta=1 on convolutions, epsilon on dense layers."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
+                 layer_map=None, name_map=None, index_map=None):
+        base = {"conv": rules.AlphaBeta(2.0, 1.0, stabilizer, zero_bias=zero_bias),
+                "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
+        super().__init__(_extend(layer_map, base), name_map, index_map)
+
+
+class EpsilonAlpha2Beta1Flat(Composite):
+    """EpsilonAlpha2Beta1, with the flat rule on the first linear-like layer."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
+                 layer_map=None, name_map=None, index_map=None):
+        base = {"conv": rules.AlphaBeta(2.0, 1.0, stabilizer, zero_bias=zero_bias),
+                "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
+        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
+
+
+_REGISTRY = {
+    "epsilon": Epsilon,
+    "epsilon_plus": EpsilonPlus,
+    "epsilon_plus_flat": EpsilonPlusFlat,
+    "epsilon_gamma_box": EpsilonGammaBox,
+    "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
+    "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
+}
+
+
+def names() -> list[str]:
+    """Names accepted by :func:`get` and by ``composite=`` wherever a composite is taken."""
+    return sorted(_REGISTRY)
+
+
+def register(name: str, factory) -> None:
+    """Make a composite class (or factory) available by name."""
+    _REGISTRY[name] = factory
+
+
+def get(name, **params) -> Composite:
+    """A composite by name with its parameters, e.g. ``get("epsilon_gamma_box", low=0.0, high=1.0)``."""
+    if isinstance(name, Composite):
+        if params:
+            raise ValueError("parameters can only be given with a composite name, not with a Composite object")
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"composite must be a name or a relprop.composites.Composite, got {type(name).__name__}")
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown composite {name!r}; choose one of {', '.join(names())}") from None
+    return factory(**params)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, parameters with defaults, one-line summary) for each registered composite."""
+    import inspect
+
+    rows = []
+    for key in names():
+        factory = _REGISTRY[key]
+        signature = str(inspect.signature(factory)).replace("self, ", "")
+        rows.append((key, signature, (factory.__doc__ or "").strip().splitlines()[0]))
+    return rows

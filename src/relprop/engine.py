@@ -1,0 +1,547 @@
+"""The engine: intercept every torch op while a model runs and route it through its relevance rule.
+
+Scoped, nothing global: a TorchFunctionMode sees each torch function call made inside ``Session.run`` (the ones
+inside ``nn.Conv2d`` as well as ``x + y`` written in ``forward``); module pre/post hooks, installed on the model's
+own modules and removed afterwards (also on errors), keep the stack of running modules so that an op knows which
+module it belongs to. The backward pass then carries g with relevance = tensor * g.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from . import rules
+from .canonizers import MergeBatchNorm
+from .composites import Composite, Site
+from .ops import elementwise, linear, norms, products
+from .ops.table import FAMILIES, QUIET, is_inplace
+
+
+class UnsupportedOperation(RuntimeError):
+    """An op that touches relevance has no rule (raised in strict mode)."""
+
+
+class UnsupportedOpWarning(UserWarning):
+    """An op that touches relevance has no rule; its plain gradient is used."""
+
+
+_CLASSIFIED: dict[Any, tuple[str, str | None]] = {}
+
+
+def classify(func) -> tuple[str, str | None]:
+    """(name, family) of a torch function; family None means no rule is known."""
+    try:
+        return _CLASSIFIED[func]
+    except (KeyError, TypeError):
+        pass
+    name = resolve_name(func) or getattr(func, "__qualname__", None) or repr(func)
+    family = "quiet" if name in QUIET else FAMILIES.get(name)
+    if family is None and name.startswith("torch.Tensor.") and name.endswith(".__get__"):
+        family = "quiet"
+    try:
+        _CLASSIFIED[func] = (name, family)
+    except TypeError:
+        pass
+    return name, family
+
+
+@dataclass
+class Row:
+    """One op in a report: where it ran, its rule, and the relevance that went in and came out of it."""
+
+    index: int
+    op: str
+    module: str
+    rule: str
+    relevance_out: float = 0.0
+    relevance_in: float = 0.0
+    backward_seen: bool = False
+
+
+class Tap(torch.autograd.Function):
+    """Identity that adds the relevance reaching one op input to a report row (report mode only)."""
+
+    @staticmethod
+    def forward(ctx, x, row, direct):
+        ctx.row, ctx.direct = row, direct
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        ctx.row.relevance_in += float((g if ctx.direct else x * g).sum())
+        ctx.row.backward_seen = True
+        return g, None, None
+
+
+@dataclass
+class Producer:
+    """A linear-like op's call, kept on its output so a batch norm reading that output can merge into it."""
+
+    linear_map: linear.LinearMap
+    rule: rules.Rule | None
+    site: Site
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    direct: bool
+
+
+_LINEAR_ARGS = {
+    "linear": ("input", "weight", "bias"),
+    "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "conv_transpose": ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+}
+_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
+
+
+def _bind(names, args, kwargs, defaults=_DEFAULTS) -> dict:
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    for key in names:
+        bound.setdefault(key, defaults.get(key))
+    return bound
+
+
+def _tensors(args, kwargs):
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, torch.Tensor):
+                    yield item
+
+
+class Session:
+    """State of one explanation: which tensors carry relevance, where ops run, what to record and report."""
+
+    def __init__(self, model: torch.nn.Module, composite: Composite, canonizers=(), strict: bool = False,
+                 record=(), report: bool = False, warned: set | None = None):
+        self.model = model
+        self.composite = composite
+        self.strict = strict
+        self.merge_batch_norm = any(isinstance(c, MergeBatchNorm) for c in canonizers)
+        self.token = object()
+        self.names = {id(module): name for name, module in model.named_modules()}
+        self.stack: list[torch.nn.Module] = []
+        self.linear_index = 0
+        self.input_leaf: torch.Tensor | None = None
+        self.direct_leaf: torch.Tensor | None = None
+        self.warned = warned if warned is not None else set()
+        self.rows: list[Row] | None = [] if report else None
+        self.record = set(record)
+        self.recorded: dict[str, list] = {}
+        self.log_softmax_outputs = 0
+
+    # ---- running a model -------------------------------------------------------------------------------------
+    def run(self, x: torch.Tensor):
+        """Forward x through the model with interception on; returns (output, input leaf, direct leaf)."""
+        self.input_leaf = x.detach().requires_grad_(True)
+        self.direct_leaf = self.input_leaf.detach().requires_grad_(True)
+        self._mark(self.input_leaf)
+        self._mark(self.direct_leaf)
+        handles = []
+        try:
+            for module in self.model.modules():
+                handles.append(module.register_forward_pre_hook(self._enter))
+                handles.append(module.register_forward_hook(self._leave))
+            with torch.enable_grad(), _Interceptor(self):
+                output = self.model(self.input_leaf)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.stack.clear()
+        return output
+
+    def _enter(self, module, args):
+        self.stack.append(module)
+
+    def _leave(self, module, args, output):
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+        name = self.names.get(id(module))
+        if name in self.record:
+            tensor = output if isinstance(output, torch.Tensor) else next(
+                (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None)
+            if tensor is not None and tensor.requires_grad:
+                holder = {"value": tensor.detach().clone(), "g": None}
+
+                def capture(g, holder=holder):
+                    holder["g"] = g if holder["g"] is None else holder["g"] + g
+
+                tensor.register_hook(capture)
+                self.recorded.setdefault(name, []).append(holder)
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+    def _mark(self, out):
+        if isinstance(out, torch.Tensor):
+            if out.requires_grad:
+                out._relprop = self.token
+        elif isinstance(out, (tuple, list)):
+            for item in out:
+                self._mark(item)
+
+    def active(self, tensor) -> bool:
+        return isinstance(tensor, torch.Tensor) and getattr(tensor, "_relprop", None) is self.token
+
+    def _where(self) -> tuple[torch.nn.Module | None, str]:
+        if not self.stack:
+            return None, ""
+        module = self.stack[-1]
+        return module, self.names.get(id(module), type(module).__name__)
+
+    def _is_model_input(self, tensor) -> bool:
+        leaf = self.input_leaf
+        return tensor is leaf or (tensor._is_view() and tensor._base is leaf)
+
+    def _direct_view(self, tensor):
+        return self.direct_leaf.as_strided(tensor.size(), tensor.stride(), tensor.storage_offset())
+
+    # ---- reporting -------------------------------------------------------------------------------------------
+    def _row(self, name: str, rule: str) -> Row | None:
+        if self.rows is None:
+            return None
+        _, module_name = self._where()
+        row = Row(len(self.rows), name, module_name, rule)
+        self.rows.append(row)
+        return row
+
+    def _tap(self, tensor, row, direct=False):
+        if row is None or not isinstance(tensor, torch.Tensor) or not tensor.requires_grad:
+            return tensor
+        tapped = Tap.apply(tensor, row, direct)
+        for attr in ("_relprop", "_relprop_producer", "_relprop_softmax"):
+            if hasattr(tensor, attr):
+                setattr(tapped, attr, getattr(tensor, attr))
+        return tapped
+
+    def _tap_args(self, args, row, skip_first=False):
+        if row is None:
+            return args
+        tapped = []
+        for position, value in enumerate(args):
+            if skip_first and position == 0:
+                tapped.append(value)
+            elif self.active(value):
+                tapped.append(self._tap(value, row))
+            elif isinstance(value, (list, tuple)) and any(self.active(v) for v in value):
+                tapped.append(type(value)(self._tap(v, row) if self.active(v) else v for v in value))
+            else:
+                tapped.append(value)
+        return tuple(tapped)
+
+    def _watch(self, out, row):
+        if row is None:
+            return
+        for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                value = tensor.detach().clone()
+
+                def add(g, value=value):
+                    row.relevance_out += float((value * g).sum())
+
+                tensor.register_hook(add)
+
+    def on_rule_backward(self, call, x, z, g, g_in):
+        """Called by rule Functions in their backward; nothing to do unless reporting (taps do the work)."""
+
+    # ---- dispatch --------------------------------------------------------------------------------------------
+    def handle(self, func, args, kwargs):
+        name, family = classify(func)
+        if family == "quiet" or not any(self.active(t) for t in _tensors(args, kwargs)):
+            return func(*args, **kwargs)
+        handler = getattr(self, "_op_" + family) if family is not None else self._op_unknown
+        out = handler(func, name, args, kwargs)
+        self._mark(out)
+        return out
+
+    def _plain(self, func, name, args, kwargs, rule="Gradient"):
+        row = self._row(name, rule)
+        out = func(*self._tap_args(args, row, skip_first=is_inplace(name)), **kwargs)
+        self._watch(out, row)
+        return out
+
+    def _op_gradient(self, func, name, args, kwargs):
+        return self._plain(func, name, args, kwargs)
+
+    def _op_softmax(self, func, name, args, kwargs):
+        out = self._plain(func, name, args, kwargs, rule="Gradient (AttnLRP softmax)")
+        if isinstance(out, torch.Tensor):
+            out._relprop_softmax = args[0]
+        return out
+
+    def _op_log_softmax(self, func, name, args, kwargs):
+        out = self._plain(func, name, args, kwargs, rule="Gradient (log-softmax)")
+        if isinstance(out, torch.Tensor):
+            out._relprop_softmax = args[0]
+            self.log_softmax_outputs += 1
+        return out
+
+    def _op_unknown(self, func, name, args, kwargs):
+        out = self._plain(func, name, args, kwargs, rule="Gradient (unsupported)")
+        if any(isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+               for t in (out if isinstance(out, (tuple, list)) else (out,))):
+            self.unsupported(name, "no relevance rule is known for this op")
+        return out
+
+    def unsupported(self, name: str, why: str):
+        module, module_name = self._where()
+        where = f"in module '{module_name}' ({type(module).__name__})" if module is not None else "outside any module"
+        message = (f"relprop: {name} {where}: {why}; its plain gradient is used, which may not conserve relevance. "
+                   "Rewrite it with supported ops, or pass strict=True to make this an error.")
+        if self.strict:
+            raise UnsupportedOperation(message.replace("; its plain gradient is used, which may not conserve "
+                                                       "relevance. Rewrite it with supported ops, or pass "
+                                                       "strict=True to make this an error.",
+                                                       ". Rewrite it with supported ops, or use strict=False to "
+                                                       "fall back to its plain gradient with a warning."))
+        if name not in self.warned:
+            self.warned.add(name)
+            warnings.warn(message, UnsupportedOpWarning, stacklevel=2)
+
+    # ---- element-wise ----------------------------------------------------------------------------------------
+    def _op_activation(self, func, name, args, kwargs):
+        x = args[0]
+        fn = _out_of_place(func, name, args, kwargs)
+        row = self._row(name, "Pass")
+        out = elementwise.pass_through(self._tap(x, row), fn)
+        self._watch(out, row)
+        return out
+
+    def _op_product(self, func, name, args, kwargs):
+        factors = sum(1 for t in _tensors(args, kwargs) if self.active(t))
+        if factors < 2:
+            return self._plain(func, name, args, kwargs)
+        row = self._row(name, f"Uniform split over {factors} factors")
+        share = 1.0 / factors
+
+        def scaled(value):
+            if self.active(value):
+                return products.scale_gradient(self._tap(value, row), share)
+            if isinstance(value, (list, tuple)):
+                return type(value)(scaled(v) for v in value)
+            return value
+
+        if is_inplace(name):
+            func = _OUT_OF_PLACE_PRODUCT.get(name.rsplit(".", 1)[-1], torch.mul)
+        out = func(*(scaled(a) for a in args), **{k: scaled(v) for k, v in kwargs.items()})
+        self._watch(out, row)
+        return out
+
+    def _op_divide(self, func, name, args, kwargs):
+        denominator = args[0] if name.endswith("__rtruediv__") else (args[1] if len(args) > 1 else kwargs.get("other"))
+        if self.active(denominator):
+            return self._op_unknown(func, name + " (by an activation)", args, kwargs)
+        return self._plain(func, name, args, kwargs)
+
+    # ---- linear-like layers ----------------------------------------------------------------------------------
+    def _op_linear(self, func, name, args, kwargs):
+        return self._linear_like(func, name, args, kwargs, "linear")
+
+    def _op_conv(self, func, name, args, kwargs):
+        return self._linear_like(func, name, args, kwargs, "conv")
+
+    def _op_conv_transpose(self, func, name, args, kwargs):
+        return self._linear_like(func, name, args, kwargs, "conv_transpose")
+
+    def _linear_like(self, func, name, args, kwargs, kind):
+        bound = _bind(_LINEAR_ARGS[kind], args, kwargs)
+        x, weight, bias = bound["input"], bound["weight"], bound["bias"]
+        if self.active(weight) or self.active(bias):
+            if self.active(x):
+                return self._op_unknown(func, name + " (with weights computed from the input)", args, kwargs)
+            return self._plain(func, name, args, kwargs)
+        if not self.active(x):
+            return self._plain(func, name, args, kwargs)
+        if kind == "linear":
+            linear_map = linear.dense_map()
+        else:
+            dims = int(name[-2])
+            extra = {key: bound[key] for key in _LINEAR_ARGS[kind][3:]}
+            linear_map = linear.conv_map(dims, kind == "conv_transpose", **extra)
+        module, module_name = self._where()
+        site = Site(kind, name, module, module_name, self.linear_index)
+        self.linear_index += 1
+        rule = self.composite.rule_for(site)
+        out, direct = self._apply_rule(func, name, args, kwargs, rule, linear_map, site, x, weight, bias)
+        out._relprop_producer = Producer(linear_map, rule, site, x, weight, bias, direct)
+        return out
+
+    def _apply_rule(self, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None):
+        """Run one linear-like op (or merged op, given its output) under rule; returns (output, direct)."""
+        if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
+            if output is not None:
+                raise AssertionError("merged layers always carry a rule")
+            return self._plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient"), False
+        if isinstance(rule, rules.Pass):
+            row = self._row(name, "Pass")
+            out = elementwise.pass_through(self._tap(x, row), lambda t: func(t, *args[1:], **kwargs))
+            if out.shape != x.shape:
+                raise ValueError(f"the Pass rule needs an op whose output has its input's shape; {site.name or name} "
+                                 f"maps {tuple(x.shape)} to {tuple(out.shape)}")
+            self._watch(out, row)
+            return out, False
+        if not isinstance(rule, rules.LinearRule):
+            raise TypeError(f"rule {rule!r} cannot be used on {site.kind} layer '{site.name}'")
+        direct = self._is_model_input(x) and any(
+            term.input not in rules.PROPORTIONAL_INPUTS for group in rule.groups() for term in group.terms)
+        x_in = self._direct_view(x) if direct else x
+        row = self._row(name if output is None else name + " + batch_norm (merged)", rule.name)
+        call = linear.LinearCall(linear_map, rule, site, self, direct, output)
+        out = linear.LinearRuleFunction.apply(self._tap(x_in, row, direct), weight, bias, call)
+        self._watch(out, row)
+        return out, direct
+
+    def _op_avg_pool(self, func, name, args, kwargs):
+        module, module_name = self._where()
+        site = Site("avg_pool", name, module, module_name, -1)
+        rule = self.composite.rule_for(site)
+        if not isinstance(rule, rules.LinearRule) or rule.is_gradient:
+            return self._plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")
+        x = args[0]
+        linear_map, weight = _pool_as_conv(name, x, args, kwargs)
+        if linear_map is None:
+            self.unsupported(name, f"rule {rule.name} needs the pooling to be a fixed window (no ceil_mode, no "
+                                   "count_include_pad=False with padding, adaptive sizes that divide the input)")
+            return self._plain(func, name, args, kwargs)
+        out, _ = self._apply_rule(func, name, args, kwargs, rule, linear_map, site, x, weight, None)
+        return out
+
+    # ---- normalisation ---------------------------------------------------------------------------------------
+    def _op_batch_norm(self, func, name, args, kwargs):
+        bound = _bind(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                      args, kwargs, {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
+        x = bound["input"]
+        batch_stats = bool(bound["training"]) or bound["running_mean"] is None
+        producer = getattr(x, "_relprop_producer", None)
+        mergeable = (self.merge_batch_norm and producer is not None and isinstance(producer.rule, rules.LinearRule)
+                     and not producer.rule.is_gradient and producer.site.index >= 0)
+        if not batch_stats and not mergeable:
+            return self._plain(func, name, args, kwargs, rule="Gradient (affine)")
+        with torch.no_grad():
+            # The op runs once, as in a plain forward: in train mode it moves the running statistics once.
+            value = func(x.detach(), bound["running_mean"], bound["running_var"], bound["weight"], bound["bias"],
+                         bound["training"], bound["momentum"], bound["eps"])
+            if batch_stats:
+                dims = [0] + list(range(2, x.dim()))
+                var, mean = torch.var_mean(x.detach(), dim=dims, unbiased=False)
+            else:
+                mean, var = bound["running_mean"], bound["running_var"]
+        eps, weight, bias = bound["eps"], bound["weight"], bound["bias"]
+        if not mergeable:
+            row = self._row(name, "Batch statistics as constants")
+            surrogate = norms.batch_stats_surrogate(mean, var, weight, bias, eps)
+            out = norms.with_surrogate_gradient(self._tap(x, row), lambda t: value, surrogate)
+            self._watch(out, row)
+            return out
+        scale = torch.rsqrt(var + eps)
+        if weight is not None:
+            scale = weight * scale
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias
+        merged_weight = linear.scale_output_channels(producer.weight, scale, producer.linear_map)
+        merged_bias = shift if producer.bias is None else producer.bias * scale + shift
+        out, _ = self._apply_rule(func, producer.site.op, (), {}, producer.rule, producer.linear_map, producer.site,
+                                  producer.x, merged_weight, merged_bias, output=value)
+        return out
+
+    def _op_layer_norm(self, func, name, args, kwargs):
+        bound = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs,
+                      {"weight": None, "bias": None, "eps": 1e-5})
+        surrogate = norms.layer_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["bias"], bound["eps"])
+        return self._norm(func, name, args, kwargs, bound["input"], surrogate)
+
+    def _op_group_norm(self, func, name, args, kwargs):
+        bound = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs,
+                      {"weight": None, "bias": None, "eps": 1e-5})
+        surrogate = norms.group_norm_surrogate(bound["num_groups"], bound["weight"], bound["bias"], bound["eps"])
+        return self._norm(func, name, args, kwargs, bound["input"], surrogate)
+
+    def _op_rms_norm(self, func, name, args, kwargs):
+        bound = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs, {"weight": None, "eps": None})
+        surrogate = norms.rms_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["eps"])
+        return self._norm(func, name, args, kwargs, bound["input"], surrogate)
+
+    def _norm(self, func, name, args, kwargs, x, surrogate):
+        row = self._row(name, "Std as constant")
+        rest = args[1:]
+        out = norms.with_surrogate_gradient(self._tap(x, row), lambda t: func(t, *rest, **kwargs), surrogate)
+        self._watch(out, row)
+        return out
+
+
+_OUT_OF_PLACE_PRODUCT = {"mul_": torch.mul, "__imul__": torch.mul, "addcmul_": torch.addcmul,
+                         "baddbmm_": torch.baddbmm, "addmm_": torch.addmm}
+_SIGNATURES: dict = {}
+
+
+def _out_of_place(func, name, args, kwargs):
+    """A one-argument function computing func(x, *rest) without modifying x."""
+    short = name.rsplit(".", 1)[-1]
+    rest = args[1:]
+    if name.startswith("torch.Tensor.") or name.startswith("torch.") and not name.startswith("torch.nn."):
+        if short.endswith("_"):
+            plain = getattr(torch, short[:-1])
+            return lambda t: plain(t, *rest, **kwargs)
+        return lambda t: func(t, *rest, **kwargs)
+    if short.endswith("_"):
+        func = getattr(torch.nn.functional, short[:-1])
+    if func not in _SIGNATURES:
+        try:
+            _SIGNATURES[func] = inspect.signature(func)
+        except (TypeError, ValueError):
+            _SIGNATURES[func] = None
+    signature = _SIGNATURES[func]
+    if signature is not None and "inplace" in signature.parameters:
+        bound = signature.bind_partial(None, *rest, **kwargs)
+        bound.arguments["inplace"] = False
+        extra = {key: value for key, value in bound.arguments.items() if key != next(iter(signature.parameters))}
+        return lambda t: func(t, **extra)
+    return lambda t: func(t, *rest, **kwargs)
+
+
+def _pool_as_conv(name, x, args, kwargs):
+    """Average pooling as a depthwise convolution (weight 1/window per channel), or (None, None) if not exact."""
+    dims = int(name[-2])
+    channels = x.shape[1] if x.dim() == dims + 2 else None
+    if channels is None:
+        return None, None
+    spatial = tuple(x.shape[2:])
+    if "adaptive" in name:
+        output_size = linear._tuple(args[1] if len(args) > 1 else kwargs["output_size"], dims)
+        output_size = tuple(s if o is None else o for s, o in zip(spatial, output_size))
+        if any(s % o for s, o in zip(spatial, output_size)):
+            return None, None
+        kernel = tuple(s // o for s, o in zip(spatial, output_size))
+        stride, padding = kernel, (0,) * dims
+    else:
+        names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        bound = _bind(names, args, kwargs, {"stride": None, "padding": 0, "ceil_mode": False,
+                                            "count_include_pad": True, "divisor_override": None})
+        kernel = linear._tuple(bound["kernel_size"], dims)
+        stride = linear._tuple(bound["stride"] or kernel, dims)
+        padding = linear._tuple(bound["padding"], dims)
+        if bound["ceil_mode"] or bound["divisor_override"] or (not bound["count_include_pad"] and any(padding)):
+            return None, None
+    window = 1
+    for k in kernel:
+        window *= k
+    weight = torch.full((channels, 1) + kernel, 1.0 / window, dtype=x.dtype, device=x.device)
+    return linear.conv_map(dims, False, stride=stride, padding=padding, groups=channels), weight
+
+
+class _Interceptor(TorchFunctionMode):
+    def __init__(self, session: Session):
+        super().__init__()
+        self.session = session
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self.session.handle(func, args, kwargs or {})

@@ -1,0 +1,226 @@
+"""LRP attributor: validate, run the model under the engine, start relevance at the target, collect it at the input.
+
+Softmax at the output: when the model's output comes straight from a softmax or log-softmax, relevance starts at
+the logits (the softmax input), as the LRP literature does; ``Explanation.output`` is still the model's output and
+``explained_logits`` says the policy applied. Targets then select logits.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+import torch
+
+from . import canonizers as canonizers_module
+from . import composites as composites_module
+from .engine import Session, UnsupportedOperation
+from .explanation import Explanation, Report
+from .stabilize import divide_or_zero
+
+
+class LRP:
+    """Layer-wise Relevance Propagation for a model, with a composite choosing the rule of each layer.
+
+    composite: a name from ``relprop.composites.names()`` or a Composite; extra keyword arguments are that
+    composite's parameters. canonizers: "auto", None, or a list (see relprop.canonizers). strict: raise on ops
+    without a rule instead of warning. record: module names whose output relevance is kept in ``layers``.
+    output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
+    """
+
+    def __init__(self, model: torch.nn.Module, composite="epsilon_plus_flat", canonizers="auto", strict: bool = False,
+                 record=(), output: Callable | None = None, **composite_params):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.composite = composites_module.get(composite, **composite_params)
+        self.canonizers = canonizers_module.resolve(canonizers)
+        self.strict = bool(strict)
+        self.record = _check_record(model, record)
+        self.output = output
+        self._warned: set = set()
+
+    def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False, record=None) -> Explanation:
+        explanation, _ = self._explain(x, target, create_graph=create_graph, record=record, report=False)
+        return explanation
+
+    def report(self, x: torch.Tensor, target=None) -> Report:
+        """Explain x and list every op that ran: module, rule, relevance out of it and into its inputs."""
+        explanation, rows = self._explain(x, target, create_graph=False, record=None, report=True)
+        return Report(rows, explanation)
+
+    def _explain(self, x, target, create_graph, record, report):
+        _check_input(self.model, x)
+        _check_target_type(target)
+        record = self.record if record is None else _check_record(self.model, record)
+        session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned)
+        snapshot = _buffers_if_training(self.model)
+        try:
+            try:
+                output = session.run(x)
+            except (UnsupportedOperation, TypeError, ValueError):
+                raise
+            except RuntimeError as error:
+                raise ValueError(f"the model's forward failed on an input of shape {tuple(x.shape)} and dtype "
+                                 f"{x.dtype}: {error}. Check that x is a batch (first dimension) shaped and typed as "
+                                 "the model expects (if it is, please report this as a relprop bug).") from error
+            output = self._select_output(output)
+            explained_tensor, logits = _logits_policy(output)
+            g, target_index = _output_gradient(explained_tensor.detach(), target)
+            relevance_out = explained_tensor.detach() * g
+            leaves = [session.input_leaf, session.direct_leaf]
+            grads = torch.autograd.grad(explained_tensor, leaves, g, allow_unused=True, create_graph=create_graph)
+        except BaseException:
+            _restore_buffers(self.model, snapshot)
+            raise
+        relevance = torch.zeros_like(session.input_leaf)
+        if grads[0] is not None:
+            relevance = relevance + session.input_leaf * grads[0]
+        if grads[1] is not None:
+            relevance = relevance + grads[1]
+        if not create_graph:
+            relevance = relevance.detach()
+        explained = relevance_out.reshape(len(relevance_out), -1).sum(1) if relevance_out.dim() else relevance_out
+        delta = explained - relevance.detach().reshape(len(relevance), -1).sum(1)
+        layers = {}
+        for name, holders in session.recorded.items():
+            values = [h["value"] * h["g"] if h["g"] is not None else torch.zeros_like(h["value"]) for h in holders]
+            layers[name] = values[0] if len(values) == 1 else values
+        explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits)
+        return explanation, session.rows
+
+    def _select_output(self, output):
+        if self.output is not None:
+            output = self.output(output)
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"the model returned {type(output).__name__}, not a tensor; pass output=... to pick the "
+                            "tensor to explain, e.g. LRP(model, output=lambda out: out.logits) or "
+                            "output=lambda out: out[0]")
+        if not output.requires_grad:
+            raise ValueError("the model's output does not depend on its input through differentiable ops (was it "
+                             "computed under torch.no_grad() or detached?); relevance cannot flow back to the input")
+        return output
+
+
+def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="epsilon_plus_flat", *,
+            canonizers="auto", strict: bool = False, record=(), create_graph: bool = False, output=None,
+            **composite_params) -> Explanation:
+    """One call: LRP(model, composite, ...)(x, target)."""
+    attributor = LRP(model, composite, canonizers=canonizers, strict=strict, record=record, output=output,
+                     **composite_params)
+    return attributor(x, target, create_graph=create_graph)
+
+
+# ---- checks -------------------------------------------------------------------------------------------------------
+def _check_input(model, x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}; convert it with "
+                        "torch.as_tensor(x, dtype=torch.float32)")
+    if not x.is_floating_point():
+        raise TypeError(f"x has dtype {x.dtype}; relevance needs a floating-point input: pass x.float()")
+    if x.dim() == 0:
+        raise ValueError("x is a scalar; pass a batch with the samples along the first dimension")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"x contains {bad} NaN or infinite values; clean the input first (e.g. torch.nan_to_num)")
+    conv_dims = {len(module.kernel_size) for module in model.modules()
+                 if isinstance(module, torch.nn.modules.conv._ConvNd)}
+    if len(conv_dims) == 1:
+        dims = conv_dims.pop()
+        if x.dim() != dims + 2:
+            hint = " Add the batch dimension with x.unsqueeze(0)." if x.dim() == dims + 1 else ""
+            raise ValueError(f"x has shape {tuple(x.shape)} ({x.dim()} dims) but the model's {dims}d convolutions "
+                             f"expect a batch of {dims + 2} dims (N, C{', spatial' * dims}).{hint}")
+
+
+def _check_target_type(target):
+    if target is None or callable(target) or isinstance(target, (int, torch.Tensor)):
+        if isinstance(target, bool):
+            raise TypeError("target must be a class index, not a bool")
+        return
+    if isinstance(target, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+        return
+    raise TypeError(f"target must be None, an int, one int per sample, a tensor shaped like the output, or a "
+                    f"callable(output) -> output relevance; got {type(target).__name__}")
+
+
+def _check_record(model, record):
+    if isinstance(record, str):
+        record = [record]
+    record = tuple(record or ())
+    known = dict(model.named_modules())
+    for name in record:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"record: the model has no module named {name!r}{hint}")
+    return record
+
+
+def _logits_policy(output):
+    source = getattr(output, "_relprop_softmax", None)
+    if source is not None and isinstance(source, torch.Tensor) and source.shape == output.shape:
+        return source, True
+    return output, False
+
+
+def _output_gradient(output, target):
+    """g at the output (relevance = output * g) for a target, and the class indices when the target names classes."""
+    batch = output.shape[0] if output.dim() else 1
+    if callable(target) and not isinstance(target, torch.Tensor):
+        relevance = target(output)
+        if not isinstance(relevance, torch.Tensor) or relevance.shape != output.shape:
+            shape = getattr(relevance, "shape", type(relevance).__name__)
+            raise ValueError(f"target callable must return a tensor shaped like the output {tuple(output.shape)}, "
+                             f"got {shape}")
+        return divide_or_zero(relevance.to(output.dtype), output), None
+    if isinstance(target, torch.Tensor) and target.dim() > 0 and target.shape == output.shape and (
+            target.is_floating_point() or target.dtype == torch.bool):
+        if target.dtype == torch.bool:
+            return target.to(output.dtype), None
+        return divide_or_zero(target.to(output.dtype), output), None
+    if output.dim() < 2:
+        if target is None:
+            return torch.ones_like(output), None
+        raise ValueError(f"the output has shape {tuple(output.shape)} (no class dimension), so a class target does "
+                         "not apply; use target=None to explain the output itself")
+    classes = output.shape[1]
+    if target is None:
+        index = output.argmax(1)
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise ValueError(f"a target tensor must be shaped like the output {tuple(output.shape)} (output "
+                             f"relevance) or hold one class index per sample; got shape {tuple(target.shape)} "
+                             f"and dtype {target.dtype}")
+        index = target.to(output.device).long()
+    else:
+        index = torch.as_tensor(target, device=output.device, dtype=torch.long)
+    if index.dim() == 0:
+        index = index.expand(batch)
+    if index.dim() != 1 or index.shape[0] != batch:
+        raise ValueError(f"target has {index.shape[0] if index.dim() else 1} class indices for a batch of {batch}; "
+                         "give one int for all samples or one per sample")
+    if bool(((index < 0) | (index >= classes)).any()):
+        raise ValueError(f"target {index.tolist()} out of range: the output has {classes} classes (0..{classes - 1})")
+    if output.dim() == 2:
+        g = torch.zeros_like(output)
+        g[torch.arange(batch, device=output.device), index] = 1
+    else:  # per-location outputs (segmentation): index selects the channel everywhere
+        g = torch.zeros_like(output)
+        g.scatter_(1, index.reshape((batch, 1) + (1,) * (output.dim() - 2)).expand((batch, 1) + output.shape[2:]), 1)
+    return g, index
+
+
+def _buffers_if_training(model):
+    if not any(module.training for module in model.modules()):
+        return None
+    return [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+
+
+def _restore_buffers(model, snapshot):
+    if snapshot is None:
+        return
+    with torch.no_grad():
+        for buffer, saved in snapshot:
+            buffer.copy_(saved)

@@ -1,0 +1,1 @@
+"""Op families and the autograd Functions that give them their relevance backward."""

@@ -1,0 +1,346 @@
+"""LRP rules: small values that say how relevance crosses one layer.
+
+A rule for a linear-like layer (linear, convolution, transposed convolution, pooling seen as a linear map) is a
+list of *groups*. Each group is a sum of *terms*; a term is the layer applied to a modified input with modified
+weights. For output j and input i the relevance a group hands down is
+
+    coefficient * sum_terms sign * input_t(x)_i * weight_t(W)_ij * R_j / stabilize(sum_terms sign * z_t,j)
+
+restricted to the outputs selected by ``where`` (original pre-activation positive / negative). The relevance of a
+layer's input is the sum over its groups. Every rule below is that formula with its own terms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .stabilize import stabilize
+
+WeightModifier = Callable[[torch.Tensor], torch.Tensor]
+
+# The inputs a term can see. "x", "x+" and "x-" keep relevance proportional to the input, so it travels through
+# the gradient pass unchanged; the others ("ones", "low", "high", "pow") put relevance on inputs whatever their
+# value, which the engine handles at the model input.
+PROPORTIONAL_INPUTS = ("x", "x+", "x-")
+INPUTS = PROPORTIONAL_INPUTS + ("ones", "low", "high", "pow")
+
+
+def keep(weight: torch.Tensor) -> torch.Tensor:
+    return weight
+
+
+def positive(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clamp(min=0)
+
+
+def negative(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clamp(max=0)
+
+
+def ones(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(weight)
+
+
+def square(weight: torch.Tensor) -> torch.Tensor:
+    return weight * weight
+
+
+@dataclass(frozen=True)
+class Term:
+    input: str
+    weight: WeightModifier = keep
+    bias: bool = True  # the weight modifier is applied to the bias too, unless False
+    sign: float = 1.0
+
+    def __post_init__(self):
+        if self.input not in INPUTS:
+            raise ValueError(f"unknown term input {self.input!r}; use one of {INPUTS}")
+
+
+@dataclass(frozen=True)
+class Group:
+    terms: tuple[Term, ...]
+    coefficient: float = 1.0
+    where: str | None = None  # None, "positive" or "negative": which outputs (by sign of z) this group explains
+
+
+class Rule:
+    """Base of all rules; ``name`` shows in reports and listings."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def parameters(self) -> dict:
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self.parameters().items())
+        return f"{self.name}({params})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self):
+        return hash(repr(self))
+
+
+class LinearRule(Rule):
+    """A rule for linear-like layers, defined by its groups and the stabilizer of its denominators."""
+
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+
+    def groups(self) -> tuple[Group, ...]:
+        raise NotImplementedError
+
+    def stabilize(self, denominator: torch.Tensor) -> torch.Tensor:
+        return stabilize(denominator, self.stabilizer)
+
+    @property
+    def is_gradient(self) -> bool:
+        """True when the rule equals gradient x input, so the engine needs no custom backward at all."""
+        return False
+
+
+class Zero(LinearRule):
+    """LRP-0: relevance split in proportion to each input's contribution z_ij = x_i w_ij (bias absorbs its part)."""
+
+    def __init__(self, zero_bias: bool = False):
+        self.zero_bias = zero_bias
+        self.stabilizer = 0.0
+
+    def groups(self):
+        return (Group((Term("x"),)),)
+
+    @property
+    def is_gradient(self):
+        return not self.zero_bias
+
+
+class Epsilon(LinearRule):
+    """LRP-epsilon: LRP-0 with epsilon added to each denominator (sign kept), absorbing weak or contradictory parts."""
+
+    def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False):
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.epsilon = epsilon
+        self.zero_bias = zero_bias
+
+    @property
+    def stabilizer(self):
+        return self.epsilon
+
+    def groups(self):
+        return (Group((Term("x"),)),)
+
+    @property
+    def is_gradient(self):
+        return self.epsilon == 0 and not self.zero_bias
+
+
+def _boost(gamma: float, part: WeightModifier) -> WeightModifier:
+    def boosted(weight: torch.Tensor) -> torch.Tensor:
+        return weight + gamma * part(weight)
+
+    return boosted
+
+
+class Gamma(LinearRule):
+    """LRP-gamma: favour contributions that agree with the output's sign by adding gamma times them.
+
+    Positive outputs use w + gamma w+ on positive inputs and w + gamma w- on negative inputs; negative outputs
+    the opposite, so negative inputs (e.g. after a leaky activation) are handled too. With non-negative inputs
+    this is Montavon et al.'s gamma rule.
+    """
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False):
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.stabilizer = stabilizer
+        self.zero_bias = zero_bias
+
+    def groups(self):
+        up, down = _boost(self.gamma, positive), _boost(self.gamma, negative)
+        return (
+            Group((Term("x+", up), Term("x-", down, bias=False)), where="positive"),
+            Group((Term("x+", down), Term("x-", up, bias=False)), where="negative"),
+        )
+
+
+class AlphaBeta(LinearRule):
+    """LRP-alpha-beta (Bach et al. 2015, eq. 60): positive and negative contributions normalised separately.
+
+    Each bias is counted once, in the part its sign belongs to. alpha - beta = 1 keeps relevance conserved.
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False):
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        if abs(alpha - beta - 1.0) > 1e-9:
+            raise ValueError(f"alpha - beta must be 1 for relevance to be conserved, got alpha={alpha}, beta={beta}")
+        self.alpha = alpha
+        self.beta = beta
+        self.stabilizer = stabilizer
+        self.zero_bias = zero_bias
+
+    def groups(self):
+        return (
+            Group((Term("x+", positive), Term("x-", negative, bias=False)), coefficient=self.alpha),
+            Group((Term("x+", negative), Term("x-", positive, bias=False)), coefficient=-self.beta),
+        )
+
+
+class ZPlus(LinearRule):
+    """LRP-z+: only positive contributions (x+ w+ and x- w-) carry relevance; alpha=1, beta=0."""
+
+    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
+        self.stabilizer = stabilizer
+        self.zero_bias = zero_bias
+
+    def groups(self):
+        return (Group((Term("x+", positive), Term("x-", negative, bias=False))),)
+
+
+class ZBox(LinearRule):
+    """LRP-z^B for bounded inputs (pixels): z_ij = x_i w_ij - low_i w+_ij - high_i w-_ij.
+
+    ``low`` and ``high`` are the smallest and largest possible input values: scalars or tensors broadcastable to
+    one input sample (e.g. shape (3, 1, 1) for per-channel image bounds).
+    """
+
+    def __init__(self, low=-3.0, high=3.0, stabilizer: float = 1e-6):
+        self.low = low
+        self.high = high
+        self.stabilizer = stabilizer
+        self.zero_bias = True
+
+    def parameters(self):
+        return {"low": self.low, "high": self.high, "stabilizer": self.stabilizer}
+
+    def groups(self):
+        return (
+            Group(
+                (
+                    Term("x", keep, bias=False),
+                    Term("low", positive, bias=False, sign=-1.0),
+                    Term("high", negative, bias=False, sign=-1.0),
+                )
+            ),
+        )
+
+
+class Flat(LinearRule):
+    """LRP-flat: each output's relevance spread evenly over the inputs it sees, whatever their values."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+        self.zero_bias = True
+
+    def groups(self):
+        return (Group((Term("ones", ones, bias=False),)),)
+
+
+class WSquare(LinearRule):
+    """LRP-w^2: relevance spread in proportion to squared weights, whatever the input values."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+        self.zero_bias = True
+
+    def groups(self):
+        return (Group((Term("ones", square, bias=False),)),)
+
+
+class Exponent(LinearRule):
+    """The e-rule of Pytorch-LRP's RelevancePropagator: inputs and weights raised to the power p, bias left out.
+
+    R_i = sum_j x_i^p w_ij^p / (sum_i x_i^p w_ij^p + eps) R_j; p=1 is LRP-epsilon without bias. Meant for
+    non-negative inputs or integer p (a negative number to a fractional power is NaN).
+    """
+
+    def __init__(self, p: float = 1.0, epsilon: float = 1e-6):
+        self.p = p
+        self.epsilon = epsilon
+        self.zero_bias = True
+
+    @property
+    def stabilizer(self):
+        return self.epsilon
+
+    def groups(self):
+        p = self.p
+        return (Group((Term("pow", lambda weight: weight.pow(p), bias=False),)),)
+
+
+class Norm(LinearRule):
+    """LRP-0 with only a tiny stabilizer, for parameter-free linear maps (sums, average pooling)."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+        self.zero_bias = True
+
+    def groups(self):
+        return (Group((Term("x"),)),)
+
+
+class Pass(Rule):
+    """Relevance passes through unchanged (output and input have the same shape): used for activations."""
+
+
+class Gradient(Rule):
+    """Plain gradient x input through the op: exact LRP-0 for linear maps, winner-take-all for max."""
+
+
+_RULES = {
+    "zero": Zero,
+    "epsilon": Epsilon,
+    "gamma": Gamma,
+    "alpha_beta": AlphaBeta,
+    "z_plus": ZPlus,
+    "z_box": ZBox,
+    "flat": Flat,
+    "w_square": WSquare,
+    "exponent": Exponent,
+    "norm": Norm,
+    "pass": Pass,
+    "gradient": Gradient,
+}
+
+
+def names() -> list[str]:
+    """Names accepted by :func:`get`."""
+    return sorted(_RULES)
+
+
+def get(name: str, **params) -> Rule:
+    """A rule by name, e.g. ``get("epsilon", epsilon=0.25)``."""
+    if isinstance(name, Rule):
+        return name
+    try:
+        cls = _RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown rule {name!r}; choose one of {', '.join(names())}") from None
+    return cls(**params)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, parameters with defaults, one-line summary) for each rule, for listings."""
+    import inspect
+
+    rows = []
+    for key in names():
+        cls = _RULES[key]
+        signature = str(inspect.signature(cls.__init__)).replace("self, ", "").replace("(self)", "()")
+        rows.append((key, signature, (cls.__doc__ or "").strip().splitlines()[0]))
+    return rows
+
+
+__all__ = [
+    "Rule", "LinearRule", "Term", "Group", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat",
+    "WSquare", "Exponent", "Norm", "Pass", "Gradient", "names", "get", "describe", "keep", "positive", "negative",
+    "ones", "square",
+]

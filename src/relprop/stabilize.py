@@ -1,0 +1,15 @@
+"""Safe division for relevance: denominators pushed away from zero, keeping their sign."""
+import torch
+
+
+def stabilize(denominator: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Add epsilon with the sign of each entry (zero counts as positive), as the epsilon rule defines it."""
+    if epsilon == 0:
+        return denominator
+    return torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+
+
+def divide_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator where the denominator is non-zero, else 0 (no relevance can be carried there)."""
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / safe)
