@@ -15,6 +15,8 @@ class Explanation:
     target: torch.Tensor | None = None  # the class index per sample, when the target was given as classes
     layers: dict = field(default_factory=dict)  # module name -> relevance at its output (see record=)
     explained_logits: bool = False  # True when a softmax at the output was skipped and the logits explained
+    gradient: torch.Tensor | None = None  # the modified gradient at the input: relevance = input * gradient
+    feature_names: list | None = None  # names of the input's last dimension (tabular data)
 
     @property
     def relevance_sum(self) -> torch.Tensor:

@@ -85,7 +85,13 @@ class LRP:
         for name, holders in session.recorded.items():
             values = [h["value"] * h["g"] if h["g"] is not None else torch.zeros_like(h["value"]) for h in holders]
             layers[name] = values[0] if len(values) == 1 else values
-        explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits)
+        gradient = torch.zeros_like(session.input_leaf) if grads[0] is None else grads[0]
+        if grads[1] is not None:
+            gradient = gradient + divide_or_zero(grads[1], session.input_leaf.detach())
+        if not create_graph:
+            gradient = gradient.detach()
+        explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits,
+                                  gradient)
         return explanation, session.rows
 
     def _select_output(self, output):
