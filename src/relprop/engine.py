@@ -217,7 +217,7 @@ class Session:
         if row is None or not isinstance(tensor, torch.Tensor) or not tensor.requires_grad:
             return tensor
         tapped = Tap.apply(tensor, row, direct)
-        for attr in ("_relprop", "_relprop_producer", "_relprop_softmax"):
+        for attr in ("_relprop", "_relprop_producer", "_relprop_softmax", "_relprop_gate"):
             if hasattr(tensor, attr):
                 setattr(tapped, attr, getattr(tensor, attr))
         return tapped
@@ -313,18 +313,28 @@ class Session:
         row = self._row(name, "Pass")
         out = elementwise.pass_through(self._tap(x, row), fn)
         self._watch(out, row)
+        if name.rsplit(".", 1)[-1].rstrip("_") in _GATES:
+            out._relprop_gate = self.token
         return out
 
     def _op_product(self, func, name, args, kwargs):
-        factors = sum(1 for t in _tensors(args, kwargs) if self.active(t))
-        if factors < 2:
+        active = [t for t in _tensors(args, kwargs) if self.active(t)]
+        if len(active) < 2:
             return self._plain(func, name, args, kwargs)
-        row = self._row(name, f"Uniform split over {factors} factors")
-        share = 1.0 / factors
+        gates = {id(t) for t in active if getattr(t, "_relprop_gate", None) is self.token}
+        if gates and len(gates) < len(active):
+            # A sigmoid output scaling a signal is a gate: it decides how much passes but gets no relevance itself
+            # (signal-take-all, as LRP does for LSTM and squeeze-and-excitation gates).
+            signals = len(active) - len(gates)
+            row = self._row(name, "Gate as constant" + (f", uniform over {signals} signals" if signals > 1 else ""))
+            shares = {id(t): (0.0 if id(t) in gates else 1.0 / signals) for t in active}
+        else:
+            row = self._row(name, f"Uniform split over {len(active)} factors")
+            shares = {id(t): 1.0 / len(active) for t in active}
 
         def scaled(value):
             if self.active(value):
-                return products.scale_gradient(self._tap(value, row), share)
+                return products.scale_gradient(self._tap(value, row), shares[id(value)])
             if isinstance(value, (list, tuple)):
                 return type(value)(scaled(v) for v in value)
             return value
@@ -478,6 +488,7 @@ class Session:
         return out
 
 
+_GATES = {"sigmoid", "hardsigmoid"}
 _OUT_OF_PLACE_PRODUCT = {"mul_": torch.mul, "__imul__": torch.mul, "addcmul_": torch.addcmul,
                          "baddbmm_": torch.baddbmm, "addmm_": torch.addmm}
 _SIGNATURES: dict = {}

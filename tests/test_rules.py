@@ -1,0 +1,224 @@
+"""Each rule against a reference written here from its formula (numpy, on the layer's explicit weight matrix)."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import relprop
+from relprop import rules
+from relprop.composites import Composite
+
+STAB = 1e-6
+
+
+def explain_with(model, x, rule, target=0):
+    composite = Composite(layer_map={"linear": rule, "conv": rule, "avg_pool": rule})
+    return relprop.explain(model, x, target=target, composite=composite)
+
+
+# ---- hand-checkable numbers on a 2 -> 1 linear layer: x = [1, 2], w = [3, -1], b = 1, so z = 3 - 2 + 1 = 2 -------
+def tiny_layer():
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, -1.0]]))
+        layer.bias.fill_(1.0)
+    return layer, torch.tensor([[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("rule, expected", [
+    (rules.Zero(), [3.0, -2.0]),                  # z_i / z * R with R = z = 2: [3, -2]; the bias absorbs 1
+    (rules.Epsilon(1.0), [2.0, -4.0 / 3.0]),      # denominator 2 + 1 = 3
+    (rules.ZPlus(), [1.5, 0.0]),                  # z+ = 3 + b+ = 4: 3/4 * 2
+    (rules.AlphaBeta(2, 1), [3.0, -2.0]),         # 2 * 3/4 * 2 and -1 * (-2)/(-2) * 2
+    (rules.Gamma(0.5), [2.25, -1.0]),             # w' = [4.5, -1], b' = 1.5, z' = 4: [4.5, -2] / 4 * 2
+    (rules.Flat(), [1.0, 1.0]),                   # 2 split evenly
+    (rules.WSquare(), [1.8, 0.2]),                # 9/10 and 1/10 of 2
+    # z_i = x_i w_i - low w_i+ - high w_i- = [3 - 0, -2 + 4] = [3, 2]; sum 5: R = [3, 2] / 5 * 2
+    (rules.ZBox(low=0.0, high=4.0), [1.2, 0.8]),
+])
+def test_rule_gives_hand_computed_relevance(rule, expected):
+    layer, x = tiny_layer()
+    relevance = explain_with(layer, x, rule).relevance
+    np.testing.assert_allclose(relevance[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_exponent_rule_hand_computed():
+    layer, x = tiny_layer()
+    # p = 2: x^2 w^2 = [9, 4], denominator 13, R = z = 2 -> [18/13, 8/13]
+    relevance = explain_with(layer, x, rules.Exponent(p=2.0)).relevance
+    np.testing.assert_allclose(relevance[0].numpy(), [18 / 13, 8 / 13], rtol=1e-5)
+
+
+# ---- a reference for any linear map, from its matrix A (out x in) and bias b ---------------------------------------
+def stabilize(z, eps):
+    return np.where(z >= 0, z + eps, z - eps)
+
+
+def reference(rule, A, b, x, R):
+    """Relevance at the input, straight from the rule's formula."""
+    contributions = A * x[None, :]
+    connected = (A != 0).astype(float)
+    if isinstance(rule, rules.Zero):
+        Z, z = contributions, contributions.sum(1) + b
+        return (Z / z[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.Epsilon):
+        Z = contributions
+        z = Z.sum(1) + (0 if rule.zero_bias else b)
+        return (Z / stabilize(z, rule.epsilon)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.ZPlus):
+        Z = contributions.clip(min=0)
+        z = Z.sum(1) + b.clip(min=0)
+        return (Z / stabilize(z, STAB)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.AlphaBeta):
+        Zp, Zn = contributions.clip(min=0), contributions.clip(max=0)
+        zp, zn = Zp.sum(1) + b.clip(min=0), Zn.sum(1) + b.clip(max=0)
+        return (rule.alpha * Zp / stabilize(zp, STAB)[:, None] * R[:, None]
+                - rule.beta * Zn / stabilize(zn, STAB)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.Gamma):
+        z = contributions.sum(1) + b
+        Zup = contributions + rule.gamma * contributions.clip(min=0)
+        Zdown = contributions + rule.gamma * contributions.clip(max=0)
+        zup = Zup.sum(1) + b + rule.gamma * b.clip(min=0)
+        zdown = Zdown.sum(1) + b + rule.gamma * b.clip(max=0)
+        Rp, Rn = R * (z > 0), R * (z < 0)
+        return (Zup / stabilize(zup, STAB)[:, None] * Rp[:, None]
+                + Zdown / stabilize(zdown, STAB)[:, None] * Rn[:, None]).sum(0)
+    if isinstance(rule, rules.ZBox):
+        Z = contributions - rule.low * A.clip(min=0) - rule.high * A.clip(max=0)
+        return (Z / stabilize(Z.sum(1), STAB)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.Flat):
+        return (connected / stabilize(connected.sum(1), STAB)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.WSquare):
+        Z = A ** 2
+        return (Z / stabilize(Z.sum(1), STAB)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.Exponent):
+        Z = (x[None, :] ** rule.p) * (A ** rule.p)
+        return (Z / stabilize(Z.sum(1), rule.epsilon)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.Norm):
+        return (contributions / stabilize(contributions.sum(1), STAB)[:, None] * R[:, None]).sum(0)
+    raise AssertionError(rule)
+
+
+def matrix_of(fn, in_shape):
+    """The matrix of a linear map (without bias), column by column from unit inputs."""
+    n = int(np.prod(in_shape))
+    basis = torch.eye(n, dtype=torch.float64).reshape((n,) + tuple(in_shape))
+    with torch.no_grad():
+        columns = fn(basis).reshape(n, -1)
+    return columns.T.numpy()
+
+
+ALL_RULES = [
+    rules.Zero(), rules.Epsilon(0.3), rules.Epsilon(0.3, zero_bias=True), rules.ZPlus(), rules.AlphaBeta(2, 1),
+    rules.AlphaBeta(1, 0), rules.Gamma(0.25), rules.Gamma(1.0), rules.ZBox(-1.5, 2.0), rules.Flat(), rules.WSquare(),
+    rules.Exponent(2.0), rules.Norm(),
+]
+
+
+def _layers():
+    torch.manual_seed(1)
+    dense = torch.nn.Linear(5, 4)
+    conv1 = torch.nn.Conv1d(2, 3, 3, padding=1)
+    conv2 = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    convt = torch.nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1)
+    grouped = torch.nn.Conv2d(4, 4, 3, padding=1, groups=2)
+    for layer in (dense, conv1, conv2, convt, grouped):
+        with torch.no_grad():
+            layer.bias.uniform_(-0.5, 0.5)  # biases non-zero, or rules could not be told apart
+    return [("dense", dense, (5,)), ("conv1d", conv1, (2, 6)), ("conv2d", conv2, (2, 5, 5)),
+            ("conv_transpose2d", convt, (2, 3, 3)), ("grouped_conv", grouped, (4, 4, 4))]
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+@pytest.mark.parametrize("case", _layers(), ids=lambda c: c[0])
+def test_rule_matches_reference_on_linear_and_conv_layers(rule, case):
+    _, layer, in_shape = case
+    torch.manual_seed(2)
+    x = torch.randn((1,) + in_shape)
+    if isinstance(rule, rules.Exponent):
+        x = x.abs()  # the e-rule with p=2 is meant for non-negative inputs
+    model = torch.nn.Sequential(layer, torch.nn.Flatten())
+    with torch.no_grad():
+        out = model(x)
+    target_relevance = torch.zeros_like(out)
+    target_relevance[0, ::2] = out[0, ::2]  # several outputs at once, of both signs
+    relevance = explain_with(model, x, rule, target=target_relevance).relevance
+
+    A, b = matrix_and_bias(layer, in_shape)
+    assert A.shape[0] == out.shape[1:].numel()
+    expected = reference(rule, A, b, x.double().flatten().numpy(), target_relevance.double().flatten().numpy())
+    np.testing.assert_allclose(relevance.flatten().numpy(), expected, rtol=2e-4, atol=2e-5)
+
+
+def matrix_and_bias(layer, in_shape):
+    """The layer as (matrix, bias per output element), in float64."""
+    without_bias = copy.deepcopy(layer).double()
+    without_bias.register_parameter("bias", None)
+    A = matrix_of(lambda basis: without_bias(basis).flatten(1), in_shape)
+    with torch.no_grad():
+        out_shape = without_bias(torch.zeros((1,) + in_shape, dtype=torch.float64)).shape[1:]
+    bias = layer.bias.detach().double()
+    b = bias.reshape((-1,) + (1,) * (len(out_shape) - 1)).expand(out_shape).reshape(-1).numpy()
+    return A, b
+
+
+def test_avg_pool_under_flat_keeps_relevance_in_its_channel():
+    # iNNvestigate issue #213: pooling seen as a dense layer leaked relevance across channels under flat/w^2.
+    torch.manual_seed(0)
+    pool = torch.nn.AvgPool2d(2)
+    x = torch.rand(1, 3, 4, 4)
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, 1] = 1.0  # relevance only in channel 1
+    composite = Composite(layer_map={torch.nn.AvgPool2d: rules.Flat()})
+    relevance = relprop.explain(pool, x, target=target, composite=composite).relevance
+    assert relevance[0, 0].abs().sum() == 0 and relevance[0, 2].abs().sum() == 0
+    np.testing.assert_allclose(relevance[0, 1].numpy(), np.full((4, 4), 0.25), rtol=1e-5)
+
+
+def test_adaptive_avg_pool_with_rule_is_a_per_channel_map():
+    pool = torch.nn.AdaptiveAvgPool2d(1)
+    x = torch.rand(2, 3, 4, 4)
+    composite = Composite(layer_map={torch.nn.AdaptiveAvgPool2d: rules.WSquare()})
+    expl = relprop.explain(pool, x, target=torch.ones(2, 3, 1, 1), composite=composite)
+    np.testing.assert_allclose(expl.relevance.numpy(), np.full((2, 3, 4, 4), 1 / 16), rtol=1e-4)  # 1e-6 stabilizer
+
+
+def test_flat_rule_gives_relevance_to_zero_valued_inputs():
+    layer = torch.nn.Linear(3, 1)
+    x = torch.tensor([[0.0, 1.0, 0.0]])
+    relevance = explain_with(layer, x, rules.Flat()).relevance
+    z = layer(x).item()
+    np.testing.assert_allclose(relevance[0].numpy(), [z / 3] * 3, rtol=1e-5)
+
+
+def test_alpha_beta_requires_conservative_parameters():
+    with pytest.raises(ValueError, match="alpha - beta must be 1"):
+        rules.AlphaBeta(2.0, 2.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        rules.AlphaBeta(-1.0, -2.0)
+
+
+def test_rules_by_name():
+    assert rules.get("epsilon", epsilon=0.5) == rules.Epsilon(0.5)
+    assert "gamma" in rules.names()
+    with pytest.raises(ValueError, match="unknown rule 'gama'"):
+        rules.get("gama")
+
+
+def test_pass_rule_on_a_same_shape_layer_hands_relevance_through():
+    layer = torch.nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    out = layer(x).detach()
+    expl = relprop.explain(layer, x, target=out, composite=Composite(layer_map={"linear": rules.Pass()}))
+    torch.testing.assert_close(expl.relevance, out, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_with_string_padding():
+    conv = torch.nn.Conv2d(2, 3, 3, padding="same")
+    x = torch.randn(1, 2, 5, 5)
+    with torch.no_grad():
+        conv.bias.zero_()
+    expl = relprop.explain(conv, x, target=torch.ones(1, 3, 5, 5, dtype=torch.bool),
+                           composite=Composite(layer_map={"conv": rules.Epsilon(1e-9)}))
+    torch.testing.assert_close(expl.delta, torch.zeros(1), atol=1e-4, rtol=0)
