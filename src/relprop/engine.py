@@ -91,6 +91,7 @@ class Producer:
     weight: torch.Tensor
     bias: torch.Tensor | None
     direct: bool
+    row: Row | None = None
 
 
 _LINEAR_ARGS = {
@@ -123,7 +124,7 @@ class Session:
     """State of one explanation: which tensors carry relevance, where ops run, what to record and report."""
 
     def __init__(self, model: torch.nn.Module, composite: Composite, canonizers=(), strict: bool = False,
-                 record=(), report: bool = False, warned: set | None = None):
+                 record=(), report: bool = False, warned: set | None = None, differentiable: bool = False):
         self.model = model
         self.composite = composite
         self.strict = strict
@@ -139,6 +140,7 @@ class Session:
         self.record = set(record)
         self.recorded: dict[str, list] = {}
         self.log_softmax_outputs = 0
+        self.differentiable = differentiable  # create_graph: relevance must be differentiable w.r.t. parameters
 
     # ---- running a model -------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor):
@@ -222,14 +224,12 @@ class Session:
                 setattr(tapped, attr, getattr(tensor, attr))
         return tapped
 
-    def _tap_args(self, args, row, skip_first=False):
+    def _tap_args(self, args, row):
         if row is None:
             return args
         tapped = []
-        for position, value in enumerate(args):
-            if skip_first and position == 0:
-                tapped.append(value)
-            elif self.active(value):
+        for value in args:
+            if self.active(value):
                 tapped.append(self._tap(value, row))
             elif isinstance(value, (list, tuple)) and any(self.active(v) for v in value):
                 tapped.append(type(value)(self._tap(v, row) if self.active(v) else v for v in value))
@@ -264,7 +264,8 @@ class Session:
 
     def _plain(self, func, name, args, kwargs, rule="Gradient"):
         row = self._row(name, rule)
-        out = func(*self._tap_args(args, row, skip_first=is_inplace(name)), **kwargs)
+        # In report mode in-place ops act on the tapped copy, which they return (as every in-place op does).
+        out = func(*self._tap_args(args, row), **kwargs)
         self._watch(out, row)
         return out
 
@@ -381,7 +382,8 @@ class Session:
         self.linear_index += 1
         rule = self.composite.rule_for(site)
         out, direct = self._apply_rule(func, name, args, kwargs, rule, linear_map, site, x, weight, bias)
-        out._relprop_producer = Producer(linear_map, rule, site, x, weight, bias, direct)
+        row = self.rows[-1] if self.rows else None
+        out._relprop_producer = Producer(linear_map, rule, site, x, weight, bias, direct, row)
         return out
 
     def _apply_rule(self, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None):
@@ -405,7 +407,7 @@ class Session:
         x_in = self._direct_view(x) if direct else x
         row = self._row(name if output is None else name + " + batch_norm (merged)", rule.name)
         call = linear.LinearCall(linear_map, rule, site, self, direct, output)
-        out = linear.LinearRuleFunction.apply(self._tap(x_in, row, direct), weight, bias, call)
+        out = linear.apply_rule(self._tap(x_in, row, direct), weight, bias, call, self.differentiable)
         self._watch(out, row)
         return out, direct
 
@@ -457,6 +459,9 @@ class Session:
         shift = -mean * scale
         if bias is not None:
             shift = shift + bias
+        if producer.row is not None and self.rows is not None:
+            # The op lives on inside the merged layer, reported once under the batch norm.
+            self.rows[:] = [row for row in self.rows if row is not producer.row]
         merged_weight = linear.scale_output_channels(producer.weight, scale, producer.linear_map)
         merged_bias = shift if producer.bias is None else producer.bias * scale + shift
         out, _ = self._apply_rule(func, producer.site.op, (), {}, producer.rule, producer.linear_map, producer.site,

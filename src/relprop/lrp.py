@@ -52,7 +52,8 @@ class LRP:
         _check_input(self.model, x)
         _check_target_type(target)
         record = self.record if record is None else _check_record(self.model, record)
-        session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned)
+        session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned,
+                          differentiable=create_graph)
         snapshot = _buffers_if_training(self.model)
         try:
             try:

@@ -182,6 +182,35 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
     return g_in
 
 
+class RuleGradient(torch.autograd.Function):
+    """Differentiable mode: adds zero to the output, and its backward is the rule's (recomputed, differentiable).
+
+    The output value then comes from the op on the *detached* input, so that its dependence on the parameters is
+    the true one (what a second derivative with respect to the parameters needs), while the input sees the rule.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, call: LinearCall, like):
+        ctx.call = call
+        ctx.save_for_backward(x, weight, bias)
+        return torch.zeros_like(like)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, bias = ctx.saved_tensors
+        z = ctx.call.linear_map.forward(x, weight, bias)
+        return input_relevance(ctx.call, x, weight, bias, z, g, True), None, None, None, None
+
+
+def apply_rule(x, weight, bias, call: LinearCall, differentiable: bool):
+    """The op's output, whose backward applies call.rule to the input."""
+    if not differentiable:
+        return LinearRuleFunction.apply(x, weight, bias, call)
+    value = call.linear_map.forward(x.detach(), weight, bias)
+    call.output = None
+    return value + RuleGradient.apply(x, weight, bias, call, value.detach())
+
+
 class LinearRuleFunction(torch.autograd.Function):
     """Forward: the op itself (or a precomputed output, for merged batch norm). Backward: the rule."""
 
@@ -198,10 +227,6 @@ class LinearRuleFunction(torch.autograd.Function):
     def backward(ctx, g):
         x, weight, bias, z = ctx.saved_tensors
         call = ctx.call
-        differentiable = torch.is_grad_enabled()
-        if differentiable:
-            # Recompute z from the parameters so that relevance is differentiable with respect to them.
-            z = call.linear_map.forward(x, weight, bias)
-        g_in = input_relevance(call, x, weight, bias, z, g, differentiable)
+        g_in = input_relevance(call, x, weight, bias, z, g, False)
         call.session.on_rule_backward(call, x, z, g, g_in)
         return g_in, None, None, None

@@ -42,7 +42,7 @@ _ACTIVATIONS = [
     "hardtanh", "hardtanh_", "relu6", "mish", "tanh", "sigmoid", "logsigmoid", "softsign", "tanhshrink",
     "hardshrink", "softshrink", "rrelu",
 ]
-_TENSOR_ACTIVATIONS = ["tanh", "tanh_", "sigmoid", "sigmoid_", "erf"]
+_TENSOR_ACTIVATIONS = ["tanh", "tanh_", "sigmoid", "sigmoid_", "erf", "clamp", "clamp_", "clip", "clip_"]
 _PRODUCTS = ["mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "matmul", "__matmul__", "__rmatmul__",
              "mm", "bmm", "einsum", "outer", "inner", "dot", "tensordot", "baddbmm", "addmm", "addcmul", "prod"]
 _DIVIDE = ["div", "div_", "__truediv__", "__rtruediv__", "__itruediv__", "divide", "true_divide"]

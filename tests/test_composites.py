@@ -1,0 +1,95 @@
+"""Composites: the registry, precedence of the maps, and every constructor parameter changing the result."""
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+import relprop
+from relprop import composites, rules
+from relprop.composites import Composite, Site
+from tests.models import with_biases
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return with_biases(nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)), scale=0.5).eval()
+
+
+def test_registry_lists_the_documented_composites():
+    assert composites.names() == ["epsilon", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
+                                  "epsilon_gamma_box", "epsilon_plus", "epsilon_plus_flat"]
+    assert isinstance(composites.get("epsilon_gamma_box", low=0.0, high=1.0), composites.EpsilonGammaBox)
+    assert [row[0] for row in composites.describe()] == composites.names()
+
+
+PARAMETER_CHANGES = {
+    "epsilon": 0.5, "stabilizer": 0.5, "gamma": 2.0, "low": -0.5, "high": 0.5, "zero_bias": True,
+}
+
+
+@pytest.mark.parametrize("name", composites.names())
+def test_every_constructor_parameter_changes_the_result(name):
+    # zennit users found composites that ignored their epsilon and beta_smooth: each parameter here must matter.
+    model = small_cnn()
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 6, 6)
+    baseline = relprop.explain(model, x, target=0, composite=composites.get(name)).relevance
+    parameters = [p for p in inspect.signature(composites._REGISTRY[name]).parameters
+                  if p not in ("layer_map", "name_map", "index_map")]
+    assert parameters, name
+    for parameter in parameters:
+        changed = relprop.explain(model, x, target=0,
+                                  composite=composites.get(name, **{parameter: PARAMETER_CHANGES[parameter]}))
+        assert (changed.relevance - baseline).abs().max() > 1e-5, f"{name}({parameter}=...) changed nothing"
+
+
+def site(kind="conv", name="features.3", index=2, module=None):
+    return Site(kind, "torch.nn.functional.conv2d", module, name, index)
+
+
+def test_precedence_is_name_then_position_then_type_then_default():
+    by_name, by_index, by_type, by_kind, default = (rules.Flat(), rules.ZPlus(), rules.Gamma(), rules.Epsilon(),
+                                                     rules.Zero())
+    composite = Composite(layer_map={nn.Conv2d: by_type, "conv": by_kind}, name_map={"features.*": by_name},
+                          index_map={2: by_index}, default=default)
+    conv = nn.Conv2d(1, 1, 1)
+    assert composite.rule_for(site(module=conv)) is by_name
+    assert composite.rule_for(site(name="head", module=conv)) is by_index
+    assert composite.rule_for(site(name="head", index=5, module=conv)) is by_type
+    assert composite.rule_for(site(name="head", index=5)) is by_kind  # functional conv: no module
+    assert composite.rule_for(site(kind="linear", name="head", index=5)) is default
+    assert composite.rule_for(site(kind="conv_transpose", name="up", index=5)) is by_kind  # "conv" covers both
+
+
+def test_user_maps_extend_a_named_composite_and_win():
+    model = small_cnn()
+    x = torch.randn(1, 3, 6, 6)
+    custom = composites.EpsilonPlusFlat(name_map={"6": rules.Flat()})
+    report = relprop.LRP(model, custom).report(x)
+    rules_by_module = {row.module: row.rule for row in report}
+    assert rules_by_module["0"] == "Flat" and rules_by_module["2"] == "ZPlus"
+    assert rules_by_module["6"] == "Flat" and rules_by_module["8"] == "Epsilon"
+
+
+def test_first_layer_is_the_first_one_run_not_the_first_registered():
+    class Backwards(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.stem(x)).mean((2, 3)))
+
+    report = relprop.LRP(Backwards(), "epsilon_plus_flat").report(torch.randn(1, 3, 5, 5))
+    assert {row.module: row.rule for row in report}["stem"] == "Flat"
+
+
+def test_bad_maps_are_refused():
+    with pytest.raises(ValueError, match="unknown layer kind 'dense'"):
+        Composite(layer_map={"dense": rules.Epsilon()})
+    with pytest.raises(TypeError, match="maps layers to rules"):
+        Composite(layer_map={"linear": "epsilon"})

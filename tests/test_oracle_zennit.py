@@ -1,0 +1,54 @@
+"""Same numbers as zennit 1.0 for the composites both define (zennit is an optional test extra, an oracle only)."""
+import pytest
+import torch
+import torchvision
+
+import relprop
+from tests.models import with_biases
+
+zennit = pytest.importorskip("zennit")
+from zennit import composites as zc  # noqa: E402
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.torchvision import ResNetCanonizer, SequentialMergeBatchNorm  # noqa: E402
+
+PAIRS = [
+    ("epsilon_plus", zc.EpsilonPlus, {}),
+    ("epsilon_plus_flat", zc.EpsilonPlusFlat, {}),
+    ("epsilon_gamma_box", zc.EpsilonGammaBox, {"low": -3.0, "high": 3.0}),
+    ("epsilon_alpha2_beta1", zc.EpsilonAlpha2Beta1, {}),
+    ("epsilon_alpha2_beta1_flat", zc.EpsilonAlpha2Beta1Flat, {}),
+]
+
+
+def zennit_relevance(model, composite, x, target):
+    # zennit starts from the given output relevance; relprop starts from the logit, so hand zennit the logit too.
+    with Gradient(model=model, composite=composite) as attributor:
+        _, relevance = attributor(x, lambda out: torch.nn.functional.one_hot(target, out.shape[1]) * out)
+    return relevance
+
+
+def compare(model, canonizer, x, ours, theirs, params):
+    target = model(x).argmax(1)
+    expected = zennit_relevance(model, theirs(canonizers=[canonizer()], **params), x, target)
+    got = relprop.explain(model, x, target=target, composite=ours, **params).relevance
+    scale = expected.abs().max()
+    torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("ours, theirs, params", PAIRS, ids=[p[0] for p in PAIRS])
+def test_small_cnn_with_batch_norm_matches_zennit(ours, theirs, params):
+    torch.manual_seed(0)
+    model = with_biases(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(32, 10), torch.nn.ReLU(), torch.nn.Linear(10, 4))).eval()
+    compare(model, SequentialMergeBatchNorm, torch.randn(3, 3, 8, 8), ours, theirs, params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ours, theirs, params", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("name, canonizer", [("vgg11_bn", SequentialMergeBatchNorm), ("resnet18", ResNetCanonizer)])
+def test_torchvision_models_match_zennit(name, canonizer, ours, theirs, params):
+    torch.manual_seed(0)
+    model = with_biases(getattr(torchvision.models, name)()).eval()
+    compare(model, canonizer, torch.randn(2, 3, 32, 32), ours, theirs, params)
