@@ -258,8 +258,36 @@ class Session:
         if family == "quiet" or not any(self.active(t) for t in _tensors(args, kwargs)):
             return func(*args, **kwargs)
         handler = getattr(self, "_op_" + family) if family is not None else self._op_unknown
-        out = handler(func, name, args, kwargs)
+        short = name.rsplit(".", 1)[-1]
+        for tensor in _tensors(args, kwargs):
+            consumed = getattr(tensor, "_relprop_call", None)
+            if consumed is not None and not consumed.rectified:
+                # A rule op whose outputs only ever feed ReLUs receives no relevance on outputs <= 0.
+                consumed.consumers += 1
+                consumed.relu_consumers += short in ("relu", "relu_")
+        call = getattr(args[0], "_relprop_call", None) if args and isinstance(args[0], torch.Tensor) else None
+        if call is None or not _writes_first_argument(func, name, args, kwargs):
+            out = handler(func, name, args, kwargs)
+        else:
+            # The model is about to change a rule op's output in place; the rule's backward needs its values.
+            target = args[0]
+            relu = name.rsplit(".", 1)[-1] in ("relu", "relu_") and target._version in call.harmless_versions
+            if not relu and call.preserved is None:
+                call.preserved = target.detach().clone()
+            out = handler(func, name, args, kwargs)
+            if relu:  # zeroes exactly where a ReLU's gradient will be zero: the rule never reads those values
+                call.harmless_versions.add(target._version)
+                call.rectified = True  # later readers see the ReLU's output, and their relevance passes through it
         self._mark(out)
+        if isinstance(out, torch.Tensor):
+            short = name.rsplit(".", 1)[-1]
+            nonnegative = family in ("gradient", "avg_pool") and (short in _MAKES_NONNEGATIVE or (
+                short in _KEEPS_SIGN and all(getattr(t, "_relprop_nonnegative", None) is self.token
+                                             for t in _tensors(args, kwargs) if self.active(t))))
+            if nonnegative:
+                out._relprop_nonnegative = self.token
+            elif getattr(out, "_relprop_nonnegative", None) is not None:
+                del out._relprop_nonnegative  # written in place by an op that may make it negative
         return out
 
     def _plain(self, func, name, args, kwargs, rule="Gradient"):
@@ -386,7 +414,7 @@ class Session:
         out._relprop_producer = Producer(linear_map, rule, site, x, weight, bias, direct, row)
         return out
 
-    def _apply_rule(self, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None):
+    def _apply_rule(self, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None, merge=None):
         """Run one linear-like op (or merged op, given its output) under rule; returns (output, direct)."""
         if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
             if output is not None:
@@ -406,8 +434,11 @@ class Session:
             term.input not in rules.PROPORTIONAL_INPUTS for group in rule.groups() for term in group.terms)
         x_in = self._direct_view(x) if direct else x
         row = self._row(name if output is None else name + " + batch_norm (merged)", rule.name)
-        call = linear.LinearCall(linear_map, rule, site, self, direct, output)
+        call = linear.LinearCall(linear_map, rule, site, self, direct, output, merge,
+                                 nonnegative=getattr(x, "_relprop_nonnegative", None) is self.token)
         out = linear.apply_rule(self._tap(x_in, row, direct), weight, bias, call, self.differentiable)
+        if not self.differentiable:
+            out._relprop_call = call
         self._watch(out, row)
         return out, direct
 
@@ -462,10 +493,8 @@ class Session:
         if producer.row is not None and self.rows is not None:
             # The op lives on inside the merged layer, reported once under the batch norm.
             self.rows[:] = [row for row in self.rows if row is not producer.row]
-        merged_weight = linear.scale_output_channels(producer.weight, scale, producer.linear_map)
-        merged_bias = shift if producer.bias is None else producer.bias * scale + shift
         out, _ = self._apply_rule(func, producer.site.op, (), {}, producer.rule, producer.linear_map, producer.site,
-                                  producer.x, merged_weight, merged_bias, output=value)
+                                  producer.x, producer.weight, producer.bias, output=value, merge=(scale, shift))
         return out
 
     def _op_layer_norm(self, func, name, args, kwargs):
@@ -494,9 +523,38 @@ class Session:
 
 
 _GATES = {"sigmoid", "hardsigmoid"}
+_MAKES_NONNEGATIVE = {"relu", "relu_", "abs"}
+_KEEPS_SIGN = {"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+               "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+               "adaptive_avg_pool2d", "adaptive_avg_pool3d", "view", "reshape", "flatten", "cat", "concat", "dropout",
+               "contiguous", "clone", "__getitem__", "permute", "transpose", "squeeze", "unsqueeze", "mean", "sum",
+               "__add__", "add", "add_", "__iadd__", "__radd__", "max", "amax"}
 _OUT_OF_PLACE_PRODUCT = {"mul_": torch.mul, "__imul__": torch.mul, "addcmul_": torch.addcmul,
                          "baddbmm_": torch.baddbmm, "addmm_": torch.addmm}
 _SIGNATURES: dict = {}
+
+
+def _signature(func):
+    if func not in _SIGNATURES:
+        try:
+            _SIGNATURES[func] = inspect.signature(func)
+        except (TypeError, ValueError):
+            _SIGNATURES[func] = None
+    return _SIGNATURES[func]
+
+
+def _writes_first_argument(func, name, args, kwargs) -> bool:
+    if is_inplace(name):
+        return True
+    if not name.startswith("torch.nn.functional."):
+        return False
+    if kwargs.get("inplace") is True:
+        return True
+    signature = _signature(func)
+    if signature is None or "inplace" not in signature.parameters:
+        return False
+    position = list(signature.parameters).index("inplace")
+    return len(args) > position and args[position] is True
 
 
 def _out_of_place(func, name, args, kwargs):
@@ -510,12 +568,7 @@ def _out_of_place(func, name, args, kwargs):
         return lambda t: func(t, *rest, **kwargs)
     if short.endswith("_"):
         func = getattr(torch.nn.functional, short[:-1])
-    if func not in _SIGNATURES:
-        try:
-            _SIGNATURES[func] = inspect.signature(func)
-        except (TypeError, ValueError):
-            _SIGNATURES[func] = None
-    signature = _SIGNATURES[func]
+    signature = _signature(func)
     if signature is not None and "inplace" in signature.parameters:
         bound = signature.bind_partial(None, *rest, **kwargs)
         bound.arguments["inplace"] = False

@@ -11,7 +11,7 @@ layer's input is the sum over its groups. Every rule below is that formula with 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -96,8 +96,8 @@ class LinearRule(Rule):
     def groups(self) -> tuple[Group, ...]:
         raise NotImplementedError
 
-    def stabilize(self, denominator: torch.Tensor) -> torch.Tensor:
-        return stabilize(denominator, self.stabilizer)
+    def stabilize(self, denominator: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return stabilize(denominator, self.stabilizer, inplace)
 
     @property
     def is_gradient(self) -> bool:

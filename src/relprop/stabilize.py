@@ -2,11 +2,13 @@
 import torch
 
 
-def stabilize(denominator: torch.Tensor, epsilon: float) -> torch.Tensor:
+def stabilize(denominator: torch.Tensor, epsilon: float, inplace: bool = False) -> torch.Tensor:
     """Add epsilon with the sign of each entry (zero counts as positive), as the epsilon rule defines it."""
     if epsilon == 0:
         return denominator
-    return torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+    # copysign gives zero (+0.0) the positive sign, as the rule wants, in one pass instead of where()'s three
+    shift = torch.copysign(torch.tensor(epsilon, dtype=denominator.dtype, device=denominator.device), denominator)
+    return denominator.add_(shift) if inplace and not denominator.requires_grad else denominator + shift
 
 
 def divide_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ lazily in the backward pass, from the saved input, and only for groups that expl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -80,6 +80,13 @@ def scale_output_channels(weight: torch.Tensor, scale: torch.Tensor, linear_map:
     return (grouped * factor).reshape(weight.shape)
 
 
+def merged_parameters(weight, bias, merge, linear_map):
+    """Weight and bias of a linear-like op followed by an affine batch norm (scale, shift per channel)."""
+    scale, shift = merge
+    merged_bias = shift if bias is None else bias * scale + shift
+    return scale_output_channels(weight, scale, linear_map), merged_bias
+
+
 @dataclass
 class LinearCall:
     """What one linear-like op call needs for its backward; kept on its output so a batch norm can merge into it."""
@@ -90,6 +97,17 @@ class LinearCall:
     session: Any
     direct: bool = False  # the input is the model input: hand back relevance itself, not g
     output: torch.Tensor | None = None  # precomputed output (merged batch norm), handed over once
+    merge: tuple | None = None  # (scale, shift) of a batch norm merged into this op, applied in the backward only
+    nonnegative: bool = False  # the input is known to be >= 0 (it comes from a ReLU): x+ is x, x- is 0
+    preserved: torch.Tensor | None = None  # copy of the output taken before the model changed it in place
+    harmless_versions: set | None = None  # output versions whose values serve the rule as well as the original
+    consumers: int = 0  # ops that read the output ...
+    relu_consumers: int = 0  # ... and how many of them are ReLUs
+    rectified: bool = False  # a ReLU was applied to the output in place
+
+    def feeds_only_relu(self) -> bool:
+        """No relevance can arrive on outputs <= 0: they all go through a ReLU, whose gradient is zero there."""
+        return self.rectified or (self.consumers > 0 and self.consumers == self.relu_consumers)
 
 
 def _select_input(kind: str, x: torch.Tensor, call: LinearCall) -> torch.Tensor:
@@ -117,48 +135,79 @@ def _is_plain(terms, rule, bias) -> bool:
         bias is None or (term.bias and not rule.zero_bias))
 
 
-def _denominator(terms, rule, lmap, x, weight, bias, call):
-    denominator = 0
-    for term in terms:
+def _denominator(terms, weights, rule, lmap, x, bias, call):
+    denominator = None
+    for term, term_weight in zip(terms, weights):
         term_bias = None if (bias is None or not term.bias or rule.zero_bias) else term.weight(bias)
-        denominator = denominator + term.sign * lmap.forward(_select_input(term.input, x, call), term.weight(weight), term_bias)
+        part = lmap.forward(_select_input(term.input, x, call), term_weight, term_bias)
+        if term.sign != 1:
+            part = part.mul_(term.sign) if not part.requires_grad else part * term.sign
+        denominator = part if denominator is None else denominator + part
     return denominator
+
+
+def _effective_terms(terms, nonnegative: bool, nonpositive: bool):
+    """Terms as they act on this input: on a non-negative input x+ is x and x- vanishes (and vice versa)."""
+    effective = []
+    for term in terms:
+        kind = term.input
+        if (kind == "x-" and nonnegative) or (kind == "x+" and nonpositive):
+            continue
+        if kind in ("x+", "x-") and (nonnegative or nonpositive):
+            term = replace(term, input="x")
+        effective.append(term)
+    return effective
 
 
 def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: bool):
     """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output."""
     rule = call.rule
     lmap = call.linear_map
+    groups = rule.groups()
+    nonnegative, nonpositive = call.nonnegative, False
+    if not differentiable and not nonnegative and any(t.input in ("x+", "x-") for group in groups for t in group.terms):
+        low, high = torch.aminmax(x)  # one pass; after a ReLU this makes x+ = x and drops every x- term
+        nonnegative, nonpositive = bool(low >= 0), bool(high <= 0)
     relevance_out = z * g
-    has_negative = differentiable or bool((x < 0).any())
-    has_positive = differentiable or bool((x > 0).any())
+    rectified = call.feeds_only_relu()
     # Accumulated W^T s per kind of input; combined into g (proportional) or relevance (the others) at the end.
     transposed: dict[str, torch.Tensor] = {}
-    for group in rule.groups():
-        terms = [t for t in group.terms if not (t.input == "x-" and not has_negative)
-                 and not (t.input == "x+" and not has_positive)]
+    for group in groups:
+        terms = _effective_terms(group.terms, nonnegative, nonpositive)
         if not terms:
             continue
         numerator = relevance_out
         if group.where is not None:
-            mask = z > 0 if group.where == "positive" else z < 0
-            numerator = numerator * mask
-        if not differentiable and not bool(numerator.any()):
-            continue
+            if not differentiable and rectified:
+                if group.where == "negative":
+                    continue  # after a ReLU no relevance sits on negative outputs: skip the gamma rule's half
+            else:
+                numerator = numerator * (z > 0 if group.where == "positive" else z < 0)
+                if not differentiable and not bool(numerator.any()):
+                    continue
+        weights = [term.weight(weight) for term in terms]  # `keep` returns the weight itself, no copy
         if _is_plain(terms, rule, bias):
             denominator = z  # the epsilon family: the denominator is the output itself, no recomputation
         else:
-            denominator = _denominator(terms, rule, lmap, x, weight, bias, call)
-        s = group.coefficient * numerator / rule.stabilize(denominator)
+            denominator = _denominator(terms, weights, rule, lmap, x, bias, call)
+        # a freshly computed denominator is stabilized in place, and a masked numerator divided in place
+        stabilized = rule.stabilize(denominator, inplace=denominator is not z and not differentiable)
+        if numerator is not relevance_out and not differentiable:
+            s = numerator.div_(stabilized)
+        else:
+            s = numerator / stabilized
+        if group.coefficient != 1:
+            s = s * group.coefficient
         by_input: dict[str, torch.Tensor] = {}
-        for term in terms:
-            term_weight = term.sign * term.weight(weight)
+        for term, term_weight in zip(terms, weights):
+            if term.sign != 1:
+                term_weight = term.sign * term_weight
             by_input[term.input] = by_input[term.input] + term_weight if term.input in by_input else term_weight
         for kind, combined in by_input.items():
             part = lmap.transpose(s, combined, x)
             transposed[kind] = transposed[kind] + part if kind in transposed else part
 
-    g_in = torch.zeros_like(x)
+    g_in = None
     for kind in PROPORTIONAL_INPUTS:
         if kind not in transposed:
             continue
@@ -167,7 +216,9 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
             part = part * (x > 0)
         elif kind == "x-":
             part = part * (x < 0)
-        g_in = g_in + part
+        g_in = part if g_in is None else g_in + part
+    if g_in is None:
+        g_in = torch.zeros_like(x)
     direct = None
     for kind, part in transposed.items():
         if kind in PROPORTIONAL_INPUTS:
@@ -206,6 +257,9 @@ def apply_rule(x, weight, bias, call: LinearCall, differentiable: bool):
     """The op's output, whose backward applies call.rule to the input."""
     if not differentiable:
         return LinearRuleFunction.apply(x, weight, bias, call)
+    if call.merge is not None:
+        weight, bias = merged_parameters(weight, bias, call.merge, call.linear_map)
+        call.merge = None
     value = call.linear_map.forward(x.detach(), weight, bias)
     call.output = None
     return value + RuleGradient.apply(x, weight, bias, call, value.detach())
@@ -219,14 +273,25 @@ class LinearRuleFunction(torch.autograd.Function):
         z = call.linear_map.forward(x, weight, bias) if call.output is None else call.output
         call.output = None
         ctx.call = call
-        # z is kept as a copy: the model may change the output in place (ReLU(inplace=True), out += identity).
-        ctx.save_for_backward(x, weight, bias, z.clone())
+        ctx.save_for_backward(x, weight, bias)
+        # The output is kept as a detached alias (no reference cycle, no copy). If the model changes it in place,
+        # the engine either hands over a copy first (call.preserved) or knows the change is harmless (a ReLU:
+        # where it changed a value, no relevance flows); anything else it did not see costs one recomputation.
+        ctx.z, ctx.version = z.detach(), z._version
+        call.harmless_versions = {z._version}
         return z
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, bias, z = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
         call = ctx.call
+        if call.merge is not None:  # merged weights exist only while this layer's backward runs
+            weight, bias = merged_parameters(weight, bias, call.merge, call.linear_map)
+        z = ctx.z
+        if call.preserved is not None:
+            z = call.preserved
+        elif z._version not in call.harmless_versions:
+            z = call.linear_map.forward(x, weight, bias)
         g_in = input_relevance(call, x, weight, bias, z, g, False)
         call.session.on_rule_backward(call, x, z, g, g_in)
         return g_in, None, None, None

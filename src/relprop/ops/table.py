@@ -97,6 +97,7 @@ for _name in ("T.__get__", "mT.__get__"):
 
 
 def is_inplace(name: str) -> bool:
+    """Whether a torch function of this name writes into its first argument."""
     short = name.rsplit(".", 1)[-1]
-    return (short.endswith("_") and not short.endswith("__")) or short.startswith("__i") and short not in (
-        "__init__", "__iter__", "__index__", "__int__")
+    return ((short.endswith("_") and not short.endswith("__")) or short == "__setitem__"
+            or (short.startswith("__i") and short not in ("__init__", "__iter__", "__index__", "__int__")))

@@ -1,0 +1,197 @@
+"""Time and peak memory of relprop LRP against plain gradient x input, zennit and captum, in one process.
+
+    .venv/bin/python benchmarks/bench_lrp.py                  # vgg16 and resnet50, batch 4, 224x224, CPU
+    .venv/bin/python benchmarks/bench_lrp.py --quick          # batch 2, 112x112, for a smoke run
+
+Runs are interleaved (each round runs every method once) and the median is reported, so that drifting load on a
+shared machine touches all methods alike. Peak memory is measured apart, one child process per method (so that
+allocator settings that make it measurable do not slow the timed runs): the resident-set high-water mark during
+one call above the level before it (Linux: /proc/self/clear_refs resets the mark; big blocks come from mmap and
+go back at once).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import subprocess  # noqa: E402
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+import relprop  # noqa: E402
+
+_libc = ctypes.CDLL("libc.so.6")
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(fn):
+    """(seconds, peak extra MiB) of one call."""
+    gc.collect()
+    _libc.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = _rss_kib("VmRSS:")
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    return seconds, (_rss_kib("VmHWM:") - before) / 1024
+
+
+def gradient_x_input(model, x, target):
+    def run():
+        leaf = x.detach().requires_grad_(True)
+        out = model(leaf)
+        (grad,) = torch.autograd.grad(out[torch.arange(len(x)), target].sum(), leaf)
+        return leaf * grad
+    return run
+
+
+def relprop_method(model, x, target, composite):
+    lrp = relprop.LRP(model, composite)
+    return lambda: lrp(x, target).relevance
+
+
+def zennit_method(model, x, target, composite_name):
+    from zennit import composites as zc
+    from zennit.attribution import Gradient
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    canonizer = ResNetCanonizer() if isinstance(model, torchvision.models.ResNet) else VGGCanonizer()
+    composite = {"epsilon_plus_flat": lambda: zc.EpsilonPlusFlat(canonizers=[canonizer]),
+                 "epsilon_gamma_box": lambda: zc.EpsilonGammaBox(low=-3.0, high=3.0, canonizers=[canonizer])}[
+        composite_name]()
+    grad_output = torch.nn.functional.one_hot(target, 1000).float()
+
+    def run():
+        with Gradient(model=model, composite=composite) as attributor:
+            return attributor(x, grad_output)[1]
+    return run
+
+
+def captum_method(model, x, target):
+    from captum.attr import LRP as CaptumLRP
+
+    attributor = CaptumLRP(model)
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return attributor.attribute(x, target=target)
+    return run
+
+
+def build_methods(name, batch, size, peers):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    methods = {
+        "gradient x input": gradient_x_input(model, x, target),
+        "relprop epsilon_plus_flat": relprop_method(model, x, target, "epsilon_plus_flat"),
+        "relprop epsilon_gamma_box": relprop_method(model, x, target, "epsilon_gamma_box"),
+    }
+    if peers:
+        try:
+            import zennit  # noqa: F401
+            methods["zennit EpsilonPlusFlat"] = zennit_method(model, x, target, "epsilon_plus_flat")
+            methods["zennit EpsilonGammaBox"] = zennit_method(model, x, target, "epsilon_gamma_box")
+        except ImportError:
+            pass
+        try:
+            import captum  # noqa: F401
+            methods["captum LRP"] = captum_method(model, x, target)
+        except ImportError:
+            pass
+    return methods
+
+
+def child_memory(name, batch, size, method):
+    """Run in a child process: peak extra MiB of one call of method (after one warm-up call)."""
+    fn = build_methods(name, batch, size, peers=True)[method]
+    fn()
+    print(f"{measure(fn)[1]:.1f}")
+
+
+def memory_in_child(name, batch, size, method):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    result = subprocess.run([sys.executable, __file__, "--memory-child", name, str(batch), str(size), method],
+                            capture_output=True, text=True, env=env)
+    try:
+        return float(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def bench_model(name, batch, size, rounds, peers):
+    methods = build_methods(name, batch, size, peers)
+    times = {key: [] for key in methods}
+    memory = {}
+    failed = {}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for key, fn in methods.items():
+            if key in failed:
+                continue
+            try:
+                seconds, mib = measure(fn)
+            except Exception as error:  # a peer that cannot explain this model is reported, not fatal
+                failed[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+                continue
+            if round_index:
+                times[key].append(seconds)
+    for key in methods:
+        if key not in failed:
+            memory[key] = memory_in_child(name, batch, size, key)
+    base_time = statistics.median(times["gradient x input"])
+    base_memory = memory["gradient x input"]
+    rows = []
+    for key in methods:
+        if key in failed:
+            rows.append((name, key, "fails", "", "", "", failed[key]))
+            continue
+        t, m = statistics.median(times[key]), memory[key]
+        rows.append((name, key, f"{t:.3f}", f"{t / base_time:.2f}x", f"{m:.0f}", f"{m / base_memory:.2f}x", ""))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="batch 2, 112x112, 2 rounds")
+    parser.add_argument("--no-peers", action="store_true", help="skip zennit and captum")
+    parser.add_argument("--memory-child", nargs=4, metavar=("MODEL", "BATCH", "SIZE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        name, batch, size, method = args.memory_child
+        child_memory(name, int(batch), int(size), method)
+        return
+    if args.quick:
+        args.batch, args.size, args.rounds = 2, 112, 2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {args.batch}, {args.size}x{args.size}, "
+          f"median of {args.rounds} interleaved rounds, CPU\n")
+    print("| model | method | time (s) | time / gradient | peak MiB | memory / gradient | note |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        for row in bench_model(name, args.batch, args.size, args.rounds, not args.no_peers):
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
