@@ -3,8 +3,18 @@ from . import canonizers, composites, rules
 from .engine import UnsupportedOperation, UnsupportedOpWarning
 from .explanation import Explanation, Report
 from .lrp import LRP, explain
+from .compare import Comparison, compare
 
 __version__ = "0.1.0"
 
-__all__ = ["LRP", "explain", "Explanation", "Report", "rules", "composites", "canonizers", "UnsupportedOperation",
-           "UnsupportedOpWarning", "__version__"]
+__all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "rules", "composites", "canonizers",
+           "viz", "UnsupportedOperation", "UnsupportedOpWarning", "__version__"]
+
+
+def __getattr__(name):
+    # viz (matplotlib) and demo load on first use, so `import relprop` stays as quick as torch allows
+    if name in ("viz", "demo"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

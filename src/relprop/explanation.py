@@ -1,8 +1,10 @@
 """What an explanation returns: relevance, the output it explains, and how well relevance was conserved."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -21,6 +23,112 @@ class Explanation:
     @property
     def relevance_sum(self) -> torch.Tensor:
         return self.relevance.flatten(1).sum(1)
+
+    # ---- per sample: expl[i], expl[2:5], for sample in expl ---------------------------------------------------
+    def __len__(self) -> int:
+        return self.relevance.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, index) -> Explanation:
+        """The explanation of some samples; an int gives one sample, keeping the batch dimension (of size 1)."""
+        count = len(self)
+        if isinstance(index, bool):
+            raise TypeError("index an Explanation with an int, a slice, a list of ints or a boolean mask")
+        if isinstance(index, int):
+            if not -count <= index < count:
+                raise IndexError(f"sample {index} out of range for an explanation of {count} samples")
+            index = slice(index % count, index % count + 1)
+        elif isinstance(index, (list, tuple)):
+            index = torch.as_tensor(index, dtype=torch.bool if index and isinstance(index[0], bool) else torch.long)
+        elif not isinstance(index, (slice, torch.Tensor)):
+            raise TypeError(f"index an Explanation with an int, a slice, a list of ints or a boolean mask, "
+                            f"got {type(index).__name__}")
+
+        def take(value):
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == count:
+                return value[index.to(value.device) if isinstance(index, torch.Tensor) else index]
+            if isinstance(value, list):
+                return [take(item) for item in value]
+            return value
+
+        return Explanation(take(self.relevance), take(self.output), take(self.explained), take(self.delta),
+                           take(self.target), {name: take(value) for name, value in self.layers.items()},
+                           self.explained_logits, take(self.gradient), self.feature_names)
+
+    # ---- features: names, top-k, tables, charts ---------------------------------------------------------------
+    def feature_labels(self, positions=None) -> list[str]:
+        """A name for each entry of a flattened sample (or for the given flat positions): its feature name, with
+        its position when the names cover the last dimension only (e.g. "ecg[12]"), else "x[0, 3, 4]"."""
+        shape = tuple(self.relevance.shape[1:])
+        size = math.prod(shape)
+        positions = range(size) if positions is None else positions
+        names = None if self.feature_names is None else [str(name) for name in self.feature_names]
+        if names is not None and len(names) == size:
+            return [names[j] for j in positions]
+        if names is not None and not (shape and len(names) == shape[-1]):
+            raise ValueError(f"{len(names)} feature names for samples shaped {shape}; give one name per feature "
+                             f"({size}) or per entry of the last dimension ({shape[-1] if shape else 1})")
+        labels = []
+        for j in positions:
+            where = [int(i) for i in np.unravel_index(j, shape)] if shape else []
+            if names is None:
+                labels.append(f"x[{', '.join(map(str, where))}]")
+            else:
+                labels.append(f"{names[where[-1]]}[{', '.join(map(str, where[:-1]))}]")
+        return labels
+
+    def top(self, k: int = 5, absolute: bool = False) -> list[list[tuple[str, float]]]:
+        """Per sample, the k features of highest relevance (of highest |relevance| if absolute) as (name, value)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        flat = self.relevance.detach().flatten(1).cpu()
+        order = (flat.abs() if absolute else flat).argsort(dim=1, descending=True, stable=True)[:, :k]
+        return [list(zip(self.feature_labels(picks.tolist()), row[picks].tolist())) for row, picks in zip(flat, order)]
+
+    def to_dataframe(self):
+        """A pandas DataFrame: one row per sample, one column per feature (see feature_labels)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Explanation.to_dataframe needs pandas, which relprop does not install: "
+                              "pip install pandas") from None
+        values = self.relevance.detach().flatten(1).cpu().double().numpy()
+        frame = pandas.DataFrame(values, columns=self.feature_labels())
+        frame.index.name = "sample"
+        return frame
+
+    def plot(self, sample: int = 0, kind: str = "auto", top: int | None = None, ax=None, **options):
+        """Draw one sample's relevance and return the matplotlib Axes.
+
+        kind "auto" picks "bar" for table rows (named features, or at most 64 values), "line" for longer 1-D
+        signals (channels summed), "heatmap" for images; options go to the relprop.viz function that draws.
+        """
+        from . import viz
+
+        relevance = self.relevance[sample].detach().cpu()
+        if kind == "auto":
+            if relevance.dim() >= 3:
+                kind = "heatmap"
+            elif self.feature_names is not None or relevance.numel() <= 64:
+                kind = "bar"
+            else:
+                kind = "line"
+        if kind == "bar":
+            return viz.bars(relevance.flatten(), self.feature_labels(), top=top, ax=ax, **options)
+        if kind == "line":
+            return viz.line(relevance.reshape(-1, relevance.shape[-1]).sum(0) if relevance.dim() else relevance,
+                            ax=ax, **options)
+        if kind == "heatmap":
+            if ax is None:
+                from matplotlib.figure import Figure
+
+                ax = Figure(figsize=(4, 4)).add_subplot()
+            ax.imshow(viz.heatmap(relevance, **options)[0], interpolation="nearest")
+            ax.set_axis_off()
+            return ax
+        raise ValueError(f"unknown kind {kind!r}; choose auto, bar, line or heatmap")
 
     def __repr__(self):
         return (f"Explanation(relevance={tuple(self.relevance.shape)}, output={tuple(self.output.shape)}, "

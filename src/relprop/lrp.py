@@ -25,10 +25,11 @@ class LRP:
     composite's parameters. canonizers: "auto", None, or a list (see relprop.canonizers). strict: raise on ops
     without a rule instead of warning. record: module names whose output relevance is kept in ``layers``.
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
+    feature_names: names of the input's features (tabular data), kept on each Explanation.
     """
 
     def __init__(self, model: torch.nn.Module, composite="epsilon_plus_flat", canonizers="auto", strict: bool = False,
-                 record=(), output: Callable | None = None, **composite_params):
+                 record=(), output: Callable | None = None, feature_names=None, **composite_params):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -37,6 +38,7 @@ class LRP:
         self.strict = bool(strict)
         self.record = _check_record(model, record)
         self.output = output
+        self.feature_names = list(feature_names) if feature_names is not None else None
         self._warned: set = set()
 
     def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False, record=None) -> Explanation:
@@ -92,7 +94,7 @@ class LRP:
         if not create_graph:
             gradient = gradient.detach()
         explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits,
-                                  gradient)
+                                  gradient, self.feature_names)
         return explanation, session.rows
 
     def _select_output(self, output):
@@ -110,10 +112,10 @@ class LRP:
 
 def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="epsilon_plus_flat", *,
             canonizers="auto", strict: bool = False, record=(), create_graph: bool = False, output=None,
-            **composite_params) -> Explanation:
+            feature_names=None, **composite_params) -> Explanation:
     """One call: LRP(model, composite, ...)(x, target)."""
     attributor = LRP(model, composite, canonizers=canonizers, strict=strict, record=record, output=output,
-                     **composite_params)
+                     feature_names=feature_names, **composite_params)
     return attributor(x, target, create_graph=create_graph)
 
 
