@@ -19,8 +19,9 @@ def small_cnn():
 
 
 def test_registry_lists_the_documented_composites():
-    assert composites.names() == ["epsilon", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
-                                  "epsilon_gamma_box", "epsilon_plus", "epsilon_plus_flat"]
+    assert composites.names() == ["attnlrp", "cp_lrp", "epsilon", "epsilon_alpha2_beta1",
+                                  "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "epsilon_plus",
+                                  "epsilon_plus_flat"]
     assert isinstance(composites.get("epsilon_gamma_box", low=0.0, high=1.0), composites.EpsilonGammaBox)
     assert [row[0] for row in composites.describe()] == composites.names()
 

@@ -150,7 +150,29 @@ class EpsilonAlpha2Beta1Flat(Composite):
         super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
 
 
+class AttnLRP(Composite):
+    """AttnLRP (Achtibat et al. 2024) for transformers: epsilon on linear layers (or gamma, if given), softmax by
+    its gradient x input, products of activations split uniformly, norms with the std as a constant."""
+
+    softmax = "gradient"
+
+    def __init__(self, epsilon: float = 1e-6, gamma: float | None = None, zero_bias: bool = False,
+                 layer_map=None, name_map=None, index_map=None):
+        rule = (rules.Epsilon(epsilon, zero_bias=zero_bias) if gamma is None
+                else rules.Gamma(gamma, stabilizer=epsilon, zero_bias=zero_bias))
+        super().__init__(_extend(layer_map, {"linear": rule, "conv": rule}), name_map, index_map)
+
+
+class CPLRP(AttnLRP):
+    """CP-LRP (Ali et al. 2022): AttnLRP's rules, but attention weights are constants: relevance flows through the
+    values only, and is conserved exactly when biases are zero."""
+
+    softmax = "constant"
+
+
 _REGISTRY = {
+    "attnlrp": AttnLRP,
+    "cp_lrp": CPLRP,
     "epsilon": Epsilon,
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,

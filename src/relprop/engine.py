@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from . import rules
 from .canonizers import MergeBatchNorm
 from .composites import Composite, Site
-from .ops import elementwise, linear, norms, products
+from .ops import attention, elementwise, linear, norms, products
 from .ops.table import FAMILIES, QUIET, is_inplace
 
 
@@ -124,7 +124,8 @@ class Session:
     """State of one explanation: which tensors carry relevance, where ops run, what to record and report."""
 
     def __init__(self, model: torch.nn.Module, composite: Composite, canonizers=(), strict: bool = False,
-                 record=(), report: bool = False, warned: set | None = None, differentiable: bool = False):
+                 record=(), report: bool = False, warned: set | None = None, differentiable: bool = False,
+                 elementwise=(), forward=None):
         self.model = model
         self.composite = composite
         self.strict = strict
@@ -141,6 +142,10 @@ class Session:
         self.recorded: dict[str, list] = {}
         self.log_softmax_outputs = 0
         self.differentiable = differentiable  # create_graph: relevance must be differentiable w.r.t. parameters
+        self.elementwise = tuple(elementwise)  # extra module types explained as one element-wise op
+        self.forward = forward  # callable(model, x) -> output, when the model is not called as model(x)
+        self.suspended: torch.nn.Module | None = None  # an element-wise module running unintercepted
+        self.suspended_input = None
 
     # ---- running a model -------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor):
@@ -155,19 +160,41 @@ class Session:
                 handles.append(module.register_forward_pre_hook(self._enter))
                 handles.append(module.register_forward_hook(self._leave))
             with torch.enable_grad(), _Interceptor(self):
-                output = self.model(self.input_leaf)
+                if self.forward is None:
+                    output = self.model(self.input_leaf)
+                else:
+                    output = self.forward(self.model, self.input_leaf)
         finally:
             for handle in handles:
                 handle.remove()
             self.stack.clear()
+            self.suspended = self.suspended_input = None
         return output
 
     def _enter(self, module, args):
         self.stack.append(module)
+        if (self.suspended is None and args and self.active(args[0])
+                and elementwise.is_elementwise_module(module, self.elementwise)):
+            self.suspended, self.suspended_input = module, args[0]
 
     def _leave(self, module, args, output):
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
+        if self.suspended is module:
+            x = self.suspended_input
+            self.suspended = self.suspended_input = None
+            if isinstance(output, torch.Tensor) and output.shape == x.shape and output.is_floating_point():
+                row = self._row(type(module).__name__ + " (element-wise module)", "Pass")
+                output = elementwise.pass_module(self._tap(x, row), output)
+                self._mark(output)
+                self._watch(output, row)
+            else:
+                self.unsupported(type(module).__name__, "treated as element-wise, but its output is not shaped "
+                                                         "like its input")
+        self._record(module, output)
+        return output
+
+    def _record(self, module, output):
         name = self.names.get(id(module))
         if name in self.record:
             tensor = output if isinstance(output, torch.Tensor) else next(
@@ -245,7 +272,8 @@ class Session:
                 value = tensor.detach().clone()
 
                 def add(g, value=value):
-                    row.relevance_out += float((value * g).sum())
+                    if g is not None:  # None for outputs of a multi-output op that nothing used
+                        row.relevance_out += float((value * g).sum())
 
                 tensor.register_hook(add)
 
@@ -254,6 +282,8 @@ class Session:
 
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, func, args, kwargs):
+        if self.suspended is not None:  # inside an element-wise module: its output is ruled as a whole
+            return func(*args, **kwargs)
         name, family = classify(func)
         if family == "quiet" or not any(self.active(t) for t in _tensors(args, kwargs)):
             return func(*args, **kwargs)
@@ -301,10 +331,32 @@ class Session:
         return self._plain(func, name, args, kwargs)
 
     def _op_softmax(self, func, name, args, kwargs):
+        if getattr(self.composite, "softmax", "gradient") == "constant":
+            # CP-LRP: attention weights are constants, so relevance flows through the values only.
+            row = self._row(name, "Constant (CP-LRP)")
+            out = func(*args, **kwargs).detach()
+            if row is not None:
+                row.backward_seen = True
+            return out
         out = self._plain(func, name, args, kwargs, rule="Gradient (AttnLRP softmax)")
         if isinstance(out, torch.Tensor):
             out._relprop_softmax = args[0]
         return out
+
+    def _op_attention(self, func, name, args, kwargs):
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        bound = _bind(names, args, kwargs, {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
+                                            "enable_gqa": False})
+        with _Interceptor(self):  # the decomposition's own ops are intercepted and ruled one by one
+            return attention.scaled_dot_product(**bound)
+
+    def _op_multi_head_attention(self, func, name, args, kwargs):
+        bound = _bind(attention.MHA_ARGS, args, kwargs, attention.MHA_DEFAULTS)
+        why = attention.multi_head_supported(bound)
+        if why is not None:
+            return self._op_unknown(func, f"{name} ({why})", args, kwargs)
+        with _Interceptor(self):
+            return attention.multi_head(**bound)
 
     def _op_log_softmax(self, func, name, args, kwargs):
         out = self._plain(func, name, args, kwargs, rule="Gradient (log-softmax)")
@@ -347,6 +399,11 @@ class Session:
         return out
 
     def _op_product(self, func, name, args, kwargs):
+        if (name == "torch.addmm" and len(args) >= 3 and not kwargs and not self.active(args[0])
+                and self.active(args[1]) and not self.active(args[2])):
+            # bias + x @ W, as GPT-2's Conv1D writes a linear layer
+            return self._linear_like(torch.nn.functional.linear, "torch.nn.functional.linear",
+                                     (args[1], args[2].t(), args[0]), {}, "linear")
         active = [t for t in _tensors(args, kwargs) if self.active(t)]
         if len(active) < 2:
             return self._plain(func, name, args, kwargs)

@@ -26,10 +26,15 @@ class LRP:
     without a rule instead of warning. record: module names whose output relevance is kept in ``layers``.
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
     feature_names: names of the input's features (tabular data), kept on each Explanation.
+    forward: callable(model, x) -> output, for models not called as model(x), e.g.
+    ``lambda model, embeddings: model(inputs_embeds=embeddings)``.
+    elementwise: extra module types to explain as one element-wise op (relevance passes through), for activations
+    or RMS norms written from ops without rules; *RMSNorm and *GELU/SiLU...Activation classes are recognised.
     """
 
     def __init__(self, model: torch.nn.Module, composite="epsilon_plus_flat", canonizers="auto", strict: bool = False,
-                 record=(), output: Callable | None = None, feature_names=None, **composite_params):
+                 record=(), output: Callable | None = None, feature_names=None, forward: Callable | None = None,
+                 elementwise=(), **composite_params):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -39,6 +44,8 @@ class LRP:
         self.record = _check_record(model, record)
         self.output = output
         self.feature_names = list(feature_names) if feature_names is not None else None
+        self.forward = forward
+        self.elementwise = tuple(elementwise)
         self._warned: set = set()
 
     def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False, record=None) -> Explanation:
@@ -55,7 +62,7 @@ class LRP:
         _check_target_type(target)
         record = self.record if record is None else _check_record(self.model, record)
         session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned,
-                          differentiable=create_graph)
+                          differentiable=create_graph, elementwise=self.elementwise, forward=self.forward)
         snapshot = _buffers_if_training(self.model)
         try:
             try:
@@ -112,10 +119,10 @@ class LRP:
 
 def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="epsilon_plus_flat", *,
             canonizers="auto", strict: bool = False, record=(), create_graph: bool = False, output=None,
-            feature_names=None, **composite_params) -> Explanation:
+            feature_names=None, forward=None, elementwise=(), **composite_params) -> Explanation:
     """One call: LRP(model, composite, ...)(x, target)."""
     attributor = LRP(model, composite, canonizers=canonizers, strict=strict, record=record, output=output,
-                     feature_names=feature_names, **composite_params)
+                     feature_names=feature_names, forward=forward, elementwise=elementwise, **composite_params)
     return attributor(x, target, create_graph=create_graph)
 
 

@@ -10,7 +10,8 @@ Families:
   linear / conv / conv_transpose   linear-like layers, ruled by the composite
   avg_pool    gradient by default, a linear map per channel when the composite gives it a rule
   batch_norm / layer_norm / group_norm / rms_norm   normalisation (std as constant)
-  softmax     gradient, remembered for the output policy
+  softmax     gradient (AttnLRP), or a constant (CP-LRP), as the composite says; remembered for the output policy
+  attention / multi_head_attention   fused attention, run as its decomposition into the ops above
 Anything else that touches relevance is reported as unsupported.
 """
 
@@ -66,6 +67,8 @@ for _name in _DIVIDE:
     FAMILIES[T + _name] = "divide"
     FAMILIES["torch." + _name] = "divide"
 FAMILIES.update({
+    "torch.functional.einsum": "product", "torch.functional.tensordot": "product",
+    "torch.functional.split": "gradient", "torch.functional.unique": "gradient",
     F + "linear": "linear",
     F + "conv1d": "conv", F + "conv2d": "conv", F + "conv3d": "conv",
     F + "conv_transpose1d": "conv_transpose", F + "conv_transpose2d": "conv_transpose",
@@ -75,6 +78,8 @@ FAMILIES.update({
     F + "batch_norm": "batch_norm", F + "layer_norm": "layer_norm", F + "group_norm": "group_norm",
     F + "rms_norm": "rms_norm",
     F + "softmax": "softmax", T + "softmax": "softmax", "torch.softmax": "softmax",
+    F + "scaled_dot_product_attention": "attention",
+    F + "multi_head_attention_forward": "multi_head_attention",
     F + "log_softmax": "log_softmax", T + "log_softmax": "log_softmax", "torch.log_softmax": "log_softmax",
 })
 # Tensor methods whose result carries no relevance (metadata, comparisons) need no check at all.

@@ -1,0 +1,118 @@
+"""Attention written out in plain ops, so that each gets its rule while explaining.
+
+Fused kernels (``F.scaled_dot_product_attention``) and ``F.multi_head_attention_forward`` arrive as one op; the
+engine runs these decompositions instead, under interception: the two matrix products become products of
+activations (AttnLRP's uniform rule), the softmax gets the composite's softmax rule, projections get the linear
+rules. Values agree with the fused kernels to float rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def scaled_dot_product(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                       enable_gqa=False):
+    """softmax(q k^T * scale + mask) v, with the semantics of F.scaled_dot_product_attention."""
+    length, source = query.shape[-2], key.shape[-2]
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        key = key.repeat_interleave(repeat, dim=-3)
+        value = value.repeat_interleave(repeat, dim=-3)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if is_causal:
+        allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:  # True means "may attend"
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    return torch.matmul(weights, value)
+
+
+MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+            "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+            "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+            "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal")
+MHA_DEFAULTS = {"training": True, "key_padding_mask": None, "need_weights": True, "attn_mask": None,
+                "use_separate_proj_weight": False, "q_proj_weight": None, "k_proj_weight": None,
+                "v_proj_weight": None, "static_k": None, "static_v": None, "average_attn_weights": True,
+                "is_causal": False}
+
+
+def multi_head_supported(arguments: dict) -> str | None:
+    """Why the decomposition below cannot run this call, or None if it can."""
+    for name in ("bias_k", "bias_v", "static_k", "static_v"):
+        if arguments[name] is not None:
+            return f"{name} is not supported"
+    if arguments["add_zero_attn"]:
+        return "add_zero_attn is not supported"
+    return None
+
+
+def _as_additive(mask, dtype):
+    """A multi-head attention mask (bool: True = masked out, or additive float) as an additive float mask."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+
+
+def multi_head(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, bias_k, bias_v,
+               add_zero_attn, dropout_p, out_proj_weight, out_proj_bias, training=True, key_padding_mask=None,
+               need_weights=True, attn_mask=None, use_separate_proj_weight=False, q_proj_weight=None,
+               k_proj_weight=None, v_proj_weight=None, static_k=None, static_v=None, average_attn_weights=True,
+               is_causal=False):
+    """F.multi_head_attention_forward for inputs shaped (L, N, E) or (L, E), without bias_k/v or zero attention."""
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    length, batch, embed = query.shape
+    source = key.shape[0]
+    head = embed // num_heads
+    if use_separate_proj_weight:
+        biases = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
+        q = F.linear(query, q_proj_weight, biases[0])
+        k = F.linear(key, k_proj_weight, biases[1])
+        v = F.linear(value, v_proj_weight, biases[2])
+    else:
+        weights = in_proj_weight.chunk(3)
+        biases = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
+        q = F.linear(query, weights[0], biases[0])
+        k = F.linear(key, weights[1], biases[1])
+        v = F.linear(value, weights[2], biases[2])
+    # (L, N, E) -> (N, heads, L, head)
+    q = q.reshape(length, batch, num_heads, head).permute(1, 2, 0, 3)
+    k = k.reshape(source, batch, num_heads, head).permute(1, 2, 0, 3)
+    v = v.reshape(source, batch, num_heads, head).permute(1, 2, 0, 3)
+    mask = _as_additive(attn_mask, q.dtype)
+    if mask is not None:
+        mask = mask.reshape(batch, num_heads, length, source) if mask.dim() == 3 else mask
+    if key_padding_mask is not None:
+        padding = _as_additive(key_padding_mask, q.dtype).reshape(batch, 1, 1, source)
+        mask = padding if mask is None else mask + padding
+    if is_causal and mask is None:
+        allowed = torch.ones(length, source, dtype=torch.bool, device=q.device).tril()
+        mask = _as_additive(~allowed, q.dtype)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(head))
+    if mask is not None:
+        scores = scores + mask
+    attention = torch.softmax(scores, dim=-1)
+    if training and dropout_p > 0:
+        attention = F.dropout(attention, dropout_p)
+    out = torch.matmul(attention, v)  # (N, heads, L, head)
+    out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
+    out = F.linear(out, out_proj_weight, out_proj_bias)
+    returned = attention.mean(1) if average_attn_weights else attention
+    if not batched:
+        out = out.squeeze(1)
+        returned = returned.squeeze(0)
+    return out, (returned if need_weights else None)

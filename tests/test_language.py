@@ -1,0 +1,156 @@
+"""Transformers from Hugging Face (tiny random configs), torchvision and timm: CP-LRP conserves exactly, AttnLRP
+runs strict, token relevance comes per token, and nothing about the models is patched."""
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+import relprop
+from relprop.language import explain_tokens
+
+transformers = pytest.importorskip("transformers")
+timm = pytest.importorskip("timm")
+transformers.logging.set_verbosity_error()
+
+
+def zero_constants(model):
+    """Zero every bias and every learned constant added to the stream (position, token-type, class tokens): with
+    them gone, conservative rules must hand the whole logit to the input embeddings."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or any(key in name for key in ("pos", "wpe", "token_type", "cls_token",
+                                                                     "class_token")):
+                parameter.zero_()
+            if name.endswith("head.weight"):  # torchvision starts its ViT head at zero
+                parameter.normal_(0, 0.5)
+    return model.eval()
+
+
+def language_model(family, implementation):
+    torch.manual_seed(0)
+    if family == "llama":
+        config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2,
+                                          attn_implementation=implementation)
+        return transformers.LlamaForCausalLM(config)
+    if family == "gpt2":
+        config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                         bos_token_id=0, eos_token_id=0, attn_implementation=implementation)
+        return transformers.GPT2LMHeadModel(config)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32,
+                                     attn_implementation=implementation)
+    return transformers.BertForSequenceClassification(config)
+
+
+FAMILIES = [(family, implementation) for family in ("llama", "gpt2", "bert") for implementation in ("eager", "sdpa")]
+
+
+@pytest.mark.parametrize("family, implementation", FAMILIES)
+def test_cp_lrp_is_exactly_conservative_on_language_models(family, implementation):
+    model = zero_constants(language_model(family, implementation))
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+    result = explain_tokens(model, ids, composite="cp_lrp", strict=True)
+    expl = result.explanation
+    assert result.relevance.shape == (2, 6) and expl.relevance.shape == (2, 6, 32)
+    torch.testing.assert_close(result.relevance.sum(1), expl.explained, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(expl.relevance_sum, expl.explained, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, implementation", FAMILIES)
+def test_attnlrp_runs_strict_and_reports_its_residual_honestly(family, implementation):
+    model = language_model(family, implementation).eval()
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(2))
+    result = explain_tokens(model, ids, composite="attnlrp", strict=True)
+    expl = result.explanation
+    assert torch.isfinite(expl.relevance).all()
+    torch.testing.assert_close(expl.delta, expl.explained - expl.relevance_sum)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    if family == "bert":
+        assert result.target.tolist() == logits.argmax(-1).tolist()
+    else:  # the predicted next token at the last position
+        assert result.target.tolist() == logits[:, -1].argmax(-1).tolist()
+        torch.testing.assert_close(expl.explained, logits[:, -1].max(-1).values, rtol=1e-4, atol=1e-5)
+
+
+def test_eager_and_sdpa_give_the_same_relevance():
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(3))
+    eager = explain_tokens(language_model("llama", "eager").eval(), ids, target=7).relevance
+    sdpa = explain_tokens(language_model("llama", "sdpa").eval(), ids, target=7).relevance
+    torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-6)
+
+
+def test_token_relevance_renders_as_html():
+    model = language_model("gpt2", "eager").eval()
+    result = explain_tokens(model, torch.tensor([[1, 2, 3]]), target=5)
+    page = result.html()
+    assert page.count("<span") == 3 and "<!DOCTYPE html>" in page
+
+
+def test_record_the_residual_stream_after_each_block():
+    model = zero_constants(language_model("llama", "eager"))
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(4))
+    result = explain_tokens(model, ids, composite="cp_lrp", record=["model.layers.0", "model.layers.1"])
+    for name in ("model.layers.0", "model.layers.1"):
+        torch.testing.assert_close(result.explanation.layers[name].sum(), result.explanation.explained.sum(),
+                                   rtol=1e-3, atol=1e-5)
+
+
+def test_nothing_is_patched_and_the_model_works_as_before():
+    model = language_model("llama", "sdpa").eval()
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(5))
+    classes_before = {name: dict(vars(type(module))) for name, module in model.named_modules()}
+    functions_before = dict(vars(torch.nn.functional))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    explain_tokens(model, ids)
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert {name: dict(vars(type(module))) for name, module in model.named_modules()} == classes_before
+    assert dict(vars(torch.nn.functional)) == functions_before
+
+
+def test_bad_token_input_is_refused():
+    model = language_model("gpt2", "eager").eval()
+    with pytest.raises(ValueError, match="integer tensor shaped \\(batch, tokens\\)"):
+        explain_tokens(model, torch.randn(1, 4))
+    with pytest.raises(ValueError, match="token id in 0..63"):
+        explain_tokens(model, torch.tensor([[1, 2]]), target=100)
+
+
+def torchvision_vit():
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                hidden_dim=16, mlp_dim=32, num_classes=5)
+
+
+def timm_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=5)
+
+
+@pytest.mark.parametrize("build", [torchvision_vit, timm_vit], ids=["torchvision", "timm"])
+def test_vision_transformers(build):
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    model = zero_constants(build())
+    expl = relprop.explain(model, x, composite="cp_lrp", strict=True)
+    torch.testing.assert_close(expl.relevance_sum, expl.explained, rtol=1e-3, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attn = relprop.explain(build().eval(), x, composite="attnlrp", strict=True)
+    assert torch.isfinite(attn.relevance).all() and attn.relevance.shape == x.shape
+
+
+def test_report_shows_every_attention_op_and_its_rule():
+    model = language_model("llama", "sdpa").eval()
+    embeddings = model.get_input_embeddings()(torch.tensor([[1, 2, 3, 4]])).detach()
+    lrp = relprop.LRP(model, "attnlrp", forward=lambda m, e: m(inputs_embeds=e).logits)
+    report = lrp.report(embeddings, target=lambda logits: logits * (logits == logits.max()))
+    rules = {(row.op.rsplit(".", 1)[-1], row.rule) for row in report}
+    assert ("matmul", "Uniform split over 2 factors") in rules
+    assert ("softmax", "Gradient (AttnLRP softmax)") in rules
+    assert ("LlamaRMSNorm (element-wise module)", "Pass") in {(row.op, row.rule) for row in report}
+    assert ("linear", "Epsilon") in rules
