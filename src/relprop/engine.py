@@ -146,6 +146,7 @@ class Session:
         self.forward = forward  # callable(model, x) -> output, when the model is not called as model(x)
         self.suspended: torch.nn.Module | None = None  # an element-wise module running unintercepted
         self.suspended_input = None
+        self.suspended_grad = True
 
     # ---- running a model -------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor):
@@ -176,6 +177,9 @@ class Session:
         if (self.suspended is None and args and self.active(args[0])
                 and elementwise.is_elementwise_module(module, self.elementwise)):
             self.suspended, self.suspended_input = module, args[0]
+            # its inner ops need no graph: the whole module gets one op in it ("run" restores grad mode on errors)
+            self.suspended_grad = torch.is_grad_enabled()
+            torch.set_grad_enabled(self.differentiable)
 
     def _leave(self, module, args, output):
         if self.stack and self.stack[-1] is module:
@@ -183,6 +187,7 @@ class Session:
         if self.suspended is module:
             x = self.suspended_input
             self.suspended = self.suspended_input = None
+            torch.set_grad_enabled(self.suspended_grad)
             if isinstance(output, torch.Tensor) and output.shape == x.shape and output.is_floating_point():
                 row = self._row(type(module).__name__ + " (element-wise module)", "Pass")
                 output = elementwise.pass_module(self._tap(x, row), output)
@@ -557,8 +562,15 @@ class Session:
     def _op_layer_norm(self, func, name, args, kwargs):
         bound = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs,
                       {"weight": None, "bias": None, "eps": 1e-5})
-        surrogate = norms.layer_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["bias"], bound["eps"])
-        return self._norm(func, name, args, kwargs, bound["input"], surrogate)
+        if self.differentiable:  # the surrogate's backward is made of differentiable ops
+            surrogate = norms.layer_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["bias"],
+                                                   bound["eps"])
+            return self._norm(func, name, args, kwargs, bound["input"], surrogate)
+        row = self._row(name, "Std as constant")
+        out = norms.layer_norm(self._tap(bound["input"], row), bound["normalized_shape"], bound["weight"],
+                               bound["bias"], bound["eps"])
+        self._watch(out, row)
+        return out
 
     def _op_group_norm(self, func, name, args, kwargs):
         bound = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs,

@@ -8,6 +8,12 @@ import re
 import torch
 
 
+def _ratio_times(g: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """g * y / x, and 0 where x is zero (or so small that y / x overflows): there no relevance can travel back."""
+    out = (g * y).div_(x)
+    return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
 class PassThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn):
@@ -18,11 +24,11 @@ class PassThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        y = ctx.fn(x)
-        # Where x is (numerically) zero no relevance can be carried back: y/x would overflow.
-        tiny = x.abs() <= torch.finfo(x.dtype).tiny * 1e6
-        ratio = torch.where(tiny, torch.zeros_like(y), y / torch.where(tiny, torch.ones_like(x), x))
-        return g * ratio, None
+        if torch.is_grad_enabled():  # differentiable mode: plain ops only
+            y = ctx.fn(x)
+            safe = torch.where(x == 0, torch.ones_like(x), x)
+            return torch.where(x == 0, torch.zeros_like(g), g * y / safe), None
+        return _ratio_times(g, ctx.fn(x), x), None
 
 
 def pass_through(x: torch.Tensor, fn) -> torch.Tensor:
@@ -34,20 +40,20 @@ class PassModule(torch.autograd.Function):
     returns the module's own output y, backward hands g * y / x to its input."""
 
     @staticmethod
-    def forward(ctx, x, y):
-        ctx.save_for_backward(x, y)
-        return y.clone()
+    def forward(ctx, x, holder):
+        (y,) = holder  # handed over outside the inputs, so that it can be returned without a copy
+        ratio = (y / x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        ctx.save_for_backward(ratio)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        x, y = ctx.saved_tensors
-        tiny = x.abs() <= torch.finfo(x.dtype).tiny * 1e6
-        ratio = torch.where(tiny, torch.zeros_like(y), y / torch.where(tiny, torch.ones_like(x), x))
+        (ratio,) = ctx.saved_tensors
         return g * ratio, None
 
 
 def pass_module(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return PassModule.apply(x, y.detach())
+    return PassModule.apply(x, [y.detach()])
 
 
 ELEMENTWISE_MODULE = re.compile(r".*RMSNorm|.*(GELU|SiLU|Swish|Mish)\w*Activation|.*GELUTanh|QuickGELU")

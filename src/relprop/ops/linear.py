@@ -159,6 +159,20 @@ def _effective_terms(terms, nonnegative: bool, nonpositive: bool):
     return effective
 
 
+def _transpose_group(s, group, terms, weights, lmap, x, transposed):
+    """Add coefficient * W_t^T s for the group's terms to the running sums, per kind of input."""
+    if group.coefficient != 1:
+        s = s * group.coefficient
+    by_input: dict[str, torch.Tensor] = {}
+    for term, term_weight in zip(terms, weights):
+        if term.sign != 1:
+            term_weight = term.sign * term_weight
+        by_input[term.input] = by_input[term.input] + term_weight if term.input in by_input else term_weight
+    for kind, combined in by_input.items():
+        part = lmap.transpose(s, combined, x)
+        transposed[kind] = transposed[kind] + part if kind in transposed else part
+
+
 def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: bool):
     """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output."""
     rule = call.rule
@@ -168,7 +182,7 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
     if not differentiable and not nonnegative and any(t.input in ("x+", "x-") for group in groups for t in group.terms):
         low, high = torch.aminmax(x)  # one pass; after a ReLU this makes x+ = x and drops every x- term
         nonnegative, nonpositive = bool(low >= 0), bool(high <= 0)
-    relevance_out = z * g
+    relevance_out = None  # z * g, computed once and only if a group needs it
     rectified = call.feeds_only_relu()
     # Accumulated W^T s per kind of input; combined into g (proportional) or relevance (the others) at the end.
     transposed: dict[str, torch.Tensor] = {}
@@ -176,6 +190,16 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
         terms = _effective_terms(group.terms, nonnegative, nonpositive)
         if not terms:
             continue
+        plain_epsilon = (not differentiable and _is_plain(terms, rule, bias)
+                         and (group.where is None or (rectified and group.where == "positive")))
+        if plain_epsilon:
+            # z g / (z + eps sign z) = g |z| / (|z| + eps): no relevance tensor, no sign tensor
+            magnitude = z.abs()
+            s = g * magnitude.div_(magnitude + rule.stabilizer)
+            _transpose_group(s, group, terms, [term.weight(weight) for term in terms], lmap, x, transposed)
+            continue
+        if relevance_out is None:
+            relevance_out = z * g
         numerator = relevance_out
         if group.where is not None:
             if not differentiable and rectified:
@@ -196,16 +220,7 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
             s = numerator.div_(stabilized)
         else:
             s = numerator / stabilized
-        if group.coefficient != 1:
-            s = s * group.coefficient
-        by_input: dict[str, torch.Tensor] = {}
-        for term, term_weight in zip(terms, weights):
-            if term.sign != 1:
-                term_weight = term.sign * term_weight
-            by_input[term.input] = by_input[term.input] + term_weight if term.input in by_input else term_weight
-        for kind, combined in by_input.items():
-            part = lmap.transpose(s, combined, x)
-            transposed[kind] = transposed[kind] + part if kind in transposed else part
+        _transpose_group(s, group, terms, weights, lmap, x, transposed)
 
     g_in = None
     for kind in PROPORTIONAL_INPUTS:

@@ -83,3 +83,26 @@ def batch_stats_surrogate(mean, var, weight, bias, eps):
 
 def with_surrogate_gradient(x, value_fn, surrogate_fn):
     return SurrogateGradient.apply(x, value_fn, surrogate_fn)
+
+
+class LayerNormConstantStd(torch.autograd.Function):
+    """Layer norm whose backward treats 1/std as a constant, in closed form from the forward's own statistics:
+    y = (x - mean) r w + b gives g_in = r (h - mean(h)) with h = g w, the mean over the normalised dims."""
+
+    @staticmethod
+    def forward(ctx, x, normalized_shape, weight, bias, eps):
+        out, _, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
+        ctx.dims = tuple(range(-len(normalized_shape), 0))
+        ctx.save_for_backward(rstd, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        rstd, weight = ctx.saved_tensors
+        h = g if weight is None else g * weight
+        centred = h - h.mean(ctx.dims, keepdim=True)
+        return centred.mul_(rstd) if not centred.requires_grad else centred * rstd, None, None, None, None
+
+
+def layer_norm(x, normalized_shape, weight, bias, eps):
+    return LayerNormConstantStd.apply(x, tuple(normalized_shape), weight, bias, eps)
