@@ -22,7 +22,7 @@ def scaled_dot_product(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
         key = key.repeat_interleave(repeat, dim=-3)
         value = value.repeat_interleave(repeat, dim=-3)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))  # scaling q costs less than scaling the scores
     if is_causal:
         allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -102,7 +102,7 @@ def multi_head(query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
     if is_causal and mask is None:
         allowed = torch.ones(length, source, dtype=torch.bool, device=q.device).tril()
         mask = _as_additive(~allowed, q.dtype)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(head))
+    scores = torch.matmul(q * (1.0 / math.sqrt(head)), k.transpose(-2, -1))
     if mask is not None:
         scores = scores + mask
     attention = torch.softmax(scores, dim=-1)
