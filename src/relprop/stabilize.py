@@ -7,8 +7,11 @@ def stabilize(denominator: torch.Tensor, epsilon: float, inplace: bool = False) 
     if epsilon == 0:
         return denominator
     # copysign gives zero (+0.0) the positive sign, as the rule wants, in one pass instead of where()'s three
+    if inplace and not denominator.requires_grad:
+        negative = denominator < 0  # a byte per entry, instead of a sign tensor the size of the denominator
+        return denominator.add_(epsilon).add_(negative, alpha=-2 * epsilon)
     shift = torch.copysign(torch.tensor(epsilon, dtype=denominator.dtype, device=denominator.device), denominator)
-    return denominator.add_(shift) if inplace and not denominator.requires_grad else denominator + shift
+    return shift.add_(denominator) if not shift.requires_grad else denominator + shift
 
 
 def divide_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

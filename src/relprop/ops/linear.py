@@ -140,9 +140,13 @@ def _denominator(terms, weights, rule, lmap, x, bias, call):
     for term, term_weight in zip(terms, weights):
         term_bias = None if (bias is None or not term.bias or rule.zero_bias) else term.weight(bias)
         part = lmap.forward(_select_input(term.input, x, call), term_weight, term_bias)
-        if term.sign != 1:
-            part = part.mul_(term.sign) if not part.requires_grad else part * term.sign
-        denominator = part if denominator is None else denominator + part
+        if denominator is None:
+            denominator = part if term.sign == 1 else part * term.sign
+        elif denominator.requires_grad or part.requires_grad:  # differentiable mode: no in-place ops
+            denominator = denominator + term.sign * part
+        else:
+            denominator.add_(part, alpha=term.sign)  # accumulate in place: one output-sized buffer in all
+        del part
     return denominator
 
 
@@ -194,13 +198,35 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
                          and (group.where is None or (rectified and group.where == "positive")))
         if plain_epsilon:
             # z g / (z + eps sign z) = g |z| / (|z| + eps): no relevance tensor, no sign tensor
-            magnitude = z.abs()
-            s = g * magnitude.div_(magnitude + rule.stabilizer)
+            s = z.abs()
+            denominator = s + rule.stabilizer
+            s = s.div_(denominator).mul_(g)
+            del denominator  # big layers: keep at most two temporaries of the output's size alive
             _transpose_group(s, group, terms, [term.weight(weight) for term in terms], lmap, x, transposed)
             continue
-        if relevance_out is None:
-            relevance_out = z * g
-        numerator = relevance_out
+        weights = [term.weight(weight) for term in terms]  # `keep` returns the weight itself, no copy
+        if not differentiable and not _is_plain(terms, rule, bias):
+            # s = z g / stabilize(z') built inside the buffer of z': one output-sized temporary in all
+            mask = None
+            if group.where is not None:
+                if rectified and group.where == "negative":
+                    continue  # after a ReLU no relevance sits on negative outputs
+                if not rectified:
+                    mask = z > 0 if group.where == "positive" else z < 0
+                    if not bool((mask & (g != 0)).any()):
+                        continue
+            s = rule.stabilize(_denominator(terms, weights, rule, lmap, x, bias, call), inplace=True)
+            s = s.reciprocal_().mul_(z).mul_(g)
+            if mask is not None:
+                s.mul_(mask)
+            if rule.stabilizer == 0:
+                s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # unstabilized: a zero denominator carries nothing
+            _transpose_group(s, group, terms, weights, lmap, x, transposed)
+            del s
+            continue
+        numerator = relevance_out if relevance_out is not None else z * g
+        if group is not groups[-1] and relevance_out is None:
+            relevance_out = numerator  # another group reads it too: keep it unchanged
         if group.where is not None:
             if not differentiable and rectified:
                 if group.where == "negative":
@@ -209,18 +235,20 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
                 numerator = numerator * (z > 0 if group.where == "positive" else z < 0)
                 if not differentiable and not bool(numerator.any()):
                     continue
-        weights = [term.weight(weight) for term in terms]  # `keep` returns the weight itself, no copy
         if _is_plain(terms, rule, bias):
             denominator = z  # the epsilon family: the denominator is the output itself, no recomputation
         else:
             denominator = _denominator(terms, weights, rule, lmap, x, bias, call)
-        # a freshly computed denominator is stabilized in place, and a masked numerator divided in place
+        # a freshly computed denominator is stabilized in place, and a fresh numerator divided in place
         stabilized = rule.stabilize(denominator, inplace=denominator is not z and not differentiable)
+        del denominator
         if numerator is not relevance_out and not differentiable:
             s = numerator.div_(stabilized)
         else:
             s = numerator / stabilized
+        del stabilized, numerator
         _transpose_group(s, group, terms, weights, lmap, x, transposed)
+        del s
 
     g_in = None
     for kind in PROPORTIONAL_INPUTS:
