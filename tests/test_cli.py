@@ -55,6 +55,10 @@ def runs(images, tmp_path_factory):
         "factory": ["explain", sorted(images.glob("shape0-*.png"))[0], "--model",
                     f"{factory}:make", "--size", "16", "--target", "2", "--composite", "epsilon_gamma_box",
                     "--out", root / "kept"],
+        "deeplift": ["explain", sorted(images.glob("shape1-*.png"))[0], "--model", "demo", "--method", "deeplift",
+                     "--out", root / "deeplift"],
+        "occlusion_with_param": ["explain", images, "--model", "demo", "--method", "occlusion", "--param",
+                                 "epsilon=0.1", "--out", root / "occlusion_with_param"],
         "composites": ["composites"],
         "rules": ["rules"],
     }
@@ -129,3 +133,16 @@ def test_listings_show_names_parameters_and_summaries(runs):
     assert composites.returncode == 0 and rules.returncode == 0
     assert "epsilon_gamma_box" in composites.stdout and "low=-3.0" in composites.stdout
     assert "gamma" in rules.stdout and "gamma=0.25" in rules.stdout and "'float'" not in rules.stdout
+
+
+def test_other_attribution_methods_run_from_the_command_line(runs):
+    root, results = runs
+    result = results["deeplift"]
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((root / "deeplift" / "summary.json").read_text())
+    assert summary["method"] == "deeplift" and summary["composite"] is None
+    (record,) = summary["images"]
+    assert (root / "deeplift" / record["heatmap"]).exists()
+    refused = results["occlusion_with_param"]
+    assert refused.returncode == 2 and "only --method lrp" in refused.stderr
+    assert not (root / "occlusion_with_param").exists()

@@ -1,5 +1,5 @@
 """relprop: Layer-wise Relevance Propagation for any PyTorch model."""
-from . import canonizers, composites, rules
+from . import attribution, canonizers, composites, rules
 from .engine import UnsupportedOperation, UnsupportedOpWarning
 from .explanation import Explanation, Report
 from .lrp import LRP, explain
@@ -8,7 +8,7 @@ from .compare import Comparison, compare
 __version__ = "0.1.0"
 
 __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "rules", "composites", "canonizers",
-           "viz", "UnsupportedOperation", "UnsupportedOpWarning", "__version__"]
+           "attribution", "viz", "UnsupportedOperation", "UnsupportedOpWarning", "__version__"]
 
 
 def __getattr__(name):

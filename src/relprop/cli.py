@@ -53,6 +53,24 @@ def _parameter(text: str) -> tuple[str, object]:
         raise Failure(f"--param {name}: expected a number or true/false, got {value!r}") from None
 
 
+def _method(name):
+    def build(model):
+        from . import attribution
+
+        if name == "occlusion":
+            return attribution.Occlusion(model, window=(8, 8))
+        return getattr(attribution, name)(model)
+    return build
+
+
+# The attribution methods --method offers, each built with its default parameters.
+METHODS = {"lrp": None, "gradient": _method("Gradient"), "gradient_x_input": _method("GradientXInput"),
+           "smoothgrad": _method("SmoothGrad"), "integrated_gradients": _method("IntegratedGradients"),
+           "occlusion": _method("occlusion"), "guided_backprop": _method("GuidedBackprop"),
+           "deconvnet": _method("Deconvnet"), "excitation_backprop": _method("ExcitationBackprop"),
+           "deeplift": _method("DeepLift")}
+
+
 def build_composite(name: str, parameters: dict, preprocessing):
     """The composite by name with its parameters; z^B bounds default to what the preprocessing can produce."""
     from . import composites
@@ -124,6 +142,8 @@ def main():
               help="demo | torchvision:NAME (e.g. torchvision:resnet50) | path/to/file.py:FACTORY")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="safetensors file or torch.save'd state dict (read with weights_only=True)")
+@click.option("--method", default="lrp", show_default=True, type=click.Choice(sorted(METHODS)),
+              help="lrp (with --composite), or another attribution method to compare with")
 @click.option("--composite", default="epsilon_plus_flat", show_default=True,
               help="see `relprop composites`")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
@@ -142,8 +162,8 @@ def main():
 @click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic, coldnhot or any matplotlib map")
 @click.option("--reduce", type=click.Choice(["sum", "positive", "absolute"]), default="sum", show_default=True,
               help="how colour channels are combined into one heatmap")
-def explain(inputs, model_spec, weights, composite, params, target, out, output_format, batch_size, device, size,
-            mean, std, cmap, reduce):
+def explain(inputs, model_spec, weights, method, composite, params, target, out, output_format, batch_size, device,
+            size, mean, std, cmap, reduce):
     """Explain images: one heatmap and one overlay PNG per image, and summary.json."""
     from . import viz
     from .loading import collect_images, load_model
@@ -163,7 +183,9 @@ def explain(inputs, model_spec, weights, composite, params, target, out, output_
         loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
     except LoadError as error:
         raise Failure(str(error)) from None
-    lrp_composite = build_composite(composite, parameters, loaded.preprocessing)
+    lrp_composite = build_composite(composite, parameters, loaded.preprocessing) if method == "lrp" else None
+    if method != "lrp" and parameters:
+        raise Failure("--param sets composite parameters, which only --method lrp uses")
     if model_spec.startswith("torchvision:") and weights is None:
         click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
                    "for trained ones", err=True)
@@ -172,12 +194,12 @@ def explain(inputs, model_spec, weights, composite, params, target, out, output_
     with Staging(out) as staging:
         try:
             records, failures = _explain_files(files, loaded, lrp_composite, target, staging.path, output_format,
-                                               batch_size, torch_device, cmap, reduce)
+                                               batch_size, torch_device, cmap, reduce, method)
         except (ValueError, TypeError, RuntimeError) as error:  # the model or target does not fit the images
             raise Failure(" ".join(str(error).split())) from None
         summary = {
-            "model": model_spec, "weights": None if weights is None else str(weights), "composite": composite,
-            "parameters": parameters, "target": "auto" if target is None else target,
+            "model": model_spec, "weights": None if weights is None else str(weights), "method": method,
+            "composite": composite if method == "lrp" else None, "parameters": parameters, "target": "auto" if target is None else target,
             "preprocessing": {"size": loaded.preprocessing.size, "mean": list(loaded.preprocessing.mean),
                               "std": list(loaded.preprocessing.std)},
             "images": records, "failed": failures,
@@ -186,12 +208,14 @@ def explain(inputs, model_spec, weights, composite, params, target, out, output_
         staging.commit()
     for failure in failures:
         click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
-    click.echo(f"explained {len(records)} of {len(files)} images with {composite}; wrote {out}")
+    used = composite if method == "lrp" else method
+    click.echo(f"explained {len(records)} of {len(files)} images with {used}; wrote {out}")
     if failures:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _explain_files(files, loaded, composite, target, folder: Path, output_format, batch_size, device, cmap, reduce):
+def _explain_files(files, loaded, composite, target, folder: Path, output_format, batch_size, device, cmap, reduce,
+                   method="lrp"):
     """Read, explain and render the images batch by batch; returns (records, failures)."""
     import numpy as np
     import torch
@@ -201,7 +225,7 @@ def _explain_files(files, loaded, composite, target, folder: Path, output_format
     from .loading import open_image
     from .lrp import LRP
 
-    attributor = LRP(loaded.model, composite)
+    attributor = LRP(loaded.model, composite) if method == "lrp" else METHODS[method](loaded.model)
     preprocessing = loaded.preprocessing
     records, failures, used = [], [], set()
     progress = tqdm(total=len(files), unit="image", disable=None, file=sys.stderr, leave=False)

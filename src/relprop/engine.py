@@ -395,7 +395,7 @@ class Session:
     # ---- element-wise ----------------------------------------------------------------------------------------
     def _op_activation(self, func, name, args, kwargs):
         x = args[0]
-        fn = _out_of_place(func, name, args, kwargs)
+        fn = out_of_place(func, name, args, kwargs)
         row = self._row(name, "Pass")
         out = elementwise.pass_through(self._tap(x, row), fn)
         self._watch(out, row)
@@ -626,10 +626,13 @@ def _writes_first_argument(func, name, args, kwargs) -> bool:
     return len(args) > position and args[position] is True
 
 
-def _out_of_place(func, name, args, kwargs):
+def out_of_place(func, name, args, kwargs):
     """A one-argument function computing func(x, *rest) without modifying x."""
     short = name.rsplit(".", 1)[-1]
     rest = args[1:]
+    if short.startswith("__"):  # operators: x ** p stays as it is, x **= p becomes torch.pow
+        plain = getattr(torch, short[3:-2], None) if short.startswith("__i") else None
+        return (lambda t: plain(t, *rest, **kwargs)) if plain is not None else (lambda t: func(t, *rest, **kwargs))
     if name.startswith("torch.Tensor.") or name.startswith("torch.") and not name.startswith("torch.nn."):
         if short.endswith("_"):
             plain = getattr(torch, short[:-1])

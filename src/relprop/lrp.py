@@ -58,8 +58,8 @@ class LRP:
         return Report(rows, explanation)
 
     def _explain(self, x, target, create_graph, record, report):
-        _check_input(self.model, x)
-        _check_target_type(target)
+        check_input(self.model, x)
+        check_target_type(target)
         record = self.record if record is None else _check_record(self.model, record)
         session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned,
                           differentiable=create_graph, elementwise=self.elementwise, forward=self.forward)
@@ -75,7 +75,7 @@ class LRP:
                                  "the model expects (if it is, please report this as a relprop bug).") from error
             output = self._select_output(output)
             explained_tensor, logits = _logits_policy(output)
-            g, target_index = _output_gradient(explained_tensor.detach(), target)
+            g, target_index = output_gradient(explained_tensor.detach(), target)
             relevance_out = explained_tensor.detach() * g
             leaves = [session.input_leaf, session.direct_leaf]
             grads = torch.autograd.grad(explained_tensor, leaves, g, allow_unused=True, create_graph=create_graph)
@@ -127,7 +127,7 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="eps
 
 
 # ---- checks -------------------------------------------------------------------------------------------------------
-def _check_input(model, x):
+def check_input(model, x):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}; convert it with "
                         "torch.as_tensor(x, dtype=torch.float32)")
@@ -150,7 +150,7 @@ def _check_input(model, x):
                              f"expect a batch of {dims + 2} dims (N, C{', spatial' * dims}).{hint}")
 
 
-def _check_target_type(target):
+def check_target_type(target):
     if target is None or callable(target) or isinstance(target, (int, torch.Tensor)):
         if isinstance(target, bool):
             raise TypeError("target must be a class index, not a bool")
@@ -181,7 +181,7 @@ def _logits_policy(output):
     return output, False
 
 
-def _output_gradient(output, target):
+def output_gradient(output, target):
     """g at the output (relevance = output * g) for a target, and the class indices when the target names classes."""
     batch = output.shape[0] if output.dim() else 1
     if callable(target) and not isinstance(target, torch.Tensor):
