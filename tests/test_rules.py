@@ -79,8 +79,9 @@ def reference(rule, A, b, x, R):
         z = contributions.sum(1) + b
         Zup = contributions + rule.gamma * contributions.clip(min=0)
         Zdown = contributions + rule.gamma * contributions.clip(max=0)
-        zup = Zup.sum(1) + b + rule.gamma * b.clip(min=0)
-        zdown = Zdown.sum(1) + b + rule.gamma * b.clip(max=0)
+        kept = 0 if rule.zero_bias else 1
+        zup = Zup.sum(1) + kept * (b + rule.gamma * b.clip(min=0))
+        zdown = Zdown.sum(1) + kept * (b + rule.gamma * b.clip(max=0))
         Rp, Rn = R * (z > 0), R * (z < 0)
         return (Zup / stabilize(zup, STAB)[:, None] * Rp[:, None]
                 + Zdown / stabilize(zdown, STAB)[:, None] * Rn[:, None]).sum(0)
@@ -130,13 +131,15 @@ def _layers():
             ("conv_transpose2d", convt, (2, 3, 3)), ("grouped_conv", grouped, (4, 4, 4))]
 
 
-@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+@pytest.mark.parametrize("rule, nonnegative", [(rule, False) for rule in ALL_RULES] + [
+    (rules.Gamma(0.25), True), (rules.Gamma(1.0, zero_bias=True), True), (rules.ZPlus(), True),
+    (rules.AlphaBeta(2, 1), True)], ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
 @pytest.mark.parametrize("case", _layers(), ids=lambda c: c[0])
-def test_rule_matches_reference_on_linear_and_conv_layers(rule, case):
+def test_rule_matches_reference_on_linear_and_conv_layers(rule, nonnegative, case):
     _, layer, in_shape = case
     torch.manual_seed(2)
     x = torch.randn((1,) + in_shape)
-    if isinstance(rule, rules.Exponent):
+    if isinstance(rule, rules.Exponent) or nonnegative:
         x = x.abs()  # the e-rule with p=2 is meant for non-negative inputs
     model = torch.nn.Sequential(layer, torch.nn.Flatten())
     with torch.no_grad():

@@ -8,8 +8,9 @@ def stabilize(denominator: torch.Tensor, epsilon: float, inplace: bool = False) 
         return denominator
     # copysign gives zero (+0.0) the positive sign, as the rule wants, in one pass instead of where()'s three
     if inplace and not denominator.requires_grad:
-        negative = denominator < 0  # a byte per entry, instead of a sign tensor the size of the denominator
-        return denominator.add_(epsilon).add_(negative, alpha=-2 * epsilon)
+        # sign(d) (|d| + eps), written over |d|: the caller hands over d, so no more than one other buffer lives
+        magnitude = denominator.abs().add_(epsilon)
+        return torch.copysign(magnitude, denominator, out=magnitude)
     shift = torch.copysign(torch.tensor(epsilon, dtype=denominator.dtype, device=denominator.device), denominator)
     return shift.add_(denominator) if not shift.requires_grad else denominator + shift
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep
+from ..rules import PROPORTIONAL_INPUTS, Gamma, LinearRule, keep
 from ..stabilize import divide_or_zero
 
 
@@ -24,12 +24,13 @@ class LinearMap:
     forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
     transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (v, weight, input) -> W^T v
     out_channel_dim: int = 0  # which weight dim indexes output channels (for batch-norm merging)
+    channels_last: bool = False  # outputs carry channels in the last dim (dense) rather than dim 1 (convolutions)
     groups: int = 1
     transposed: bool = False
 
 
 def dense_map() -> LinearMap:
-    return LinearMap(forward=F.linear, transpose=lambda v, weight, x: v @ weight)
+    return LinearMap(forward=F.linear, transpose=lambda v, weight, x: v @ weight, channels_last=True)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -177,6 +178,35 @@ def _transpose_group(s, group, terms, weights, lmap, x, transposed):
         transposed[kind] = transposed[kind] + part if kind in transposed else part
 
 
+def _gamma_on_nonnegative_input(call, x, weight, bias, z, g):
+    """The gamma rule where both its halves are needed (no ReLU after the layer) and x >= 0: both denominators
+    follow from z and one extra op, P = x W+, since x W- = z - b - P:
+    z'+ = z + gamma (P + b+) and z'- = z + gamma (z - b - P + b-) (bias terms dropped under zero_bias)."""
+    rule, lmap = call.rule, call.linear_map
+    gamma = rule.gamma
+    positive_part = lmap.forward(x, weight.clamp(min=0), None)
+    shape = (-1,) if lmap.channels_last else (-1,) + (1,) * (z.dim() - 2)
+    bias_view = None if bias is None else bias.reshape(shape)
+    without_bias = z if bias_view is None else z - bias_view
+    negative_part = without_bias - positive_part
+    kept = z if (bias_view is not None and not rule.zero_bias) else without_bias
+    up = torch.add(kept, positive_part, alpha=gamma)
+    down = torch.add(kept, negative_part, alpha=gamma)
+    if bias_view is not None and not rule.zero_bias:
+        up.add_(bias_view.clamp(min=0), alpha=gamma)
+        down.add_(bias_view.clamp(max=0), alpha=gamma)
+    del positive_part, negative_part, without_bias
+    relevance_out = z * g
+    groups = rule.groups()
+    transposed: dict[str, torch.Tensor] = {}
+    for group, denominator, left_out in ((groups[0], up, z <= 0), (groups[1], down, z >= 0)):
+        s = relevance_out / rule.stabilize(denominator, inplace=True)
+        s.masked_fill_(left_out, 0)
+        terms = _effective_terms(group.terms, True, False)
+        _transpose_group(s, group, terms, [term.weight(weight) for term in terms], lmap, x, transposed)
+    return transposed["x"] if not call.direct else x * transposed["x"]
+
+
 def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: bool):
     """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output."""
     rule = call.rule
@@ -188,6 +218,9 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
         nonnegative, nonpositive = bool(low >= 0), bool(high <= 0)
     relevance_out = None  # z * g, computed once and only if a group needs it
     rectified = call.feeds_only_relu()
+    if (isinstance(rule, Gamma) and nonnegative and not rectified and not differentiable
+            and type(rule).groups is Gamma.groups):
+        return _gamma_on_nonnegative_input(call, x, weight, bias, z, g)
     # Accumulated W^T s per kind of input; combined into g (proportional) or relevance (the others) at the end.
     transposed: dict[str, torch.Tensor] = {}
     for group in groups:
@@ -212,13 +245,13 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
                 if rectified and group.where == "negative":
                     continue  # after a ReLU no relevance sits on negative outputs
                 if not rectified:
-                    mask = z > 0 if group.where == "positive" else z < 0
-                    if not bool((mask & (g != 0)).any()):
+                    mask = z <= 0 if group.where == "positive" else z >= 0  # the outputs this group leaves out
+                    if group.where == "negative" and not bool(g.masked_fill(mask, 0).any()):
                         continue
             s = rule.stabilize(_denominator(terms, weights, rule, lmap, x, bias, call), inplace=True)
             s = s.reciprocal_().mul_(z).mul_(g)
             if mask is not None:
-                s.mul_(mask)
+                s.masked_fill_(mask, 0)
             if rule.stabilizer == 0:
                 s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # unstabilized: a zero denominator carries nothing
             _transpose_group(s, group, terms, weights, lmap, x, transposed)
