@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..rules import PROPORTIONAL_INPUTS, Gamma, LinearRule, keep
+from ..rules import PROPORTIONAL_INPUTS, Gamma, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
 
 
@@ -178,6 +178,18 @@ def _transpose_group(s, group, terms, weights, lmap, x, transposed):
         transposed[kind] = transposed[kind] + part if kind in transposed else part
 
 
+def _never_negative(terms, bias, rule, nonnegative: bool) -> bool:
+    """The denominator is a sum of non-negative parts: non-negative inputs times non-negative weights."""
+    for term in terms:
+        if term.sign != 1 or term.weight not in (positive, ones, square):
+            return False
+        if not (term.input == "ones" or (term.input == "x" and nonnegative)):
+            return False
+        if term.bias and bias is not None and not rule.zero_bias and term.weight is not positive:
+            return False  # ones(bias) / square(bias) are not used by any rule, but would be positive anyway
+    return True
+
+
 def _gamma_on_nonnegative_input(call, x, weight, bias, z, g):
     """The gamma rule where both its halves are needed (no ReLU after the layer) and x >= 0: both denominators
     follow from z and one extra op, P = x W+, since x W- = z - b - P:
@@ -248,8 +260,13 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
                     mask = z <= 0 if group.where == "positive" else z >= 0  # the outputs this group leaves out
                     if group.where == "negative" and not bool(g.masked_fill(mask, 0).any()):
                         continue
-            s = rule.stabilize(_denominator(terms, weights, rule, lmap, x, bias, call), inplace=True)
-            s = s.reciprocal_().mul_(z).mul_(g)
+            denominator = _denominator(terms, weights, rule, lmap, x, bias, call)
+            if rule.stabilizer and _never_negative(terms, bias, rule, nonnegative):
+                stabilized = denominator.add_(rule.stabilizer)  # z+, flat, w^2 on x >= 0: the sign is known
+            else:
+                stabilized = rule.stabilize(denominator, inplace=True)
+            del denominator
+            s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
             if mask is not None:
                 s.masked_fill_(mask, 0)
             if rule.stabilizer == 0:
