@@ -154,3 +154,26 @@ def test_linear_attention_from_zennit_issue_runs_strict(composite):
 def test_composite_parameters():
     assert AttnLRP().softmax == "gradient" and CPLRP().softmax == "constant"
     assert relprop.composites.get("attnlrp", gamma=0.25).layer_map["linear"] == relprop.rules.Gamma(0.25, 1e-6)
+
+
+@pytest.mark.parametrize("composite", ["attnlrp", "cp_lrp"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_attention_gives_the_decomposition_relevance(composite, causal):
+    # Explaining keeps the fused kernel and rescales its gradient; the report runs the decomposition op by op.
+    torch.manual_seed(0)
+    project = nn.Linear(6, 18)
+
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.project = project
+
+        def forward(self, x):
+            q, k, v = self.project(x).reshape(x.shape[0], x.shape[1], 3, 2, 3).permute(2, 0, 3, 1, 4)
+            return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).sum((1, 2))
+
+    x = torch.randn(2, 5, 6)
+    lrp = relprop.LRP(Fused(), composite)
+    fused = lrp(x, target=1)
+    decomposed = lrp.report(x, target=1).explanation
+    torch.testing.assert_close(fused.relevance, decomposed.relevance, rtol=1e-4, atol=1e-6)

@@ -352,8 +352,24 @@ class Session:
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
         bound = _bind(names, args, kwargs, {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
                                             "enable_gqa": False})
-        with _Interceptor(self):  # the decomposition's own ops are intercepted and ruled one by one
-            return attention.scaled_dot_product(**bound)
+        if self.rows is not None or self.active(bound["attn_mask"]):
+            with _Interceptor(self):  # report mode: the decomposition's ops are ruled, and listed, one by one
+                return attention.scaled_dot_product(**bound)
+        # The fused kernel, its gradient rescaled: with softmax by its gradient (AttnLRP) and both products split
+        # uniformly, v gets 1/2 of the gradient and q, k 1/4 (1/2 through attn @ v, 1/2 through q @ k^T); with
+        # constant attention weights (CP-LRP) v gets all of it and q, k nothing. No attention matrix is stored.
+        q, k, v = bound["query"], bound["key"], bound["value"]
+        scores_active = self.active(q) or self.active(k)
+        if getattr(self.composite, "softmax", "gradient") == "constant":
+            q, k, scores_active = q.detach(), k.detach(), False
+        v_share = 0.5 if (scores_active and self.active(v)) else 1.0
+        qk_share = v_share * (0.5 if (self.active(q) and self.active(k)) else 1.0)
+        scaled = {"query": q, "key": k, "value": v}
+        for key, share in (("query", qk_share), ("key", qk_share), ("value", v_share)):
+            if self.active(scaled[key]) and share != 1.0:
+                scaled[key] = products.scale_gradient(scaled[key], share)
+        bound.update(scaled)
+        return func(**bound)
 
     def _op_multi_head_attention(self, func, name, args, kwargs):
         bound = _bind(attention.MHA_ARGS, args, kwargs, attention.MHA_DEFAULTS)
