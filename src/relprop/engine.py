@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -140,7 +140,6 @@ class Session:
         self.rows: list[Row] | None = [] if report else None
         self.record = set(record)
         self.recorded: dict[str, list] = {}
-        self.log_softmax_outputs = 0
         self.differentiable = differentiable  # create_graph: relevance must be differentiable w.r.t. parameters
         self.elementwise = tuple(elementwise)  # extra module types explained as one element-wise op
         self.forward = forward  # callable(model, x) -> output, when the model is not called as model(x)
@@ -150,7 +149,7 @@ class Session:
 
     # ---- running a model -------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor):
-        """Forward x through the model with interception on; returns (output, input leaf, direct leaf)."""
+        """Forward x through the model with interception on; returns its output (the leaves stay on the session)."""
         self.input_leaf = x.detach().requires_grad_(True)
         self.direct_leaf = self.input_leaf.detach().requires_grad_(True)
         self._mark(self.input_leaf)
@@ -282,19 +281,19 @@ class Session:
 
                 tensor.register_hook(add)
 
-    def on_rule_backward(self, call, x, z, g, g_in):
-        """Called by rule Functions in their backward; nothing to do unless reporting (taps do the work)."""
-
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, func, args, kwargs):
         if self.suspended is not None:  # inside an element-wise module: its output is ruled as a whole
             return func(*args, **kwargs)
         name, family = classify(func)
-        if family == "quiet" or not any(self.active(t) for t in _tensors(args, kwargs)):
+        if family == "quiet":
+            return func(*args, **kwargs)
+        active = [t for t in _tensors(args, kwargs) if self.active(t)]
+        if not active:
             return func(*args, **kwargs)
         handler = getattr(self, "_op_" + family) if family is not None else self._op_unknown
         short = name.rsplit(".", 1)[-1]
-        for tensor in _tensors(args, kwargs):
+        for tensor in active:
             consumed = getattr(tensor, "_relprop_call", None)
             if consumed is not None and not consumed.rectified:
                 # A rule op whose outputs only ever feed ReLUs receives no relevance on outputs <= 0.
@@ -306,7 +305,7 @@ class Session:
         else:
             # The model is about to change a rule op's output in place; the rule's backward needs its values.
             target = args[0]
-            relu = name.rsplit(".", 1)[-1] in ("relu", "relu_") and target._version in call.harmless_versions
+            relu = short in ("relu", "relu_") and target._version in call.harmless_versions
             if not relu and call.preserved is None:
                 call.preserved = target.detach().clone()
             out = handler(func, name, args, kwargs)
@@ -315,10 +314,8 @@ class Session:
                 call.rectified = True  # later readers see the ReLU's output, and their relevance passes through it
         self._mark(out)
         if isinstance(out, torch.Tensor):
-            short = name.rsplit(".", 1)[-1]
             nonnegative = family in ("gradient", "avg_pool") and (short in _MAKES_NONNEGATIVE or (
-                short in _KEEPS_SIGN and all(getattr(t, "_relprop_nonnegative", None) is self.token
-                                             for t in _tensors(args, kwargs) if self.active(t))))
+                short in _KEEPS_SIGN and all(getattr(t, "_relprop_nonnegative", None) is self.token for t in active)))
             if nonnegative:
                 out._relprop_nonnegative = self.token
             elif getattr(out, "_relprop_nonnegative", None) is not None:
@@ -383,7 +380,6 @@ class Session:
         out = self._plain(func, name, args, kwargs, rule="Gradient (log-softmax)")
         if isinstance(out, torch.Tensor):
             out._relprop_softmax = args[0]
-            self.log_softmax_outputs += 1
         return out
 
     def _op_unknown(self, func, name, args, kwargs):
@@ -447,7 +443,7 @@ class Session:
             return value
 
         if is_inplace(name):
-            func = _OUT_OF_PLACE_PRODUCT.get(name.rsplit(".", 1)[-1], torch.mul)
+            func = plain_variant(name)
         out = func(*(scaled(a) for a in args), **{k: scaled(v) for k, v in kwargs.items()})
         self._watch(out, row)
         return out
@@ -512,7 +508,7 @@ class Session:
             term.input not in rules.PROPORTIONAL_INPUTS for group in rule.groups() for term in group.terms)
         x_in = self._direct_view(x) if direct else x
         row = self._row(name if output is None else name + " + batch_norm (merged)", rule.name)
-        call = linear.LinearCall(linear_map, rule, site, self, direct, output, merge,
+        call = linear.LinearCall(linear_map, rule, site, direct, output, merge,
                                  nonnegative=getattr(x, "_relprop_nonnegative", None) is self.token)
         out = linear.apply_rule(self._tap(x_in, row, direct), weight, bias, call, self.differentiable)
         if not self.differentiable:
@@ -614,8 +610,6 @@ _KEEPS_SIGN = {"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", 
                "adaptive_avg_pool2d", "adaptive_avg_pool3d", "view", "reshape", "flatten", "cat", "concat", "dropout",
                "contiguous", "clone", "__getitem__", "permute", "transpose", "squeeze", "unsqueeze", "mean", "sum",
                "__add__", "add", "add_", "__iadd__", "__radd__", "max", "amax"}
-_OUT_OF_PLACE_PRODUCT = {"mul_": torch.mul, "__imul__": torch.mul, "addcmul_": torch.addcmul,
-                         "baddbmm_": torch.baddbmm, "addmm_": torch.addmm}
 _SIGNATURES: dict = {}
 
 
@@ -642,18 +636,23 @@ def _writes_first_argument(func, name, args, kwargs) -> bool:
     return len(args) > position and args[position] is True
 
 
+def plain_variant(name: str):
+    """The torch function an in-place op of this name stands for (mul_ and __imul__: torch.mul), None if the op is
+    not in place (or, for operators, has no torch function)."""
+    short = name.rsplit(".", 1)[-1]
+    if short.startswith("__"):
+        return getattr(torch, short[3:-2], None) if short.startswith("__i") else None
+    return getattr(torch, short[:-1]) if short.endswith("_") else None
+
+
 def out_of_place(func, name, args, kwargs):
     """A one-argument function computing func(x, *rest) without modifying x."""
     short = name.rsplit(".", 1)[-1]
     rest = args[1:]
-    if short.startswith("__"):  # operators: x ** p stays as it is, x **= p becomes torch.pow
-        plain = getattr(torch, short[3:-2], None) if short.startswith("__i") else None
-        return (lambda t: plain(t, *rest, **kwargs)) if plain is not None else (lambda t: func(t, *rest, **kwargs))
-    if name.startswith("torch.Tensor.") or name.startswith("torch.") and not name.startswith("torch.nn."):
-        if short.endswith("_"):
-            plain = getattr(torch, short[:-1])
-            return lambda t: plain(t, *rest, **kwargs)
-        return lambda t: func(t, *rest, **kwargs)
+    if short.startswith("__") or name.startswith("torch.Tensor.") or (
+            name.startswith("torch.") and not name.startswith("torch.nn.")):
+        target = plain_variant(name) or func  # x ** p stays as it is, x **= p becomes torch.pow
+        return lambda t: target(t, *rest, **kwargs)
     if short.endswith("_"):
         func = getattr(torch.nn.functional, short[:-1])
     signature = _signature(func)

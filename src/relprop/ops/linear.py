@@ -95,7 +95,6 @@ class LinearCall:
     linear_map: LinearMap
     rule: LinearRule
     site: Any
-    session: Any
     direct: bool = False  # the input is the model input: hand back relevance itself, not g
     output: torch.Tensor | None = None  # precomputed output (merged batch norm), handed over once
     merge: tuple | None = None  # (scale, shift) of a batch norm merged into this op, applied in the backward only
@@ -219,6 +218,37 @@ def _gamma_on_nonnegative_input(call, x, weight, bias, z, g):
     return transposed["x"] if not call.direct else x * transposed["x"]
 
 
+def _outputs_explained(group, z, g, rectified: bool, differentiable: bool):
+    """(skip the group, mask of the outputs it leaves out or None), for groups restricted by the output's sign."""
+    if group.where is None:
+        return False, None
+    if rectified and not differentiable:  # after a ReLU no relevance sits on outputs <= 0
+        return group.where == "negative", None
+    left_out = z <= 0 if group.where == "positive" else z >= 0
+    if not differentiable and not bool(g.masked_fill(left_out, 0).any()):
+        return True, None  # nothing to explain: skip the group's convolutions
+    return False, left_out
+
+
+def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool):
+    """s = z g / stabilize(z'), with at most two output-sized buffers alive (big layers dominate peak memory)."""
+    rule = call.rule
+    if _is_plain(terms, rule, bias):
+        # z g / (z + eps sign z) = g |z| / (|z| + eps): no relevance tensor, no sign tensor
+        s = z.abs()
+        denominator = s + rule.stabilizer
+        return s.div_(denominator).mul_(g)
+    denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
+    if rule.stabilizer and _never_negative(terms, bias, rule, nonnegative):
+        stabilized = denominator.add_(rule.stabilizer)  # z+, flat, w^2 on x >= 0: the sign is known
+    else:
+        stabilized = rule.stabilize(denominator, inplace=True)
+    s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
+    if rule.stabilizer == 0:
+        s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # unstabilized: a zero denominator carries nothing
+    return s
+
+
 def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: bool):
     """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output."""
     rule = call.rule
@@ -228,7 +258,6 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
     if not differentiable and not nonnegative and any(t.input in ("x+", "x-") for group in groups for t in group.terms):
         low, high = torch.aminmax(x)  # one pass; after a ReLU this makes x+ = x and drops every x- term
         nonnegative, nonpositive = bool(low >= 0), bool(high <= 0)
-    relevance_out = None  # z * g, computed once and only if a group needs it
     rectified = call.feeds_only_relu()
     if (isinstance(rule, Gamma) and nonnegative and not rectified and not differentiable
             and type(rule).groups is Gamma.groups):
@@ -239,64 +268,20 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
         terms = _effective_terms(group.terms, nonnegative, nonpositive)
         if not terms:
             continue
-        plain_epsilon = (not differentiable and _is_plain(terms, rule, bias)
-                         and (group.where is None or (rectified and group.where == "positive")))
-        if plain_epsilon:
-            # z g / (z + eps sign z) = g |z| / (|z| + eps): no relevance tensor, no sign tensor
-            s = z.abs()
-            denominator = s + rule.stabilizer
-            s = s.div_(denominator).mul_(g)
-            del denominator  # big layers: keep at most two temporaries of the output's size alive
-            _transpose_group(s, group, terms, [term.weight(weight) for term in terms], lmap, x, transposed)
+        skip, left_out = _outputs_explained(group, z, g, rectified, differentiable)
+        if skip:
             continue
         weights = [term.weight(weight) for term in terms]  # `keep` returns the weight itself, no copy
-        if not differentiable and not _is_plain(terms, rule, bias):
-            # s = z g / stabilize(z') built inside the buffer of z': one output-sized temporary in all
-            mask = None
-            if group.where is not None:
-                if rectified and group.where == "negative":
-                    continue  # after a ReLU no relevance sits on negative outputs
-                if not rectified:
-                    mask = z <= 0 if group.where == "positive" else z >= 0  # the outputs this group leaves out
-                    if group.where == "negative" and not bool(g.masked_fill(mask, 0).any()):
-                        continue
-            denominator = _denominator(terms, weights, rule, lmap, x, bias, call)
-            if rule.stabilizer and _never_negative(terms, bias, rule, nonnegative):
-                stabilized = denominator.add_(rule.stabilizer)  # z+, flat, w^2 on x >= 0: the sign is known
-            else:
-                stabilized = rule.stabilize(denominator, inplace=True)
-            del denominator
-            s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
-            if mask is not None:
-                s.masked_fill_(mask, 0)
-            if rule.stabilizer == 0:
-                s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # unstabilized: a zero denominator carries nothing
-            _transpose_group(s, group, terms, weights, lmap, x, transposed)
-            del s
-            continue
-        numerator = relevance_out if relevance_out is not None else z * g
-        if group is not groups[-1] and relevance_out is None:
-            relevance_out = numerator  # another group reads it too: keep it unchanged
-        if group.where is not None:
-            if not differentiable and rectified:
-                if group.where == "negative":
-                    continue  # after a ReLU no relevance sits on negative outputs: skip the gamma rule's half
-            else:
-                numerator = numerator * (z > 0 if group.where == "positive" else z < 0)
-                if not differentiable and not bool(numerator.any()):
-                    continue
-        if _is_plain(terms, rule, bias):
-            denominator = z  # the epsilon family: the denominator is the output itself, no recomputation
+        if differentiable:  # out-of-place ops only, so that relevance can be differentiated
+            plain = _is_plain(terms, rule, bias)
+            denominator = z if plain else _denominator(terms, weights, rule, lmap, x, bias, call)
+            s = z * g / rule.stabilize(denominator)
+            if left_out is not None:
+                s = s.masked_fill(left_out, 0)
         else:
-            denominator = _denominator(terms, weights, rule, lmap, x, bias, call)
-        # a freshly computed denominator is stabilized in place, and a fresh numerator divided in place
-        stabilized = rule.stabilize(denominator, inplace=denominator is not z and not differentiable)
-        del denominator
-        if numerator is not relevance_out and not differentiable:
-            s = numerator.div_(stabilized)
-        else:
-            s = numerator / stabilized
-        del stabilized, numerator
+            s = _signal(call, terms, weights, x, bias, z, g, nonnegative)
+            if left_out is not None:
+                s.masked_fill_(left_out, 0)
         _transpose_group(s, group, terms, weights, lmap, x, transposed)
         del s
 
@@ -385,6 +370,4 @@ class LinearRuleFunction(torch.autograd.Function):
             z = call.preserved
         elif z._version not in call.harmless_versions:
             z = call.linear_map.forward(x, weight, bias)
-        g_in = input_relevance(call, x, weight, bias, z, g, False)
-        call.session.on_rule_backward(call, x, z, g, g_in)
-        return g_in, None, None, None
+        return input_relevance(call, x, weight, bias, z, g, False), None, None, None
