@@ -1,7 +1,21 @@
-"""Small random models with non-zero biases for the attribution tests."""
+"""Small random models with non-zero biases for the attribution tests, and the checks they share."""
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def captum(attributor, *args, **kwargs):
+    """attributor.attribute(...) without captum's notes about hooks and gradient requirements."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return attributor.attribute(*args, **kwargs)
+
+
+def close(a, b, scale=None):
+    scale = b.abs().max() if scale is None else scale
+    assert (a - b).abs().max() <= 1e-5 * scale + 1e-7, float((a - b).abs().max())
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,5 +1,4 @@
 import itertools
-import warnings
 
 import pytest
 import torch
@@ -11,18 +10,7 @@ from captum.attr import DeepLiftShap as CaptumDeepLiftShap
 import relprop
 from relprop.attribution import DeepLift, DeepLiftShap
 
-from .models import FunctionalNet, SharedReLUNet, randomize, vgg_relu_pool, vgg_style
-
-
-def captum(method, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # captum's notes about hooks and gradient requirements
-        return method.attribute(*args, **kwargs)
-
-
-def close(a, b, scale=None):
-    scale = b.abs().max() if scale is None else scale
-    assert (a - b).abs().max() <= 1e-5 * scale + 1e-7, float((a - b).abs().max())
+from .models import FunctionalNet, SharedReLUNet, captum, close, randomize, vgg_relu_pool, vgg_style
 
 
 def secant_reference(model, x, x0, target):

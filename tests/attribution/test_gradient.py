@@ -1,5 +1,3 @@
-import warnings
-
 import pytest
 import torch
 import torch.nn as nn
@@ -13,18 +11,7 @@ import relprop
 from relprop.attribution import (Deconvnet, ExcitationBackprop, Gradient, GradientXInput, GuidedBackprop,
                                  IntegratedGradients, SmoothGrad)
 
-from .models import SharedReLUNet, randomize, vgg_style
-
-
-def captum(attributor, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # captum's notes about hooks and gradient requirements
-        return attributor.attribute(*args, **kwargs)
-
-
-def close(a, b, scale=None):
-    scale = b.abs().max() if scale is None else scale
-    assert (a - b).abs().max() <= 1e-5 * scale + 1e-7, float((a - b).abs().max())
+from .models import SharedReLUNet, captum, close, randomize, vgg_style
 
 
 def plain_gradient(model, x, target):
