@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from . import rules
 from .canonizers import MergeBatchNorm
 from .composites import Composite, Site
-from .ops import attention, elementwise, linear, norms, products
+from .ops import attention, elementwise, kept as kept_output, linear, norms, products
 from .ops.table import FAMILIES, QUIET, is_inplace
 
 
@@ -189,7 +189,10 @@ class Session:
             torch.set_grad_enabled(self.suspended_grad)
             if isinstance(output, torch.Tensor) and output.shape == x.shape and output.is_floating_point():
                 row = self._row(type(module).__name__ + " (element-wise module)", "Pass")
-                output = elementwise.pass_module(self._tap(x, row), output)
+                kept = kept_output.KeptOutput()
+                norm = "Norm" in type(module).__name__
+                output = elementwise.pass_module(self._tap(x, row), output, kept, norm)
+                output._relprop_call = kept
                 self._mark(output)
                 self._watch(output, row)
             else:
@@ -508,8 +511,8 @@ class Session:
             term.input not in rules.PROPORTIONAL_INPUTS for group in rule.groups() for term in group.terms)
         x_in = self._direct_view(x) if direct else x
         row = self._row(name if output is None else name + " + batch_norm (merged)", rule.name)
-        call = linear.LinearCall(linear_map, rule, site, direct, output, merge,
-                                 nonnegative=getattr(x, "_relprop_nonnegative", None) is self.token)
+        call = linear.LinearCall(linear_map=linear_map, rule=rule, site=site, direct=direct, output=output,
+                                 merge=merge, nonnegative=getattr(x, "_relprop_nonnegative", None) is self.token)
         out = linear.apply_rule(self._tap(x_in, row, direct), weight, bias, call, self.differentiable)
         if not self.differentiable:
             out._relprop_call = call

@@ -7,6 +7,8 @@ import re
 
 import torch
 
+from .kept import KeptOutput
+
 
 def _ratio_times(g: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """g * y / x, and 0 where x is zero (or so small that y / x overflows): there no relevance can travel back."""
@@ -37,23 +39,63 @@ def pass_through(x: torch.Tensor, fn) -> torch.Tensor:
 
 class PassModule(torch.autograd.Function):
     """A whole element-wise module (an RMSNorm, a GELU written with pow and tanh) as one pass-through op: forward
-    returns the module's own output y, backward hands g * y / x to its input."""
+    returns the module's own output y, backward hands g * y / x to its input.
+
+    It keeps what a plain gradient would keep: x and an alias of y, which the next op usually saves anyway. A norm's
+    ratio y / x is a per-row scale times a per-channel weight; where it factors so (checked), only the factors are
+    kept, and its input need not stay alive at all."""
 
     @staticmethod
-    def forward(ctx, x, holder):
+    def forward(ctx, x, holder, kept, norm):
         (y,) = holder  # handed over outside the inputs, so that it can be returned without a copy
-        ratio = (y / x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        ctx.save_for_backward(ratio)
+        ctx.factors = _row_channel_factors(y, x) if norm else None
+        if ctx.factors is None:
+            ctx.kept, ctx.y = kept, kept.keep(y)
+            ctx.save_for_backward(x)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        (ratio,) = ctx.saved_tensors
-        return g * ratio, None
+        if ctx.factors is not None:
+            rows, channels = ctx.factors
+            return g * rows * channels, None, None, None
+        (x,) = ctx.saved_tensors
+        y = ctx.kept.values(ctx.y)
+        if y is None:
+            raise RuntimeError("the output of an element-wise module was changed in place by an op relprop did not "
+                               "see; run the model with that change written out of place")
+        if torch.is_grad_enabled():  # differentiable mode: plain ops, with the ratio a constant as in the forward
+            y, x = y.detach(), x.detach()
+            safe = torch.where(x == 0, torch.ones_like(x), x)
+            return torch.where(x == 0, torch.zeros_like(g), g * (y / safe)), None, None, None
+        return _ratio_times(g, y, x), None, None, None
 
 
-def pass_module(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return PassModule.apply(x, [y.detach()])
+def _row_channel_factors(y: torch.Tensor, x: torch.Tensor):
+    """(rows, channels) with y / x == rows * channels up to a few roundings, or None when it does not factor so."""
+    if y.dim() < 2 or y.numel() < 4 * y.shape[-1]:
+        return None
+    # in float32 at least, so that the check is as strict as the roundings in the module's own dtype allow
+    work = torch.promote_types(y.dtype, torch.float32)
+    ratio = (y.to(work) / x.to(work)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    flat = ratio.reshape(-1, ratio.shape[-1])
+    channels = flat.mean(0)
+    norm = channels.square().sum()
+    if not torch.isfinite(norm) or norm == 0:
+        return None
+    rows = (flat @ channels).div_(norm).unsqueeze(-1)
+    error = (rows * channels).sub_(flat).abs_()
+    # a few roundings of y, relative to it, or one step of the dtype's subnormals where y underflowed; an exact zero
+    # in x has no slack (its ratio, 0 by convention, then does not factor unless its whole row is zero)
+    info = torch.finfo(y.dtype)
+    slack = (info.smallest_normal * info.eps / x.to(work).abs()).nan_to_num_(posinf=0.0).reshape(flat.shape)
+    if not bool((error <= flat.abs_().mul_(8 * info.eps).add_(slack, alpha=2)).all()):
+        return None
+    return rows.reshape(y.shape[:-1] + (1,)).to(y.dtype), channels.to(y.dtype)
+
+
+def pass_module(x: torch.Tensor, y: torch.Tensor, kept: KeptOutput, norm: bool) -> torch.Tensor:
+    return PassModule.apply(x, [y.detach()], kept, norm)
 
 
 ELEMENTWISE_MODULE = re.compile(r".*RMSNorm|.*(GELU|SiLU|Swish|Mish)\w*Activation|.*GELUTanh|QuickGELU")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..rules import PROPORTIONAL_INPUTS, Gamma, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
+from .kept import KeptOutput
 
 
 @dataclass
@@ -89,25 +90,16 @@ def merged_parameters(weight, bias, merge, linear_map):
 
 
 @dataclass
-class LinearCall:
+class LinearCall(KeptOutput):
     """What one linear-like op call needs for its backward; kept on its output so a batch norm can merge into it."""
 
-    linear_map: LinearMap
-    rule: LinearRule
-    site: Any
+    linear_map: LinearMap | None = None
+    rule: LinearRule | None = None
+    site: Any = None
     direct: bool = False  # the input is the model input: hand back relevance itself, not g
     output: torch.Tensor | None = None  # precomputed output (merged batch norm), handed over once
     merge: tuple | None = None  # (scale, shift) of a batch norm merged into this op, applied in the backward only
     nonnegative: bool = False  # the input is known to be >= 0 (it comes from a ReLU): x+ is x, x- is 0
-    preserved: torch.Tensor | None = None  # copy of the output taken before the model changed it in place
-    harmless_versions: set | None = None  # output versions whose values serve the rule as well as the original
-    consumers: int = 0  # ops that read the output ...
-    relu_consumers: int = 0  # ... and how many of them are ReLUs
-    rectified: bool = False  # a ReLU was applied to the output in place
-
-    def feeds_only_relu(self) -> bool:
-        """No relevance can arrive on outputs <= 0: they all go through a ReLU, whose gradient is zero there."""
-        return self.rectified or (self.consumers > 0 and self.consumers == self.relu_consumers)
 
 
 def _select_input(kind: str, x: torch.Tensor, call: LinearCall) -> torch.Tensor:
@@ -352,11 +344,7 @@ class LinearRuleFunction(torch.autograd.Function):
         call.output = None
         ctx.call = call
         ctx.save_for_backward(x, weight, bias)
-        # The output is kept as a detached alias (no reference cycle, no copy). If the model changes it in place,
-        # the engine either hands over a copy first (call.preserved) or knows the change is harmless (a ReLU:
-        # where it changed a value, no relevance flows); anything else it did not see costs one recomputation.
-        ctx.z, ctx.version = z.detach(), z._version
-        call.harmless_versions = {z._version}
+        ctx.z = call.keep(z)
         return z
 
     @staticmethod
@@ -365,9 +353,7 @@ class LinearRuleFunction(torch.autograd.Function):
         call = ctx.call
         if call.merge is not None:  # merged weights exist only while this layer's backward runs
             weight, bias = merged_parameters(weight, bias, call.merge, call.linear_map)
-        z = ctx.z
-        if call.preserved is not None:
-            z = call.preserved
-        elif z._version not in call.harmless_versions:
+        z = call.values(ctx.z)
+        if z is None:  # changed in place where the engine could not see it: one recomputation
             z = call.linear_map.forward(x, weight, bias)
         return input_relevance(call, x, weight, bias, z, g, False), None, None, None
