@@ -77,19 +77,18 @@ def _row_channel_factors(y: torch.Tensor, x: torch.Tensor):
         return None
     # in float32 at least, so that the check is as strict as the roundings in the module's own dtype allow
     work = torch.promote_types(y.dtype, torch.float32)
-    ratio = (y.to(work) / x.to(work)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    ratio = y.to(work) / x.to(work)
     flat = ratio.reshape(-1, ratio.shape[-1])
     channels = flat.mean(0)
     norm = channels.square().sum()
-    if not torch.isfinite(norm) or norm == 0:
+    if not torch.isfinite(norm) or norm == 0:  # an exact zero in x, or nothing to factor
         return None
     rows = (flat @ channels).div_(norm).unsqueeze(-1)
-    error = (rows * channels).sub_(flat).abs_()
-    # a few roundings of y, relative to it, or one step of the dtype's subnormals where y underflowed; an exact zero
-    # in x has no slack (its ratio, 0 by convention, then does not factor unless its whole row is zero)
+    deviation = flat.div_(rows).div_(channels).sub_(1).abs_()  # reuses the ratio's memory: this runs on every call
     info = torch.finfo(y.dtype)
-    slack = (info.smallest_normal * info.eps / x.to(work).abs()).nan_to_num_(posinf=0.0).reshape(flat.shape)
-    if not bool((error <= flat.abs_().mul_(8 * info.eps).add_(slack, alpha=2)).all()):
+    if info.bits < 32:  # where y underflowed its dtype, y / x says little; the factors are the better value there
+        deviation.masked_fill_(y.reshape(flat.shape).abs() < info.smallest_normal, 0.0)
+    if not bool(deviation.max() <= 8 * info.eps):
         return None
     return rows.reshape(y.shape[:-1] + (1,)).to(y.dtype), channels.to(y.dtype)
 
