@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import relprop
@@ -151,8 +152,35 @@ def test_linear_attention_from_zennit_issue_runs_strict(composite):
         assert einsum_rules == {"Gradient"} and softmax_rules == {"Constant (CP-LRP)"}
 
 
+class GatedMLP(nn.Module):
+    """LLaMA's MLP: down(silu(gate(x)) * up(x)), here with the projections left out."""
+
+    def __init__(self, module_activation):
+        super().__init__()
+        self.act = nn.SiLU() if not module_activation else type("SiLUActivation", (nn.Module,), {
+            "forward": lambda self, x: x * torch.sigmoid(x)})()
+
+    def forward(self, x):
+        gate, up = x.chunk(2, dim=-1)
+        return (self.act(gate) * up).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("module_activation", [False, True])
+def test_gated_mlp_splits_uniformly_under_attnlrp_and_gates_as_constant_under_cp_lrp(module_activation):
+    x = torch.tensor([[1.5, -0.5, 2.0, 3.0]])
+    product = F.silu(x[:, :2]) * x[:, 2:]  # relevance of each product, to share between gate and up
+    attn = relprop.explain(GatedMLP(module_activation), x, target=0, composite="attnlrp", strict=True)
+    torch.testing.assert_close(attn.relevance, torch.cat([product / 2, product / 2], 1))
+    cp = relprop.explain(GatedMLP(module_activation), x, target=0, composite="cp_lrp", strict=True)
+    torch.testing.assert_close(cp.relevance, torch.cat([torch.zeros_like(product), product], 1))
+
+
 def test_composite_parameters():
     assert AttnLRP().softmax == "gradient" and CPLRP().softmax == "constant"
+    assert AttnLRP().gates == "sigmoid" and CPLRP().gates == "activation"
+    # linear layers: LRP-0 (their gradient, as LXT computes it) unless epsilon or gamma is given
+    assert AttnLRP().layer_map["linear"] == relprop.rules.Zero()
+    assert AttnLRP(epsilon=0.01).layer_map["linear"] == relprop.rules.Epsilon(0.01)
     assert relprop.composites.get("attnlrp", gamma=0.25).layer_map["linear"] == relprop.rules.Gamma(0.25, 1e-6)
 
 

@@ -8,6 +8,7 @@ import torchvision
 
 import relprop
 from relprop.language import explain_tokens
+from tests.language_models import language_model
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -25,23 +26,6 @@ def zero_constants(model):
             if name.endswith("head.weight"):  # torchvision starts its ViT head at zero
                 parameter.normal_(0, 0.5)
     return model.eval()
-
-
-def language_model(family, implementation):
-    torch.manual_seed(0)
-    if family == "llama":
-        config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2,
-                                          attn_implementation=implementation)
-        return transformers.LlamaForCausalLM(config)
-    if family == "gpt2":
-        config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                         bos_token_id=0, eos_token_id=0, attn_implementation=implementation)
-        return transformers.GPT2LMHeadModel(config)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32,
-                                     attn_implementation=implementation)
-    return transformers.BertForSequenceClassification(config)
 
 
 FAMILIES = [(family, implementation) for family in ("llama", "gpt2", "bert") for implementation in ("eager", "sdpa")]
@@ -153,4 +137,8 @@ def test_report_shows_every_attention_op_and_its_rule():
     assert ("matmul", "Uniform split over 2 factors") in rules
     assert ("softmax", "Gradient (AttnLRP softmax)") in rules
     assert ("LlamaRMSNorm (element-wise module)", "Pass") in {(row.op, row.rule) for row in report}
-    assert ("linear", "Epsilon") in rules
+    assert ("linear", "Zero") in rules  # LRP-0: the linear layers' own gradient
+    epsilon = relprop.LRP(model, relprop.composites.AttnLRP(epsilon=1e-6),
+                          forward=lambda m, e: m(inputs_embeds=e).logits)
+    report = epsilon.report(embeddings, target=lambda logits: logits * (logits == logits.max()))
+    assert ("linear", "Epsilon") in {(row.op.rsplit(".", 1)[-1], row.rule) for row in report}

@@ -39,6 +39,11 @@ def _matches_kind(key: str, kind: str) -> bool:
 class Composite:
     """Rules by name, position and layer type; see the module docstring for precedence."""
 
+    # Ops without rules of their own follow the engine's defaults, with two choices a composite makes:
+    softmax = "gradient"  # softmax by its gradient x input (AttnLRP), or "constant": attention weights get none
+    gates = "sigmoid"  # in a product of activations, which factors are gates (constants, no relevance): outputs of
+    # sigmoids, or "activation": outputs of any element-wise activation (the SiLU branch of a gated MLP)
+
     def __init__(
         self,
         layer_map: Mapping[Any, Rule] | None = None,
@@ -151,23 +156,32 @@ class EpsilonAlpha2Beta1Flat(Composite):
 
 
 class AttnLRP(Composite):
-    """AttnLRP (Achtibat et al. 2024) for transformers: epsilon on linear layers (or gamma, if given), softmax by
-    its gradient x input, products of activations split uniformly, norms with the std as a constant."""
+    """AttnLRP (Achtibat et al. 2024) for transformers: softmax by its gradient x input, products of activations split
+    uniformly, norms and element-wise activations pass relevance through (std as a constant).
+
+    Linear layers: LRP-0 by default, which is their plain gradient, as the authors' efficient implementation (LXT)
+    computes it; epsilon > 0 gives the epsilon rule, gamma the gamma rule (stabilised by epsilon, or 1e-6)."""
 
     softmax = "gradient"
 
-    def __init__(self, epsilon: float = 1e-6, gamma: float | None = None, zero_bias: bool = False,
+    def __init__(self, epsilon: float = 0.0, gamma: float | None = None, zero_bias: bool = False,
                  layer_map=None, name_map=None, index_map=None):
-        rule = (rules.Epsilon(epsilon, zero_bias=zero_bias) if gamma is None
-                else rules.Gamma(gamma, stabilizer=epsilon, zero_bias=zero_bias))
+        if gamma is not None:
+            rule = rules.Gamma(gamma, stabilizer=epsilon or 1e-6, zero_bias=zero_bias)
+        elif epsilon == 0:
+            rule = rules.Zero(zero_bias=zero_bias)
+        else:
+            rule = rules.Epsilon(epsilon, zero_bias=zero_bias)
         super().__init__(_extend(layer_map, {"linear": rule, "conv": rule}), name_map, index_map)
 
 
 class CPLRP(AttnLRP):
-    """CP-LRP (Ali et al. 2022): AttnLRP's rules, but attention weights are constants: relevance flows through the
-    values only, and is conserved exactly when biases are zero."""
+    """CP-LRP (Ali et al. 2022): AttnLRP's rules, but attention weights and gates are constants: relevance flows
+    through the values only, in a gated MLP through the ungated branch only (as LXT does), and is conserved exactly
+    when biases are zero."""
 
     softmax = "constant"
+    gates = "activation"
 
 
 _REGISTRY = {

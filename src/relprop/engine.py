@@ -193,6 +193,8 @@ class Session:
                 norm = "Norm" in type(module).__name__
                 output = elementwise.pass_module(self._tap(x, row), output, kept, norm)
                 output._relprop_call = kept
+                if not norm and self.composite.gates == "activation":
+                    output._relprop_gate = self.token
                 self._mark(output)
                 self._watch(output, row)
             else:
@@ -336,7 +338,7 @@ class Session:
         return self._plain(func, name, args, kwargs)
 
     def _op_softmax(self, func, name, args, kwargs):
-        if getattr(self.composite, "softmax", "gradient") == "constant":
+        if self.composite.softmax == "constant":
             # CP-LRP: attention weights are constants, so relevance flows through the values only.
             row = self._row(name, "Constant (CP-LRP)")
             out = func(*args, **kwargs).detach()
@@ -360,7 +362,7 @@ class Session:
         # constant attention weights (CP-LRP) v gets all of it and q, k nothing. No attention matrix is stored.
         q, k, v = bound["query"], bound["key"], bound["value"]
         scores_active = self.active(q) or self.active(k)
-        if getattr(self.composite, "softmax", "gradient") == "constant":
+        if self.composite.softmax == "constant":
             q, k, scores_active = q.detach(), k.detach(), False
         v_share = 0.5 if (scores_active and self.active(v)) else 1.0
         qk_share = v_share * (0.5 if (self.active(q) and self.active(k)) else 1.0)
@@ -414,7 +416,7 @@ class Session:
         row = self._row(name, "Pass")
         out = elementwise.pass_through(self._tap(x, row), fn)
         self._watch(out, row)
-        if name.rsplit(".", 1)[-1].rstrip("_") in _GATES:
+        if name.rsplit(".", 1)[-1].rstrip("_") in _GATES or self.composite.gates == "activation":
             out._relprop_gate = self.token
         return out
 
