@@ -4,12 +4,17 @@
     .venv/bin/python benchmarks/bench_transformers.py --quick    # smaller, for a smoke run
 
 Batch 8, CPU, random init; interleaved rounds, medians; peak memory per method in a child process (see
-bench_lrp.py). LXT is optional (``pip install --no-deps lxt==2.1``): it patches transformers' classes globally,
-so it runs last and in its own child process.
+bench_lrp.py).
+
+LXT 2.1 needs transformers 4.x, so its rows come from a second environment, ``.venv-lxt`` (build it with
+``scripts/lxt_venv.sh``), where the same LLaMA is explained by the gradient, by relprop and by LXT in one process:
+the gradient and relprop in interleaved rounds, then LXT (its patches of transformers' classes are global, so it
+runs last). The rows also say how closely LXT's relevance matches relprop's AttnLRP.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -74,16 +79,15 @@ def methods_for(name, quick):
     return methods
 
 
-def lxt_method(name, quick):
-    """LXT's efficient AttnLRP on the LLaMA: its patched model classes, gradient x input on the embeddings."""
-    if name != "llama":
-        raise RuntimeError("LXT is measured on the LLaMA only")
+def patch_with_lxt():
+    """LXT's efficient AttnLRP: its patches of the LLaMA classes (global: nothing unpatched runs after this)."""
     from lxt.efficient import monkey_patch
     from transformers.models.llama import modeling_llama
 
     monkey_patch(modeling_llama, verbose=False)
-    model, x, mask, forward = llama(quick)
 
+
+def gradient_x_input(model, x, mask, forward):
     def run():
         leaf = x.detach().requires_grad_(True)
         out = forward(model, leaf)
@@ -93,35 +97,91 @@ def lxt_method(name, quick):
 
 
 def child(name, quick, method, what):
-    fn = lxt_method(name, quick) if method == "LXT attnlrp" else methods_for(name, quick)[method]
+    if method == "LXT attnlrp":
+        patch_with_lxt()
+        fn = gradient_x_input(*llama(quick))
+    else:
+        fn = methods_for(name, quick)[method]
     fn()
-    if what == "memory":
-        print(f"{measure(fn)[1]:.1f}")
-    else:  # LXT's timing, in its own process because its patches are global
-        print(statistics.median(measure(fn)[0] for _ in range(3)))
+    print(f"{measure(fn)[1]:.1f}")
 
 
-def run_child(name, quick, method, what):
+def lxt_child(quick, rounds):
+    """In the LXT environment: gradient and relprop interleaved, then LXT; medians and agreement as JSON."""
+    import transformers
+
+    methods = methods_for("llama", quick)
+    times = {key: [] for key in methods}
+    for round_index in range(rounds + 1):
+        for key, fn in methods.items():
+            seconds, _ = measure(fn)
+            if round_index:
+                times[key].append(seconds)
+    ours = methods["relprop attnlrp"]().detach()
+    patch_with_lxt()
+    lxt = gradient_x_input(*llama(quick))
+    lxt()
+    times["LXT attnlrp"] = [measure(lxt)[0] for _ in range(rounds)]
+    theirs = lxt().detach()
+    per_token = ours.sum(-1), theirs.sum(-1)
+    print(json.dumps({
+        "transformers": transformers.__version__,
+        "times": {key: statistics.median(values) for key, values in times.items()},
+        "difference": float((ours - theirs).norm() / theirs.norm()),
+        "token_difference": float((per_token[0] - per_token[1]).norm() / per_token[1].norm()),
+    }))
+
+
+def run_child(name, quick, method, what, python=sys.executable):
     env = dict(os.environ)
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    args = [sys.executable, __file__, "--child", name, method, what] + (["--quick"] if quick else [])
-    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    args = [python, __file__, "--child", name, method, what] + (["--quick"] if quick else [])
+    return _last_line(subprocess.run(args, capture_output=True, text=True, env=env), float)
+
+
+def _last_line(result, parse):
     try:
-        return float(result.stdout.strip().splitlines()[-1])
+        return parse(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         lines = (result.stderr or "failed").strip().splitlines()
-        raise RuntimeError(lines[-1][:100] if lines else "failed")
+        raise RuntimeError(lines[-1][:160] if lines else "failed")
+
+
+def lxt_rows(quick, rounds, python):
+    """Rows measured in the LXT environment, ratios to the gradient there."""
+    args = [python, __file__, "--lxt-child"] + (["--quick"] if quick else []) + ["--rounds", str(rounds)]
+    found = _last_line(subprocess.run(args, capture_output=True, text=True), json.loads)
+    label = f"llama (transformers {found['transformers']})"
+    rows = {key: (seconds, run_child("llama", quick, key, "memory", python)) for key, seconds in
+            found["times"].items()}
+    notes = {"LXT attnlrp": f"after the others (global patches); relevance differs from relprop attnlrp by "
+                            f"{found['difference']:.1e} (per token {found['token_difference']:.1e}), relative L2"}
+    return label, rows, notes
+
+
+def print_rows(name, rows, notes):
+    base_time, base_memory = rows["gradient x input"]
+    for key, (seconds, mib) in rows.items():
+        print(f"| {name} | {key} | {seconds:.3f} | {seconds / base_time:.2f}x | {mib:.0f} | "
+              f"{mib / base_memory:.2f}x | {notes.get(key, '')} |", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lxt-python", default=os.path.join(os.path.dirname(__file__), "..", ".venv-lxt", "bin",
+                                                              "python"),
+                        help="interpreter of the environment with LXT (default .venv-lxt, from lxt_venv.sh)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--lxt-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.quick, args.child[1], args.child[2])
+        return
+    if args.lxt_child:
+        lxt_child(args.quick, args.rounds)
         return
     warnings.simplefilter("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8, CPU, median of {args.rounds} "
@@ -138,21 +198,14 @@ def main():
                     times[key].append(seconds)
         rows = {key: (statistics.median(values), run_child(name, args.quick, key, "memory"))
                 for key, values in times.items()}
-        notes = {}
-        if name == "llama":
-            try:
-                rows["LXT attnlrp"] = (run_child(name, args.quick, "LXT attnlrp", "time"),
-                                       run_child(name, args.quick, "LXT attnlrp", "memory"))
-                notes["LXT attnlrp"] = "own process (global patches): compare with care"
-            except RuntimeError as error:
-                notes["LXT attnlrp"] = f"fails: {error}"
-        base_time, base_memory = rows["gradient x input"]
-        for key, (seconds, mib) in rows.items():
-            print(f"| {name} | {key} | {seconds:.3f} | {seconds / base_time:.2f}x | {mib:.0f} | "
-                  f"{mib / base_memory:.2f}x | {notes.get(key, '')} |", flush=True)
-        for key, note in notes.items():
-            if key not in rows:
-                print(f"| {name} | {key} | | | | | {note} |")
+        print_rows(name, rows, {})
+    if not os.path.exists(args.lxt_python):
+        print(f"| llama | LXT attnlrp | | | | | not measured: no {args.lxt_python} (run scripts/lxt_venv.sh) |")
+        return
+    try:
+        print_rows(*lxt_rows(args.quick, args.rounds, args.lxt_python))
+    except RuntimeError as error:
+        print(f"| llama | LXT attnlrp | | | | | fails: {error} |")
 
 
 if __name__ == "__main__":
