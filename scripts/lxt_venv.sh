@@ -11,7 +11,8 @@ STAMP=.venv-lxt/.relprop-installed
 WANT="$(cat pyproject.toml scripts/lxt_venv.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     export PIP_DISABLE_PIP_VERSION_CHECK=1
-    .venv-lxt/bin/python -m pip install -q "torch==2.14.1" "transformers==4.57.6" 2>&1 \
+    # torchvision: LXT imports it for its ViT patches, even when they are not used
+    .venv-lxt/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "transformers==4.57.6" 2>&1 \
         | grep -v "^WARNING: Location" || true
     .venv-lxt/bin/python -m pip install -q -e . 2>&1 | grep -v "^WARNING: Location" || true
     # LXT declares bitsandbytes, open_clip and accelerate, which its efficient engine does not use.
