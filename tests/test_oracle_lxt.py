@@ -1,4 +1,4 @@
-"""AttnLRP and CP-LRP against LXT, the AttnLRP authors' efficient implementation, on LLaMA, GPT-2 and BERT.
+"""AttnLRP and CP-LRP against LXT, the AttnLRP authors' efficient implementation, on LLaMA, GPT-2, BERT and ViT.
 
 LXT 2.1 needs transformers 4.x, so the comparison runs in its own environment (scripts/lxt_venv.sh, which the test
 command builds) through tests/lxt_oracle.py."""
@@ -29,7 +29,7 @@ def test_attnlrp_equals_lxt_on_llama_gpt2_and_bert():
     assert max(differences.values()) < 1e-6, differences
 
 
-def test_cp_lrp_equals_lxt_on_llama_and_gpt2():
-    differences = lxt_differences("cp_lrp")  # LXT has no CP-LRP map for BERT
-    assert set(differences) == {"llama/eager", "llama/sdpa", "gpt2/eager", "gpt2/sdpa"}
+def test_cp_lrp_equals_lxt_on_llama_gpt2_and_torchvision_vit():
+    differences = lxt_differences("cp_lrp")  # LXT has no CP-LRP map for BERT, and only CP-LRP for the ViT
+    assert set(differences) == {"llama/eager", "llama/sdpa", "gpt2/eager", "gpt2/sdpa", "vit"}
     assert max(differences.values()) < 1e-6, differences
