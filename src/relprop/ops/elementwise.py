@@ -84,11 +84,12 @@ def _row_channel_factors(y: torch.Tensor, x: torch.Tensor):
     if not torch.isfinite(norm) or norm == 0:  # an exact zero in x, or nothing to factor
         return None
     rows = (flat @ channels).div_(norm).unsqueeze(-1)
-    deviation = flat.div_(rows).div_(channels).sub_(1).abs_()  # reuses the ratio's memory: this runs on every call
+    quotient = flat.div_(rows).div_(channels)  # in the ratio's own memory: this runs on every call
     info = torch.finfo(y.dtype)
     if info.bits < 32:  # where y underflowed its dtype, y / x says little; the factors are the better value there
-        deviation.masked_fill_(y.reshape(flat.shape).abs() < info.smallest_normal, 0.0)
-    if not bool(deviation.max() <= 8 * info.eps):
+        quotient.masked_fill_(y.reshape(flat.shape).abs() < info.smallest_normal, 1.0)
+    low, high = torch.aminmax(quotient)
+    if not bool((high - 1 <= 8 * info.eps) & (1 - low <= 8 * info.eps)):
         return None
     return rows.reshape(y.shape[:-1] + (1,)).to(y.dtype), channels.to(y.dtype)
 
