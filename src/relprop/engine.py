@@ -146,6 +146,7 @@ class Session:
         self.suspended: torch.nn.Module | None = None  # an element-wise module running unintercepted
         self.suspended_input = None
         self.suspended_grad = True
+        self.busy = False  # the session's own tensor work in a module hook: not the model's ops, not intercepted
 
     # ---- running a model -------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor):
@@ -181,6 +182,13 @@ class Session:
             torch.set_grad_enabled(self.differentiable)
 
     def _leave(self, module, args, output):
+        self.busy = True  # hooks run with the interceptor on (unlike handle(), which torch runs with it off)
+        try:
+            return self._finish(module, output)
+        finally:
+            self.busy = False
+
+    def _finish(self, module, output):
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         if self.suspended is module:
@@ -288,7 +296,7 @@ class Session:
 
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, func, args, kwargs):
-        if self.suspended is not None:  # inside an element-wise module: its output is ruled as a whole
+        if self.suspended is not None or self.busy:  # inside an element-wise module: its output is ruled as a whole
             return func(*args, **kwargs)
         name, family = classify(func)
         if family == "quiet":
