@@ -296,7 +296,8 @@ class Session:
 
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, func, args, kwargs):
-        if self.suspended is not None or self.busy:  # inside an element-wise module: its output is ruled as a whole
+        # inside an element-wise module its output is ruled as a whole; a busy session is doing its own work
+        if self.suspended is not None or self.busy:
             return func(*args, **kwargs)
         name, family = classify(func)
         if family == "quiet":
