@@ -63,16 +63,18 @@ def vit(quick):
 BUILDERS = {"llama": llama, "vit_tiny": vit}
 
 
-def methods_for(name, quick):
-    model, x, mask, forward = BUILDERS[name](quick)
-
-    def gradient():
+def gradient_x_input(model, x, mask, forward):
+    def run():
         leaf = x.detach().requires_grad_(True)
         out = forward(model, leaf)
         (grad,) = torch.autograd.grad(out[mask].sum(), leaf)
         return leaf * grad
+    return run
 
-    methods = {"gradient x input": gradient}
+
+def methods_for(name, quick):
+    model, x, mask, forward = BUILDERS[name](quick)
+    methods = {"gradient x input": gradient_x_input(model, x, mask, forward)}
     for composite in ("attnlrp", "cp_lrp"):
         lrp = relprop.LRP(model, composite, forward=forward)
         methods[f"relprop {composite}"] = (lambda lrp=lrp: lrp(x, target=mask).relevance)
@@ -87,16 +89,8 @@ def patch_with_lxt():
     monkey_patch(modeling_llama, verbose=False)
 
 
-def gradient_x_input(model, x, mask, forward):
-    def run():
-        leaf = x.detach().requires_grad_(True)
-        out = forward(model, leaf)
-        (grad,) = torch.autograd.grad(out[mask].sum(), leaf)
-        return leaf * grad
-    return run
-
-
-def child(name, quick, method, what):
+def child(name, quick, method):
+    """Peak memory of one method, alone in this process."""
     if method == "LXT attnlrp":
         patch_with_lxt()
         fn = gradient_x_input(*llama(quick))
@@ -132,11 +126,9 @@ def lxt_child(quick, rounds):
     }))
 
 
-def run_child(name, quick, method, what, python=sys.executable):
-    env = dict(os.environ)
-    if what == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    args = [python, __file__, "--child", name, method, what] + (["--quick"] if quick else [])
+def memory_in_child(name, quick, method, python=sys.executable):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    args = [python, __file__, "--child", name, method] + (["--quick"] if quick else [])
     return _last_line(subprocess.run(args, capture_output=True, text=True, env=env), float)
 
 
@@ -153,7 +145,7 @@ def lxt_rows(quick, rounds, python):
     args = [python, __file__, "--lxt-child"] + (["--quick"] if quick else []) + ["--rounds", str(rounds)]
     found = _last_line(subprocess.run(args, capture_output=True, text=True), json.loads)
     label = f"llama (transformers {found['transformers']})"
-    rows = {key: (seconds, run_child("llama", quick, key, "memory", python)) for key, seconds in
+    rows = {key: (seconds, memory_in_child("llama", quick, key, python)) for key, seconds in
             found["times"].items()}
     notes = {"LXT attnlrp": f"after the others (global patches); relevance differs from relprop attnlrp by "
                             f"{found['difference']:.1e} (per token {found['token_difference']:.1e}), relative L2"}
@@ -174,11 +166,11 @@ def main():
     parser.add_argument("--lxt-python", default=os.path.join(os.path.dirname(__file__), "..", ".venv-lxt", "bin",
                                                               "python"),
                         help="interpreter of the environment with LXT (default .venv-lxt, from lxt_venv.sh)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--lxt-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.quick, args.child[1], args.child[2])
+        child(args.child[0], args.quick, args.child[1])
         return
     if args.lxt_child:
         lxt_child(args.quick, args.rounds)
@@ -196,7 +188,7 @@ def main():
                 seconds, _ = measure(fn)
                 if round_index:
                     times[key].append(seconds)
-        rows = {key: (statistics.median(values), run_child(name, args.quick, key, "memory"))
+        rows = {key: (statistics.median(values), memory_in_child(name, args.quick, key))
                 for key, values in times.items()}
         print_rows(name, rows, {})
     if not os.path.exists(args.lxt_python):
