@@ -110,14 +110,32 @@ def _bind(names, args, kwargs, defaults=_DEFAULTS) -> dict:
     return bound
 
 
-def _tensors(args, kwargs):
-    for value in list(args) + list(kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, torch.Tensor):
-                    yield item
+class DataFlow:
+    """Marks the tensors computed from the input being explained, so that the ops touching them are found by data
+    flow. The token is fresh per run: tensors left over from an earlier run do not count."""
+
+    def __init__(self, attribute: str):
+        self.attribute, self.token = attribute, object()
+
+    def mark(self, out):
+        if isinstance(out, torch.Tensor):
+            if out.requires_grad:
+                setattr(out, self.attribute, self.token)
+        elif isinstance(out, (tuple, list)):
+            for item in out:
+                self.mark(item)
+
+    def active(self, value) -> bool:
+        return isinstance(value, torch.Tensor) and getattr(value, self.attribute, None) is self.token
+
+    def touched(self, args, kwargs) -> list[torch.Tensor]:
+        """The marked tensors among an op's arguments, also inside lists and tuples."""
+        found = []
+        for value in list(args) + list(kwargs.values()):
+            for item in (value if isinstance(value, (list, tuple)) else (value,)):
+                if self.active(item):
+                    found.append(item)
+        return found
 
 
 class Session:
@@ -130,7 +148,9 @@ class Session:
         self.composite = composite
         self.strict = strict
         self.merge_batch_norm = any(isinstance(c, MergeBatchNorm) for c in canonizers)
-        self.token = object()
+        self.flow = DataFlow("_relprop")
+        self.token = self.flow.token  # also tags the markers beside it (_relprop_nonnegative, _relprop_gate)
+        self._mark, self.active = self.flow.mark, self.flow.active
         self.names = {id(module): name for name, module in model.named_modules()}
         self.stack: list[torch.nn.Module] = []
         self.linear_index = 0
@@ -226,17 +246,6 @@ class Session:
                 self.recorded.setdefault(name, []).append(holder)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
-    def _mark(self, out):
-        if isinstance(out, torch.Tensor):
-            if out.requires_grad:
-                out._relprop = self.token
-        elif isinstance(out, (tuple, list)):
-            for item in out:
-                self._mark(item)
-
-    def active(self, tensor) -> bool:
-        return isinstance(tensor, torch.Tensor) and getattr(tensor, "_relprop", None) is self.token
-
     def _where(self) -> tuple[torch.nn.Module | None, str]:
         if not self.stack:
             return None, ""
@@ -302,7 +311,7 @@ class Session:
         name, family = classify(func)
         if family == "quiet":
             return func(*args, **kwargs)
-        active = [t for t in _tensors(args, kwargs) if self.active(t)]
+        active = self.flow.touched(args, kwargs)
         if not active:
             return func(*args, **kwargs)
         handler = getattr(self, "_op_" + family) if family is not None else self._op_unknown
@@ -435,7 +444,7 @@ class Session:
             # bias + x @ W, as GPT-2's Conv1D writes a linear layer
             return self._linear_like(torch.nn.functional.linear, "torch.nn.functional.linear",
                                      (args[1], args[2].t(), args[0]), {}, "linear")
-        active = [t for t in _tensors(args, kwargs) if self.active(t)]
+        active = self.flow.touched(args, kwargs)
         if len(active) < 2:
             return self._plain(func, name, args, kwargs)
         gates = {id(t) for t in active if getattr(t, "_relprop_gate", None) is self.token}

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..engine import UnsupportedOpWarning, out_of_place, classify
+from ..engine import DataFlow, UnsupportedOpWarning, classify, out_of_place
 from ..explanation import Explanation
 from ..lrp import output_gradient
 from ..ops.table import FAMILIES, is_inplace
@@ -65,14 +65,6 @@ NONLINEAR = _names("max", "min", "amax", "amin", "sort", "topk", "cummax", "cumm
                    "__truediv__", "__rtruediv__", "__itruediv__", "divide", "true_divide", "maximum", "minimum")
 DROPOUT = _names("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
                  prefixes=(F,))
-
-
-def _tensors(args, kwargs):
-    for value in list(args) + list(kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            yield from (item for item in value if isinstance(item, torch.Tensor))
 
 
 class Pairing:
@@ -215,25 +207,15 @@ class _Interceptor(TorchFunctionMode):
     def __init__(self, pairing: Pairing, eps: float, warned: set):
         super().__init__()
         self.pairing, self.eps, self.warned = pairing, eps, warned
-        self.token = object()
-
-    def mark(self, out):
-        if isinstance(out, torch.Tensor):
-            if out.requires_grad:
-                out._relprop_deeplift = self.token
-        elif isinstance(out, (tuple, list)):
-            for item in out:
-                self.mark(item)
-
-    def active(self, value) -> bool:
-        return isinstance(value, torch.Tensor) and getattr(value, "_relprop_deeplift", None) is self.token
+        self.flow = DataFlow("_relprop_deeplift")
+        self.mark, self.active = self.flow.mark, self.flow.active
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name, family = classify(func)
         if family == "quiet":
             return func(*args, **kwargs)
-        active = [t for t in _tensors(args, kwargs) if self.active(t)]
+        active = self.flow.touched(args, kwargs)
         if not active:
             return func(*args, **kwargs)
         out = self.dispatch(func, name, family, args, kwargs, active)
