@@ -227,12 +227,14 @@ def test_strict_takes_only_booleans(model, strict):
 
 
 def test_map_keys_that_match_no_layer_are_named_after_the_run(model, x):
-    lrp = relprop.LRP(model, "epsilon", name_map={"layer1.conv9": relprop.rules.ZPlus(), "layer2.*": relprop.rules.ZPlus()},
-                      index_map={40: relprop.rules.Flat(), 0: relprop.rules.Flat()})
+    zplus, flat = relprop.rules.ZPlus(), relprop.rules.Flat()
+    lrp = relprop.LRP(model, "epsilon", name_map={"layer1.conv9": zplus, "layer2.*": zplus},
+                      index_map={40: flat, 0: flat})
     with pytest.warns(UserWarning) as caught:
         lrp(x, target=1)
     messages = [str(w.message) for w in caught]
-    assert any("name_map key 'layer1.conv9'" in m and "closest layers run: 'layer1.conv2', 'layer1.conv1'" in m for m in messages)
+    closest = "closest layers run: 'layer1.conv2', 'layer1.conv1'"
+    assert any("name_map key 'layer1.conv9'" in m and closest in m for m in messages)
     assert any("index_map key 40 (the model ran 6 linear-like layers, 0..5)" in m for m in messages)
     assert not any("layer2.*" in m or "index_map key 0 " in m for m in messages)  # these matched
     with warnings.catch_warnings():
@@ -249,3 +251,16 @@ def test_the_explanation_records_its_composite_with_parameters(model, x):
     assert "composite='epsilon_gamma_box'" in repr(expl)
     own = relprop.explain(model, x, composite=relprop.composites.Epsilon(epsilon=0.1))
     assert own.composite == {"name": "epsilon", "parameters": {}}
+
+
+def test_map_keys_given_to_the_default_composite_are_checked_too():
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.warns(UserWarning, match=r"name_map key 'fc9' matched no linear-like layer"):
+        relprop.explain(mlp, torch.randn(2, 4), name_map={"fc9": relprop.rules.ZPlus()})
+
+
+
+def test_a_container_name_in_name_map_is_pointed_to_its_glob(model, x):
+    with pytest.warns(UserWarning, match=r"name_map key 'layer1' \(names match a layer's own module only; for the "
+                                         r"layers inside 'layer1' use 'layer1.\*'\)"):
+        relprop.explain(model, x, name_map={"layer1": relprop.rules.ZPlus()})

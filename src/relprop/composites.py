@@ -222,14 +222,18 @@ class Auto(Composite):
         dense = set(inspect.signature(Epsilon).parameters)
         self.choices = {"conv": get("epsilon_plus_flat", **params),
                         "linear": get("epsilon", **{k: v for k, v in params.items() if k in dense})}
-        self.chosen = "conv"  # until a run shows its first linear-like layer
-        self.why = "no linear-like layer has run yet"
+        self._choose("conv", "no linear-like layer has run yet")  # until a run shows its first linear-like layer
+
+    def _choose(self, kind: str, why: str):
+        self.chosen, self.why = kind, why
+        chosen = self.choices[kind]  # its maps are this composite's for as long as it is chosen
+        self.layer_map, self.name_map, self.index_map = chosen.layer_map, chosen.name_map, chosen.index_map
 
     def rule_for(self, site: Site) -> Rule | None:
         if site.index == 0:
-            self.chosen = "linear" if site.kind == "linear" else "conv"
-            kind = "dense" if site.kind == "linear" else "a convolution"
-            self.why = f"the first linear-like layer run ({site.name or site.op}) is {kind}"
+            kind = "linear" if site.kind == "linear" else "conv"
+            shape = "dense" if kind == "linear" else "a convolution"
+            self._choose(kind, f"the first linear-like layer run ({site.name or site.op}) is {shape}")
         return self.choices[self.chosen].rule_for(site)
 
     def summary(self) -> dict:

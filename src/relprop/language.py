@@ -82,8 +82,8 @@ def _substituting(layer: torch.nn.Module, name: str, input_ids, extra: dict):
         finally:
             handle.remove()
         if len(calls) != 1 or tuple(calls[0].shape) != tuple(embeddings.shape):
-            raise ValueError(f"the embedding layer {name!r} ran {len(calls)} times on the model's input; explain_tokens "
-                             "needs it to run once, giving one embedding per token")
+            raise ValueError(f"the embedding layer {name!r} ran {len(calls)} times on the model's input; "
+                             "explain_tokens needs it to run once, giving one embedding per token")
         return _logits(out)
 
     return forward

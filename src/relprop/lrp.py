@@ -28,8 +28,9 @@ class LRP:
 
     composite: a name from ``relprop.composites.names()``, a Composite, or "auto" (the default): epsilon_plus_flat
     when the first linear-like layer run is a convolution, epsilon when it is dense (see ``Explanation.composite``);
-    extra keyword arguments are that composite's parameters. canonizers: "auto", None, or a list (see relprop.canonizers). strict: raise on ops
-    without a rule instead of warning. record: module names whose output relevance is kept in ``layers``.
+    extra keyword arguments are that composite's parameters. canonizers: "auto", None, or a list (see
+    relprop.canonizers). strict: raise on ops without a rule instead of warning. record: module names whose output
+    relevance is kept in ``layers``.
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
     feature_names: names of the input's features (tabular data), kept on each Explanation.
     forward: callable(model, x) -> output, for models not called as model(x), e.g.
@@ -120,8 +121,9 @@ class LRP:
         unmatched = [f"name_map key {key!r}" + _closest(key, ran) for key in self.composite.name_map
                      if key not in ran and not any(fnmatch.fnmatchcase(name, key) for name in ran)]
         count = session.linear_index
-        unmatched += [f"index_map key {key} (the model ran {count} linear-like layers, 0..{count - 1})"
-                      for key in self.composite.index_map if not -1 < key < count]
+        layers = f"{count} linear-like layers, 0..{count - 1}" if count else "no linear-like layers"
+        unmatched += [f"index_map key {key} (the model ran {layers})" for key in self.composite.index_map
+                      if not -1 < key < count]
         for entry in unmatched:
             if entry not in self._warned:
                 self._warned.add(entry)
@@ -217,6 +219,8 @@ def _check_record(model, record):
 
 
 def _closest(name: str, names) -> str:
+    if any(n.startswith(name + ".") for n in names):
+        return f" (names match a layer's own module only; for the layers inside {name!r} use {name + '.*'!r})"
     close = difflib.get_close_matches(name, [n for n in names if n], n=3)
     return f" (closest layers run: {', '.join(repr(c) for c in close)})" if close else ""
 
@@ -271,7 +275,8 @@ def output_gradient(output, target):
                          f"class int for all samples, one per sample (shape ({batch},)){maps}, a bool mask or float "
                          "tensor shaped like the output, or a callable")
     if bool(((index < 0) | (index >= classes)).any()):
-        raise ValueError(f"target {index.unique().tolist()} out of range: the output has {classes} classes "
+        wrong = index[(index < 0) | (index >= classes)].unique().tolist()
+        raise ValueError(f"target {wrong} out of range: the output has {classes} classes "
                          f"(0..{classes - 1})")
     g = torch.zeros_like(output)
     if index.dim() == 1 and output.dim() == 2:
