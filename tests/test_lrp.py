@@ -196,7 +196,8 @@ def test_a_class_map_target_selects_one_class_per_location(segmentation):
 
 @pytest.mark.parametrize("target, message", [
     (torch.tensor([[1], [2], [0]]), r"shape \(3, 1\) \(a column: flatten it with target.flatten\(\)\)"),
-    ([[1], [2], [0]], r"target must be None .*a class int, one class int per sample"),
+    ([[1], [2], [0]], r"shape \(3, 1\) \(a column: flatten it with target.flatten\(\)\)"),
+    ([[1], "a", 0], r"target must be None .*a class int, one class int per sample"),
     (torch.zeros(3, 5, 2), r"float target tensor must be shaped like the output \(3, 5\)"),
 ])
 def test_target_messages_say_what_is_needed(model, x, target, message):

@@ -198,6 +198,13 @@ def check_target_type(target):
     if isinstance(target, (list, tuple)) and all(isinstance(t, numbers.Integral) and not isinstance(t, (bool, np.bool_))
                                                  for t in target):
         return [int(t) for t in target]
+    if isinstance(target, (list, tuple)):  # nested lists (a column, a class map) are read as a tensor of indices
+        try:
+            nested = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError):
+            nested = None
+        if nested is not None and nested.dim() > 1 and not nested.is_floating_point() and nested.dtype != torch.bool:
+            return nested
     raise TypeError(f"target must be {TARGETS}; got {type(target).__name__}")
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .. import diagnose
+from ..engine import UnsupportedOperation
 from ..lrp import LRP, check_input, check_target_type, output_gradient
 
 # Default number of model inputs per forward pass: about this many input values, so a pass over 224x224 images
@@ -64,6 +65,8 @@ class Attribution:
         output per input; a failing forward gets the likely user error and its fix."""
         try:
             output = self.model(inputs) if self.forward is None else self.forward(self.model, inputs)
+        except UnsupportedOperation:
+            raise
         except RuntimeError as error:
             raise diagnose.forward_failure(self.model, inputs, error) from error
         output = self.select(output)
