@@ -265,3 +265,14 @@ def test_a_container_name_in_name_map_is_pointed_to_its_glob(model, x):
     with pytest.warns(UserWarning, match=r"name_map key 'layer1' \(names match a layer's own module only; for the "
                                          r"layers inside 'layer1' use 'layer1.\*'\)"):
         relprop.explain(model, x, name_map={"layer1": relprop.rules.ZPlus()})
+
+
+def test_a_composite_s_own_first_layer_rule_is_not_warned_about_on_a_model_without_linear_layers():
+    class Product(nn.Module):
+        def forward(self, x):
+            return x[:, :2] * x[:, 2:]
+
+    for composite in ("auto", "epsilon_plus_flat", "epsilon_gamma_box"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            relprop.explain(Product(), torch.randn(2, 4), composite=composite)

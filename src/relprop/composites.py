@@ -65,6 +65,7 @@ class Composite:
             if isinstance(key, bool) or not isinstance(key, numbers.Integral):
                 raise TypeError(f"index_map keys are positions among linear-like layers (int), got {key!r}")
         self.index_map = {int(key): rule for key, rule in self.index_map.items()}
+        self.given = (tuple(self.name_map), tuple(self.index_map))  # the keys a user named (warned if unmatched)
         if first is not None:
             self.index_map.setdefault(0, first)
         self.default = default
@@ -137,7 +138,7 @@ class EpsilonPlusFlat(Composite):
                  layer_map=None, name_map=None, index_map=None):
         base = {"conv": rules.ZPlus(stabilizer, zero_bias=zero_bias),
                 "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
-        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
+        super().__init__(_extend(layer_map, base), name_map, index_map, first=rules.Flat(stabilizer))
 
 
 class EpsilonGammaBox(Composite):
@@ -147,8 +148,7 @@ class EpsilonGammaBox(Composite):
                  zero_bias: bool = False, layer_map=None, name_map=None, index_map=None):
         base = {"conv": rules.Gamma(gamma, stabilizer, zero_bias=zero_bias),
                 "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
-        first = {0: rules.ZBox(low, high, stabilizer)}
-        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, first))
+        super().__init__(_extend(layer_map, base), name_map, index_map, first=rules.ZBox(low, high, stabilizer))
 
 
 class EpsilonAlpha2Beta1(Composite):
@@ -168,7 +168,7 @@ class EpsilonAlpha2Beta1Flat(Composite):
                  layer_map=None, name_map=None, index_map=None):
         base = {"conv": rules.AlphaBeta(2.0, 1.0, stabilizer, zero_bias=zero_bias),
                 "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
-        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
+        super().__init__(_extend(layer_map, base), name_map, index_map, first=rules.Flat(stabilizer))
 
 
 class AttnLRP(Composite):
@@ -228,6 +228,7 @@ class Auto(Composite):
         self.chosen, self.why = kind, why
         chosen = self.choices[kind]  # its maps are this composite's for as long as it is chosen
         self.layer_map, self.name_map, self.index_map = chosen.layer_map, chosen.name_map, chosen.index_map
+        self.given = chosen.given
 
     def rule_for(self, site: Site) -> Rule | None:
         if site.index == 0:

@@ -118,12 +118,13 @@ class LRP:
     def _warn_unmatched(self, session):
         """name_map and index_map entries that no linear-like layer of this run matched: a warning, once each."""
         ran = [site.name for site in session.sites]
-        unmatched = [f"name_map key {key!r}" + _closest(key, ran) for key in self.composite.name_map
+        composite = self.composite
+        names, positions = getattr(composite, "given", (tuple(composite.name_map), tuple(composite.index_map)))
+        unmatched = [f"name_map key {key!r}" + _closest(key, ran) for key in names
                      if key not in ran and not any(fnmatch.fnmatchcase(name, key) for name in ran)]
         count = session.linear_index
         layers = f"{count} linear-like layers, 0..{count - 1}" if count else "no linear-like layers"
-        unmatched += [f"index_map key {key} (the model ran {layers})" for key in self.composite.index_map
-                      if not -1 < key < count]
+        unmatched += [f"index_map key {key} (the model ran {layers})" for key in positions if not -1 < key < count]
         for entry in unmatched:
             if entry not in self._warned:
                 self._warned.add(entry)
