@@ -74,3 +74,30 @@ def test_dataframe_side_by_side(model):
 def test_wrong_number_of_feature_names_is_refused(model):
     with pytest.raises(ValueError, match="2 feature names"):
         relprop.compare(model, torch.randn(1, 3), composites=["epsilon"], feature_names=["a", "b"])
+
+
+def test_by_default_a_dense_first_model_is_not_compared_under_image_first_layer_rules(model, monkeypatch):
+    calls = []
+    original = relprop.LRP.__call__
+
+    def counted(self, x, *args, **kwargs):
+        explanation = original(self, x, *args, **kwargs)
+        calls.append(explanation.composite["name"])
+        return explanation
+
+    monkeypatch.setattr(relprop.LRP, "__call__", counted)
+    x = torch.randn(2, 3)
+    table = relprop.compare(model, x, target=0)
+    listed = list(table.explanations)
+    assert listed == ["attnlrp", "cp_lrp", "epsilon", "epsilon_alpha2_beta1", "epsilon_plus"]
+    assert sorted(calls) == sorted(listed)  # the default's run is the epsilon column, not a run of its own
+    torch.testing.assert_close(table.explanations["epsilon"].relevance,
+                               original(relprop.LRP(model, "epsilon"), x, 0).relevance)
+
+
+def test_by_default_a_conv_first_model_is_compared_under_every_composite():
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 2)).eval()
+    table = relprop.compare(cnn, torch.randn(1, 1, 4, 4), target=0)
+    assert sorted(table.explanations) == relprop.composites.names()

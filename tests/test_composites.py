@@ -94,3 +94,81 @@ def test_bad_maps_are_refused():
         Composite(layer_map={"dense": rules.Epsilon()})
     with pytest.raises(TypeError, match="maps layers to rules"):
         Composite(layer_map={"linear": "epsilon"})
+
+
+def test_composite_parameter_typos_list_the_parameters():
+    with pytest.raises(TypeError, match=r"composite epsilon_gamma_box has no parameter 'gama' \(did you mean "
+                                        r"'gamma'\?\); its parameters: low, high, epsilon, gamma, stabilizer"):
+        composites.get("epsilon_gamma_box", gama=1.0)
+    with pytest.raises(TypeError, match=r"composite epsilon has no parameter 'epsilonn' \(did you mean 'epsilon'"):
+        relprop.LRP(nn.Linear(2, 2), "epsilon", epsilonn=0.1)
+
+
+def test_map_keys_of_the_wrong_type_are_refused():
+    with pytest.raises(TypeError, match="index_map keys are positions"):
+        Composite(index_map={"0": rules.Flat()})
+    with pytest.raises(TypeError, match="name_map keys are qualified module names"):
+        Composite(name_map={0: rules.Flat()})
+    import numpy as np
+
+    assert Composite(index_map={np.int64(1): rules.Flat()}).index_map == {1: rules.Flat()}
+
+
+# ---- the default: chosen by the first linear-like layer run -------------------------------------------------------
+def tabular_mlp():
+    torch.manual_seed(0)
+    return with_biases(nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), scale=0.5).eval()
+
+
+def epsilon_reference(model, x, target, epsilon=1e-6):
+    """LRP-epsilon through Linear-ReLU-Linear, from the formula in float64."""
+    w1, b1 = model[0].weight.double().detach(), model[0].bias.double().detach()
+    w2, b2 = model[2].weight.double().detach(), model[2].bias.double().detach()
+    x = x.double()
+    z1 = x @ w1.T + b1
+    a1 = z1.clamp(min=0)
+    z2 = a1 @ w2.T + b2
+    relevance_out = torch.zeros_like(z2)
+    relevance_out[:, target] = z2[:, target]
+
+    def stabilized(z):
+        return z + epsilon * torch.where(z >= 0, 1.0, -1.0)
+
+    relevance_hidden = a1 * ((relevance_out / stabilized(z2)) @ w2)
+    return x * ((relevance_hidden / stabilized(z1)) @ w1)
+
+
+def test_the_default_on_a_dense_first_model_is_epsilon_and_features_differ():
+    model = tabular_mlp()
+    torch.manual_seed(1)
+    rows = torch.randn(4, 5)
+    expl = relprop.explain(model, rows, target=1)
+    torch.testing.assert_close(expl.relevance.double(), epsilon_reference(model, rows, 1), rtol=1e-5, atol=1e-6)
+    assert expl.composite["name"] == "epsilon"
+    assert "first linear-like layer run (0) is dense" in expl.composite["chosen"]
+    # what the image default does to a table row: every feature gets the same relevance
+    flat = relprop.explain(model, rows, target=1, composite="epsilon_plus_flat").relevance
+    torch.testing.assert_close(flat, flat[:, :1].expand_as(flat))
+    assert (expl.relevance - expl.relevance[:, :1]).abs().max() > 1e-3
+
+
+def test_the_default_on_a_conv_first_model_is_unchanged():
+    model = small_cnn()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 6)
+    expl = relprop.explain(model, x, target=0)
+    torch.testing.assert_close(expl.relevance, relprop.explain(model, x, target=0,
+                                                               composite="epsilon_plus_flat").relevance)
+    assert expl.composite["name"] == "epsilon_plus_flat"
+    assert "is a convolution" in expl.composite["chosen"]
+    rules_used = {row.module: row.rule for row in relprop.LRP(model).report(x, target=0)}
+    assert rules_used["0"] == "Flat" and rules_used["2"] == "ZPlus"
+
+
+def test_the_default_takes_parameters_and_follows_each_run():
+    dense, conv = tabular_mlp(), small_cnn()
+    auto = composites.get("auto", epsilon=0.5)
+    dense_first = relprop.LRP(dense, auto)(torch.randn(2, 5), target=0)
+    assert dense_first.composite["parameters"]["epsilon"] == 0.5
+    assert relprop.LRP(conv, auto)(torch.randn(1, 3, 6, 6), target=0).composite["name"] == "epsilon_plus_flat"
+    assert relprop.LRP(dense, auto)(torch.randn(2, 5), target=0).composite["name"] == "epsilon"

@@ -144,3 +144,88 @@ def test_report_shows_every_attention_op_and_its_rule():
                           forward=lambda m, e: m(inputs_embeds=e).logits)
     report = epsilon.report(embeddings, target=lambda logits: logits * (logits == logits.max()))
     assert ("linear", "Epsilon") in {(row.op.rsplit(".", 1)[-1], row.rule) for row in report}
+
+
+# ---- plain modules, extra model inputs, positions ------------------------------------------------------------------
+class TokenBag(torch.nn.Module):
+    """A sequence classifier that is not a Hugging Face model: embed, average over tokens, classify."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 3)
+        torch.nn.init.uniform_(self.head.bias, -0.5, 0.5)
+
+    def forward(self, ids, scale=1.0):
+        return self.head(self.embed(ids).mean(1) * scale)
+
+
+class TinyLM(TokenBag):
+    def forward(self, ids):
+        return self.head(self.embed(ids))  # (N, T, V) with V = 3
+
+
+def test_a_plain_module_is_explained_from_the_embedding_it_names():
+    model = TokenBag().eval()
+    ids = torch.tensor([[1, 2, 3, 2], [4, 5, 6, 7]])
+    for embedding in ("embed", model.embed):
+        result = explain_tokens(model, ids, target=[0, 2], embedding=embedding)
+        e = model.embed(ids).detach()
+        # LRP-0 through the average and the linear head (AttnLRP's linear rule): e_pd / T * w_cd summed over d
+        expected = (e / 4 * model.head.weight.detach()[[0, 2]].unsqueeze(1)).sum(-1)
+        torch.testing.assert_close(result.relevance, expected)
+        assert result.target.tolist() == [0, 2]
+
+
+def test_extra_model_inputs_are_passed_to_a_plain_module():
+    model = TokenBag().eval()
+    ids = torch.tensor([[1, 2, 3, 2]])
+    result = explain_tokens(model, ids, target=1, embedding="embed", model_inputs={"scale": 3.0})
+    e = model.embed(ids).detach()
+    torch.testing.assert_close(result.relevance, (3.0 * e / 4 * model.head.weight.detach()[1]).sum(-1))
+    torch.testing.assert_close(result.explanation.output, model(ids, scale=3.0).detach())
+
+
+def test_a_plain_module_without_an_embedding_argument_is_told_which_to_name():
+    with pytest.raises(TypeError, match=r"TokenBag has no get_input_embeddings\(\).*pass embedding=.*'embed'"):
+        explain_tokens(TokenBag(), torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=r"no module named 'embedd'; did you mean 'embed'"):
+        explain_tokens(TokenBag(), torch.tensor([[1, 2]]), embedding="embedd")
+    with pytest.raises(ValueError, match="not part of the model"):
+        explain_tokens(TokenBag(), torch.tensor([[1, 2]]), embedding=torch.nn.Embedding(10, 4))
+
+
+def test_a_position_out_of_range_is_refused_with_the_valid_range():
+    model = TinyLM().eval()
+    ids = torch.tensor([[1, 2, 3]])
+    for position in (3, -4):
+        with pytest.raises(ValueError, match=r"position .* is out of range for 3 tokens; use 0..2, or -3..-1"):
+            explain_tokens(model, ids, position=position, embedding="embed")
+    with pytest.raises(TypeError, match="position must be an int"):
+        explain_tokens(model, ids, position=1.5, embedding="embed")
+    result = explain_tokens(model, ids, target=2, position=1, embedding="embed")
+    e = model.embed(ids).detach()
+    expected = torch.zeros(1, 3)
+    expected[0, 1] = (e[0, 1] * model.head.weight.detach()[2]).sum()
+    torch.testing.assert_close(result.relevance, expected)
+
+
+def test_token_type_ids_reach_bert():
+    model = language_model("bert", "eager").eval()
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(6))
+    token_types = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    result = explain_tokens(model, ids, target=1, model_inputs={"token_type_ids": token_types})
+    with torch.no_grad():
+        expected_logits = model(input_ids=ids, token_type_ids=token_types).logits
+        embeddings = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(result.explanation.output, expected_logits)
+    reference = relprop.LRP(model, "attnlrp", output=lambda out: out.logits,
+                            forward=lambda m, e: m(inputs_embeds=e, token_type_ids=token_types))(embeddings, 1)
+    torch.testing.assert_close(result.relevance, reference.relevance.sum(-1))
+    without = explain_tokens(model, ids, target=1)  # token types matter to this model's output and relevance
+    assert (without.explanation.output - result.explanation.output).abs().max() > 1e-4
+    assert (without.relevance - result.relevance).abs().max() > 1e-3 * result.relevance.abs().max()
+    with pytest.raises(ValueError, match="attention_mask given twice"):
+        explain_tokens(model, ids, attention_mask=torch.ones_like(ids),
+                       model_inputs={"attention_mask": torch.ones_like(ids)})

@@ -225,3 +225,46 @@ def test_conv_with_string_padding():
     expl = relprop.explain(conv, x, target=torch.ones(1, 3, 5, 5, dtype=torch.bool),
                            composite=Composite(layer_map={"conv": rules.Epsilon(1e-9)}))
     torch.testing.assert_close(expl.delta, torch.zeros(1), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: rules.Epsilon("big"), r"epsilon must be a number, got 'big' \(str\)"),
+    (lambda: rules.Epsilon(None), "epsilon must be a number, got None"),
+    (lambda: rules.Epsilon(True), "epsilon must be a number, got True"),
+    (lambda: rules.Gamma(gamma="0.25"), "gamma must be a number"),
+    (lambda: rules.Gamma(stabilizer="small"), "stabilizer must be a number"),
+    (lambda: rules.AlphaBeta(alpha="2"), "alpha must be a number"),
+    (lambda: rules.ZPlus(zero_bias="no"), "zero_bias must be True or False, got 'no'"),
+    (lambda: rules.Exponent(p="2"), "p must be a number"),
+    (lambda: rules.ZBox(low="0"), "low must be a number"),
+    (lambda: rules.Flat(stabilizer=[1e-6]), "stabilizer must be a number"),
+])
+def test_non_numeric_rule_parameters_are_refused_by_name(build, message):
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+def test_rule_parameters_through_a_composite_are_refused_by_name():
+    with pytest.raises(TypeError, match=r"epsilon must be a number, got 'big'"):
+        relprop.LRP(torch.nn.Linear(2, 2), "epsilon", epsilon="big")
+    with pytest.raises(TypeError, match=r"gamma must be a number"):
+        relprop.LRP(torch.nn.Linear(2, 2), "attnlrp", gamma="high")
+    with pytest.raises(ValueError, match="epsilon must be finite"):
+        rules.Epsilon(float("inf"))
+
+
+def test_numpy_numbers_are_taken_as_floats():
+    rule = rules.Epsilon(np.float32(0.25))
+    assert rule.epsilon == 0.25 and type(rule.epsilon) is float
+
+
+def test_z_box_bounds_must_not_be_inverted():
+    with pytest.raises(ValueError, match="z\\^B bounds need low <= high, got low=1.0, high=-1.0"):
+        rules.ZBox(low=1.0, high=-1.0)
+    with pytest.raises(ValueError, match="low <= high"):
+        rules.ZBox(low=torch.tensor([0.0, 2.0, 0.0]).reshape(3, 1, 1), high=torch.ones(3, 1, 1))
+    with pytest.raises(ValueError, match="low <= high"):
+        relprop.LRP(torch.nn.Linear(2, 2), "epsilon_gamma_box", low=3.0, high=0.0)
+    with pytest.raises(ValueError, match="must broadcast to one shape"):
+        rules.ZBox(low=torch.zeros(3), high=torch.ones(2))
+    rules.ZBox(low=torch.zeros(3, 1, 1), high=1.0)  # per-channel low with a scalar high is fine

@@ -67,20 +67,32 @@ def _labelled(composites) -> dict:
 def compare(model: torch.nn.Module, x: torch.Tensor, composites=None, target=None, feature_names=None, k: int = 5,
             canonizers="auto") -> Comparison:
     """Explain x with each composite (names, Composite objects, or a dict label -> composite; default: all
-    registered) and tabulate the results; k is how many top features each row lists."""
-    labelled = _labelled(composites_module.names() if composites is None else composites)
+    registered, except for models whose first linear-like layer is dense those whose first-layer rule ignores the
+    input's values: flat and z^B belong to images) and tabulate the results; k is how many top features each row
+    lists."""
+    done = {}
+    if composites is None:
+        # The default composite tells what the first linear-like layer run is, and is one of the composites listed.
+        auto = composites_module.get("auto")
+        first = LRP(model, auto, canonizers=canonizers, feature_names=feature_names)(x, target)
+        done[first.composite["name"]] = first
+        composites = [name for name in composites_module.names()
+                      if auto.chosen == "conv" or composites_module.suits_dense_input(composites_module.get(name))]
+    labelled = _labelled(composites)
     if not labelled:
         raise ValueError("compare needs at least one composite")
     explanations = {}
     for label, composite in labelled.items():
-        explanations[label] = LRP(model, composite, canonizers=canonizers, feature_names=feature_names)(x, target)
+        if label not in done:
+            done[label] = LRP(model, composite, canonizers=canonizers, feature_names=feature_names)(x, target)
+        explanations[label] = done[label]
     rows = []
     for label, explanation in explanations.items():
         labels = explanation.feature_labels()  # also checks feature_names against the input's shape
         tabular = explanation.relevance.dim() == 2
         for sample, (top, one) in enumerate(zip(explanation.top(k), explanation)):
             row = {"composite": label, "sample": sample,
-                   "target": None if one.target is None else int(one.target[0]),
+                   "target": None if one.target is None else one.target[0].tolist(),
                    "explained": float(one.explained[0]), "relevance_sum": float(one.relevance_sum[0]),
                    "residual": float(one.delta[0]), "top": top}
             if tabular:

@@ -9,7 +9,10 @@ norms) follow the engine's default op rules.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -55,6 +58,14 @@ class Composite:
         self.layer_map = dict(layer_map or {})
         self.name_map = dict(name_map or {})
         self.index_map = dict(index_map or {})
+        for key in self.name_map:
+            if not isinstance(key, str):
+                raise TypeError(f"name_map keys are qualified module names (str) or globs, got {key!r}")
+        for key in self.index_map:
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+                raise TypeError(f"index_map keys are positions among linear-like layers (int), got {key!r}")
+        self.index_map = {int(key): rule for key, rule in self.index_map.items()}
+        self.given = (tuple(self.name_map), tuple(self.index_map))  # the keys a user named (warned if unmatched)
         if first is not None:
             self.index_map.setdefault(0, first)
         self.default = default
@@ -83,6 +94,12 @@ class Composite:
             elif _matches_kind(key, site.kind):
                 return rule
         return self.default
+
+    def summary(self) -> dict:
+        """Name and parameters of this composite, as recorded on each Explanation (parameters where known)."""
+        names = [key for key, factory in _REGISTRY.items() if factory is type(self)]
+        return {"name": getattr(self, "label", names[0] if names else type(self).__name__),
+                "parameters": dict(getattr(self, "parameters", {}))}
 
     def __repr__(self):
         return (f"{type(self).__name__}(layer_map={self.layer_map}, name_map={self.name_map}, "
@@ -121,7 +138,7 @@ class EpsilonPlusFlat(Composite):
                  layer_map=None, name_map=None, index_map=None):
         base = {"conv": rules.ZPlus(stabilizer, zero_bias=zero_bias),
                 "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
-        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
+        super().__init__(_extend(layer_map, base), name_map, index_map, first=rules.Flat(stabilizer))
 
 
 class EpsilonGammaBox(Composite):
@@ -131,8 +148,7 @@ class EpsilonGammaBox(Composite):
                  zero_bias: bool = False, layer_map=None, name_map=None, index_map=None):
         base = {"conv": rules.Gamma(gamma, stabilizer, zero_bias=zero_bias),
                 "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
-        first = {0: rules.ZBox(low, high, stabilizer)}
-        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, first))
+        super().__init__(_extend(layer_map, base), name_map, index_map, first=rules.ZBox(low, high, stabilizer))
 
 
 class EpsilonAlpha2Beta1(Composite):
@@ -152,7 +168,7 @@ class EpsilonAlpha2Beta1Flat(Composite):
                  layer_map=None, name_map=None, index_map=None):
         base = {"conv": rules.AlphaBeta(2.0, 1.0, stabilizer, zero_bias=zero_bias),
                 "linear": rules.Epsilon(epsilon, zero_bias=zero_bias)}
-        super().__init__(_extend(layer_map, base), name_map, _extend(index_map, {0: rules.Flat(stabilizer)}))
+        super().__init__(_extend(layer_map, base), name_map, index_map, first=rules.Flat(stabilizer))
 
 
 class AttnLRP(Composite):
@@ -196,6 +212,44 @@ _REGISTRY = {
 }
 
 
+class Auto(Composite):
+    """The default: epsilon_plus_flat when the first linear-like layer run is a convolution (images), epsilon when
+    it is dense (tables, embeddings), chosen afresh in each run; the flat and z^B first-layer rules ignore input
+    values, which suits pixels but gives every feature of a table row the same relevance."""
+
+    def __init__(self, **params):
+        super().__init__()
+        dense = set(inspect.signature(Epsilon).parameters)
+        self.choices = {"conv": get("epsilon_plus_flat", **params),
+                        "linear": get("epsilon", **{k: v for k, v in params.items() if k in dense})}
+        self._choose("conv", "no linear-like layer has run yet")  # until a run shows its first linear-like layer
+
+    def _choose(self, kind: str, why: str):
+        self.chosen, self.why = kind, why
+        chosen = self.choices[kind]  # its maps are this composite's for as long as it is chosen
+        self.layer_map, self.name_map, self.index_map = chosen.layer_map, chosen.name_map, chosen.index_map
+        self.given = chosen.given
+
+    def rule_for(self, site: Site) -> Rule | None:
+        if site.index == 0:
+            kind = "linear" if site.kind == "linear" else "conv"
+            shape = "dense" if kind == "linear" else "a convolution"
+            self._choose(kind, f"the first linear-like layer run ({site.name or site.op}) is {shape}")
+        return self.choices[self.chosen].rule_for(site)
+
+    def summary(self) -> dict:
+        return dict(self.choices[self.chosen].summary(), chosen=f"by default: {self.why}")
+
+
+# Rules that ignore the input's values (flat, w^2, z^B): at the first layer they only make sense for images.
+IMAGE_FIRST_RULES = (rules.Flat, rules.WSquare, rules.ZBox)
+
+
+def suits_dense_input(composite: Composite) -> bool:
+    """Whether a composite's first-layer rule reads input values (not flat, w^2 or z^B), as table rows need."""
+    return not isinstance(composite.index_map.get(0), IMAGE_FIRST_RULES)
+
+
 def names() -> list[str]:
     """Names accepted by :func:`get` and by ``composite=`` wherever a composite is taken."""
     return sorted(_REGISTRY)
@@ -214,11 +268,35 @@ def get(name, **params) -> Composite:
         return name
     if not isinstance(name, str):
         raise TypeError(f"composite must be a name or a relprop.composites.Composite, got {type(name).__name__}")
+    if name == "auto":
+        return Auto(**params)
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown composite {name!r}; choose one of {', '.join(names())}") from None
-    return factory(**params)
+        raise ValueError(f"unknown composite {name!r}; choose one of auto, {', '.join(names())}") from None
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        for key in params:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, list(accepted), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"composite {name} has no parameter {key!r}{hint}; its parameters: "
+                                f"{', '.join(accepted)}")
+    composite = factory(**params)
+    composite.label = name
+    defaults = {key: p.default for key, p in accepted.items() if p.default is not p.empty}
+    composite.parameters = {key: _plain(value) for key, value in {**defaults, **params}.items()
+                            if key not in ("layer_map", "name_map", "index_map") or value}
+    return composite
+
+
+def _plain(value):
+    """A parameter as a plain value (numbers, strings, bools, None), anything else by its repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return repr(value)
 
 
 def describe() -> list[tuple[str, str, str]]:

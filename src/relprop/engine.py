@@ -154,6 +154,7 @@ class Session:
         self.names = {id(module): name for name, module in model.named_modules()}
         self.stack: list[torch.nn.Module] = []
         self.linear_index = 0
+        self.sites: list[Site] = []  # every linear-like op's site, in order (to tell unmatched composite keys)
         self.input_leaf: torch.Tensor | None = None
         self.direct_leaf: torch.Tensor | None = None
         self.warned = warned if warned is not None else set()
@@ -505,6 +506,7 @@ class Session:
         module, module_name = self._where()
         site = Site(kind, name, module, module_name, self.linear_index)
         self.linear_index += 1
+        self.sites.append(site)
         rule = self.composite.rule_for(site)
         out, direct = self._apply_rule(func, name, args, kwargs, rule, linear_map, site, x, weight, bias)
         row = self.rows[-1] if self.rows else None
@@ -542,6 +544,7 @@ class Session:
     def _op_avg_pool(self, func, name, args, kwargs):
         module, module_name = self._where()
         site = Site("avg_pool", name, module, module_name, -1)
+        self.sites.append(site)
         rule = self.composite.rule_for(site)
         if not isinstance(rule, rules.LinearRule) or rule.is_gradient:
             return self._plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")

@@ -14,11 +14,14 @@ class Explanation:
     output: torch.Tensor  # the model's output, detached
     explained: torch.Tensor  # per sample: the output relevance that was explained (e.g. the target logit)
     delta: torch.Tensor  # per sample: explained - relevance.sum(); what biases and stabilizers absorbed
-    target: torch.Tensor | None = None  # the class index per sample, when the target was given as classes
+    target: torch.Tensor | None = None  # the class index per sample (per location for target=None on per-location
+    # outputs such as segmentation maps), when the target was given as classes
     layers: dict = field(default_factory=dict)  # module name -> relevance at its output (see record=)
     explained_logits: bool = False  # True when a softmax at the output was skipped and the logits explained
     gradient: torch.Tensor | None = None  # the modified gradient at the input: relevance = input * gradient
     feature_names: list | None = None  # names of the input's last dimension (tabular data)
+    composite: dict | None = None  # LRP: the composite used, {"name", "parameters"} (and "chosen" when by default)
+    details: dict = field(default_factory=dict)  # method-specific extras, e.g. DeepLiftShap's delta_per_baseline
 
     @property
     def relevance_sum(self) -> torch.Tensor:
@@ -55,7 +58,8 @@ class Explanation:
 
         return Explanation(take(self.relevance), take(self.output), take(self.explained), take(self.delta),
                            take(self.target), {name: take(value) for name, value in self.layers.items()},
-                           self.explained_logits, take(self.gradient), self.feature_names)
+                           self.explained_logits, take(self.gradient), self.feature_names, self.composite,
+                           {name: take(value) for name, value in self.details.items()})
 
     # ---- features: names, top-k, tables, charts ---------------------------------------------------------------
     def feature_labels(self, positions=None) -> list[str]:
@@ -131,8 +135,9 @@ class Explanation:
         raise ValueError(f"unknown kind {kind!r}; choose auto, bar, line or heatmap")
 
     def __repr__(self):
+        composite = "" if self.composite is None else f", composite={self.composite['name']!r}"
         return (f"Explanation(relevance={tuple(self.relevance.shape)}, output={tuple(self.output.shape)}, "
-                f"explained={self.explained.tolist()}, delta={self.delta.tolist()})")
+                f"explained={self.explained.tolist()}, delta={self.delta.tolist()}{composite})")
 
 
 @dataclass

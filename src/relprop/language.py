@@ -2,14 +2,18 @@
 
 Works with Hugging Face models through their public interface only (``get_input_embeddings`` and
 ``inputs_embeds=``), so nothing depends on a transformers version's internals: relevance is computed for the input
-embeddings and summed per token.
+embeddings and summed per token. Any other model names its ``nn.Embedding`` with ``embedding=``: it runs on the
+token ids as usual, and the embedding layer's output is replaced by the embeddings being explained.
 """
 from __future__ import annotations
 
+import difflib
+import operator
 from dataclasses import dataclass
 
 import torch
 
+from . import diagnose
 from .explanation import Explanation
 from .lrp import LRP
 
@@ -44,25 +48,94 @@ def _logits(out):
                     "or has .logits")
 
 
+def _embedding(model: torch.nn.Module, embedding) -> tuple[str, torch.nn.Module]:
+    """(name, module) of the embedding layer given as a module or its qualified name."""
+    modules = dict(model.named_modules())
+    if isinstance(embedding, str):
+        if embedding not in modules:
+            close = difflib.get_close_matches(embedding, list(modules), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"embedding: the model has no module named {embedding!r}{hint}")
+        return embedding, modules[embedding]
+    if isinstance(embedding, torch.nn.Module):
+        names = [name for name, module in modules.items() if module is embedding]
+        if not names:
+            raise ValueError("embedding: that module is not part of the model; pass one of its own modules or its "
+                             "name")
+        return names[0], embedding
+    raise TypeError(f"embedding must be the model's embedding module or its name, got {type(embedding).__name__}")
+
+
+def _substituting(layer: torch.nn.Module, name: str, input_ids, extra: dict):
+    """A forward(model, embeddings) that runs the model on its ids with ``layer``'s output replaced."""
+
+    def forward(module, embeddings):
+        calls = []
+
+        def substitute(_, args, output):
+            calls.append(output)
+            return embeddings
+
+        handle = layer.register_forward_hook(substitute)
+        try:
+            out = module(input_ids, **extra)
+        finally:
+            handle.remove()
+        if len(calls) != 1 or tuple(calls[0].shape) != tuple(embeddings.shape):
+            raise ValueError(f"the embedding layer {name!r} ran {len(calls)} times on the model's input; "
+                             "explain_tokens needs it to run once, giving one embedding per token")
+        return _logits(out)
+
+    return forward
+
+
 def explain_tokens(model: torch.nn.Module, input_ids: torch.Tensor, target=None, position: int = -1,
-                   composite="attnlrp", attention_mask: torch.Tensor | None = None, **lrp_options) -> TokenExplanation:
+                   composite="attnlrp", attention_mask: torch.Tensor | None = None, *, embedding=None,
+                   model_inputs: dict | None = None, **lrp_options) -> TokenExplanation:
     """Relevance of each input token for one output: for a causal LM the logit of token ``target`` (an id, one id
-    per sample, or None for the predicted one) at ``position``; for a sequence classifier the class ``target``."""
+    per sample, or None for the predicted one) at ``position``; for a sequence classifier the class ``target``.
+
+    embedding: for models without ``get_input_embeddings`` (not Hugging Face), the nn.Embedding whose output is
+    explained, or its qualified name. model_inputs: further keyword inputs passed to every model call, e.g.
+    ``{"token_type_ids": ..., "position_ids": ...}``.
+    """
+    model = diagnose.model_to_explain(model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dim() != 2:
         raise ValueError("input_ids must be an integer tensor shaped (batch, tokens), e.g. tokenizer(..., "
                          "return_tensors='pt').input_ids")
-    embed = model.get_input_embeddings()
-    with torch.no_grad():
-        embeddings = embed(input_ids)
-    extra = {} if attention_mask is None else {"attention_mask": attention_mask}
+    if model_inputs is not None and not isinstance(model_inputs, dict):
+        raise TypeError(f"model_inputs must be a dict of keyword inputs, got {type(model_inputs).__name__}")
+    extra = dict(model_inputs or {})
+    if attention_mask is not None:
+        if "attention_mask" in extra:
+            raise ValueError("attention_mask given twice: as an argument and in model_inputs")
+        extra["attention_mask"] = attention_mask
+    try:
+        position = operator.index(position)
+    except TypeError:
+        raise TypeError(f"position must be an int (a token position, -1 for the last), got {position!r}") from None
+    if embedding is not None:
+        name, layer = _embedding(model, embedding)
+        forward = _substituting(layer, name, input_ids, extra)
+    elif hasattr(model, "get_input_embeddings"):
+        layer = model.get_input_embeddings()
 
-    def forward(module, inputs_embeds):
-        return _logits(module(inputs_embeds=inputs_embeds, **extra))
-
+        def forward(module, inputs_embeds):
+            return _logits(module(inputs_embeds=inputs_embeds, **extra))
+    else:
+        found = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
+        listed = f" (its embedding layers: {', '.join(repr(n) for n in found)})" if found else ""
+        raise TypeError(f"{type(model).__name__} has no get_input_embeddings() (it is not a Hugging Face model): pass "
+                        f"embedding=, the nn.Embedding to explain from or its name{listed}")
     with torch.no_grad():
+        embeddings = layer(input_ids)
         logits = forward(model, embeddings)
     batch = input_ids.shape[0]
     if logits.dim() == 3:  # (N, T, V): the logit of one token at one position
+        length = logits.shape[1]
+        if not -length <= position < length:
+            raise ValueError(f"position {position} is out of range for {length} tokens; use 0..{length - 1}, or "
+                             f"-{length}..-1 counted from the end")
         column = logits[:, position]
         index = column.argmax(-1) if target is None else torch.as_tensor(target, device=logits.device).long()
         index = index.expand(batch) if index.dim() == 0 else index

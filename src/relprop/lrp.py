@@ -7,12 +7,17 @@ the logits (the softmax input), as the LRP literature does; ``Explanation.output
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import numbers
+import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import canonizers as canonizers_module
 from . import composites as composites_module
+from . import diagnose
 from .engine import Session, UnsupportedOperation
 from .explanation import Explanation, Report
 from .stabilize import divide_or_zero
@@ -21,9 +26,11 @@ from .stabilize import divide_or_zero
 class LRP:
     """Layer-wise Relevance Propagation for a model, with a composite choosing the rule of each layer.
 
-    composite: a name from ``relprop.composites.names()`` or a Composite; extra keyword arguments are that
-    composite's parameters. canonizers: "auto", None, or a list (see relprop.canonizers). strict: raise on ops
-    without a rule instead of warning. record: module names whose output relevance is kept in ``layers``.
+    composite: a name from ``relprop.composites.names()``, a Composite, or "auto" (the default): epsilon_plus_flat
+    when the first linear-like layer run is a convolution, epsilon when it is dense (see ``Explanation.composite``);
+    extra keyword arguments are that composite's parameters. canonizers: "auto", None, or a list (see
+    relprop.canonizers). strict: raise on ops without a rule instead of warning. record: module names whose output
+    relevance is kept in ``layers``.
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
     feature_names: names of the input's features (tabular data), kept on each Explanation.
     forward: callable(model, x) -> output, for models not called as model(x), e.g.
@@ -32,16 +39,20 @@ class LRP:
     or RMS norms written from ops without rules; *RMSNorm and *GELU/SiLU...Activation classes are recognised.
     """
 
-    def __init__(self, model: torch.nn.Module, composite="epsilon_plus_flat", canonizers="auto", strict: bool = False,
+    def __init__(self, model: torch.nn.Module, composite="auto", canonizers="auto", strict: bool = False,
                  record=(), output: Callable | None = None, feature_names=None, forward: Callable | None = None,
                  elementwise=(), **composite_params):
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = diagnose.model_to_explain(model)
         self.model = model
         self.composite = composites_module.get(composite, **composite_params)
         self.canonizers = canonizers_module.resolve(canonizers)
-        self.strict = bool(strict)
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
+        self.strict = strict
         self.record = _check_record(model, record)
+        for name, value in (("output", output), ("forward", forward)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be a callable, got {type(value).__name__}")
         self.output = output
         self.feature_names = list(feature_names) if feature_names is not None else None
         self.forward = forward
@@ -59,7 +70,7 @@ class LRP:
 
     def _explain(self, x, target, create_graph, record, report):
         check_input(self.model, x)
-        check_target_type(target)
+        target = check_target_type(target)
         record = self.record if record is None else _check_record(self.model, record)
         session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned,
                           differentiable=create_graph, elementwise=self.elementwise, forward=self.forward)
@@ -70,10 +81,9 @@ class LRP:
             except (UnsupportedOperation, TypeError, ValueError):
                 raise
             except RuntimeError as error:
-                raise ValueError(f"the model's forward failed on an input of shape {tuple(x.shape)} and dtype "
-                                 f"{x.dtype}: {error}. Check that x is a batch (first dimension) shaped and typed as "
-                                 "the model expects (if it is, please report this as a relprop bug).") from error
+                raise diagnose.forward_failure(self.model, x, error) from error
             output = self._select_output(output)
+            diagnose.check_output_batch(output, len(x))
             explained_tensor, logits = _logits_policy(output)
             g, target_index = output_gradient(explained_tensor.detach(), target)
             relevance_out = explained_tensor.detach() * g
@@ -89,7 +99,7 @@ class LRP:
             relevance = relevance + grads[1]
         if not create_graph:
             relevance = relevance.detach()
-        explained = relevance_out.reshape(len(relevance_out), -1).sum(1) if relevance_out.dim() else relevance_out
+        explained = relevance_out.reshape(len(relevance), -1).sum(1)
         delta = explained - relevance.detach().reshape(len(relevance), -1).sum(1)
         layers = {}
         for name, holders in session.recorded.items():
@@ -100,9 +110,26 @@ class LRP:
             gradient = gradient + divide_or_zero(grads[1], session.input_leaf.detach())
         if not create_graph:
             gradient = gradient.detach()
+        self._warn_unmatched(session)
         explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits,
-                                  gradient, self.feature_names)
+                                  gradient, self.feature_names, composite=self.composite.summary())
         return explanation, session.rows
+
+    def _warn_unmatched(self, session):
+        """name_map and index_map entries that no linear-like layer of this run matched: a warning, once each."""
+        ran = [site.name for site in session.sites]
+        composite = self.composite
+        names, positions = getattr(composite, "given", (tuple(composite.name_map), tuple(composite.index_map)))
+        unmatched = [f"name_map key {key!r}" + _closest(key, ran) for key in names
+                     if key not in ran and not any(fnmatch.fnmatchcase(name, key) for name in ran)]
+        count = session.linear_index
+        layers = f"{count} linear-like layers, 0..{count - 1}" if count else "no linear-like layers"
+        unmatched += [f"index_map key {key} (the model ran {layers})" for key in positions if not -1 < key < count]
+        for entry in unmatched:
+            if entry not in self._warned:
+                self._warned.add(entry)
+                warnings.warn(f"composite: {entry} matched no linear-like layer (linear, convolution, average "
+                              "pooling), so its rule was never used", UserWarning, stacklevel=4)
 
     def _select_output(self, output):
         if self.output is not None:
@@ -117,7 +144,7 @@ class LRP:
         return output
 
 
-def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="epsilon_plus_flat", *,
+def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="auto", *,
             canonizers="auto", strict: bool = False, record=(), create_graph: bool = False, output=None,
             feature_names=None, forward=None, elementwise=(), **composite_params) -> Explanation:
     """One call: LRP(model, composite, ...)(x, target)."""
@@ -132,9 +159,11 @@ def check_input(model, x):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}; convert it with "
                         "torch.as_tensor(x, dtype=torch.float32)")
     if not x.is_floating_point():
-        raise TypeError(f"x has dtype {x.dtype}; relevance needs a floating-point input: pass x.float()")
+        diagnose.check_ids(model, x)
     if x.dim() == 0:
         raise ValueError("x is a scalar; pass a batch with the samples along the first dimension")
+    diagnose.check_inference_tensors(x)
+    diagnose.check_unbatched(model, x)
     if x.shape[0] == 0:
         raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
     if not bool(torch.isfinite(x).all()):
@@ -150,15 +179,34 @@ def check_input(model, x):
                              f"expect a batch of {dims + 2} dims (N, C{', spatial' * dims}).{hint}")
 
 
+TARGETS = ("None (the predicted class; per location for outputs such as segmentation maps), a class int, one "
+           "class int per sample, a bool mask or float tensor shaped like the output, or a callable(output) -> "
+           "output relevance")
+
+
 def check_target_type(target):
-    if target is None or callable(target) or isinstance(target, (int, torch.Tensor)):
-        if isinstance(target, bool):
-            raise TypeError("target must be a class index, not a bool")
-        return
-    if isinstance(target, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-        return
-    raise TypeError(f"target must be None, an int, one int per sample, a tensor shaped like the output, or a "
-                    f"callable(output) -> output relevance; got {type(target).__name__}")
+    """The target as relprop takes it: numpy integers and arrays become ints and tensors; anything else refused."""
+    if isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iubf":
+            raise TypeError(f"a numpy target must hold class indices or output relevance, got dtype {target.dtype}")
+        target = torch.from_numpy(target)
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError("target must be a class index, not a bool")
+    if isinstance(target, numbers.Integral):
+        return int(target)
+    if target is None or callable(target) or isinstance(target, torch.Tensor):
+        return target
+    if isinstance(target, (list, tuple)) and all(isinstance(t, numbers.Integral) and not isinstance(t, (bool, np.bool_))
+                                                 for t in target):
+        return [int(t) for t in target]
+    if isinstance(target, (list, tuple)):  # nested lists (a column, a class map) are read as a tensor of indices
+        try:
+            nested = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError):
+            nested = None
+        if nested is not None and nested.dim() > 1 and not nested.is_floating_point() and nested.dtype != torch.bool:
+            return nested
+    raise TypeError(f"target must be {TARGETS}; got {type(target).__name__}")
 
 
 def _check_record(model, record):
@@ -167,11 +215,22 @@ def _check_record(model, record):
     record = tuple(record or ())
     known = dict(model.named_modules())
     for name in record:
+        if not isinstance(name, str):
+            hint = f"; did you mean {str(name)!r}?" if str(name) in known else ""
+            raise TypeError(f"record takes qualified module names (str, as in model.named_modules()), got {name!r} "
+                            f"({type(name).__name__}){hint}")
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"record: the model has no module named {name!r}{hint}")
     return record
+
+
+def _closest(name: str, names) -> str:
+    if any(n.startswith(name + ".") for n in names):
+        return f" (names match a layer's own module only; for the layers inside {name!r} use {name + '.*'!r})"
+    close = difflib.get_close_matches(name, [n for n in names if n], n=3)
+    return f" (closest layers run: {', '.join(repr(c) for c in close)})" if close else ""
 
 
 def _logits_policy(output):
@@ -202,29 +261,37 @@ def output_gradient(output, target):
         raise ValueError(f"the output has shape {tuple(output.shape)} (no class dimension), so a class target does "
                          "not apply; use target=None to explain the output itself")
     classes = output.shape[1]
+    locations = (batch,) + tuple(output.shape[2:])  # per-location outputs (segmentation): a class per location
     if target is None:
-        index = output.argmax(1)
+        index = output.argmax(1)  # the predicted class, per location where the output has locations
     elif isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.dtype == torch.bool:
-            raise ValueError(f"a target tensor must be shaped like the output {tuple(output.shape)} (output "
-                             f"relevance) or hold one class index per sample; got shape {tuple(target.shape)} "
-                             f"and dtype {target.dtype}")
+            raise ValueError(f"a {'bool' if target.dtype == torch.bool else 'float'} target tensor must be shaped "
+                             f"like the output {tuple(output.shape)}, got shape {tuple(target.shape)}; a target "
+                             f"is {TARGETS}")
         index = target.to(output.device).long()
     else:
         index = torch.as_tensor(target, device=output.device, dtype=torch.long)
     if index.dim() == 0:
         index = index.expand(batch)
-    if index.dim() != 1 or index.shape[0] != batch:
-        raise ValueError(f"target has {index.shape[0] if index.dim() else 1} class indices for a batch of {batch}; "
-                         "give one int for all samples or one per sample")
+    shape = tuple(index.shape)
+    if shape not in ((batch,), locations):
+        maps = f", or a class map shaped {locations}" if len(locations) > 1 else ""
+        column = " (a column: flatten it with target.flatten())" if shape == (batch, 1) else ""
+        given = f"{shape[0]} class indices" if len(shape) == 1 else f"shape {shape}{column}"
+        raise ValueError(f"target has {given} for a batch of {batch} (output {tuple(output.shape)}): give one "
+                         f"class int for all samples, one per sample (shape ({batch},)){maps}, a bool mask or float "
+                         "tensor shaped like the output, or a callable")
     if bool(((index < 0) | (index >= classes)).any()):
-        raise ValueError(f"target {index.tolist()} out of range: the output has {classes} classes (0..{classes - 1})")
-    if output.dim() == 2:
-        g = torch.zeros_like(output)
+        wrong = index[(index < 0) | (index >= classes)].unique().tolist()
+        raise ValueError(f"target {wrong} out of range: the output has {classes} classes "
+                         f"(0..{classes - 1})")
+    g = torch.zeros_like(output)
+    if index.dim() == 1 and output.dim() == 2:
         g[torch.arange(batch, device=output.device), index] = 1
-    else:  # per-location outputs (segmentation): index selects the channel everywhere
-        g = torch.zeros_like(output)
-        g.scatter_(1, index.reshape((batch, 1) + (1,) * (output.dim() - 2)).expand((batch, 1) + output.shape[2:]), 1)
+    else:  # one class per sample selects that channel at every location, a class map one channel per location
+        per_location = index if index.dim() > 1 else index.reshape((batch,) + (1,) * (output.dim() - 2))
+        g.scatter_(1, per_location.expand(locations).unsqueeze(1), 1)
     return g, index
 
 

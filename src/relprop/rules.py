@@ -11,6 +11,8 @@ layer's input is the sum over its groups. Every rule below is that formula with 
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,6 +47,33 @@ def ones(weight: torch.Tensor) -> torch.Tensor:
 
 def square(weight: torch.Tensor) -> torch.Tensor:
     return weight * weight
+
+
+def number(name: str, value, minimum: float | None = None):
+    """A rule parameter checked to be a finite real number (at least ``minimum``), numpy scalars taken as floats."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value if isinstance(value, (int, float)) else float(value)
+
+
+def flag(name: str, value) -> bool:
+    """A rule switch: only True or False, so that zero_bias="no" is not silently taken as True."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def bound(name: str, value):
+    """A z^B bound: a number, or a tensor broadcastable to one input sample."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} must be a finite floating-point tensor or a number")
+        return value
+    return number(name, value)
 
 
 @dataclass(frozen=True)
@@ -109,7 +138,7 @@ class Zero(LinearRule):
     """LRP-0: relevance split in proportion to each input's contribution z_ij = x_i w_ij (bias absorbs its part)."""
 
     def __init__(self, zero_bias: bool = False):
-        self.zero_bias = zero_bias
+        self.zero_bias = flag("zero_bias", zero_bias)
         self.stabilizer = 0.0
 
     def groups(self):
@@ -124,10 +153,8 @@ class Epsilon(LinearRule):
     """LRP-epsilon: LRP-0 with epsilon added to each denominator (sign kept), absorbing weak or contradictory parts."""
 
     def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False):
-        if epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        self.epsilon = epsilon
-        self.zero_bias = zero_bias
+        self.epsilon = number("epsilon", epsilon, minimum=0)
+        self.zero_bias = flag("zero_bias", zero_bias)
 
     @property
     def stabilizer(self):
@@ -157,11 +184,9 @@ class Gamma(LinearRule):
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False):
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        self.gamma = gamma
-        self.stabilizer = stabilizer
-        self.zero_bias = zero_bias
+        self.gamma = number("gamma", gamma, minimum=0)
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
+        self.zero_bias = flag("zero_bias", zero_bias)
 
     def groups(self):
         up, down = _boost(self.gamma, positive), _boost(self.gamma, negative)
@@ -178,14 +203,13 @@ class AlphaBeta(LinearRule):
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False):
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        alpha, beta = number("alpha", alpha, minimum=0), number("beta", beta, minimum=0)
         if abs(alpha - beta - 1.0) > 1e-9:
             raise ValueError(f"alpha - beta must be 1 for relevance to be conserved, got alpha={alpha}, beta={beta}")
         self.alpha = alpha
         self.beta = beta
-        self.stabilizer = stabilizer
-        self.zero_bias = zero_bias
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
+        self.zero_bias = flag("zero_bias", zero_bias)
 
     def groups(self):
         return (
@@ -198,8 +222,8 @@ class ZPlus(LinearRule):
     """LRP-z+: only positive contributions (x+ w+ and x- w-) carry relevance; alpha=1, beta=0."""
 
     def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
-        self.stabilizer = stabilizer
-        self.zero_bias = zero_bias
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
+        self.zero_bias = flag("zero_bias", zero_bias)
 
     def groups(self):
         return (Group((Term("x+", positive), Term("x-", negative, bias=False))),)
@@ -213,9 +237,16 @@ class ZBox(LinearRule):
     """
 
     def __init__(self, low=-3.0, high=3.0, stabilizer: float = 1e-6):
-        self.low = low
-        self.high = high
-        self.stabilizer = stabilizer
+        self.low, self.high = bound("low", low), bound("high", high)
+        try:
+            inverted = bool((torch.as_tensor(self.low) > torch.as_tensor(self.high)).any())
+        except RuntimeError:
+            raise ValueError(f"low {tuple(torch.as_tensor(low).shape)} and high {tuple(torch.as_tensor(high).shape)} "
+                             "must broadcast to one shape (e.g. per-channel (3, 1, 1))") from None
+        if inverted:
+            raise ValueError(f"z^B bounds need low <= high, got low={low!r}, high={high!r}; low is the smallest "
+                             "input value, high the largest")
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = True
 
     def parameters(self):
@@ -237,7 +268,7 @@ class Flat(LinearRule):
     """LRP-flat: each output's relevance spread evenly over the inputs it sees, whatever their values."""
 
     def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = True
 
     def groups(self):
@@ -248,7 +279,7 @@ class WSquare(LinearRule):
     """LRP-w^2: relevance spread in proportion to squared weights, whatever the input values."""
 
     def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = True
 
     def groups(self):
@@ -263,8 +294,8 @@ class Exponent(LinearRule):
     """
 
     def __init__(self, p: float = 1.0, epsilon: float = 1e-6):
-        self.p = p
-        self.epsilon = epsilon
+        self.p = number("p", p)
+        self.epsilon = number("epsilon", epsilon, minimum=0)
         self.zero_bias = True
 
     @property
@@ -280,7 +311,7 @@ class Norm(LinearRule):
     """LRP-0 with only a tiny stabilizer, for parameter-free linear maps (sums, average pooling)."""
 
     def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = True
 
     def groups(self):

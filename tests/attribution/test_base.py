@@ -1,6 +1,8 @@
 import pytest
 import torch
+from torch import nn
 
+from relprop import attribution
 from relprop.attribution.base import baseline_like, batched, rows_of
 
 
@@ -50,3 +52,49 @@ def test_per_sample_targets_follow_their_rows():
     assert rows_of(None, sample) is None
     relevance = torch.randn(2, 4)
     assert torch.equal(rows_of(relevance, sample), relevance[sample])
+
+
+# ---- forward= and feature_names, as LRP takes them ------------------------------------------------------------------
+METHODS = {
+    "gradient": lambda model, **kw: attribution.Gradient(model, **kw),
+    "gradient_x_input": lambda model, **kw: attribution.GradientXInput(model, **kw),
+    "smoothgrad": lambda model, **kw: attribution.SmoothGrad(model, n_samples=2, seed=0, **kw),
+    "smoothgrad_lrp": lambda model, **kw: attribution.SmoothGrad(model, n_samples=2, seed=0, composite="epsilon",
+                                                                 **kw),
+    "integrated_gradients": lambda model, **kw: attribution.IntegratedGradients(model, steps=3, **kw),
+    "integrated_gradients_lrp": lambda model, **kw: attribution.IntegratedGradients(model, steps=3,
+                                                                                    composite="epsilon", **kw),
+    "guided_backprop": lambda model, **kw: attribution.GuidedBackprop(model, **kw),
+    "deconvnet": lambda model, **kw: attribution.Deconvnet(model, **kw),
+    "excitation_backprop": lambda model, **kw: attribution.ExcitationBackprop(model, **kw),
+    "occlusion": lambda model, **kw: attribution.Occlusion(model, window=(1,), **kw),
+    "deeplift": lambda model, **kw: attribution.DeepLift(model, **kw),
+    "deeplift_shap": lambda model, **kw: attribution.DeepLiftShap(model, torch.zeros(2, 4), **kw),
+}
+
+
+class Keyed(nn.Module):
+    """A model called as model(features=x), which the attributors cannot call as model(x)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        nn.init.uniform_(self.body[0].bias, -0.3, 0.3)
+
+    def forward(self, *, features):
+        return self.body(features)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_takes_forward_and_feature_names(method):
+    model = Keyed().eval()
+    rows = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    names = ["age", "income", "debt", "savings"]
+    ours = METHODS[method](model, forward=lambda m, x: m(features=x), feature_names=names)(rows, target=1)
+    reference = METHODS[method](model.body)(rows, target=1)
+    torch.testing.assert_close(ours.relevance, reference.relevance)
+    assert ours.feature_names == names
+    assert {name for name, _ in ours.top(4)[0]} == set(names)
+    with pytest.raises(TypeError, match="forward must be a callable"):
+        METHODS[method](model, forward="features")

@@ -95,15 +95,21 @@ def test_custom_attribution_func_gets_multipliers_inputs_and_baselines_like_capt
     close(ours.relevance, theirs)
 
 
-def test_deeplift_shap_matches_captum_with_a_delta_per_input_and_baseline(image):
+def test_deeplift_shap_matches_captum_with_a_delta_per_sample_and_one_per_baseline(image):
     model = vgg_style()
     baselines = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     ours = DeepLiftShap(model, baselines)(image, target=[1, 2, 3])
     theirs, delta = captum(CaptumDeepLiftShap(model), image, baselines, target=[1, 2, 3],
                            return_convergence_delta=True)
     close(ours.relevance, theirs)
-    assert ours.delta.shape == (3, 4)
-    close(ours.delta.flatten(), -delta, theirs.abs().max())
+    pairs = ours.details["delta_per_baseline"]
+    assert pairs.shape == (3, 4)
+    close(pairs.flatten(), -delta, theirs.abs().max())
+    # delta per sample, as for every method: explained - relevance.sum(), the mean of the pairs' residuals
+    assert ours.delta.shape == (3,)
+    close(ours.delta, ours.explained - ours.relevance.flatten(1).sum(1), theirs.abs().max())
+    close(ours.delta, -delta.reshape(3, 4).mean(1), theirs.abs().max())
+    assert ours[1].details["delta_per_baseline"].shape == (1, 4)
     with torch.no_grad():
         expected = model(image)[range(3), [1, 2, 3]] - model(baselines)[:, [1, 2, 3]].mean(0)
     close(ours.explained, expected)
@@ -225,7 +231,7 @@ def test_nothing_is_left_behind_also_after_an_error(image):
 
     model = Failing()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(ValueError, match="forward failed.*boom"):  # the model's error, with relprop's advice
         DeepLift(model)(image)
     assert torch._C._len_torch_function_stack() == 0
     assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())

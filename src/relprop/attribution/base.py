@@ -11,6 +11,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .. import diagnose
+from ..engine import UnsupportedOperation
 from ..lrp import LRP, check_input, check_target_type, output_gradient
 
 # Default number of model inputs per forward pass: about this many input values, so a pass over 224x224 images
@@ -23,19 +25,25 @@ class Attribution:
 
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
     batch_size: the most model inputs in one forward pass (None: about two million input values per pass).
+    forward: callable(model, x) -> output, for models not called as model(x) (as for LRP).
+    feature_names: names of the input's features, kept on each Explanation (``top()`` shows them).
     """
 
-    def __init__(self, model: torch.nn.Module, batch_size: int | None = None, output: Callable | None = None):
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    def __init__(self, model: torch.nn.Module, batch_size: int | None = None, output: Callable | None = None,
+                 forward: Callable | None = None, feature_names=None):
+        model = diagnose.model_to_explain(model)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None (automatic), got {batch_size!r}")
         if output is not None and not callable(output):
             raise TypeError(f"output must be a callable picking the tensor to explain, got {type(output).__name__}")
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward must be a callable(model, x) -> output, got {type(forward).__name__}")
         self.model = model
         self.batch_size = batch_size
         self.output = output
+        self.forward = forward
+        self.feature_names = list(feature_names) if feature_names is not None else None
 
     def rows_per_pass(self, x: torch.Tensor) -> int:
         if self.batch_size is not None:
@@ -43,12 +51,27 @@ class Attribution:
         return max(1, VALUES_PER_PASS // max(1, x[0].numel()))
 
     def check(self, x, target):
+        """x and target checked; returns the target as relprop takes it (numpy values converted)."""
         check_input(self.model, x)
-        check_target_type(target)
+        target = check_target_type(target)
         if isinstance(target, (list, tuple)) or isinstance(target, torch.Tensor) and target.dim() > 0:
             if len(target) != len(x):
                 raise ValueError(f"target gives {len(target)} values for a batch of {len(x)} samples; give one "
                                  "class for all samples, one per sample, or an output-shaped relevance tensor")
+        return target
+
+    def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The tensor to explain for a batch of inputs: the model (or forward=) run on them, checked to give one
+        output per input; a failing forward gets the likely user error and its fix."""
+        try:
+            output = self.model(inputs) if self.forward is None else self.forward(self.model, inputs)
+        except UnsupportedOperation:
+            raise
+        except RuntimeError as error:
+            raise diagnose.forward_failure(self.model, inputs, error) from error
+        output = self.select(output)
+        diagnose.check_output_batch(output, len(inputs))
+        return output
 
     def select(self, output) -> torch.Tensor:
         """The tensor to explain from whatever the model returned."""
@@ -63,7 +86,7 @@ class Attribution:
         """The model's output for x without gradients, in passes of at most rows_per_pass inputs."""
         size = self.rows_per_pass(x)
         with torch.no_grad():
-            return torch.cat([self.select(self.model(chunk)) for chunk in x.split(size)])
+            return torch.cat([self.run(chunk) for chunk in x.split(size)])
 
     def resolve(self, x: torch.Tensor, target):
         """(output, g, class index or None) at x: relevance at the output is output * g."""
@@ -75,16 +98,16 @@ class Attribution:
         """The gradient of (output * g).sum() at inputs, and the output."""
         leaf = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
-            output = self.select(self.model(leaf))
+            output = self.run(leaf)
         return input_gradient(output, leaf, g), output.detach()
 
 
 class Hybrid(Attribution):
     """A method that reads gradients either plainly or, given a composite, as LRP's modified gradient."""
 
-    def __init__(self, model, composite=None, batch_size=None, output=None):
-        super().__init__(model, batch_size, output)
-        self.lrp = None if composite is None else LRP(model, composite, output=output)
+    def __init__(self, model, composite=None, batch_size=None, output=None, forward=None, feature_names=None):
+        super().__init__(model, batch_size, output, forward, feature_names)
+        self.lrp = None if composite is None else LRP(self.model, composite, output=output, forward=forward)
 
     def resolve(self, x, target):
         if self.lrp is None:

@@ -335,14 +335,14 @@ class DeepLift(Attribution):
     custom_attribution_func: f(multipliers), f(multipliers, inputs) or f(multipliers, inputs, baselines) returning
     the attributions (tensors shaped like x), replacing the default.
     eps: below this |x - x0| an element-wise op uses its gradient. batch_size: the most model inputs in one pass
-    (each input runs with its baseline, so a pass holds batch_size / 2 pairs).
+    (each input runs with its baseline, so a pass holds batch_size / 2 pairs). forward, feature_names: as for LRP.
     ``gradient`` holds the multipliers.
     """
 
     def __init__(self, model, baseline=0.0, multiply_by_inputs: bool = True,
                  custom_attribution_func: Callable | None = None, eps: float = 1e-10, batch_size: int | None = None,
-                 output=None):
-        super().__init__(model, batch_size, output)
+                 output=None, forward=None, feature_names=None):
+        super().__init__(model, batch_size, output, forward, feature_names)
         if custom_attribution_func is not None:
             if not callable(custom_attribution_func):
                 raise TypeError("custom_attribution_func must be callable as f(multipliers), f(multipliers, inputs) "
@@ -359,7 +359,7 @@ class DeepLift(Attribution):
         self._warned: set = set()
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         x = x.detach()
         baseline = self.baseline if baseline is None else baseline
         reference = baseline_like(x, baseline)
@@ -368,7 +368,7 @@ class DeepLift(Attribution):
         else:
             bank, which = reference, torch.arange(len(x), device=x.device).unsqueeze(1)
         explanation = self.attribute(x, target, bank, which)
-        explanation.delta = explanation.delta[:, 0]
+        del explanation.details["delta_per_baseline"]  # one baseline: the same as delta
         return explanation
 
     def attribute(self, x: torch.Tensor, target, bank: torch.Tensor, which: torch.Tensor) -> Explanation:
@@ -396,8 +396,11 @@ class DeepLift(Attribution):
         inputs = x.unsqueeze(1).expand_as(references)
         attributions = self.combine(multipliers.flatten(0, 1), inputs.flatten(0, 1), references.flatten(0, 1))
         attributions = attributions.reshape(references.shape)
-        delta = change - attributions.flatten(2).sum(2)
-        return Explanation(attributions.mean(1), output, change.mean(1), delta, index, gradient=multipliers.mean(1))
+        # Per pair: f(x) - f(x0_b) - sum of its attributions; their mean over the baselines is explained - sum.
+        pair_delta = change - attributions.flatten(2).sum(2)
+        return Explanation(attributions.mean(1), output, change.mean(1), pair_delta.mean(1), index,
+                           gradient=multipliers.mean(1), feature_names=self.feature_names,
+                           details={"delta_per_baseline": pair_delta})
 
     def combine(self, multipliers, inputs, baselines):
         custom = self.custom_attribution_func
@@ -421,8 +424,7 @@ class DeepLift(Attribution):
         interceptor = _Interceptor(pairing, self.eps, self._warned)
         interceptor.mark(batch)
         with torch.enable_grad(), interceptor:
-            output = self.model(batch)
-        output = self.select(output)
+            output = self.run(batch)
         if not pairing.fits(output):
             raise ValueError(f"the model's output has shape {tuple(output.shape)}, but DeepLift runs inputs and "
                              f"baselines as one batch of {pairing.total} and needs one output per sample along the "
@@ -445,18 +447,21 @@ class DeepLiftShap(DeepLift):
     """DeepLift against each baseline of a distribution, averaged: an approximation of SHAP values.
 
     baselines: a tensor of B >= 1 baseline samples (shape (B, *sample)), or a callable(x) returning one; can be
-    overridden per call. ``explained`` is f(x) minus the mean of f over the baselines; ``delta`` has shape (N, B):
-    the residual of each input x baseline pair (captum lists the same pairs flat, input by input).
+    overridden per call. ``explained`` is f(x) minus the mean of f over the baselines; ``delta`` is per sample,
+    ``explained - relevance.sum()`` as for every method, which is the mean of the pairs' residuals;
+    ``details["delta_per_baseline"]`` (N, B) keeps the residual of each input x baseline pair (captum's convergence
+    delta with the opposite sign, which captum lists flat, input by input).
     """
 
     def __init__(self, model, baselines, multiply_by_inputs: bool = True,
                  custom_attribution_func: Callable | None = None, eps: float = 1e-10, batch_size: int | None = None,
-                 output=None):
-        super().__init__(model, 0.0, multiply_by_inputs, custom_attribution_func, eps, batch_size, output)
+                 output=None, forward=None, feature_names=None):
+        super().__init__(model, 0.0, multiply_by_inputs, custom_attribution_func, eps, batch_size, output, forward,
+                         feature_names)
         self.baselines = baselines
 
     def __call__(self, x: torch.Tensor, target=None, *, baselines=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         x = x.detach()
         baselines = self.baselines if baselines is None else baselines
         if callable(baselines) and not isinstance(baselines, torch.Tensor):

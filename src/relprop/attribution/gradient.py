@@ -27,16 +27,17 @@ class Gradient(Attribution):
     """The gradient of the target output with respect to the input (saliency without the absolute value).
 
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
+    forward: callable(model, x) -> output; feature_names: names kept on each Explanation (see Attribution).
     """
 
-    def __init__(self, model, output=None):
-        super().__init__(model, None, output)
+    def __init__(self, model, output=None, forward=None, feature_names=None):
+        super().__init__(model, None, output, forward, feature_names)
 
     def __call__(self, x: torch.Tensor, target=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         leaf = x.detach().requires_grad_(True)
         with torch.enable_grad(), self.intercept():
-            output = self.select(self.model(leaf))
+            output = self.run(leaf)
         g, index = output_gradient(output.detach(), target)
         return self.explanation(x, input_gradient(output, leaf, g), output.detach(), g, index)
 
@@ -45,7 +46,8 @@ class Gradient(Attribution):
         return contextlib.nullcontext()
 
     def explanation(self, x, grad, output, g, index):
-        return Explanation(grad, output, explained(output, g), undefined(x), index, gradient=grad)
+        return Explanation(grad, output, explained(output, g), undefined(x), index, gradient=grad,
+                           feature_names=self.feature_names)
 
 
 class GradientXInput(Gradient):
@@ -54,7 +56,8 @@ class GradientXInput(Gradient):
     def explanation(self, x, grad, output, g, index):
         relevance = x.detach() * grad
         total = explained(output, g)
-        return Explanation(relevance, output, total, total - per_sample_sum(relevance), index, gradient=grad)
+        return Explanation(relevance, output, total, total - per_sample_sum(relevance), index, gradient=grad,
+                           feature_names=self.feature_names)
 
 
 class SmoothGrad(Hybrid):
@@ -69,8 +72,8 @@ class SmoothGrad(Hybrid):
     """
 
     def __init__(self, model, noise_level: float = 0.1, n_samples: int = 25, seed: int | None = None, composite=None,
-                 batch_size: int | None = None, output=None):
-        super().__init__(model, composite, batch_size, output)
+                 batch_size: int | None = None, output=None, forward=None, feature_names=None):
+        super().__init__(model, composite, batch_size, output, forward, feature_names)
         if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) or noise_level < 0:
             raise ValueError(f"noise_level must be a number >= 0 (a fraction of the input's range), got "
                              f"{noise_level!r}")
@@ -95,7 +98,7 @@ class SmoothGrad(Hybrid):
             yield (x + sigma * noise,)
 
     def __call__(self, x: torch.Tensor, target=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         x = x.detach()
         output, g, index = self.resolve(x, target)
         total = torch.zeros_like(x)
@@ -112,8 +115,10 @@ class SmoothGrad(Hybrid):
                 explained_total.index_add_(0, sample, explanation.explained)
         average = total / self.n_samples
         if self.lrp is None:
-            return Explanation(average, output, explained(output, g), undefined(x), index, gradient=average)
-        return Explanation(average, output, explained_total / self.n_samples, residual / self.n_samples, index)
+            return Explanation(average, output, explained(output, g), undefined(x), index, gradient=average,
+                               feature_names=self.feature_names)
+        return Explanation(average, output, explained_total / self.n_samples, residual / self.n_samples, index,
+                           feature_names=self.feature_names)
 
 
 def path_points(steps: int, method: str) -> tuple[list[float], list[float]]:
@@ -145,8 +150,8 @@ class IntegratedGradients(Hybrid):
     """
 
     def __init__(self, model, baseline=0.0, steps: int = 50, method: str = "gausslegendre", composite=None,
-                 batch_size: int | None = None, output=None):
-        super().__init__(model, composite, batch_size, output)
+                 batch_size: int | None = None, output=None, forward=None, feature_names=None):
+        super().__init__(model, composite, batch_size, output, forward, feature_names)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         if method not in METHODS:
@@ -157,7 +162,7 @@ class IntegratedGradients(Hybrid):
         self.method = method
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         x = x.detach()
         start = baseline_like(x, self.baseline if baseline is None else baseline)
         output, g, index = self.resolve(x, target)
@@ -176,7 +181,8 @@ class IntegratedGradients(Hybrid):
             change = explained(output, g) - explained(self.outputs(start), g)
         else:
             change = explained(output, g) - self.explain_rows(start, g).explained
-        return Explanation(relevance, output, change, change - per_sample_sum(relevance), index, gradient=total)
+        return Explanation(relevance, output, change, change - per_sample_sum(relevance), index, gradient=total,
+                           feature_names=self.feature_names)
 
 
 # ---- modified ReLU backward passes --------------------------------------------------------------------------------
@@ -248,14 +254,14 @@ class ExcitationBackprop(Attribution):
     relevance sums to 1 per sample for a class target; ``delta`` is what was lost where no input excites.
     """
 
-    def __init__(self, model, output=None, canonizers="auto"):
-        super().__init__(model, None, output)
+    def __init__(self, model, output=None, canonizers="auto", forward=None, feature_names=None):
+        super().__init__(model, None, output, forward, feature_names)
         rule = ZPlus(zero_bias=True)
-        self.lrp = LRP(model, Composite(layer_map={"linear": rule, "conv": rule}), canonizers=canonizers,
-                       output=output)
+        self.lrp = LRP(self.model, Composite(layer_map={"linear": rule, "conv": rule}), canonizers=canonizers,
+                       output=output, forward=forward, feature_names=feature_names)
 
     def __call__(self, x: torch.Tensor, target=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         caught = {}
 
         def prior(output):

@@ -33,8 +33,9 @@ class Occlusion(Attribution):
     baseline: what covers the window: a number, one sample (shared) or one per sample; can be overridden per call.
     """
 
-    def __init__(self, model, window, stride=None, baseline=0.0, batch_size: int | None = None, output=None):
-        super().__init__(model, batch_size, output)
+    def __init__(self, model, window, stride=None, baseline=0.0, batch_size: int | None = None, output=None,
+                 forward=None, feature_names=None):
+        super().__init__(model, batch_size, output, forward, feature_names)
         self.window = _sizes(window, "window")
         self.stride = self.window if stride is None else _sizes(stride, "stride")
         if len(self.stride) == 1 and len(self.window) > 1:
@@ -62,7 +63,7 @@ class Occlusion(Attribution):
         return window, stride
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
-        self.check(x, target)
+        target = self.check(x, target)
         if x.dim() < 2:
             raise ValueError(f"x has shape {tuple(x.shape)}: occlusion needs samples with at least one dimension")
         x = x.detach()
@@ -84,7 +85,7 @@ class Occlusion(Attribution):
         drops = torch.empty(math.prod(counts), len(x), dtype=x.dtype, device=x.device)
         for (rows,), sample, number in batched(occluded(), self.rows_per_pass(x)):
             with torch.no_grad():
-                drops[number, sample] = clean[sample] - explained(self.select(self.model(rows)), g[sample])
+                drops[number, sample] = clean[sample] - explained(self.run(rows), g[sample])
         # A window's mask is the product of one interval per dimension, so summing drop x mask over all windows is
         # one small contraction per dimension with the interval matrices (window start x position).
         covers = []
@@ -101,4 +102,4 @@ class Occlusion(Attribution):
         for cover in covers[1:]:
             coverage = coverage.unsqueeze(-1) * cover.sum(0)
         relevance = total / coverage
-        return Explanation(relevance, output, clean, undefined(x), index)
+        return Explanation(relevance, output, clean, undefined(x), index, feature_names=self.feature_names)
