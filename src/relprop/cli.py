@@ -290,18 +290,22 @@ class MemoryBudget:
 
 
 class Progress:
-    """A tqdm bar when stderr is a terminal, else one line per batch: images done of all, and the rate."""
+    """A tqdm bar when stderr is a terminal, else one line per batch (images done of all, and the rate) when there
+    is more than one batch."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, batch_size: int):
         from tqdm import tqdm
 
         self.total, self.done, self.started = total, 0, time.monotonic()
         self.bar = tqdm(total=total, unit="image", file=sys.stderr, leave=False) if sys.stderr.isatty() else None
+        self.quiet = total <= batch_size
 
     def update(self, count: int):
         self.done += count
         if self.bar is not None:
             self.bar.update(count)
+            return
+        if self.quiet:
             return
         rate = self.done / max(time.monotonic() - self.started, 1e-9)
         click.echo(f"relprop: {self.done}/{self.total} images ({rate:.2f} images/s)", err=True)
@@ -532,7 +536,7 @@ def _explain_files(files, loaded, attributor, target, folder: Path, output_forma
 
     preprocessing = loaded.preprocessing
     records, failures, used = [], [], set()
-    progress = Progress(len(files))
+    progress = Progress(len(files), batch_size)
     for start in range(0, len(files), batch_size):
         batch = []
         for path, name in files[start:start + batch_size]:
