@@ -377,3 +377,35 @@ def test_batches_that_will_not_fit_in_memory_are_refused_before_running(images, 
     result = invoke("explain", one, "--model", "demo", "--size", "256", "--out", tmp_path / "large")
     assert result.returncode == 2 and "use a smaller --size" in result.stderr
     assert not (tmp_path / "small").exists() and not (tmp_path / "large").exists()
+
+
+def test_a_failing_batch_is_explained_image_by_image_to_find_the_culprit_and_a_working_one_at_once():
+    from relprop.attribution import Gradient
+    from relprop.cli import explain_images
+
+    class Picky(torch.nn.Module):
+        """Refuses black images; counts its calls."""
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(12, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if (x.flatten(1).amax(1) == 0).any():
+                raise ValueError("a black image")
+            return self.linear(x.flatten(1))
+
+    model = Picky()
+    items = [("a", torch.rand(3, 2, 2)), ("black", torch.zeros(3, 2, 2)), ("c", torch.rand(3, 2, 2))]
+    results = list(explain_images(Gradient(model), items, None, "cpu"))
+    assert [(done if isinstance(result, str) else [key for key, _ in done]) for done, result in results] == [
+        ["a"], ("black", items[1][1]), ["c"]]
+    assert results[1][1] == "a black image"
+    for done, result in (results[0], results[2]):
+        expected = Gradient(model)(done[0][1][None]).relevance  # the same image explained on its own
+        assert torch.allclose(result.relevance, expected)
+    model.calls = 0
+    (done, result), = explain_images(Gradient(model), [items[0], items[2]], None, "cpu")
+    assert [key for key, _ in done] == ["a", "c"] and model.calls == 1  # the normal path: one pass
