@@ -1,8 +1,11 @@
 """The command line: ``relprop explain``, ``relprop demo``, ``relprop composites``, ``relprop rules``.
 
-Exit codes: 0 all done; 1 some images could not be read (they are listed, the rest is written); 2 the command
-cannot run as given (unknown model, composite or weights that do not fit): one line on stderr, nothing written.
-Outputs are written into a hidden folder beside --out and moved into place only when complete.
+Exit codes: 0 all done; 1 some images were skipped (unreadable, or the model cannot take them: they are listed, the
+rest is written); 2 the command cannot run as given (unknown model, composite, parameter or device, weights that do
+not fit, a batch that will not fit in memory): one line on stderr, nothing written.
+Outputs are written into a hidden folder beside --out that replaces it as a whole when complete (:class:`Staging`).
+Helpers a command can reuse: :func:`parse_parameters` and :func:`build_method` (--method/--param),
+:func:`output_picker` (--output), :func:`resolve_device` (--device), :class:`MemoryBudget`, :class:`Progress`.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ def _typed(what: str, name: str, text: str, parameter: inspect.Parameter):
     import torch
 
     default, annotation = parameter.default, str(parameter.annotation)
-    expected = "a number"
+    expected = "a finite number"
     try:
         if name in SIZES:
             expected = "a positive int or one per dimension, e.g. 16 or 16,16"
@@ -95,7 +98,7 @@ def _typed(what: str, name: str, text: str, parameter: inspect.Parameter):
             return sizes[0] if len(sizes) == 1 else sizes
         if name in PER_CHANNEL:
             expected = "a number or one per channel, e.g. 0 or 0.1,0.2,0.3"
-            values = [float(part) for part in text.split(",")]
+            values = [_finite(part) for part in text.split(",")]
             return values[0] if len(values) == 1 else torch.tensor(values).reshape(-1, 1, 1)
         if isinstance(default, bool) or "bool" in annotation:
             expected = "true or false"
@@ -104,12 +107,19 @@ def _typed(what: str, name: str, text: str, parameter: inspect.Parameter):
             expected = "an integer"
             return int(text)
         if isinstance(default, float) or "float" in annotation:
-            return float(text)
+            return _finite(text)
         if isinstance(default, str) or "str" in annotation:
             return text
     except (ValueError, KeyError):
         raise Failure(f"{what}: --param {name} takes {expected}, got {text!r}") from None
     raise Failure(f"{what}: --param {name} cannot be set from the command line; use the Python API")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def recorded(values: dict) -> dict:
@@ -284,7 +294,8 @@ class MemoryBudget:
         fit = self.fitting(shape, images)
         advice = (f"use --batch-size {fit} or a smaller --size" if fit else
                   "use a smaller --size (or explain on a device with more memory)")
-        return (f"explaining {images} images of {shape[1]}x{shape[2]} pixels at once needs about "
+        return (f"explaining {images} image{'s' if images > 1 else ''} of {shape[1]}x{shape[2]} pixels at once "
+                f"needs about "
                 f"{memory.gib(self.need(shape, images))} but {memory.gib(self.free)} are available on "
                 f"{self.device}; {advice}")
 
