@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import relprop
 from relprop.demo import KINDS, generate
 
 
@@ -409,3 +410,40 @@ def test_a_failing_batch_is_explained_image_by_image_to_find_the_culprit_and_a_w
     model.calls = 0
     (done, result), = explain_images(Gradient(model), [items[0], items[2]], None, "cpu")
     assert [key for key, _ in done] == ["a", "c"] and model.calls == 1  # the normal path: one pass
+
+
+def test_without_an_atomic_exchange_the_folder_is_still_replaced_whole(images, tmp_path, monkeypatch):
+    from relprop import cli
+
+    monkeypatch.setattr(cli, "_exchange", lambda first, second: False)  # a system without renameat2
+    files = sorted(images.glob("shape*.png"))
+    out = tmp_path / "out"
+    assert invoke("explain", files[0], "--model", "demo", "--out", out).returncode == 0
+    assert invoke("explain", files[1], "--model", "demo", "--out", out).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".relprop-output", "summary.json", f"{files[1].stem}.heatmap.png", f"{files[1].stem}.overlay.png"])
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_without_a_size_an_image_too_large_to_fit_alone_is_skipped_and_the_rest_explained(tmp_path, monkeypatch):
+    from relprop import memory
+    from relprop.loading import load_model
+
+    factory = tmp_path / "tiny.py"
+    factory.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
+                       "torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))\n")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, side in (("large", 64), ("small", 16)):
+        Image.new("RGB", (side, side), (200, 100, 50)).save(folder / f"{name}.png")
+    model = load_model(f"{factory}:make").model
+    lrp = relprop.LRP(model)
+    small, large = (memory.needed_bytes(lrp, memory.footprint(model, (3, side, side)), 1, (3, side, side))
+                    for side in (16, 64))
+    monkeypatch.setattr(memory, "available", lambda device: (small + large) // 2)
+    result = invoke("explain", folder, "--model", f"{factory}:make", "--out", tmp_path / "out")
+    assert result.returncode == 1, result.stderr
+    summary = strict_json(tmp_path / "out" / "summary.json")
+    assert [Path(record["file"]).name for record in summary["images"]] == ["small.png"]
+    (failure,) = summary["failed"]
+    assert Path(failure["file"]).name == "large.png" and "use a smaller --size" in failure["error"]
