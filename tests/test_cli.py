@@ -447,3 +447,12 @@ def test_without_a_size_an_image_too_large_to_fit_alone_is_skipped_and_the_rest_
     assert [Path(record["file"]).name for record in summary["images"]] == ["small.png"]
     (failure,) = summary["failed"]
     assert Path(failure["file"]).name == "large.png" and "use a smaller --size" in failure["error"]
+
+
+def test_the_current_folder_is_never_an_output_folder(images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one = sorted(images.glob("shape*.png"))[0]
+    for out in (".", ".."):
+        result = invoke("explain", one, "--model", "demo", "--out", out)
+        assert result.returncode == 2 and "is the current folder or contains it" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -340,6 +340,8 @@ class Staging:
 
     def __init__(self, out: Path):
         out = Path(out)
+        if out.resolve() == Path.cwd() or out.resolve() in Path.cwd().parents:  # it is replaced, so never these
+            raise Failure(f"--out {out} is the current folder or contains it; give a sub-folder such as relprop-out")
         if out.exists() and not out.is_dir():
             raise Failure(f"--out {out} is a file; give a folder (it is created if missing)")
         if out.is_dir():
@@ -518,8 +520,9 @@ def explain(inputs, model_spec, weights, method, composite, params, output_key, 
         sys.exit(EXIT_SOME_FAILED)
 
 
-# What a model or method raises for an input it cannot take (wrong size, target out of range, out of memory).
-MODEL_ERRORS = (ValueError, TypeError, RuntimeError, IndexError, MemoryError)
+# What a model or method raises for an input it cannot take (wrong size, target out of range, a user's assert, out
+# of memory).
+MODEL_ERRORS = (ValueError, TypeError, RuntimeError, LookupError, ArithmeticError, AssertionError, MemoryError)
 
 
 def explain_images(attributor, items: list, target, device):
@@ -557,9 +560,9 @@ def _explain_files(files, loaded, attributor, target, folder: Path, output_forma
                 failures.append({"file": str(path), "error": str(error), "stage": "read"})
         # images of different sizes (when no --size is set) are explained in groups of equal shape, each group in
         # parts that fit in memory
+        pixels_of = dict(batch)
         for shape in dict.fromkeys(pixels.shape for _, pixels in batch):
             group = [(key, preprocessing.normalize(pixels)) for key, pixels in batch if pixels.shape == shape]
-            pixels_of = {key: pixels for key, pixels in batch}
             fit = budget.fitting(tuple(shape), len(group))
             if fit == 0:
                 for (path, _), _ in group:
@@ -567,7 +570,7 @@ def _explain_files(files, loaded, attributor, target, folder: Path, output_forma
                 continue
             for part in range(0, len(group), fit):
                 for done, result in explain_images(attributor, group[part:part + fit], target, device):
-                    if isinstance(result, str):
+                    if isinstance(result, str):  # done is the one image that failed: ((path, name), input)
                         failures.append({"file": str(done[0][0]), "error": result, "stage": "model"})
                         continue
                     pixels = np.stack([pixels_of[key].numpy() for key, _ in done])

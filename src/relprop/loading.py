@@ -58,9 +58,10 @@ class Preprocessing:
     def pixels(self, image) -> torch.Tensor:
         """A PIL image -> (C, H, W) floats in [0, 1], resized and cropped; 16-bit and float images keep their range."""
         import numpy as np
+        from PIL import Image
 
         if is_deep(image):  # one channel of 16/32-bit integers or floats: resized as floats, repeated for RGB models
-            plane = self._fit(_float_plane(unit_range(image)))
+            plane = self._fit(Image.fromarray(unit_range(image)))  # mode F: no rounding to 8 bits
             array = np.repeat(np.asarray(plane, dtype=np.float32)[None], self.channels, axis=0)
         else:
             array = np.asarray(self._fit(image.convert("L" if self.channels == 1 else "RGB")), dtype=np.float32) / 255
@@ -288,12 +289,6 @@ def unit_range(image):
     bits = image.info.get("bits_per_sample") or (16 if image.mode.startswith("I;16") or values.max() <= 65535
                                                  else 32)
     return (np.clip(values.astype(np.float64), 0, None) / (2.0 ** bits - 1)).clip(0, 1).astype(np.float32)
-
-
-def _float_plane(values):
-    from PIL import Image
-
-    return Image.fromarray(values)  # mode F: resized as floats, without rounding to 8 bits
 
 
 def _one_line(error: BaseException) -> str:
