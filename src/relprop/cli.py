@@ -176,7 +176,9 @@ def build_method(method: str, composite: str, parameters: dict[str, str], model,
         attributor = factory(model, output=output, **values)
     except (TypeError, ValueError) as error:
         raise Failure(f"method {method}: {error}") from None
-    used = {name: getattr(attributor, name, values.get(name, parameter.default)) for name, parameter in accepted.items()}
+    # as the method resolved them (e.g. occlusion's stride from its window), else as given or by default
+    used = {name: getattr(attributor, name, values.get(name, parameter.default))
+            for name, parameter in accepted.items()}
     return attributor, recorded(used)
 
 
