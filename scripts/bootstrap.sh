@@ -20,8 +20,3 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     .venv/bin/python -c "import relprop, torch, torchvision" 
     echo "$WANT" > "$STAMP"
 fi
-# The demo page test opens the page in headless Chromium (Debian's package); install it where we may.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-        || echo "bootstrap: could not install chromium; the demo page test will be skipped" >&2
-fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The embedded demo: bootstrap the environment, then explain generated images with the shipped model
-# (no download). Writes relprop-demo/ (demo.png, index.html, demo.json); pass --out DIR or other options through.
+# The embedded demo: bootstrap the environment (a first run installs the pinned packages), then explain generated
+# images with the shipped model, offline. Writes relprop-demo/ (demo.png, index.html, demo.json); pass --out DIR or
+# other options through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh

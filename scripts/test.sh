@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# The demo page test opens the page in headless Chromium (Debian's package); install it where we may. It lives here,
+# not in bootstrap.sh, so that the demo command never installs system packages.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "test: could not install chromium; the demo page test will be skipped" >&2
+fi
 scripts/lxt_venv.sh  # the LXT oracle runs there (tests/test_oracle_lxt.py)
 export RELPROP_LXT_PYTHON="$PWD/.venv-lxt/bin/python"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

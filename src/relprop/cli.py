@@ -1,18 +1,24 @@
 """The command line: ``relprop explain``, ``relprop demo``, ``relprop composites``, ``relprop rules``.
 
-Exit codes: 0 all done; 1 some images could not be read (they are listed, the rest is written); 2 the command
-cannot run as given (unknown model, composite or weights that do not fit): one line on stderr, nothing written.
-Outputs are written into a hidden folder beside --out and moved into place only when complete.
+Exit codes: 0 all done; 1 some images were skipped (unreadable, or the model cannot take them: they are listed, the
+rest is written); 2 the command cannot run as given (unknown model, composite, parameter or device, weights that do
+not fit, a batch that will not fit in memory): one line on stderr, nothing written.
+Outputs are written into a hidden folder beside --out that replaces it as a whole when complete (:class:`Staging`).
+Helpers a command can reuse: :func:`parse_parameters` and :func:`build_method` (--method/--param),
+:func:`output_picker` (--output), :func:`resolve_device` (--device), :class:`MemoryBudget`, :class:`Progress`.
 """
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
+import textwrap
+import time
 from pathlib import Path
 
 import click
@@ -40,93 +46,380 @@ def _floats(text: str | None) -> tuple | None:
         raise Failure(f"expected comma-separated numbers such as 0.5,0.5,0.5, got {text!r}") from None
 
 
-def _parameter(text: str) -> tuple[str, object]:
-    name, equals, value = text.partition("=")
-    if not equals or not name:
-        raise Failure(f"--param takes NAME=VALUE (e.g. --param epsilon=0.25), got {text!r}")
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return name.strip(), lowered == "true"
+# ---- method parameters ------------------------------------------------------------------------------------------
+# --method name -> the class in relprop.attribution (lrp: relprop.LRP, its parameters are the composite's).
+METHODS = {"lrp": "LRP", "gradient": "Gradient", "gradient_x_input": "GradientXInput", "smoothgrad": "SmoothGrad",
+           "integrated_gradients": "IntegratedGradients", "occlusion": "Occlusion", "guided_backprop": "GuidedBackprop",
+           "deconvnet": "Deconvnet", "excitation_backprop": "ExcitationBackprop", "deeplift": "DeepLift"}
+# Defaults the command line gives where the Python class has none.
+CLI_DEFAULTS = {"occlusion": {"window": (8, 8)}}
+# Constructor parameters the command line sets otherwise (the model, --output) or cannot express (callables, maps).
+NOT_PARAMETERS = ("self", "model", "output", "batch_size", "composite", "canonizers", "custom_attribution_func",
+                  "layer_map", "name_map", "index_map")
+SIZES = ("window", "stride")  # an int or one int per dimension: window=16 or window=16,16
+PER_CHANNEL = ("baseline", "low", "high")  # a number, or one per channel: baseline=0.1,0.2,0.3
+
+
+def parse_parameters(texts) -> dict[str, str]:
+    """--param NAME=VALUE texts -> {name: value text}; the values are typed by :func:`typed_parameters`."""
+    given = {}
+    for text in texts:
+        name, equals, value = text.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise Failure(f"--param takes NAME=VALUE (e.g. --param epsilon=0.25), got {text!r}")
+        given[name.strip()] = value.strip()
+    return given
+
+
+def parameter_list(factory) -> dict:
+    """The parameters --param may set for a class or function: name -> inspect.Parameter."""
+    return {name: parameter for name, parameter in inspect.signature(factory).parameters.items()
+            if name not in NOT_PARAMETERS and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
+
+
+def typed_parameters(what: str, accepted: dict, given: dict[str, str]) -> dict:
+    """Check the given names against ``accepted`` and read each value as the type its parameter takes."""
+    unknown = [name for name in given if name not in accepted]
+    if unknown:
+        valid = f"its parameters: {', '.join(accepted)}" if accepted else "it takes no parameters"
+        raise Failure(f"{what} has no parameter {unknown[0]!r}; {valid}")
+    return {name: _typed(what, name, text, accepted[name]) for name, text in given.items()}
+
+
+def _typed(what: str, name: str, text: str, parameter: inspect.Parameter):
+    import torch
+
+    default, annotation = parameter.default, str(parameter.annotation)
+    expected = "a finite number"
     try:
-        return name.strip(), float(value) if any(c in value for c in ".eE") else int(value)
-    except ValueError:
-        raise Failure(f"--param {name}: expected a number or true/false, got {value!r}") from None
+        if name in SIZES:
+            expected = "a positive int or one per dimension, e.g. 16 or 16,16"
+            sizes = tuple(int(part) for part in text.split(","))
+            return sizes[0] if len(sizes) == 1 else sizes
+        if name in PER_CHANNEL:
+            expected = "a number or one per channel, e.g. 0 or 0.1,0.2,0.3"
+            values = [_finite(part) for part in text.split(",")]
+            return values[0] if len(values) == 1 else torch.tensor(values).reshape(-1, 1, 1)
+        if isinstance(default, bool) or "bool" in annotation:
+            expected = "true or false"
+            return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+        if isinstance(default, int) or "int" in annotation:
+            expected = "an integer"
+            return int(text)
+        if isinstance(default, float) or "float" in annotation:
+            return _finite(text)
+        if isinstance(default, str) or "str" in annotation:
+            return text
+    except (ValueError, KeyError):
+        raise Failure(f"{what}: --param {name} takes {expected}, got {text!r}") from None
+    raise Failure(f"{what}: --param {name} cannot be set from the command line; use the Python API")
 
 
-def _method(name):
-    def build(model):
-        from . import attribution
-
-        if name == "occlusion":
-            return attribution.Occlusion(model, window=(8, 8))
-        return getattr(attribution, name)(model)
-    return build
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
-# The attribution methods --method offers, each built with its default parameters.
-METHODS = {"lrp": None, "gradient": _method("Gradient"), "gradient_x_input": _method("GradientXInput"),
-           "smoothgrad": _method("SmoothGrad"), "integrated_gradients": _method("IntegratedGradients"),
-           "occlusion": _method("occlusion"), "guided_backprop": _method("GuidedBackprop"),
-           "deconvnet": _method("Deconvnet"), "excitation_backprop": _method("ExcitationBackprop"),
-           "deeplift": _method("DeepLift")}
+def recorded(values: dict) -> dict:
+    """Parameters as JSON values: tuples and tensors become lists."""
+    import torch
+
+    def plain(value):
+        if isinstance(value, torch.Tensor):
+            return value.flatten().tolist() if value.numel() > 1 else value.item()
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        return value
+    return {name: plain(value) for name, value in values.items()}
 
 
-def build_composite(name: str, parameters: dict, preprocessing):
-    """The composite by name with its parameters; z^B bounds default to what the preprocessing can produce."""
+def build_composite(name: str, parameters: dict[str, str], preprocessing):
+    """The composite by name with its --param texts; z^B bounds default to what the preprocessing can produce."""
+    return _composite(name, parameters, preprocessing)[0]
+
+
+def _composite(name: str, parameters: dict[str, str], preprocessing):
+    """The composite and its parameters as used (given and defaults)."""
     from . import composites
 
     if name not in composites.names():
         raise Failure(f"unknown composite {name!r}; choose one of {', '.join(composites.names())} "
                       "(relprop composites lists them with their parameters)")
-    accepted = inspect.signature(type(composites.get(name))).parameters
-    unknown = [key for key in parameters if key not in accepted]
-    if unknown:
-        raise Failure(f"composite {name} has no parameter {unknown[0]!r}; its parameters: {', '.join(accepted)}")
-    parameters = dict(parameters)
+    accepted = parameter_list(type(composites.get(name)))
+    values = typed_parameters(f"composite {name}", accepted, parameters)
     if "low" in accepted and "high" in accepted and preprocessing is not None:
         low, high = preprocessing.bounds()
-        parameters.setdefault("low", low)
-        parameters.setdefault("high", high)
+        values.setdefault("low", low)
+        values.setdefault("high", high)
     try:
-        return composites.get(name, **parameters)
+        composite = composites.get(name, **values)
     except (TypeError, ValueError) as error:
         raise Failure(f"composite {name}: {error}") from None
+    used = {key: parameter.default for key, parameter in accepted.items() if parameter.default is not parameter.empty}
+    return composite, recorded({**used, **values})
 
 
-def _device(name: str):
+def build_method(method: str, composite: str, parameters: dict[str, str], model, preprocessing, output=None):
+    """The attributor for --method with its --param texts (the composite's for lrp), and its parameters as used."""
+    from . import attribution
+    from .lrp import LRP
+
+    if method == "lrp":
+        built, used = _composite(composite, parameters, preprocessing)
+        return LRP(model, built, output=output), used
+    factory = getattr(attribution, METHODS[method])
+    accepted = parameter_list(factory)
+    values = {**CLI_DEFAULTS.get(method, {}), **typed_parameters(f"method {method}", accepted, parameters)}
+    try:
+        attributor = factory(model, output=output, **values)
+    except (TypeError, ValueError) as error:
+        raise Failure(f"method {method}: {error}") from None
+    # as the method resolved them (e.g. occlusion's stride from its window), else as given or by default
+    used = {name: getattr(attributor, name, values.get(name, parameter.default))
+            for name, parameter in accepted.items()}
+    return attributor, recorded(used)
+
+
+# ---- the model's output, the device ------------------------------------------------------------------------------
+def output_picker(key: str | None):
+    """A function reading the tensor to explain from the model's output: a dict key, an attribute (logits) or a
+    tuple index; without a key the output must be a tensor. Its errors say how to pick from the command line."""
     import torch
 
+    def pick(result):
+        if key is not None:
+            result = _pick(result, key)
+        if not isinstance(result, torch.Tensor):
+            raise TypeError(f"the model returned {_contents(result)}, not a tensor; pass --output KEY to pick the "
+                            f"tensor to explain (e.g. --output {_example_key(result)}), or make the factory return "
+                            "a model whose output is a tensor (wrap it in a module that picks it)")
+        return result
+    return pick
+
+
+def _pick(result, key: str):
+    from collections.abc import Mapping
+
+    if isinstance(result, Mapping) and key in result:
+        return result[key]
+    if isinstance(result, (tuple, list)) and re.fullmatch(r"-?\d+", key) and -len(result) <= int(key) < len(result):
+        return result[int(key)]
+    if not key.startswith("_") and not isinstance(result, Mapping) and hasattr(result, key):
+        return getattr(result, key)
+    raise TypeError(f"--output {key}: the model returned {_contents(result)}, which has no {key!r}; pass one of "
+                    "its keys, attributes or indices")
+
+
+def _contents(result) -> str:
+    import torch
+    from collections.abc import Mapping
+
+    kind = type(result).__name__
+    if isinstance(result, Mapping):
+        return f"a {kind} with keys {', '.join(map(str, result))}"
+    if isinstance(result, (tuple, list)):
+        fields = getattr(result, "_fields", None)
+        named = f" ({', '.join(fields)})" if fields else ""
+        return f"a {kind} of {len(result)} items{named}, indices 0 to {len(result) - 1}"
+    if isinstance(result, torch.Tensor):
+        return f"a tensor shaped {tuple(result.shape)}"
+    fields = [name for name, value in vars(result).items() if isinstance(value, torch.Tensor)] \
+        if hasattr(result, "__dict__") else []
+    return f"a {kind}" + (f" with tensor attributes {', '.join(fields)}" if fields else "")
+
+
+def _example_key(result) -> str:
+    from collections.abc import Mapping
+
+    if isinstance(result, Mapping) and result:
+        return str(next(iter(result)))
+    fields = getattr(result, "_fields", None)
+    return fields[0] if fields else "0" if isinstance(result, (tuple, list)) else "logits"
+
+
+def resolve_device(name: str):
+    """--device as a torch.device, or Failure naming the devices this machine has."""
+    import torch
+
+    valid = ["cpu"]
+    if torch.cuda.is_available():
+        valid += ["cuda"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        valid.append("mps")
+    if name in valid:
+        return torch.device(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Failure("--device cuda: CUDA is not available here; use --device cpu")
-    return torch.device(name)
+        raise Failure(f"--device {name}: CUDA is not available here; valid choices: {', '.join(valid)}")
+    raise Failure(f"--device {name!r} is not a device here; valid choices: {', '.join(valid)}")
 
 
+# ---- memory, progress ---------------------------------------------------------------------------------------------
+class MemoryBudget:
+    """How many images of a shape fit in the memory left on the device, from :mod:`relprop.memory`'s estimate."""
+
+    def __init__(self, attributor, model, device, output=None):
+        from . import memory
+
+        self.attributor, self.model, self.device, self.output = attributor, model, device, output
+        self.free = memory.available(device)
+        self.footprints = {}
+
+    def need(self, shape: tuple, images: int) -> int | None:
+        """About how many bytes explaining ``images`` images shaped (C, H, W) takes; None when unknown."""
+        from . import memory
+
+        if shape not in self.footprints:
+            self.footprints[shape] = memory.footprint(self.model, shape, output=self.output)
+        per_sample = self.footprints[shape]
+        if per_sample is None:
+            return None
+        try:
+            return memory.needed_bytes(self.attributor, per_sample, images, shape)
+        except ValueError:  # e.g. an occlusion window larger than the image: the image fails on its own later
+            return None
+
+    def fitting(self, shape: tuple, wanted: int) -> int:
+        """The most images (up to wanted) of this shape that fit at once; 0 when not even one does."""
+        if self.free is None:
+            return wanted
+        count = wanted
+        while count > 0 and (self.need(shape, count) or 0) > self.free:
+            count -= 1
+        return count
+
+    def refusal(self, shape: tuple, images: int) -> str:
+        """Why ``images`` images shaped ``shape`` do not fit, naming --size and --batch-size."""
+        from . import memory
+
+        fit = self.fitting(shape, images)
+        advice = (f"use --batch-size {fit} or a smaller --size" if fit else
+                  "use a smaller --size (or explain on a device with more memory)")
+        return (f"explaining {images} image{'s' if images > 1 else ''} of {shape[1]}x{shape[2]} pixels at once "
+                f"needs about "
+                f"{memory.gib(self.need(shape, images))} but {memory.gib(self.free)} are available on "
+                f"{self.device}; {advice}")
+
+
+class Progress:
+    """A tqdm bar when stderr is a terminal, else one line per batch (images done of all, and the rate) when there
+    is more than one batch."""
+
+    def __init__(self, total: int, batch_size: int):
+        from tqdm import tqdm
+
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.bar = tqdm(total=total, unit="image", file=sys.stderr, leave=False) if sys.stderr.isatty() else None
+        self.quiet = total <= batch_size
+
+    def update(self, count: int):
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+            return
+        if self.quiet:
+            return
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        click.echo(f"relprop: {self.done}/{self.total} images ({rate:.2f} images/s)", err=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- staging ------------------------------------------------------------------------------------------------------
 class Staging:
-    """A hidden folder beside ``out`` to write into; ``commit`` moves its files into ``out``, else it vanishes."""
+    """A hidden folder beside ``out`` to write into; ``commit`` puts it in place of ``out`` as a whole (one atomic
+    exchange where the system has one), else it vanishes.
+
+    Its name holds this process's id, so a later run removes the folders that killed runs left. An existing ``out``
+    is replaced only when it is empty or written by relprop (it holds the MARKER file): a mistyped --out never
+    deletes anyone's files.
+    """
+
+    MARKER = ".relprop-output"
 
     def __init__(self, out: Path):
+        out = Path(out)
+        if out.resolve() == Path.cwd() or out.resolve() in Path.cwd().parents:  # it is replaced, so never these
+            raise Failure(f"--out {out} is the current folder or contains it; give a sub-folder such as relprop-out")
         if out.exists() and not out.is_dir():
             raise Failure(f"--out {out} is a file; give a folder (it is created if missing)")
+        if out.is_dir():
+            entries = sorted(entry.name for entry in out.iterdir())
+            if entries and self.MARKER not in entries:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise Failure(f"--out {out} holds files relprop did not write ({shown}); give a new or empty "
+                              "folder, or one an earlier relprop run wrote (it is replaced as a whole)")
         self.out = out
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        remove_stale_staging(out)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}.", dir=out.parent))
+        (self.path / self.MARKER).write_text("written by relprop: the next run into this folder replaces it whole\n")
 
     def commit(self):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes the folder private; the result is an ordinary one
         if not self.out.exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes the folder private; the result is an ordinary one
-            os.replace(self.path, self.out)
-            return
-        for item in sorted(self.path.iterdir()):
-            os.replace(item, self.out / item.name)
-        self.path.rmdir()
+            os.rename(self.path, self.out)
+        elif not _exchange(self.path, self.out):  # two renames: out is missing for a moment in between
+            aside = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(self.out)}{os.getpid()}.", dir=self.out.parent))
+            os.rename(self.out, aside / "old")
+            os.rename(self.path, self.out)
+            os.rename(aside, self.path)
+        # self.path now holds the old content (if any); __exit__ removes it
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.pid"
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders beside ``out`` whose process no longer runs (a run that was killed)."""
+    pattern = re.compile(re.escape(_staging_prefix(out)) + r"(\d+)\.[^.]+")
+    for folder in out.parent.iterdir():
+        match = pattern.fullmatch(folder.name)
+        if match and folder.is_dir() and not _running(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists under another user, or cannot tell: keep its folder
+    return True
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+    import errno
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 # ---- commands ---------------------------------------------------------------------------------------------------
@@ -137,7 +430,7 @@ def main():
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_FOLDER...")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_FOLDERS...")
 @click.option("--model", "model_spec", required=True,
               help="demo | torchvision:NAME (e.g. torchvision:resnet50) | path/to/file.py:FACTORY")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -147,26 +440,35 @@ def main():
 @click.option("--composite", default="epsilon_plus_flat", show_default=True,
               help="see `relprop composites`")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="a composite parameter, e.g. --param epsilon=0.25 (repeatable)")
+              help="a parameter of the composite (lrp) or of the method, e.g. --param epsilon=0.25, --param "
+                   "window=16,16 (occlusion), --param steps=32 (integrated_gradients); repeatable")
+@click.option("--output", "output_key", default=None, metavar="KEY",
+              help="for models returning a dict, tuple or object: the key, index or attribute to explain (e.g. "
+                   "logits or 0)")
 @click.option("--target", default="auto", show_default=True, help="auto (the predicted class) or a class index")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-out"),
-              show_default=True, help="folder for heatmaps, overlays and summary.json")
+              show_default=True, help="folder for heatmaps, overlays and summary.json; sub-folders of the inputs "
+                                      "are mirrored in it; an earlier run's folder is replaced as a whole")
 @click.option("--format", "output_format", type=click.Choice(["png", "npy"]), default="png", show_default=True,
               help="npy also saves the raw relevance of each image")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps (where present)")
 @click.option("--size", type=click.IntRange(min=1), default=None,
-              help="resize the shorter side and centre-crop to SIZE (default: the model's; 224 for torchvision)")
+              help="resize the shorter side and centre-crop to SIZE (default: the model's; 224 for torchvision, "
+                   "none for file.py models)")
 @click.option("--mean", default=None, help="per-channel mean to subtract, e.g. 0.485,0.456,0.406")
 @click.option("--std", default=None, help="per-channel std to divide by, e.g. 0.229,0.224,0.225")
 @click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic, coldnhot or any matplotlib map")
 @click.option("--reduce", type=click.Choice(["sum", "positive", "absolute"]), default="sum", show_default=True,
               help="how colour channels are combined into one heatmap")
-def explain(inputs, model_spec, weights, method, composite, params, target, out, output_format, batch_size, device,
-            size, mean, std, cmap, reduce):
-    """Explain images: one heatmap and one overlay PNG per image, and summary.json."""
+def explain(inputs, model_spec, weights, method, composite, params, output_key, target, out, output_format,
+            batch_size, device, size, mean, std, cmap, reduce):
+    """Explain images: one heatmap and one overlay PNG per image, and summary.json.
+
+    Folders are searched with their sub-folders (hidden ones and --out left out); the outputs mirror them.
+    """
     from . import viz
-    from .loading import collect_images, load_model
+    from .loading import find_images, load_model
 
     if target != "auto" and not target.isdigit():
         raise Failure(f"--target must be auto or a class index (0, 1, ...), got {target!r}")
@@ -175,36 +477,42 @@ def explain(inputs, model_spec, weights, method, composite, params, target, out,
         viz.colormaps.get(cmap)
     except ValueError as error:
         raise Failure(f"--cmap: {error}") from None
-    parameters = dict(_parameter(p) for p in params)
-    torch_device = _device(device)
+    given = parse_parameters(params)
+    torch_device = resolve_device(device)
     try:
-        files = collect_images(inputs)
+        files = find_images(inputs, exclude=out)
         loaded = load_model(model_spec, weights)
         loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
     except LoadError as error:
         raise Failure(str(error)) from None
-    lrp_composite = build_composite(composite, parameters, loaded.preprocessing) if method == "lrp" else None
-    if method != "lrp" and parameters:
-        raise Failure("--param sets composite parameters, which only --method lrp uses")
+    pick = output_picker(output_key)
+    attributor, parameters = build_method(method, composite, given, loaded.model, loaded.preprocessing, pick)
     if model_spec.startswith("torchvision:") and weights is None:
         click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
                    "for trained ones", err=True)
     loaded.model.to(torch_device)
+    budget = MemoryBudget(attributor, loaded.model, torch_device, pick)
+    if loaded.preprocessing.size is not None:  # every image has this shape: refuse before reading any
+        shape = (loaded.preprocessing.channels, loaded.preprocessing.size, loaded.preprocessing.size)
+        wanted = min(batch_size, len(files))
+        if budget.fitting(shape, wanted) < wanted:
+            raise Failure(budget.refusal(shape, wanted))
 
     with Staging(out) as staging:
-        try:
-            records, failures = _explain_files(files, loaded, lrp_composite, target, staging.path, output_format,
-                                               batch_size, torch_device, cmap, reduce, method)
-        except (ValueError, TypeError, RuntimeError) as error:  # the model or target does not fit the images
-            raise Failure(" ".join(str(error).split())) from None
+        records, failures = _explain_files(files, loaded, attributor, target, staging.path, output_format,
+                                           batch_size, torch_device, cmap, reduce, budget)
+        if not records and failures and any(failure.get("stage") == "model" for failure in failures):
+            first = next(failure for failure in failures if failure.get("stage") == "model")
+            raise Failure(f"no image could be explained; {first['file']}: {first['error']}")
         summary = {
             "model": model_spec, "weights": None if weights is None else str(weights), "method": method,
-            "composite": composite if method == "lrp" else None, "parameters": parameters, "target": "auto" if target is None else target,
+            "composite": composite if method == "lrp" else None, "parameters": parameters, "output": output_key,
+            "target": "auto" if target is None else target,
             "preprocessing": {"size": loaded.preprocessing.size, "mean": list(loaded.preprocessing.mean),
                               "std": list(loaded.preprocessing.std)},
             "images": records, "failed": failures,
         }
-        (staging.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (staging.path / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         staging.commit()
     for failure in failures:
         click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
@@ -214,59 +522,105 @@ def explain(inputs, model_spec, weights, method, composite, params, target, out,
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _explain_files(files, loaded, composite, target, folder: Path, output_format, batch_size, device, cmap, reduce,
-                   method="lrp"):
+# What a model or method raises for an input it cannot take (wrong size, target out of range, a user's assert, out
+# of memory).
+MODEL_ERRORS = (ValueError, TypeError, RuntimeError, LookupError, ArithmeticError, AssertionError, MemoryError)
+
+
+def explain_images(attributor, items: list, target, device):
+    """Explain (key, input) items as one batch; when that fails, one by one to find the culprit. Yields
+    (items, explanation) for what worked and (item, error message) for each image that failed."""
+    import torch
+
+    try:
+        yield items, attributor(torch.stack([pixels for _, pixels in items]).to(device), target)
+        return
+    except MODEL_ERRORS as error:
+        if len(items) == 1:
+            yield items[0], " ".join(str(error).split()) or type(error).__name__
+            return
+    for item in items:
+        yield from explain_images(attributor, [item], target, device)
+
+
+def _explain_files(files, loaded, attributor, target, folder: Path, output_format, batch_size, device, cmap, reduce,
+                   budget: MemoryBudget):
     """Read, explain and render the images batch by batch; returns (records, failures)."""
     import numpy as np
-    import torch
-    from tqdm import tqdm
 
-    from . import viz
     from .loading import open_image
-    from .lrp import LRP
 
-    attributor = LRP(loaded.model, composite) if method == "lrp" else METHODS[method](loaded.model)
     preprocessing = loaded.preprocessing
     records, failures, used = [], [], set()
-    progress = tqdm(total=len(files), unit="image", disable=None, file=sys.stderr, leave=False)
+    progress = Progress(len(files), batch_size)
     for start in range(0, len(files), batch_size):
         batch = []
-        for path in files[start:start + batch_size]:
+        for path, name in files[start:start + batch_size]:
             try:
-                batch.append((path, preprocessing.pixels(open_image(path))))
+                batch.append(((path, name), preprocessing.pixels(open_image(path))))
             except ValueError as error:
-                failures.append({"file": str(path), "error": str(error)})
-        # images of different sizes (when no --size is set) are explained in groups of equal shape
+                failures.append({"file": str(path), "error": str(error), "stage": "read"})
+        # images of different sizes (when no --size is set) are explained in groups of equal shape, each group in
+        # parts that fit in memory
+        pixels_of = dict(batch)
         for shape in dict.fromkeys(pixels.shape for _, pixels in batch):
-            group = [(path, pixels) for path, pixels in batch if pixels.shape == shape]
-            pixels = torch.stack([p for _, p in group])
-            x = preprocessing.normalize(pixels).to(device)
-            explanation = attributor(x, target)
-            relevance = explanation.relevance.cpu()
-            heatmaps = viz.heatmap(relevance, cmap=cmap, reduce=reduce)
-            overlays = viz.overlay(pixels, relevance, cmap=cmap, reduce=reduce)
-            scale = max(1, 256 // max(shape[1:]))  # tiny inputs (e.g. 32 px) are enlarged to be seen
-            output = explanation.output.reshape(len(group), -1)
-            for i, (path, _) in enumerate(group):
-                stem = _unique(path.stem, used)
-                record = {"file": str(path), "heatmap": f"{stem}.heatmap.png", "overlay": f"{stem}.overlay.png"}
-                viz.save_image(heatmaps[i], folder / record["heatmap"], scale=scale)
-                viz.save_image(overlays[i], folder / record["overlay"], scale=scale)
-                if output_format == "npy":
-                    record["relevance"] = f"{stem}.relevance.npy"
-                    np.save(folder / record["relevance"], relevance[i].numpy())
-                predicted = int(output[i].argmax())
-                explained = None if explanation.target is None else int(explanation.target[i])
-                record.update({
-                    "predicted": predicted, "predicted_label": _label(loaded.labels, predicted),
-                    "target": explained, "target_label": _label(loaded.labels, explained),
-                    "output": float(explanation.explained[i]), "relevance_sum": float(explanation.relevance_sum[i]),
-                    "residual": float(explanation.delta[i]),
-                })
-                records.append(record)
+            group = [(key, preprocessing.normalize(pixels)) for key, pixels in batch if pixels.shape == shape]
+            fit = budget.fitting(tuple(shape), len(group))
+            if fit == 0:
+                for (path, _), _ in group:
+                    failures.append({"file": str(path), "error": budget.refusal(tuple(shape), 1), "stage": "model"})
+                continue
+            for part in range(0, len(group), fit):
+                for done, result in explain_images(attributor, group[part:part + fit], target, device):
+                    if isinstance(result, str):  # done is the one image that failed: ((path, name), input)
+                        failures.append({"file": str(done[0][0]), "error": result, "stage": "model"})
+                        continue
+                    pixels = np.stack([pixels_of[key].numpy() for key, _ in done])
+                    records += _write(done, pixels, result, loaded.labels, folder, output_format, cmap, reduce,
+                                      used)
         progress.update(len(files[start:start + batch_size]))
     progress.close()
     return records, failures
+
+
+def _write(items, pixels, explanation, labels, folder: Path, output_format, cmap, reduce, used: set) -> list[dict]:
+    """Heatmap, overlay (and relevance) files of explained images, and their records for summary.json."""
+    import numpy as np
+    import torch
+
+    from . import viz
+
+    relevance = explanation.relevance.detach().cpu()
+    heatmaps = viz.heatmap(relevance, cmap=cmap, reduce=reduce)
+    overlays = viz.overlay(torch.from_numpy(pixels), relevance, cmap=cmap, reduce=reduce)
+    scale = max(1, 256 // max(pixels.shape[2:]))  # tiny inputs (e.g. 32 px) are enlarged to be seen
+    output = explanation.output.reshape(len(items), -1)
+    records = []
+    for i, ((path, name), _) in enumerate(items):
+        stem = _unique(name.with_suffix("").as_posix(), used)
+        record = {"file": str(path), "heatmap": f"{stem}.heatmap.png", "overlay": f"{stem}.overlay.png"}
+        (folder / stem).parent.mkdir(parents=True, exist_ok=True)
+        viz.save_image(heatmaps[i], folder / record["heatmap"], scale=scale)
+        viz.save_image(overlays[i], folder / record["overlay"], scale=scale)
+        if output_format == "npy":
+            record["relevance"] = f"{stem}.relevance.npy"
+            np.save(folder / record["relevance"], relevance[i].numpy())
+        predicted = int(output[i].argmax())
+        explained = None if explanation.target is None else int(explanation.target[i])
+        record.update({
+            "predicted": predicted, "predicted_label": _label(labels, predicted),
+            "target": explained, "target_label": _label(labels, explained),
+            "output": _number(explanation.explained[i]), "relevance_sum": _number(explanation.relevance_sum[i]),
+            "residual": _number(explanation.delta[i]),
+        })
+        records.append(record)
+    return records
+
+
+def _number(value) -> float | None:
+    """A JSON number, or None (null) where the method defines none (NaN) or it overflowed."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _unique(stem: str, used: set) -> str:
@@ -309,7 +663,8 @@ def list_composites():
     """List the composites with their parameters."""
     from . import composites
 
-    _print_listing(composites.describe())
+    _print_listing([(name, signature, type(composites.get(name)).__doc__)
+                    for name, signature, _ in composites.describe()])
 
 
 @main.command(name="rules")
@@ -317,16 +672,27 @@ def list_rules():
     """List the rules with their parameters."""
     from . import rules
 
-    _print_listing(rules.describe())
+    _print_listing([(name, signature, type(rules.get(name)).__doc__) for name, signature, _ in rules.describe()])
+
+
+def first_sentence(doc: str | None) -> str:
+    """A docstring's first sentence, whole (it may run over several lines; "et al. 2015" does not end it)."""
+    text = " ".join((doc or "").split())
+    end = re.search(r"[.!?](?=\s+[A-Z(`]|$)", text)
+    return text[:end.end()] if end else text
 
 
 def _print_listing(rows):
+    """Name, first sentence of the docstring and parameters of each row, wrapped to the terminal's width."""
     width = max(len(name) for name, _, _ in rows)
-    for name, signature, summary in rows:
+    columns = max(60, shutil.get_terminal_size((100, 24)).columns)
+    indent = " " * (width + 2)
+    for name, signature, doc in rows:
         # annotations are strings under postponed evaluation; the listing shows names and defaults only
         signature = re.sub(r": '[^']*'", "", re.sub(r": '[^']*' = ", "=", signature))
-        click.echo(f"{name.ljust(width)}  {summary}")
-        click.echo(f"{' ' * width}  {signature}")
+        click.echo(textwrap.fill(first_sentence(doc), columns, initial_indent=f"{name.ljust(width)}  ",
+                                 subsequent_indent=indent))
+        click.echo(textwrap.fill(signature, columns, initial_indent=indent, subsequent_indent=indent + " "))
 
 
 if __name__ == "__main__":

@@ -56,21 +56,30 @@ class Preprocessing:
         return torch.tensor(values, dtype=torch.float32).expand(self.channels).reshape(-1, 1, 1).clone()
 
     def pixels(self, image) -> torch.Tensor:
-        """A PIL image -> (C, H, W) floats in [0, 1], resized and cropped."""
+        """A PIL image -> (C, H, W) floats in [0, 1], resized and cropped; 16-bit and float images keep their range."""
         import numpy as np
         from PIL import Image
 
-        image = image.convert("L" if self.channels == 1 else "RGB")
-        if self.size is not None:
-            scale = self.size / min(image.size)
-            width, height = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
-            if (width, height) != image.size:
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            left, top = (width - self.size) // 2, (height - self.size) // 2
-            image = image.crop((left, top, left + self.size, top + self.size))
-        array = np.asarray(image, dtype=np.float32) / 255
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if is_deep(image):  # one channel of 16/32-bit integers or floats: resized as floats, repeated for RGB models
+            plane = self._fit(Image.fromarray(unit_range(image)))  # mode F: no rounding to 8 bits
+            array = np.repeat(np.asarray(plane, dtype=np.float32)[None], self.channels, axis=0)
+        else:
+            array = np.asarray(self._fit(image.convert("L" if self.channels == 1 else "RGB")), dtype=np.float32) / 255
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(array.copy())
+
+    def _fit(self, image):
+        """Resize the shorter side to size and crop the centre (nothing without a size)."""
+        from PIL import Image
+
+        if self.size is None:
+            return image
+        scale = self.size / min(image.size)
+        width, height = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
+        if (width, height) != image.size:
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = (width - self.size) // 2, (height - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - self._column(self.mean)) / self._column(self.std)
@@ -208,33 +217,78 @@ def apply_weights(model: torch.nn.Module, state: dict, path, spec: str) -> None:
 
 
 # ---- images -----------------------------------------------------------------------------------------------------
-def collect_images(inputs) -> list[Path]:
-    """Files given directly, plus the image files (by suffix, sorted) in any folder given."""
-    files = []
+def find_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
+    """(file, where its outputs go) for files given directly and the image files (by suffix) in folders given, their
+    sub-folders included (sorted; hidden files and folders, and the folder ``exclude``, are left out); outputs
+    mirror the sub-folders, files given directly go to the top."""
+    skip = None if exclude is None else Path(exclude).resolve()
+    found = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise LoadError(f"no images in folder {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        else:
-            files.append(path)  # read later: a missing or broken file is reported and skipped, not fatal
-    return files
+        if not path.is_dir():
+            found.append((path, Path(path.name)))  # read later: a missing or broken file is reported and skipped
+            continue
+        inside = []
+        for file in sorted(path.rglob("*")):
+            relative = file.relative_to(path)
+            if (file.suffix.lower() not in IMAGE_SUFFIXES or any(part.startswith(".") for part in relative.parts)
+                    or not file.is_file() or skip is not None and file.resolve().is_relative_to(skip)):
+                continue
+            inside.append((file, relative))
+        if not inside:
+            raise LoadError(f"no images in folder {path} or its sub-folders (looked for "
+                            f"{', '.join(IMAGE_SUFFIXES)})")
+        found.extend(inside)
+    return found
+
+
+def collect_images(inputs, exclude=None) -> list[Path]:
+    """The image files :func:`find_images` finds."""
+    return [file for file, _ in find_images(inputs, exclude)]
 
 
 def open_image(path: Path):
-    """The decoded PIL image, or ValueError with a short reason."""
-    from PIL import Image
+    """The decoded PIL image turned as its EXIF orientation says (as viewers show it), or ValueError with a short
+    reason."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            bits = getattr(image, "tag_v2", {}).get(258)  # a TIFF's bits per sample: the range of its integers
+            upright = ImageOps.exif_transpose(image)
+            upright = upright.copy() if upright is image else upright
     except FileNotFoundError:
         raise ValueError("file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"not a readable image ({_one_line(error)})") from None
+    if bits:
+        upright.info["bits_per_sample"] = int(bits[0] if isinstance(bits, tuple) else bits)
+    return upright
+
+
+def is_deep(image) -> bool:
+    """Whether an image holds more than 8 bits per value (16/32-bit integers or floats, one channel)."""
+    return image.mode in ("I", "F") or image.mode.startswith("I;16")
+
+
+def unit_range(image):
+    """A 16/32-bit integer or float image as float32 values in [0, 1]: integers divided by the largest value of the
+    file's bit depth (16 for PNG), floats as they are when within [0, 1], else scaled from their min..max."""
+    import numpy as np
+
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = values.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError("the float image contains NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        return values
+    bits = image.info.get("bits_per_sample") or (16 if image.mode.startswith("I;16") or values.max() <= 65535
+                                                 else 32)
+    return (np.clip(values.astype(np.float64), 0, None) / (2.0 ** bits - 1)).clip(0, 1).astype(np.float32)
 
 
 def _one_line(error: BaseException) -> str:

@@ -365,7 +365,7 @@ def describe() -> list[tuple[str, str, str]]:
     rows = []
     for key in names():
         cls = _RULES[key]
-        signature = str(inspect.signature(cls.__init__)).replace("self, ", "").replace("(self)", "()")
+        signature = str(inspect.signature(cls))  # the class's: () for rules without parameters
         rows.append((key, signature, (cls.__doc__ or "").strip().splitlines()[0]))
     return rows
 

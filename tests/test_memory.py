@@ -1,0 +1,61 @@
+"""Memory estimates: counted on meta tensors (nothing allocated), checked against sizes computed by hand."""
+import torch
+import torchvision
+
+from relprop import LRP, memory
+from relprop.attribution import Gradient, IntegratedGradients, Occlusion
+
+
+def small_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 8, 5)).eval()
+    for layer in (model[0], model[3]):
+        torch.nn.init.uniform_(layer.bias, 0.1, 0.2)
+    return model
+
+
+def test_footprint_counts_each_new_tensor_once_and_leaves_out_views():
+    found = memory.footprint(small_model(), (3, 8, 8))
+    floats = 3 * 8 * 8 + 4 * 8 * 8 + 4 * 8 * 8 + 5  # input, convolution, ReLU (flatten is a view), linear
+    assert found == memory.Footprint(total=floats * 4, largest=4 * 8 * 8 * 4)
+
+
+def test_footprint_leaves_the_model_unchanged_and_gives_none_for_models_meta_tensors_cannot_run():
+    model = small_model()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    memory.footprint(model, (3, 8, 8))
+    assert all(torch.equal(before[name], value) and value.device.type == "cpu"
+               for name, value in model.state_dict().items())
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x  # reads a value: impossible on meta tensors
+
+    assert memory.footprint(DataDependent(), (3, 8, 8)) is None
+
+
+def test_needed_bytes_follow_the_formula_per_method():
+    model = small_model()
+    found = memory.footprint(model, (3, 8, 8))
+    images, pixels = 6, 3 * 8 * 8 * 4
+    kept = images * memory.IMAGE_COPIES * pixels
+    gradient = images * (found.total + 2 * found.largest) + kept
+    assert memory.needed_bytes(Gradient(model), found, images, (3, 8, 8)) == gradient
+    lrp = images * (1.5 * found.total + 2 * found.largest) + kept
+    assert memory.needed_bytes(LRP(model), found, images, (3, 8, 8)) == int(lrp)
+    # 4 windows of 4x4 per image, all in one pass without gradients
+    occlusion = images * 4 * 3 * found.largest + kept
+    assert memory.needed_bytes(Occlusion(model, window=(4, 4)), found, images, (3, 8, 8)) == occlusion
+    # path points run in passes of a bounded number of rows
+    integrated = IntegratedGradients(model, steps=50, batch_size=7)
+    assert memory.needed_bytes(integrated, found, images, (3, 8, 8)) == 7 * (found.total + 2 * found.largest) + kept
+
+
+def test_a_3000_pixel_image_batch_on_resnet50_is_estimated_far_beyond_a_machine():
+    model = torchvision.models.resnet50().eval()
+    at_224 = memory.footprint(model, (3, 224, 224))
+    at_3000 = memory.footprint(model, (3, 3000, 3000))
+    assert 50 * 2 ** 20 < at_224.total < 200 * 2 ** 20  # resnet50 creates about 86 MiB per 224x224 image
+    assert 150 < at_3000.total / at_224.total < 200  # activations grow with the pixels: (3000 / 224) ** 2 = 179
+    assert memory.needed_bytes(LRP(model), at_3000, 16, (3, 3000, 3000)) > 256 * 2 ** 30
