@@ -456,3 +456,21 @@ def test_the_current_folder_is_never_an_output_folder(images, tmp_path, monkeypa
         result = invoke("explain", one, "--model", "demo", "--out", out)
         assert result.returncode == 2 and "is the current folder or contains it" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_segmentation_model_is_explained_per_location_and_recorded_without_a_single_class(images, tmp_path):
+    factory = tmp_path / "segment.py"
+    factory.write_text("import torch\n\ndef make():\n    torch.manual_seed(0)\n"
+                       "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), "
+                       "torch.nn.Conv2d(4, 2, 1))\n")
+    out = tmp_path / "out"
+    result = invoke("explain", images / "shape0-circle.png", "--model", f"{factory}:make", "--size", "16", "--out", out)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads((out / "summary.json").read_text())["images"]
+    assert record["predicted"] is None and record["target"] is None
+    assert record["output"] is not None
+    fixed = invoke("explain", images / "shape0-circle.png", "--model", f"{factory}:make", "--size", "16", "--target", "1",
+                   "--out", tmp_path / "fixed")
+    assert fixed.returncode == 0, fixed.stderr
+    (record,) = json.loads((tmp_path / "fixed" / "summary.json").read_text())["images"]
+    assert record["target"] == 1 and record["predicted"] is None

@@ -605,8 +605,7 @@ def _write(items, pixels, explanation, labels, folder: Path, output_format, cmap
         if output_format == "npy":
             record["relevance"] = f"{stem}.relevance.npy"
             np.save(folder / record["relevance"], relevance[i].numpy())
-        predicted = int(output[i].argmax())
-        explained = None if explanation.target is None else int(explanation.target[i])
+        predicted, explained = _classes(explanation, output, i)
         record.update({
             "predicted": predicted, "predicted_label": _label(labels, predicted),
             "target": explained, "target_label": _label(labels, explained),
@@ -615,6 +614,17 @@ def _write(items, pixels, explanation, labels, folder: Path, output_format, cmap
         })
         records.append(record)
     return records
+
+
+def _classes(explanation, output, i) -> tuple[int | None, int | None]:
+    """(predicted, target) class of sample i; None for per-location outputs (segmentation), whose class maps do not
+    fit one number: the heatmap then explains every location's own target."""
+    per_location = explanation.output.dim() > 2
+    predicted = None if per_location else int(output[i].argmax())
+    target = explanation.target
+    if target is None or target[i].numel() != 1:
+        return predicted, None
+    return predicted, int(target[i])
 
 
 def _number(value) -> float | None:
