@@ -21,14 +21,17 @@ def small_cnn():
 def test_registry_lists_the_documented_composites():
     assert composites.names() == ["attnlrp", "cp_lrp", "epsilon", "epsilon_alpha2_beta1",
                                   "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "epsilon_plus",
-                                  "epsilon_plus_flat"]
+                                  "epsilon_plus_flat", "pytorch_lrp"]
     assert isinstance(composites.get("epsilon_gamma_box", low=0.0, high=1.0), composites.EpsilonGammaBox)
     assert [row[0] for row in composites.describe()] == composites.names()
 
 
 PARAMETER_CHANGES = {
     "epsilon": 0.5, "stabilizer": 0.5, "gamma": 2.0, "low": -0.5, "high": 0.5, "zero_bias": True,
+    "lrp_exponent": 2.0, "beta": 1.0, "method": "b-rule",
 }
+# Parameters that act only together with another one: (composite, parameter) -> what they need
+PARAMETER_CONTEXT = {("pytorch_lrp", "beta"): {"method": "b-rule"}}
 
 
 @pytest.mark.parametrize("name", composites.names())
@@ -37,13 +40,14 @@ def test_every_constructor_parameter_changes_the_result(name):
     model = small_cnn()
     torch.manual_seed(3)
     x = torch.randn(2, 3, 6, 6)
-    baseline = relprop.explain(model, x, target=0, composite=composites.get(name)).relevance
     parameters = [p for p in inspect.signature(composites._REGISTRY[name]).parameters
                   if p not in ("layer_map", "name_map", "index_map")]
     assert parameters, name
     for parameter in parameters:
-        changed = relprop.explain(model, x, target=0,
-                                  composite=composites.get(name, **{parameter: PARAMETER_CHANGES[parameter]}))
+        context = PARAMETER_CONTEXT.get((name, parameter), {})
+        baseline = relprop.explain(model, x, target=0, composite=composites.get(name, **context)).relevance
+        changed = relprop.explain(model, x, target=0, composite=composites.get(
+            name, **context, **{parameter: PARAMETER_CHANGES[parameter]}))
         assert (changed.relevance - baseline).abs().max() > 1e-5, f"{name}({parameter}=...) changed nothing"
 
 

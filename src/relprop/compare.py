@@ -7,7 +7,7 @@ from . import composites as composites_module
 from .explanation import Explanation
 from .lrp import LRP
 
-COLUMNS = ("composite", "sample", "target", "explained", "relevance_sum", "residual", "top")
+COLUMNS = ("composite", "sample", "target", "class", "explained", "relevance_sum", "residual", "top")
 
 
 class Comparison:
@@ -65,22 +65,26 @@ def _labelled(composites) -> dict:
 
 
 def compare(model: torch.nn.Module, x: torch.Tensor, composites=None, target=None, feature_names=None, k: int = 5,
-            canonizers="auto") -> Comparison:
+            canonizers="auto", absolute: bool = False, class_names=None) -> Comparison:
     """Explain x with each composite (names, Composite objects, or a dict label -> composite; default: all
-    registered) and tabulate the results; k is how many top features each row lists."""
+    registered) and tabulate the results; k is how many top features each row lists (by |relevance| if
+    absolute); class_names name the explained class in each row's "class"."""
     labelled = _labelled(composites_module.names() if composites is None else composites)
     if not labelled:
         raise ValueError("compare needs at least one composite")
     explanations = {}
     for label, composite in labelled.items():
-        explanations[label] = LRP(model, composite, canonizers=canonizers, feature_names=feature_names)(x, target)
+        explanations[label] = LRP(model, composite, canonizers=canonizers, feature_names=feature_names,
+                                  class_names=class_names)(x, target)
     rows = []
     for label, explanation in explanations.items():
         labels = explanation.feature_labels()  # also checks feature_names against the input's shape
         tabular = explanation.relevance.dim() == 2
-        for sample, (top, one) in enumerate(zip(explanation.top(k), explanation)):
+        for sample, (top, one) in enumerate(zip(explanation.top(k, absolute), explanation)):
+            names = one.target_names
             row = {"composite": label, "sample": sample,
                    "target": None if one.target is None else int(one.target[0]),
+                   "class": None if names is None else names[0],
                    "explained": float(one.explained[0]), "relevance_sum": float(one.relevance_sum[0]),
                    "residual": float(one.delta[0]), "top": top}
             if tabular:
