@@ -74,3 +74,14 @@ def test_dataframe_side_by_side(model):
 def test_wrong_number_of_feature_names_is_refused(model):
     with pytest.raises(ValueError, match="2 feature names"):
         relprop.compare(model, torch.randn(1, 3), composites=["epsilon"], feature_names=["a", "b"])
+
+
+def test_absolute_ranks_top_features_by_magnitude_and_class_names_label_rows(model):
+    torch.manual_seed(2)
+    x = torch.randn(3, 3)
+    table = relprop.compare(model, x, composites=["epsilon"], target=1, feature_names=FEATURES, k=3, absolute=True,
+                            class_names=["no", "yes"])
+    for row in table:
+        magnitudes = [abs(value) for _, value in row["top"]]
+        assert magnitudes == sorted(magnitudes, reverse=True) and row["class"] == "yes"
+    assert relprop.compare(model, x, composites=["epsilon"], target=1)[0]["class"] == "class_1"
