@@ -144,6 +144,24 @@ def whole_output(results):
         "attributions_raw"]) for i in range(len(x)))
 
 
+def softmax_output(results):
+    """A Softmax at the end: explainiverse starts from the probability and passes it through the softmax; relprop
+    starts from the logit unless the target hands it the probability."""
+    from explainiverse.adapters import PyTorchAdapter
+    from explainiverse.explainers.gradient.lrp import LRPExplainer
+
+    model = nn.Sequential(*mlp(), nn.Softmax(dim=1)).eval()
+    x = torch.randn(3, 6)
+    target = torch.tensor([2, 0, 1])
+    theirs = LRPExplainer(PyTorchAdapter(model, task="classification", class_names=CLASSES),
+                          [f"f{i}" for i in range(6)], class_names=CLASSES, rule="z_plus")
+    one_hot = torch.nn.functional.one_hot(target, 3)
+    ours = relprop.explain(model, x, target=lambda logits: torch.softmax(logits, 1) * one_hot,
+                           composite="explainiverse", rule="z_plus", canonizers=None)
+    results["mlp/softmax_output"] = max(relative(ours.relevance[i], theirs.explain(
+        x[i].numpy(), target_class=int(target[i])).explanation_data["attributions_raw"]) for i in range(len(x)))
+
+
 def main():
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -151,6 +169,7 @@ def main():
     for name in MODELS:
         compare_model(name, results)
     whole_output(results)
+    softmax_output(results)
     print(json.dumps(results))
 
 

@@ -69,3 +69,7 @@ def test_compare_equals_explainiverse_compare_rules_with_its_top_feature(results
 
 def test_no_target_without_class_names_explains_the_whole_output_as_explainiverse_does(results):
     assert results["mlp/whole_output"] < FLOAT32
+
+
+def test_a_softmax_output_gives_explainiverse_numbers_from_a_probability_target(results):
+    assert results["mlp/softmax_output"] < FLOAT32

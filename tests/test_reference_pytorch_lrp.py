@@ -60,8 +60,9 @@ def b_rule(layer, a, relevance, beta, eps):
             + a_neg * transpose(pos, a_neg, s_neg) + a_pos * transpose(neg, a_pos, s_neg))
 
 
-def reference(model, x, target, method, p=1.0, beta=0.5, eps=1e-6):
-    """Pytorch-LRP's relevance at the input of a sequential model, for the given class per sample."""
+def reference(model, x, target, method, p=1.0, beta=0.5, eps=1e-6, per_layer=None):
+    """Pytorch-LRP's relevance at the input of a sequential model, for the given class per sample; per_layer (a
+    list) receives the relevance after each layer, from the output down, as its get_r_values_per_layer()."""
     activations = [x]
     with torch.no_grad():
         for layer in model:
@@ -69,6 +70,8 @@ def reference(model, x, target, method, p=1.0, beta=0.5, eps=1e-6):
     output = activations[-1]
     relevance = torch.zeros_like(output)
     relevance[torch.arange(len(x)), target] = output[torch.arange(len(x)), target]
+    per_layer = [] if per_layer is None else per_layer
+    per_layer.append(relevance)
     for layer, a in zip(reversed(model), reversed(activations[:-1])):
         if isinstance(layer, nn.LogSoftmax):
             if relevance.sum() < 0:
@@ -89,6 +92,7 @@ def reference(model, x, target, method, p=1.0, beta=0.5, eps=1e-6):
                                layer.padding, output_size=a.shape[2:])
         else:  # ReLU, Dropout, Flatten, Softmax: relevance passes on (reshaped where the layer reshapes)
             relevance = relevance.reshape(a.shape) if relevance.numel() == a.numel() else relevance
+        per_layer.append(relevance)
     return relevance
 
 
@@ -153,6 +157,21 @@ def test_pytorch_lrp_preset_equals_its_formulas_on_small_cnns_with_max_pooling(d
     expected = reference(model, x, target, method, p=params.get("lrp_exponent", 1.0), beta=params.get("beta", 0.5))
     got = relprop_relevance(model, x, target.tolist(), method=method, **params)
     assert relative(got, expected) < 1e-10
+
+
+def test_recorded_layers_equal_its_relevance_per_layer_and_no_target_explains_the_predicted_class():
+    model, x = cnn(2), cnn_input(2)
+    per_layer = []
+    predicted = model(x).argmax(1)
+    reference(model, x, predicted, "b-rule", beta=1.0, per_layer=per_layer)
+    names = [name for name, _ in model.named_children()]
+    expl = relprop.explain(model, x, target=None, composite="pytorch_lrp", method="b-rule", beta=1.0,
+                           canonizers=None, record=names)
+    # its list runs from the output down: entry k is the relevance at the input of the k-th layer from the top
+    recorded = [expl.layers[name] for name in reversed(names)] + [expl.relevance]
+    assert len(recorded) == len(per_layer)
+    for ours, theirs in zip(recorded, per_layer):
+        assert relative(ours.reshape(theirs.shape), theirs) < 1e-10
 
 
 def test_pytorch_lrp_numbers_behind_a_log_softmax_come_from_a_probability_target():

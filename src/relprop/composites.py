@@ -229,10 +229,10 @@ class Explainiverse(Composite):
             raise ValueError(f"layer_rules apply to rule='composite' only, got rule={rule!r}")
         self.rule = rule
         self.layer_rules = {int(index): name for index, name in (layer_rules or {}).items()}
-        self.rules = {"epsilon": rules.Epsilon(epsilon), "gamma": rules.Gamma(gamma, epsilon, signed=False),
+        self.by_name = {"epsilon": rules.Epsilon(epsilon), "gamma": rules.Gamma(gamma, epsilon, signed=False),
                       "z_plus": rules.ZPlus(epsilon, inputs="positive")}
         if rule == "alpha_beta" or "alpha_beta" in self.layer_rules.values():
-            self.rules["alpha_beta"] = rules.AlphaBeta(alpha, beta, epsilon, inputs="positive")
+            self.by_name["alpha_beta"] = rules.AlphaBeta(alpha, beta, epsilon, inputs="positive")
         super().__init__()
 
     def rule_for(self, site: Site) -> Rule | None:
@@ -244,10 +244,10 @@ class Explainiverse(Composite):
             name = self.layer_rules.get(position, "epsilon")
         if name == "alpha_beta" and site.kind == "conv":
             name = "epsilon"
-        return self.rules.get(name, self.rules["epsilon"])  # "composite" as one layer's rule is epsilon there
+        return self.by_name.get(name, self.by_name["epsilon"])  # "composite" as one layer's rule is epsilon there
 
     def __repr__(self):
-        return f"Explainiverse(rule={self.rule!r}, layer_rules={self.layer_rules}, rules={self.rules})"
+        return f"Explainiverse(rule={self.rule!r}, layer_rules={self.layer_rules}, rules={self.by_name})"
 
 
 _REGISTRY = {
