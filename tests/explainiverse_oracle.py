@@ -96,13 +96,14 @@ def compare_model(name, results):
         # target None: the predicted class (class names given)
         predicted = ours(x)
         results[f"{key}/explain_predicted"] = max(
-            relative(predicted.relevance[i].flatten(), theirs.explain(x[i].numpy()).explanation_data["attributions_raw"])
-            for i in range(len(x)))
+            relative(one.relevance.flatten(), theirs.explain(sample.numpy()).explanation_data["attributions_raw"])
+            for one, sample in zip(predicted, x))
         # explain_batch(X, target_class): one call over the batch
         batch = theirs.explain_batch(x.numpy(), target_class=1)
         ours_batch = ours(x, target=1)
-        results[f"{key}/explain_batch"] = max(relative(one.relevance.flatten(), their.explanation_data["attributions_raw"])
-                                              for one, their in zip(ours_batch, batch))
+        results[f"{key}/explain_batch"] = max(
+            relative(one.relevance.flatten(), their.explanation_data["attributions_raw"])
+            for one, their in zip(ours_batch, batch))
         # explain_with_layer_relevances: relevance after each layer, i.e. at the output of the layer before it
         layered = theirs.explain_with_layer_relevances(x[0].numpy(), target_class=2)["layer_relevances"]
         names = [child for child, _ in model.named_children()]

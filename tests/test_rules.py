@@ -175,7 +175,8 @@ def _layers():
 @pytest.mark.parametrize("rule, nonnegative", [(rule, False) for rule in ALL_RULES] + [
     (rules.Gamma(0.25), True), (rules.Gamma(1.0, zero_bias=True), True), (rules.ZPlus(), True),
     (rules.AlphaBeta(2, 1), True), (rules.Gamma(0.5, signed=False), True),
-    (rules.AlphaBeta(2, 1, conserve_one_sided=True), True)], ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
+    (rules.AlphaBeta(2, 1, conserve_one_sided=True), True)],
+    ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
 @pytest.mark.parametrize("case", _layers(), ids=lambda c: c[0])
 def test_rule_matches_reference_on_linear_and_conv_layers(rule, nonnegative, case):
     _, layer, in_shape = case

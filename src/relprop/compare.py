@@ -11,8 +11,8 @@ COLUMNS = ("composite", "sample", "target", "class", "explained", "relevance_sum
 
 
 class Comparison:
-    """Rows (dicts) of composite, sample, target, explained output, relevance sum, residual, top features and,
-    for table rows, each feature's relevance under its name; ``explanations`` holds the full results."""
+    """Rows (dicts) of composite, sample, target, class, explained output, relevance sum, residual, top features
+    and, for table rows, each feature's relevance under its name; ``explanations`` holds the full results."""
 
     def __init__(self, rows: list[dict], explanations: dict[str, Explanation]):
         self.rows = rows
