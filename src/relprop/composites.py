@@ -189,7 +189,8 @@ class PytorchLRP(Composite):
 
     "e-rule": inputs and weights raised to lrp_exponent, biases left out (rules.Exponent); "b-rule": alpha-beta with
     alpha = 1 + beta, biases left out, one-sided outputs conserved (rules.AlphaBeta(conserve_one_sided=True)).
-    Max-pooling, ReLU, dropout and flattening follow relprop's defaults, which equal its own. A softmax or
+    Max-pooling (non-overlapping windows), ReLU, dropout and flattening follow relprop's defaults, which equal its
+    own; its batch norm passes relevance through unchanged, which relprop does not offer. A softmax or
     log-softmax at the output starts relevance at the target's probability there, not its logit: pass
     ``target=lambda logits: torch.softmax(logits, 1) * one_hot`` for its numbers (docs/coming-from.md)."""
 
