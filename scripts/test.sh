@@ -11,4 +11,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 scripts/lxt_venv.sh  # the LXT oracle runs there (tests/test_oracle_lxt.py)
 export RELPROP_LXT_PYTHON="$PWD/.venv-lxt/bin/python"
+scripts/explainiverse_venv.sh  # the explainiverse oracle runs there (tests/test_oracle_explainiverse.py)
+export RELPROP_EXPLAINIVERSE_PYTHON="$PWD/.venv-explainiverse/bin/python"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

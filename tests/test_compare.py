@@ -100,4 +100,16 @@ def test_by_default_a_conv_first_model_is_compared_under_every_composite():
     cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(8, 2)).eval()
     table = relprop.compare(cnn, torch.randn(1, 1, 4, 4), target=0)
-    assert sorted(table.explanations) == relprop.composites.names()
+    assert sorted(table.explanations) == [name for name in relprop.composites.names()
+                                          if name not in relprop.composites.PRESETS]
+
+
+def test_absolute_ranks_top_features_by_magnitude_and_class_names_label_rows(model):
+    torch.manual_seed(2)
+    x = torch.randn(3, 3)
+    table = relprop.compare(model, x, composites=["epsilon"], target=1, feature_names=FEATURES, k=3, absolute=True,
+                            class_names=["no", "yes"])
+    for row in table:
+        magnitudes = [abs(value) for _, value in row["top"]]
+        assert magnitudes == sorted(magnitudes, reverse=True) and row["class"] == "yes"
+    assert relprop.compare(model, x, composites=["epsilon"], target=1)[0]["class"] == "class_1"

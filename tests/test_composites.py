@@ -21,13 +21,23 @@ def small_cnn():
 def test_registry_lists_the_documented_composites():
     assert composites.names() == ["attnlrp", "cp_lrp", "epsilon", "epsilon_alpha2_beta1",
                                   "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "epsilon_plus",
-                                  "epsilon_plus_flat"]
+                                  "epsilon_plus_flat", "explainiverse", "pytorch_lrp"]
     assert isinstance(composites.get("epsilon_gamma_box", low=0.0, high=1.0), composites.EpsilonGammaBox)
     assert [row[0] for row in composites.describe()] == composites.names()
 
 
 PARAMETER_CHANGES = {
     "epsilon": 0.5, "stabilizer": 0.5, "gamma": 2.0, "low": -0.5, "high": 0.5, "zero_bias": True,
+    "lrp_exponent": 2.0, "method": "b-rule",
+}
+# Parameters that act only together with others: (composite, parameter) -> (what they need, the change)
+PARAMETER_CONTEXT = {
+    ("pytorch_lrp", "beta"): ({"method": "b-rule"}, {"beta": 1.0}),
+    ("explainiverse", "rule"): ({}, {"rule": "z_plus"}),
+    ("explainiverse", "gamma"): ({"rule": "gamma"}, {"gamma": 2.0}),
+    ("explainiverse", "alpha"): ({"rule": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0}),
+    ("explainiverse", "beta"): ({"rule": "alpha_beta"}, {"alpha": 1.0, "beta": 0.0}),
+    ("explainiverse", "layer_rules"): ({"rule": "composite"}, {"layer_rules": {0: "z_plus"}}),
 }
 
 
@@ -37,13 +47,13 @@ def test_every_constructor_parameter_changes_the_result(name):
     model = small_cnn()
     torch.manual_seed(3)
     x = torch.randn(2, 3, 6, 6)
-    baseline = relprop.explain(model, x, target=0, composite=composites.get(name)).relevance
     parameters = [p for p in inspect.signature(composites._REGISTRY[name]).parameters
                   if p not in ("layer_map", "name_map", "index_map")]
     assert parameters, name
     for parameter in parameters:
-        changed = relprop.explain(model, x, target=0,
-                                  composite=composites.get(name, **{parameter: PARAMETER_CHANGES[parameter]}))
+        context, change = PARAMETER_CONTEXT.get((name, parameter), ({}, {parameter: PARAMETER_CHANGES.get(parameter)}))
+        baseline = relprop.explain(model, x, target=0, composite=composites.get(name, **context)).relevance
+        changed = relprop.explain(model, x, target=0, composite=composites.get(name, **{**context, **change}))
         assert (changed.relevance - baseline).abs().max() > 1e-5, f"{name}({parameter}=...) changed nothing"
 
 
@@ -172,3 +182,24 @@ def test_the_default_takes_parameters_and_follows_each_run():
     assert dense_first.composite["parameters"]["epsilon"] == 0.5
     assert relprop.LRP(conv, auto)(torch.randn(1, 3, 6, 6), target=0).composite["name"] == "epsilon_plus_flat"
     assert relprop.LRP(dense, auto)(torch.randn(2, 5), target=0).composite["name"] == "epsilon"
+
+
+def test_explainiverse_composite_maps_sequential_positions_and_falls_back_as_explainiverse_does():
+    conv, dense = torch.nn.Conv2d(1, 1, 1), torch.nn.Linear(1, 1)
+    composite = composites.Explainiverse(rule="composite", layer_rules={0: "alpha_beta", 6: "z_plus", 8: "composite"})
+    rule_at = lambda kind, name, module: composite.rule_for(Site(kind, "f", module, name, 0))
+    assert rule_at("conv", "0", conv) == rules.Epsilon(1e-6)  # its alpha-beta has no convolution: epsilon
+    assert rule_at("linear", "6", dense) == rules.ZPlus(1e-6, inputs="positive")
+    assert rule_at("linear", "8", dense) == rules.Epsilon(1e-6)  # "composite" as a layer's rule: epsilon
+    assert rule_at("linear", "2", dense) == rules.Epsilon(1e-6)  # not in layer_rules: epsilon
+    assert rule_at("avg_pool", "4", None) is None  # no rule of its own: relprop's default
+    only_dense = composites.Explainiverse(rule="alpha_beta", alpha=3.0, beta=2.0)
+    assert only_dense.rule_for(Site("linear", "f", dense, "3", 1)) == rules.AlphaBeta(3.0, 2.0, 1e-6,
+                                                                                     inputs="positive")
+
+
+def test_explainiverse_composite_names_its_rules_when_given_another():
+    with pytest.raises(ValueError, match="z_plus"):
+        composites.get("explainiverse", rule="lrp0")
+    with pytest.raises(ValueError, match="composite"):
+        composites.get("explainiverse", rule="epsilon", layer_rules={0: "gamma"})

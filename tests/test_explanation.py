@@ -98,3 +98,17 @@ def test_plot_picks_line_for_signals_and_heatmap_for_images():
     assert len(signal.plot().collections) == 2  # relevance above and below zero, filled
     image = relprop.Explanation(torch.randn(1, 3, 8, 8), torch.zeros(1, 2), torch.ones(1), torch.zeros(1))
     assert len(image.plot().images) == 1
+
+
+def test_class_names_name_the_explained_class_of_each_sample_and_survive_indexing():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    x = torch.randn(3, 4)
+    explanation = relprop.explain(model, x, target=[2, 0, 1], composite="epsilon", class_names=["cat", "dog", "bird"])
+    assert explanation.target_names == ["bird", "cat", "dog"]
+    assert explanation[1:].target_names == ["cat", "dog"]
+    unnamed = relprop.explain(model, x, target=[2, 0, 1], composite="epsilon")
+    assert unnamed.target_names == ["class_2", "class_0", "class_1"]
+    assert relprop.explain(model, x, target=lambda out: out, composite="epsilon").target_names is None
+    with pytest.raises(ValueError, match="one name per output class"):
+        relprop.explain(model, x, target=2, composite="epsilon", class_names=["cat", "dog"]).target_names

@@ -7,6 +7,8 @@ import relprop
 from tests.models import with_biases
 
 zennit = pytest.importorskip("zennit")
+import zennit.rules  # noqa: E402
+import zennit.types  # noqa: E402
 from zennit import composites as zc  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.torchvision import ResNetCanonizer, SequentialMergeBatchNorm  # noqa: E402
@@ -52,3 +54,46 @@ def test_torchvision_models_match_zennit(name, canonizer, ours, theirs, params):
     torch.manual_seed(0)
     model = with_biases(getattr(torchvision.models, name)()).eval()
     compare(model, canonizer, torch.randn(2, 3, 32, 32), ours, theirs, params)
+
+
+def signed_mlp():
+    """A Tanh hands signed inputs to the second layer, where conventions for negative inputs would show."""
+    torch.manual_seed(0)
+    return with_biases(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
+                                           torch.nn.ReLU(), torch.nn.Linear(8, 3)), scale=0.3).double().eval()
+
+
+RULE_PAIRS = [
+    ("epsilon", lambda: zennit.rules.Epsilon(0.1), relprop.rules.Epsilon(0.1)),
+    ("epsilon_zero_bias", lambda: zennit.rules.Epsilon(0.1, zero_params="bias"),
+     relprop.rules.Epsilon(0.1, zero_bias=True)),
+    ("z_plus", lambda: zennit.rules.ZPlus(), relprop.rules.ZPlus()),
+    ("alpha_beta", lambda: zennit.rules.AlphaBeta(2.0, 1.0), relprop.rules.AlphaBeta(2.0, 1.0)),
+    ("gamma", lambda: zennit.rules.Gamma(0.25), relprop.rules.Gamma(0.25)),
+]
+
+
+@pytest.mark.parametrize("theirs, ours", [p[1:] for p in RULE_PAIRS], ids=[p[0] for p in RULE_PAIRS])
+def test_zennit_rules_equal_relprops_on_signed_inputs_and_with_zero_params(theirs, ours):
+    model = signed_mlp()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    target = torch.tensor([0, 2, 1, 2])
+    # zennit's own composites pass relevance through activations, as relprop does; a bare layer map must say so
+    layer_map = [(zennit.types.Activation, zennit.rules.Pass()), (torch.nn.Linear, theirs())]
+    expected = zennit_relevance(model, zc.LayerMapComposite(layer_map), x, target)
+    got = relprop.explain(model, x, target=target, canonizers=None,
+                          composite=relprop.composites.Composite(layer_map={"linear": ours})).relevance
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_zennit_one_hot_output_relevance_is_a_float_target_in_relprop():
+    # zennit users usually start from a one-hot output relevance (1, not the logit); relprop takes it as a float target
+    model = signed_mlp()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    target = torch.tensor([1, 0, 2, 1])
+    one_hot = torch.nn.functional.one_hot(target, 3).double()
+    with Gradient(model=model, composite=zc.EpsilonPlus()) as attributor:
+        _, expected = attributor(x, one_hot)
+    got = relprop.explain(model, x, target=one_hot, composite="epsilon_plus", canonizers=None)
+    torch.testing.assert_close(got.relevance, expected, rtol=1e-9, atol=1e-12)
+    assert torch.equal(got.explained, torch.ones(4, dtype=torch.float64))

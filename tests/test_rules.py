@@ -43,6 +43,35 @@ def test_rule_gives_hand_computed_relevance(rule, expected):
     np.testing.assert_allclose(relevance[0].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_conserve_one_sided_hands_a_one_signed_output_all_its_relevance_hand_computed():
+    layer, _ = tiny_layer()
+    x = torch.tensor([[1.0, 0.0]])  # contributions [3, 0], bias 1: z = 4, no negative part at all
+    textbook = explain_with(layer, x, rules.AlphaBeta(2, 1, stabilizer=0.0)).relevance
+    kept = explain_with(layer, x, rules.AlphaBeta(2, 1, stabilizer=0.0, conserve_one_sided=True)).relevance
+    np.testing.assert_allclose(textbook[0].numpy(), [6.0, 0.0])  # 2 * 3/4 * 4: alpha times too much
+    np.testing.assert_allclose(kept[0].numpy(), [3.0, 0.0])  # 3/4 * 4, the bias keeps its quarter
+
+
+def test_explainiverse_conventions_hand_computed():
+    layer, _ = tiny_layer()
+    x = torch.tensor([[1.0, -2.0]])  # contributions [3, 2], bias 1: z = 6
+    # z+ on x+ only: x+ w+ = [3, 0], b+ = 1, denominator 4: [3/4 * 6, 0]; the signed z+ also counts (-2)(-1) = 2
+    positive = explain_with(layer, x, rules.ZPlus(stabilizer=0.0, inputs="positive")).relevance
+    np.testing.assert_allclose(positive[0].numpy(), [4.5, 0.0])
+    signed = explain_with(layer, x, rules.ZPlus(stabilizer=0.0)).relevance
+    np.testing.assert_allclose(signed[0].numpy(), [3.0, 2.0])  # [3, 2] / 6 * 6
+    # gamma 0.5 unsigned: w' = [4.5, -1], b' = 1.5, z' = 4.5 + 2 + 1.5 = 8: [4.5, 2] / 8 * 6
+    unsigned = explain_with(layer, x, rules.Gamma(0.5, stabilizer=0.0, signed=False)).relevance
+    np.testing.assert_allclose(unsigned[0].numpy(), [27 / 8, 12 / 8])
+
+
+def test_rule_options_are_checked_and_shown():
+    with pytest.raises(ValueError, match="'signed'.*'positive'"):
+        rules.ZPlus(inputs="negative")
+    assert "inputs='positive'" in repr(rules.AlphaBeta(inputs="positive"))
+    assert "signed=False" in repr(rules.Gamma(signed=False))
+
+
 def test_exponent_rule_hand_computed():
     layer, x = tiny_layer()
     # p = 2: x^2 w^2 = [9, 4], denominator 13, R = z = 2 -> [18/13, 8/13]
@@ -67,14 +96,25 @@ def reference(rule, A, b, x, R):
         z = Z.sum(1) + (0 if rule.zero_bias else b)
         return (Z / stabilize(z, rule.epsilon)[:, None] * R[:, None]).sum(0)
     if isinstance(rule, rules.ZPlus):
-        Z = contributions.clip(min=0)
+        # inputs="positive": only x+ w+ counts (negative inputs get nothing)
+        Z = contributions.clip(min=0) if rule.inputs == "signed" else A.clip(min=0) * x.clip(min=0)[None, :]
         z = Z.sum(1) + b.clip(min=0)
         return (Z / stabilize(z, STAB)[:, None] * R[:, None]).sum(0)
     if isinstance(rule, rules.AlphaBeta):
-        Zp, Zn = contributions.clip(min=0), contributions.clip(max=0)
+        if rule.inputs == "signed":
+            Zp, Zn = contributions.clip(min=0), contributions.clip(max=0)
+        else:
+            Zp, Zn = A.clip(min=0) * x.clip(min=0)[None, :], A.clip(max=0) * x.clip(min=0)[None, :]
         zp, zn = Zp.sum(1) + b.clip(min=0), Zn.sum(1) + b.clip(max=0)
-        return (rule.alpha * Zp / stabilize(zp, STAB)[:, None] * R[:, None]
-                - rule.beta * Zn / stabilize(zn, STAB)[:, None] * R[:, None]).sum(0)
+        alpha, beta = np.full_like(zp, rule.alpha), np.full_like(zn, rule.beta)
+        if rule.conserve_one_sided:  # one part zero: the other part's coefficient cancels against its denominator
+            zp, zn = np.where(zn == 0, zp * rule.alpha, zp), np.where(zp == 0, zn * -rule.beta, zn)
+        return (alpha[:, None] * Zp / stabilize(zp, STAB)[:, None] * R[:, None]
+                - beta[:, None] * Zn / stabilize(zn, STAB)[:, None] * R[:, None]).sum(0)
+    if isinstance(rule, rules.Gamma) and not rule.signed:
+        Z = (A + rule.gamma * A.clip(min=0)) * x[None, :]
+        z = Z.sum(1) + (0 if rule.zero_bias else b + rule.gamma * b.clip(min=0))
+        return (Z / stabilize(z, STAB)[:, None] * R[:, None]).sum(0)
     if isinstance(rule, rules.Gamma):
         z = contributions.sum(1) + b
         Zup = contributions + rule.gamma * contributions.clip(min=0)
@@ -113,7 +153,8 @@ def matrix_of(fn, in_shape):
 ALL_RULES = [
     rules.Zero(), rules.Epsilon(0.3), rules.Epsilon(0.3, zero_bias=True), rules.ZPlus(), rules.AlphaBeta(2, 1),
     rules.AlphaBeta(1, 0), rules.Gamma(0.25), rules.Gamma(1.0), rules.ZBox(-1.5, 2.0), rules.Flat(), rules.WSquare(),
-    rules.Exponent(2.0), rules.Norm(),
+    rules.Exponent(2.0), rules.Norm(), rules.ZPlus(inputs="positive"), rules.AlphaBeta(2, 1, inputs="positive"),
+    rules.AlphaBeta(3, 2, conserve_one_sided=True), rules.Gamma(0.5, signed=False),
 ]
 
 
@@ -133,7 +174,9 @@ def _layers():
 
 @pytest.mark.parametrize("rule, nonnegative", [(rule, False) for rule in ALL_RULES] + [
     (rules.Gamma(0.25), True), (rules.Gamma(1.0, zero_bias=True), True), (rules.ZPlus(), True),
-    (rules.AlphaBeta(2, 1), True)], ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
+    (rules.AlphaBeta(2, 1), True), (rules.Gamma(0.5, signed=False), True),
+    (rules.AlphaBeta(2, 1, conserve_one_sided=True), True)],
+    ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
 @pytest.mark.parametrize("case", _layers(), ids=lambda c: c[0])
 def test_rule_matches_reference_on_linear_and_conv_layers(rule, nonnegative, case):
     _, layer, in_shape = case

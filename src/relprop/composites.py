@@ -200,6 +200,73 @@ class CPLRP(AttnLRP):
     gates = "activation"
 
 
+class PytorchLRP(Composite):
+    """Pytorch-LRP's RelevancePropagator(lrp_exponent, beta, method, epsilon) on linear and convolutional layers.
+
+    "e-rule": inputs and weights raised to lrp_exponent, biases left out (rules.Exponent); "b-rule": alpha-beta with
+    alpha = 1 + beta, biases left out, one-sided outputs conserved (rules.AlphaBeta(conserve_one_sided=True)).
+    Max-pooling (non-overlapping windows), ReLU, dropout and flattening follow relprop's defaults, which equal its
+    own; its batch norm passes relevance through unchanged, which relprop does not offer. A softmax or
+    log-softmax at the output starts relevance at the target's probability there, not its logit: pass
+    ``target=lambda logits: torch.softmax(logits, 1) * one_hot`` for its numbers (docs/coming-from.md)."""
+
+    METHODS = ("e-rule", "b-rule")
+
+    def __init__(self, lrp_exponent: float = 1.0, beta: float = 0.5, method: str = "e-rule", epsilon: float = 1e-6,
+                 layer_map=None, name_map=None, index_map=None):
+        if method == "e-rule":
+            rule = rules.Exponent(lrp_exponent, epsilon)
+        elif method == "b-rule":
+            if beta < 0:
+                raise ValueError(f"beta must be >= 0 for the b-rule, got {beta} (Pytorch-LRP's beta=-1 keeps only "
+                                 "negative contributions, which relprop does not offer)")
+            rule = rules.AlphaBeta(1.0 + beta, beta, epsilon, zero_bias=True, conserve_one_sided=True)
+        else:
+            raise ValueError(f"unknown method {method!r}; Pytorch-LRP's methods are {self.METHODS}")
+        super().__init__(_extend(layer_map, {"linear": rule, "conv": rule}), name_map, index_map)
+
+
+class Explainiverse(Composite):
+    """explainiverse's LRPExplainer(rule, epsilon, gamma, alpha, beta), with set_composite_rule's layer_rules.
+
+    Its rules in relprop's terms, each stabilised by its epsilon: "epsilon" is Epsilon; "gamma" Gamma(signed=False)
+    (w + gamma w+ and b + gamma b+ whatever the signs); "z_plus" ZPlus(inputs="positive") (x+ w+ and b+ only);
+    "alpha_beta" AlphaBeta(inputs="positive") on dense layers and epsilon on convolutions (explainiverse's own
+    fallback). "composite" takes layer_rules {position in the top-level nn.Sequential, activations counted: rule}
+    and gives epsilon to the other layers."""
+
+    RULES = ("epsilon", "gamma", "alpha_beta", "z_plus", "composite")
+
+    def __init__(self, rule: str = "epsilon", epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0,
+                 beta: float = 1.0, layer_rules: Mapping[int, str] | None = None):
+        for name in [rule, *(layer_rules or {}).values()]:
+            if name not in self.RULES:
+                raise ValueError(f"unknown explainiverse rule {name!r}; choose one of {', '.join(self.RULES)}")
+        if layer_rules and rule != "composite":
+            raise ValueError(f"layer_rules apply to rule='composite' only, got rule={rule!r}")
+        self.rule = rule
+        self.layer_rules = {int(index): name for index, name in (layer_rules or {}).items()}
+        self.by_name = {"epsilon": rules.Epsilon(epsilon), "gamma": rules.Gamma(gamma, epsilon, signed=False),
+                      "z_plus": rules.ZPlus(epsilon, inputs="positive")}
+        if rule == "alpha_beta" or "alpha_beta" in self.layer_rules.values():
+            self.by_name["alpha_beta"] = rules.AlphaBeta(alpha, beta, epsilon, inputs="positive")
+        super().__init__()
+
+    def rule_for(self, site: Site) -> Rule | None:
+        if site.kind not in ("linear", "conv"):
+            return None  # explainiverse knows no other linear-like layer with a rule (pooling: see the guide)
+        name = self.rule
+        if name == "composite":
+            position = int(site.name) if site.name.isdigit() else None
+            name = self.layer_rules.get(position, "epsilon")
+        if name == "alpha_beta" and site.kind == "conv":
+            name = "epsilon"
+        return self.by_name.get(name, self.by_name["epsilon"])  # "composite" as one layer's rule is epsilon there
+
+    def __repr__(self):
+        return f"Explainiverse(rule={self.rule!r}, layer_rules={self.layer_rules}, rules={self.by_name})"
+
+
 _REGISTRY = {
     "attnlrp": AttnLRP,
     "cp_lrp": CPLRP,
@@ -209,7 +276,12 @@ _REGISTRY = {
     "epsilon_gamma_box": EpsilonGammaBox,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
+    "explainiverse": Explainiverse,
+    "pytorch_lrp": PytorchLRP,
 }
+# Other libraries' conventions, there to reproduce their numbers (docs/coming-from.md): compare() leaves them out
+# unless asked for by name.
+PRESETS = ("explainiverse", "pytorch_lrp")
 
 
 class Auto(Composite):

@@ -22,6 +22,20 @@ class Explanation:
     feature_names: list | None = None  # names of the input's last dimension (tabular data)
     composite: dict | None = None  # LRP: the composite used, {"name", "parameters"} (and "chosen" when by default)
     details: dict = field(default_factory=dict)  # method-specific extras, e.g. DeepLiftShap's delta_per_baseline
+    class_names: list | None = None  # names of the output's classes, for target_names
+
+    @property
+    def target_names(self) -> list[str] | None:
+        """Per sample, the name of the explained class (class_names[target]), or None without class targets."""
+        if self.target is None or self.target.dim() != 1:  # no class targets, or a class per location
+            return None
+        targets = self.target.flatten().tolist()
+        if self.class_names is None:
+            return [f"class_{index}" for index in targets]
+        if max(targets) >= len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names, but class {max(targets)} was explained; give "
+                             "one name per output class")
+        return [str(self.class_names[index]) for index in targets]
 
     @property
     def relevance_sum(self) -> torch.Tensor:
@@ -59,7 +73,7 @@ class Explanation:
         return Explanation(take(self.relevance), take(self.output), take(self.explained), take(self.delta),
                            take(self.target), {name: take(value) for name, value in self.layers.items()},
                            self.explained_logits, take(self.gradient), self.feature_names, self.composite,
-                           {name: take(value) for name, value in self.details.items()})
+                           {name: take(value) for name, value in self.details.items()}, self.class_names)
 
     # ---- features: names, top-k, tables, charts ---------------------------------------------------------------
     def feature_labels(self, positions=None) -> list[str]:

@@ -33,6 +33,7 @@ class LRP:
     relevance is kept in ``layers``.
     output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
     feature_names: names of the input's features (tabular data), kept on each Explanation.
+    class_names: names of the output's classes, kept on each Explanation (``target_names`` names the explained ones).
     forward: callable(model, x) -> output, for models not called as model(x), e.g.
     ``lambda model, embeddings: model(inputs_embeds=embeddings)``.
     elementwise: extra module types to explain as one element-wise op (relevance passes through), for activations
@@ -41,7 +42,7 @@ class LRP:
 
     def __init__(self, model: torch.nn.Module, composite="auto", canonizers="auto", strict: bool = False,
                  record=(), output: Callable | None = None, feature_names=None, forward: Callable | None = None,
-                 elementwise=(), **composite_params):
+                 elementwise=(), class_names=None, **composite_params):
         model = diagnose.model_to_explain(model)
         self.model = model
         self.composite = composites_module.get(composite, **composite_params)
@@ -55,6 +56,7 @@ class LRP:
                 raise TypeError(f"{name} must be a callable, got {type(value).__name__}")
         self.output = output
         self.feature_names = list(feature_names) if feature_names is not None else None
+        self.class_names = list(class_names) if class_names is not None else None
         self.forward = forward
         self.elementwise = tuple(elementwise)
         self._warned: set = set()
@@ -112,7 +114,8 @@ class LRP:
             gradient = gradient.detach()
         self._warn_unmatched(session)
         explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits,
-                                  gradient, self.feature_names, composite=self.composite.summary())
+                                  gradient, self.feature_names, composite=self.composite.summary(),
+                                  class_names=self.class_names)
         return explanation, session.rows
 
     def _warn_unmatched(self, session):
@@ -146,10 +149,11 @@ class LRP:
 
 def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="auto", *,
             canonizers="auto", strict: bool = False, record=(), create_graph: bool = False, output=None,
-            feature_names=None, forward=None, elementwise=(), **composite_params) -> Explanation:
+            feature_names=None, forward=None, elementwise=(), class_names=None, **composite_params) -> Explanation:
     """One call: LRP(model, composite, ...)(x, target)."""
     attributor = LRP(model, composite, canonizers=canonizers, strict=strict, record=record, output=output,
-                     feature_names=feature_names, forward=forward, elementwise=elementwise, **composite_params)
+                     feature_names=feature_names, forward=forward, elementwise=elementwise, class_names=class_names,
+                     **composite_params)
     return attributor(x, target, create_graph=create_graph)
 
 

@@ -121,6 +121,9 @@ class LinearRule(Rule):
 
     stabilizer: float = 1e-6
     zero_bias: bool = False
+    # Outputs where every group but one has a zero denominator: that group explains all of their relevance (its
+    # denominator is multiplied by its coefficient, which then cancels) instead of coefficient times it.
+    conserve_one_sided: bool = False
 
     def groups(self) -> tuple[Group, ...]:
         raise NotImplementedError
@@ -175,20 +178,31 @@ def _boost(gamma: float, part: WeightModifier) -> WeightModifier:
     return boosted
 
 
+def _check_inputs(inputs: str) -> str:
+    if inputs not in ("signed", "positive"):
+        raise ValueError(f"inputs must be 'signed' (x+ and x- both count) or 'positive' (only x+ counts), "
+                         f"got {inputs!r}")
+    return inputs
+
+
 class Gamma(LinearRule):
     """LRP-gamma: favour contributions that agree with the output's sign by adding gamma times them.
 
     Positive outputs use w + gamma w+ on positive inputs and w + gamma w- on negative inputs; negative outputs
     the opposite, so negative inputs (e.g. after a leaky activation) are handled too. With non-negative inputs
-    this is Montavon et al.'s gamma rule.
+    this is Montavon et al.'s gamma rule. ``signed=False`` uses w + gamma w+ (bias b + gamma b+) for every input
+    and output whatever their signs, the formula as Montavon et al. write it and as explainiverse computes it.
     """
 
-    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False):
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False, signed: bool = True):
         self.gamma = number("gamma", gamma, minimum=0)
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = flag("zero_bias", zero_bias)
+        self.signed = flag("signed", signed)
 
     def groups(self):
+        if not self.signed:
+            return (Group((Term("x", _boost(self.gamma, positive)),)),)
         up, down = _boost(self.gamma, positive), _boost(self.gamma, negative)
         return (
             Group((Term("x+", up), Term("x-", down, bias=False)), where="positive"),
@@ -200,9 +214,15 @@ class AlphaBeta(LinearRule):
     """LRP-alpha-beta (Bach et al. 2015, eq. 60): positive and negative contributions normalised separately.
 
     Each bias is counted once, in the part its sign belongs to. alpha - beta = 1 keeps relevance conserved.
+    ``conserve_one_sided=True`` is Pytorch-LRP's treatment of "rare neurons": an output whose contributions all have
+    one sign (the other part is exactly zero) hands all its relevance to the part that exists, instead of alpha
+    times it (all positive) or -beta times it (all negative); the stabilizer then acts on alpha z+ (or -beta z-).
+    ``inputs="positive"`` counts only the positive part of the inputs (x+ w+ and x+ w-, explainiverse's
+    convention); the default "signed" also counts negative inputs (x- w- is positive, x- w+ negative), as zennit.
     """
 
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False):
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False,
+                 conserve_one_sided: bool = False, inputs: str = "signed"):
         alpha, beta = number("alpha", alpha, minimum=0), number("beta", beta, minimum=0)
         if abs(alpha - beta - 1.0) > 1e-9:
             raise ValueError(f"alpha - beta must be 1 for relevance to be conserved, got alpha={alpha}, beta={beta}")
@@ -210,8 +230,13 @@ class AlphaBeta(LinearRule):
         self.beta = beta
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = flag("zero_bias", zero_bias)
+        self.conserve_one_sided = flag("conserve_one_sided", conserve_one_sided)
+        self.inputs = _check_inputs(inputs)
 
     def groups(self):
+        if self.inputs == "positive":
+            return (Group((Term("x+", positive),), coefficient=self.alpha),
+                    Group((Term("x+", negative),), coefficient=-self.beta))
         return (
             Group((Term("x+", positive), Term("x-", negative, bias=False)), coefficient=self.alpha),
             Group((Term("x+", negative), Term("x-", positive, bias=False)), coefficient=-self.beta),
@@ -219,13 +244,19 @@ class AlphaBeta(LinearRule):
 
 
 class ZPlus(LinearRule):
-    """LRP-z+: only positive contributions (x+ w+ and x- w-) carry relevance; alpha=1, beta=0."""
+    """LRP-z+: only positive contributions (x+ w+ and x- w-) carry relevance; alpha=1, beta=0.
 
-    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
+    ``inputs="positive"``: only x+ w+ (and b+), explainiverse's z+; negative inputs then get no relevance.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False, inputs: str = "signed"):
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
         self.zero_bias = flag("zero_bias", zero_bias)
+        self.inputs = _check_inputs(inputs)
 
     def groups(self):
+        if self.inputs == "positive":
+            return (Group((Term("x+", positive),)),)
         return (Group((Term("x+", positive), Term("x-", negative, bias=False))),)
 
 

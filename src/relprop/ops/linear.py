@@ -222,15 +222,45 @@ def _outputs_explained(group, z, g, rectified: bool, differentiable: bool):
     return False, left_out
 
 
-def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool):
+def _one_sided_scales(call, groups, x, weight, bias, nonnegative: bool, nonpositive: bool):
+    """Per group, what its denominator is multiplied by under ``conserve_one_sided`` (None: nothing): its own
+    coefficient on the outputs where every other group's denominator is zero, so that the coefficient cancels and
+    the group alone explains those outputs' relevance; 1 elsewhere."""
+    zero = []
+    for group in groups:
+        terms = _effective_terms(group.terms, nonnegative, nonpositive)
+        if not terms:
+            zero.append(None)  # no term survives on this input: zero everywhere
+            continue
+        denominator = _denominator(terms, [term.weight(weight) for term in terms], call.rule, call.linear_map, x,
+                                   bias, call)
+        zero.append(denominator == 0)
+    scales = []
+    for index, group in enumerate(groups):
+        others = [mask for other, mask in enumerate(zero) if other != index]
+        if group.coefficient in (0, 1) or not others:
+            scales.append(None)  # nothing to cancel
+            continue
+        alone = None
+        for mask in others:
+            if mask is not None:
+                alone = mask if alone is None else alone & mask
+        coefficient = torch.tensor(group.coefficient, dtype=x.dtype, device=x.device)
+        scales.append(coefficient if alone is None else torch.where(alone, coefficient, torch.ones_like(coefficient)))
+    return scales
+
+
+def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool, scale=None):
     """s = z g / stabilize(z'), with at most two output-sized buffers alive (big layers dominate peak memory)."""
     rule = call.rule
-    if _is_plain(terms, rule, bias):
+    if scale is None and _is_plain(terms, rule, bias):
         # z g / (z + eps sign z) = g |z| / (|z| + eps): no relevance tensor, no sign tensor
         s = z.abs()
         denominator = s + rule.stabilizer
         return s.div_(denominator).mul_(g)
     denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
+    if scale is not None:
+        denominator = denominator * scale  # one output-sized buffer more, only under conserve_one_sided
     if rule.stabilizer and _never_negative(terms, bias, rule, nonnegative):
         stabilized = denominator.add_(rule.stabilizer)  # z+, flat, w^2 on x >= 0: the sign is known
     else:
@@ -252,11 +282,14 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
         nonnegative, nonpositive = bool(low >= 0), bool(high <= 0)
     rectified = call.feeds_only_relu()
     if (isinstance(rule, Gamma) and nonnegative and not rectified and not differentiable
-            and type(rule).groups is Gamma.groups):
+            and type(rule).groups is Gamma.groups and rule.signed):
         return _gamma_on_nonnegative_input(call, x, weight, bias, z, g)
+    scales = [None] * len(groups)
+    if rule.conserve_one_sided:
+        scales = _one_sided_scales(call, groups, x, weight, bias, nonnegative, nonpositive)
     # Accumulated W^T s per kind of input; combined into g (proportional) or relevance (the others) at the end.
     transposed: dict[str, torch.Tensor] = {}
-    for group in groups:
+    for group, scale in zip(groups, scales):
         terms = _effective_terms(group.terms, nonnegative, nonpositive)
         if not terms:
             continue
@@ -265,13 +298,15 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
             continue
         weights = [term.weight(weight) for term in terms]  # `keep` returns the weight itself, no copy
         if differentiable:  # out-of-place ops only, so that relevance can be differentiated
-            plain = _is_plain(terms, rule, bias)
+            plain = scale is None and _is_plain(terms, rule, bias)
             denominator = z if plain else _denominator(terms, weights, rule, lmap, x, bias, call)
+            if scale is not None:
+                denominator = denominator * scale
             s = z * g / rule.stabilize(denominator)
             if left_out is not None:
                 s = s.masked_fill(left_out, 0)
         else:
-            s = _signal(call, terms, weights, x, bias, z, g, nonnegative)
+            s = _signal(call, terms, weights, x, bias, z, g, nonnegative, scale)
             if left_out is not None:
                 s.masked_fill_(left_out, 0)
         _transpose_group(s, group, terms, weights, lmap, x, transposed)
