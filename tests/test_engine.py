@@ -211,8 +211,8 @@ def test_report_lists_every_op_with_module_rule_and_relevance():
     model = calibrate(TinyResNet(), x)
     report = relprop.LRP(model, "epsilon_gamma_box").report(x)
     ops = [(row.op, row.module, row.rule) for row in report]
-    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "stem.1", "ZBox") in ops
-    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "layer1.bn1", "Gamma") in ops
+    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "stem.0 + stem.1", "ZBox") in ops
+    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "layer1.conv1 + layer1.bn1", "Gamma") in ops
     assert ("torch.nn.functional.linear", "fc", "Epsilon") in ops
     assert any(op in ("torch.Tensor.__iadd__", "torch.Tensor.add_") and module == "layer2" for op, module, _ in ops)
     top = [row for row in report if row.op == "torch.nn.functional.linear"][0]

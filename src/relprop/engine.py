@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -80,6 +80,27 @@ class Tap(torch.autograd.Function):
         return g, None, None
 
 
+class Recorded:
+    """Relevance at one module call's output, summed over every tensor it is watched on (value * g)."""
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+        self.relevance: torch.Tensor | None = None
+
+    def watch(self, tensor: torch.Tensor):
+        value = tensor.detach().clone()
+        self.value = value
+
+        def capture(g):
+            if g is not None:
+                self.relevance = value * g if self.relevance is None else self.relevance + value * g
+
+        tensor.register_hook(capture)
+
+    def result(self) -> torch.Tensor:
+        return self.relevance if self.relevance is not None else torch.zeros_like(self.value)
+
+
 @dataclass
 class Producer:
     """A linear-like op's call, kept on its output so a batch norm reading that output can merge into it."""
@@ -92,6 +113,7 @@ class Producer:
     bias: torch.Tensor | None
     direct: bool
     row: Row | None = None
+    recorded: list = field(default_factory=list)  # records of the op's module, moved to a merged layer's output
 
 
 _LINEAR_ARGS = {
@@ -237,13 +259,12 @@ class Session:
             tensor = output if isinstance(output, torch.Tensor) else next(
                 (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None)
             if tensor is not None and tensor.requires_grad:
-                holder = {"value": tensor.detach().clone(), "g": None}
-
-                def capture(g, holder=holder):
-                    holder["g"] = g if holder["g"] is None else holder["g"] + g
-
-                tensor.register_hook(capture)
-                self.recorded.setdefault(name, []).append(holder)
+                recorded = Recorded()
+                recorded.watch(tensor)
+                self.recorded.setdefault(name, []).append(recorded)
+                producer = getattr(tensor, "_relprop_producer", None)
+                if producer is not None:  # a batch norm merged into this op later records the merged output
+                    producer.recorded.append(recorded)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     def _where(self) -> tuple[torch.nn.Module | None, str]:
@@ -588,10 +609,17 @@ class Session:
         if bias is not None:
             shift = shift + bias
         if producer.row is not None and self.rows is not None:
-            # The op lives on inside the merged layer, reported once under the batch norm.
+            # The op lives on inside the merged layer, reported once under both modules' names.
             self.rows[:] = [row for row in self.rows if row is not producer.row]
         out, _ = self._apply_rule(func, producer.site.op, (), {}, producer.rule, producer.linear_map, producer.site,
                                   producer.x, producer.weight, producer.bias, output=value, merge=(scale, shift))
+        if self.rows:
+            _, bn_name = self._where()
+            if producer.site.name and producer.site.name != bn_name:
+                self.rows[-1].module = f"{producer.site.name} + {bn_name}"
+        for recorded in producer.recorded:
+            # The op's own output no longer carries relevance: the merged layer's output stands for it.
+            recorded.watch(out)
         return out
 
     def _op_layer_norm(self, func, name, args, kwargs):
