@@ -124,3 +124,27 @@ def test_canonizer_specs():
     assert [type(c) for c in canonizers.resolve([canonizers.MergeBatchNorm()])] == [canonizers.MergeBatchNorm]
     with pytest.raises(ValueError, match="unknown canonizer 'merge'"):
         canonizers.resolve(["merge"])
+
+
+def test_recording_a_convolution_whose_batch_norm_was_merged_gives_the_merged_layers_relevance():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = with_biases(torchvision.models.resnet18(num_classes=5)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    names = ["conv1", "bn1", "layer4.1.conv2", "layer4.1.bn2"]
+    layers = relprop.explain(model, x, record=names).layers
+    for conv, bn in (("conv1", "bn1"), ("layer4.1.conv2", "layer4.1.bn2")):
+        assert layers[bn].abs().sum() > 0
+        torch.testing.assert_close(layers[conv], layers[bn])  # one merged layer: its output relevance
+    separate = relprop.explain(model, x, record=["conv1", "bn1"], canonizers=None).layers
+    assert separate["conv1"].abs().sum() > 0
+    assert not torch.equal(separate["conv1"], separate["bn1"])
+
+
+def test_report_names_both_modules_of_a_merged_layer():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = with_biases(torchvision.models.resnet18(num_classes=5)).eval()
+    rows = relprop.LRP(model).report(torch.randn(1, 3, 32, 32))
+    merged = {row.module for row in rows if row.op.endswith("(merged)")}
+    assert {"conv1 + bn1", "layer4.1.conv2 + layer4.1.bn2", "layer1.0.conv1 + layer1.0.bn1"} <= merged

@@ -152,9 +152,11 @@ def test_unknown_op_warns_once_naming_op_and_module():
         lrp = relprop.LRP(model, "epsilon")
         lrp(x, target=0)
         lrp(x, target=0)
-    messages = [str(w.message) for w in caught if issubclass(w.category, relprop.UnsupportedOpWarning)]
-    assert len(messages) == 1
-    assert "torch.erfinv" in messages[0] and "'1' (ManualPow)" in messages[0] and "strict=True" in messages[0]
+    found = [w for w in caught if issubclass(w.category, relprop.UnsupportedOpWarning)]
+    assert len(found) == 1
+    message = str(found[0].message)
+    assert "torch.erfinv" in message and "'1' (ManualPow)" in message and "strict=True" in message
+    assert found[0].filename == __file__  # the line of the model that ran the op, not relprop's code
 
 
 def test_strict_mode_raises_and_leaves_no_hook_behind():
@@ -211,8 +213,8 @@ def test_report_lists_every_op_with_module_rule_and_relevance():
     model = calibrate(TinyResNet(), x)
     report = relprop.LRP(model, "epsilon_gamma_box").report(x)
     ops = [(row.op, row.module, row.rule) for row in report]
-    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "stem.1", "ZBox") in ops
-    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "layer1.bn1", "Gamma") in ops
+    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "stem.0 + stem.1", "ZBox") in ops
+    assert ("torch.nn.functional.conv2d + batch_norm (merged)", "layer1.conv1 + layer1.bn1", "Gamma") in ops
     assert ("torch.nn.functional.linear", "fc", "Epsilon") in ops
     assert any(op in ("torch.Tensor.__iadd__", "torch.Tensor.add_") and module == "layer2" for op, module, _ in ops)
     top = [row for row in report if row.op == "torch.nn.functional.linear"][0]

@@ -8,8 +8,10 @@ module it belongs to. The backward pass then carries g with relevance = tensor *
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from . import rules
 from .canonizers import MergeBatchNorm
 from .composites import Composite, Site
-from .ops import attention, elementwise, kept as kept_output, linear, norms, products
+from .ops import attention, custom, elementwise, kept as kept_output, linear, norms, products
 from .ops.table import FAMILIES, QUIET, is_inplace
 
 
@@ -80,6 +82,27 @@ class Tap(torch.autograd.Function):
         return g, None, None
 
 
+class Recorded:
+    """Relevance at one module call's output, summed over every tensor it is watched on (value * g)."""
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+        self.relevance: torch.Tensor | None = None
+
+    def watch(self, tensor: torch.Tensor):
+        value = tensor.detach().clone()
+        self.value = value
+
+        def capture(g):
+            if g is not None:
+                self.relevance = value * g if self.relevance is None else self.relevance + value * g
+
+        tensor.register_hook(capture)
+
+    def result(self) -> torch.Tensor:
+        return self.relevance if self.relevance is not None else torch.zeros_like(self.value)
+
+
 @dataclass
 class Producer:
     """A linear-like op's call, kept on its output so a batch norm reading that output can merge into it."""
@@ -92,6 +115,7 @@ class Producer:
     bias: torch.Tensor | None
     direct: bool
     row: Row | None = None
+    recorded: list = field(default_factory=list)  # records of the op's module, moved to a merged layer's output
 
 
 _LINEAR_ARGS = {
@@ -168,6 +192,8 @@ class Session:
         self.suspended_input = None
         self.suspended_grad = True
         self.busy = False  # the session's own tensor work in a module hook: not the model's ops, not intercepted
+        self.seen_without_grad: dict = {}  # (grad_fn, output_nr) -> flow tensor read with grad off (a custom forward)
+        self.adopted: dict = {}  # (grad_fn, output_nr) of a custom Function's output -> the tensor standing for it
 
     # ---- running a model -------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor):
@@ -186,14 +212,17 @@ class Session:
                     output = self.model(self.input_leaf)
                 else:
                     output = self.forward(self.model, self.input_leaf)
+            output = self._adopt_all(output)
         finally:
             for handle in handles:
                 handle.remove()
             self.stack.clear()
             self.suspended = self.suspended_input = None
+            self.seen_without_grad.clear()
         return output
 
     def _enter(self, module, args):
+        adopted = self._adopt_all(args) if self.suspended is None else args
         self.stack.append(module)
         if (self.suspended is None and args and self.active(args[0])
                 and elementwise.is_elementwise_module(module, self.elementwise)):
@@ -201,6 +230,7 @@ class Session:
             # its inner ops need no graph: the whole module gets one op in it ("run" restores grad mode on errors)
             self.suspended_grad = torch.is_grad_enabled()
             torch.set_grad_enabled(self.differentiable)
+        return adopted if adopted is not args else None
 
     def _leave(self, module, args, output):
         self.busy = True  # hooks run with the interceptor on (unlike handle(), which torch runs with it off)
@@ -210,6 +240,8 @@ class Session:
             self.busy = False
 
     def _finish(self, module, output):
+        if self.suspended is None:
+            output = self._adopt_all(output)
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         if self.suspended is module:
@@ -238,13 +270,12 @@ class Session:
             tensor = output if isinstance(output, torch.Tensor) else next(
                 (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None)
             if tensor is not None and tensor.requires_grad:
-                holder = {"value": tensor.detach().clone(), "g": None}
-
-                def capture(g, holder=holder):
-                    holder["g"] = g if holder["g"] is None else holder["g"] + g
-
-                tensor.register_hook(capture)
-                self.recorded.setdefault(name, []).append(holder)
+                recorded = Recorded()
+                recorded.watch(tensor)
+                self.recorded.setdefault(name, []).append(recorded)
+                producer = getattr(tensor, "_relprop_producer", None)
+                if producer is not None:  # a batch norm merged into this op later records the merged output
+                    producer.recorded.append(recorded)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     def _where(self) -> tuple[torch.nn.Module | None, str]:
@@ -304,6 +335,64 @@ class Session:
 
                 tensor.register_hook(add)
 
+    # ---- custom autograd Functions (torch runs them past the interceptor; see ops/custom.py) -------------------
+    def _adopt_all(self, value):
+        """value with every custom Function output on the data flow replaced by the tensor that stands for it."""
+        if isinstance(value, torch.Tensor):
+            if value.requires_grad and not self.active(value) and custom.function_of(value) is not None:
+                return self._adopt(value)
+            return value
+        if isinstance(value, (tuple, list)):
+            adopted = [self._adopt_all(item) for item in value]
+            if any(new is not old for new, old in zip(adopted, value)):
+                return tuple(adopted) if type(value) is tuple else type(value)(adopted)
+        elif isinstance(value, dict) and value:
+            adopted = {key: self._adopt_all(item) for key, item in value.items()}
+            if any(adopted[key] is not item for key, item in value.items()):
+                return adopted
+        return value
+
+    def _flow_tensor(self, node, output_nr):
+        if isinstance(node, _ACCUMULATE_GRAD):
+            return node.variable if self.active(node.variable) else None
+        return self.seen_without_grad.get((node, output_nr))
+
+    def _adopt(self, tensor):
+        key = (tensor.grad_fn, tensor.output_nr)
+        if key in self.adopted:
+            return self.adopted[key]
+        node, function = tensor.grad_fn, custom.function_of(tensor)
+        if not custom.reaches(node, lambda n, nr: self._flow_tensor(n, nr) is not None or (
+                isinstance(n, _ACCUMULATE_GRAD) and n.variable is self.direct_leaf)):
+            self.adopted[key] = tensor  # computed from parameters or constants only: no relevance to carry
+            return tensor
+        busy, self.busy = self.busy, True  # pre-hooks run with the interceptor on: the work below is not the model's
+        try:
+            inputs = [(position, self._flow_tensor(*item)) for position, item in enumerate(node.next_functions)
+                      if item[0] is not None]
+            inputs = [(position, found) for position, found in inputs if found is not None]
+            name, rule = custom.name_of(function), custom.rule_for(function)
+            if rule is None:
+                self.unsupported(name, f"no relevance rule is registered for it; register one with "
+                                       f"relprop.register_function({function.__name__}, \"pass\" | \"gradient\" | "
+                                       "surrogate)")
+                rule, label = "gradient", "Gradient (unsupported)"
+            else:
+                label = ("Surrogate gradient" if callable(rule) else rule.capitalize()) + " (registered)"
+            row = self._row(name, label)
+            if rule == "gradient":
+                out = tensor
+                if row is not None:
+                    node.register_hook(_relevance_into(row, inputs))
+            else:
+                out = custom.apply_rule(rule, tensor, [self._tap(found, row) for _, found in inputs])
+            self._mark(out)
+            self._watch(out, row)
+        finally:
+            self.busy = busy
+        self.adopted[key] = out
+        return out
+
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, func, args, kwargs):
         # inside an element-wise module its output is ruled as a whole; a busy session is doing its own work
@@ -312,9 +401,14 @@ class Session:
         name, family = classify(func)
         if family == "quiet":
             return func(*args, **kwargs)
+        args = self._adopt_all(args)
+        kwargs = self._adopt_all(kwargs)
         active = self.flow.touched(args, kwargs)
         if not active:
             return func(*args, **kwargs)
+        if not torch.is_grad_enabled():  # inside a custom Function's forward, say: its inputs may be asked for
+            for tensor in active:
+                self.seen_without_grad[(tensor.grad_fn, tensor.output_nr)] = tensor
         handler = getattr(self, "_op_" + family) if family is not None else self._op_unknown
         short = name.rsplit(".", 1)[-1]
         for tensor in active:
@@ -416,17 +510,14 @@ class Session:
     def unsupported(self, name: str, why: str):
         module, module_name = self._where()
         where = f"in module '{module_name}' ({type(module).__name__})" if module is not None else "outside any module"
-        message = (f"relprop: {name} {where}: {why}; its plain gradient is used, which may not conserve relevance. "
-                   "Rewrite it with supported ops, or pass strict=True to make this an error.")
         if self.strict:
-            raise UnsupportedOperation(message.replace("; its plain gradient is used, which may not conserve "
-                                                       "relevance. Rewrite it with supported ops, or pass "
-                                                       "strict=True to make this an error.",
-                                                       ". Rewrite it with supported ops, or use strict=False to "
-                                                       "fall back to its plain gradient with a warning."))
+            raise UnsupportedOperation(f"relprop: {name} {where}: {why}. Rewrite it with supported ops, or use "
+                                       "strict=False to fall back to its plain gradient with a warning.")
         if name not in self.warned:
             self.warned.add(name)
-            warnings.warn(message, UnsupportedOpWarning, stacklevel=2)
+            warnings.warn(f"relprop: {name} {where}: {why}; its plain gradient is used, which may not conserve "
+                          "relevance. Rewrite it with supported ops, or pass strict=True to make this an error.",
+                          UnsupportedOpWarning, stacklevel=_caller_level())
 
     # ---- element-wise ----------------------------------------------------------------------------------------
     def _op_activation(self, func, name, args, kwargs):
@@ -591,10 +682,17 @@ class Session:
         if bias is not None:
             shift = shift + bias
         if producer.row is not None and self.rows is not None:
-            # The op lives on inside the merged layer, reported once under the batch norm.
+            # The op lives on inside the merged layer, reported once under both modules' names.
             self.rows[:] = [row for row in self.rows if row is not producer.row]
         out, _ = self._apply_rule(func, producer.site.op, (), {}, producer.rule, producer.linear_map, producer.site,
                                   producer.x, producer.weight, producer.bias, output=value, merge=(scale, shift))
+        if self.rows:
+            _, bn_name = self._where()
+            if producer.site.name and producer.site.name != bn_name:
+                self.rows[-1].module = f"{producer.site.name} + {bn_name}"
+        for recorded in producer.recorded:
+            # The op's own output no longer carries relevance: the merged layer's output stands for it.
+            recorded.watch(out)
         return out
 
     def _op_layer_norm(self, func, name, args, kwargs):
@@ -629,6 +727,21 @@ class Session:
         return out
 
 
+_ACCUMULATE_GRAD = type(torch.ones(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])
+
+
+def _relevance_into(row, inputs):
+    """A node hook adding the relevance reaching the inputs of a custom Function (kept as it is) to its row."""
+
+    def hook(grad_inputs, grad_outputs):
+        for position, tensor in inputs:
+            if grad_inputs[position] is not None:
+                row.relevance_in += float((tensor.detach() * grad_inputs[position]).sum())
+        row.backward_seen = True
+
+    return hook
+
+
 _GATES = {"sigmoid", "hardsigmoid"}
 _MAKES_NONNEGATIVE = {"relu", "relu_", "abs"}
 _KEEPS_SIGN = {"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
@@ -637,6 +750,16 @@ _KEEPS_SIGN = {"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", 
                "contiguous", "clone", "__getitem__", "permute", "transpose", "squeeze", "unsqueeze", "mean", "sum",
                "__add__", "add", "add_", "__iadd__", "__radd__", "max", "amax"}
 _SIGNATURES: dict = {}
+_INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (__file__, torch.__file__))
+
+
+def _caller_level() -> int:
+    """stacklevel for warnings.warn in the caller of this function that points at the first frame outside relprop
+    and torch: the line of the model (or the user's call) that ran the op."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _signature(func):

@@ -104,8 +104,8 @@ class LRP:
         explained = relevance_out.reshape(len(relevance), -1).sum(1)
         delta = explained - relevance.detach().reshape(len(relevance), -1).sum(1)
         layers = {}
-        for name, holders in session.recorded.items():
-            values = [h["value"] * h["g"] if h["g"] is not None else torch.zeros_like(h["value"]) for h in holders]
+        for name, records in session.recorded.items():
+            values = [record.result() for record in records]
             layers[name] = values[0] if len(values) == 1 else values
         gradient = torch.zeros_like(session.input_leaf) if grads[0] is None else grads[0]
         if grads[1] is not None:
