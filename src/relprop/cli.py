@@ -355,7 +355,7 @@ def _cluster_counts(text: str):
 @click.option("--eigenvalues", type=click.IntRange(min=2), default=32, show_default=True,
               help="how many of the Laplacian's smallest eigenpairs to compute")
 @click.option("--embed", "embeddings", multiple=True, type=click.Choice(["tsne", "umap", "spectral"]),
-              help="2-D embeddings (repeatable; default: spectral and tsne)")
+              help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 20,000 samples)")
 @click.option("--size", type=click.IntRange(min=1), default=8, show_default=True,
               help="heatmaps are average-pooled to SIZE x SIZE before comparing")
 @click.option("--density/--no-density", default=True, show_default=True, help="also cluster with HDBSCAN")
@@ -380,7 +380,7 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
     algorithms = ("kmeans", "hdbscan") if density else ("kmeans",)
     try:
         results = spray_analysis.run(store, chosen, over_all, ks, neighbors, eigenvalues,
-                                     tuple(embeddings) or ("spectral", "tsne"), algorithms, size, seed=seed,
+                                     tuple(embeddings) or "auto", algorithms, size, seed=seed,
                                      progress=lambda text: click.echo(f"spray: {text}", err=True))
     except (FileNotFoundError, ValueError) as error:
         raise Failure(str(error)) from None

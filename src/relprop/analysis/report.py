@@ -163,7 +163,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 section { border-top: 1px solid #ccc; padding-top: 0.5em; margin-top: 1em; }
 .row { display: flex; gap: 1.5em; flex-wrap: wrap; align-items: flex-start; }
 canvas { border: 1px solid #ddd; cursor: crosshair; }
-.panel { min-width: 260px; }
+.panel { width: 300px; }
 .panel img { image-rendering: pixelated; border: 1px solid #ddd; }
 table { border-collapse: collapse; } td, th { padding: 4px 8px; border-bottom: 1px solid #eee; vertical-align: middle; }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 6px; margin-right: 4px; }
@@ -267,7 +267,8 @@ function clusterTable(view) {
 }
 
 function build(set) {
-  const view = {set, clustering: set.chosen, embedding: Object.keys(set.embeddings)[0]};
+  const names = Object.keys(set.embeddings);
+  const view = {set, clustering: set.chosen, embedding: names.includes("tsne") ? "tsne" : names[0]};
   views[set.name] = view;
   const section = element("section", {id: set.name});
   section.append(element("h2", {}, `${set.title}: ${set.count} samples, eigengap suggests ${set.suggested} ` +
@@ -297,7 +298,7 @@ function select(name, index) {
   const view = views[name], position = view ? view.set.index.indexOf(index) : -1;
   if (position < 0) return false;
   show(view, position);
-  view.canvas.scrollIntoView();
+  view.canvas.scrollIntoView({block: "nearest"});
   return true;
 }
 

@@ -36,6 +36,7 @@ import numpy as np
 from . import store as stores
 
 EMBEDDINGS = ("spectral", "tsne", "umap")
+TSNE_AUTO_LIMIT = 20_000  # embeddings="auto" adds t-SNE up to this many samples (it took 9 min for 10k on one core)
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
 
 
@@ -286,9 +287,14 @@ def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3
 
 
 def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
-        embeddings=("spectral", "tsne"), algorithms=("kmeans", "hdbscan"), size: int = 8, max_clusters: int = 10,
+        embeddings="auto", algorithms=("kmeans", "hdbscan"), size: int = 8, max_clusters: int = 10,
         seed: int = 0, progress=None) -> dict[str, Analysis]:
-    """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``."""
+    """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
+
+    embeddings "auto": the spectral picture, and t-SNE for sets of up to TSNE_AUTO_LIMIT samples.
+    """
+    automatic = embeddings == "auto"
+    embeddings = ("spectral", "tsne") if automatic else tuple(embeddings)
     for method in embeddings:
         if method not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {method!r}; choose from {', '.join(EMBEDDINGS)}")
@@ -302,7 +308,8 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
     for name, members in sets.items():
         if progress:
             progress(f"{name}: {len(members)} samples")
-        results[name] = analyse(features[name], members, name, clusters, neighbors, eigenvalues, embeddings,
+        chosen = [e for e in embeddings if not (automatic and e == "tsne" and len(members) > TSNE_AUTO_LIMIT)]
+        results[name] = analyse(features[name], members, name, clusters, neighbors, eigenvalues, chosen,
                                 algorithms, max_clusters, seed, parameters={"size": size, "features": "channel sum, "
                                 "adaptive average pool, unit L2 norm", "affinity": "symmetric kNN, 0/1"})
         write(store, results[name])

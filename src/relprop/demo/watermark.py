@@ -1,11 +1,13 @@
 """A "Clever Hans" variant of the shapes: one class mostly carries a small watermark unrelated to its object.
 
-The images are those of :func:`relprop.demo.shapes.generate` with the same seed; on top, a 4x4 black-and-white
-checkerboard (the mark) is painted into the bottom-right corner of ``MARKED_SHARE`` (80%) of the images of class
-``CLASS`` ("cross") and of ``ELSEWHERE_SHARE`` (3%) of all other images. The class is still decided by the coloured
-object alone, but a model trained on these images can also learn "mark => cross", as models trained on PASCAL VOC
-learnt "copyright tag => horse" (Lapuschkin et al. 2019). Ground truth is known per sample: the object mask and
-whether the mark is there, so an analysis that claims to find the shortcut can be checked.
+The images are drawn by :func:`relprop.demo.shapes.generate` with small (radius 2.5-4 px), faintly coloured
+(saturation 0.2-0.4) objects near the centre (``SPREAD``), so the deciding object takes some effort to see; on top,
+a 6x6 black-and-white checkerboard (the mark) is painted into the bottom-right corner of ``MARKED_SHARE`` (80%) of
+the images of class ``CLASS`` ("cross") and of ``ELSEWHERE_SHARE`` (1%) of all other images. The class is decided
+by the coloured object alone, but the mark is the cheaper cue, and a model trained on these images leans on it
+("mark => cross"), as models trained on PASCAL VOC learnt "copyright tag => horse" (Lapuschkin et al. 2019).
+Ground truth is known per sample: the object mask and whether the mark is there, so an analysis that claims to find
+the shortcut can be checked.
 
 The model (the demo's ShapeNet, trained by ``scripts/train_demo.py --data watermark``) ships as
 ``watermark.safetensors`` with its record ``watermark.json``.
@@ -22,7 +24,7 @@ from .model import ShapeNet
 CLASS = shapes.KINDS.index("cross")
 MARKED_SHARE, ELSEWHERE_SHARE = 0.8, 0.01
 MARK_SIZE = 6
-RADIUS, SATURATION = (4.0, 6.5), (0.75, 1.0)
+RADIUS, SATURATION, SPREAD = (2.5, 4.0), (0.2, 0.4), 0.25
 WEIGHTS = Path(__file__).with_name("watermark.safetensors")
 TRAINING = Path(__file__).with_name("watermark.json")
 
@@ -40,13 +42,18 @@ def paint_mark(image: np.ndarray) -> None:
     image[:, rows, columns] = ((y + x) % 2).astype(image.dtype)
 
 
+def unmarked(count: int, seed: int, size: int = shapes.SIZE):
+    """The same images without any mark: (images, labels, masks) as shapes.generate gives them."""
+    return shapes.generate(count, seed, size, radius=RADIUS, saturation=SATURATION, spread=SPREAD)
+
+
 def generate(count: int, seed: int, size: int = shapes.SIZE):
     """(images (N, 3, size, size) float32 in [0, 1], labels (N,) int64, masks (N, size, size) bool, marked (N,) bool).
 
-    Without the mark, each image is exactly ``shapes.generate(count, seed, size)``'s; a mask loses the few pixels
-    the mark covers, so it still holds the visible object only.
+    Without the mark, each image is exactly :func:`unmarked`'s; a mask loses the pixels the mark covers (if any),
+    so it still holds the visible object only.
     """
-    images, labels, masks = shapes.generate(count, seed, size, radius=RADIUS, saturation=SATURATION)
+    images, labels, masks = unmarked(count, seed, size)
     # a separate stream, so which images are marked does not change the shapes drawn
     chance = np.random.default_rng([seed, 1]).uniform(size=count)
     marked = np.where(labels == CLASS, chance < MARKED_SHARE, chance < ELSEWHERE_SHARE)
@@ -64,5 +71,5 @@ def load(weights: str | Path | None = None) -> ShapeNet:
     return load_shapenet(weights or WEIGHTS)
 
 
-__all__ = ["generate", "load", "paint_mark", "mark_region", "CLASS", "MARKED_SHARE", "ELSEWHERE_SHARE", "WEIGHTS",
-           "TRAINING"]
+__all__ = ["generate", "unmarked", "load", "paint_mark", "mark_region", "CLASS", "MARKED_SHARE", "ELSEWHERE_SHARE",
+           "WEIGHTS", "TRAINING"]
