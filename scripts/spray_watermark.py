@@ -41,7 +41,7 @@ def main():
     write_store(store, relevance.numpy(), labels[chosen], output.numpy(), chunk=64,
                 preview=np.round(images[chosen] * 255).astype(np.uint8), class_names=list(KINDS),
                 extra={"watermark": marked[chosen], "mask": masks[chosen]}, model="demo-watermark")
-    result = spray.run(store, clusters=range(2, 5), size=4, algorithms=("kmeans", "hdbscan"))
+    result = spray.run(store, clusters=range(2, 5), size=3, power=0.5, algorithms=("kmeans", "hdbscan"))
     analysis = result[f"class-{watermark.CLASS}"]
     truth = marked[chosen]
     for name, clusters in analysis.clusters.items():

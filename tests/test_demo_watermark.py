@@ -93,7 +93,7 @@ def watermark_store(tmp_path_factory):
 
 def test_spray_puts_the_watermarked_samples_in_their_own_cluster(watermark_store):
     store, marked = watermark_store
-    result = spray.run(store, classes=[watermark.CLASS], clusters=[2], size=4, embeddings=("spectral",),
+    result = spray.run(store, classes=[watermark.CLASS], clusters=[2], size=3, power=0.5, embeddings=("spectral",),
                        algorithms=("kmeans",))[f"class-{watermark.CLASS}"]
     clusters = result.clusters["kmeans-2"]
     assert np.array_equal(result.index, np.arange(len(marked)))

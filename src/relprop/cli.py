@@ -358,14 +358,16 @@ def _cluster_counts(text: str):
               help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 20,000 samples)")
 @click.option("--size", type=click.IntRange(min=1), default=8, show_default=True,
               help="heatmaps are average-pooled to SIZE x SIZE before comparing")
+@click.option("--power", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="pooled relevance is raised to POWER, signs kept (0.5 lets weaker, spread-out relevance count)")
 @click.option("--density/--no-density", default=True, show_default=True, help="also cluster with HDBSCAN")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
               help="folder for the HTML report (index.html)")
 @click.option("--max-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="samples per class the report shows with pictures")
 @click.option("--seed", type=int, default=0, show_default=True)
-def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings, size, density, out, max_samples,
-          seed):
+def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings, size, power, density, out,
+          max_samples, seed):
     """Spectral Relevance Analysis of a store: clusters of similar heatmaps (the model's strategies) per class."""
     import numpy as np
 
@@ -380,7 +382,7 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
     algorithms = ("kmeans", "hdbscan") if density else ("kmeans",)
     try:
         results = spray_analysis.run(store, chosen, over_all, ks, neighbors, eigenvalues,
-                                     tuple(embeddings) or "auto", algorithms, size, seed=seed,
+                                     tuple(embeddings) or "auto", algorithms, size, power, seed=seed,
                                      progress=lambda text: click.echo(f"spray: {text}", err=True))
     except (FileNotFoundError, ValueError) as error:
         raise Failure(str(error)) from None

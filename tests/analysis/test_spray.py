@@ -26,13 +26,16 @@ def dense_affinity(points, k):
     return np.maximum(adjacency, adjacency.T)
 
 
-def test_pooling_sums_channels_averages_blocks_and_scales_to_unit_length():
+def test_pooling_sums_channels_averages_blocks_takes_signed_powers_and_scales_to_unit_length():
     heatmaps = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
     expected = heatmaps.sum(1).reshape(3, 4, 2, 4, 2).mean((2, 4)).reshape(3, -1)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(spray.pool(heatmaps, 4), expected, rtol=1e-5, atol=1e-6)
     assert spray.pool(heatmaps[:, 0], 16).shape == (3, 64)  # smaller than size: kept as is
     assert np.all(spray.pool(np.zeros((2, 4, 4)), 2) == 0)  # an empty heatmap stays zero, no NaN
+    rooted = np.sign(expected) * np.sqrt(np.abs(expected))
+    rooted /= np.linalg.norm(rooted, axis=1, keepdims=True)
+    np.testing.assert_allclose(spray.pool(heatmaps, 4, power=0.5), rooted, rtol=1e-5, atol=1e-6)
 
 
 def test_knn_graph_equals_brute_force_neighbours_made_symmetric():

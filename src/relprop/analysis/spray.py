@@ -3,8 +3,11 @@
 For each analysed set S of n heatmaps (one class, or all samples):
 
 1. **Features.** Each heatmap is summed over channels, average-pooled to ``size`` x ``size`` cells
-   (``F.adaptive_avg_pool2d``; inputs smaller than ``size`` keep their size) and scaled to unit L2 norm, so two
-   samples compare by where relevance lies, not by how much there is. Read from the store chunk by chunk.
+   (``F.adaptive_avg_pool2d``; inputs smaller than ``size`` keep their size), raised to ``power`` keeping signs
+   (sign(v) |v|^power: 0.5 lets a mark with a third of the relevance count beside a peak on the object, where
+   1 lets the peak decide distances) and scaled to unit L2 norm, so two samples compare by where relevance lies,
+   not by how much there is. Read from the store chunk by chunk. An odd ``size`` puts a centred object inside
+   one cell instead of across four.
 2. **Affinity.** A symmetric k-nearest-neighbour graph: a_ij = 1 when j is among the ``neighbors`` nearest
    (Euclidean) features of i or i among those of j, else 0. Sparse: n * neighbors entries at most per direction.
 3. **Laplacian.** L = I - D^{-1/2} A D^{-1/2} with d_i = sum_j a_ij (every node has neighbours, so d_i > 0).
@@ -41,7 +44,7 @@ ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
 
 
 # ---- the steps, each on plain arrays ------------------------------------------------------------------------------
-def pool(relevance: np.ndarray, size: int) -> np.ndarray:
+def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
     """(n, features) float32: heatmaps (n, C, H, W), (n, H, W) or vectors (n, D) reduced as step 1 says."""
     import torch
 
@@ -54,6 +57,8 @@ def pool(relevance: np.ndarray, size: int) -> np.ndarray:
     elif values.ndim != 2:
         raise ValueError(f"SpRAy pools heatmaps (n, C, H, W), (n, H, W) or vectors (n, D); got {tuple(values.shape)}")
     flat = values.reshape(len(values), -1)
+    if power != 1.0:
+        flat = flat.sign() * flat.abs() ** power
     norm = flat.norm(dim=1, keepdim=True)
     return (flat / torch.where(norm > 0, norm, torch.ones_like(norm))).numpy()
 
@@ -249,12 +254,12 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
 
 
 # ---- over a store --------------------------------------------------------------------------------------------------
-def store_features(root, sets: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def store_features(root, sets: dict[str, np.ndarray], size: int, power: float = 1.0) -> dict[str, np.ndarray]:
     """Pooled features per set, reading relevance one stored chunk at a time (never all heatmaps at once)."""
     wanted = np.unique(np.concatenate(list(sets.values()))) if sets else np.empty(0, np.int64)
     pooled = None
     for positions, block in stores.read_chunks(root["relevance"], wanted, stores.chunk_size(root)):
-        features = pool(block, size)
+        features = pool(block, size, power)
         if pooled is None:
             pooled = np.empty((len(wanted), features.shape[1]), dtype=np.float32)
         pooled[positions] = features
@@ -287,8 +292,8 @@ def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3
 
 
 def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
-        embeddings="auto", algorithms=("kmeans", "hdbscan"), size: int = 8, max_clusters: int = 10,
-        seed: int = 0, progress=None) -> dict[str, Analysis]:
+        embeddings="auto", algorithms=("kmeans", "hdbscan"), size: int = 8, power: float = 1.0,
+        max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
     """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
 
     embeddings "auto": the spectral picture, and t-SNE for sets of up to TSNE_AUTO_LIMIT samples.
@@ -303,15 +308,18 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
             raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
     root = stores.open_store(store, mode="r+")
     sets = select_sets(root, classes, over_all)
-    features = store_features(root, sets, size)
+    if power <= 0:
+        raise ValueError(f"power must be positive (1: relevance as it is, 0.5: square roots), got {power}")
+    features = store_features(root, sets, size, power)
     results = {}
     for name, members in sets.items():
         if progress:
             progress(f"{name}: {len(members)} samples")
         chosen = [e for e in embeddings if not (automatic and e == "tsne" and len(members) > TSNE_AUTO_LIMIT)]
         results[name] = analyse(features[name], members, name, clusters, neighbors, eigenvalues, chosen,
-                                algorithms, max_clusters, seed, parameters={"size": size, "features": "channel sum, "
-                                "adaptive average pool, unit L2 norm", "affinity": "symmetric kNN, 0/1"})
+                                algorithms, max_clusters, seed, parameters={"size": size, "power": power, "features":
+                                "channel sum, adaptive average pool, signed power, unit L2 norm",
+                                "affinity": "symmetric kNN, 0/1"})
         write(store, results[name])
     return results
 
