@@ -5,7 +5,13 @@ each is a 32x32 map (keep=channels) of noise plus one of three strategies, a blo
 (60%, 30% and 10% of the samples), moved by up to 3 pixels (uniformly, continuous). Each N is analysed in a fresh process (peak RSS is
 that process's ru_maxrss minus what it held after imports) with the CLI's defaults: 10 neighbours, 32 eigenvalues,
 8x8 pooling, k-means for k = 2..5, the spectral picture; t-SNE is timed separately since it dominates.
+
+With --corelay PYTHON (an environment with CoRelAy, e.g. `python3.11 -m venv .venv-corelay &&
+.venv-corelay/bin/pip install corelay`), CoRelAy's SpectralClustering pipeline with its defaults (SciPyPDist,
+SparseKNN(10), SymmetricNormalLaplacian, EigenDecomposition(32)) and KMeans(3) (marked as its output) runs on the same pooled features
+as relprop's analysis alone (features -> k-means, k = 3), both in fresh processes, at --corelay-sizes.
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_spray.py [--sizes 10000,30000,100000]
+        [--corelay .venv-corelay/bin/python --corelay-sizes 10000,20000]
 """
 from __future__ import annotations
 
@@ -63,18 +69,90 @@ def measure(store: str, embeddings: list[str]) -> dict:
             "ari_kmeans_3": round(float(adjusted_rand_score(truth, result.clusters["kmeans-3"])), 4)}
 
 
+CORELAY = """
+import json, resource, sys, time
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+from corelay.pipeline.spectral import SpectralClustering
+from corelay.processor.clustering import KMeans
+features, truth = np.load(sys.argv[1]), np.load(sys.argv[2])
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+clusters = SpectralClustering(clustering=KMeans(n_clusters=3, is_output=True))(features)[-1]
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+print(json.dumps({"seconds": round(seconds, 1), "peak_mib": round(peak / 1024, 1),
+                  "ari_kmeans_3": round(float(adjusted_rand_score(truth, clusters)), 4)}))
+"""
+
+
+def measure_features(features: str, truth: str) -> dict:
+    """relprop's analysis alone on saved pooled features (the part CoRelAy's pipeline does), in a fresh process."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from relprop.analysis import spray
+
+    values, planted = np.load(features), np.load(truth)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    result = spray.analyse(values, np.arange(len(values)), "all", clusters=[3], embeddings=(), algorithms=("kmeans",))
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+    return {"seconds": round(seconds, 1), "peak_mib": round(peak / 1024, 1),
+            "ari_kmeans_3": round(float(adjusted_rand_score(planted, result.clusters["kmeans-3"])), 4)}
+
+
+def compare_with_corelay(python: str, sizes: list[int], folder: Path) -> list[dict]:
+    from relprop.analysis import spray
+    from relprop.analysis import store as stores
+
+    rows = []
+    for count in sizes:
+        store = folder / f"c{count}.zarr"
+        truth = write_store(store, count)
+        root = stores.open_store(store)
+        features = spray.store_features(root, {"all": np.arange(count)}, 8)["all"]
+        np.save(folder / "features.npy", features)
+        np.save(folder / "truth.npy", truth)
+        files = [str(folder / "features.npy"), str(folder / "truth.npy")]
+        for name, command in (("relprop", [sys.executable, __file__, "--measure-features", *files]),
+                              ("corelay", [python, "-c", CORELAY, *files])):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                row = {"n": count, "pipeline": name, "error": done.stderr.strip().splitlines()[-1]}
+            else:
+                row = {"n": count, "pipeline": name, **json.loads(done.stdout.strip().splitlines()[-1])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--tsne", default="10000", help="sizes at which t-SNE is timed as well")
+    parser.add_argument("--corelay", default=None, help="python of an environment with CoRelAy, to compare with")
+    parser.add_argument("--corelay-sizes", default="10000")
     parser.add_argument("--measure", nargs=2, metavar=("STORE", "EMBEDDINGS"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure-features", nargs=2, metavar=("FEATURES", "TRUTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure[0], [e for e in args.measure[1].split(",") if e])))
         return
+    if args.measure_features:
+        print(json.dumps(measure_features(*args.measure_features)))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for count in [int(n) for n in args.sizes.split(",")]:
+        if args.corelay:
+            compared = compare_with_corelay(args.corelay, [int(n) for n in args.corelay_sizes.split(",")],
+                                            Path(folder))
+            print("\n| N | pipeline (same pooled features, k-means k = 3) | seconds | peak MiB | ARI |")
+            print("|---|---|---|---|---|")
+            for row in compared:
+                print(f"| {row['n']:,} | {row['pipeline']} | {row.get('seconds', '-')} | {row.get('peak_mib', '-')} | "
+                      f"{row.get('ari_kmeans_3', row.get('error'))} |")
+        for count in [int(n) for n in args.sizes.split(",") if n]:
             store = Path(folder) / f"n{count}.zarr"
             np.save(store.parent / "strategy.npy", write_store(store, count))
             os.replace(store.parent / "strategy.npy", store / "strategy.npy")
