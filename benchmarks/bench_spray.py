@@ -2,14 +2,16 @@
 
 The heatmaps are synthetic with planted structure (the store's `relprop run` is not needed to make 100k of them):
 each is a 32x32 map (keep=channels) of noise plus one of three strategies, a blob of relevance at a fixed place
-(60%, 30% and 10% of the samples), moved by up to 3 pixels (uniformly, continuous). Each N is analysed in a fresh process (peak RSS is
-that process's ru_maxrss minus what it held after imports) with the CLI's defaults: 10 neighbours, 32 eigenvalues,
-8x8 pooling, k-means for k = 2..5, the spectral picture; t-SNE is timed separately since it dominates.
+(60%, 30% and 10% of the samples), moved by up to 3 pixels (uniformly, continuous). Each N is analysed in a fresh
+process (peak RSS is that process's ru_maxrss minus what it held after imports) with the command's defaults:
+10 neighbours, 32 eigenvalues, 8x8 pooling, k-means for k = 2..5, the spectral picture; t-SNE is timed
+separately since it dominates.
 
 With --corelay PYTHON (an environment with CoRelAy, e.g. `python3.11 -m venv .venv-corelay &&
 .venv-corelay/bin/pip install corelay`), CoRelAy's SpectralClustering pipeline with its defaults (SciPyPDist,
-SparseKNN(10), SymmetricNormalLaplacian, EigenDecomposition(32)) and KMeans(3) (marked as its output) runs on the same pooled features
-as relprop's analysis alone (features -> k-means, k = 3), both in fresh processes, at --corelay-sizes.
+SparseKNN(10), SymmetricNormalLaplacian, EigenDecomposition(32)) and KMeans(3) (marked as its output) runs on
+the same pooled features as relprop's analysis alone (features -> k-means, k = 3), both in fresh processes, at
+--corelay-sizes.
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_spray.py [--sizes 10000,30000,100000]
         [--corelay .venv-corelay/bin/python --corelay-sizes 10000,20000]
 """

@@ -96,6 +96,7 @@ def test_clicking_a_point_in_headless_chromium_shows_that_sample(analysed):
     assert int(shown.group(1)) == index and int(shown.group(3)) == index and int(shown.group(2)) > 50
     # and the address form: #sample=INDEX opens the page with that sample shown
     page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                           "--virtual-time-budget=3000", "--dump-dom", (out / "index.html").as_uri() + f"#sample={index}"],
+                           "--virtual-time-budget=3000", "--dump-dom",
+                           (out / "index.html").as_uri() + f"#sample={index}"],
                           capture_output=True, text=True, timeout=60).stdout
     assert f'src="samples/{index}.png"' in page and f"sample {index} (demo:{index})" in page

@@ -72,7 +72,7 @@ def test_eigengap_counts_the_eigenvalues_before_the_largest_gap():
     assert spray.eigengap(np.array([0.0, 0.0, 0.01, 0.6, 0.65, 0.7])) == 3
     assert spray.eigengap(np.array([0.0, 0.5, 0.55, 0.6])) == 1
     assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95])) == 4
-    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95]), max_clusters=3) == 2  # the gap after 4 is out of range
+    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95]), max_clusters=3) == 2  # the gap after 4: too far
 
 
 def test_separate_groups_give_zero_eigenvalues_and_kmeans_finds_them():

@@ -94,7 +94,8 @@ def test_virelays_own_loader_opens_the_project(project):
     assert seen["attribution"] == [8, 8, 3] and seen["heatmap"][:2] == [8, 8]
     assert seen["methods"] == ["spray"]
     assert seen["categories"] == [["class-0", "cat"], ["class-1", "dog"]]
-    assert sorted(seen["clusterings"]) == ["kmeans-2", "kmeans-3"] and sorted(seen["embeddings"]) == ["spectral", "tsne"]
+    assert sorted(seen["clusterings"]) == ["kmeans-2", "kmeans-3"]
+    assert sorted(seen["embeddings"]) == ["spectral", "tsne"]
     assert seen["index"] == [i for i in range(28) if data["labels"][i] == 1] and seen["eigenvalues"] == 5
 
 

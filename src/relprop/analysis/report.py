@@ -209,7 +209,8 @@ function draw(view) {
   const xs = points.map(p => p[0]), ys = points.map(p => p[1]);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const pad = 12, w = canvas.width - 2 * pad, h = canvas.height - 2 * pad;
-  view.screen = points.map(p => [pad + w * (p[0] - x0) / ((x1 - x0) || 1), pad + h * (1 - (p[1] - y0) / ((y1 - y0) || 1))]);
+  view.screen = points.map(p => [pad + w * (p[0] - x0) / ((x1 - x0) || 1),
+                                  pad + h * (1 - (p[1] - y0) / ((y1 - y0) || 1))]);
   context.clearRect(0, 0, canvas.width, canvas.height);
   view.screen.forEach(([x, y], i) => {
     context.fillStyle = colour(clusters[i]);
@@ -255,7 +256,8 @@ function clusterTable(view) {
     const mean = set.means[c] ? element("img", {src: set.means[c], height: 64, alt: "mean of cluster " + c}) : "";
     const thumbs = element("div", {class: "thumbs"});
     (set.typical[c] || []).forEach(index => {
-      const image = element("img", {src: "samples/" + index + ".png", alt: "sample " + index, title: "sample " + index});
+      const image = element("img", {src: "samples/" + index + ".png", alt: "sample " + index,
+                                    title: "sample " + index});
       image.onclick = () => select(set.name, index);
       if (IMAGES) thumbs.append(image);
     });

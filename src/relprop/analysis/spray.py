@@ -86,7 +86,8 @@ def normalized_laplacian(affinity):
     from scipy import sparse
 
     scale = _inverse_sqrt_degree(affinity)
-    return (sparse.identity(affinity.shape[0], format="csr") - sparse.diags(scale) @ affinity @ sparse.diags(scale)).tocsr()
+    walk = sparse.diags(scale) @ affinity @ sparse.diags(scale)
+    return (sparse.identity(affinity.shape[0], format="csr") - walk).tocsr()
 
 
 def _inverse_sqrt_degree(affinity) -> np.ndarray:
@@ -157,7 +158,8 @@ def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Cluster labels (n,) int64 by k-means on the spectral rows."""
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(spectral_rows(eigenvectors, k)).astype(np.int64)
+    rows = spectral_rows(eigenvectors, k)
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows).astype(np.int64)
 
 
 def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int) -> np.ndarray:
@@ -303,6 +305,8 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
     for method in embeddings:
         if method not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {method!r}; choose from {', '.join(EMBEDDINGS)}")
+    if not algorithms:
+        raise ValueError(f"no clustering asked for; choose from {', '.join(ALGORITHMS)}")
     for algorithm in algorithms:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
