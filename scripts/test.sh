@@ -13,4 +13,6 @@ scripts/lxt_venv.sh  # the LXT oracle runs there (tests/test_oracle_lxt.py)
 export RELPROP_LXT_PYTHON="$PWD/.venv-lxt/bin/python"
 scripts/explainiverse_venv.sh  # the explainiverse oracle runs there (tests/test_oracle_explainiverse.py)
 export RELPROP_EXPLAINIVERSE_PYTHON="$PWD/.venv-explainiverse/bin/python"
+scripts/virelay_venv.sh  # ViRelAy's loader opens an exported project there (tests/analysis/test_virelay.py)
+export RELPROP_VIRELAY_PYTHON="$PWD/.venv-virelay/bin/python"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

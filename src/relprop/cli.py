@@ -705,5 +705,94 @@ def _print_listing(rows):
         click.echo(textwrap.fill(signature, columns, initial_indent=indent, subsequent_indent=indent + " "))
 
 
+# ---- dataset-wide analysis: SpRAy and the ViRelAy export ----------------------------------------------------------
+def _cluster_counts(text: str):
+    """--clusters: "auto", one k, or a range "2..8"."""
+    if text == "auto":
+        return "auto"
+    low, dots, high = text.partition("..")
+    try:
+        ks = range(int(low), int(high) + 1) if dots else [int(low)]
+    except ValueError:
+        raise Failure(f"--clusters takes auto, a number such as 4, or a range such as 2..8; got {text!r}") from None
+    if not ks or min(ks) < 2:
+        raise Failure(f"--clusters: numbers of clusters start at 2; got {text!r}")
+    return list(ks)
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--classes", default=None, help="comma-separated class indices (default: every class with samples)")
+@click.option("--all", "over_all", is_flag=True, help="analyse all samples together instead of per class")
+@click.option("--clusters", default="auto", show_default=True,
+              help="auto (the eigengap's suggestion), a number, or a range 2..K (k-means for each)")
+@click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True,
+              help="k of the k-nearest-neighbour graph")
+@click.option("--eigenvalues", type=click.IntRange(min=2), default=32, show_default=True,
+              help="how many of the Laplacian's smallest eigenpairs to compute")
+@click.option("--embed", "embeddings", multiple=True, type=click.Choice(["tsne", "umap", "spectral"]),
+              help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 20,000 samples)")
+@click.option("--size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="heatmaps are average-pooled to SIZE x SIZE before comparing")
+@click.option("--power", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="pooled relevance is raised to POWER, signs kept (0.5 lets weaker, spread-out relevance count)")
+@click.option("--density/--no-density", default=True, show_default=True, help="also cluster with HDBSCAN")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
+              help="folder for the HTML report (index.html)")
+@click.option("--max-samples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="samples per class the report shows with pictures")
+@click.option("--seed", type=int, default=0, show_default=True)
+def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings, size, power, density, out,
+          max_samples, seed):
+    """Spectral Relevance Analysis of a store: clusters of similar heatmaps (the model's strategies) per class."""
+    import numpy as np
+
+    from .analysis import report
+    from .analysis import spray as spray_analysis
+
+    ks = _cluster_counts(clusters)
+    try:
+        chosen = None if classes is None else [int(part) for part in classes.split(",")]
+    except ValueError:
+        raise Failure(f"--classes takes comma-separated class indices such as 0,3; got {classes!r}") from None
+    algorithms = ("kmeans", "hdbscan") if density else ("kmeans",)
+    try:
+        results = spray_analysis.run(store, chosen, over_all, ks, neighbors, eigenvalues,
+                                     tuple(embeddings) or "auto", algorithms, size, power, seed=seed,
+                                     progress=lambda text: click.echo(f"spray: {text}", err=True))
+    except (FileNotFoundError, ValueError) as error:
+        raise Failure(str(error)) from None
+    for name, result in results.items():
+        sizes = np.bincount(result.clusters[result.chosen][result.clusters[result.chosen] >= 0])
+        click.echo(f"{name}: {len(result.index)} samples, eigengap suggests {result.suggested} cluster(s); "
+                   f"{result.chosen} sizes {sizes.tolist()}")
+    with Staging(out) as staging:
+        report.write(store, staging.path, list(results), max_samples=max_samples, seed=seed)
+        staging.commit()
+    click.echo(f"wrote {store}/analysis and {out / 'index.html'}")
+
+
+@main.group()
+def export():
+    """Export a store for other tools."""
+
+
+@export.command(name="virelay")
+@click.argument("store", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="folder for the project (project.yaml, HDF5 files, label map)")
+def export_virelay(store, out):
+    """Write a ViRelAy project (input, attribution and analysis HDF5 files, label map, project YAML)."""
+    from .analysis import virelay
+
+    with Staging(out) as staging:
+        try:
+            virelay.export(store, staging.path)
+        except (FileNotFoundError, ValueError) as error:
+            raise Failure(str(error)) from None
+        staging.commit()
+    click.echo(f"wrote {out / 'project.yaml'}; open it with: virelay {out / 'project.yaml'}")
+
+
 if __name__ == "__main__":
     main()

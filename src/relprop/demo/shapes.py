@@ -43,8 +43,15 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     return grown
 
 
-def generate(count: int, seed: int, size: int = SIZE, distractors: tuple[int, int] = (2, 4)):
-    """(images float32 (N, 3, size, size) in [0, 1], labels int64 (N,), masks bool (N, size, size))."""
+def generate(count: int, seed: int, size: int = SIZE, distractors: tuple[int, int] = (2, 4),
+             radius: tuple[float, float] = (4.0, 6.5), saturation: tuple[float, float] = (0.75, 1.0),
+             spread: float = 1.0):
+    """(images float32 (N, 3, size, size) in [0, 1], labels int64 (N,), masks bool (N, size, size)).
+
+    radius (in pixels at size 32) and saturation bound the deciding object, and spread scales how far its centre
+    may lie from the image's centre (1: anywhere it fits); other values draw the same random numbers, so only the
+    object changes.
+    """
     rng = np.random.default_rng(seed)
     images = np.empty((count, 3, size, size), dtype=np.float32)
     labels = np.empty(count, dtype=np.int64)
@@ -55,9 +62,11 @@ def generate(count: int, seed: int, size: int = SIZE, distractors: tuple[int, in
         background = rng.uniform(0.3, 0.6)
         image = np.full((size, size), background) + rng.normal(0.0, 0.04, (size, size))
         image = np.repeat(image[None], 3, axis=0)
-        radius = rng.uniform(4.0, 6.5) * scale
-        center = rng.uniform(radius + 1, size - radius - 1, 2)
-        target = shape_mask(KINDS[label], center[0], center[1], radius, size)
+        extent = rng.uniform(*radius) * scale
+        center = rng.uniform(extent + 1, size - extent - 1, 2)
+        if spread != 1.0:  # only then: size / 2 + (center - size / 2) can differ from center in its last bit
+            center = size / 2 + spread * (center - size / 2)
+        target = shape_mask(KINDS[label], center[0], center[1], extent, size)
         keep_out = _dilate(target, 2)
         wanted, placed = int(rng.integers(*distractors, endpoint=True)), 0
         for _ in range(50):  # distractors never touch the deciding shape, so its mask stays exact
@@ -74,7 +83,7 @@ def generate(count: int, seed: int, size: int = SIZE, distractors: tuple[int, in
                 grey = rng.uniform(0.0, 1.0)
             image[:, shape] = grey
             placed += 1
-        colour = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.75, 1.0), rng.uniform(0.7, 1.0))
+        colour = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*saturation), rng.uniform(0.7, 1.0))
         image[:, target] = np.asarray(colour)[:, None]
         images[n] = np.clip(image, 0.0, 1.0)
         labels[n] = label

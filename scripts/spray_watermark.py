@@ -1,0 +1,68 @@
+"""Explain the watermark class of the "Clever Hans" demo data into a store, run SpRAy on it, and take the report's
+picture for README (docs/spray-report.png). Until `relprop run demo-watermark` lands, the store is written by the
+tests' layout writer (tests/analysis/stores.py), with the same arrays `relprop run` writes.
+    OMP_NUM_THREADS=1 PYTHONPATH=src:. .venv/bin/python scripts/spray_watermark.py [--count 1200] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import relprop
+from relprop.analysis import report, spray
+from relprop.demo import KINDS, normalize, watermark
+from tests.analysis.stores import write_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1200, help="generated images (about a quarter are crosses)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--out", type=Path, default=Path("spray-watermark"))
+    parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "spray-report.png")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    images, labels, masks, marked = watermark.generate(args.count, args.seed)
+    chosen = labels == watermark.CLASS
+    model = watermark.load()
+    x = normalize(torch.from_numpy(images[chosen]))
+    with torch.no_grad():
+        output = model(x)
+    relevance = relprop.LRP(model, composite="epsilon_plus_flat")(x, target=watermark.CLASS).relevance
+    store = args.out / "run.zarr"
+    write_store(store, relevance.numpy(), labels[chosen], output.numpy(), chunk=64,
+                preview=np.round(images[chosen] * 255).astype(np.uint8), class_names=list(KINDS),
+                extra={"watermark": marked[chosen], "mask": masks[chosen]}, model="demo-watermark")
+    result = spray.run(store, clusters=range(2, 5), size=3, power=0.5, algorithms=("kmeans", "hdbscan"))
+    analysis = result[f"class-{watermark.CLASS}"]
+    truth = marked[chosen]
+    for name, clusters in analysis.clusters.items():
+        shares = {int(c): f"{truth[clusters == c].mean():.2f}" for c in sorted(set(clusters.tolist()))}
+        print(f"{name}: share of marked samples per cluster {shares}")
+    clusters = analysis.clusters["kmeans-2"]
+    found = clusters == max(set(clusters.tolist()), key=lambda c: truth[clusters == c].mean())
+    print(f"kmeans-2: purity {truth[found].mean():.3f}, recall {found[truth].mean():.3f} "
+          f"({truth.sum()} of {len(truth)} crosses marked); eigengap suggests {analysis.suggested}")
+    page = report.write(store, args.out / "report")
+    print(f"wrote {page}")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser:
+        sample = int(np.flatnonzero(found & truth)[0])
+        args.picture.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--allow-file-access-from-files", "--virtual-time-budget=5000", "--window-size=1280,1100",
+                        f"--screenshot={args.picture.resolve()}", page.resolve().as_uri() + f"#sample={sample}"],
+                       check=True, capture_output=True, timeout=120)
+        print(f"wrote {args.picture}")
+
+
+if __name__ == "__main__":
+    main()

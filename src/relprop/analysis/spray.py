@@ -1,0 +1,383 @@
+"""Spectral Relevance Analysis (SpRAy, Lapuschkin et al. 2019): which strategies does a model use for a class?
+
+For each analysed set S of n heatmaps (one class, or all samples):
+
+1. **Features.** Each heatmap is summed over channels, average-pooled to ``size`` x ``size`` cells
+   (``F.adaptive_avg_pool2d``; inputs smaller than ``size`` keep their size), raised to ``power`` keeping signs
+   (sign(v) |v|^power: 0.5 lets a mark with a third of the relevance count beside a peak on the object, where
+   1 lets the peak decide distances) and scaled to unit L2 norm, so two samples compare by where relevance lies,
+   not by how much there is. Read from the store chunk by chunk. An odd ``size`` puts a centred object inside
+   one cell instead of across four.
+2. **Affinity.** A symmetric k-nearest-neighbour graph: a_ij = 1 when j is among the ``neighbors`` nearest
+   (Euclidean) features of i or i among those of j, else 0. Sparse: n * neighbors entries at most per direction.
+3. **Laplacian.** L = I - D^{-1/2} A D^{-1/2} with d_i = sum_j a_ij (every node has neighbours, so d_i > 0).
+   Its eigenvalues lie in [0, 2]; as many are 0 as the graph has connected components, and small ones that stand
+   apart mark groups of samples that are well connected inside and weakly to the rest: distinct strategies.
+4. **Eigenpairs.** The ``eigenvalues`` smallest of L: 0 once per connected component (eigenvector D^{1/2} 1_C),
+   the others as the largest of M = D^{-1/2} A D^{-1/2} (lambda = 1 - mu) away from those, by a sparse Lanczos
+   solver (scipy's ``eigsh``): nothing of size n x n is ever formed.
+5. **Eigengap.** With lambda_1 <= ... <= lambda_m, the suggested number of clusters is the k in [1, max_k - 1]
+   (max_k = min(m, ``max_clusters``)) that maximises lambda_{k+1} - lambda_k.
+6. **Clusters.** k-means on the rows of the first k eigenvectors scaled to unit length (Ng, Jordan and Weiss 2001),
+   stored as ``kmeans-<k>`` for each k asked for; HDBSCAN and DBSCAN (scikit-learn) on the same rows with k the
+   suggested number, stored as ``hdbscan-<found>`` / ``dbscan-<found>`` (noise is -1).
+7. **Embeddings** in 2-D: ``spectral`` (eigenvectors 2 and 3), ``tsne`` (scikit-learn's Barnes-Hut t-SNE on the
+   m-dimensional spectral embedding) and ``umap`` (umap-learn, where installed).
+
+Results go into the store's ``analysis/<set>`` group (``class-<k>`` or ``all``), as the store layout says.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import store as stores
+
+EMBEDDINGS = ("spectral", "tsne", "umap")
+TSNE_AUTO_LIMIT = 20_000  # embeddings="auto" adds t-SNE up to this many samples (it took 9 min for 10k on one core)
+ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
+
+
+# ---- the steps, each on plain arrays ------------------------------------------------------------------------------
+def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
+    """(n, features) float32: heatmaps (n, C, H, W), (n, H, W) or vectors (n, D) reduced as step 1 says."""
+    import torch
+
+    values = torch.from_numpy(np.asarray(relevance, dtype=np.float32))
+    if values.ndim == 4:
+        values = values.sum(1)
+    if values.ndim == 3:
+        height, width = values.shape[1:]
+        values = torch.nn.functional.adaptive_avg_pool2d(values[:, None], (min(size, height), min(size, width)))
+    elif values.ndim != 2:
+        raise ValueError(f"SpRAy pools heatmaps (n, C, H, W), (n, H, W) or vectors (n, D); got {tuple(values.shape)}")
+    flat = values.reshape(len(values), -1)
+    if power != 1.0:
+        flat = flat.sign() * flat.abs() ** power
+    norm = flat.norm(dim=1, keepdim=True)
+    return (flat / torch.where(norm > 0, norm, torch.ones_like(norm))).numpy()
+
+
+def knn_affinity(features: np.ndarray, neighbors: int):
+    """Sparse symmetric 0/1 affinity (scipy CSR) of the k-nearest-neighbour graph, self-loops excluded."""
+    from scipy import sparse
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(features)
+    if not 1 <= neighbors < n:
+        raise ValueError(f"neighbors must be between 1 and n - 1 = {n - 1} for {n} samples, got {neighbors}")
+    search = NearestNeighbors(n_neighbors=neighbors + 1).fit(features)
+    _, found = search.kneighbors(features)
+    rows = np.repeat(np.arange(n), neighbors + 1)
+    graph = sparse.csr_matrix((np.ones(rows.size, dtype=np.float64), (rows, found.ravel())), shape=(n, n))
+    graph.setdiag(0)  # a point is its own nearest neighbour (or ties with a duplicate): never an edge to itself
+    graph.eliminate_zeros()
+    graph.data[:] = 1.0
+    return graph.maximum(graph.T).tocsr()
+
+
+def normalized_laplacian(affinity):
+    """L = I - D^{-1/2} A D^{-1/2} as a sparse matrix."""
+    from scipy import sparse
+
+    scale = _inverse_sqrt_degree(affinity)
+    walk = sparse.diags(scale) @ affinity @ sparse.diags(scale)
+    return (sparse.identity(affinity.shape[0], format="csr") - walk).tocsr()
+
+
+def _inverse_sqrt_degree(affinity) -> np.ndarray:
+    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    if (degree <= 0).any():
+        raise ValueError("the affinity graph has isolated samples (no neighbours); a kNN graph never does")
+    return 1.0 / np.sqrt(degree)
+
+
+def smallest_eigenpairs(affinity, count: int, seed: int = 0):
+    """(eigenvalues (m,) ascending, eigenvectors (n, m)) of the normalised Laplacian, m = min(count, n - 1).
+
+    Each connected component C gives eigenvalue 0 with eigenvector D^{1/2} 1_C (normalised); those are set
+    directly, because a Lanczos solver started from one vector can miss copies of a repeated eigenvalue. The rest
+    are the largest eigenpairs of P (M + I) P, with P the projection away from those vectors.
+    """
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n = affinity.shape[0]
+    count = min(count, n - 1)
+    scale = _inverse_sqrt_degree(affinity)
+    walk = (sparse.diags(scale) @ affinity @ sparse.diags(scale)).tocsr()
+    components, member_of = connected_components(affinity, directed=False)
+    null = np.zeros((n, components))
+    null[np.arange(n), member_of] = 1.0 / scale  # D^{1/2} 1_C
+    null /= np.linalg.norm(null, axis=0)
+    if components >= count:
+        return np.zeros(count), null[:, :count]
+
+    def project(vectors):
+        return vectors - null @ (null.T @ vectors)
+
+    def apply(vectors):
+        vectors = project(vectors.reshape(n, -1))
+        return project(walk @ vectors + vectors)
+
+    operator = LinearOperator((n, n), matvec=apply, matmat=apply, dtype=np.float64)
+    start = project(np.random.default_rng(seed).uniform(0.5, 1.5, (n, 1))).ravel()  # fixed: the same answer each run
+    values, vectors = eigsh(operator, k=count - components, which="LA", v0=start, tol=1e-10)
+    order = np.argsort(-values)
+    eigenvalues = np.concatenate([np.zeros(components), np.clip(2.0 - values[order], 0.0, 2.0)])
+    vectors = np.concatenate([null, vectors[:, order]], axis=1)
+    # an eigenvector's sign is arbitrary; fix it so the largest entry is positive (results repeat bit for bit)
+    flip = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(vectors.shape[1])])
+    return eigenvalues, vectors * np.where(flip == 0, 1.0, flip)
+
+
+def eigengap(eigenvalues: np.ndarray, max_clusters: int | None = None) -> int:
+    """The number of clusters the largest gap between consecutive smallest eigenvalues suggests (>= 1)."""
+    values = np.sort(np.asarray(eigenvalues))
+    limit = len(values) if max_clusters is None else min(len(values), max_clusters + 1)
+    if limit < 2:
+        return 1
+    gaps = np.diff(values[:limit])
+    return int(np.argmax(gaps)) + 1
+
+
+def spectral_rows(eigenvectors: np.ndarray, k: int) -> np.ndarray:
+    """The first k eigenvectors' rows scaled to unit length: the space the clusterings work in."""
+    rows = np.asarray(eigenvectors[:, :k], dtype=np.float64)
+    norm = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norm > 0, norm, 1.0)
+
+
+def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Cluster labels (n,) int64 by k-means on the spectral rows."""
+    from sklearn.cluster import KMeans
+
+    rows = spectral_rows(eigenvectors, k)
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows).astype(np.int64)
+
+
+def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int) -> np.ndarray:
+    """Cluster labels (n,) int64 by HDBSCAN or DBSCAN on the spectral rows (noise -1)."""
+    rows = spectral_rows(eigenvectors, max(k, 2))
+    if algorithm == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        return HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(rows).astype(np.int64)
+    if algorithm == "dbscan":
+        from sklearn.cluster import DBSCAN
+        from sklearn.neighbors import NearestNeighbors
+
+        # eps: the median distance to the min_size-th neighbour, the density a cluster must reach
+        distances, _ = NearestNeighbors(n_neighbors=min(min_size, len(rows) - 1) + 1).fit(rows).kneighbors(rows)
+        eps = float(np.median(distances[:, -1])) or 1e-12
+        return DBSCAN(eps=eps, min_samples=min_size).fit_predict(rows).astype(np.int64)
+    raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+
+
+def embed(eigenvalues: np.ndarray, eigenvectors: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """(n, 2) float32: a 2-D picture of the samples from their spectral embedding."""
+    n, m = eigenvectors.shape
+    if method == "spectral":
+        columns = [1, 2] if m >= 3 else [0, min(1, m - 1)]
+        return eigenvectors[:, columns].astype(np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+            eigenvectors.astype(np.float64)).astype(np.float32)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError:
+            raise ValueError("--embed umap needs umap-learn (pip install umap-learn); or use --embed tsne") from None
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(eigenvectors).astype(np.float32)
+    raise ValueError(f"unknown embedding {method!r}; choose from {', '.join(EMBEDDINGS)}")
+
+
+# ---- one analysed set ------------------------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    """SpRAy's result for one set of samples (store positions in ``index``)."""
+
+    name: str
+    index: np.ndarray
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    suggested: int
+    clusters: dict[str, np.ndarray] = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> str:
+        """The k-means clustering whose k is closest to the eigengap's suggestion (the one reports show first)."""
+        ks = {name: int(name.split("-")[1]) for name in self.clusters if name.startswith("kmeans-")}
+        if not ks:
+            return next(iter(self.clusters))
+        return min(ks, key=lambda name: (abs(ks[name] - self.suggested), ks[name]))
+
+
+def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto", neighbors: int = 10,
+            eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans", "hdbscan"),
+            max_clusters: int = 10, seed: int = 0, parameters: dict | None = None) -> Analysis:
+    """Steps 2 to 7 on pooled features (n, d) of one set; ``clusters`` is "auto" or a sequence of k."""
+    n = len(features)
+    if n < 3:
+        raise ValueError(f"{name}: {n} explained samples; SpRAy needs at least 3 (better hundreds)")
+    neighbors = min(neighbors, n - 1)
+    affinity = knn_affinity(features, neighbors)
+    values, vectors = smallest_eigenpairs(affinity, eigenvalues, seed)
+    suggested = eigengap(values, max_clusters)
+    ks = [max(2, suggested)] if clusters == "auto" else sorted({int(k) for k in clusters})
+    ks = [k for k in ks if 2 <= k <= min(n - 1, vectors.shape[1])]
+    if not ks:
+        raise ValueError(f"{name}: no number of clusters in {clusters!r} fits {n} samples and "
+                         f"{vectors.shape[1]} eigenvectors")
+    result = Analysis(name, np.asarray(index, dtype=np.int64), values, vectors, suggested,
+                      parameters=dict(parameters or {}, neighbors=neighbors, eigenvalues=len(values), seed=seed,
+                                      max_clusters=max_clusters))
+    for algorithm in algorithms:
+        if algorithm == "kmeans":
+            for k in ks:
+                result.clusters[f"kmeans-{k}"] = kmeans(vectors, k, seed)
+        else:
+            labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=max(5, n // 100))
+            result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
+    for method in embeddings:
+        result.embeddings[method] = embed(values, vectors, method, seed)
+    return result
+
+
+# ---- over a store --------------------------------------------------------------------------------------------------
+def store_features(root, sets: dict[str, np.ndarray], size: int, power: float = 1.0) -> dict[str, np.ndarray]:
+    """Pooled features per set, reading relevance one stored chunk at a time (never all heatmaps at once)."""
+    wanted = np.unique(np.concatenate(list(sets.values()))) if sets else np.empty(0, np.int64)
+    pooled = None
+    for positions, block in stores.read_chunks(root["relevance"], wanted, stores.chunk_size(root)):
+        features = pool(block, size, power)
+        if pooled is None:
+            pooled = np.empty((len(wanted), features.shape[1]), dtype=np.float32)
+        pooled[positions] = features
+    if pooled is None:
+        return {}
+    return {name: pooled[np.searchsorted(wanted, members)] for name, members in sets.items()}
+
+
+def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3) -> dict[str, np.ndarray]:
+    """{set name: store positions}: each class with enough explained samples (or the given ones), or all."""
+    ready = stores.explained(root)
+    if over_all:
+        return {"all": np.flatnonzero(ready)}
+    of_class = stores.classes_of(root)
+    count = int(root.attrs.get("classes") or (of_class.max() + 1 if len(of_class) else 0))
+    if classes is None:
+        classes = [k for k in range(count) if (ready & (of_class == k)).sum() >= min_samples]
+    sets = {}
+    for k in classes:
+        if not 0 <= int(k) < max(count, 1):
+            raise ValueError(f"class {k} is out of range: the store's model has {count} classes (0..{count - 1})")
+        members = np.flatnonzero(ready & (of_class == int(k)))
+        if len(members) < min_samples:
+            raise ValueError(f"class {k} has {len(members)} explained samples in the store; SpRAy needs at least "
+                             f"{min_samples}; leave it out of --classes")
+        sets[f"class-{int(k)}"] = members
+    if not sets:
+        raise ValueError("no class has enough explained samples; is the store finished? (`relprop run` resumes it)")
+    return sets
+
+
+def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
+        embeddings="auto", algorithms=("kmeans", "hdbscan"), size: int = 8, power: float = 1.0,
+        max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
+    """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
+
+    embeddings "auto": the spectral picture, and t-SNE for sets of up to TSNE_AUTO_LIMIT samples.
+    """
+    automatic = embeddings == "auto"
+    embeddings = ("spectral", "tsne") if automatic else tuple(embeddings)
+    for method in embeddings:
+        if method not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {method!r}; choose from {', '.join(EMBEDDINGS)}")
+    if not algorithms:
+        raise ValueError(f"no clustering asked for; choose from {', '.join(ALGORITHMS)}")
+    for algorithm in algorithms:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+    root = stores.open_store(store, mode="r+")
+    sets = select_sets(root, classes, over_all)
+    if power <= 0:
+        raise ValueError(f"power must be positive (1: relevance as it is, 0.5: square roots), got {power}")
+    features = store_features(root, sets, size, power)
+    results = {}
+    for name, members in sets.items():
+        if progress:
+            progress(f"{name}: {len(members)} samples")
+        chosen = [e for e in embeddings if not (automatic and e == "tsne" and len(members) > TSNE_AUTO_LIMIT)]
+        results[name] = analyse(features[name], members, name, clusters, neighbors, eigenvalues, chosen,
+                                algorithms, max_clusters, seed, parameters={"size": size, "power": power, "features":
+                                "channel sum, adaptive average pool, signed power, unit L2 norm",
+                                "affinity": "symmetric kNN, 0/1"})
+        write(store, results[name])
+    return results
+
+
+def write(store, result: Analysis) -> None:
+    """Write one analysis into ``analysis/<name>``, replacing an older one only once the new one is complete."""
+    import zarr
+
+    folder = Path(store) / "analysis"
+    partial, final = folder / f".{result.name}.partial", folder / result.name
+    root = zarr.open_group(str(store), mode="r+")
+    if "analysis" not in root:
+        root.create_group("analysis")
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(str(partial), mode="w")
+    group.create_array("index", data=result.index)
+    group.create_array("eigenvalues", data=result.eigenvalues.astype(np.float64))
+    group.create_array("eigenvectors", data=result.eigenvectors.astype(np.float32))
+    group.create_group("clusters")
+    group.create_group("embedding")
+    for name, labels in result.clusters.items():
+        group.create_array(f"clusters/{name}", data=labels.astype(np.int64))
+    for name, points in result.embeddings.items():
+        group.create_array(f"embedding/{name}", data=points.astype(np.float32))
+    group.attrs.update(json.loads(json.dumps({
+        "parameters": result.parameters, "suggested_clusters": result.suggested, "chosen": result.chosen,
+        "method": "spray"})))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def read(store, name: str) -> Analysis:
+    """One stored analysis back (``class-<k>`` or ``all``)."""
+    root = stores.open_store(store)
+    if f"analysis/{name}" not in root:
+        stored = sorted(root["analysis"].group_keys()) if "analysis" in root else []
+        raise KeyError(f"{store} has no analysis {name!r} (it has: {', '.join(stored) or 'none'}); "
+                       "run `relprop spray` first")
+    group = root[f"analysis/{name}"]
+    clusters = {key: np.asarray(group[f"clusters/{key}"][:]) for key in sorted(group["clusters"].array_keys())}
+    embeddings = {key: np.asarray(group[f"embedding/{key}"][:]) for key in sorted(group["embedding"].array_keys())}
+    attrs = dict(group.attrs)
+    return Analysis(name, np.asarray(group["index"][:]), np.asarray(group["eigenvalues"][:]),
+                    np.asarray(group["eigenvectors"][:]), int(attrs["suggested_clusters"]), clusters, embeddings,
+                    attrs.get("parameters", {}))
+
+
+def stored(store) -> list[str]:
+    """Names of the analyses in a store."""
+    root = stores.open_store(store)
+    return sorted(root["analysis"].group_keys()) if "analysis" in root else []
+
+
+__all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
+           "kmeans", "density_clusters", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
+           "select_sets", "store_features", "EMBEDDINGS", "ALGORITHMS"]

@@ -1,0 +1,76 @@
+"""Reading an explanation store (layout version 1, see README "The explanation store") for the analyses.
+
+Only what SpRAy, its report and the ViRelAy export need: open and check a store, find the explained samples of
+each class, and read relevance chunk by chunk so that no analysis holds all full-size heatmaps at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+LAYOUT_VERSION = 1
+REQUIRED = ("relevance", "output", "label", "target", "done")
+
+
+def open_store(path, mode: str = "r"):
+    """The store's root group, checked against the layout; a clear error if it is not a store."""
+    import zarr
+
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path} is not an explanation store (no zarr.json); write one with `relprop run`")
+    root = zarr.open_group(str(path), mode=mode)
+    version = root.attrs.get("relprop_store")
+    if version != LAYOUT_VERSION:
+        raise ValueError(f"{path}: store layout version {version!r}, this relprop reads version {LAYOUT_VERSION}; "
+                         "write the store again with this relprop's `relprop run`")
+    missing = [name for name in REQUIRED if name not in root]
+    if missing:
+        raise ValueError(f"{path}: the store lacks {', '.join(missing)}; it was not written completely, run "
+                         "`relprop run` again with the same arguments to finish it")
+    return root
+
+
+def explained(root) -> np.ndarray:
+    """Bool (N,): samples whose chunk is done and that did not fail."""
+    done = np.asarray(root["done"][:], dtype=bool)
+    if "failed" in root:
+        done &= ~np.asarray(root["failed"][:], dtype=bool)
+    return done
+
+
+def classes_of(root) -> np.ndarray:
+    """(N,) the class each heatmap explains: the store's target, or the label where the target is not a class."""
+    target = np.asarray(root["target"][:], dtype=np.int64)
+    label = np.asarray(root["label"][:], dtype=np.int64)
+    return np.where(target >= 0, target, label)
+
+
+def chunk_size(root) -> int:
+    """Samples per chunk of the per-sample arrays (the store's `chunk`, else the relevance array's chunking)."""
+    return int(root.attrs.get("chunk") or root["relevance"].chunks[0])
+
+
+def read_chunks(array, indices: np.ndarray, chunk: int):
+    """Yield (positions into indices, rows of array) for sorted store indices, one stored chunk at a time."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        return
+    order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[order]
+    chunk_of = sorted_indices // chunk
+    boundaries = np.flatnonzero(np.diff(chunk_of)) + 1
+    for group in np.split(np.arange(len(sorted_indices)), boundaries):
+        wanted = sorted_indices[group]
+        start = int(chunk_of[group[0]]) * chunk
+        block = np.asarray(array[start:min(start + chunk, array.shape[0])])
+        yield order[group], block[wanted - start]
+
+
+def class_names(root) -> list[str] | None:
+    names = root.attrs.get("class_names")
+    return list(names) if names else None
+
+
+__all__ = ["open_store", "explained", "classes_of", "chunk_size", "read_chunks", "class_names", "LAYOUT_VERSION"]

@@ -1,0 +1,173 @@
+"""SpRAy: each step against a reference written from its formula, and the whole analysis over a store."""
+import numpy as np
+import pytest
+import zarr
+
+from relprop.analysis import spray
+from relprop.analysis import store as stores
+
+from .stores import write_store
+
+
+def blobs(sizes, dim=6, spread=0.05, seed=0):
+    """Points around well-separated centres, with the true group of each."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (len(sizes), dim)) * 3
+    points = np.concatenate([c + spread * rng.normal(0, 1, (s, dim)) for c, s in zip(centres, sizes)])
+    return points.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def dense_affinity(points, k):
+    distances = ((points[:, None] - points[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    nearest = np.argsort(distances, axis=1)[:, :k]
+    adjacency = np.zeros((len(points), len(points)))
+    adjacency[np.repeat(np.arange(len(points)), k), nearest.ravel()] = 1
+    return np.maximum(adjacency, adjacency.T)
+
+
+def test_pooling_sums_channels_averages_blocks_takes_signed_powers_and_scales_to_unit_length():
+    heatmaps = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    expected = heatmaps.sum(1).reshape(3, 4, 2, 4, 2).mean((2, 4)).reshape(3, -1)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(spray.pool(heatmaps, 4), expected, rtol=1e-5, atol=1e-6)
+    assert spray.pool(heatmaps[:, 0], 16).shape == (3, 64)  # smaller than size: kept as is
+    assert np.all(spray.pool(np.zeros((2, 4, 4)), 2) == 0)  # an empty heatmap stays zero, no NaN
+    rooted = np.sign(expected) * np.sqrt(np.abs(expected))
+    rooted /= np.linalg.norm(rooted, axis=1, keepdims=True)
+    np.testing.assert_allclose(spray.pool(heatmaps, 4, power=0.5), rooted, rtol=1e-5, atol=1e-6)
+
+
+def test_knn_graph_equals_brute_force_neighbours_made_symmetric():
+    points = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
+    graph = spray.knn_affinity(points, 4)
+    np.testing.assert_array_equal(graph.toarray(), dense_affinity(points, 4))
+    assert graph.nnz <= 2 * 4 * 40
+
+
+def test_laplacian_equals_its_dense_formula():
+    points = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
+    adjacency = dense_affinity(points, 5)
+    degree = adjacency.sum(1)
+    expected = np.eye(30) - adjacency / np.sqrt(np.outer(degree, degree))
+    np.testing.assert_allclose(spray.normalized_laplacian(spray.knn_affinity(points, 5)).toarray(), expected,
+                               atol=1e-12)
+
+
+def test_sparse_eigenpairs_match_a_dense_eigendecomposition_on_50_points():
+    points, _ = blobs([20, 15, 15], spread=0.8, seed=3)
+    adjacency = dense_affinity(points, 6)
+    degree = adjacency.sum(1)
+    laplacian = np.eye(50) - adjacency / np.sqrt(np.outer(degree, degree))
+    reference_values, reference_vectors = np.linalg.eigh(laplacian)
+    values, vectors = spray.smallest_eigenpairs(spray.knn_affinity(points, 6), 8)
+    np.testing.assert_allclose(values, reference_values[:8], atol=1e-7)
+    np.testing.assert_allclose(laplacian @ vectors, vectors * values, atol=1e-6)  # each pair is an eigenpair
+    for i in range(8):  # eigenvalues here are distinct, so each eigenvector is unique up to its sign
+        if min(abs(reference_values[i] - reference_values[j]) for j in range(9) if j != i) > 1e-4:
+            assert abs(reference_vectors[:, i] @ vectors[:, i]) == pytest.approx(1, abs=1e-6)
+
+
+def test_eigengap_counts_the_eigenvalues_before_the_largest_gap():
+    assert spray.eigengap(np.array([0.0, 0.0, 0.01, 0.6, 0.65, 0.7])) == 3
+    assert spray.eigengap(np.array([0.0, 0.5, 0.55, 0.6])) == 1
+    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95])) == 4
+    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95]), max_clusters=3) == 2  # the gap after 4: too far
+
+
+def test_separate_groups_give_zero_eigenvalues_and_kmeans_finds_them():
+    points, truth = blobs([40, 30, 30], seed=4)
+    result = spray.analyse(points, np.arange(100), "all", neighbors=5, eigenvalues=8, embeddings=("spectral",),
+                           algorithms=("kmeans", "hdbscan", "dbscan"))
+    assert result.suggested == 3 and np.all(result.eigenvalues[:3] < 1e-8) and result.eigenvalues[3] > 0.05
+    found = result.clusters["kmeans-3"]
+    assert len({(a, b) for a, b in zip(found, truth)}) == 3  # a one-to-one match of clusters and groups
+    assert result.chosen == "kmeans-3"
+    density = next(labels for name, labels in result.clusters.items() if name.startswith("hdbscan-"))
+    assert len({(a, b) for a, b in zip(density, truth) if a >= 0}) == 3
+    assert result.embeddings["spectral"].shape == (100, 2)
+
+
+def test_tsne_embedding_keeps_groups_apart():
+    points, truth = blobs([30, 30], seed=5)
+    values, vectors = spray.smallest_eigenpairs(spray.knn_affinity(points, 5), 6)
+    picture = spray.embed(values, vectors, "tsne")
+    centres = np.stack([picture[truth == g].mean(0) for g in (0, 1)])
+    spread = max(np.linalg.norm(picture[truth == g] - centres[g], axis=1).max() for g in (0, 1))
+    assert np.linalg.norm(centres[0] - centres[1]) > 2 * spread
+
+
+def planted_store(path, chunk=7):
+    """60 heatmaps of class 1: two strategies (relevance top-left or bottom-right), 20 of class 0; all 8x8."""
+    rng = np.random.default_rng(6)
+    relevance = rng.uniform(0, 0.1, (80, 3, 8, 8)).astype(np.float32)
+    labels = np.array([1] * 60 + [0] * 20)
+    strategy = np.arange(80) % 3 == 0
+    relevance[strategy & (labels == 1), :, :3, :3] += 1
+    relevance[~strategy & (labels == 1), :, 5:, 5:] += 1
+    relevance[labels == 0, :, 3:5, 3:5] += 1
+    output = np.eye(2, dtype=np.float32)[labels] * 5
+    return write_store(path, relevance, labels, output, chunk=chunk), relevance, labels, strategy
+
+
+def test_store_features_are_read_chunk_by_chunk_and_equal_pooling_everything(tmp_path, monkeypatch):
+    store, relevance, labels, _ = planted_store(tmp_path / "run.zarr")
+    root = stores.open_store(store)
+    reads = []
+    original = stores.read_chunks
+
+    def counting(array, indices, chunk):
+        for positions, block in original(array, indices, chunk):
+            reads.append(len(block))
+            yield positions, block
+
+    monkeypatch.setattr(stores, "read_chunks", counting)
+    sets = {"class-1": np.flatnonzero(labels == 1)[::-1].copy(), "class-0": np.flatnonzero(labels == 0)}
+    features = spray.store_features(root, sets, 4)
+    assert max(reads) <= 7 and len(reads) == 12  # ceil(80 / 7) chunks, each read once
+    for name, members in sets.items():
+        np.testing.assert_allclose(features[name], spray.pool(relevance[members], 4), rtol=1e-6)
+
+
+def test_run_writes_each_class_analysis_into_the_store_layout(tmp_path):
+    store, _, labels, strategy = planted_store(tmp_path / "run.zarr")
+    spray.run(store, clusters=[2, 3], neighbors=5, eigenvalues=6, embeddings=("spectral",), algorithms=("kmeans",))
+    assert spray.stored(store) == ["class-0", "class-1"]
+    group = zarr.open_group(str(store / "analysis" / "class-1"), mode="r")
+    assert group["index"].dtype == np.int64 and list(group["index"][:]) == list(np.flatnonzero(labels == 1))
+    assert group["eigenvalues"].shape == (6,) and group["eigenvectors"].shape == (60, 6)
+    assert sorted(group["clusters"].array_keys()) == ["kmeans-2", "kmeans-3"]
+    assert group["embedding/spectral"].shape == (60, 2) and group["embedding/spectral"].dtype == np.float32
+    assert "features" not in group
+    assert group.attrs["parameters"]["neighbors"] == 5 and group.attrs["suggested_clusters"] == 2
+    found = spray.read(store, "class-1").clusters["kmeans-2"]
+    assert len({(a, b) for a, b in zip(found, strategy[labels == 1])}) == 2  # the two planted strategies
+    assert not list((store / "analysis").glob(".*"))  # no partial group left behind
+
+
+def test_run_again_replaces_the_older_analysis(tmp_path):
+    store, *_ = planted_store(tmp_path / "run.zarr")
+    spray.run(store, classes=[1], clusters=[2, 3], neighbors=5, eigenvalues=6, embeddings=(), algorithms=("kmeans",))
+    spray.run(store, classes=[1], clusters=[4], neighbors=5, eigenvalues=6, embeddings=(), algorithms=("kmeans",))
+    assert list(spray.read(store, "class-1").clusters) == ["kmeans-4"]
+
+
+def test_only_done_samples_are_analysed(tmp_path):
+    rng = np.random.default_rng(7)
+    done = np.arange(40) < 30
+    store = write_store(tmp_path / "run.zarr", rng.normal(size=(40, 1, 4, 4)), np.zeros(40), np.ones((40, 2)),
+                        chunk=10, done=done)
+    spray.run(store, clusters=[2], neighbors=3, eigenvalues=4, embeddings=(), algorithms=("kmeans",))
+    assert list(spray.read(store, "class-0").index) == list(range(30))
+
+
+def test_bad_input_names_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="relprop run"):
+        spray.run(tmp_path / "missing.zarr")
+    store, *_ = planted_store(tmp_path / "run.zarr")
+    with pytest.raises(ValueError, match="class 5 is out of range"):
+        spray.run(store, classes=[5])
+    with pytest.raises(ValueError, match="unknown embedding"):
+        spray.run(store, embeddings=("pca",))
+    with pytest.raises(KeyError, match="relprop spray"):
+        spray.read(store, "class-1")

@@ -1,0 +1,57 @@
+"""`relprop spray` and `relprop export virelay` on a small store: what they write and how they refuse bad input."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from relprop.analysis import spray
+from relprop.cli import main
+
+from tests.analysis.stores import write_store
+
+
+def relprop(*arguments):
+    """Run the command in this process (a subprocess per case would mostly time Python's imports)."""
+    result = CliRunner().invoke(main, [str(a) for a in arguments])
+    result.returncode = result.exit_code
+    return result
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    relevance = rng.uniform(0, 0.05, (24, 3, 8, 8)).astype(np.float32)
+    relevance[:12, :, :4] += 1
+    relevance[12:, :, 4:] += 1
+    return write_store(tmp_path / "run.zarr", relevance, np.zeros(24), np.ones((24, 2)), chunk=5,
+                       preview=rng.integers(0, 256, (24, 3, 8, 8), dtype=np.uint8))
+
+
+def test_spray_command_writes_analysis_and_report(store, tmp_path):
+    result = relprop("spray", store, "--clusters", "2..3", "--neighbors", "4", "--eigenvalues", "6",
+                     "--embed", "spectral", "--no-density", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    assert "class-0: 24 samples" in result.stdout and "kmeans-2 sizes [12, 12]" in result.stdout
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert sorted(spray.read(store, "class-0").clusters) == ["kmeans-2", "kmeans-3"]
+    exported = relprop("export", "virelay", store, "--out", tmp_path / "project")
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in (tmp_path / "project").iterdir()) == [
+        "analysis.h5", "attribution.h5", "input.h5", "label-map.json", "project.yaml"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--clusters", "1..4"], "start at 2"),
+    (["--clusters", "many"], "--clusters takes auto"),
+    (["--classes", "7"], "class 7 is out of range"),
+    (["--classes", "a"], "--classes takes comma-separated"),
+])
+def test_spray_command_refuses_bad_arguments_with_the_fix(store, tmp_path, arguments, message):
+    result = relprop("spray", store, *arguments, "--out", tmp_path / "report")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_commands_on_a_missing_store_say_how_to_make_one(tmp_path):
+    for command in (["spray"], ["export", "virelay"]):
+        result = relprop(*command, tmp_path / "nothing.zarr", "--out", tmp_path / "out")
+        assert result.returncode == 2 and "relprop run" in result.stderr, result.stderr
