@@ -516,7 +516,7 @@ class Session:
             self.warned.add(name)
             warnings.warn(f"relprop: {name} {where}: {why}; its plain gradient is used, which may not conserve "
                           "relevance. Rewrite it with supported ops, or pass strict=True to make this an error.",
-                          UnsupportedOpWarning, stacklevel=_caller_level())
+                          UnsupportedOpWarning, stacklevel=caller_level())
 
     # ---- element-wise ----------------------------------------------------------------------------------------
     def _op_activation(self, func, name, args, kwargs):
@@ -750,7 +750,7 @@ _SIGNATURES: dict = {}
 _INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (__file__, torch.__file__))
 
 
-def _caller_level() -> int:
+def caller_level() -> int:
     """stacklevel for warnings.warn in the caller of this function that points at the first frame outside relprop
     and torch: the line of the model (or the user's call) that ran the op."""
     frame, level = sys._getframe(1), 1
