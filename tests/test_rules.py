@@ -72,7 +72,8 @@ def reference(rule, A, b, x, R):
         return (Z / stabilize(z, STAB)[:, None] * R[:, None]).sum(0)
     if isinstance(rule, rules.AlphaBeta):
         Zp, Zn = contributions.clip(min=0), contributions.clip(max=0)
-        zp, zn = Zp.sum(1) + b.clip(min=0), Zn.sum(1) + b.clip(max=0)
+        kept = 0 if rule.zero_bias else 1
+        zp, zn = Zp.sum(1) + kept * b.clip(min=0), Zn.sum(1) + kept * b.clip(max=0)
         return (rule.alpha * Zp / stabilize(zp, STAB)[:, None] * R[:, None]
                 - rule.beta * Zn / stabilize(zn, STAB)[:, None] * R[:, None]).sum(0)
     if isinstance(rule, rules.Gamma):
@@ -133,7 +134,7 @@ def _layers():
 
 @pytest.mark.parametrize("rule, nonnegative", [(rule, False) for rule in ALL_RULES] + [
     (rules.Gamma(0.25), True), (rules.Gamma(1.0, zero_bias=True), True), (rules.ZPlus(), True),
-    (rules.AlphaBeta(2, 1), True)], ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
+    (rules.AlphaBeta(2, 1), True), (rules.AlphaBeta(3, 2, zero_bias=True), True)], ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
 @pytest.mark.parametrize("case", _layers(), ids=lambda c: c[0])
 def test_rule_matches_reference_on_linear_and_conv_layers(rule, nonnegative, case):
     _, layer, in_shape = case

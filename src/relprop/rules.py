@@ -47,6 +47,11 @@ def square(weight: torch.Tensor) -> torch.Tensor:
     return weight * weight
 
 
+# A modifier that is a W+ + c W- says so in ``parts`` = (a, c): on inputs >= 0 the engine then needs only x W+
+# besides the layer's own output (x W- = z - b - x W+).
+keep.parts, positive.parts, negative.parts = (1.0, 1.0), (1.0, 0.0), (0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Term:
     input: str
@@ -145,6 +150,7 @@ def _boost(gamma: float, part: WeightModifier) -> WeightModifier:
     def boosted(weight: torch.Tensor) -> torch.Tensor:
         return part(weight).mul_(gamma).add_(weight)  # in place on the fresh clamp: one allocation, not three
 
+    boosted.parts = (1.0 + gamma * part.parts[0], 1.0 + gamma * part.parts[1])
     return boosted
 
 

@@ -42,16 +42,15 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-import numpy as np
-
 from ..engine import DataFlow, UnsupportedOpWarning, caller_level, classify, out_of_place
-from ..ops import attention
 from ..explanation import Explanation
 from ..lrp import output_gradient
-from ..ops.table import FAMILIES, is_inplace
+from ..ops import attention
+from ..ops.table import FAMILIES, deeplift_kind, is_inplace
 from .base import Attribution, baseline_like, batched, input_gradient, per_sample_sum, positional_count, rows_of
 
 T, F = "torch.Tensor.", "torch.nn.functional."
@@ -76,8 +75,6 @@ QUADRATIC = _names("mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply",
                    "addcmul", "addcmul_")
 NONLINEAR = _names("max", "min", "amax", "amin", "sort", "topk", "cummax", "cummin", "prod", "div", "div_",
                    "__truediv__", "__rtruediv__", "__itruediv__", "divide", "true_divide", "maximum", "minimum")
-# Families whose ops are linear in their input (their gradient is exact), unless named in NONLINEAR.
-LINEAR_FAMILIES = {"gradient", "linear", "conv", "conv_transpose", "avg_pool", "batch_norm"}
 PATH_NODES = 8  # Gauss-Legendre nodes for a path-averaged Jacobian: error ~ the 16th derivative along the path
 DROPOUT = _names("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
                  prefixes=(F,))
@@ -323,6 +320,7 @@ class _Interceptor(TorchFunctionMode):
             raise ValueError("batch norm uses batch statistics (the model is in training mode), so inputs and "
                              "baselines, which run in one batch, would be normalised together. Call model.eval() "
                              "first")
+        kind = deeplift_kind(family)  # what the op's family says (ops/table.py): an allow-list
         if family == "attention":  # fused: its products and softmax get their own multipliers
             names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
             with self:
@@ -336,13 +334,13 @@ class _Interceptor(TorchFunctionMode):
                 return self.fallback(func, name, args, kwargs, why)
             with self:
                 return attention.multi_head(**bound)
-        if family == "divide" and not self._divides_by_active(name, args, kwargs):
+        if kind == "divide" and not self._divides_by_active(name, args, kwargs):
             return func(*args, **kwargs)
-        if name not in NONLINEAR and (family in LINEAR_FAMILIES or (family == "product" and len(active) == 1)):
+        if name not in NONLINEAR and (kind == "linear" or (kind == "product" and len(active) == 1)):
             if family == "conv" and first is active[0] and len(active) == 1 and paired and self.pairing.many:
                 return self.convolution(func, args, kwargs)
             return func(*args, **kwargs)
-        if family is None:
+        if kind is None:
             self.warn(name, "DeepLift knows no rule for it; its Jacobian averaged along the path from baseline to "
                             "input is used (exact in sum, but check that the op acts on each sample alone)")
         out = self.path_averaged(func, name, args, kwargs, active, paired)
