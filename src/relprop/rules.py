@@ -109,6 +109,18 @@ class LinearRule(Rule):
         """True when the rule equals gradient x input, so the engine needs no custom backward at all."""
         return False
 
+    def term_input(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        """The input a term of this kind sees; rules with inputs of their own (bounds, powers) extend this."""
+        if kind == "x":
+            return x
+        if kind == "x+":
+            return x.clamp(min=0)
+        if kind == "x-":
+            return x.clamp(max=0)
+        if kind == "ones":
+            return torch.ones_like(x)
+        raise ValueError(f"{self.name} has no term input {kind!r}")
+
 
 class Zero(LinearRule):
     """LRP-0: relevance split in proportion to each input's contribution z_ij = x_i w_ij (bias absorbs its part)."""
@@ -227,6 +239,12 @@ class ZBox(LinearRule):
     def parameters(self):
         return {"low": self.low, "high": self.high, "stabilizer": self.stabilizer}
 
+    def term_input(self, kind, x):
+        if kind in ("low", "high"):
+            bound = self.low if kind == "low" else self.high
+            return torch.broadcast_to(torch.as_tensor(bound, dtype=x.dtype, device=x.device), x.shape)
+        return super().term_input(kind, x)
+
     def groups(self):
         return (
             Group(
@@ -280,6 +298,9 @@ class Exponent(LinearRule):
     def groups(self):
         p = self.p
         return (Group((Term("pow", lambda weight: weight.pow(p), bias=False),)),)
+
+    def term_input(self, kind, x):
+        return x.pow(self.p) if kind == "pow" else super().term_input(kind, x)
 
 
 class Norm(LinearRule):

@@ -114,20 +114,7 @@ class LinearCall(KeptOutput):
 
 
 def _select_input(kind: str, x: torch.Tensor, call: LinearCall) -> torch.Tensor:
-    if kind == "x":
-        return x
-    if kind == "x+":
-        return x.clamp(min=0)
-    if kind == "x-":
-        return x.clamp(max=0)
-    if kind == "ones":
-        return torch.ones_like(x)
-    if kind in ("low", "high"):
-        bound = call.rule.low if kind == "low" else call.rule.high
-        return torch.broadcast_to(torch.as_tensor(bound, dtype=x.dtype, device=x.device), x.shape)
-    if kind == "pow":
-        return x.pow(call.rule.p)
-    raise ValueError(kind)
+    return call.rule.term_input(kind, x)  # the rule owns its inputs (z^B's bounds, the e-rule's power)
 
 
 def _is_plain(terms, rule, bias) -> bool:
