@@ -112,6 +112,10 @@ class LinearCall(KeptOutput):
     row: Any = None  # its report row
     recorded: list = field(default_factory=list)  # records of its module, moved to a merged layer's output
 
+    def forget_inputs(self):
+        """Once the backward has run, the input need not outlive the autograd node (which lives to the pass's end)."""
+        self.x = self.weight = self.bias = None
+
 
 def _select_input(kind: str, x: torch.Tensor, call: LinearCall) -> torch.Tensor:
     return call.rule.term_input(kind, x)  # the rule owns its inputs (z^B's bounds, the e-rule's power)
@@ -370,6 +374,7 @@ class RuleGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, weight, bias = ctx.saved_tensors
+        ctx.call.forget_inputs()
         z = ctx.call.linear_map.forward(x, weight, bias)
         return input_relevance(ctx.call, x, weight, bias, z, g, True), None, None, None, None
 
@@ -402,6 +407,7 @@ class LinearRuleFunction(torch.autograd.Function):
     def backward(ctx, g):
         x, weight, bias = ctx.saved_tensors
         call = ctx.call
+        call.forget_inputs()
         if call.merge is not None:  # merged weights exist only while this layer's backward runs
             weight, bias = merged_parameters(weight, bias, call.merge, call.linear_map)
         z = call.values(ctx.z)
