@@ -205,7 +205,8 @@ class Session:
         name, family = classify(func)
         if family == "quiet":
             return func(*args, **kwargs)
-        args, kwargs = self._adopt_all(args), self._adopt_all(kwargs)
+        if self.customs.without_grad:  # a custom Function ran on the data flow (its forward's ops were seen)
+            args, kwargs = self._adopt_all(args), self._adopt_all(kwargs)
         active = self.flow.touched(args, kwargs)
         if not active:
             return func(*args, **kwargs)
