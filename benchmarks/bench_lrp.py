@@ -104,6 +104,7 @@ def build_methods(name, batch, size, peers):
         "gradient x input": gradient_x_input(model, x, target),
         "relprop epsilon_plus_flat": relprop_method(model, x, target, "epsilon_plus_flat"),
         "relprop epsilon_gamma_box": relprop_method(model, x, target, "epsilon_gamma_box"),
+        "relprop epsilon_alpha2_beta1": relprop_method(model, x, target, "epsilon_alpha2_beta1"),
     }
     if peers:
         try:

@@ -148,3 +148,21 @@ def test_report_names_both_modules_of_a_merged_layer():
     rows = relprop.LRP(model).report(torch.randn(1, 3, 32, 32))
     merged = {row.module for row in rows if row.op.endswith("(merged)")}
     assert {"conv1 + bn1", "layer4.1.conv2 + layer4.1.bn2", "layer1.0.conv1 + layer1.0.bn1"} <= merged
+
+
+def test_a_canonizer_takes_the_place_of_a_familys_handler():
+    seen = []
+
+    class Counted(canonizers.Canonizer):
+        def handlers(self):
+            def gradient(ctx, func, name, args, kwargs):
+                seen.append(name)
+                return ctx.plain(func, name, args, kwargs, rule="Gradient (counted)")
+
+            return {"gradient": gradient}
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    report = relprop.LRP(model, "epsilon", canonizers=[Counted()]).report(torch.randn(2, 3))
+    assert seen == ["torch.nn.functional.relu"]
+    assert ("torch.nn.functional.relu", "1", "Gradient (counted)") in [(r.op, r.module, r.rule) for r in report]

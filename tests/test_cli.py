@@ -284,7 +284,8 @@ def test_every_method_takes_its_own_parameters_typed_and_recorded(runs):
         "occlusion_window": {"window": [16, 16], "stride": [16, 16], "baseline": 0.0},
         "integrated_steps": {"baseline": 0.0, "steps": 4, "method": "riemann_trapezoid"},
         "smoothgrad_noise": {"noise_level": 0.2, "n_samples": 2, "seed": 3},
-        "deeplift_baseline": {"baseline": [0.5, 0.0, -0.5], "multiply_by_inputs": True, "eps": 1e-10},
+        "deeplift_baseline": {"baseline": [0.5, 0.0, -0.5], "multiply_by_inputs": True, "eps": 1e-10,
+                              "explain_logits": False},
         "lrp_epsilon": {"epsilon": 0.25, "stabilizer": 1e-6, "zero_bias": False},
     }
     for name, parameters in expected.items():

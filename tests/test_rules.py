@@ -105,7 +105,8 @@ def reference(rule, A, b, x, R):
             Zp, Zn = contributions.clip(min=0), contributions.clip(max=0)
         else:
             Zp, Zn = A.clip(min=0) * x.clip(min=0)[None, :], A.clip(max=0) * x.clip(min=0)[None, :]
-        zp, zn = Zp.sum(1) + b.clip(min=0), Zn.sum(1) + b.clip(max=0)
+        kept = 0 if rule.zero_bias else 1
+        zp, zn = Zp.sum(1) + kept * b.clip(min=0), Zn.sum(1) + kept * b.clip(max=0)
         alpha, beta = np.full_like(zp, rule.alpha), np.full_like(zn, rule.beta)
         if rule.conserve_one_sided:  # one part zero: the other part's coefficient cancels against its denominator
             zp, zn = np.where(zn == 0, zp * rule.alpha, zp), np.where(zp == 0, zn * -rule.beta, zn)
@@ -174,8 +175,8 @@ def _layers():
 
 @pytest.mark.parametrize("rule, nonnegative", [(rule, False) for rule in ALL_RULES] + [
     (rules.Gamma(0.25), True), (rules.Gamma(1.0, zero_bias=True), True), (rules.ZPlus(), True),
-    (rules.AlphaBeta(2, 1), True), (rules.Gamma(0.5, signed=False), True),
-    (rules.AlphaBeta(2, 1, conserve_one_sided=True), True)],
+    (rules.AlphaBeta(2, 1), True), (rules.AlphaBeta(3, 2, zero_bias=True), True),
+    (rules.Gamma(0.5, signed=False), True), (rules.AlphaBeta(2, 1, conserve_one_sided=True), True)],
     ids=lambda v: repr(v) if not isinstance(v, bool) else ("x>=0" if v else "x"))
 @pytest.mark.parametrize("case", _layers(), ids=lambda c: c[0])
 def test_rule_matches_reference_on_linear_and_conv_layers(rule, nonnegative, case):

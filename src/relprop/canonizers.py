@@ -7,12 +7,21 @@ batch-norm merging, which follows the data: a batch norm whose input was produce
 explained as one layer with the merged weights (running statistics in eval mode, batch statistics in train mode),
 so rules such as gamma or z+ see the weights that really act. The model's parameters and buffers are never
 written; running statistics move in train mode exactly as one plain forward moves them.
+
+A canonizer is a set of handler overrides: ``handlers()`` maps op families to handlers that take the place of the
+family's own (``ops/table.py``) while explaining; merging is ``ops.norms.merged_batch_norm``.
 """
 from __future__ import annotations
 
 
 class Canonizer:
+    """A canonizer overrides the LRP handlers of some op families (``ops.table``) while it is in use."""
+
     name = "canonizer"
+
+    def handlers(self) -> dict:
+        """family -> handler(ctx, func, name, args, kwargs), taking the family's place in the run."""
+        return {}
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -22,6 +31,11 @@ class MergeBatchNorm(Canonizer):
     """Explain linear/conv followed by batch norm (1d/2d/3d) as one layer with merged weights."""
 
     name = "merge_batch_norm"
+
+    def handlers(self):
+        from .ops.norms import merged_batch_norm  # the ops import the engine, which imports this module
+
+        return {"batch_norm": merged_batch_norm}
 
 
 _REGISTRY = {"merge_batch_norm": MergeBatchNorm}

@@ -55,7 +55,7 @@ METHODS = {"lrp": "LRP", "gradient": "Gradient", "gradient_x_input": "GradientXI
 CLI_DEFAULTS = {"occlusion": {"window": (8, 8)}}
 # Constructor parameters the command line sets otherwise (the model, --output) or cannot express (callables, maps).
 NOT_PARAMETERS = ("self", "model", "output", "batch_size", "composite", "canonizers", "custom_attribution_func",
-                  "layer_map", "name_map", "index_map")
+                  "layer_map", "name_map", "index_map", "forward", "feature_names", "class_names")
 SIZES = ("window", "stride")  # an int or one int per dimension: window=16 or window=16,16
 PER_CHANNEL = ("baseline", "low", "high")  # a number, or one per channel: baseline=0.1,0.2,0.3
 

@@ -19,6 +19,7 @@ from . import canonizers as canonizers_module
 from . import composites as composites_module
 from . import diagnose
 from .engine import Session, UnsupportedOperation
+from .engine.facts import Facts
 from .explanation import Explanation, Report
 from .stabilize import divide_or_zero
 
@@ -238,7 +239,7 @@ def _closest(name: str, names) -> str:
 
 
 def _logits_policy(output):
-    source = getattr(output, "_relprop_softmax", None)
+    source = Facts.softmax_source(output)
     if source is not None and isinstance(source, torch.Tensor) and source.shape == output.shape:
         return source, True
     return output, False

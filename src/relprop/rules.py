@@ -76,6 +76,11 @@ def bound(name: str, value):
     return number(name, value)
 
 
+# A modifier that is a W+ + c W- says so in ``parts`` = (a, c): on inputs >= 0 the engine then needs only x W+
+# besides the layer's own output (x W- = z - b - x W+).
+keep.parts, positive.parts, negative.parts = (1.0, 1.0), (1.0, 0.0), (0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Term:
     input: str
@@ -136,6 +141,18 @@ class LinearRule(Rule):
         """True when the rule equals gradient x input, so the engine needs no custom backward at all."""
         return False
 
+    def term_input(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        """The input a term of this kind sees; rules with inputs of their own (bounds, powers) extend this."""
+        if kind == "x":
+            return x
+        if kind == "x+":
+            return x.clamp(min=0)
+        if kind == "x-":
+            return x.clamp(max=0)
+        if kind == "ones":
+            return torch.ones_like(x)
+        raise ValueError(f"{self.name} has no term input {kind!r}")
+
 
 class Zero(LinearRule):
     """LRP-0: relevance split in proportion to each input's contribution z_ij = x_i w_ij (bias absorbs its part)."""
@@ -175,6 +192,7 @@ def _boost(gamma: float, part: WeightModifier) -> WeightModifier:
     def boosted(weight: torch.Tensor) -> torch.Tensor:
         return part(weight).mul_(gamma).add_(weight)  # in place on the fresh clamp: one allocation, not three
 
+    boosted.parts = (1.0 + gamma * part.parts[0], 1.0 + gamma * part.parts[1])
     return boosted
 
 
@@ -283,6 +301,12 @@ class ZBox(LinearRule):
     def parameters(self):
         return {"low": self.low, "high": self.high, "stabilizer": self.stabilizer}
 
+    def term_input(self, kind, x):
+        if kind in ("low", "high"):
+            bound = self.low if kind == "low" else self.high
+            return torch.broadcast_to(torch.as_tensor(bound, dtype=x.dtype, device=x.device), x.shape)
+        return super().term_input(kind, x)
+
     def groups(self):
         return (
             Group(
@@ -336,6 +360,9 @@ class Exponent(LinearRule):
     def groups(self):
         p = self.p
         return (Group((Term("pow", lambda weight: weight.pow(p), bias=False),)),)
+
+    def term_input(self, kind, x):
+        return x.pow(self.p) if kind == "pow" else super().term_input(kind, x)
 
 
 class Norm(LinearRule):

@@ -1,4 +1,5 @@
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -240,10 +241,178 @@ def test_nothing_is_left_behind_also_after_an_error(image):
     assert all(torch.equal(before["body." + k], v) for k, v in model.body.state_dict().items())
 
 
-def test_ops_without_a_rule_warn_and_use_the_gradient(image):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(768, 6), nn.LayerNorm(6))
-    with pytest.warns(relprop.UnsupportedOpWarning, match="layer_norm"):
-        DeepLift(model)(image, target=0)
+def test_ops_no_family_claims_warn_and_still_add_up(image):
+    class Unknown(nn.Module):
+        def forward(self, x):
+            return torch.erfinv(torch.tanh(x) * 0.5)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(768, 6), Unknown(), nn.Linear(6, 3))
+    with pytest.warns(relprop.UnsupportedOpWarning, match="erfinv") as caught:
+        explanation = DeepLift(model)(image, target=0)
+    assert caught[0].filename == __file__  # the model's line, not relprop's
+    assert explanation.delta.abs().max() <= 1e-5 * explanation.explained.abs().max()
+
+
+# ---- nonlinear ops of several inputs: the path-averaged Jacobian ---------------------------------------------------
+class SoftmaxDeepLiftModel(nn.Module):
+    """The shape of captum's test model of that name (three dense layers, ReLUs, a softmax head), random weights."""
+
+    def __init__(self, num_in=10, num_hidden=15, num_out=5):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(num_in, num_hidden), nn.Linear(num_hidden, num_hidden), nn.Linear(
+            num_hidden, num_out)
+        self.relu1, self.relu2, self.softmax = nn.ReLU(), nn.ReLU(), nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.softmax(self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x))))))
+
+
+class BasicModel_ConvNet(nn.Module):
+    """The shape of captum's test model of that name: two conv/ReLU/max-pool stages, two dense layers, softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu1, self.pool1 = nn.Conv2d(1, 2, 3, 1), nn.ReLU(), nn.MaxPool2d(2)
+        self.conv2, self.relu2, self.pool2 = nn.Conv2d(2, 4, 3, 1), nn.ReLU(), nn.MaxPool2d(2)
+        self.fc1, self.relu3, self.fc2 = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.softmax(self.fc2(self.relu3(self.fc1(x.view(-1, 4)))))
+
+
+def adds_up(explanation, tolerance=1e-4):
+    scale = explanation.explained.abs().max()
+    delta = explanation.delta
+    assert delta.abs().max() <= tolerance * scale + 1e-7, (float(delta.abs().max()), float(scale))
+
+
+@pytest.mark.parametrize("make, shape", [(SoftmaxDeepLiftModel, (4, 10)), (BasicModel_ConvNet, (4, 1, 10, 10))])
+def test_deeplift_and_deeplift_shap_add_up_on_softmax_headed_models(make, shape):
+    torch.manual_seed(0)
+    model = randomize(make())
+    x = torch.randn(shape) * 2
+    adds_up(DeepLift(model)(x, baseline=torch.randn(shape)))
+    adds_up(DeepLiftShap(model, torch.randn((3,) + shape[1:]))(x))
+
+
+def test_path_averaged_softmax_follows_the_integral_of_its_jacobian():
+    """On y = softmax(x)[t] alone, DeepLift's multipliers are the mean of the Jacobian from x0 to x: integrated
+    gradients with a fine Riemann sum, written here in plain torch."""
+    torch.manual_seed(0)
+    x, x0 = torch.randn(3, 6) * 3, torch.randn(3, 6)
+    model = nn.Softmax(dim=1)
+    explanation = DeepLift(model)(x, target=2, baseline=x0)
+    steps = 4000
+    alphas = (torch.arange(steps) + 0.5) / steps
+    path = (x0 + alphas[:, None, None] * (x - x0)).requires_grad_(True)
+    (grads,) = torch.autograd.grad(torch.softmax(path, -1)[..., 2].sum(), path)
+    torch.testing.assert_close(explanation.relevance, (x - x0) * grads.mean(0), rtol=1e-4, atol=1e-6)
+    adds_up(explanation, 1e-6)
+
+
+def test_layer_norm_division_and_max_over_a_dimension_add_up(image):
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(48, 12)
+            self.norm = nn.LayerNorm(12)
+
+        def forward(self, x):
+            h = self.norm(self.fc(x.mean(1)))
+            ratio = h / (h.abs().sum(1, keepdim=True) + 1)
+            return torch.log_softmax(ratio.reshape(-1, 3, 4).max(dim=2).values * 3, dim=1)
+
+    torch.manual_seed(0)
+    model = randomize(Mixed())
+    x = torch.nn.functional.avg_pool2d(image, 4).reshape(3, 3, 16).repeat(1, 1, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", relprop.UnsupportedOpWarning)  # every op has a rule
+        explanation = DeepLift(model)(x, baseline=torch.randn_like(x))
+    adds_up(explanation)
+
+
+def test_fused_attention_adds_up():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 2)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).reshape(x.shape[0], 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(y.transpose(1, 2).reshape(x.shape[0], 5, 8)[:, -1])
+
+    torch.manual_seed(0)
+    model = randomize(Attention())
+    x = torch.randn(3, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", relprop.UnsupportedOpWarning)
+        adds_up(DeepLift(model)(x, baseline=torch.randn_like(x)), 1e-5)
+
+
+def test_explain_logits_explains_the_logits_before_a_softmax_head():
+    torch.manual_seed(0)
+    model = randomize(SoftmaxDeepLiftModel())
+    x, x0 = torch.randn(4, 10), torch.randn(4, 10)
+    explanation = DeepLift(model, explain_logits=True)(x, target=1, baseline=x0)
+    assert explanation.explained_logits
+    logits = model.fc3(model.relu2(model.fc2(model.relu1(model.fc1(torch.cat([x, x0]))))))
+    torch.testing.assert_close(explanation.explained, (logits[:4, 1] - logits[4:, 1]).detach())
+    torch.testing.assert_close(explanation.output, model(x).detach())
+    adds_up(explanation, 1e-5)
+    assert not DeepLift(model)(x, target=1, baseline=x0).explained_logits
+    with pytest.raises(TypeError, match="explain_logits"):
+        DeepLift(model, explain_logits="yes")
+
+
+def _with_biases(model):
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.copy_((torch.rand(parameter.shape, generator=generator) - 0.5) * 0.2)
+    return model.eval()
+
+
+class Embedded(nn.Module):
+    """A language model explained at its input embeddings: the last position's logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeddings):
+        logits = self.model(inputs_embeds=embeddings).logits
+        return logits[:, -1] if logits.dim() == 3 else logits
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_deeplift_and_deeplift_shap_add_up_on_language_models(family):
+    from tests.language_models import language_model
+
+    model = Embedded(_with_biases(language_model(family, "sdpa" if family != "bert" else "eager")))
+    embed = model.model.get_input_embeddings()
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    x = embed(ids).detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", relprop.UnsupportedOpWarning)
+        adds_up(DeepLift(model)(x, target=1, baseline=0.0))
+        adds_up(DeepLiftShap(model, embed(ids.flip(0)).detach())(x, target=1))
+
+
+def test_deeplift_adds_up_on_a_vision_transformer():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _with_biases(torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                                              hidden_dim=16, mlp_dim=32, num_classes=5))
+    x = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", relprop.UnsupportedOpWarning)
+        adds_up(DeepLift(model)(x, baseline=torch.randn_like(x)))
 
 
 def test_training_mode_batch_norm_and_dropout_are_refused(image):

@@ -15,8 +15,18 @@ are all seen. Ops that touch the input get a backward that carries DeepLift mult
       the gradient at the midpoint (a + a0) / 2, (b + b0) / 2: exact for such ops, and the two-player Shapley split
   linear ops (convolutions, linear layers, sums, pooling by averages, batch norm in eval mode, reshapes, ...)
       the gradient, exact for them
-  anything else that is nonlinear (softmax, layer norm, max over a dimension, division by an activation, ...)
-      the gradient, with a warning naming the op: there the attributions may not add up (see ``delta``)
+  every other nonlinear op of the input (softmax, log-softmax, layer/group/RMS norm, division by an activation,
+  max over a dimension, products of three or more activations; fused attention runs as its decomposition)
+      the op's Jacobian averaged along the straight path from reference to input,
+          M = sum_k w_k J(x0 + t_k (x - x0)),  Gauss-Legendre nodes t_k, weights w_k on [0, 1],
+      which converges fast on these smooth ops; what the quadrature leaves over, r = g . (y - y0) - (M^T g) . (x - x0)
+      per sample, is added along x - x0 (+ r (x - x0) / |x - x0|^2), so that summation-to-delta holds exactly
+  an op of the input that no family claims
+      the same path-averaged Jacobian, with a warning naming it (it may be any function: check ``delta``)
+
+This is an allow-list: an op is taken as linear (its gradient) only where its family says so. ``explain_logits``
+follows the DeepLift paper's advice for a softmax at the output: the logits before it are explained instead (the
+result says so in ``explained_logits``).
 
 Batch norm or dropout in training mode would treat inputs and baselines differently and raise an error. Each
 distinct baseline runs once: a baseline shared by the batch (a number, one sample) adds a single row to the pass,
@@ -32,13 +42,15 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..engine import DataFlow, UnsupportedOpWarning, classify, out_of_place
+from ..engine import DataFlow, UnsupportedOpWarning, caller_level, classify, out_of_place
 from ..explanation import Explanation
 from ..lrp import output_gradient
-from ..ops.table import FAMILIES, is_inplace
+from ..ops import attention
+from ..ops.table import FAMILIES, deeplift_kind, is_inplace
 from .base import Attribution, baseline_like, batched, input_gradient, per_sample_sum, positional_count, rows_of
 
 T, F = "torch.Tensor.", "torch.nn.functional."
@@ -63,6 +75,7 @@ QUADRATIC = _names("mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply",
                    "addcmul", "addcmul_")
 NONLINEAR = _names("max", "min", "amax", "amin", "sort", "topk", "cummax", "cummin", "prod", "div", "div_",
                    "__truediv__", "__rtruediv__", "__itruediv__", "divide", "true_divide", "maximum", "minimum")
+PATH_NODES = 8  # Gauss-Legendre nodes for a path-averaged Jacobian: error ~ the 16th derivative along the path
 DROPOUT = _names("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
                  prefixes=(F,))
 
@@ -201,12 +214,73 @@ class Midpoint(torch.autograd.Function):
         return (None, None) + tuple(None if grad is None else pairing.pad(grad[:n]) for grad in grads)
 
 
+class PathAveraged(torch.autograd.Function):
+    """A nonlinear op of several inputs: backward is its Jacobian averaged from reference to input, made exact."""
+
+    @staticmethod
+    def forward(ctx, fn, pairing, *operands):
+        out = fn(*operands)
+        outputs = out if isinstance(out, tuple) else (out,)
+        ctx.fn, ctx.pairing, ctx.count = fn, pairing, len(operands)
+        ctx.float_outputs = [i for i, o in enumerate(outputs) if isinstance(o, torch.Tensor) and o.is_floating_point()]
+        ctx.mark_non_differentiable(*(o for i, o in enumerate(outputs)
+                                      if isinstance(o, torch.Tensor) and i not in ctx.float_outputs))
+        ctx.save_for_backward(*operands, *(outputs[i] for i in ctx.float_outputs))
+        return tuple(outputs) if isinstance(out, tuple) else out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        pairing, n = ctx.pairing, ctx.pairing.rows
+        operands, outputs = ctx.saved_tensors[:ctx.count], ctx.saved_tensors[ctx.count:]
+        g = [grads[i] for i in ctx.float_outputs]
+        deltas = [_finite(operand[:n] - pairing.reference(operand)) for operand in operands]
+        averaged = [torch.zeros_like(delta) for delta in deltas]
+        for node, weight in zip(*_gauss_legendre(PATH_NODES)):
+            points = [torch.cat([pairing.reference(operand).expand_as(delta) + node * delta, operand[n:]])
+                      .requires_grad_(True) for operand, delta in zip(operands, deltas)]
+            with torch.enable_grad():
+                out = ctx.fn(*points)
+                outputs_at = out if isinstance(out, tuple) else (out,)
+                selected = [outputs_at[i] for i in ctx.float_outputs]
+                parts = torch.autograd.grad(selected, points, [pairing.pad(gi[:n]) for gi in g], allow_unused=True)
+            for total, part in zip(averaged, parts):
+                if part is not None:
+                    total.add_(part[:n], alpha=weight)
+        # What the quadrature missed, per sample, goes along x - x0: then sum (x - x0) m = g . (y - y0) exactly.
+        explained = sum(per_sample_sum(gi[:n] * _finite(out[:n] - pairing.reference(out))) for gi, out in zip(g, outputs))
+        carried = sum(per_sample_sum(m * delta) for m, delta in zip(averaged, deltas))
+        norm = sum(per_sample_sum(delta * delta) for delta in deltas)
+        factor = torch.where(norm > 0, (explained - carried) / norm.clamp(min=torch.finfo(norm.dtype).tiny), 0.0)
+        result = []
+        for m, delta in zip(averaged, deltas):
+            m.add_(factor.reshape((-1,) + (1,) * (delta.dim() - 1)) * delta)
+            result.append(pairing.pad(m))
+        return (None, None) + tuple(result)
+
+
+def _finite(difference: torch.Tensor) -> torch.Tensor:
+    """x - x0 with 0 where both are the same infinity (a masked attention score): nothing changes there."""
+    return difference.nan_to_num(nan=0.0)
+
+
+_NODES: dict[int, tuple] = {}
+
+
+def _gauss_legendre(count: int):
+    """Nodes and weights of Gauss-Legendre quadrature on [0, 1]."""
+    if count not in _NODES:
+        nodes, weights = np.polynomial.legendre.leggauss(count)
+        _NODES[count] = (((nodes + 1) / 2).tolist(), (weights / 2).tolist())
+    return _NODES[count]
+
+
 class _Interceptor(TorchFunctionMode):
     """Routes each op that touches the input through its DeepLift backward while the model runs."""
 
-    def __init__(self, pairing: Pairing, eps: float, warned: set):
+    def __init__(self, pairing: Pairing, eps: float, warned: set, explain_logits: bool = False):
         super().__init__()
         self.pairing, self.eps, self.warned = pairing, eps, warned
+        self.softmax_inputs = {} if explain_logits else None  # id(softmax output) -> (output, its input)
         self.flow = DataFlow("_relprop_deeplift")
         self.mark, self.active = self.flow.mark, self.flow.active
 
@@ -246,13 +320,68 @@ class _Interceptor(TorchFunctionMode):
             raise ValueError("batch norm uses batch statistics (the model is in training mode), so inputs and "
                              "baselines, which run in one batch, would be normalised together. Call model.eval() "
                              "first")
-        if family in (None, "softmax", "log_softmax", "layer_norm", "group_norm", "rms_norm") or name in NONLINEAR:
-            if name in NONLINEAR and family == "divide" and not self._divides_by_active(name, args, kwargs):
-                return func(*args, **kwargs)
-            return self.fallback(func, name, args, kwargs, "it has no DeepLift rule")
-        if family == "conv" and first is active[0] and len(active) == 1 and paired and self.pairing.many:
-            return self.convolution(func, args, kwargs)
-        return func(*args, **kwargs)
+        kind = deeplift_kind(family)  # what the op's family says (ops/table.py): an allow-list
+        if family == "attention":  # fused: its products and softmax get their own multipliers
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+            with self:
+                return attention.scaled_dot_product(**dict(zip(names, args)), **kwargs)
+        if family == "multi_head_attention":
+            bound = dict(zip(attention.MHA_ARGS, args), **kwargs)
+            for key, value in attention.MHA_DEFAULTS.items():
+                bound.setdefault(key, value)
+            why = attention.multi_head_supported(bound)
+            if why is not None:
+                return self.fallback(func, name, args, kwargs, why)
+            with self:
+                return attention.multi_head(**bound)
+        if kind == "divide" and not self._divides_by_active(name, args, kwargs):
+            return func(*args, **kwargs)
+        if name not in NONLINEAR and (kind == "linear" or (kind == "product" and len(active) == 1)):
+            if family == "conv" and first is active[0] and len(active) == 1 and paired and self.pairing.many:
+                return self.convolution(func, args, kwargs)
+            return func(*args, **kwargs)
+        if kind is None:
+            self.warn(name, "DeepLift knows no rule for it; its Jacobian averaged along the path from baseline to "
+                            "input is used (exact in sum, but check that the op acts on each sample alone)")
+        out = self.path_averaged(func, name, args, kwargs, active, paired)
+        if self.softmax_inputs is not None and family in ("softmax", "log_softmax") and isinstance(out, torch.Tensor):
+            self.softmax_inputs[id(out)] = (out, args[0] if args else kwargs.get("input"))
+        return out
+
+    def path_averaged(self, func, name, args, kwargs, active, paired):
+        if not paired:
+            return self.fallback(func, name, args, kwargs, "its inputs are not batch-first activations")
+        if _modifies_input(name, args, kwargs):
+            return self.fallback(func, name, args, kwargs, "it runs in place")
+        operands, fn = self.operands(func, args, kwargs)
+        if len(operands) != len(active):
+            return self.fallback(func, name, args, kwargs, "its inputs come in a list")
+        returned = []
+
+        def plain_tuples(*values):
+            out = fn(*values)
+            returned.append(type(out))
+            return tuple(out) if isinstance(out, tuple) else out
+
+        out = PathAveraged.apply(plain_tuples, self.pairing, *operands)
+        if isinstance(out, tuple) and returned[0] is not tuple:
+            out = returned[0](out)  # torch.return_types.max and friends
+        return out
+
+    def operands(self, func, args, kwargs):
+        """The active tensors among an op's arguments, and func as a function of them alone."""
+        positions = [i for i, value in enumerate(args) if self.active(value)]
+        keys = [k for k, value in kwargs.items() if self.active(value)]
+
+        def fn(*operands):
+            call_args, call_kwargs = list(args), dict(kwargs)
+            for position, operand in zip(positions, operands):
+                call_args[position] = operand
+            for key, operand in zip(keys, operands[len(positions):]):
+                call_kwargs[key] = operand
+            return func(*call_args, **call_kwargs)
+
+        return [args[p] for p in positions] + [kwargs[k] for k in keys], fn
 
     def max_pool(self, z, name, args, kwargs):
         names = ("input", "output_size") if "adaptive" in name else (
@@ -268,23 +397,12 @@ class _Interceptor(TorchFunctionMode):
     def quadratic(self, func, name, args, kwargs, active, paired):
         degree_two = name.rsplit(".", 1)[-1] in ("addmm", "baddbmm", "addcmul", "addcmul_") or len(active) == 2
         if not (paired and degree_two):
-            return self.fallback(func, name, args, kwargs, "it multiplies more than two activations")
+            return self.path_averaged(func, name, args, kwargs, active, paired)
         if is_inplace(name):
             func = {"addcmul_": torch.addcmul}.get(name.rsplit(".", 1)[-1], torch.mul)
-        positions = [i for i, value in enumerate(args) if self.active(value)]
-        keys = [k for k, value in kwargs.items() if self.active(value)]
-        if len(positions) + len(keys) != len(active):  # operands inside lists (einsum(eq, [a, b]))
+        operands, fn = self.operands(func, args, kwargs)
+        if len(operands) != len(active):  # operands inside lists (einsum(eq, [a, b]))
             return self.fallback(func, name, args, kwargs, "its operands come in a list")
-
-        def fn(*operands):
-            call_args, call_kwargs = list(args), dict(kwargs)
-            for position, operand in zip(positions, operands):
-                call_args[position] = operand
-            for key, operand in zip(keys, operands[len(positions):]):
-                call_kwargs[key] = operand
-            return func(*call_args, **call_kwargs)
-
-        operands = [args[p] for p in positions] + [kwargs[k] for k in keys]
         if is_inplace(name):  # the first operand is about to be overwritten; the backward needs its value
             operands = [operand.clone() for operand in operands]
             return args[0].copy_(Midpoint.apply(fn, self.pairing, *operands))
@@ -307,13 +425,16 @@ class _Interceptor(TorchFunctionMode):
 
     def fallback(self, func, name, args, kwargs, why):
         out = func(*args, **kwargs)
-        if name not in self.warned and any(isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-                                           for t in (out if isinstance(out, (tuple, list)) else (out,))):
-            self.warned.add(name)
-            warnings.warn(f"relprop DeepLift: {name} is nonlinear and {why}; its gradient is used there, so the "
-                          "attributions may not add up to the output difference (see Explanation.delta)",
-                          UnsupportedOpWarning, stacklevel=3)
+        if any(isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+               for t in (out if isinstance(out, (tuple, list)) else (out,))):
+            self.warn(name, f"it is nonlinear and {why}; its gradient is used there, so the attributions may not add "
+                            "up to the output difference (see Explanation.delta)")
         return out
+
+    def warn(self, name, why):
+        if name not in self.warned:
+            self.warned.add(name)
+            warnings.warn(f"relprop DeepLift: {name}: {why}", UnsupportedOpWarning, stacklevel=caller_level())
 
 
 def _argument(args, kwargs, position, key, default):
@@ -336,13 +457,18 @@ class DeepLift(Attribution):
     the attributions (tensors shaped like x), replacing the default.
     eps: below this |x - x0| an element-wise op uses its gradient. batch_size: the most model inputs in one pass
     (each input runs with its baseline, so a pass holds batch_size / 2 pairs). forward, feature_names: as for LRP.
+    explain_logits: when the output comes straight from a softmax or log-softmax, explain the logits before it
+    (``explained_logits`` says so).
     ``gradient`` holds the multipliers.
     """
 
     def __init__(self, model, baseline=0.0, multiply_by_inputs: bool = True,
                  custom_attribution_func: Callable | None = None, eps: float = 1e-10, batch_size: int | None = None,
-                 output=None, forward=None, feature_names=None):
+                 output=None, forward=None, feature_names=None, explain_logits: bool = False):
         super().__init__(model, batch_size, output, forward, feature_names)
+        if not isinstance(explain_logits, bool):
+            raise TypeError(f"explain_logits must be True or False, got {explain_logits!r}")
+        self.explain_logits = explain_logits
         if custom_attribution_func is not None:
             if not callable(custom_attribution_func):
                 raise TypeError("custom_attribution_func must be callable as f(multipliers), f(multipliers, inputs) "
@@ -376,14 +502,14 @@ class DeepLift(Attribution):
         samples, count = which.shape
         multipliers = x.new_empty((samples, count) + x.shape[1:])
         change = x.new_empty(samples, count)
-        output, index = None, None
+        output, index, logits = None, None, False
         copies = ((x, which[:, b]) for b in range(count))
         pairs_per_pass = max(1, self.rows_per_pass(x) - 1 if len(bank) == 1 else self.rows_per_pass(x) // 2)
         for (inputs, chosen), sample, number in batched(copies, pairs_per_pass):
             used, pick = torch.unique(chosen, return_inverse=True)
             if len(used) == 1 or bool((pick == torch.arange(len(pick), device=pick.device)).all()):
                 pick = None  # one shared reference broadcasts, aligned ones pair by position
-            m, out, difference, classes = self.multipliers(inputs, bank[used], pick, rows_of(target, sample))
+            m, out, difference, classes, logits = self.multipliers(inputs, bank[used], pick, rows_of(target, sample))
             multipliers[sample, number] = m
             change[sample, number] = difference
             if output is None:
@@ -399,7 +525,7 @@ class DeepLift(Attribution):
         # Per pair: f(x) - f(x0_b) - sum of its attributions; their mean over the baselines is explained - sum.
         pair_delta = change - attributions.flatten(2).sum(2)
         return Explanation(attributions.mean(1), output, change.mean(1), pair_delta.mean(1), index,
-                           gradient=multipliers.mean(1), feature_names=self.feature_names,
+                           explained_logits=logits, gradient=multipliers.mean(1), feature_names=self.feature_names,
                            details={"delta_per_baseline": pair_delta})
 
     def combine(self, multipliers, inputs, baselines):
@@ -417,11 +543,11 @@ class DeepLift(Attribution):
 
     def multipliers(self, inputs, references, pick, target):
         """One pass over [inputs; references], input i paired with references[pick[i]] (pick None: aligned or
-        one shared): (multipliers, output at inputs, f(x) - f(x0), class index or None)."""
+        one shared): (multipliers, output at inputs, f(x) - f(x0), class index or None, logits explained)."""
         pairing = Pairing(len(inputs), len(references), pick)
         leaf = inputs.detach().requires_grad_(True)
         batch = torch.cat([leaf, references])
-        interceptor = _Interceptor(pairing, self.eps, self._warned)
+        interceptor = _Interceptor(pairing, self.eps, self._warned, self.explain_logits)
         interceptor.mark(batch)
         with torch.enable_grad(), interceptor:
             output = self.run(batch)
@@ -429,11 +555,15 @@ class DeepLift(Attribution):
             raise ValueError(f"the model's output has shape {tuple(output.shape)}, but DeepLift runs inputs and "
                              f"baselines as one batch of {pairing.total} and needs one output per sample along the "
                              "first dimension")
-        at_input, at_reference = output[:pairing.rows], pairing.reference(output)
+        explained, logits = output, False
+        softmax = interceptor.softmax_inputs.get(id(output)) if interceptor.softmax_inputs is not None else None
+        if softmax is not None and softmax[0] is output and softmax[1].shape == output.shape:
+            explained, logits = softmax[1], True
+        at_input, at_reference = explained[:pairing.rows], pairing.reference(explained)
         g, index = output_gradient(at_input.detach(), target)
         multipliers = input_gradient(at_input, leaf, g)
         change = per_sample_sum((at_input - at_reference).detach() * g)
-        return multipliers, at_input.detach(), change, index
+        return multipliers, output[:pairing.rows].detach(), change, index, logits
 
 
 def _shared(x: torch.Tensor, baseline) -> bool:
@@ -455,9 +585,9 @@ class DeepLiftShap(DeepLift):
 
     def __init__(self, model, baselines, multiply_by_inputs: bool = True,
                  custom_attribution_func: Callable | None = None, eps: float = 1e-10, batch_size: int | None = None,
-                 output=None, forward=None, feature_names=None):
+                 output=None, forward=None, feature_names=None, explain_logits: bool = False):
         super().__init__(model, 0.0, multiply_by_inputs, custom_attribution_func, eps, batch_size, output, forward,
-                         feature_names)
+                         feature_names, explain_logits)
         self.baselines = baselines
 
     def __call__(self, x: torch.Tensor, target=None, *, baselines=None) -> Explanation:

@@ -1,1 +1,19 @@
-"""Op families and the autograd Functions that give them their relevance backward."""
+"""Op families, one file each, registered in ``table.HANDLERS`` when imported (``load_families``, by the engine).
+
+  gradient.py     ops whose gradient x input is their rule: shapes, sums, selections, ReLU, max-pooling
+  elementwise.py  element-wise activations: relevance passes through
+  products.py     products of activations (uniform split, gates) and division
+  linear.py       linear, convolution, transposed convolution, average pooling under a composite's rule
+  norms.py        batch, layer, group and RMS norm (std as constant; batch norm merged into the layer before it)
+  attention.py    softmax, log-softmax, fused and multi-head attention
+  custom.py       custom torch.autograd.Functions (found from their outputs; rules registered by the user)
+"""
+import importlib
+
+FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "custom")
+
+
+def load_families():
+    """Import every family file, so that each registers its handler (the engine calls this once, at import)."""
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"{__name__}.{module}")

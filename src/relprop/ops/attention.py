@@ -12,6 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..engine.intercept import bind
+from .products import scale_gradient
+from .table import register
+
 
 def scaled_dot_product(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                        enable_gqa=False):
@@ -116,3 +120,64 @@ def multi_head(query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
         out = out.squeeze(1)
         returned = returned.squeeze(0)
     return out, (returned if need_weights else None)
+
+
+# ---- LRP handlers -------------------------------------------------------------------------------------------
+@register("softmax", deeplift="path")
+def softmax_op(ctx, func, name, args, kwargs):
+    if ctx.composite.softmax == "constant":
+        # CP-LRP: attention weights are constants, so relevance flows through the values only.
+        row = ctx.row(name, "Constant (CP-LRP)")
+        out = func(*args, **kwargs).detach()
+        if row is not None:
+            row.backward_seen = True
+        return out
+    return _by_gradient(ctx, func, name, args, kwargs, "Gradient (AttnLRP softmax)")
+
+
+@register("log_softmax", deeplift="path")
+def log_softmax_op(ctx, func, name, args, kwargs):
+    return _by_gradient(ctx, func, name, args, kwargs, "Gradient (log-softmax)")
+
+
+def _by_gradient(ctx, func, name, args, kwargs, rule):
+    """A softmax by its gradient, remembering its input: at the model output the logits are explained instead."""
+    out = ctx.plain(func, name, args, kwargs, rule=rule)
+    if isinstance(out, torch.Tensor):
+        ctx.facts.set_softmax_source(out, args[0])
+    return out
+
+
+@register("attention", deeplift="attention")
+def fused_attention(ctx, func, name, args, kwargs):
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = bind(names, args, kwargs, {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
+                                        "enable_gqa": False})
+    if ctx.reporting or ctx.active(bound["attn_mask"]):
+        with ctx.intercept():  # report mode: the decomposition's ops are ruled, and listed, one by one
+            return scaled_dot_product(**bound)
+    # The fused kernel, its gradient rescaled: with softmax by its gradient (AttnLRP) and both products split
+    # uniformly, v gets 1/2 of the gradient and q, k 1/4 (1/2 through attn @ v, 1/2 through q @ k^T); with
+    # constant attention weights (CP-LRP) v gets all of it and q, k nothing. No attention matrix is stored.
+    q, k, v = bound["query"], bound["key"], bound["value"]
+    scores_active = ctx.active(q) or ctx.active(k)
+    if ctx.composite.softmax == "constant":
+        q, k, scores_active = q.detach(), k.detach(), False
+    v_share = 0.5 if (scores_active and ctx.active(v)) else 1.0
+    qk_share = v_share * (0.5 if (ctx.active(q) and ctx.active(k)) else 1.0)
+    scaled = {"query": q, "key": k, "value": v}
+    for key, share in (("query", qk_share), ("key", qk_share), ("value", v_share)):
+        if ctx.active(scaled[key]) and share != 1.0:
+            scaled[key] = scale_gradient(scaled[key], share)
+    bound.update(scaled)
+    return func(**bound)
+
+
+@register("multi_head_attention", deeplift="attention")
+def multi_head_attention(ctx, func, name, args, kwargs):
+    bound = bind(MHA_ARGS, args, kwargs, MHA_DEFAULTS)
+    why = multi_head_supported(bound)
+    if why is not None:
+        return ctx.unknown(func, f"{name} ({why})", args, kwargs)
+    with ctx.intercept():
+        return multi_head(**bound)

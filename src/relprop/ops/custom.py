@@ -90,3 +90,88 @@ def apply_rule(rule, output: torch.Tensor, inputs: list[torch.Tensor]) -> torch.
         raise ValueError(f"a surrogate for a custom Function must return a tensor shaped like its output "
                          f"{tuple(output.shape)}; got {getattr(surrogate, 'shape', type(surrogate).__name__)}")
     return surrogate + (value - surrogate.detach())
+
+
+_ACCUMULATE_GRAD = type(torch.ones(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])
+
+
+class Adopter:
+    """Finds custom Function outputs on the data flow and puts the tensor that stands for each in their place."""
+
+    def __init__(self, busy):
+        self.busy = busy  # a context manager: the session's own tensor work, not intercepted
+        self.without_grad: dict = {}  # (grad_fn, output_nr) -> flow tensor read with grad off (a custom forward)
+        self.adopted: dict = {}  # (grad_fn, output_nr) of a custom Function's output -> the tensor standing for it
+
+    def seen_without_grad(self, tensors):
+        for tensor in tensors:
+            self.without_grad[(tensor.grad_fn, tensor.output_nr)] = tensor
+
+    def clear(self):
+        self.without_grad.clear()
+
+    def adopt_all(self, ctx, value, direct_leaf):
+        """value (a tensor, or a tuple, list or dict of them) with custom Function outputs adopted."""
+        if isinstance(value, torch.Tensor):
+            if value.requires_grad and not ctx.active(value) and function_of(value) is not None:
+                return self.adopt(ctx, value, direct_leaf)
+            return value
+        if isinstance(value, (tuple, list)):
+            adopted = [self.adopt_all(ctx, item, direct_leaf) for item in value]
+            if any(new is not old for new, old in zip(adopted, value)):
+                return tuple(adopted) if type(value) is tuple else type(value)(adopted)
+        elif isinstance(value, dict) and value:
+            adopted = {key: self.adopt_all(ctx, item, direct_leaf) for key, item in value.items()}
+            if any(adopted[key] is not item for key, item in value.items()):
+                return adopted
+        return value
+
+    def flow_tensor(self, ctx, node, output_nr):
+        if isinstance(node, _ACCUMULATE_GRAD):
+            return node.variable if ctx.active(node.variable) else None
+        return self.without_grad.get((node, output_nr))
+
+    def adopt(self, ctx, tensor, direct_leaf):
+        key = (tensor.grad_fn, tensor.output_nr)
+        if key in self.adopted:
+            return self.adopted[key]
+        node, function = tensor.grad_fn, function_of(tensor)
+        if not reaches(node, lambda n, nr: self.flow_tensor(ctx, n, nr) is not None or (
+                isinstance(n, _ACCUMULATE_GRAD) and n.variable is direct_leaf)):
+            self.adopted[key] = tensor  # computed from parameters or constants only: no relevance to carry
+            return tensor
+        with self.busy():
+            inputs = [(position, self.flow_tensor(ctx, *item)) for position, item in enumerate(node.next_functions)
+                      if item[0] is not None]
+            inputs = [(position, found) for position, found in inputs if found is not None]
+            name, rule = name_of(function), rule_for(function)
+            if rule is None:
+                ctx.unsupported(name, f"no relevance rule is registered for it; register one with "
+                                      f"relprop.register_function({function.__name__}, \"pass\" | \"gradient\" | "
+                                      "surrogate)")
+                rule, label = "gradient", "Gradient (unsupported)"
+            else:
+                label = ("Surrogate gradient" if callable(rule) else rule.capitalize()) + " (registered)"
+            row = ctx.row(name, label)
+            if rule == "gradient":
+                out = tensor
+                if row is not None:
+                    node.register_hook(_relevance_into(row, inputs))
+            else:
+                out = apply_rule(rule, tensor, [ctx.tap(found, row) for _, found in inputs])
+            ctx.mark(out)
+            ctx.watch(out, row)
+        self.adopted[key] = out
+        return out
+
+
+def _relevance_into(row, inputs):
+    """A node hook adding the relevance reaching the inputs of a custom Function (kept as it is) to its row."""
+
+    def hook(grad_inputs, grad_outputs):
+        for position, tensor in inputs:
+            if grad_inputs[position] is not None:
+                row.relevance_in += float((tensor.detach() * grad_inputs[position]).sum())
+        row.backward_seen = True
+
+    return hook

@@ -7,7 +7,9 @@ import re
 
 import torch
 
+from ..engine.intercept import out_of_place
 from .kept import KeptOutput
+from .table import register
 
 
 def _ratio_times(g: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -106,3 +108,49 @@ def is_elementwise_module(module, extra_types=()) -> bool:
     if extra_types and isinstance(module, tuple(extra_types)):
         return True
     return ELEMENTWISE_MODULE.fullmatch(type(module).__name__) is not None
+
+
+_GATES = {"sigmoid", "hardsigmoid"}  # outputs in [0, 1] that scale a signal: gates in products
+
+
+@register("activation", deeplift="elementwise")
+def activation(ctx, func, name, args, kwargs):
+    x = args[0]
+    fn = out_of_place(func, name, args, kwargs)
+    row = ctx.row(name, "Pass")
+    out = pass_through(ctx.tap(x, row), fn)
+    ctx.watch(out, row)
+    if name.rsplit(".", 1)[-1].rstrip("_") in _GATES or ctx.composite.gates == "activation":
+        ctx.facts.set_gate(out)
+    return out
+
+
+class Suspended:
+    """An element-wise module running with interception off: its output is explained as one pass-through op."""
+
+    def __init__(self, module, x, differentiable: bool):
+        self.module, self.x = module, x
+        self.grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(differentiable)  # its inner ops need no graph ("run" restores it on errors)
+
+    def release(self):
+        torch.set_grad_enabled(self.grad)
+
+    def finish(self, ctx, output):
+        """The module's output, with relevance passing through it to its input."""
+        self.release()
+        x, module = self.x, self.module
+        if not (isinstance(output, torch.Tensor) and output.shape == x.shape and output.is_floating_point()):
+            ctx.unsupported(type(module).__name__, "treated as element-wise, but its output is not shaped like its "
+                                                   "input")
+            return output
+        row = ctx.row(type(module).__name__ + " (element-wise module)", "Pass")
+        kept = KeptOutput()
+        norm = "Norm" in type(module).__name__
+        output = pass_module(ctx.tap(x, row), output, kept, norm)
+        ctx.facts.set_call(output, kept)
+        if not norm and ctx.composite.gates == "activation":
+            ctx.facts.set_gate(output)
+        ctx.mark(output)
+        ctx.watch(output, row)
+        return output

@@ -7,15 +7,20 @@ lazily in the backward pass, from the saved input, and only for groups that expl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..rules import PROPORTIONAL_INPUTS, Gamma, LinearRule, keep, ones, positive, square
+from .. import rules
+from ..composites import Site
+from ..engine.intercept import bind
+from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
+from .elementwise import pass_through
 from .kept import KeptOutput
+from .table import register
 
 
 @dataclass
@@ -100,23 +105,20 @@ class LinearCall(KeptOutput):
     output: torch.Tensor | None = None  # precomputed output (merged batch norm), handed over once
     merge: tuple | None = None  # (scale, shift) of a batch norm merged into this op, applied in the backward only
     nonnegative: bool = False  # the input is known to be >= 0 (it comes from a ReLU): x+ is x, x- is 0
+    # what a batch norm reading the output needs to merge into this op (canonizers.MergeBatchNorm)
+    x: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    row: Any = None  # its report row
+    recorded: list = field(default_factory=list)  # records of its module, moved to a merged layer's output
+
+    def forget_inputs(self):
+        """Once the backward has run, the input need not outlive the autograd node (which lives to the pass's end)."""
+        self.x = self.weight = self.bias = None
 
 
 def _select_input(kind: str, x: torch.Tensor, call: LinearCall) -> torch.Tensor:
-    if kind == "x":
-        return x
-    if kind == "x+":
-        return x.clamp(min=0)
-    if kind == "x-":
-        return x.clamp(max=0)
-    if kind == "ones":
-        return torch.ones_like(x)
-    if kind in ("low", "high"):
-        bound = call.rule.low if kind == "low" else call.rule.high
-        return torch.broadcast_to(torch.as_tensor(bound, dtype=x.dtype, device=x.device), x.shape)
-    if kind == "pow":
-        return x.pow(call.rule.p)
-    raise ValueError(kind)
+    return call.rule.term_input(kind, x)  # the rule owns its inputs (z^B's bounds, the e-rule's power)
 
 
 def _is_plain(terms, rule, bias) -> bool:
@@ -181,33 +183,86 @@ def _never_negative(terms, bias, rule, nonnegative: bool) -> bool:
     return True
 
 
-def _gamma_on_nonnegative_input(call, x, weight, bias, z, g):
-    """The gamma rule where both its halves are needed (no ReLU after the layer) and x >= 0: both denominators
-    follow from z and one extra op, P = x W+, since x W- = z - b - P:
-    z'+ = z + gamma (P + b+) and z'- = z + gamma (z - b - P + b-) (bias terms dropped under zero_bias)."""
-    rule, lmap = call.rule, call.linear_map
-    gamma = rule.gamma
-    positive_part = lmap.forward(x, weight.clamp(min=0), None)
-    shape = (-1,) if lmap.channels_last else (-1,) + (1,) * (z.dim() - 2)
-    bias_view = None if bias is None else bias.reshape(shape)
-    without_bias = z if bias_view is None else z - bias_view
-    negative_part = without_bias - positive_part
-    kept = z if (bias_view is not None and not rule.zero_bias) else without_bias
-    up = torch.add(kept, positive_part, alpha=gamma)
-    down = torch.add(kept, negative_part, alpha=gamma)
-    if bias_view is not None and not rule.zero_bias:
-        up.add_(bias_view.clamp(min=0), alpha=gamma)
-        down.add_(bias_view.clamp(max=0), alpha=gamma)
-    del positive_part, negative_part, without_bias
-    relevance_out = z * g
-    groups = rule.groups()
-    transposed: dict[str, torch.Tensor] = {}
-    for group, denominator, left_out in ((groups[0], up, z <= 0), (groups[1], down, z >= 0)):
-        s = relevance_out / rule.stabilize(denominator, inplace=True)
-        s.masked_fill_(left_out, 0)
+def _split_plan(groups, nonnegative: bool, rectified: bool):
+    """On a non-negative input, the groups' terms as [(group, terms)] when every weight modifier is a combination
+    a W+ + c W- (``parts``) and the general path would run more than one extra forward op (alpha-beta; gamma
+    without a ReLU after it); None otherwise."""
+    if not nonnegative:
+        return None
+    plan, forwards = [], 0
+    for group in groups:
+        if rectified and group.where == "negative":
+            continue  # after a ReLU no relevance sits on outputs <= 0
         terms = _effective_terms(group.terms, True, False)
-        _transpose_group(s, group, terms, [term.weight(weight) for term in terms], lmap, x, transposed)
-    return transposed["x"] if not call.direct else x * transposed["x"]
+        if any(term.input != "x" or getattr(term.weight, "parts", None) is None for term in terms):
+            return None
+        forwards += sum(term.weight.parts != (1.0, 1.0) for term in terms) or len(terms)
+        plan.append((group, terms))
+    return plan if forwards > 1 else None
+
+
+def _split_on_nonnegative_input(call, plan, x, weight, bias, z, g, rectified: bool):
+    """Any rule whose weights are a W+ + c W- per term, on x >= 0: every denominator follows from z and one extra
+    op, P = x W+, since x W- = z - b - P; the backward needs W+^T and W-^T once each, whatever the groups
+    (alpha-beta and gamma: two forward and two backward ops in all, where the general path needs three forward)."""
+    rule, lmap = call.rule, call.linear_map
+    positive_weight = weight.clamp(min=0)
+    parts = [lmap.forward(x, positive_weight, None), None]  # x W+, x W-
+    shape = (-1,) if lmap.channels_last else (-1,) + (1,) * (z.dim() - 2)
+    bias_view = None if (bias is None or rule.zero_bias) else bias.reshape(shape)
+    uses = [sum(term.weight.parts[k] != 0 for _, terms in plan for term in terms) for k in (0, 1)]
+    if uses[1]:
+        parts[1] = torch.sub(z if bias is None else z - bias.reshape(shape), parts[0])
+    signals = [None, None]  # what W+^T and W-^T are applied to
+    for group, terms in plan:
+        skip, left_out = _outputs_explained(group, z, g, rectified, False)
+        if skip:
+            continue
+        denominator = None
+        for term in terms:
+            part = None
+            for k, share in enumerate(term.weight.parts):
+                if not share:
+                    continue
+                uses[k] -= 1
+                if part is None:  # the last use of x W+ (x W-) may take its buffer
+                    part = parts[k].mul_(share) if uses[k] == 0 and share != 0 else parts[k] * share
+                else:
+                    part.add_(parts[k], alpha=share)
+            if term.bias and bias_view is not None:
+                part.add_(term.weight(bias).reshape(shape))
+            if denominator is None:
+                denominator = part if term.sign == 1 else part.mul_(term.sign)
+            else:
+                denominator.add_(part, alpha=term.sign)
+        if rule.stabilizer and _never_negative(terms, bias, rule, True):
+            stabilized = denominator.add_(rule.stabilizer)
+        else:
+            stabilized = rule.stabilize(denominator, inplace=True)
+        s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
+        if rule.stabilizer == 0:
+            s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if left_out is not None:
+            s.masked_fill_(left_out, 0)
+        shares = [0.0, 0.0]
+        for term in terms:
+            for k, share in enumerate(term.weight.parts):
+                shares[k] += group.coefficient * term.sign * share
+        for k in (0, 1):
+            if shares[k] and signals[k] is None and not shares[1 - k]:
+                signals[k] = s.mul_(shares[k])  # the group's only signal: in its own buffer
+            elif shares[k]:
+                signals[k] = s * shares[k] if signals[k] is None else signals[k].add_(s, alpha=shares[k])
+        del s
+    del parts
+    g_in = None
+    for signal, part_weight in zip(signals, (positive_weight, None)):
+        if signal is not None:
+            part = lmap.transpose(signal, part_weight if part_weight is not None else weight.clamp(max=0), x)
+            g_in = part if g_in is None else g_in.add_(part)
+    if g_in is None:
+        g_in = torch.zeros_like(x)
+    return g_in if not call.direct else x * g_in
 
 
 def _outputs_explained(group, z, g, rectified: bool, differentiable: bool):
@@ -281,12 +336,13 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
         low, high = torch.aminmax(x)  # one pass; after a ReLU this makes x+ = x and drops every x- term
         nonnegative, nonpositive = bool(low >= 0), bool(high <= 0)
     rectified = call.feeds_only_relu()
-    if (isinstance(rule, Gamma) and nonnegative and not rectified and not differentiable
-            and type(rule).groups is Gamma.groups and rule.signed):
-        return _gamma_on_nonnegative_input(call, x, weight, bias, z, g)
     scales = [None] * len(groups)
-    if rule.conserve_one_sided:
+    if rule.conserve_one_sided:  # each group's denominator scaled per output: the general path
         scales = _one_sided_scales(call, groups, x, weight, bias, nonnegative, nonpositive)
+    else:
+        plan = None if differentiable else _split_plan(groups, nonnegative, rectified and not differentiable)
+        if plan is not None:
+            return _split_on_nonnegative_input(call, plan, x, weight, bias, z, g, rectified)
     # Accumulated W^T s per kind of input; combined into g (proportional) or relevance (the others) at the end.
     transposed: dict[str, torch.Tensor] = {}
     for group, scale in zip(groups, scales):
@@ -354,6 +410,7 @@ class RuleGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, weight, bias = ctx.saved_tensors
+        ctx.call.forget_inputs()
         z = ctx.call.linear_map.forward(x, weight, bias)
         return input_relevance(ctx.call, x, weight, bias, z, g, True), None, None, None, None
 
@@ -386,9 +443,128 @@ class LinearRuleFunction(torch.autograd.Function):
     def backward(ctx, g):
         x, weight, bias = ctx.saved_tensors
         call = ctx.call
+        call.forget_inputs()
         if call.merge is not None:  # merged weights exist only while this layer's backward runs
             weight, bias = merged_parameters(weight, bias, call.merge, call.linear_map)
         z = call.values(ctx.z)
         if z is None:  # changed in place where the engine could not see it: one recomputation
             z = call.linear_map.forward(x, weight, bias)
         return input_relevance(call, x, weight, bias, z, g, False), None, None, None
+
+
+# ---- LRP handlers: the linear family -----------------------------------------------------------------------------
+_LINEAR_ARGS = {
+    "linear": ("input", "weight", "bias"),
+    "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "conv_transpose": ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+}
+
+
+@register("linear", deeplift="linear")
+def dense_op(ctx, func, name, args, kwargs):
+    return linear_like(ctx, func, name, args, kwargs, "linear")
+
+
+@register("conv", deeplift="linear")
+def conv_op(ctx, func, name, args, kwargs):
+    return linear_like(ctx, func, name, args, kwargs, "conv")
+
+
+@register("conv_transpose", deeplift="linear")
+def conv_transpose_op(ctx, func, name, args, kwargs):
+    return linear_like(ctx, func, name, args, kwargs, "conv_transpose")
+
+
+def linear_like(ctx, func, name, args, kwargs, kind):
+    bound = bind(_LINEAR_ARGS[kind], args, kwargs)
+    x, weight, bias = bound["input"], bound["weight"], bound["bias"]
+    if ctx.active(weight) or ctx.active(bias):
+        if ctx.active(x):
+            return ctx.unknown(func, name + " (with weights computed from the input)", args, kwargs)
+        return ctx.plain(func, name, args, kwargs)
+    if not ctx.active(x):
+        return ctx.plain(func, name, args, kwargs)
+    if kind == "linear":
+        linear_map = dense_map()
+    else:
+        dims = int(name[-2])
+        extra = {key: bound[key] for key in _LINEAR_ARGS[kind][3:]}
+        linear_map = conv_map(dims, kind == "conv_transpose", **extra)
+    site = ctx.site(kind, name)
+    rule = ctx.composite.rule_for(site)
+    return apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias)
+
+
+def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None, merge=None):
+    """Run one linear-like op (or merged op, given its output and batch norm) under rule."""
+    if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
+        if output is not None:
+            raise AssertionError("merged layers always carry a rule")
+        return ctx.plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")
+    if isinstance(rule, rules.Pass):
+        row = ctx.row(name, "Pass")
+        out = pass_through(ctx.tap(x, row), lambda t: func(t, *args[1:], **kwargs))
+        if out.shape != x.shape:
+            raise ValueError(f"the Pass rule needs an op whose output has its input's shape; {site.name or name} "
+                             f"maps {tuple(x.shape)} to {tuple(out.shape)}")
+        ctx.watch(out, row)
+        return out
+    if not isinstance(rule, rules.LinearRule):
+        raise TypeError(f"rule {rule!r} cannot be used on {site.kind} layer '{site.name}'")
+    direct = ctx.is_model_input(x) and any(
+        term.input not in rules.PROPORTIONAL_INPUTS for group in rule.groups() for term in group.terms)
+    x_in = ctx.direct_view(x) if direct else x
+    row = ctx.row(name if output is None else name + " + batch_norm (merged)", rule.name)
+    call = LinearCall(linear_map=linear_map, rule=rule, site=site, direct=direct, output=output, merge=merge,
+                      nonnegative=ctx.facts.is_nonnegative(x), x=x, weight=weight, bias=bias, row=row)
+    out = apply_rule(ctx.tap(x_in, row, direct), weight, bias, call, ctx.differentiable)
+    if not ctx.differentiable:
+        ctx.facts.set_call(out, call)
+    ctx.facts.set_producer(out, call)
+    ctx.watch(out, row)
+    return out
+
+
+@register("avg_pool", deeplift="linear")
+def avg_pool(ctx, func, name, args, kwargs):
+    site = ctx.site("avg_pool", name)
+    rule = ctx.composite.rule_for(site)
+    if not isinstance(rule, rules.LinearRule) or rule.is_gradient:
+        return ctx.plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")
+    x = args[0]
+    linear_map, weight = _pool_as_conv(name, x, args, kwargs)
+    if linear_map is None:
+        ctx.unsupported(name, f"rule {rule.name} needs the pooling to be a fixed window (no ceil_mode, no "
+                               "count_include_pad=False with padding, adaptive sizes that divide the input)")
+        return ctx.plain(func, name, args, kwargs)
+    return apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, None)
+
+
+def _pool_as_conv(name, x, args, kwargs):
+    """Average pooling as a depthwise convolution (weight 1/window per channel), or (None, None) if not exact."""
+    dims = int(name[-2])
+    channels = x.shape[1] if x.dim() == dims + 2 else None
+    if channels is None:
+        return None, None
+    spatial = tuple(x.shape[2:])
+    if "adaptive" in name:
+        output_size = _tuple(args[1] if len(args) > 1 else kwargs["output_size"], dims)
+        output_size = tuple(s if o is None else o for s, o in zip(spatial, output_size))
+        if any(s % o for s, o in zip(spatial, output_size)):
+            return None, None
+        kernel = tuple(s // o for s, o in zip(spatial, output_size))
+        stride, padding = kernel, (0,) * dims
+    else:
+        names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        bound = bind(names, args, kwargs, {"stride": None, "padding": 0, "ceil_mode": False,
+                                            "count_include_pad": True, "divisor_override": None})
+        kernel = _tuple(bound["kernel_size"], dims)
+        stride = _tuple(bound["stride"] or kernel, dims)
+        padding = _tuple(bound["padding"], dims)
+        if bound["ceil_mode"] or bound["divisor_override"] or (not bound["count_include_pad"] and any(padding)):
+            return None, None
+    window = 1
+    for k in kernel:
+        window *= k
+    weight = torch.full((channels, 1) + kernel, 1.0 / window, dtype=x.dtype, device=x.device)
+    return conv_map(dims, False, stride=stride, padding=padding, groups=channels), weight

@@ -3,8 +3,17 @@
 Layer, group, instance and RMS norm are homogeneous of degree 0 in their input, so their plain gradient x input
 sums to zero. Taking 1/std as a constant makes them linear maps, and relevance then passes through (minus what the
 affine bias absorbs). The forward value is the library's own op, bit for bit; only the backward differs.
+
+Batch norm in eval mode is an affine map per channel (its gradient); with the MergeBatchNorm canonizer, a batch norm
+reading the output of a linear-like op under a rule is explained as one layer with the merged weights (the layer's
+rule, run on the layer's input, with the batch norm's output): the canonizer is this handler's choice.
 """
 import torch
+
+from .. import rules
+from ..engine.intercept import bind
+from . import linear
+from .table import register
 
 
 class SurrogateGradient(torch.autograd.Function):
@@ -106,3 +115,105 @@ class LayerNormConstantStd(torch.autograd.Function):
 
 def layer_norm(x, normalized_shape, weight, bias, eps):
     return LayerNormConstantStd.apply(x, tuple(normalized_shape), weight, bias, eps)
+
+
+# ---- LRP handlers -------------------------------------------------------------------------------------------
+def _batch_norm_parts(func, args, kwargs):
+    """The batch norm's inputs by name, its output (run once, as a plain forward runs it: in train mode the running
+    statistics move once), and whether it normalises by batch statistics."""
+    bound = bind(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                 args, kwargs, {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
+    x = bound["input"]
+    with torch.no_grad():
+        value = func(x.detach(), bound["running_mean"], bound["running_var"], bound["weight"], bound["bias"],
+                     bound["training"], bound["momentum"], bound["eps"])
+        if bool(bound["training"]) or bound["running_mean"] is None:
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(x.detach(), dim=dims, unbiased=False)
+        else:
+            mean, var = bound["running_mean"], bound["running_var"]
+    return bound, value, mean, var
+
+
+@register("batch_norm", deeplift="linear")
+def batch_norm(ctx, func, name, args, kwargs):
+    bound = bind(("input", "running_mean", "running_var", "weight", "bias", "training"), args, kwargs,
+                 {"weight": None, "bias": None, "training": False})
+    if not bool(bound["training"]) and bound["running_mean"] is not None:
+        return ctx.plain(func, name, args, kwargs, rule="Gradient (affine)")  # eval mode: an affine map
+    bound, value, mean, var = _batch_norm_parts(func, args, kwargs)
+    row = ctx.row(name, "Batch statistics as constants")
+    surrogate = batch_stats_surrogate(mean, var, bound["weight"], bound["bias"], bound["eps"])
+    out = with_surrogate_gradient(ctx.tap(bound["input"], row), lambda t: value, surrogate)
+    ctx.watch(out, row)
+    return out
+
+
+def merged_batch_norm(ctx, func, name, args, kwargs):
+    """The MergeBatchNorm canonizer's batch-norm handler: a batch norm reading the output of a linear-like op under
+    a rule is explained as one layer with it (merged weights, the layer's rule on the layer's input, the batch
+    norm's output); any other batch norm as the family's own handler does."""
+    x = args[0] if args else kwargs["input"]
+    producer = ctx.facts.producer(x)
+    if not (producer is not None and isinstance(producer.rule, rules.LinearRule) and not producer.rule.is_gradient
+            and producer.site.index >= 0):
+        return batch_norm(ctx, func, name, args, kwargs)
+    bound, value, mean, var = _batch_norm_parts(func, args, kwargs)
+    scale = torch.rsqrt(var + bound["eps"])
+    if bound["weight"] is not None:
+        scale = bound["weight"] * scale
+    shift = -mean * scale
+    if bound["bias"] is not None:
+        shift = shift + bound["bias"]
+    # The op lives on inside the merged layer, reported once under both modules' names.
+    ctx.drop_row(producer.row)
+    out = linear.apply_linear_rule(ctx, func, producer.site.op, (), {}, producer.rule, producer.linear_map,
+                                   producer.site, producer.x, producer.weight, producer.bias, output=value,
+                                   merge=(scale, shift))
+    merged = ctx.facts.producer(out)
+    if merged.row is not None:
+        _, bn_name = ctx.where()
+        if producer.site.name and producer.site.name != bn_name:
+            merged.row.module = f"{producer.site.name} + {bn_name}"
+    for recorded in producer.recorded:
+        # The op's own output no longer carries relevance: the merged layer's output stands for it.
+        recorded.watch(out)
+    return out
+
+
+@register("layer_norm", deeplift="path")
+def layer_norm_op(ctx, func, name, args, kwargs):
+    bound = bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs,
+                  {"weight": None, "bias": None, "eps": 1e-5})
+    if ctx.differentiable:  # the surrogate's backward is made of differentiable ops
+        surrogate = layer_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["bias"],
+                                               bound["eps"])
+        return surrogate_norm(ctx, func, name, args, kwargs, bound["input"], surrogate)
+    row = ctx.row(name, "Std as constant")
+    out = layer_norm(ctx.tap(bound["input"], row), bound["normalized_shape"], bound["weight"],
+                           bound["bias"], bound["eps"])
+    ctx.watch(out, row)
+    return out
+
+
+@register("group_norm", deeplift="path")
+def group_norm_op(ctx, func, name, args, kwargs):
+    bound = bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs,
+                  {"weight": None, "bias": None, "eps": 1e-5})
+    surrogate = group_norm_surrogate(bound["num_groups"], bound["weight"], bound["bias"], bound["eps"])
+    return surrogate_norm(ctx, func, name, args, kwargs, bound["input"], surrogate)
+
+
+@register("rms_norm", deeplift="path")
+def rms_norm_op(ctx, func, name, args, kwargs):
+    bound = bind(("input", "normalized_shape", "weight", "eps"), args, kwargs, {"weight": None, "eps": None})
+    surrogate = rms_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["eps"])
+    return surrogate_norm(ctx, func, name, args, kwargs, bound["input"], surrogate)
+
+
+def surrogate_norm(ctx, func, name, args, kwargs, x, surrogate):
+    row = ctx.row(name, "Std as constant")
+    rest = args[1:]
+    out = with_surrogate_gradient(ctx.tap(x, row), lambda t: func(t, *rest, **kwargs), surrogate)
+    ctx.watch(out, row)
+    return out

@@ -4,8 +4,15 @@ Gradient x input over a product of k activation factors hands each factor the wh
 theorem for functions homogeneous of degree k), so k times too much in total; scaling the gradient reaching each
 factor by 1/k splits it evenly. The scaling sits on the factors (views consumed by the product alone), so the
 product's output stays an ordinary tensor that the model may change in place.
+
+A sigmoid output (or, under CP-LRP, any activation) scaling a signal is a gate: it gets no relevance, the signals
+share it. Division by a constant is linear (its gradient); division by an activation has no rule.
 """
 import torch
+
+from ..engine.intercept import plain_variant
+from . import linear
+from .table import is_inplace, register
 
 
 class ScaleGradient(torch.autograd.Function):
@@ -21,3 +28,46 @@ class ScaleGradient(torch.autograd.Function):
 
 def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
     return ScaleGradient.apply(x, factor)
+
+
+@register("product", deeplift="product")
+def product(ctx, func, name, args, kwargs):
+    if (name == "torch.addmm" and len(args) >= 3 and not kwargs and not ctx.active(args[0])
+            and ctx.active(args[1]) and not ctx.active(args[2])):
+        # bias + x @ W, as GPT-2's Conv1D writes a linear layer
+        return linear.linear_like(ctx, torch.nn.functional.linear, "torch.nn.functional.linear",
+                                  (args[1], args[2].t(), args[0]), {}, "linear")
+    active = ctx.touched(args, kwargs)
+    if len(active) < 2:
+        return ctx.plain(func, name, args, kwargs)
+    gates = {id(t) for t in active if ctx.facts.is_gate(t)}
+    if gates and len(gates) < len(active):
+        # A sigmoid output scaling a signal is a gate: it decides how much passes but gets no relevance itself
+        # (signal-take-all, as LRP does for LSTM and squeeze-and-excitation gates).
+        signals = len(active) - len(gates)
+        row = ctx.row(name, "Gate as constant" + (f", uniform over {signals} signals" if signals > 1 else ""))
+        shares = {id(t): (0.0 if id(t) in gates else 1.0 / signals) for t in active}
+    else:
+        row = ctx.row(name, f"Uniform split over {len(active)} factors")
+        shares = {id(t): 1.0 / len(active) for t in active}
+
+    def scaled(value):
+        if ctx.active(value):
+            return scale_gradient(ctx.tap(value, row), shares[id(value)])
+        if isinstance(value, (list, tuple)):
+            return type(value)(scaled(v) for v in value)
+        return value
+
+    if is_inplace(name):
+        func = plain_variant(name)
+    out = func(*(scaled(a) for a in args), **{k: scaled(v) for k, v in kwargs.items()})
+    ctx.watch(out, row)
+    return out
+
+
+@register("divide", deeplift="divide")
+def divide(ctx, func, name, args, kwargs):
+    denominator = args[0] if name.endswith("__rtruediv__") else (args[1] if len(args) > 1 else kwargs.get("other"))
+    if ctx.active(denominator):
+        return ctx.unknown(func, name + " (by an activation)", args, kwargs)
+    return ctx.plain(func, name, args, kwargs)

@@ -1,4 +1,11 @@
-"""What each torch function is, for relevance: the map from op name to op family.
+"""What each torch function is, for relevance: the map from op name to op family, and the table of families.
+
+Each family lives in one file of ``relprop.ops`` that registers it here with ``@register(family, deeplift=...)``:
+its LRP handler ``handler(ctx, func, name, args, kwargs) -> output`` (``ctx`` is the session's narrow
+``engine.session.OpContext``) and how DeepLift treats it. The LRP session, DeepLift and the modified-gradient
+methods all read this table. Adding a family (recurrent, graph aggregation, ...) is one new file: name its torch
+functions in ``FAMILIES`` (or ``FAMILIES.update`` from the new file), register a handler, import the file in
+``ops/__init__.py``.
 
 Families:
   gradient    exact under gradient x input: linear and homogeneous (sums, means, pooling, padding, interpolation,
@@ -12,8 +19,13 @@ Families:
   batch_norm / layer_norm / group_norm / rms_norm   normalisation (std as constant)
   softmax     gradient (AttnLRP), or a constant (CP-LRP), as the composite says; remembered for the output policy
   attention / multi_head_attention   fused attention, run as its decomposition into the ops above
-Anything else that touches relevance is reported as unsupported.
+Anything else that touches relevance is reported as unsupported (LRP) or averaged along the path with a warning
+(DeepLift).
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 T = "torch.Tensor."
 F = "torch.nn.functional."
@@ -106,3 +118,38 @@ def is_inplace(name: str) -> bool:
     short = name.rsplit(".", 1)[-1]
     return ((short.endswith("_") and not short.endswith("__")) or short == "__setitem__"
             or (short.startswith("__i") and short not in ("__init__", "__iter__", "__index__", "__int__")))
+
+
+# How DeepLift treats a family: "linear" (the gradient is exact), "path" (the Jacobian averaged along the path from
+# baseline to input), "elementwise" (Rescale), "product" (midpoint for two activations, else linear), "divide"
+# (linear by a constant, path by an activation), "attention" (run as its parts).
+DEEPLIFT_KINDS = ("linear", "path", "elementwise", "product", "divide", "attention")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    lrp: Callable  # handler(ctx, func, name, args, kwargs) -> the op's output, with the family's rule in its backward
+    deeplift: str
+
+
+HANDLERS: dict[str, Family] = {}
+
+
+def register(*families: str, deeplift: str):
+    """Decorator: the LRP handler of one or more families, and how DeepLift treats them."""
+    if deeplift not in DEEPLIFT_KINDS:
+        raise ValueError(f"deeplift must be one of {DEEPLIFT_KINDS}, got {deeplift!r}")
+
+    def decorate(handler):
+        for family in families:
+            HANDLERS[family] = Family(family, handler, deeplift)
+        return handler
+
+    return decorate
+
+
+def deeplift_kind(family: str | None) -> str | None:
+    """How DeepLift treats a family, None for an op no family claims."""
+    entry = HANDLERS.get(family)
+    return entry.deeplift if entry is not None else None

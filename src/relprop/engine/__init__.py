@@ -1,0 +1,20 @@
+"""The engine: intercept every torch op while a model runs and route it through its op family's relevance rule.
+
+Scoped, nothing global: a TorchFunctionMode sees each torch function call made inside ``Session.run`` (the ones
+inside ``nn.Conv2d`` as well as ``x + y`` written in ``forward``); module hooks keep the stack of running modules so
+that an op knows which module it belongs to. The backward pass then carries g with relevance = tensor * g.
+
+  intercept.py  which function an op is (its family), which tensors carry relevance, the TorchFunctionMode
+  session.py    one run: module stack, dispatch to the family handlers of ``ops.table.HANDLERS``, OpContext
+  report.py     report rows, taps and records
+  facts.py      what is known about a tensor (gate, non-negative, the rule call that made it), in one place
+
+A new op family is one file in ``relprop/ops`` (see ``ops/table.py``); nothing here changes.
+"""
+from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
+                        out_of_place, plain_variant)
+from .report import Row
+from .session import OpContext, Session
+
+__all__ = ["DataFlow", "Interceptor", "OpContext", "Row", "Session", "UnsupportedOperation", "UnsupportedOpWarning",
+           "caller_level", "classify", "out_of_place", "plain_variant"]
