@@ -95,7 +95,7 @@ def _connect(ray, address: str | None, workers) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as error:
@@ -107,7 +107,7 @@ def _connect(ray, address: str | None, workers) -> bool:
     return True
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """A quick TCP connect, so a wrong address fails in seconds instead of after Ray's minute of retries."""
     if address in ("auto", "local"):
         return

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import __version__
 from ..loading import Preprocessing
 from . import store as store_module
 from .sources import Sample, Source, open_source
@@ -67,6 +66,10 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be a number >= 0, got {workers!r}")
     store_module.check_path(store)
+    if engine == "ray" and address:
+        from .ray_engine import check_reachable
+
+        check_reachable(address)  # before any work: a wrong address fails in seconds
     model, recipe, spec, weights_sha256, preprocessing = _model(model, weights, preprocessing)
     if device is not None:
         model.to(device)
@@ -80,7 +83,7 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
                        "the model trained on these classes, or a data set with the model's classes")
     composite_label = None if settings.method != "lrp" else (
         settings.composite if isinstance(settings.composite, str) else composite_name or type(settings.composite).__name__)
-    attributes = {"relprop_version": __version__, "torch_version": torch.__version__, "model": spec,
+    attributes = {"model": spec,
                   "weights_sha256": weights_sha256, "method": settings.method, "composite": composite_label,
                   "parameters": dict(parameters or {}), "target": settings.target, "keep": settings.keep,
                   "data": source.spec, "count": len(source), "input_shape": list(input_shape), "classes": classes,

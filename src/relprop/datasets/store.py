@@ -111,9 +111,13 @@ def _comparable(value):
 
 def create(path, attributes: dict, shapes: Shapes, keep: str) -> None:
     """Make an empty store with every array, written beside path and moved into place only when complete."""
+    import torch
     import zarr
 
-    attributes = {"relprop_store": LAYOUT_VERSION, **attributes, "count": shapes.count, "chunk": shapes.chunk,
+    from .. import __version__
+
+    attributes = {"relprop_store": LAYOUT_VERSION, "relprop_version": __version__, "torch_version": torch.__version__,
+                  **attributes, "count": shapes.count, "chunk": shapes.chunk,
                   "input_shape": list(shapes.input_shape), "classes": shapes.classes,
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "skipped": []}
