@@ -60,9 +60,13 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
 
     from .runner import record_failures
 
-    quiet = logging.getLogger("ray")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # Ray Data's INFO lines about execution plans would bury the progress lines
+    import ray.data
+
+    # Ray Data's lines about execution plans and progress bars would bury relprop's own progress lines
+    quiet = {name: logging.getLogger(name) for name in ("ray", "ray.data")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.ERROR)
     started = _connect(ray, address, workers)
     try:
         resources = ray.cluster_resources()
@@ -87,7 +91,8 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
     finally:
         if started:
             ray.shutdown()
-        quiet.setLevel(level)
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
 
 
 def _connect(ray, address: str | None, workers) -> bool:
