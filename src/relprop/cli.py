@@ -369,6 +369,11 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
                                parameters=parameters, preprocessing=loaded.preprocessing)
     except (LoadError, datasets.StoreError, datasets.RunError, ValueError) as error:
         raise Failure(" ".join(str(error).split())) from None
+    except KeyboardInterrupt:
+        done = datasets.open_store(store_path).done if datasets.store.read_attributes(store_path) else None
+        so_far = "" if done is None else f"{int(done.sum())} of {len(done)} samples are done; "
+        click.echo(f"relprop: interrupted; {so_far}the same command resumes", err=True)
+        sys.exit(130)
     for entry in summary.skipped:
         click.echo(f"relprop: skipped {entry['id']} (sample {entry['index']}): {entry['error']}", err=True)
     click.echo(str(summary))

@@ -250,3 +250,11 @@ def test_progress_prints_a_line_per_chunk_with_rate_and_eta_when_not_a_terminal(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("4/6 samples, ") and "samples/s, ETA " in lines[0]
     assert lines[1].startswith("6/6 samples")
+
+
+def test_local_runs_never_import_ray(tmp_path):
+    code = ("import sys, relprop.datasets as d; d.run('demo', 'demo:2', sys.argv[1], progress=False); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run.zarr")], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -28,7 +28,7 @@ PREVIEW_SIZE = 64
 class Summary:
     store: str
     count: int  # samples in the data set
-    explained: int  # samples explained by this call (resumed runs count only what was missing)
+    explained: int  # samples explained by this call (not those skipped, nor those done by an earlier call)
     already_done: int  # samples done before this call
     skipped: list  # every skipped sample of the store: {"index", "id", "error"}
     seconds: float
@@ -39,7 +39,7 @@ class Summary:
         return self.explained / self.seconds if self.seconds > 0 else float("nan")
 
     def __str__(self):
-        if not self.explained:
+        if self.already_done >= self.count:
             return (f"nothing to do: all {self.count} samples of {self.store} were done before; "
                     f"{len(self.skipped)} skipped")
         size = "" if self.store_bytes is None else f", store {self.store_bytes / 2 ** 20:.1f} MiB"
@@ -114,13 +114,16 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
     _recover_messages(worker, done)
     starts = [start for start in range(0, shapes.count, shapes.chunk)
               if not done[start:start + shapes.chunk].all()]
+    if already and starts and progress:
+        print(f"relprop: resuming {store}: {already} of {shapes.count} samples were done; explaining the rest",
+              file=sys.stderr, flush=True)
     meter = Progress(shapes.count, already, enabled=progress)
     began = time.perf_counter()
     explained = 0
 
     def finished(count, failures):
         nonlocal explained
-        explained += count
+        explained += count - len(failures)
         meter.update(count, failures)
 
     try:
@@ -281,7 +284,7 @@ class Progress:
             elapsed = time.perf_counter() - self.began
             rate = self.new / elapsed if elapsed > 0 else float("nan")
             left = (self.total - self.done) / rate if rate > 0 else float("nan")
-            eta = "?" if left != left else time.strftime("%H:%M:%S", time.gmtime(left))
+            eta = "?" if left != left else f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
             skipped = f", {self.skipped} skipped" if self.skipped else ""
             print(f"{self.done}/{self.total} samples, {rate:.1f} samples/s, ETA {eta}{skipped}", file=self.stream,
                   flush=True)
