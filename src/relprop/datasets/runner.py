@@ -81,31 +81,11 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
         raise RunError(f"the data set has {len(source.class_names)} classes ({', '.join(source.class_names[:5])}"
                        f"{', ...' if len(source.class_names) > 5 else ''}) but the model outputs {classes}; give "
                        "the model trained on these classes, or a data set with the model's classes")
-    composite_label = None if settings.method != "lrp" else (
-        settings.composite if isinstance(settings.composite, str) else composite_name or type(settings.composite).__name__)
-    attributes = {"model": spec,
-                  "weights_sha256": weights_sha256, "method": settings.method, "composite": composite_label,
-                  "parameters": dict(parameters or {}), "target": settings.target, "keep": settings.keep,
-                  "data": source.spec, "count": len(source), "input_shape": list(input_shape), "classes": classes,
-                  "class_names": source.class_names}
-
-    existing = store_module.read_attributes(store)
-    if existing is not None and overwrite:
-        store_module.remove(store)
-        existing = None
-    if existing is None:
-        preview_side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
-        shapes = Shapes(len(source), chunk or settings.batch_size, tuple(input_shape), classes,
-                        None if preview_side is None else (input_shape[0], preview_side, preview_side),
-                        dict(source.extras))
-        store_module.create(store, {k: v for k, v in attributes.items() if k not in ("count", "input_shape",
-                                                                                        "classes")}, shapes, keep)
-    else:
-        found = store_module.differences(existing, attributes)
-        if found:
-            raise StoreError(f"the store {store} was made with other arguments ({'; '.join(found)}); give the same "
-                             "arguments to resume it, another --store, or --overwrite to start over")
-        shapes = _shapes_of(store, existing, source)
+    attributes = {"model": spec, "weights_sha256": weights_sha256, "method": settings.method,
+                  "composite": _composite_label(settings, composite_name), "parameters": dict(parameters or {}),
+                  "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
+                  "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
+    shapes = _open_or_create(store, attributes, source, chunk or settings.batch_size, has_pixels, overwrite)
     store_module.clear_partial_writes(store)
 
     worker = ChunkWorker(model, source, settings, store, shapes)
@@ -141,6 +121,35 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
     _recover_messages(worker, store_module.done_mask(worker.group, shapes.count, shapes.chunk))
     skipped = list(worker.group.attrs.get("skipped", []))
     return Summary(str(store), shapes.count, explained, already, skipped, seconds, store_module.size_on_disk(store))
+
+
+def _composite_label(settings: Settings, composite_name: str | None):
+    if settings.method != "lrp":
+        return None
+    if isinstance(settings.composite, str):
+        return settings.composite
+    return composite_name or type(settings.composite).__name__
+
+
+def _open_or_create(store, attributes: dict, source: Source, chunk: int, has_pixels: bool, overwrite: bool) -> Shapes:
+    """The shapes of the store to fill: a new one, or an existing one made with the same arguments."""
+    existing = store_module.read_attributes(store)
+    if existing is not None and overwrite:
+        store_module.remove(store)
+        existing = None
+    if existing is not None:
+        found = store_module.differences(existing, attributes)
+        if found:
+            raise StoreError(f"the store {store} was made with other arguments ({'; '.join(found)}); give the same "
+                             "arguments to resume it, another --store, or --overwrite to start over")
+        return _shapes_of(store, existing, source)
+    input_shape = tuple(attributes["input_shape"])
+    side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
+    shapes = Shapes(len(source), chunk, input_shape, attributes["classes"],
+                    None if side is None else (input_shape[0], side, side), dict(source.extras))
+    described = {k: v for k, v in attributes.items() if k not in ("count", "input_shape", "classes")}
+    store_module.create(store, described, shapes, attributes["keep"])
+    return shapes
 
 
 def _settings(method, composite, parameters, target, keep, batch_size) -> Settings:
