@@ -320,7 +320,9 @@ def demo(out, composite_names, count, seed):
 @click.option("--target", default="label", show_default=True,
               help="label (the sample's class), predicted, or a class index")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="samples per forward pass; a new store is chunked by this many samples")
+              help="samples per forward pass")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="samples per store chunk, the unit of resuming (default: whole batches of about 4 MiB)")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="local: threads reading samples (default 1, 0 reads in the main thread); ray: actors "
                    "(default one per GPU, else per CPU)")
@@ -335,8 +337,8 @@ def demo(out, composite_names, count, seed):
               help="image folders: resize the shorter side and centre-crop to SIZE (default: the model's)")
 @click.option("--mean", default=None, help="image folders: per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", default=None, help="image folders: per-channel std, e.g. 0.229,0.224,0.225")
-def run(data, model_spec, store_path, weights, method, composite, params, target, batch_size, workers, keep, engine,
-        address, overwrite, device, size, mean, std):
+def run(data, model_spec, store_path, weights, method, composite, params, target, batch_size, chunk, workers, keep,
+        engine, address, overwrite, device, size, mean, std):
     """Explain every sample of a data set into a resumable Zarr store (see README, "Data sets")."""
     from . import datasets
     from .loading import load_model
@@ -364,7 +366,8 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
     try:
         summary = datasets.run(recipe, data, store_path,
                                composite=lrp_composite, composite_name=composite, method=method,
-                               target=int(target) if target.isdigit() else target, batch_size=batch_size, keep=keep,
+                               target=int(target) if target.isdigit() else target, batch_size=batch_size,
+                               chunk=chunk, keep=keep,
                                engine=engine, address=address, overwrite=overwrite, workers=workers,
                                parameters=parameters, preprocessing=loaded.preprocessing)
     except (LoadError, datasets.StoreError, datasets.RunError, ValueError) as error:

@@ -17,7 +17,7 @@ pytest.importorskip("ray")
 
 
 def test_ray_run_with_two_actors_writes_the_same_store_as_the_local_engine(dataset_file, tmp_path):
-    arguments = [f"{dataset_file}:quick", "--model", "demo", "--batch-size", "4", "--keep", "channels"]
+    arguments = [f"{dataset_file}:quick", "--model", "demo", "--batch-size", "2", "--chunk", "4", "--keep", "channels"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ray_run = subprocess.run([sys.executable, "-m", "relprop", "run", *map(str, arguments), "--store",
                               tmp_path / "ray.zarr", "--engine", "ray", "--workers", "2"], capture_output=True,
@@ -25,7 +25,7 @@ def test_ray_run_with_two_actors_writes_the_same_store_as_the_local_engine(datas
     assert ray_run.returncode == 1, ray_run.stderr[-3000:]  # sample 5 is unreadable on purpose
     assert "relprop: skipped 5 (sample 5): sample 5 is broken on purpose" in ray_run.stderr
     assert "explained 23 of 24 samples" in ray_run.stdout
-    datasets.run("demo", f"{dataset_file}:quick", tmp_path / "local.zarr", batch_size=4, keep="channels",
+    datasets.run("demo", f"{dataset_file}:quick", tmp_path / "local.zarr", batch_size=2, chunk=4, keep="channels",
                  progress=False)
     assert_same_store(tmp_path / "local.zarr", tmp_path / "ray.zarr")
 

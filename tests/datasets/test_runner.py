@@ -44,7 +44,7 @@ def kill_when(process, path, at_least: int, timeout: float = 90.0) -> int:
 
 
 def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(dataset_file, tmp_path):
-    arguments = [f"{dataset_file}:slow", "--model", "demo", "--batch-size", "4", "--keep", "float16"]
+    arguments = [f"{dataset_file}:slow", "--model", "demo", "--batch-size", "2", "--chunk", "4", "--keep", "float16"]
     clean = cli(*arguments, "--store", tmp_path / "clean.zarr", delay="0")
     interrupted = tmp_path / "interrupted.zarr"
     first = kill_when(cli(*arguments, "--store", interrupted), interrupted, 8)
@@ -68,7 +68,7 @@ def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(d
 
 def test_chunk_is_not_marked_done_when_the_run_stops_between_its_data_and_its_done_flags(tmp_path, monkeypatch):
     model = load()
-    datasets.run(model, "demo:12", tmp_path / "clean.zarr", batch_size=4, progress=False)
+    datasets.run(model, "demo:12", tmp_path / "clean.zarr", batch_size=4, chunk=4, progress=False)
     calls = []
     original = datasets.work.ChunkWorker.write
 
@@ -83,12 +83,12 @@ def test_chunk_is_not_marked_done_when_the_run_stops_between_its_data_and_its_do
 
     monkeypatch.setattr(datasets.work.ChunkWorker, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        datasets.run(model, "demo:12", tmp_path / "cut.zarr", batch_size=4, workers=0, progress=False)
+        datasets.run(model, "demo:12", tmp_path / "cut.zarr", batch_size=4, chunk=4, workers=0, progress=False)
     done = datasets.open_store(tmp_path / "cut.zarr").done
     assert done.tolist() == [True] * 4 + [False] * 8
     relevance_before = datasets.open_store(tmp_path / "cut.zarr")["relevance"][:4]
     monkeypatch.setattr(datasets.work.ChunkWorker, "write", original)
-    summary = datasets.run(model, "demo:12", tmp_path / "cut.zarr", batch_size=4, progress=False)
+    summary = datasets.run(model, "demo:12", tmp_path / "cut.zarr", batch_size=4, chunk=4, progress=False)
     assert summary.already_done == 4 and summary.explained == 8
     assert_same_store(tmp_path / "clean.zarr", tmp_path / "cut.zarr")
     assert np.array_equal(datasets.open_store(tmp_path / "cut.zarr")["relevance"][:4], relevance_before)
@@ -147,7 +147,7 @@ def test_labels_out_of_range_stop_the_run_and_keep_the_finished_chunks(tmp_path)
     items[6] = (items[6][0], 9)
     path = tmp_path / "run.zarr"
     with pytest.raises(datasets.RunError, match=r"sample 6 \(6\) has label 9 but the model has 4 classes"):
-        datasets.run(load(), Listed(items), path, batch_size=4, workers=0, progress=False)
+        datasets.run(load(), Listed(items), path, batch_size=4, chunk=4, workers=0, progress=False)
     done = datasets.open_store(path).done
     assert done.tolist() == [True] * 4 + [False] * 4
 
@@ -238,14 +238,14 @@ def test_non_lrp_method_stores_nan_delta_and_no_composite(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"target": "true"}, "target must be"), ({"keep": "half"}, "keep must be"), ({"engine": "spark"}, "engine must"),
-    ({"batch_size": 0}, "batch_size must"), ({"workers": -1}, "workers must")])
+    ({"batch_size": 0}, "batch_size must"), ({"workers": -1}, "workers must"), ({"chunk": 0}, "chunk must")])
 def test_invalid_arguments_are_named(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
         datasets.run("demo", "demo:2", tmp_path / "run.zarr", progress=False, **bad)
     assert not (tmp_path / "run.zarr").exists()
 
 
-def test_progress_prints_a_line_per_chunk_with_rate_and_eta_when_not_a_terminal(tmp_path, capsys):
+def test_progress_prints_a_line_per_batch_with_rate_and_eta_when_not_a_terminal(tmp_path, capsys):
     datasets.run("demo", "demo:6", tmp_path / "run.zarr", batch_size=4)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("4/6 samples, ") and "samples/s, ETA " in lines[0]
@@ -258,3 +258,12 @@ def test_local_runs_never_import_ray(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run.zarr")], capture_output=True, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_default_chunk_is_whole_batches_of_about_four_mebibytes_of_relevance():
+    from relprop.datasets.runner import default_chunk
+
+    assert default_chunk(32, "full", (3, 32, 32)) == 32 * 11  # 12 KiB a sample: 341 samples, 10.7 batches
+    assert default_chunk(32, "channels", (3, 32, 32)) == 32 * 32
+    assert default_chunk(4, "full", (3, 224, 224)) == 8  # 588 KiB a sample
+    assert default_chunk(64, "float16", (3, 224, 224)) == 64  # never less than one batch

@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from .work import ChunkWorker
 
 
-def explain_chunks(worker: ChunkWorker, starts: list[int], workers: int, record_failures, on_done) -> None:
-    """Explain the chunks starting at starts, in order; record_failures(chunk) runs before a chunk is marked done."""
+def explain_chunks(worker: ChunkWorker, starts: list[int], workers: int, record_failures, on_done,
+                   on_batch=None) -> None:
+    """Explain the chunks starting at starts, in order; record_failures(chunk) runs before a chunk is marked done,
+    on_done(samples, failures) after, on_batch(samples) after each batch."""
     if not starts:
         return
     # workers threads read samples; one more thread gathers the next chunk's samples while this one is explained
@@ -25,7 +27,7 @@ def explain_chunks(worker: ChunkWorker, starts: list[int], workers: int, record_
             items = upcoming.result() if readers else upcoming
             if position + 1 < len(starts):
                 upcoming = _read_ahead(worker, starts[position + 1], readers, ahead)
-            chunk = worker.explain(start, items)
+            chunk = worker.explain(start, items, on_batch)
             if pending_write is not None:
                 on_done(*pending_write.result())  # at most one chunk waits in memory for its write
             pending_write = writer.submit(_write, worker, chunk, record_failures)

@@ -53,7 +53,8 @@ class ChunkActor:
 
 
 def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, starts: list[int], workers, address,
-                   driver: ChunkWorker, on_done) -> None:
+                   driver: ChunkWorker, on_done, on_batch) -> None:
+    """Explain the chunks starting at starts with a pool of actors; progress comes chunk by chunk."""
     if not starts:
         return
     import ray
@@ -84,6 +85,7 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
             start, count = int(row["start"]), int(row["count"])
             failures = json.loads(row["failures"])
             record_failures(driver.group, failures, start, start + count)
+            on_batch(count)
             on_done(count, failures)
     except ray.exceptions.RayError as error:
         raise RunError(f"the Ray run failed: {' '.join(str(error).split())[:2000]}; chunks finished so far are kept, "

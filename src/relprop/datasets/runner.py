@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..loading import Preprocessing
@@ -22,6 +23,9 @@ from .work import ChunkWorker, ModelSpec, RunError, Settings
 ENGINES = ("local", "ray")
 KEEP = ("full", "channels", "float16")
 PREVIEW_SIZE = 64
+# Samples per chunk by default: about this much relevance, so that the fixed cost of a chunk's dozen writes is small
+# next to its data, while a killed run loses at most one chunk of work.
+CHUNK_BYTES = 4 * 2 ** 20
 
 
 @dataclass
@@ -58,13 +62,16 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
     model: an nn.Module, or a spec as on the command line ("demo", "torchvision:resnet50", "file.py:factory") with
     optional weights. dataset: a DATA spec ("demo:100", a folder, "file.py:factory") or a torch Dataset of
     (x, label) or (x, label, id). target: "label", "predicted" or a class index. keep: "full", "channels"
-    (summed over dim 1) or "float16". workers: sample-reading threads (local) or actors (ray).
+    (summed over dim 1) or "float16". workers: sample-reading threads (local) or actors (ray). chunk: samples per
+    store chunk, the unit of resuming and of Ray's work (default: whole batches of about 4 MiB of relevance).
     """
     settings = _settings(method, composite, parameters, target, keep, batch_size)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be a number >= 0, got {workers!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive number of samples, got {chunk!r}")
     store_module.check_path(store)
     if engine == "ray" and address:
         from .ray_engine import check_reachable
@@ -85,7 +92,8 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
                   "composite": _composite_label(settings, composite_name), "parameters": dict(parameters or {}),
                   "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
                   "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
-    shapes = _open_or_create(store, attributes, source, chunk or settings.batch_size, has_pixels, overwrite)
+    chunk = chunk or default_chunk(settings.batch_size, settings.keep, input_shape)
+    shapes = _open_or_create(store, attributes, source, chunk, has_pixels, overwrite)
     store_module.clear_partial_writes(store)
 
     worker = ChunkWorker(model, source, settings, store, shapes)
@@ -104,23 +112,32 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
     def finished(count, failures):
         nonlocal explained
         explained += count - len(failures)
-        meter.update(count, failures)
+        meter.skipped += len(failures)
 
     try:
         if engine == "local":
             from .local import explain_chunks
 
-            explain_chunks(worker, starts, 1 if workers is None else workers, _failure_recorder(worker), finished)
+            explain_chunks(worker, starts, 1 if workers is None else workers, _failure_recorder(worker), finished,
+                           meter.update)
         else:
             from .ray_engine import explain_chunks
 
-            explain_chunks(recipe, source, settings, store, shapes, starts, workers, address, worker, finished)
+            explain_chunks(recipe, source, settings, store, shapes, starts, workers, address, worker, finished,
+                           meter.update)
     finally:
         meter.close()
     seconds = time.perf_counter() - began
     _recover_messages(worker, store_module.done_mask(worker.group, shapes.count, shapes.chunk))
     skipped = list(worker.group.attrs.get("skipped", []))
     return Summary(str(store), shapes.count, explained, already, skipped, seconds, store_module.size_on_disk(store))
+
+
+def default_chunk(batch_size: int, keep: str, input_shape: tuple) -> int:
+    """Whole batches adding up to about CHUNK_BYTES of relevance: small chunks cost a write per array each."""
+    shape, dtype = store_module.relevance_layout(keep, input_shape)
+    per_sample = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return batch_size * max(1, round(CHUNK_BYTES / (batch_size * per_sample)))
 
 
 def _composite_label(settings: Settings, composite_name: str | None):
@@ -244,7 +261,11 @@ def _failure_recorder(worker: ChunkWorker):
 
 
 def record_failures(group, failures: list, start: int, stop: int) -> None:
-    kept = [entry for entry in group.attrs.get("skipped", []) if not start <= entry["index"] < stop]
+    """Set the chunk's entries of the skipped list (rewriting zarr.json only when they change)."""
+    listed = list(group.attrs.get("skipped", []))
+    kept = [entry for entry in listed if not start <= entry["index"] < stop]
+    if not failures and len(kept) == len(listed):
+        return
     group.attrs["skipped"] = sorted(kept + list(failures), key=lambda entry: entry["index"])
 
 
@@ -267,7 +288,7 @@ def _recover_messages(worker: ChunkWorker, done):
 
 
 class Progress:
-    """A bar with samples/s and ETA on a terminal; elsewhere (logs, CI) one line per finished chunk.
+    """A bar with samples/s and ETA on a terminal; elsewhere (logs, CI) one line per batch (per chunk with Ray).
 
     Skipped samples are counted here and listed by the caller at the end (the CLI prints each with its reason).
     """
@@ -283,10 +304,9 @@ class Progress:
             self.bar = tqdm(total=total, initial=done, unit="sample", file=self.stream, leave=False,
                             dynamic_ncols=True)
 
-    def update(self, count: int, failures: list):
+    def update(self, count: int):
         self.done += count
         self.new += count
-        self.skipped += len(failures)
         if self.bar is not None:
             self.bar.update(count)
         elif self.enabled:

@@ -99,8 +99,11 @@ class ChunkWorker:
                     "readable sample); give inputs of one size (for image folders --size N resizes every image)")
         return sample
 
-    def explain(self, start: int, items: list) -> Chunk:
-        """Explain the readable samples of a chunk in batches of batch_size; failed ones keep the fill values."""
+    def explain(self, start: int, items: list, on_batch=None) -> Chunk:
+        """Explain the readable samples of a chunk in batches of batch_size; failed ones keep the fill values.
+
+        on_batch(samples) is called after each batch (and once for the failed samples), for progress.
+        """
         count = len(items)
         arrays = self._empty(count)
         failures = []
@@ -116,6 +119,10 @@ class ChunkWorker:
         for first in range(0, len(readable), self.settings.batch_size):
             batch = readable[first:first + self.settings.batch_size]
             self._explain_batch(start, batch, arrays)
+            if on_batch is not None:
+                on_batch(len(batch))
+        if failures and on_batch is not None:
+            on_batch(len(failures))
         for position, (index, _) in enumerate(items):  # ids a data set returns become known when read
             arrays["id"][position] = self.source.id(index)
         return Chunk(start, arrays, failures)
