@@ -144,8 +144,10 @@ def captum_explain(model):
 def timed(variants: dict, rounds: int) -> dict:
     """name -> (median wall seconds, median CPU seconds of this process, all its threads)."""
     times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, go in variants.items():
+    names = list(variants)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # each round starts elsewhere
+            go = variants[name]
             began, cpu = time.perf_counter(), time.process_time()
             go()
             times[name].append((time.perf_counter() - began, time.process_time() - cpu))
@@ -210,24 +212,27 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
+    parser.add_argument("--parts", default="demo,resnet,ray", help="which comparisons, e.g. resnet or demo,ray")
     arguments = parser.parse_args()
     rounds, demo_count, resnet_count = (1, 64, 4) if arguments.quick else (3, 512, 8)
     torch.set_num_threads(arguments.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; the machine is shared with other jobs")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        compare("demo model (ShapeNet, 32x32)", load(), datasets.open_source(f"demo:{demo_count}"), 32, 4, rounds,
-                folder)
-        model, source = resnet50(), RandomImages(resnet_count)
-        seconds = compare("ResNet-50 (random init), 224x224", model, source, 4, 1000, rounds, folder)
-        path = Path(tempfile.mkdtemp(dir=folder)) / "r.zarr"
-        datasets.run(model, source, path, batch_size=4, progress=False)
-        relevance = zarr.open_group(str(path))["relevance"]
-        stored = sum(f.stat().st_size for f in (path / "relevance").rglob("*") if f.is_file())
-        ratio = stored / (relevance.size * 4)
-        if not arguments.no_ray:
+        parts = arguments.parts.split(",")
+        if "demo" in parts:
+            compare("demo model (ShapeNet, 32x32)", load(), datasets.open_source(f"demo:{demo_count}"), 32, 4,
+                    rounds, folder)
+        if "resnet" in parts:
+            model, source = resnet50(), RandomImages(resnet_count)
+            seconds = compare("ResNet-50 (random init), 224x224", model, source, 4, 1000, rounds, folder)
+            path = Path(tempfile.mkdtemp(dir=folder)) / "r.zarr"
+            datasets.run(model, source, path, batch_size=4, progress=False)
+            relevance = zarr.open_group(str(path))["relevance"]
+            stored = sum(f.stat().st_size for f in (path / "relevance").rglob("*") if f.is_file())
+            arithmetic(seconds["relprop run (store)"][0] / resnet_count, stored / (relevance.size * 4))
+        if "ray" in parts and not arguments.no_ray:
             ray_versus_local(demo_count, 32, folder)
-        arithmetic(seconds["relprop run (store)"][0] / resnet_count, ratio)
 
 
 if __name__ == "__main__":
