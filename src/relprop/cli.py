@@ -1,4 +1,4 @@
-"""The command line: ``relprop explain``, ``relprop demo``, ``relprop composites``, ``relprop rules``.
+"""The command line: ``relprop explain``, ``relprop run``, ``relprop demo``, ``relprop composites``, ``relprop rules``.
 
 Exit codes: 0 all done; 1 some images were skipped (unreadable, or the model cannot take them: they are listed, the
 rest is written); 2 the command cannot run as given (unknown model, composite, parameter or device, weights that do
@@ -666,6 +666,86 @@ def demo(out, composite_names, count, seed):
         staging.commit()
     click.echo(showcase.describe(result))
     click.echo(f"wrote {out / 'demo.png'} and {out / 'index.html'}")
+
+
+@main.command(name="run")
+@click.argument("data", metavar="DATA")
+@click.option("--model", "model_spec", required=True,
+              help="demo | torchvision:NAME (e.g. torchvision:resnet50) | path/to/file.py:FACTORY")
+@click.option("--store", "store_path", required=True, metavar="OUT.zarr",
+              help="the Zarr store to write; an existing one made with the same arguments is resumed")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="safetensors file or torch.save'd state dict (read with weights_only=True)")
+@click.option("--method", default="lrp", show_default=True, type=click.Choice(sorted(METHODS)),
+              help="lrp (with --composite), or another attribution method")
+@click.option("--composite", default="epsilon_plus_flat", show_default=True, help="see `relprop composites`")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="a composite parameter, e.g. --param epsilon=0.25 (repeatable)")
+@click.option("--target", default="label", show_default=True,
+              help="label (the sample's class), predicted, or a class index")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="samples per forward pass")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="samples per store chunk, the unit of resuming (default: whole batches of about 4 MiB)")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="local: threads reading samples (default 1, 0 reads in the main thread); ray: actors "
+                   "(default one per GPU, else per CPU)")
+@click.option("--keep", type=click.Choice(["full", "channels", "float16"]), default="full", show_default=True,
+              help="relevance as float32, summed over channels, or as float16")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT (default: start "
+                                              "Ray on this machine for the run)")
+@click.option("--overwrite", is_flag=True, help="delete an existing store at --store and start over")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (local engine)")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="image folders: resize the shorter side and centre-crop to SIZE (default: the model's)")
+@click.option("--mean", default=None, help="image folders: per-channel mean, e.g. 0.485,0.456,0.406")
+@click.option("--std", default=None, help="image folders: per-channel std, e.g. 0.229,0.224,0.225")
+def run(data, model_spec, store_path, weights, method, composite, params, target, batch_size, chunk, workers, keep,
+        engine, address, overwrite, device, size, mean, std):
+    """Explain every sample of a data set into a resumable Zarr store (see README, "Data sets")."""
+    from . import datasets
+    from .loading import load_model
+
+    if target not in ("label", "predicted") and not target.isdigit():
+        raise Failure(f"--target must be label, predicted or a class index (0, 1, ...), got {target!r}")
+    if address is not None and engine != "ray":
+        raise Failure("--address joins a Ray cluster; add --engine ray")
+    parameters = dict(_parameter(p) for p in params)
+    if method != "lrp" and parameters:
+        raise Failure("--param sets composite parameters, which only --method lrp uses")
+    torch_device = _device(device)
+    try:
+        datasets.store.check_path(store_path)
+        loaded = load_model(model_spec, weights)
+        loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
+    except (LoadError, datasets.StoreError) as error:
+        raise Failure(str(error)) from None
+    lrp_composite = build_composite(composite, parameters, loaded.preprocessing) if method == "lrp" else None
+    if model_spec.startswith("torchvision:") and weights is None:
+        click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
+                   "for trained ones", err=True)
+    loaded.model.to(torch_device)
+    recipe = datasets.ModelSpec(model_spec, None if weights is None else str(weights), loaded.model)
+    try:
+        summary = datasets.run(recipe, data, store_path,
+                               composite=lrp_composite, composite_name=composite, method=method,
+                               target=int(target) if target.isdigit() else target, batch_size=batch_size,
+                               chunk=chunk, keep=keep,
+                               engine=engine, address=address, overwrite=overwrite, workers=workers,
+                               parameters=parameters, preprocessing=loaded.preprocessing)
+    except (LoadError, datasets.StoreError, datasets.RunError, ValueError) as error:
+        raise Failure(" ".join(str(error).split())) from None
+    except KeyboardInterrupt:
+        done = datasets.open_store(store_path).done if datasets.store.read_attributes(store_path) else None
+        so_far = "" if done is None else f"{int(done.sum())} of {len(done)} samples are done; "
+        click.echo(f"relprop: interrupted; {so_far}the same command resumes", err=True)
+        sys.exit(130)
+    for entry in summary.skipped:
+        click.echo(f"relprop: skipped {entry['id']} (sample {entry['index']}): {entry['error']}", err=True)
+    click.echo(str(summary))
+    if summary.skipped:
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @main.command(name="composites")

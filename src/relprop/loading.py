@@ -140,9 +140,18 @@ def _torchvision_model(spec: str, name: str) -> LoadedModel:
 
 
 def _factory_model(path: Path, factory: str) -> torch.nn.Module:
+    model = call_factory(path, factory, "model", "--model path/to/file.py:FACTORY")
+    if not isinstance(model, torch.nn.Module):
+        raise LoadError(f"{path}:{factory}() returned {type(model).__name__}; it must return a torch.nn.Module")
+    return model
+
+
+def call_factory(path: Path, factory: str, what: str, usage: str):
+    """Import a user's Python file and call its function of no arguments; LoadError names what went wrong."""
+    path = Path(path)
     if not path.is_file():
-        raise LoadError(f"model file not found: {path}; give --model path/to/file.py:FACTORY with an existing file")
-    module_name = f"relprop_user_model_{abs(hash(str(path.resolve())))}"
+        raise LoadError(f"{what} file not found: {path}; give {usage} with an existing file")
+    module_name = f"relprop_user_{what.replace(' ', '_')}_{abs(hash(str(path.resolve())))}"
     try:
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
@@ -156,13 +165,10 @@ def _factory_model(path: Path, factory: str) -> torch.nn.Module:
                  and getattr(v, "__module__", None) == module_name]
         raise LoadError(f"{path} has no function {factory!r}; it defines {', '.join(found) or 'no functions'}")
     try:
-        model = function()
+        return function()
     except Exception as error:
         raise LoadError(f"{path}:{factory}() failed: {type(error).__name__}: {_one_line(error)}; the factory is "
                         "called with no arguments") from error
-    if not isinstance(model, torch.nn.Module):
-        raise LoadError(f"{path}:{factory}() returned {type(model).__name__}; it must return a torch.nn.Module")
-    return model
 
 
 # ---- weights ----------------------------------------------------------------------------------------------------

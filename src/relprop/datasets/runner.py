@@ -1,0 +1,324 @@
+"""relprop.datasets.run: explain every sample of a data set into a store, resuming whatever is missing.
+
+Order of a run: check the store path; load the model and open the source; read the first readable sample and run
+the model once (input shape, number of classes); create the store, or check that the existing one was made with
+the same arguments; explain the chunks not yet done with the chosen engine; list skipped samples; summarise.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..loading import Preprocessing
+from . import store as store_module
+from .sources import Sample, Source, open_source
+from .store import Shapes, StoreError
+from .work import ChunkWorker, ModelSpec, RunError, Settings
+
+ENGINES = ("local", "ray")
+KEEP = ("full", "channels", "float16")
+PREVIEW_SIZE = 64
+# Samples per chunk by default: about this much relevance, so that the fixed cost of a chunk's dozen writes is small
+# next to its data, while a killed run loses at most one chunk of work.
+CHUNK_BYTES = 4 * 2 ** 20
+
+
+@dataclass
+class Summary:
+    store: str
+    count: int  # samples in the data set
+    explained: int  # samples explained by this call (not those skipped, nor those done by an earlier call)
+    already_done: int  # samples done before this call
+    skipped: list  # every skipped sample of the store: {"index", "id", "error"}
+    seconds: float
+    store_bytes: int | None
+
+    @property
+    def throughput(self) -> float:
+        return self.explained / self.seconds if self.seconds > 0 else float("nan")
+
+    def __str__(self):
+        if self.already_done >= self.count:
+            return (f"nothing to do: all {self.count} samples of {self.store} were done before; "
+                    f"{len(self.skipped)} skipped")
+        size = "" if self.store_bytes is None else f", store {self.store_bytes / 2 ** 20:.1f} MiB"
+        resumed = f" ({self.already_done} were done before)" if self.already_done else ""
+        return (f"explained {self.explained} of {self.count} samples in {self.seconds:.1f} s "
+                f"({self.throughput:.1f} samples/s){resumed}; {len(self.skipped)} skipped{size}; wrote {self.store}")
+
+
+def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp", target="label",
+        batch_size: int = 32, keep: str = "full", engine: str = "local", address: str | None = None,
+        overwrite: bool = False, workers: int | None = None, chunk: int | None = None, device=None,
+        parameters: dict | None = None, weights=None, preprocessing: Preprocessing | None = None,
+        composite_name: str | None = None, progress: bool = True) -> Summary:
+    """Explain every sample of dataset with model into the Zarr store at store; returns a Summary.
+
+    model: an nn.Module, or a spec as on the command line ("demo", "torchvision:resnet50", "file.py:factory") with
+    optional weights. dataset: a DATA spec ("demo:100", a folder, "file.py:factory") or a torch Dataset of
+    (x, label) or (x, label, id). target: "label", "predicted" or a class index. keep: "full", "channels"
+    (summed over dim 1) or "float16". workers: sample-reading threads (local) or actors (ray). chunk: samples per
+    store chunk, the unit of resuming and of Ray's work (default: whole batches of about 4 MiB of relevance).
+    """
+    settings = _settings(method, composite, parameters, target, keep, batch_size)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be a number >= 0, got {workers!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive number of samples, got {chunk!r}")
+    store_module.check_path(store)
+    if engine == "ray" and address:
+        from .ray_engine import check_reachable
+
+        check_reachable(address)  # before any work: a wrong address fails in seconds
+    model, recipe, spec, weights_sha256, preprocessing = _model(model, weights, preprocessing)
+    if device is not None:
+        model.to(device)
+    source = dataset if isinstance(dataset, Source) else open_source(dataset, preprocessing)
+    if len(source) == 0:
+        raise RunError(f"the data set {source.spec} has no samples")
+    input_shape, classes, has_pixels = _probe(model, source)
+    if source.class_names is not None and len(source.class_names) > classes:
+        raise RunError(f"the data set has {len(source.class_names)} classes ({', '.join(source.class_names[:5])}"
+                       f"{', ...' if len(source.class_names) > 5 else ''}) but the model outputs {classes}; give "
+                       "the model trained on these classes, or a data set with the model's classes")
+    attributes = {"model": spec, "weights_sha256": weights_sha256, "method": settings.method,
+                  "composite": _composite_label(settings, composite_name), "parameters": dict(parameters or {}),
+                  "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
+                  "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
+    chunk = chunk or default_chunk(settings.batch_size, settings.keep, input_shape)
+    shapes = _open_or_create(store, attributes, source, chunk, has_pixels, overwrite)
+    store_module.clear_partial_writes(store)
+
+    worker = ChunkWorker(model, source, settings, store, shapes)
+    done = store_module.done_mask(worker.group, shapes.count, shapes.chunk)
+    already = int(done.sum())
+    _recover_messages(worker, done)
+    starts = [start for start in range(0, shapes.count, shapes.chunk)
+              if not done[start:start + shapes.chunk].all()]
+    if already and starts and progress:
+        print(f"relprop: resuming {store}: {already} of {shapes.count} samples were done; explaining the rest",
+              file=sys.stderr, flush=True)
+    meter = Progress(shapes.count, already, enabled=progress)
+    began = time.perf_counter()
+    explained = 0
+
+    def finished(count, failures):
+        nonlocal explained
+        explained += count - len(failures)
+        meter.skipped += len(failures)
+
+    try:
+        if engine == "local":
+            from .local import explain_chunks
+
+            explain_chunks(worker, starts, 1 if workers is None else workers, _failure_recorder(worker), finished,
+                           meter.update)
+        else:
+            from .ray_engine import explain_chunks
+
+            explain_chunks(recipe, source, settings, store, shapes, starts, workers, address, worker, finished,
+                           meter.update)
+    finally:
+        meter.close()
+    seconds = time.perf_counter() - began
+    _recover_messages(worker, store_module.done_mask(worker.group, shapes.count, shapes.chunk))
+    skipped = list(worker.group.attrs.get("skipped", []))
+    return Summary(str(store), shapes.count, explained, already, skipped, seconds, store_module.size_on_disk(store))
+
+
+def default_chunk(batch_size: int, keep: str, input_shape: tuple) -> int:
+    """Whole batches adding up to about CHUNK_BYTES of relevance: small chunks cost a write per array each."""
+    shape, dtype = store_module.relevance_layout(keep, input_shape)
+    per_sample = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return batch_size * max(1, round(CHUNK_BYTES / (batch_size * per_sample)))
+
+
+def _composite_label(settings: Settings, composite_name: str | None):
+    if settings.method != "lrp":
+        return None
+    if isinstance(settings.composite, str):
+        return settings.composite
+    return composite_name or type(settings.composite).__name__
+
+
+def _open_or_create(store, attributes: dict, source: Source, chunk: int, has_pixels: bool, overwrite: bool) -> Shapes:
+    """The shapes of the store to fill: a new one, or an existing one made with the same arguments."""
+    existing = store_module.read_attributes(store)
+    if existing is not None and overwrite:
+        store_module.remove(store)
+        existing = None
+    if existing is not None:
+        found = store_module.differences(existing, attributes)
+        if found:
+            raise StoreError(f"the store {store} was made with other arguments ({'; '.join(found)}); give the same "
+                             "arguments to resume it, another --store, or --overwrite to start over")
+        return _shapes_of(store, existing, source)
+    input_shape = tuple(attributes["input_shape"])
+    side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
+    shapes = Shapes(len(source), chunk, input_shape, attributes["classes"],
+                    None if side is None else (input_shape[0], side, side), dict(source.extras))
+    described = {k: v for k, v in attributes.items() if k not in ("count", "input_shape", "classes")}
+    store_module.create(store, described, shapes, attributes["keep"])
+    return shapes
+
+
+def _settings(method, composite, parameters, target, keep, batch_size) -> Settings:
+    if isinstance(target, bool) or not (target in ("label", "predicted") or isinstance(target, int)):
+        raise ValueError(f"target must be 'label', 'predicted' or a class index, got {target!r}")
+    if isinstance(target, int) and target < 0:
+        raise ValueError(f"target class index must be >= 0, got {target}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if method != "lrp" and parameters:
+        raise ValueError("parameters are a composite's, which only method 'lrp' uses")
+    return Settings(method, composite if method == "lrp" else None, dict(parameters or {}), target, keep, batch_size)
+
+
+def _model(model, weights, preprocessing):
+    """(module, recipe for Ray actors, spec string, weights hash, preprocessing)."""
+    if isinstance(model, str):
+        model = ModelSpec(model, None if weights is None else str(weights))
+    if isinstance(model, ModelSpec):
+        from ..loading import load_model
+
+        digest = None if model.weights is None else sha256(model.weights)
+        if model.module is None or preprocessing is None:
+            loaded = load_model(model.spec, model.weights)
+            model.module, preprocessing = loaded.model, preprocessing or loaded.preprocessing
+        return model.module, model, model.spec, digest, preprocessing
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or a model spec such as 'demo', got {type(model).__name__}")
+    if weights is not None:
+        raise ValueError("weights= goes with a model spec; load the weights into the module yourself")
+    return model, model, f"python:{type(model).__name__}", None, preprocessing
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _probe(model, source: Source) -> tuple[tuple, int, bool]:
+    """(input shape, classes, whether samples have display pixels) from the first readable sample."""
+    errors = []
+    for index in range(len(source)):
+        try:
+            sample = source.read(index)
+        except Exception as error:
+            errors.append(f"{source.id(index)}: {' '.join(str(error).split())}")
+            continue
+        break
+    else:
+        raise RunError(f"none of the {len(source)} samples of {source.spec} could be read (first: {errors[0]})")
+    output = _forward(model, sample)
+    if output.dim() != 2 or output.shape[0] != 1:
+        raise RunError(f"the model's output has shape {tuple(output.shape)} for one sample; relprop run stores "
+                       "class scores (N, classes), so give a classifier")
+    return tuple(sample.x.shape), int(output.shape[1]), sample.pixels is not None
+
+
+def _forward(model, sample: Sample) -> torch.Tensor:
+    parameter = next(model.parameters(), None)
+    x = sample.x[None].to(parameter.device if parameter is not None else "cpu")
+    try:
+        with torch.no_grad():
+            output = model(x)
+    except Exception as error:
+        raise RunError(f"the model fails on a sample of shape {tuple(sample.x.shape)}: "
+                       f"{' '.join(str(error).split())}; check that the data set fits the model") from error
+    if not isinstance(output, torch.Tensor):
+        raise RunError(f"the model returned a {type(output).__name__}; relprop run needs a model returning a tensor "
+                       "of class scores")
+    return output
+
+
+def _shapes_of(path, attributes: dict, source: Source) -> Shapes:
+    store = store_module.open_store(path)
+    preview = tuple(store["preview"].shape[1:]) if "preview" in store else None
+    extras = {name: (shape, dtype) for name, (shape, dtype) in source.extras.items()}
+    return Shapes(int(attributes["count"]), int(attributes["chunk"]), tuple(attributes["input_shape"]),
+                  int(attributes["classes"]), preview, extras)
+
+
+def _failure_recorder(worker: ChunkWorker):
+    """Before a chunk is marked done, its failures replace whatever an interrupted attempt recorded for it."""
+    def record(chunk):
+        stop = chunk.start + len(chunk.arrays["id"])
+        record_failures(worker.group, chunk.failures, chunk.start, stop)
+    return record
+
+
+def record_failures(group, failures: list, start: int, stop: int) -> None:
+    """Set the chunk's entries of the skipped list (rewriting zarr.json only when they change)."""
+    listed = list(group.attrs.get("skipped", []))
+    kept = [entry for entry in listed if not start <= entry["index"] < stop]
+    if not failures and len(kept) == len(listed):
+        return
+    group.attrs["skipped"] = sorted(kept + list(failures), key=lambda entry: entry["index"])
+
+
+def _recover_messages(worker: ChunkWorker, done):
+    """Failed samples of done chunks whose message was lost (a kill between Ray's write and the driver's record)."""
+    import numpy as np
+
+    failed = np.flatnonzero(np.asarray(worker.group["failed"][:]) & done)
+    listed = {entry["index"] for entry in worker.group.attrs.get("skipped", [])}
+    missing = [int(index) for index in failed if int(index) not in listed]
+    if not missing:
+        return
+    entries = []
+    for index in missing:
+        item = worker._read_one(index)
+        error = item if isinstance(item, str) else "could not be read when it was explained (readable now)"
+        entries.append({"index": index, "id": worker.source.id(index), "error": error})
+    kept = list(worker.group.attrs.get("skipped", []))
+    worker.group.attrs["skipped"] = sorted(kept + entries, key=lambda entry: entry["index"])
+
+
+class Progress:
+    """A bar with samples/s and ETA on a terminal; elsewhere (logs, CI) one line per batch (per chunk with Ray).
+
+    Skipped samples are counted here and listed by the caller at the end (the CLI prints each with its reason).
+    """
+
+    def __init__(self, total: int, done: int, enabled: bool = True, stream=None):
+        self.total, self.done, self.enabled = total, done, enabled
+        self.stream = stream or sys.stderr
+        self.began, self.new, self.skipped = time.perf_counter(), 0, 0
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="sample", file=self.stream, leave=False,
+                            dynamic_ncols=True)
+
+    def update(self, count: int):
+        self.done += count
+        self.new += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.enabled:
+            elapsed = time.perf_counter() - self.began
+            rate = self.new / elapsed if elapsed > 0 else float("nan")
+            left = (self.total - self.done) / rate if rate > 0 else float("nan")
+            eta = "?" if left != left else f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+            skipped = f", {self.skipped} skipped" if self.skipped else ""
+            print(f"{self.done}/{self.total} samples, {rate:.1f} samples/s, ETA {eta}{skipped}", file=self.stream,
+                  flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+

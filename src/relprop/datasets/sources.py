@@ -1,0 +1,198 @@
+"""Where samples come from: a DATA spec names a source, a source reads sample i as (x, label, id, ...).
+
+Specs: an image folder (a class per sub-folder, as torchvision's ImageFolder, or flat without labels),
+``demo[:N]`` (the generated shapes, sample i made from the seed (2026, i), so any sample can be read on its own),
+``file.py:FACTORY`` (a function of no arguments returning a torch Dataset of (x, label) or (x, label, id)), and any
+name in :data:`SOURCES`. Adding a source is one function ``(argument, preprocessing) -> Source`` put in SOURCES.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..loading import IMAGE_SUFFIXES, LoadError, Preprocessing, call_factory, open_image
+
+DEMO_SEED = 2026
+DEMO_COUNT = 512
+
+
+@dataclass
+class Sample:
+    x: torch.Tensor  # the model input for one sample (no batch dimension)
+    label: int  # -1 when unknown
+    pixels: torch.Tensor | None = None  # the input in display space, (C, H, W) in [0, 1], for previews
+    extra: dict = field(default_factory=dict)  # name -> per-sample ground truth (numpy), stored as extra/<name>
+
+
+class Source:
+    """A data set as relprop run reads it: a count, an id per sample, and sample i on demand.
+
+    read(i) raises ValueError (or any exception from user code) when sample i cannot be read; run lists it and
+    goes on. extras maps a ground-truth name to (shape of one sample, numpy dtype).
+    """
+
+    spec: str = ""
+    class_names: list | None = None
+    extras: dict = {}
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def id(self, index: int) -> str:
+        return str(index)
+
+    def read(self, index: int) -> Sample:
+        raise NotImplementedError
+
+
+class ImageFolder(Source):
+    """Images in class sub-folders (sorted names are classes 0, 1, ...) or directly in the folder (no labels)."""
+
+    def __init__(self, folder, preprocessing: Preprocessing, spec: str | None = None):
+        self.folder, self.preprocessing = Path(folder), preprocessing
+        self.spec = spec or str(folder)
+        classes = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and _images_under(p))
+        flat = _images_in(self.folder)
+        if classes and flat:
+            raise LoadError(f"{self.folder} holds both images and class sub-folders ({', '.join(classes[:3])}); "
+                            "move the loose images into a class folder, or point DATA at a folder of one kind")
+        if classes:
+            self.class_names = classes
+            self.files = [(path, label) for label, name in enumerate(classes)
+                          for path in _images_under(self.folder / name)]
+        elif flat:
+            self.class_names = None
+            self.files = [(path, -1) for path in flat]
+        else:
+            raise LoadError(f"no images in {self.folder} nor in its sub-folders (looked for "
+                            f"{', '.join(IMAGE_SUFFIXES)})")
+
+    def __len__(self):
+        return len(self.files)
+
+    def id(self, index):
+        return self.files[index][0].relative_to(self.folder).as_posix()
+
+    def read(self, index):
+        path, label = self.files[index]
+        pixels = self.preprocessing.pixels(open_image(path))
+        return Sample(self.preprocessing.normalize(pixels), label, pixels)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class Demo(Source):
+    """N generated shape images with their labels and the mask of the deciding object (extra/mask)."""
+
+    def __init__(self, count: int = DEMO_COUNT, preprocessing: Preprocessing | None = None, seed: int = DEMO_SEED):
+        from ..demo import model, shapes
+
+        self.count, self.seed = count, seed
+        self.preprocessing = preprocessing or Preprocessing(model.SIZE, model.MEAN, model.STD)
+        self.spec = f"demo:{count}"
+        self.class_names = list(shapes.KINDS)
+        self.extras = {"mask": ((shapes.SIZE, shapes.SIZE), "bool")}
+
+    def __len__(self):
+        return self.count
+
+    def id(self, index):
+        return f"demo:{index}"
+
+    def read(self, index):
+        from ..demo import shapes
+
+        images, labels, masks = shapes.generate(1, seed=(self.seed, index))
+        pixels = torch.from_numpy(images[0])
+        return Sample(self.preprocessing.normalize(pixels), int(labels[0]), pixels, {"mask": masks[0]})
+
+
+class DatasetSource(Source):
+    """A torch Dataset of (x, label) or (x, label, id); image-like x (C in 1 or 3, 2-D) gets min-max previews."""
+
+    def __init__(self, dataset, spec: str):
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise LoadError(f"{spec} is a {type(dataset).__name__}, not a map-style data set; give an object with "
+                            "__len__ and __getitem__ (a torch.utils.data.Dataset) returning (x, label) or "
+                            "(x, label, id)")
+        self.dataset, self.spec = dataset, spec
+        names = getattr(dataset, "classes", None)
+        self.class_names = [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+        self._ids: dict = {}
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def id(self, index):
+        return self._ids.get(index, str(index))
+
+    def read(self, index):
+        item = self.dataset[index]
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise LoadError(f"{self.spec}: item {index} is a {type(item).__name__}"
+                            f"{f' of {len(item)}' if isinstance(item, (tuple, list)) else ''}; the data set must "
+                            "return (x, label) or (x, label, id), with label None when unknown")
+        x, label = torch.as_tensor(item[0]), item[1]
+        if len(item) == 3:
+            self._ids[index] = str(item[2])
+        label = -1 if label is None else int(label)
+        x = x.float() if not x.is_floating_point() else x
+        pixels = None
+        if x.dim() == 3 and x.shape[0] in (1, 3):  # an image: min-max scaled for display, as its range is unknown
+            low, high = x.min(), x.max()
+            pixels = (x - low) / (high - low) if high > low else torch.zeros_like(x)
+        return Sample(x, label, pixels)
+
+
+class FactorySource(DatasetSource):
+    """file.py:FACTORY; pickled as its spec, so each Ray actor imports the file itself."""
+
+    def __init__(self, path, factory: str, spec: str):
+        self.path, self.factory = Path(path), factory
+        super().__init__(call_factory(self.path, factory, "data set", "DATA as path/to/file.py:FACTORY"), spec)
+
+    def __reduce__(self):
+        return FactorySource, (str(self.path), self.factory, self.spec)
+
+
+def _demo(argument: str | None, preprocessing: Preprocessing | None) -> Source:
+    if argument is None:
+        return Demo(DEMO_COUNT, preprocessing)
+    if not argument.isdigit() or int(argument) < 1:
+        raise LoadError(f"demo:{argument}: give the number of samples, e.g. demo:1000")
+    return Demo(int(argument), preprocessing)
+
+
+# name -> (argument after "name:" or None, preprocessing of the model) -> Source
+SOURCES: dict[str, Callable[[str | None, Preprocessing | None], Source]] = {"demo": _demo}
+
+
+def open_source(spec, preprocessing: Preprocessing | None = None) -> Source:
+    """The source a DATA spec names (a registered name, file.py:FACTORY or an image folder) or a torch Dataset."""
+    if not isinstance(spec, (str, Path)):
+        return DatasetSource(spec, f"python:{type(spec).__name__}")
+    spec = str(spec)
+    name, colon, argument = spec.partition(":")
+    if name in SOURCES:
+        return SOURCES[name](argument if colon else None, preprocessing)
+    head, _, factory = spec.rpartition(":")
+    if head.endswith(".py"):
+        return FactorySource(head, factory, spec)
+    path = Path(spec)
+    if path.is_dir():
+        return ImageFolder(path, preprocessing or Preprocessing(), spec)
+    if path.exists():
+        raise LoadError(f"DATA {spec} is a file; give a folder of images, one of {', '.join(sorted(SOURCES))}"
+                        "[:N], or path/to/file.py:FACTORY")
+    raise LoadError(f"DATA {spec!r} is neither a folder nor a known data set; give a folder of images, one of "
+                    f"{', '.join(sorted(SOURCES))}[:N], or path/to/file.py:FACTORY")

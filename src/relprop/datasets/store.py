@@ -1,0 +1,289 @@
+"""The explanation store: one Zarr v3 group per run, every per-sample array chunked by ``chunk`` samples.
+
+Layout version 1 (README, "Data sets"): root attributes describe the run (model, weights hash, method, composite,
+parameters, target, keep, data, count, chunk, input shape, classes, class names, skipped samples); arrays
+``relevance``, ``output``, ``label``, ``target``, ``explained``, ``delta``, ``id``, ``preview``, ``done``, ``failed``
+and ``extra/<name>`` have the N samples along their first dimension. A chunk's samples are marked in ``done`` only
+after every other array of that chunk is written, so a reader (or a resumed run) trusts exactly the ``done`` chunks.
+Writers of different chunks touch different files, which is what lets Ray actors share one store.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LAYOUT_VERSION = 1
+# What makes two runs the same run: a store is resumed only when all of these agree.
+IDENTITY = ("model", "weights_sha256", "method", "composite", "parameters", "target", "keep", "data", "count",
+            "input_shape", "classes")
+PER_SAMPLE = ("relevance", "output", "label", "target", "explained", "delta", "id", "preview")
+
+
+class StoreError(Exception):
+    """The store path or its contents cannot be used as asked; the message names the fix."""
+
+
+def is_remote(path) -> bool:
+    return "://" in str(path)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What the arrays of a new store look like, known after reading one sample and running the model once."""
+
+    count: int
+    chunk: int
+    input_shape: tuple
+    classes: int
+    preview: tuple | None  # (C, P, P) or None for non-image data
+    extras: dict  # name -> (shape of one sample, numpy dtype)
+
+
+def relevance_layout(keep: str, input_shape: tuple) -> tuple[tuple, str]:
+    """(shape of one sample, dtype) of the stored relevance for a --keep choice."""
+    if keep == "full":
+        return tuple(input_shape), "float32"
+    if keep == "float16":
+        return tuple(input_shape), "float16"
+    if keep == "channels":
+        return tuple(input_shape[1:]), "float32"
+    raise StoreError(f"keep must be full, channels or float16, got {keep!r}")
+
+
+def check_path(path) -> None:
+    """Refuse paths a store cannot be written to, before any work is done."""
+    if is_remote(path):
+        return
+    path = Path(path)
+    if not str(path) or str(path) in (".", ""):
+        raise StoreError("--store needs a path for the new store, e.g. --store run.zarr")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        # a missing folder is more often a typo or an unmounted network disk than a wish to create it
+        raise StoreError(f"the folder {parent} for the store does not exist; create it first (mkdir -p {parent}) "
+                         "or give another --store")
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--store {path} is a file, not a store; give a new path ending in .zarr")
+    if not os.access(path if path.exists() else parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to {path if path.exists() else parent} (permission denied); give a --store "
+                         "in a folder you can write to")
+    if path.is_dir() and any(path.iterdir()) and read_attributes(path) is None:
+        raise StoreError(f"{path} is a folder that is not a relprop store; give a new --store path (relprop never "
+                         "deletes folders it did not write)")
+
+
+def read_attributes(path) -> dict | None:
+    """The root attributes of the relprop store at path, or None when there is none."""
+    import zarr
+
+    if not is_remote(path) and not (Path(path) / "zarr.json").is_file():
+        return None
+    try:
+        attributes = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # not a Zarr group at all (FileNotFoundError, JSON or metadata errors)
+        return None
+    return attributes if "relprop_store" in attributes else None
+
+
+def differences(stored: dict, wanted: dict) -> list[str]:
+    """'name: the store has A, this run B' for every identity attribute that differs."""
+    found = []
+    for key in IDENTITY:
+        have, want = _comparable(stored.get(key)), _comparable(wanted.get(key))
+        if have != want:
+            found.append(f"{key}: the store has {stored.get(key)!r}, this run {wanted.get(key)!r}")
+    return found
+
+
+def _comparable(value):
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    return value
+
+
+def create(path, attributes: dict, shapes: Shapes, keep: str) -> None:
+    """Make an empty store with every array, written beside path and moved into place only when complete."""
+    import torch
+    import zarr
+
+    from .. import __version__
+
+    attributes = {"relprop_store": LAYOUT_VERSION, "relprop_version": __version__, "torch_version": torch.__version__,
+                  **attributes, "count": shapes.count, "chunk": shapes.chunk,
+                  "input_shape": list(shapes.input_shape), "classes": shapes.classes,
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "skipped": []}
+    if is_remote(path):  # object stores have no rename; a half-made remote store is recreated by --overwrite
+        _create_arrays(zarr.open_group(str(path), mode="w"), attributes, shapes, keep)
+        return
+    path = Path(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.resolve().parent))
+    try:
+        _create_arrays(zarr.open_group(str(staging), mode="w"), attributes, shapes, keep)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes the folder private; a store is an ordinary folder
+        if path.exists():
+            path.rmdir()  # an empty folder the user made for the store
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _create_arrays(group, attributes: dict, shapes: Shapes, keep: str) -> None:
+    count, chunk = shapes.count, shapes.chunk
+    relevance_shape, relevance_dtype = relevance_layout(keep, shapes.input_shape)
+
+    def array(name, shape, dtype, fill_value):
+        group.create_array(name, shape=(count, *shape), chunks=(chunk, *shape), dtype=dtype, fill_value=fill_value)
+
+    array("relevance", relevance_shape, relevance_dtype, 0)
+    array("output", (shapes.classes,), "float32", float("nan"))
+    array("label", (), "int64", -1)
+    array("target", (), "int64", -1)
+    array("explained", (), "float32", float("nan"))
+    array("delta", (), "float32", float("nan"))
+    array("id", (), str, "")
+    if shapes.preview is not None:
+        array("preview", shapes.preview, "uint8", 0)
+    array("failed", (), "bool", False)
+    array("done", (), "bool", False)
+    for name, (shape, dtype) in shapes.extras.items():
+        array(f"extra/{name}", tuple(shape), np.dtype(dtype).name, 0)
+    group.attrs.update(attributes)
+
+
+def remove(path) -> None:
+    """Delete a relprop store (for --overwrite); refuses anything that is not one."""
+    if read_attributes(path) is None:
+        if is_remote(path) or not Path(path).exists() or not any(Path(path).iterdir()):
+            return
+        raise StoreError(f"{path} is not a relprop store; relprop deletes only stores it wrote")
+    if is_remote(path):
+        import zarr
+
+        zarr.open_group(str(path), mode="w")  # mode w clears the group
+        return
+    shutil.rmtree(path)
+
+
+def clear_partial_writes(path) -> None:
+    """Remove the temporary files of writes cut short by a kill (Zarr writes to *.partial, then renames)."""
+    if not is_remote(path):
+        for leftover in Path(path).rglob("*.partial"):
+            leftover.unlink(missing_ok=True)
+
+
+# ---- reading ------------------------------------------------------------------------------------------------------
+class Store:
+    """A relprop store opened for reading (and for writing analysis results): arrays, attributes, progress."""
+
+    def __init__(self, path, mode: str = "r"):
+        import zarr
+
+        if read_attributes(path) is None:
+            raise StoreError(f"{path} is not a relprop store (no zarr.json with relprop_store); give the --store "
+                             "path a `relprop run` wrote")
+        self.path = path
+        self.group = zarr.open_group(str(path), mode=mode)
+        version = self.attrs.get("relprop_store")
+        if version != LAYOUT_VERSION:
+            raise StoreError(f"{path} has store layout version {version}; this relprop reads version "
+                             f"{LAYOUT_VERSION}; explain the data again with this version")
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def count(self) -> int:
+        return int(self.attrs["count"])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.attrs["chunk"])
+
+    @property
+    def class_names(self) -> list | None:
+        return self.attrs.get("class_names")
+
+    @property
+    def skipped(self) -> list[dict]:
+        return list(self.attrs.get("skipped", []))
+
+    def __getitem__(self, name: str):
+        """The Zarr array by name, e.g. store["relevance"][10:20] or store["extra/mask"]."""
+        try:
+            return self.group[name]
+        except KeyError:
+            raise KeyError(f"the store has no array {name!r}; it has {', '.join(self.arrays())}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays()
+
+    def arrays(self) -> list[str]:
+        names = [name for name, _ in self.group.arrays()]
+        if "extra" in self.group:
+            names += [f"extra/{name}" for name, _ in self.group["extra"].arrays()]
+        return sorted(names)
+
+    @property
+    def done(self) -> np.ndarray:
+        return done_mask(self.group, self.count, self.chunk)
+
+    @property
+    def failed(self) -> np.ndarray:
+        return self.group["failed"][:] & self.done
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    def chunks(self, names=("relevance", "label"), only_done: bool = True):
+        """Yield (start, stop, {name: numpy array}) chunk by chunk, skipping chunks not yet done."""
+        done = self.done
+        arrays = {name: self[name] for name in names}
+        for start in range(0, self.count, self.chunk):
+            stop = min(start + self.chunk, self.count)
+            if only_done and not done[start:stop].all():
+                continue
+            yield start, stop, {name: array[start:stop] for name, array in arrays.items()}
+
+    def __repr__(self):
+        done = int(self.done.sum())
+        return (f"<relprop store {self.path}: {done}/{self.count} samples done, {len(self.skipped)} skipped, "
+                f"model {self.attrs.get('model')}, {self.attrs.get('composite') or self.attrs.get('method')}>")
+
+
+def open_store(path, mode: str = "r") -> Store:
+    """Open a store `relprop run` wrote; mode "r+" lets analyses add groups such as analysis/."""
+    return Store(path, mode)
+
+
+def done_mask(group, count: int, chunk: int) -> np.ndarray:
+    """The done flags; a chunk whose flags cannot be read (a write cut by power loss) counts as not done."""
+    array = group["done"]
+    try:
+        return np.asarray(array[:], dtype=bool)
+    except Exception:
+        mask = np.zeros(count, dtype=bool)
+        for start in range(0, count, chunk):
+            try:
+                mask[start:start + chunk] = array[start:start + chunk]
+            except Exception:
+                pass
+        return mask
+
+
+def size_on_disk(path) -> int | None:
+    if is_remote(path):
+        return None
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -1,0 +1,39 @@
+"""Fixtures for the data-set tests: a data set file that subprocesses and the Python API both read."""
+import pytest
+
+# A data set file for runs in subprocesses: demo shapes, one unreadable sample (5), ids of its own, and a delay
+# per sample so a run lasts long enough to be killed in the middle.
+DATASET_FILE = '''
+import os, time
+import torch
+from relprop.demo import generate, normalize
+
+class Shapes(torch.utils.data.Dataset):
+    classes = ["circle", "square", "triangle", "cross"]
+
+    def __init__(self, count, delay):
+        images, labels, _ = generate(count, seed=3)
+        self.images, self.labels, self.delay = normalize(torch.from_numpy(images)), labels, delay
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        time.sleep(self.delay)
+        if index == 5:
+            raise ValueError("sample 5 is broken on purpose")
+        return self.images[index], int(self.labels[index]), f"shape-{index:03d}"
+
+def slow():
+    return Shapes(60, float(os.environ.get("SHAPES_DELAY", "0.03")))
+
+def quick():
+    return Shapes(24, 0.0)
+'''
+
+
+@pytest.fixture
+def dataset_file(tmp_path):
+    path = tmp_path / "shapes_data.py"
+    path.write_text(DATASET_FILE)
+    return path

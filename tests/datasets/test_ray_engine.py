@@ -1,0 +1,44 @@
+"""--engine ray: the same store bit for bit as --engine local (Ray started locally with 2 CPUs), and bad addresses."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import relprop.datasets as datasets
+from relprop.datasets.ray_engine import check_reachable
+from relprop.datasets.work import RunError
+from relprop.demo import load
+
+from tests.datasets.helpers import assert_same_store
+
+pytest.importorskip("ray")
+
+
+def test_ray_run_with_two_actors_writes_the_same_store_as_the_local_engine(dataset_file, tmp_path):
+    arguments = [f"{dataset_file}:quick", "--model", "demo", "--batch-size", "2", "--chunk", "4", "--keep", "channels"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ray_run = subprocess.run([sys.executable, "-m", "relprop", "run", *map(str, arguments), "--store",
+                              tmp_path / "ray.zarr", "--engine", "ray", "--workers", "2"], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert ray_run.returncode == 1, ray_run.stderr[-3000:]  # sample 5 is unreadable on purpose
+    assert "relprop: skipped 5 (sample 5): sample 5 is broken on purpose" in ray_run.stderr
+    assert "explained 23 of 24 samples" in ray_run.stdout
+    datasets.run("demo", f"{dataset_file}:quick", tmp_path / "local.zarr", batch_size=2, chunk=4, keep="channels",
+                 progress=False)
+    assert_same_store(tmp_path / "local.zarr", tmp_path / "ray.zarr")
+
+
+def test_ray_address_that_does_not_answer_fails_in_seconds(tmp_path):
+    began = time.monotonic()
+    with pytest.raises(RunError, match="no Ray cluster answers at 127.0.0.1:9 .*ray start --head"):
+        datasets.run(load(), "demo:2", tmp_path / "run.zarr", engine="ray", address="127.0.0.1:9", progress=False)
+    assert time.monotonic() - began < 30
+    assert not (tmp_path / "run.zarr").exists()  # checked before any work
+
+
+@pytest.mark.parametrize("address", ["nonsense", "host:port", "ray://:10001"])
+def test_ray_address_without_host_and_port_is_refused(address):
+    with pytest.raises(RunError, match="is not HOST:PORT"):
+        check_reachable(address)

@@ -1,0 +1,269 @@
+"""relprop.datasets.run: resuming after kills, refusing other arguments, bad input, the Python API."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import relprop.datasets as datasets
+from relprop.datasets import sources, store as store_module
+from relprop.demo import load
+
+from tests.datasets.helpers import assert_same_store, read_store
+
+
+def cli(*args, delay="0.03"):
+    env = dict(os.environ, OMP_NUM_THREADS="1", SHAPES_DELAY=delay)
+    return subprocess.Popen([sys.executable, "-m", "relprop", "run", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def done_count(path) -> int:
+    try:
+        group = datasets.open_store(path)
+        return int(group.done.sum())
+    except Exception:  # not created yet
+        return 0
+
+
+def kill_when(process, path, at_least: int, timeout: float = 90.0) -> int:
+    """SIGKILL the run once at least `at_least` samples are done; returns how many were done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        done = done_count(path)
+        if done >= at_least:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return done
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended before {at_least} samples were done: {process.communicate()}")
+
+
+def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(dataset_file, tmp_path):
+    arguments = [f"{dataset_file}:slow", "--model", "demo", "--batch-size", "2", "--chunk", "4", "--keep", "float16"]
+    clean = cli(*arguments, "--store", tmp_path / "clean.zarr", delay="0")
+    interrupted = tmp_path / "interrupted.zarr"
+    first = kill_when(cli(*arguments, "--store", interrupted), interrupted, 8)
+    second = kill_when(cli(*arguments, "--store", interrupted), interrupted, first + 12)
+    assert first < second < 60  # each run was cut in the middle, the second went on from the first
+    resumed = cli(*arguments, "--store", interrupted)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 1, err  # sample 5 is unreadable: listed, skipped, exit code 1
+    assert f"({second} were done before)" in out or "were done before" in out
+    # an item that cannot be read cannot give its own id, so it is listed by its index
+    assert "relprop: skipped 5 (sample 5): sample 5 is broken on purpose" in err
+    clean_out, clean_err = clean.communicate(timeout=120)
+    assert clean.returncode == 1, clean_err
+    assert_same_store(tmp_path / "clean.zarr", interrupted)
+    finished = datasets.open_store(interrupted)
+    assert finished.complete and finished.skipped == [
+        {"index": 5, "id": "5", "error": "sample 5 is broken on purpose"}]
+    assert finished["id"][4:7].tolist() == ["shape-004", "5", "shape-006"]
+    assert not list(interrupted.rglob("*.partial"))
+
+
+def test_chunk_is_not_marked_done_when_the_run_stops_between_its_data_and_its_done_flags(tmp_path, monkeypatch):
+    model = load()
+    datasets.run(model, "demo:12", tmp_path / "clean.zarr", batch_size=4, chunk=4, progress=False)
+    calls = []
+    original = datasets.work.ChunkWorker.write
+
+    def write_then_die(self, chunk, before_done=None):
+        def die(chunk):
+            if before_done is not None:
+                before_done(chunk)
+            calls.append(chunk.start)
+            if chunk.start == 4:
+                raise KeyboardInterrupt  # stands for a kill after the arrays, before the done flags
+        original(self, chunk, die)
+
+    monkeypatch.setattr(datasets.work.ChunkWorker, "write", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.run(model, "demo:12", tmp_path / "cut.zarr", batch_size=4, chunk=4, workers=0, progress=False)
+    done = datasets.open_store(tmp_path / "cut.zarr").done
+    assert done.tolist() == [True] * 4 + [False] * 8
+    relevance_before = datasets.open_store(tmp_path / "cut.zarr")["relevance"][:4]
+    monkeypatch.setattr(datasets.work.ChunkWorker, "write", original)
+    summary = datasets.run(model, "demo:12", tmp_path / "cut.zarr", batch_size=4, chunk=4, progress=False)
+    assert summary.already_done == 4 and summary.explained == 8
+    assert_same_store(tmp_path / "clean.zarr", tmp_path / "cut.zarr")
+    assert np.array_equal(datasets.open_store(tmp_path / "cut.zarr")["relevance"][:4], relevance_before)
+
+
+def test_resuming_with_other_arguments_is_refused_naming_each_difference(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:8", path, batch_size=4, progress=False)
+    before = read_store(path)
+    with pytest.raises(datasets.StoreError) as error:
+        datasets.run("demo", "demo:8", path, composite="epsilon", target="predicted", batch_size=4, progress=False)
+    message = str(error.value)
+    assert "composite: the store has 'epsilon_plus_flat', this run 'epsilon'" in message
+    assert "target: the store has 'label', this run 'predicted'" in message
+    assert "--overwrite" in message
+    after = read_store(path)
+    assert all(np.array_equal(before[name], after[name]) for name in before if name != "id")
+
+
+def test_overwrite_starts_over_with_the_new_arguments(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:8", path, batch_size=4, progress=False)
+    summary = datasets.run("demo", "demo:8", path, composite="epsilon", batch_size=4, overwrite=True, progress=False)
+    assert summary.explained == 8 and summary.already_done == 0
+    assert datasets.open_store(path).attrs["composite"] == "epsilon"
+
+
+def test_resuming_a_finished_store_explains_nothing(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:8", path, batch_size=4, progress=False)
+    summary = datasets.run("demo", "demo:8", path, batch_size=4, progress=False)
+    assert summary.explained == 0 and summary.already_done == 8 and "nothing to do" in str(summary)
+
+
+class Listed(torch.utils.data.Dataset):
+    """Items given as a list: (x, label) pairs."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def demo_items(count, seed=5):
+    images, labels, _ = datasets.sources.Demo(count).read(0), None, None
+    return [(datasets.sources.Demo(count, seed=seed).read(i).x, datasets.sources.Demo(count, seed=seed).read(i).label)
+            for i in range(count)]
+
+
+def test_labels_out_of_range_stop_the_run_and_keep_the_finished_chunks(tmp_path):
+    items = demo_items(8)
+    items[6] = (items[6][0], 9)
+    path = tmp_path / "run.zarr"
+    with pytest.raises(datasets.RunError, match=r"sample 6 \(6\) has label 9 but the model has 4 classes"):
+        datasets.run(load(), Listed(items), path, batch_size=4, chunk=4, workers=0, progress=False)
+    done = datasets.open_store(path).done
+    assert done.tolist() == [True] * 4 + [False] * 4
+
+
+def test_samples_of_another_shape_are_skipped_with_the_fix_named(tmp_path):
+    items = demo_items(6)
+    items[2] = (torch.zeros(3, 16, 16), 1)
+    summary = datasets.run(load(), Listed(items), tmp_path / "run.zarr", batch_size=4, progress=False)
+    assert [entry["index"] for entry in summary.skipped] == [2]
+    assert "shape (3, 16, 16) differs from the data set's (3, 32, 32)" in summary.skipped[0]["error"]
+    assert "--size" in summary.skipped[0]["error"]
+    opened = datasets.open_store(tmp_path / "run.zarr")
+    assert opened.failed.tolist() == [False, False, True, False, False, False]
+    assert np.isnan(opened["output"][2]).all() and (opened["relevance"][2] == 0).all()
+    assert opened["target"][2] == -1 and opened.complete
+
+
+def test_target_label_on_unlabelled_data_names_predicted_as_the_fix(tmp_path):
+    items = [(x, None) for x, _ in demo_items(3)]
+    with pytest.raises(datasets.RunError, match="--target predicted"):
+        datasets.run(load(), Listed(items), tmp_path / "run.zarr", progress=False)
+    summary = datasets.run(load(), Listed(items), tmp_path / "other.zarr", target="predicted", progress=False)
+    opened = datasets.open_store(tmp_path / "other.zarr")
+    assert summary.explained == 3 and opened["label"][:].tolist() == [-1, -1, -1]
+    assert np.array_equal(opened["target"][:], opened["output"][:].argmax(1))
+
+
+def test_data_set_with_more_classes_than_the_model_is_refused(tmp_path):
+    class Many(Listed):
+        classes = [f"class{i}" for i in range(10)]
+
+    with pytest.raises(datasets.RunError, match="has 10 classes .* but the model outputs 4"):
+        datasets.run(load(), Many(demo_items(2)), tmp_path / "run.zarr", progress=False)
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def test_store_in_a_missing_folder_or_a_file_is_refused_before_any_work(tmp_path):
+    with pytest.raises(datasets.StoreError, match="does not exist; create it first"):
+        datasets.run("demo", "demo:2", tmp_path / "no" / "such" / "run.zarr", progress=False)
+    (tmp_path / "file.zarr").write_text("x")
+    with pytest.raises(datasets.StoreError, match="is a file"):
+        datasets.run("demo", "demo:2", tmp_path / "file.zarr", progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(datasets.StoreError, match="not a relprop store"):
+        datasets.run("demo", "demo:2", tmp_path / "mine", overwrite=True, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_store_in_a_folder_without_write_permission_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(datasets.StoreError, match="permission denied"):
+            datasets.run("demo", "demo:2", locked / "run.zarr", progress=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_custom_source_registered_by_name_stores_its_ground_truth(tmp_path, monkeypatch):
+    class Stripes(sources.Source):
+        spec, class_names = "stripes:4", ["circle", "square", "triangle", "cross"]
+        extras = {"stripe": ((), "int64")}
+
+        def __len__(self):
+            return 4
+
+        def read(self, index):
+            pixels = torch.full((3, 32, 32), index / 4)
+            return sources.Sample((pixels - 0.5) / 0.25, index % 4, pixels, {"stripe": np.int64(index * 10)})
+
+    monkeypatch.setitem(sources.SOURCES, "stripes", lambda argument, preprocessing: Stripes())
+    datasets.run("demo", "stripes", tmp_path / "run.zarr", batch_size=2, progress=False)
+    opened = datasets.open_store(tmp_path / "run.zarr")
+    assert opened["extra/stripe"][:].tolist() == [0, 10, 20, 30]
+    assert opened["id"][:].tolist() == ["0", "1", "2", "3"] and opened.attrs["data"] == "stripes:4"
+    assert opened["preview"][:, 0, 0, 0].tolist() == [0, 64, 128, 191]  # round(255 * i / 4)
+
+
+def test_non_lrp_method_stores_nan_delta_and_no_composite(tmp_path):
+    datasets.run("demo", "demo:4", tmp_path / "run.zarr", method="gradient", composite=None, progress=False)
+    opened = datasets.open_store(tmp_path / "run.zarr")
+    assert opened.attrs["method"] == "gradient" and opened.attrs["composite"] is None
+    assert np.isnan(opened["delta"][:]).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"target": "true"}, "target must be"), ({"keep": "half"}, "keep must be"), ({"engine": "spark"}, "engine must"),
+    ({"batch_size": 0}, "batch_size must"), ({"workers": -1}, "workers must"), ({"chunk": 0}, "chunk must")])
+def test_invalid_arguments_are_named(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        datasets.run("demo", "demo:2", tmp_path / "run.zarr", progress=False, **bad)
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def test_progress_prints_a_line_per_batch_with_rate_and_eta_when_not_a_terminal(tmp_path, capsys):
+    datasets.run("demo", "demo:6", tmp_path / "run.zarr", batch_size=4)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("4/6 samples, ") and "samples/s, ETA " in lines[0]
+    assert lines[1].startswith("6/6 samples")
+
+
+def test_local_runs_never_import_ray(tmp_path):
+    code = ("import sys, relprop.datasets as d; d.run('demo', 'demo:2', sys.argv[1], progress=False); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run.zarr")], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_default_chunk_is_whole_batches_of_about_four_mebibytes_of_relevance():
+    from relprop.datasets.runner import default_chunk
+
+    assert default_chunk(32, "full", (3, 32, 32)) == 32 * 11  # 12 KiB a sample: 341 samples, 10.7 batches
+    assert default_chunk(32, "channels", (3, 32, 32)) == 32 * 32
+    assert default_chunk(4, "full", (3, 224, 224)) == 8  # 588 KiB a sample
+    assert default_chunk(64, "float16", (3, 224, 224)) == 64  # never less than one batch

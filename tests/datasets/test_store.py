@@ -1,0 +1,93 @@
+"""The store layout (version 1) as agreed with the SpRAy and evaluation work, and reading it back."""
+import json
+
+import numpy as np
+import pytest
+
+import relprop.datasets as datasets
+from relprop.datasets import store as store_module
+from relprop.datasets.store import Shapes
+
+
+def make(path, keep="full", count=10, chunk=4, preview=(3, 32, 32), extras=None):
+    shapes = Shapes(count, chunk, (3, 32, 32), 4, preview, extras or {})
+    store_module.create(path, {"model": "demo", "weights_sha256": None, "method": "lrp", "composite": "epsilon",
+                               "parameters": {}, "target": "label", "keep": keep, "data": "demo:10",
+                               "class_names": ["a", "b", "c", "d"]}, shapes, keep)
+    return datasets.open_store(path)
+
+
+@pytest.mark.parametrize("keep, shape, dtype", [("full", (10, 3, 32, 32), "float32"),
+                                                ("float16", (10, 3, 32, 32), "float16"),
+                                                ("channels", (10, 32, 32), "float32")])
+def test_new_store_has_the_agreed_arrays_chunked_by_samples(tmp_path, keep, shape, dtype):
+    opened = make(tmp_path / "s.zarr", keep, extras={"mask": ((32, 32), "bool")})
+    expected = {"relevance": (shape, dtype), "output": ((10, 4), "float32"), "label": ((10,), "int64"),
+                "target": ((10,), "int64"), "explained": ((10,), "float32"), "delta": ((10,), "float32"),
+                "preview": ((10, 3, 32, 32), "uint8"), "done": ((10,), "bool"), "failed": ((10,), "bool"),
+                "extra/mask": ((10, 32, 32), "bool")}
+    for name, (array_shape, array_dtype) in expected.items():
+        array = opened[name]
+        assert array.shape == array_shape and str(array.dtype) == array_dtype, name
+        assert array.chunks == (4, *array_shape[1:]), name  # whole samples per chunk: writers never share a file
+    assert opened["id"].shape == (10,) and opened["id"][0] == ""
+    assert opened.arrays() == sorted([*expected, "id"])
+    metadata = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
+    assert metadata["zarr_format"] == 3
+    attributes = opened.attrs
+    assert attributes["relprop_store"] == 1 and attributes["count"] == 10 and attributes["chunk"] == 4
+    assert attributes["input_shape"] == [3, 32, 32] and attributes["classes"] == 4 and attributes["skipped"] == []
+    assert {"relprop_version", "torch_version", "created", "model", "weights_sha256", "method", "composite",
+            "parameters", "target", "keep", "data", "class_names"} <= set(attributes)
+    assert not opened.done.any() and np.isnan(opened["output"][0]).all() and opened["label"][0] == -1
+
+
+def test_creation_leaves_no_half_made_store_behind(tmp_path):
+    make(tmp_path / "s.zarr")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]  # the staging folder was renamed into place
+
+
+def test_chunks_yields_only_the_done_chunks(tmp_path):
+    opened = make(tmp_path / "s.zarr")
+    group = datasets.open_store(tmp_path / "s.zarr", mode="r+").group
+    group["label"][4:8] = np.arange(4)
+    group["done"][4:8] = True
+    found = list(opened.chunks(("label",)))
+    assert [(start, stop) for start, stop, _ in found] == [(4, 8)]
+    assert found[0][2]["label"].tolist() == [0, 1, 2, 3]
+    assert len(list(opened.chunks(("label",), only_done=False))) == 3
+    assert not opened.complete
+
+
+def test_done_flags_cut_by_power_loss_count_as_not_done(tmp_path):
+    opened = make(tmp_path / "s.zarr")
+    opened = datasets.open_store(tmp_path / "s.zarr", mode="r+")
+    opened.group["done"][:] = True
+    (tmp_path / "s.zarr" / "done" / "c" / "1").write_bytes(b"\x00\x01")  # a truncated chunk file
+    assert opened.done.tolist() == [True] * 4 + [False] * 4 + [True] * 2
+
+
+def test_differences_name_each_attribute_that_differs():
+    stored = {"model": "demo", "composite": "epsilon", "parameters": {"epsilon": 0.25}, "count": 10,
+              "input_shape": [3, 32, 32]}
+    wanted = dict(stored, composite="epsilon_plus_flat", input_shape=(3, 32, 32))
+    assert store_module.differences(stored, wanted) == [
+        "composite: the store has 'epsilon', this run 'epsilon_plus_flat'"]
+
+
+def test_open_store_refuses_folders_that_are_not_stores(tmp_path):
+    with pytest.raises(datasets.StoreError, match="not a relprop store"):
+        datasets.open_store(tmp_path)
+    opened = make(tmp_path / "s.zarr")
+    with pytest.raises(KeyError, match="no array 'heatmap'"):
+        opened["heatmap"]
+
+
+def test_remove_deletes_stores_and_refuses_other_folders(tmp_path):
+    make(tmp_path / "s.zarr")
+    store_module.remove(tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.txt").write_text("x")
+    with pytest.raises(datasets.StoreError, match="deletes only stores it wrote"):
+        store_module.remove(tmp_path / "mine")
