@@ -269,7 +269,7 @@ _ROAD_KERNEL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 
 
 
 def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, noise: float, generators=None,
-                            tolerance: float = 1e-10, max_iterations: int = 2000) -> torch.Tensor:
+                            tolerance: float = 1e-20, max_iterations: int = 5000) -> torch.Tensor:
     """Images (n, C, H, W) whose removed pixels (n, H, W) are the weighted means of their neighbours, plus noise.
 
     The removed values u solve (D - W_uu) u = W_uk x_k per channel, D the weight of each pixel's neighbours inside
@@ -293,16 +293,17 @@ def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, noise: 
     rr = (residual * residual).sum((1, 2, 3), keepdim=True)
     target = tolerance * (rhs * rhs).sum((1, 2, 3), keepdim=True).clamp(min=1e-30)
     for _ in range(max_iterations):
-        if bool((rr <= target).all()):
+        active = rr > target  # converged systems stop moving, so a result does not depend on its batch
+        if not bool(active.any()):
             break
         a_direction = apply(direction)
         denominator = (direction * a_direction).sum((1, 2, 3), keepdim=True)
-        step = torch.where(denominator > 0, rr / denominator.clamp(min=1e-300), torch.zeros_like(rr))
+        step = torch.where(active & (denominator > 0), rr / denominator.clamp(min=1e-300), torch.zeros_like(rr))
         solution = solution + step * direction
         residual = residual - step * a_direction
         rr_new = (residual * residual).sum((1, 2, 3), keepdim=True)
-        direction = residual + torch.where(rr > 0, rr_new / rr.clamp(min=1e-300), torch.zeros_like(rr)) * direction
-        rr = rr_new
+        direction = torch.where(active, residual + rr_new / rr.clamp(min=1e-300) * direction, direction)
+        rr = torch.where(active, rr_new, rr)
     filled = flat * (1 - unknown) + solution * unknown
     if noise:
         draws = torch.stack([torch.randn(channels, height, width, generator=g, dtype=images.dtype, device="cpu")
