@@ -24,3 +24,7 @@ __all__ = ["Result", "Runner", "pixel_flipping", "region_perturbation", "selecti
            "pointing_game", "attribution_localisation", "top_k_intersection", "auc", "model_parameter_randomisation",
            "random_logit", "max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "sparseness",
            "complexity", "effective_complexity", "completeness", "input_invariance", "non_sensitivity"]
+
+from .benchmark import Batch, BenchmarkResult, benchmark  # noqa: E402  (after the metrics it runs)
+
+__all__ += ["benchmark", "Batch", "BenchmarkResult"]
