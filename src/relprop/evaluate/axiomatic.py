@@ -53,9 +53,8 @@ def input_invariance(model, x, target=None, explain="epsilon_plus_flat", *, shif
     """Input invariance (Kindermans et al. 2019): 1 where the explanation ignores a compensated input shift."""
     x = check_input(x)
     name, first = _first_layer(model)
-    if isinstance(first, torch.nn.Linear) is False and any(p != 0 for p in getattr(first, "padding", (0,))
-                                                           if not isinstance(p, str)) or getattr(first, "padding",
-                                                                                                   0) == "same":
+    padding = getattr(first, "padding", (0,))
+    if padding == "same" or (not isinstance(padding, str) and any(padding)):
         raise ValueError(f"input_invariance: the first layer {name!r} pads its input, so a bias cannot compensate an "
                          "input shift at the borders; use a model whose first layer does not pad")
     shifted = copy.deepcopy(model)

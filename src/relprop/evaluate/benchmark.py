@@ -50,6 +50,7 @@ class Context:
     explain: Callable
     batch_size: int
     options: dict
+    explanation: object = None  # what the method returned (an Explanation carries delta for completeness)
 
     def masks(self, metric):
         if self.batch.mask is None:
@@ -97,7 +98,7 @@ METRICS = {
     "infidelity": _perturbing(faithfulness.infidelity),
     "sufficiency": lambda c, name: faithfulness.sufficiency(c.runner, c.batch.x, c.relevance,
                                                             **c.options.get(name, {})),
-    "completeness": lambda c, name: axiomatic.completeness(c.runner, c.batch.x, c.relevance_explanation,
+    "completeness": lambda c, name: axiomatic.completeness(c.runner, c.batch.x, c.explanation,
                                                            **c.options.get(name, {})),
     "non_sensitivity": _perturbing(axiomatic.non_sensitivity),
     "input_invariance": lambda c, name: axiomatic.input_invariance(c.model, c.batch.x, c.runner.target, c.explain,
@@ -326,8 +327,7 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
             else:
                 explanation = explain(model, batch.x, runner.target)
                 relevance = getattr(explanation, "relevance", explanation).detach()
-            context = Context(model, runner, batch, relevance, explain, batch_size, options)
-            context.relevance_explanation = explanation
+            context = Context(model, runner, batch, relevance, explain, batch_size, options, explanation)
             for metric in metrics:
                 if (label, metric) in errors:
                     continue

@@ -1,6 +1,7 @@
 """Faithfulness: does removing what relevance points at change the output as relevance says it should?
 
-f(x) is the target's score (logit, or probability with softmax=True). Removing a set S of locations replaces x_S
+f(x) is the target's score: its logit, or its probability with softmax=True (softmax=None: the given Runner's
+choice, else the logit). Removing a set S of locations replaces x_S
 by a baseline (perturb.py). Regions are patches of ``patch_size`` locations (1: single pixels) or superpixels.
 
 - Region perturbation / pixel flipping (Bach et al. 2015; Samek et al. 2017, "Evaluating the visualization of what a
@@ -92,7 +93,7 @@ def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step,
 
 
 def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order="morf", regions_per_step=1,
-                        steps=None, baseline="black", batch_size=64, softmax=False, channel_dim="auto",
+                        steps=None, baseline="black", batch_size=64, softmax=None, channel_dim="auto",
                         blur_sigma=2.0, seed=0, output=None) -> Result:
     """Region perturbation (Samek et al. 2017): AOPC per sample; curves and AUC in the result."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output, blur_sigma)
@@ -103,12 +104,12 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
     aopc = (curve[:, :1] - curve).mean(1)
     return Result(f"region_perturbation_{order}", aopc, order == "morf",
                   {"patch_size": patch_size, "order": order, "regions_per_step": regions_per_step,
-                   "steps": curve.shape[1] - 1, "baseline": _name(baseline), "softmax": softmax},
+                   "steps": curve.shape[1] - 1, "baseline": _name(baseline), "softmax": setup.runner.softmax},
                   curves={order: curve}, details={"auc": _auc(curve), "aopc": aopc})
 
 
 def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_per_step=1, steps=None,
-                   baseline="black", batch_size=64, softmax=False, channel_dim="auto", blur_sigma=2.0, seed=0,
+                   baseline="black", batch_size=64, softmax=None, channel_dim="auto", blur_sigma=2.0, seed=0,
                    output=None) -> Result:
     """Pixel flipping (Bach et al. 2015): region perturbation with single locations."""
     result = region_perturbation(model, x, relevance, target, patch_size=1, order=order,
@@ -119,7 +120,7 @@ def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_pe
     return result
 
 
-def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="black", batch_size=64, softmax=False,
+def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="black", batch_size=64, softmax=None,
                 channel_dim="auto", output=None) -> Result:
     """Selectivity (Montavon et al. 2018): AUC of the MoRF region perturbation curve; lower is better."""
     result = region_perturbation(model, x, relevance, target, patch_size=patch_size, baseline=baseline,
@@ -152,7 +153,7 @@ def _subset_correlation(setup: _Setup, subsets: torch.Tensor):
 
 
 def faithfulness_correlation(model, x, relevance, target=None, *, nr_runs=100, subset_size=224, baseline="black",
-                             seed=0, batch_size=64, softmax=False, channel_dim="auto", output=None) -> Result:
+                             seed=0, batch_size=64, softmax=None, channel_dim="auto", output=None) -> Result:
     """Faithfulness correlation (Bhatt et al. 2020)."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output)
     subsets = _random_subsets(len(setup.x), setup.size, nr_runs, subset_size, seed, setup.x.device)
@@ -163,7 +164,7 @@ def faithfulness_correlation(model, x, relevance, target=None, *, nr_runs=100, s
 
 
 def sensitivity_n(model, x, relevance, target=None, *, n=(1, 2, 4, 8, 16, 32, 64), nr_runs=100, baseline="black",
-                  seed=0, batch_size=64, softmax=False, channel_dim="auto", output=None) -> Result:
+                  seed=0, batch_size=64, softmax=None, channel_dim="auto", output=None) -> Result:
     """Sensitivity-n (Ancona et al. 2018): one correlation per subset size n, averaged."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output)
     sizes = [n] if isinstance(n, int) else list(n)
@@ -188,7 +189,7 @@ def _groups(setup: _Setup, features_in_step, key):
 
 
 def faithfulness_estimate(model, x, relevance, target=None, *, features_in_step=1, baseline="black", batch_size=64,
-                          softmax=False, channel_dim="auto", output=None) -> Result:
+                          softmax=None, channel_dim="auto", output=None) -> Result:
     """Faithfulness estimate (Alvarez-Melis & Jaakkola 2018)."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output)
     flat = setup.map.flatten(1)
@@ -206,7 +207,7 @@ def faithfulness_estimate(model, x, relevance, target=None, *, features_in_step=
 
 
 def monotonicity(model, x, relevance, target=None, *, features_in_step=1, baseline="black", batch_size=64,
-                 softmax=False, channel_dim="auto", output=None) -> Result:
+                 softmax=None, channel_dim="auto", output=None) -> Result:
     """Monotonicity (Arya et al. 2019): 1 where adding locations by increasing |R| never lowers f."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output)
     group, count = _groups(setup, features_in_step, setup.map.flatten(1).abs())
@@ -240,7 +241,7 @@ def superpixels(x: torch.Tensor, **slic_options) -> torch.Tensor:
     return torch.stack(labels).to(x.device)
 
 
-def irof(model, x, relevance, target=None, *, segments=None, baseline="mean", batch_size=64, softmax=False,
+def irof(model, x, relevance, target=None, *, segments=None, baseline="mean", batch_size=64, softmax=None,
          channel_dim="auto", output=None, **slic_options) -> Result:
     """IROF (Rieger & Hansen 2020): 1 - AUC of f(x^(k)) / f(x) as superpixels go, most relevant (mean) first."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output)
@@ -313,7 +314,7 @@ def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, noise: 
 
 
 def road(model, x, relevance, target=None, *, percentages=tuple(range(10, 100, 10)), noise=0.01, order="morf",
-         seed=0, batch_size=64, softmax=False, channel_dim="auto", output=None) -> Result:
+         seed=0, batch_size=64, softmax=None, channel_dim="auto", output=None) -> Result:
     """ROAD (Rong et al. 2022): accuracy after removing the top p% by noisy linear imputation, per percentage."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, None, seed, output)
     if setup.x.dim() != 4 or setup.axis != 1:
@@ -353,7 +354,7 @@ def road(model, x, relevance, target=None, *, percentages=tuple(range(10, 100, 1
 
 
 def infidelity(model, x, relevance, target=None, *, n_perturb_samples=10, noise_std=0.1, seed=0, batch_size=64,
-               softmax=False, output=None) -> Result:
+               softmax=None, output=None) -> Result:
     """Infidelity (Yeh et al. 2019) with Gaussian perturbations I: E[(I . R - (f(x) - f(x - I)))^2]."""
     setup = _Setup(model, x, relevance, target, batch_size, softmax, None, None, seed, output)
 

@@ -38,7 +38,7 @@ class Runner:
         self.clean = self.pick(self.output, self.target)
 
     @classmethod
-    def of(cls, model, x, target=None, *, batch_size=64, softmax=False, output=None, relevance=None) -> "Runner":
+    def of(cls, model, x, target=None, *, batch_size=64, softmax=None, output=None, relevance=None) -> "Runner":
         """A runner for (model, x), or the given runner itself (so metrics share its forward passes)."""
         explained = getattr(relevance, "target", None)
         if isinstance(model, Runner):
@@ -46,8 +46,12 @@ class Runner:
                 raise ValueError("this runner was built for another input x; build a Runner for this x")
             if target is not None and not torch.equal(model._targets(target), model.target):
                 raise ValueError("this runner explains other targets; build a Runner with these targets")
+            if softmax is not None and bool(softmax) != model.softmax:
+                raise ValueError(f"this runner scores with softmax={model.softmax}; build a Runner with "
+                                 f"softmax={bool(softmax)} or leave softmax out")
             return model
-        return cls(model, x, target, batch_size=batch_size, softmax=softmax, output=output, explained_target=explained)
+        return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
+                   explained_target=explained)
 
     def _targets(self, target) -> torch.Tensor:
         index = torch.as_tensor(target, device=self.output.device).long()
