@@ -325,7 +325,6 @@ def road(model, x, relevance, target=None, *, percentages=tuple(range(10, 100, 1
         raise ValueError(f"percentages must lie strictly between 0 and 100, got {percentages}")
     counts = torch.tensor([int(setup.size * p / 100) for p in percentages])
     rank = ranks(setup.map.flatten(1), order).view((-1,) + setup.locations)
-    predicted = []
 
     def perturb(rows, k):
         rows_d = rows.to(setup.x.device)
@@ -334,19 +333,7 @@ def road(model, x, relevance, target=None, *, percentages=tuple(range(10, 100, 1
         return noisy_linear_imputation(setup.x[rows_d], removed, noise, generators)
 
     runner = setup.runner
-    copies_classes = []
-    original_pick = runner.pick
-
-    def pick(out, target_rows):  # keep the predicted class of every copy beside the target's score
-        copies_classes.append(out.argmax(1))
-        return original_pick(out, target_rows)
-
-    runner.pick = pick
-    try:
-        scores = runner.scores(len(percentages), perturb)
-    finally:
-        del runner.pick
-    predicted = torch.cat(copies_classes).view(len(setup.x), len(percentages))
+    scores, predicted = runner.scores(len(percentages), perturb, classes=True)
     accuracy = (predicted == runner.target.view(-1, 1)).double()
     return Result(f"road_{order}", accuracy.mean(1), order != "morf",
                   {"percentages": percentages, "noise": noise, "order": order, "seed": seed},

@@ -95,21 +95,25 @@ class Runner:
             output = output.softmax(1)
         return output.gather(1, target.view(-1, 1)).squeeze(1)
 
-    def scores(self, steps: int, perturb: Callable, samples: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, steps: int, perturb: Callable, samples: torch.Tensor | None = None, classes: bool = False):
         """(N, steps): the target's score on perturb(sample indices, step indices) for every (sample, step) pair.
 
         perturb builds one chunk of copies, shaped like x rows; it is called with at most batch_size pairs at once.
+        classes: also return each copy's predicted class, (N, steps) int64.
         """
         samples = torch.arange(len(self.x)) if samples is None else samples
         pairs_sample = samples.repeat_interleave(steps)
         pairs_step = torch.arange(steps).repeat(len(samples))
         result = torch.empty(len(pairs_sample), dtype=torch.float64, device=self.output.device)
+        predicted = torch.empty(len(pairs_sample), dtype=torch.long, device=self.output.device)
         with torch.no_grad():
             for start in range(0, len(pairs_sample), self.batch_size):
                 rows = pairs_sample[start:start + self.batch_size]
-                copies = perturb(rows, pairs_step[start:start + self.batch_size])
-                result[start:start + len(rows)] = self.pick(self.run(copies), self.target[rows.to(self.target.device)])
-        return result.view(len(samples), steps)
+                out = self.run(perturb(rows, pairs_step[start:start + self.batch_size]))
+                result[start:start + len(rows)] = self.pick(out, self.target[rows.to(self.target.device)])
+                predicted[start:start + len(rows)] = out.argmax(1)
+        result = result.view(len(samples), steps)
+        return (result, predicted.view(len(samples), steps)) if classes else result
 
 
 def pair_generator(seed: int, sample: int, step: int, device) -> torch.Generator:
