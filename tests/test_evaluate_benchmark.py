@@ -116,3 +116,19 @@ def test_cli_evaluate_refuses_unknown_metrics_and_localisation_without_masks(tmp
     run = relprop_cli("evaluate", tmp_path, "--model", "demo", "--metrics", "pointing_game", "--out", tmp_path / "b")
     assert run.returncode == 2 and "need object masks" in run.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_both_randomisation_metrics_share_one_cascade(data):
+    model = small_cnn()
+    calls = []
+
+    def explain(m, inputs, target):
+        calls.append(1)
+        return gradient_x_input(m, inputs, target)
+
+    result = evaluate.benchmark(model, data, {"gxi": explain}, ["randomisation", "randomisation_last"], batch_size=5)
+    assert len(calls) == 1 + 1 + 2  # the explanation, the original map in the cascade, one per randomised layer
+    per_layer = evaluate.model_parameter_randomisation(model, data[0], torch.where(
+        data[1] >= 0, data[1], model(data[0]).argmax(1)), gradient_x_input).details["per_layer"]
+    assert torch.allclose(result.scores["gxi", "randomisation_last"], per_layer[:, -1])
+    assert torch.allclose(result.scores["gxi", "randomisation"], per_layer.mean(1))

@@ -19,7 +19,7 @@ import base64
 import html
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -51,6 +51,7 @@ class Context:
     batch_size: int
     options: dict
     explanation: object = None  # what the method returned (an Explanation carries delta for completeness)
+    cache: dict = field(default_factory=dict)  # results metrics of this batch and method share (randomisation)
 
     def masks(self, metric):
         if self.batch.mask is None:
@@ -103,9 +104,8 @@ METRICS = {
     "non_sensitivity": _perturbing(axiomatic.non_sensitivity),
     "input_invariance": lambda c, name: axiomatic.input_invariance(c.model, c.batch.x, c.runner.target, c.explain,
                                                                    **c.options.get(name, {})),
-    "randomisation": _re_explaining(randomisation.model_parameter_randomisation, mode="cascading"),
-    "randomisation_last": lambda c, name: _last_layer(_re_explaining(
-        randomisation.model_parameter_randomisation, mode="cascading")(c, name)),
+    "randomisation": lambda c, name: _cascade(c, name),
+    "randomisation_last": lambda c, name: _last_layer(_cascade(c, name)),
     "randomisation_independent": _re_explaining(randomisation.model_parameter_randomisation, mode="independent"),
     "random_logit": _re_explaining(randomisation.random_logit),
     "max_sensitivity": _re_explaining(robustness.max_sensitivity, nr_samples=10),
@@ -117,11 +117,19 @@ METRICS = {
 }
 
 
+def _cascade(c: Context, name: str):
+    """MPRT (cascading) for this batch and method, computed once for both randomisation metrics."""
+    options = c.options.get(name, {})
+    key = ("randomisation", repr(sorted(options.items())))
+    if key not in c.cache:
+        c.cache[key] = randomisation.model_parameter_randomisation(c.model, c.batch.x, c.runner.target, c.explain,
+                                                                   batch_size=c.batch_size, **options)
+    return c.cache[key]
+
+
 def _last_layer(result):
     """MPRT's similarity once every layer is randomised (the end of the cascade), as its own score."""
-    result.scores = result.details["per_layer"][:, -1]
-    result.metric += "_last"
-    return result
+    return replace(result, metric=result.metric + "_last", scores=result.details["per_layer"][:, -1])
 
 
 def batches(data, batch_size: int):
