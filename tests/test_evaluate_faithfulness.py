@@ -116,6 +116,7 @@ def test_faithfulness_correlation_correlates_subset_relevance_with_output_drop()
     # the drops are the linear model's own: removing S (to 0) lowers f by sum_{i in S} W_1i x_i
     contributions = (model.weight[1] * x).detach()
     subsets = evaluate.faithfulness._random_subsets(2, 10, 12, 3, 0, "cpu")
+    assert all(len(set(subsets[n, k].tolist())) == 3 for n in range(2) for k in range(12))  # without repeats
     for n in range(2):
         expected_drops = [float(contributions[n][subsets[n, k]].sum()) for k in range(12)]
         expected_sums = [float(relevance[n][subsets[n, k]].sum()) for k in range(12)]

@@ -129,24 +129,27 @@ def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="bla
 
 
 def _random_subsets(count: int, size: int, runs: int, subset_size: int, seed: int, device) -> torch.Tensor:
-    """(count, runs, size) bool: runs random subsets of subset_size locations per sample, seeded."""
+    """(count, runs, subset_size) int64: runs random subsets of subset_size locations per sample, seeded."""
     if isinstance(subset_size, bool) or not isinstance(subset_size, int) or not 1 <= subset_size < size:
         raise ValueError(f"subset_size must be an int from 1 to {size - 1} (there are {size} locations), got "
                          f"{subset_size!r}")
     generator = torch.Generator().manual_seed(seed)
-    keys = torch.rand(count, runs, size, generator=generator)
-    chosen = keys.argsort(2)[..., :subset_size]
-    return torch.zeros(count, runs, size, dtype=torch.bool).scatter_(2, chosen, True).to(device)
+    # one sample at a time, so only runs x size random keys exist at once
+    return torch.stack([torch.rand(runs, size, generator=generator).argsort(dim=1)[:, :subset_size]
+                        for _ in range(count)]).to(device)
 
 
 def _subset_correlation(setup: _Setup, subsets: torch.Tensor):
     """Per sample: Pearson over runs between subset relevance and the output drop when the subset is removed."""
     count, runs = subsets.shape[:2]
-    relevance_sums = (setup.map.flatten(1).unsqueeze(1) * subsets).sum(2)
+    flat = setup.map.flatten(1)
+    relevance_sums = flat.gather(1, subsets.flatten(1)).view(subsets.shape).sum(2)
     shape = (-1,) + setup.locations
 
     def perturb(rows, k):
-        return masked_copies(setup.x, setup.baseline, setup.axis, rows, subsets[rows, k].view(shape))
+        chosen = subsets[rows.to(subsets.device), k.to(subsets.device)]
+        masks = torch.zeros(len(rows), setup.size, dtype=torch.bool, device=chosen.device).scatter_(1, chosen, True)
+        return masked_copies(setup.x, setup.baseline, setup.axis, rows, masks.view(shape))
 
     drops = setup.runner.clean.view(-1, 1) - setup.runner.scores(runs, perturb)
     return _pearson(relevance_sums, drops), relevance_sums, drops
