@@ -80,3 +80,14 @@ def test_result_summary_and_dataframe():
     assert summary["mean"] == 2.0 and summary["count"] == 2 and summary["median"] == 1.0
     frame = result.to_dataframe()
     assert list(frame.columns) == ["metric", "score", "extra"] and frame["extra"].tolist() == [4.0, 5.0, 6.0]
+
+
+def test_importing_evaluate_loads_no_optional_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, relprop; relprop.evaluate; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'skimage', 'scipy', 'pandas', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
