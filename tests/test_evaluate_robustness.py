@@ -14,8 +14,7 @@ def gradient_x_input(model, x, target):
 def noises(kind, n, count, seed, scale):
     out = []
     for k in range(count):
-        g = pair_generator(0, n, k, "cpu")
-        g.manual_seed(g.initial_seed() + seed)
+        g = pair_generator(seed, n, k, "cpu")
         draw = torch.rand(6, generator=g, dtype=torch.float64) * 2 - 1 if kind == "uniform" else \
             torch.randn(6, generator=g, dtype=torch.float64)
         out.append(draw * scale)

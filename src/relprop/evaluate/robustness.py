@@ -19,15 +19,15 @@ from .result import Result
 from .runner import pair_generator
 
 
-def _copies(explain, model, x, target, nr_samples, batch_size, noise, distance):
+def _copies(explain, model, x, target, nr_samples, batch_size, noise, distance, seed):
     """(N, nr_samples) distances between each sample's explanation and those of its perturbed copies."""
     base = relevance(explain, model, x, target).double()
     rows = torch.arange(len(x)).repeat_interleave(nr_samples)
     steps = torch.arange(nr_samples).repeat(len(x))
     out = []
     for r, s in zip(rows.split(batch_size), steps.split(batch_size)):
-        shift = torch.stack([noise(pair_generator(0, int(i), int(j), "cpu"), x.shape[1:]) for i, j in zip(r, s)]) \
-            .to(x)
+        shift = torch.stack([noise(pair_generator(seed, int(i), int(j), "cpu"), x.shape[1:])
+                             for i, j in zip(r, s)]).to(x)
         copies = x[r.to(x.device)] + shift
         changed = relevance(explain, model, copies, target[r.to(target.device)]).double()
         out.append(distance(base[r.to(x.device)], changed, shift.double()))
@@ -43,13 +43,12 @@ def _targets(model, x, target, batch_size):
 def _sensitivity(model, x, target, explain, nr_samples, lower_bound, seed, batch_size):
     x = check_input(x)
     target = _targets(model, x, target, batch_size)
-    uniform = lambda g, shape: (torch.rand(shape, generator=g.manual_seed(g.initial_seed() + seed),  # noqa: E731
-                                           dtype=x.dtype) * 2 - 1) * lower_bound
+    uniform = lambda g, shape: (torch.rand(shape, generator=g, dtype=x.dtype) * 2 - 1) * lower_bound  # noqa: E731
 
     def ratio(a, b, shift):
         return (b - a).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)
 
-    return _copies(explainer(explain), model, x, target, nr_samples, batch_size, uniform, ratio)
+    return _copies(explainer(explain), model, x, target, nr_samples, batch_size, uniform, ratio, seed)
 
 
 def max_sensitivity(model, x, target=None, explain="epsilon_plus_flat", *, nr_samples=200, lower_bound=0.2, seed=0,
@@ -73,12 +72,11 @@ def local_lipschitz_estimate(model, x, target=None, explain="epsilon_plus_flat",
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018); lower is better."""
     x = check_input(x)
     target = _targets(model, x, target, batch_size)
-    gaussian = lambda g, shape: torch.randn(shape, generator=g.manual_seed(g.initial_seed() + seed),  # noqa: E731
-                                            dtype=x.dtype) * perturb_std
+    gaussian = lambda g, shape: torch.randn(shape, generator=g, dtype=x.dtype) * perturb_std  # noqa: E731
 
     def ratio(a, b, shift):
         return (a - b).flatten(1).norm(dim=1) / shift.flatten(1).norm(dim=1)
 
-    ratios = _copies(explainer(explain), model, x, target, nr_samples, batch_size, gaussian, ratio)
+    ratios = _copies(explainer(explain), model, x, target, nr_samples, batch_size, gaussian, ratio, seed)
     return Result("local_lipschitz_estimate", ratios.amax(1), False,
                   {"nr_samples": nr_samples, "perturb_std": perturb_std, "seed": seed})
