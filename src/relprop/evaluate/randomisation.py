@@ -28,7 +28,8 @@ def parameter_layers(model: torch.nn.Module) -> list[str]:
 
 
 def _randomise(module: torch.nn.Module, generator: torch.Generator):
-    """New values for a module's own parameters: the layer's default initialisation, else N(0, std of the old)."""
+    """New values for a module's own parameters: weights uniform with variance 1 / fan-in (LeCun), one-dimensional
+    parameters (biases, norm scales) Gaussian with the old values' spread."""
     with torch.no_grad():
         for name, parameter in module.named_parameters(recurse=False):
             if parameter.dim() > 1:
