@@ -132,3 +132,21 @@ def test_both_randomisation_metrics_share_one_cascade(data):
         data[1] >= 0, data[1], model(data[0]).argmax(1)), gradient_x_input).details["per_layer"]
     assert torch.allclose(result.scores["gxi", "randomisation_last"], per_layer[:, -1])
     assert torch.allclose(result.scores["gxi", "randomisation"], per_layer.mean(1))
+
+
+def test_cli_evaluate_reads_image_folders_and_lists_unreadable_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from relprop.demo import generate
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, picture in enumerate(generate(2, 5)[0]):
+        Image.fromarray((picture.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(folder / f"s{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    run = relprop_cli("evaluate", folder, "--model", "demo", "--methods", "epsilon", "--metrics", "sparseness,aopc",
+                      "--out", tmp_path / "out")
+    assert run.returncode == 1, run.stderr
+    assert "skipped" in run.stderr and "broken.png" in run.stderr and "on 2 samples" in run.stdout
+    assert (tmp_path / "out" / "scores.csv").read_text().count("\n") == 1 + 2 * 2  # header, 2 metrics x 2 images

@@ -407,7 +407,13 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     click.echo(result.markdown())
     for (method, metric), error in result.errors.items():
         click.echo(f"relprop: {method} / {metric} not computed: {error}", err=True)
-    click.echo(f"evaluated {len(methods)} methods by {len(metrics)} metrics on {len(source)} samples; wrote {out}")
+    failed = getattr(source, "failed", [])
+    for failure in failed:
+        click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
+    click.echo(f"evaluated {len(methods)} methods by {len(metrics)} metrics on {len(source) - len(failed)} samples; "
+               f"wrote {out}")
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)
 
 
 if __name__ == "__main__":
