@@ -132,6 +132,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32, help="relprop's copies per forward pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, metavar="METRIC",
+                        help="run only the metrics whose names start with these (e.g. auc sparseness)")
     args = parser.parse_args()
     if args.quick:
         args.models, args.size, args.count = ["resnet18"], 64, 4
@@ -146,6 +148,8 @@ def main():
               "| - |", flush=True)
         for metric, (ours, theirs) in metrics(model, x, target, relevance, masks, args.steps, args.batch_size,
                                               runner).items():
+            if args.only and not any(metric.startswith(prefix) for prefix in args.only):
+                continue
             times = {"relprop": [], "quantus": []}
             rounds = args.rounds
             while len(times["relprop"]) < rounds:

@@ -19,12 +19,12 @@ from .result import Result
 def _magnitudes(x, relevance, channel_dim, pooling):
     x = check_input(x)
     axis = channel_axis(x, channel_dim)
-    return pooled(relevance_of(relevance, x), axis, pooling).abs().flatten(1).double()
+    return pooled(relevance_of(relevance, x), axis, pooling).abs().flatten(1)
 
 
 def sparseness(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
     """Gini index of |R| (Chalasani et al. 2020); samples whose relevance is all zero get NaN."""
-    a = _magnitudes(x, relevance, channel_dim, pooling).sort(1).values
+    a = _magnitudes(x, relevance, channel_dim, pooling).sort(1).values.double()  # sorted in float32, summed in float64
     d = a.shape[1]
     weights = 2 * torch.arange(1, d + 1, dtype=a.dtype, device=a.device) - d - 1
     total = a.sum(1)
@@ -35,7 +35,7 @@ def sparseness(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
 
 def complexity(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
     """Entropy of the fractional contributions |R_i| / sum |R| (Bhatt et al. 2020); all-zero relevance gets NaN."""
-    a = _magnitudes(x, relevance, channel_dim, pooling)
+    a = _magnitudes(x, relevance, channel_dim, pooling).double()
     total = a.sum(1, keepdim=True)
     p = a / total
     scores = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(1)

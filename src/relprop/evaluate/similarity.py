@@ -40,7 +40,7 @@ def top_k(a: torch.Tensor, b: torch.Tensor, k: int = 100) -> torch.Tensor:
     a, b = a.flatten(1), b.flatten(1)
     k = min(k, a.shape[1])
     size = torch.full((len(a),), k, device=a.device)
-    return (_top(a.double(), size) & _top(b.double(), size)).sum(1).double() / k
+    return (_top(a, size) & _top(b, size)).sum(1).double() / k
 
 
 SIMILARITIES = {"spearman": spearman, "ssim": ssim, "top_k": top_k}
