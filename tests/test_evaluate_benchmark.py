@@ -150,3 +150,13 @@ def test_cli_evaluate_reads_image_folders_and_lists_unreadable_files(tmp_path):
     assert run.returncode == 1, run.stderr
     assert "skipped" in run.stderr and "broken.png" in run.stderr and "on 2 samples" in run.stdout
     assert (tmp_path / "out" / "scores.csv").read_text().count("\n") == 1 + 2 * 2  # header, 2 metrics x 2 images
+
+
+def test_methods_by_name_are_reproducible():
+    from relprop.evaluate.methods import explainer
+
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    target = torch.tensor([0, 1])
+    smoothgrad = explainer("smoothgrad")
+    assert torch.equal(smoothgrad(model, x, target).relevance, smoothgrad(model, x, target).relevance)
