@@ -15,4 +15,6 @@ scripts/explainiverse_venv.sh  # the explainiverse oracle runs there (tests/test
 export RELPROP_EXPLAINIVERSE_PYTHON="$PWD/.venv-explainiverse/bin/python"
 scripts/virelay_venv.sh  # ViRelAy's loader opens an exported project there (tests/analysis/test_virelay.py)
 export RELPROP_VIRELAY_PYTHON="$PWD/.venv-virelay/bin/python"
+scripts/quantus_venv.sh  # the Quantus oracle runs there (tests/test_oracle_quantus.py)
+export RELPROP_QUANTUS_PYTHON="$PWD/.venv-quantus/bin/python"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -14,8 +14,8 @@ __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "
 
 
 def __getattr__(name):
-    # viz (matplotlib) and demo load on first use, so `import relprop` stays as quick as torch allows
-    if name in ("viz", "demo"):
+    # viz (matplotlib), demo and evaluate load on first use, so `import relprop` stays as quick as torch allows
+    if name in ("viz", "demo", "evaluate"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -874,5 +874,92 @@ def export_virelay(store, out):
     click.echo(f"wrote {out / 'project.yaml'}; open it with: virelay {out / 'project.yaml'}")
 
 
+# The ground-truth benchmark of the README: every composite that fits a CNN and the attribution methods beside it.
+DEMO_METHODS = ("epsilon", "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
+                "epsilon_alpha2_beta1_flat", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients",
+                "deeplift", "occlusion", "guided_backprop")
+DEMO_METRICS = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "aopc", "randomisation",
+                "randomisation_last")
+
+
+def _names(values, default):
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or list(default)
+
+
+@main.command(name="evaluate")
+@click.argument("data", metavar="DATA")
+@click.option("--model", "model_spec", required=True,
+              help="demo | torchvision:NAME | path/to/file.py:FACTORY")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="safetensors file or torch.save'd state dict (read with weights_only=True)")
+@click.option("--methods", "method_names", multiple=True, metavar="NAMES",
+              help="comma-separated composites and attribution methods (default: all that fit a CNN)")
+@click.option("--metrics", "metric_names", multiple=True, metavar="NAMES",
+              help="comma-separated metrics (default: mass and rank accuracy, pointing game, AOPC, randomisation)")
+@click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="how many generated images when DATA is demo")
+@click.option("--patch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="AOPC's region size in pixels")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-evaluation"),
+              show_default=True, help="folder for table.md, table.csv, ranking.csv, scores.csv and report.html")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="samples per batch and perturbed copies per forward pass")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--size", type=click.IntRange(min=1), default=None, help="resize and centre-crop images to SIZE")
+def evaluate_command(data, model_spec, weights, method_names, metric_names, count, patch_size, out, batch_size,
+                     device, size):
+    """Measure explanations: DATA is demo (generated images with object masks) or image files/folders."""
+    from . import composites
+    from .evaluate import benchmark, methods as evaluate_methods
+    from .evaluate.benchmark import METRICS
+    from .evaluate.sources import DemoImages, ImageFiles
+    from .loading import collect_images, load_model
+
+    methods = _names(method_names, DEMO_METHODS)
+    metrics = _names(metric_names, DEMO_METRICS)
+    for name in methods:
+        if name not in evaluate_methods.names():
+            raise Failure(f"unknown method {name!r}; choose from {', '.join(evaluate_methods.names())}")
+    for name in metrics:
+        if name not in METRICS:
+            raise Failure(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    if data != "demo" and any(m in metrics for m in ("relevance_mass_accuracy", "relevance_rank_accuracy",
+                                                     "pointing_game", "attribution_localisation",
+                                                     "top_k_intersection", "auc")):
+        raise Failure("localisation metrics need object masks, which only DATA=demo has; pass --metrics without them")
+    torch_device = _device(device)
+    try:
+        loaded = load_model(model_spec, weights)
+        loaded.preprocessing = loaded.preprocessing.override(size, None, None)
+        source = DemoImages(count) if data == "demo" else ImageFiles(collect_images([data]), loaded.preprocessing)
+    except LoadError as error:
+        raise Failure(str(error)) from None
+    low, high = loaded.preprocessing.bounds()
+    method_options = {name: {"low": low, "high": high} for name in methods
+                      if name in composites.names() and name == "epsilon_gamma_box"}
+    loaded.model.to(torch_device)
+    with Staging(out) as staging:
+        try:
+            result = benchmark(loaded.model, source, methods, metrics, batch_size=batch_size, progress=True,
+                               device=torch_device, method_options=method_options,
+                               options={"aopc": {"patch_size": patch_size}, "aopc_lerf": {"patch_size": patch_size},
+                                        "selectivity": {"patch_size": patch_size}})
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise Failure(" ".join(str(error).split())) from None
+        result.save(staging.path)
+        staging.commit()
+    click.echo(result.markdown())
+    for (method, metric), error in result.errors.items():
+        click.echo(f"relprop: {method} / {metric} not computed: {error}", err=True)
+    failed = getattr(source, "failed", [])
+    for failure in failed:
+        click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
+    click.echo(f"evaluated {len(methods)} methods by {len(metrics)} metrics on {len(source) - len(failed)} samples; "
+               f"wrote {out}")
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
 if __name__ == "__main__":
     main()

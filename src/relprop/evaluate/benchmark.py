@@ -1,0 +1,359 @@
+"""Comparing explanation methods on the same data in one go: one table, curves, a ranking and an HTML report.
+
+``benchmark(model, data, methods, metrics)`` streams over ``data`` batch by batch. Per batch the model's output
+on the clean inputs is computed once (one Runner, shared by every method and metric), each method explains the
+batch once (its relevance is shared by every metric), and only per-sample scores and running sums of curves are
+kept, so memory does not grow with the data set.
+
+``data`` is any of:
+- an iterable of batches (a DataLoader): each batch a tuple ``(x, label)`` or ``(x, label, mask)``, or a dict with
+  keys ``x`` (or ``input``/``image``), ``label``, ``mask``, ``id``;
+- a tuple of tensors ``(x, label[, mask])`` for the whole set, cut into batches of ``batch_size``;
+- an object with ``batches(batch_size)`` yielding ``Batch`` objects. That is the hook for an explanation store of
+  ``relprop run``: a Batch may carry the relevance of some methods already (``relevance={method: tensor}``), which
+  is then used instead of explaining again.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from . import axiomatic, faithfulness, localisation, randomisation, robustness
+from .complexity import complexity as entropy, effective_complexity, sparseness  # the package re-exports complexity()
+from .methods import explainer
+from .runner import Runner
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    label: torch.Tensor | None = None  # (n,) int64, -1 where unknown
+    mask: torch.Tensor | None = None  # (n, *locations) bool ground truth
+    ids: list | None = None
+    relevance: dict = field(default_factory=dict)  # method -> (n, *x.shape[1:]) relevance computed elsewhere
+
+
+@dataclass
+class Context:
+    """What a metric sees for one batch and one method."""
+
+    model: torch.nn.Module
+    runner: Runner
+    batch: Batch
+    relevance: torch.Tensor
+    explain: Callable
+    batch_size: int
+    options: dict
+    explanation: object = None  # what the method returned (an Explanation carries delta for completeness)
+    cache: dict = field(default_factory=dict)  # results metrics of this batch and method share (randomisation)
+
+    def masks(self, metric):
+        if self.batch.mask is None:
+            raise ValueError(f"metric {metric} needs ground-truth masks, and this data has none; give batches with "
+                             "masks (x, label, mask) or leave out the localisation metrics")
+        return self.batch.mask
+
+
+def _local(function, **fixed):
+    return lambda c, name: function(c.batch.x, c.relevance, c.masks(name), **{**fixed, **c.options.get(name, {})})
+
+
+def _perturbing(function, **fixed):
+    return lambda c, name: function(c.runner, c.batch.x, c.relevance, batch_size=c.batch_size,
+                                    **{**fixed, **c.options.get(name, {})})
+
+
+def _re_explaining(function, **fixed):
+    return lambda c, name: function(c.model, c.batch.x, c.runner.target, c.explain, batch_size=c.batch_size,
+                                    **{**fixed, **c.options.get(name, {})})
+
+
+def _plain(function, **fixed):
+    return lambda c, name: function(c.batch.x, c.relevance, **{**fixed, **c.options.get(name, {})})
+
+
+# name -> how to compute it from a Context; options per metric come from benchmark(options={name: {...}})
+METRICS = {
+    "relevance_mass_accuracy": _local(localisation.relevance_mass_accuracy),
+    "relevance_rank_accuracy": _local(localisation.relevance_rank_accuracy),
+    "pointing_game": _local(localisation.pointing_game),
+    "attribution_localisation": _local(localisation.attribution_localisation),
+    "top_k_intersection": _local(localisation.top_k_intersection, k=100),
+    "auc": _local(localisation.auc),
+    "aopc": _perturbing(faithfulness.region_perturbation, order="morf"),
+    "aopc_lerf": _perturbing(faithfulness.region_perturbation, order="lerf"),
+    "pixel_flipping": _perturbing(faithfulness.pixel_flipping),
+    "selectivity": _perturbing(faithfulness.selectivity),
+    "faithfulness_correlation": _perturbing(faithfulness.faithfulness_correlation),
+    "faithfulness_estimate": _perturbing(faithfulness.faithfulness_estimate),
+    "monotonicity": _perturbing(faithfulness.monotonicity),
+    "sensitivity_n": _perturbing(faithfulness.sensitivity_n),
+    "irof": _perturbing(faithfulness.irof),
+    "road": _perturbing(faithfulness.road),
+    "infidelity": _perturbing(faithfulness.infidelity),
+    "sufficiency": lambda c, name: faithfulness.sufficiency(c.runner, c.batch.x, c.relevance,
+                                                            **c.options.get(name, {})),
+    "completeness": lambda c, name: axiomatic.completeness(c.runner, c.batch.x, c.explanation,
+                                                           **c.options.get(name, {})),
+    "non_sensitivity": _perturbing(axiomatic.non_sensitivity),
+    "input_invariance": lambda c, name: axiomatic.input_invariance(c.model, c.batch.x, c.runner.target, c.explain,
+                                                                   **c.options.get(name, {})),
+    "randomisation": lambda c, name: _cascade(c, name),
+    "randomisation_last": lambda c, name: _last_layer(_cascade(c, name)),
+    "randomisation_independent": _re_explaining(randomisation.model_parameter_randomisation, mode="independent"),
+    "random_logit": _re_explaining(randomisation.random_logit),
+    "max_sensitivity": _re_explaining(robustness.max_sensitivity, nr_samples=10),
+    "avg_sensitivity": _re_explaining(robustness.avg_sensitivity, nr_samples=10),
+    "local_lipschitz_estimate": _re_explaining(robustness.local_lipschitz_estimate, nr_samples=10),
+    "sparseness": _plain(sparseness),
+    "complexity": _plain(entropy),
+    "effective_complexity": _plain(effective_complexity),
+}
+
+
+def _cascade(c: Context, name: str):
+    """MPRT (cascading) for this batch and method, computed once for both randomisation metrics."""
+    options = c.options.get(name, {})
+    key = ("randomisation", repr(sorted(options.items())))
+    if key not in c.cache:
+        c.cache[key] = randomisation.model_parameter_randomisation(c.model, c.batch.x, c.runner.target, c.explain,
+                                                                   batch_size=c.batch_size, **options)
+    return c.cache[key]
+
+
+def _last_layer(result):
+    """MPRT's similarity once every layer is randomised (the end of the cascade), as its own score."""
+    return replace(result, metric=result.metric + "_last", scores=result.details["per_layer"][:, -1])
+
+
+def batches(data, batch_size: int):
+    """Batch objects from any of the data forms the module docstring lists."""
+    if hasattr(data, "batches"):
+        yield from data.batches(batch_size)
+        return
+    if isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
+        count = len(data[0])
+        for start in range(0, count, batch_size):
+            yield _batch(tuple(part[start:start + batch_size] if part is not None else None for part in data))
+        return
+    for item in data:
+        yield _batch(item)
+
+
+def _batch(item) -> Batch:
+    if isinstance(item, Batch):
+        return item
+    if isinstance(item, dict):
+        x = next((item[k] for k in ("x", "input", "image", "images") if k in item), None)
+        if x is None:
+            raise ValueError(f"a batch dict needs the inputs under 'x' (or 'input', 'image'); it has {list(item)}")
+        return Batch(x, _labels(item.get("label", item.get("labels"))), _mask(item.get("mask", item.get("masks"))),
+                     item.get("id"))
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        parts = list(item) + [None] * (3 - len(item))
+        return Batch(parts[0], _labels(parts[1]), _mask(parts[2]))
+    raise TypeError(f"cannot read a batch from {type(item).__name__}; give (x, label[, mask]) tuples, dicts or Batch")
+
+
+def _labels(labels):
+    return None if labels is None else torch.as_tensor(labels).long()
+
+
+def _mask(mask):
+    return None if mask is None else torch.as_tensor(mask).bool()
+
+
+class _Accumulator:
+    """Per-sample scores and running curve sums of one (method, metric) pair."""
+
+    def __init__(self):
+        self.scores, self.curve_sums, self.curve_counts, self.higher_is_better = [], {}, {}, True
+
+    def add(self, result):
+        self.scores.append(result.scores.detach().double().cpu())
+        self.higher_is_better = result.higher_is_better
+        for name, curve in result.curves.items():
+            curve = curve.detach().double().cpu()
+            if name in self.curve_sums and self.curve_sums[name].shape[0] != curve.shape[1]:
+                continue  # curves of other lengths (IROF's superpixel counts) are not averaged point by point
+            self.curve_sums[name] = self.curve_sums.get(name, 0) + torch.nan_to_num(curve).sum(0)
+            self.curve_counts[name] = self.curve_counts.get(name, 0) + curve.shape[0]
+
+
+@dataclass
+class BenchmarkResult:
+    methods: list
+    metrics: list
+    scores: dict  # (method, metric) -> (N,) per-sample scores
+    curves: dict  # (method, metric) -> {curve name: mean curve}
+    higher_is_better: dict  # metric -> bool
+    errors: dict  # (method, metric) -> message, where a metric could not be computed
+
+    def table(self):
+        """A pandas DataFrame of mean scores: one row per method, one column per metric."""
+        import pandas
+
+        rows = {method: {metric: _mean(self.scores.get((method, metric))) for metric in self.metrics}
+                for method in self.methods}
+        frame = pandas.DataFrame.from_dict(rows, orient="index")[self.metrics]
+        frame.index.name = "method"
+        return frame
+
+    def ranking(self):
+        """Rank of each method per metric (1 best, by each metric's direction) and the mean rank, sorted by it."""
+        table = self.table()
+        ranks = table.copy()
+        for metric in self.metrics:
+            ranks[metric] = table[metric].rank(ascending=not self.higher_is_better.get(metric, True),
+                                               method="min", na_option="bottom")
+        ranks["mean rank"] = ranks[self.metrics].mean(axis=1)
+        return ranks.sort_values("mean rank")
+
+    def markdown(self, digits: int = 3) -> str:
+        """The table as Markdown, methods in ranking order, each metric's direction in its header."""
+        table, ranking = self.table(), self.ranking()
+        header = ["method"] + [f"{m} {'↑' if self.higher_is_better.get(m, True) else '↓'}" for m in self.metrics]
+        lines = ["| " + " | ".join(header + ["mean rank"]) + " |", "|" + "---|" * (len(header) + 1)]
+        for method in ranking.index:
+            cells = [method] + [_cell(table.loc[method, m], digits) for m in self.metrics]
+            lines.append("| " + " | ".join(cells + [f"{ranking.loc[method, 'mean rank']:.1f}"]) + " |")
+        return "\n".join(lines)
+
+    def save(self, folder) -> None:
+        """scores.csv (per sample), table.csv, ranking.csv, table.md and report.html (curves and ranking)."""
+        import pandas
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"method": method, "metric": metric, "sample": i, "score": float(v)}
+                for (method, metric), values in self.scores.items() for i, v in enumerate(values.tolist())]
+        pandas.DataFrame(rows).to_csv(folder / "scores.csv", index=False)
+        self.table().to_csv(folder / "table.csv")
+        self.ranking().to_csv(folder / "ranking.csv")
+        (folder / "table.md").write_text(self.markdown() + "\n")
+        (folder / "report.html").write_text(self.html())
+
+    def html(self) -> str:
+        """A self-contained HTML page: the table, the ranking, the curves (PNG, inline) and any errors."""
+        parts = ["<!doctype html><meta charset='utf-8'><title>relprop evaluation</title>",
+                 "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
+                 "<h1>Evaluating explanations</h1>", "<h2>Mean scores</h2>",
+                 self.table().to_html(float_format=lambda v: f"{v:.4g}"), "<h2>Ranking (1 is best)</h2>",
+                 self.ranking().to_html(float_format=lambda v: f"{v:.3g}")]
+        for metric in self.metrics:
+            figure = self._curve_figure(metric)
+            if figure is not None:
+                parts.append(f"<h2>{html.escape(metric)}: curves</h2><img src='data:image/png;base64,{figure}'>")
+        if self.errors:
+            parts.append("<h2>Not computed</h2><ul>" + "".join(
+                f"<li>{html.escape(m)} / {html.escape(k)}: {html.escape(e)}</li>"
+                for (m, k), e in self.errors.items()) + "</ul>")
+        return "\n".join(parts)
+
+    def _curve_figure(self, metric):
+        curves = {method: self.curves.get((method, metric), {}) for method in self.methods}
+        if not any(curves.values()):
+            return None
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(6, 4))
+        axes = figure.add_subplot()
+        for method, named in curves.items():
+            for name, curve in named.items():
+                steps = torch.linspace(0, 1, len(curve))
+                axes.plot(steps.numpy(), curve.numpy(), label=f"{method} ({name})" if len(named) > 1 else method)
+        axes.set_xlabel("fraction removed")
+        axes.set_ylabel("mean score")
+        axes.legend(fontsize=7)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _mean(values):
+    if values is None:
+        return math.nan
+    valid = values[~torch.isnan(values)]
+    return valid.mean().item() if valid.numel() else math.nan
+
+
+def _cell(value, digits):
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game",
+                                             "aopc", "randomisation"),
+              *, target="label", batch_size: int = 32, options: dict | None = None, method_options: dict | None = None,
+              progress: bool = False, device=None) -> BenchmarkResult:
+    """Evaluate every method by every metric on data, streaming batch by batch (see the module docstring).
+
+    methods: names (composites or attribution methods, see methods.names()), or a dict label -> name or
+    callable(model, x, target). target: "label" (the data's labels; the predicted class where unknown) or
+    "predicted". options: metric name -> keyword arguments; method_options: method label -> keyword arguments.
+    """
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = dict(methods) if isinstance(methods, dict) else {str(m): m for m in methods}
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    if target not in ("label", "predicted"):
+        raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
+    options, method_options = options or {}, method_options or {}
+    explainers = {label: explainer(spec, **method_options.get(label, {})) for label, spec in methods.items()}
+    accumulators = {(m, k): _Accumulator() for m in methods for k in metrics}
+    errors = {}
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(unit="batch", file=sys.stderr, disable=None, leave=False)
+    for batch in batches(data, batch_size):
+        if device is not None:
+            batch.x = batch.x.to(device)
+            batch.mask = None if batch.mask is None else batch.mask.to(device)
+        runner = Runner(model, batch.x, batch_size=batch_size)
+        if target == "label" and batch.label is not None:
+            labels = batch.label.to(runner.target.device)
+            runner.target = torch.where(labels >= 0, labels, runner.target)
+            runner.clean = runner.pick(runner.output, runner.target)
+        for label, explain in explainers.items():
+            if label in batch.relevance:
+                relevance = batch.relevance[label].to(batch.x)
+                explanation = relevance
+            else:
+                explanation = explain(model, batch.x, runner.target)
+                relevance = getattr(explanation, "relevance", explanation).detach()
+            context = Context(model, runner, batch, relevance, explain, batch_size, options, explanation)
+            for metric in metrics:
+                if (label, metric) in errors:
+                    continue
+                try:
+                    accumulators[label, metric].add(METRICS[metric](context, metric))
+                except (ValueError, TypeError, ImportError) as error:  # e.g. no masks, a method without delta
+                    errors[label, metric] = " ".join(str(error).split())
+            if bar is not None:
+                bar.set_postfix_str(label)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    scores = {key: torch.cat(acc.scores) for key, acc in accumulators.items() if acc.scores}
+    curves = {key: {name: total / acc.curve_counts[name] for name, total in acc.curve_sums.items()}
+              for key, acc in accumulators.items()}
+    directions = {}
+    for (label, metric), acc in accumulators.items():
+        if acc.scores:
+            directions[metric] = acc.higher_is_better
+    return BenchmarkResult(list(methods), metrics, scores, curves, directions, errors)

@@ -1,0 +1,125 @@
+"""Localisation: how much relevance lands on a ground-truth mask (the object that decides the output).
+
+Relevance is first pooled over channels into one value R_p per location p (``pooling``: Arras et al.'s sum-abs,
+sum-pos, max-norm, L1, L2, L2^2, or plain sum; see inputs.POOLINGS). GT is the mask, |GT| its size.
+
+- Relevance mass accuracy (Arras et al. 2022, "CLEVR-XAI"):  R_within / R_total = sum_{p in GT} R_p / sum_p R_p.
+- Relevance rank accuracy (Arras et al. 2022): with K = |GT| and P_top-K the K locations of highest R_p,
+  |P_top-K ∩ GT| / K.
+- Pointing game (Zhang et al. 2018, "Top-down neural attention by excitation backprop"): 1 if the location of
+  maximal R_p lies within ``tolerance`` locations (Chebyshev distance) of the mask, else 0.
+- Attribution localisation (Kohlbrenner et al. 2020, "Towards best practice in explaining neural network
+  decisions with LRP"): mu = sum_{p in GT} R_p^+ / sum_p R_p^+; ``weighted``: mu * (#locations / |GT|).
+- Top-k intersection (Theiner et al. 2022, "Interpretable semantic photo geolocation"): |P_top-k ∩ GT| / k;
+  ``concept_influence``: times #locations / |GT|.
+- AUC (Fawcett 2006): the area under the ROC curve of R_p as a score for "p in GT", computed as the Mann-Whitney
+  statistic with average ranks for ties.
+"""
+from __future__ import annotations
+
+import torch
+
+from .inputs import channel_axis, check_input, check_masks, pooled, relevance_of
+from .result import Result
+
+
+def _prepare(x, relevance, masks, channel_dim, pooling):
+    x = check_input(x)
+    axis = channel_axis(x, channel_dim)
+    scores = pooled(relevance_of(relevance, x), axis, pooling).flatten(1)  # float32 sorts twice as fast
+    return scores, check_masks(masks, x, axis).flatten(1)
+
+
+def _top(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(N, locations) bool: each sample's k[n] locations of highest score (ties in any order).
+
+    One topk of the largest k instead of a full sort; rows with smaller k keep their first k of it."""
+    largest = int(k.max())
+    picks = scores.topk(largest, dim=1, sorted=True).indices
+    keep = torch.arange(largest, device=scores.device).view(1, -1) < k.view(-1, 1).to(scores.device)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, picks, keep)
+
+
+def relevance_mass_accuracy(x, relevance, masks, *, pooling="sum_pos", channel_dim="auto") -> Result:
+    """Share of the relevance mass inside the mask (Arras et al. 2022); NaN where the total is zero."""
+    r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
+    total = r.sum(1, dtype=torch.float64)
+    scores = (r * gt).sum(1, dtype=torch.float64) / total
+    scores[total == 0] = float("nan")
+    return Result("relevance_mass_accuracy", scores, True, {"pooling": pooling})
+
+
+def relevance_rank_accuracy(x, relevance, masks, *, pooling="sum_pos", channel_dim="auto") -> Result:
+    """Share of the |GT| most relevant locations that lie inside the mask (Arras et al. 2022)."""
+    r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
+    size = gt.sum(1)
+    return Result("relevance_rank_accuracy", (_top(r, size) & gt).sum(1).double() / size, True, {"pooling": pooling})
+
+
+def pointing_game(x, relevance, masks, *, tolerance: int = 0, pooling="sum", channel_dim="auto") -> Result:
+    """1 where the most relevant location hits the mask (grown by tolerance locations), else 0 (Zhang et al. 2018)."""
+    x = check_input(x)
+    axis = channel_axis(x, channel_dim)
+    r = pooled(relevance_of(relevance, x), axis, pooling)
+    gt = check_masks(masks, x, axis)
+    if tolerance:
+        if gt.dim() - 1 not in (1, 2, 3):
+            raise ValueError("pointing_game tolerance needs 1-D, 2-D or 3-D locations")
+        pool = getattr(torch.nn.functional, f"max_pool{gt.dim() - 1}d")
+        gt = pool(gt.unsqueeze(1).float(), 2 * tolerance + 1, 1, tolerance).squeeze(1).bool()
+    peak = r.flatten(1).argmax(1, keepdim=True)
+    hits = gt.flatten(1).gather(1, peak).squeeze(1).double()
+    return Result("pointing_game", hits, True, {"tolerance": tolerance, "pooling": pooling})
+
+
+def attribution_localisation(x, relevance, masks, *, weighted: bool = False, pooling="sum",
+                             channel_dim="auto") -> Result:
+    """Share of positive relevance inside the mask (Kohlbrenner et al. 2020); NaN where none is positive."""
+    r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
+    positive = r.clamp(min=0)
+    total = positive.sum(1, dtype=torch.float64)
+    scores = (positive * gt).sum(1, dtype=torch.float64) / total
+    if weighted:
+        scores = scores * gt.shape[1] / gt.sum(1)
+    scores[total == 0] = float("nan")
+    return Result("attribution_localisation", scores, True, {"weighted": weighted, "pooling": pooling})
+
+
+def top_k_intersection(x, relevance, masks, *, k: int = 1000, concept_influence: bool = False, pooling="sum",
+                       channel_dim="auto") -> Result:
+    """Share of the k most relevant locations inside the mask (Theiner et al. 2022)."""
+    r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
+    if not isinstance(k, int) or not 1 <= k <= r.shape[1]:
+        raise ValueError(f"k must be an int between 1 and the number of locations ({r.shape[1]}), got {k!r}")
+    scores = (_top(r, torch.full((len(r),), k, device=r.device)) & gt).sum(1).double() / k
+    if concept_influence:
+        scores = scores * gt.shape[1] / gt.sum(1)
+    return Result("top_k_intersection", scores, True, {"k": k, "concept_influence": concept_influence,
+                                                       "pooling": pooling})
+
+
+def auc(x, relevance, masks, *, pooling="sum", channel_dim="auto") -> Result:
+    """Area under the ROC curve of relevance as a detector of the mask (Fawcett 2006); ties count half."""
+    r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
+    scores = torch.empty(len(r), dtype=torch.float64, device=r.device)
+    for n in range(len(r)):  # average ranks per sample; one sort each
+        ranks = _average_ranks(r[n])
+        positives = gt[n].sum().double()
+        negatives = gt.shape[1] - positives
+        scores[n] = (ranks[gt[n]].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    return Result("auc", scores, True, {"pooling": pooling})
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks with ties given their average rank (as scipy.stats.rankdata does)."""
+    sorted_values, order = values.sort(stable=True)
+    new = torch.ones_like(sorted_values, dtype=torch.bool)
+    new[1:] = sorted_values[1:] != sorted_values[:-1]
+    group = new.cumsum(0) - 1
+    positions = torch.arange(1, len(values) + 1, dtype=torch.float64, device=values.device)
+    first = torch.zeros(int(group[-1]) + 1, dtype=torch.float64, device=values.device).scatter_reduce(
+        0, group, positions, "amin", include_self=False)
+    last = torch.zeros_like(first).scatter_reduce(0, group, positions, "amax", include_self=False)
+    ranks = torch.empty_like(positions)
+    ranks[order] = ((first + last) / 2)[group]
+    return ranks

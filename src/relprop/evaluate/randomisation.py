@@ -1,0 +1,109 @@
+"""Randomisation: do explanations depend on what the model learned and on the class asked for?
+
+- Model parameter randomisation (Adebayo et al. 2018, "Sanity checks for saliency maps"): the layers with
+  parameters are randomised one at a time from the output towards the input, either cumulatively ("cascading")
+  or each alone ("independent"), and the explanation of the randomised model is compared with the original by a
+  similarity (Spearman rank correlation, SSIM or top-k intersection) of the channel-pooled maps. A map that
+  reflects the model changes, so low similarity is better. Every randomised model is a copy: the model itself is
+  never changed.
+- Random logit (Sixt et al. 2020, "When explanations lie"): the similarity between the explanation of the target
+  and that of a random other class (seeded); low is better.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .inputs import channel_axis, check_input, pooled
+from .methods import explainer, relevance
+from .result import Result
+from .similarity import SIMILARITIES
+
+
+def parameter_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the modules that own parameters directly, in registration order."""
+    return [name for name, module in model.named_modules()
+            if any(True for _ in module.parameters(recurse=False))]
+
+
+def _randomise(module: torch.nn.Module, generator: torch.Generator):
+    """New values for a module's own parameters: weights uniform with variance 1 / fan-in (LeCun), one-dimensional
+    parameters (biases, norm scales) Gaussian with the old values' spread."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.dim() > 1:
+                fan_in = parameter[0].numel()
+                bound = 1 / fan_in ** 0.5
+                parameter.copy_((torch.rand(parameter.shape, generator=generator, dtype=parameter.dtype) * 2 - 1)
+                                .to(parameter.device) * bound * 3 ** 0.5)
+            else:
+                spread = parameter.detach().std() if parameter.numel() > 1 else parameter.detach().abs()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+                                .to(parameter.device) * float(spread if spread > 0 else 0.1))
+
+
+def _maps(explain, model, x, target, axis, batch_size):
+    parts = [relevance(explain, model, chunk, t) for chunk, t in zip(x.split(batch_size), target.split(batch_size))]
+    return pooled(torch.cat(parts), axis, "sum")
+
+
+def _similar(name, a, b, k):
+    if name not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
+    return SIMILARITIES[name](a, b, k) if name == "top_k" else SIMILARITIES[name](a, b)
+
+
+def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_flat", *, mode="cascading",
+                                  similarity="spearman", layers=None, seed=0, k=100, absolute=True, batch_size=64,
+                                  channel_dim="auto") -> Result:
+    """MPRT (Adebayo et al. 2018): mean similarity over layers of original and randomised-model explanations."""
+    x = check_input(x)
+    if mode not in ("cascading", "independent"):
+        raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    explain = explainer(explain)
+    axis = channel_axis(x, channel_dim)
+    with torch.no_grad():
+        output = torch.cat([model(chunk) for chunk in x.split(batch_size)])
+    target = output.argmax(1) if target is None else torch.as_tensor(target).long().expand(len(x))
+    names = parameter_layers(model) if layers is None else list(layers)
+    modules = dict(model.named_modules())
+    missing = [name for name in names if name not in modules]
+    if missing:
+        raise ValueError(f"no module named {missing[0]!r}; layers with parameters: {parameter_layers(model)}")
+    transform = (lambda m: m.abs()) if absolute else (lambda m: m)  # noqa: E731
+    original = transform(_maps(explain, model, x, target, axis, batch_size))
+    generator = torch.Generator().manual_seed(seed)
+    randomised = copy.deepcopy(model)
+    per_layer = []
+    for name in reversed(names):  # from the output towards the input
+        if mode == "independent":
+            randomised = copy.deepcopy(model)
+        _randomise(dict(randomised.named_modules())[name], generator)
+        changed = transform(_maps(explain, randomised, x, target, axis, batch_size))
+        per_layer.append(_similar(similarity, original, changed, k))
+    per_layer = torch.stack(per_layer, 1)
+    return Result(f"model_parameter_randomisation_{mode}", per_layer.mean(1), False,
+                  {"mode": mode, "similarity": similarity, "layers": list(reversed(names)), "seed": seed},
+                  details={"per_layer": per_layer})
+
+
+def random_logit(model, x, target=None, explain="epsilon_plus_flat", *, similarity="ssim", seed=0, k=100,
+                 batch_size=64, channel_dim="auto") -> Result:
+    """Random logit (Sixt et al. 2020): similarity of the target's explanation and a random other class's."""
+    x = check_input(x)
+    explain = explainer(explain)
+    axis = channel_axis(x, channel_dim)
+    with torch.no_grad():
+        output = torch.cat([model(chunk) for chunk in x.split(batch_size)])
+    classes = output.shape[1]
+    if classes < 2:
+        raise ValueError("random_logit needs a model with at least two classes")
+    target = output.argmax(1) if target is None else torch.as_tensor(target).long().expand(len(x)).to(output.device)
+    generator = torch.Generator().manual_seed(seed)
+    offset = torch.randint(1, classes, (len(x),), generator=generator).to(target.device)
+    other = (target + offset) % classes
+    a = _maps(explain, model, x, target, axis, batch_size)
+    b = _maps(explain, model, x, other, axis, batch_size)
+    return Result("random_logit", _similar(similarity, a, b, k), False, {"similarity": similarity, "seed": seed},
+                  details={"other_class": other.double()})

@@ -1,0 +1,58 @@
+"""What a metric returns: one score per sample, the curves behind it where there are any, and a summary."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Result:
+    metric: str
+    scores: torch.Tensor  # (N,) float64, one score per sample (NaN where a sample has no score, with the reason)
+    higher_is_better: bool
+    parameters: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)  # name -> (N, points) tensor, e.g. "morf": model scores per step
+    details: dict = field(default_factory=dict)  # name -> (N, ...) tensor, e.g. per-layer similarities
+
+    def __len__(self) -> int:
+        return self.scores.shape[0]
+
+    def summary(self) -> dict:
+        """Mean, standard deviation, median, min and max of the per-sample scores (NaNs left out) and their count."""
+        valid = self.scores[~torch.isnan(self.scores)].double()
+        if valid.numel() == 0:
+            return {"metric": self.metric, "mean": float("nan"), "std": float("nan"), "median": float("nan"),
+                    "min": float("nan"), "max": float("nan"), "count": 0}
+        return {"metric": self.metric, "mean": valid.mean().item(),
+                "std": valid.std().item() if valid.numel() > 1 else 0.0, "median": valid.median().item(),
+                "min": valid.min().item(), "max": valid.max().item(), "count": valid.numel()}
+
+    @property
+    def mean(self) -> float:
+        return self.summary()["mean"]
+
+    def to_dataframe(self):
+        """A pandas DataFrame: one row per sample with its score and any per-sample details that are scalars."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Result.to_dataframe needs pandas, which relprop does not install: pip install pandas") \
+                from None
+        columns = {"score": self.scores.double().cpu().numpy()}
+        for name, value in self.details.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 1 and value.shape[0] == len(self):
+                columns[name] = value.double().cpu().numpy()
+            elif isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] == len(self):
+                for j in range(value.shape[1]):
+                    columns[f"{name}[{j}]"] = value[:, j].double().cpu().numpy()
+        frame = pandas.DataFrame(columns)
+        frame.index.name = "sample"
+        frame.insert(0, "metric", self.metric)
+        return frame
+
+    def __repr__(self):
+        summary = self.summary()
+        better = "higher" if self.higher_is_better else "lower"
+        return (f"Result({self.metric}: mean {summary['mean']:.4g} ± {summary['std']:.4g} over {summary['count']} "
+                f"samples, {better} is better)")

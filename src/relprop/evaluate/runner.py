@@ -1,0 +1,123 @@
+"""The batched perturbation runner every metric shares: perturbed copies streamed through the model in chunks.
+
+A metric says which copies it needs as (sample, step) pairs and how to build a chunk of them; the runner builds at
+most ``batch_size`` copies at a time, runs one forward pass per chunk and keeps only the target's score, so memory
+is bounded by ``batch_size`` whatever the number of steps. The unperturbed output is computed once per runner and
+shared by every metric that is given the same runner. Nothing here writes into the model or into x.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .inputs import check_input
+
+
+class Runner:
+    """A model, a batch x, its targets and how many copies one forward pass may hold.
+
+    target: None (the class the explanation explained, else the predicted class), an int, or one int per sample.
+    softmax: score copies by the target's softmax probability instead of its logit.
+    output: picks the class scores from whatever the model returns (e.g. ``lambda out: out.logits``).
+    """
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
+                 softmax: bool = False, output: Callable | None = None, explained_target=None):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
+        self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
+        self.forward_passes = 0
+        self.output = self.outputs(self.x)
+        self.classes = self.output.shape[1]
+        if target is None:
+            target = explained_target
+        self.target = self.output.argmax(1) if target is None else self._targets(target)
+        self.clean = self.pick(self.output, self.target)
+
+    @classmethod
+    def of(cls, model, x, target=None, *, batch_size=64, softmax=None, output=None, relevance=None) -> "Runner":
+        """A runner for (model, x), or the given runner itself (so metrics share its forward passes)."""
+        explained = getattr(relevance, "target", None)
+        if isinstance(model, Runner):
+            if x is not None and x is not model.x and (x.shape != model.x.shape or not torch.equal(x, model.x)):
+                raise ValueError("this runner was built for another input x; build a Runner for this x")
+            if target is not None and not torch.equal(model._targets(target), model.target):
+                raise ValueError("this runner explains other targets; build a Runner with these targets")
+            if softmax is not None and bool(softmax) != model.softmax:
+                raise ValueError(f"this runner scores with softmax={model.softmax}; build a Runner with "
+                                 f"softmax={bool(softmax)} or leave softmax out")
+            return model
+        return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
+                   explained_target=explained)
+
+    def _targets(self, target) -> torch.Tensor:
+        index = torch.as_tensor(target, device=self.output.device).long()
+        if index.dim() == 0:
+            index = index.expand(len(self.x))
+        if index.dim() != 1 or index.shape[0] != len(self.x):
+            raise ValueError(f"target has {index.numel()} class indices for {len(self.x)} samples; give one int for "
+                             "all samples or one per sample")
+        if bool(((index < 0) | (index >= self.classes)).any()):
+            raise ValueError(f"target {index.tolist()} out of range: the model has {self.classes} classes")
+        return index
+
+    def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's class scores for inputs, in forward passes of at most batch_size rows, checked for shape."""
+        with torch.no_grad():
+            parts = []
+            for chunk in inputs.split(self.batch_size):
+                parts.append(self.run(chunk))
+            return torch.cat(parts)
+
+    def run(self, chunk: torch.Tensor) -> torch.Tensor:
+        """One forward pass; the output must be (rows, classes) and keep the shape it had on x."""
+        out = self.model(chunk)
+        if self.select is not None:
+            out = self.select(out)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model returned {type(out).__name__}, not a tensor; pass output=... to pick the class "
+                            "scores, e.g. output=lambda out: out.logits")
+        self.forward_passes += 1
+        if out.dim() != 2 or out.shape[0] != chunk.shape[0]:
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for {chunk.shape[0]} inputs; metrics need "
+                             "class scores shaped (batch, classes): pass output=... to pick or flatten them")
+        expected = getattr(self, "output", None)
+        if expected is not None and out.shape[1] != expected.shape[1]:
+            raise ValueError(f"the model returned {out.shape[1]} classes for perturbed inputs but {expected.shape[1]} "
+                             "for x; its output shape must not depend on the input (or the batch size)")
+        return out.detach().double()
+
+    def pick(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.softmax:
+            output = output.softmax(1)
+        return output.gather(1, target.view(-1, 1)).squeeze(1)
+
+    def scores(self, steps: int, perturb: Callable, samples: torch.Tensor | None = None, classes: bool = False):
+        """(N, steps): the target's score on perturb(sample indices, step indices) for every (sample, step) pair.
+
+        perturb builds one chunk of copies, shaped like x rows; it is called with at most batch_size pairs at once.
+        classes: also return each copy's predicted class, (N, steps) int64.
+        """
+        samples = torch.arange(len(self.x)) if samples is None else samples
+        pairs_sample = samples.repeat_interleave(steps)
+        pairs_step = torch.arange(steps).repeat(len(samples))
+        result = torch.empty(len(pairs_sample), dtype=torch.float64, device=self.output.device)
+        predicted = torch.empty(len(pairs_sample), dtype=torch.long, device=self.output.device)
+        with torch.no_grad():
+            for start in range(0, len(pairs_sample), self.batch_size):
+                rows = pairs_sample[start:start + self.batch_size]
+                out = self.run(perturb(rows, pairs_step[start:start + self.batch_size]))
+                result[start:start + len(rows)] = self.pick(out, self.target[rows.to(self.target.device)])
+                predicted[start:start + len(rows)] = out.argmax(1)
+        result = result.view(len(samples), steps)
+        return (result, predicted.view(len(samples), steps)) if classes else result
+
+
+def pair_generator(seed: int, sample: int, step: int, device) -> torch.Generator:
+    """A generator for one (sample, step) pair, so random copies do not depend on how pairs are chunked."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + sample) * 1_000_033 + step)
+    return generator

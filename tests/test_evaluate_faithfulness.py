@@ -1,0 +1,301 @@
+"""Faithfulness metrics against references written from the formulas, one sample and one step at a time."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relprop import evaluate
+from tests.evaluate_models import linear_rows, scores, small_cnn
+
+
+def morf_curve_reference(model, x, relevance_map, target, patch, baseline_value, per_step=1, order="morf"):
+    """f(x^(k)) for k = 0..L, removing patches (summed relevance) one group at a time, as numpy loops."""
+    n, c, h, w = x.shape
+    curves = []
+    for i in range(n):
+        patches = [(r, q) for r in range(0, h, patch) for q in range(0, w, patch)]
+        sums = [relevance_map[i, r:r + patch, q:q + patch].sum() for r, q in patches]
+        order_ = sorted(range(len(patches)), key=lambda j: -sums[j] if order == "morf" else sums[j])
+        current = x[i].copy()
+        curve = [scores(model, current[None], [target[i]])[0]]
+        for start in range(0, len(patches), per_step):
+            for j in order_[start:start + per_step]:
+                r, q = patches[j]
+                current[:, r:r + patch, q:q + patch] = baseline_value[i]
+            curve.append(scores(model, current[None], [target[i]])[0])
+        curves.append(curve)
+    return np.array(curves)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_region_perturbation_curve_aopc_and_auc_match_the_formula(order):
+    model = small_cnn()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    target = [1, 0, 3]
+    result = evaluate.region_perturbation(model, x, relevance, target, patch_size=2, order=order, batch_size=5)
+    black = x.flatten(1).amin(1).numpy()
+    reference = morf_curve_reference(model, x.numpy(), relevance.sum(1).numpy(), target, 2, black, order=order)
+    assert torch.allclose(result.curves[order], torch.from_numpy(reference), atol=1e-10)
+    aopc = np.mean(reference[:, :1] - reference, axis=1)
+    auc = np.array([np.trapezoid(row, dx=1 / (len(row) - 1)) for row in reference])
+    assert np.allclose(result.scores.numpy(), aopc) and np.allclose(result.details["auc"].numpy(), auc)
+
+
+def test_pixel_flipping_removes_several_pixels_per_step_and_stops_after_steps():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    result = evaluate.pixel_flipping(model, x, relevance, 2, regions_per_step=4, steps=5, baseline=0.5)
+    reference = morf_curve_reference(model, x.numpy(), relevance.sum(1).numpy(), [2, 2], 1, [0.5, 0.5], per_step=4)
+    assert torch.allclose(result.curves["morf"], torch.from_numpy(reference[:, :6]), atol=1e-10)
+
+
+def test_selectivity_is_the_area_under_the_morf_curve_lower_is_better():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    result = evaluate.selectivity(model, x, relevance, 0, patch_size=4)
+    reference = morf_curve_reference(model, x.numpy(), relevance.sum(1).numpy(), [0, 0], 4, x.flatten(1).amin(1))
+    assert np.allclose(result.scores.numpy(), [np.trapezoid(row, dx=1 / 4) for row in reference])
+    assert not result.higher_is_better
+
+
+def test_region_perturbation_results_do_not_depend_on_batch_size_and_leave_inputs_alone():
+    model = small_cnn()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    kept_x, kept_r = x.clone(), relevance.clone()
+    parameters = [p.clone() for p in model.parameters()]
+    one = evaluate.region_perturbation(model, x, relevance, patch_size=2, baseline="uniform", batch_size=1)
+    many = evaluate.region_perturbation(model, x, relevance, patch_size=2, baseline="uniform", batch_size=1000)
+    assert torch.allclose(one.curves["morf"], many.curves["morf"], rtol=0, atol=1e-12)  # same copies; only summation order differs
+    assert torch.equal(x, kept_x) and torch.equal(relevance, kept_r)
+    assert all(torch.equal(a, b) for a, b in zip(parameters, model.parameters()))
+
+
+def test_runner_streams_copies_in_chunks_of_batch_size():
+    model = small_cnn()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    evaluate.pixel_flipping(model, x, torch.randn_like(x), regions_per_step=8, batch_size=3)
+    assert max(seen) <= 3 and sum(seen[1:]) == 2 * 8  # 64 pixels, 8 per step: 8 copies per sample
+
+
+def test_baselines_mean_blur_and_tensor_replace_removed_locations():
+    model = linear_rows()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    relevance = torch.arange(6, dtype=torch.float64).expand(2, 6)  # feature 5 is the most relevant
+    for baseline, value in [("mean", x.mean(1, keepdim=True).expand(2, 6)), (torch.full((6,), 2.0), 2.0)]:
+        result = evaluate.pixel_flipping(model, x, relevance, 0, steps=1, baseline=baseline)
+        changed = x.clone()
+        changed[:, 5] = value[:, 5] if isinstance(value, torch.Tensor) else value
+        assert torch.allclose(result.curves["morf"][:, 1], model(changed)[:, 0])
+    images = torch.rand(1, 1, 9, 9, dtype=torch.float64)
+    blurred = evaluate.perturb.blurred(images, 1, 1.0)
+    radius = torch.arange(-3, 4, dtype=torch.float64)
+    kernel = torch.exp(-radius ** 2 / 2)
+    kernel = kernel / kernel.sum()
+    padded = torch.nn.functional.pad(images, (3, 3, 3, 3), mode="replicate")[0, 0]
+    reference = sum(kernel[a] * kernel[b] * padded[a:a + 9, b:b + 9] for a in range(7) for b in range(7))
+    assert torch.allclose(blurred[0, 0], reference)
+
+
+def pearson(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_faithfulness_correlation_correlates_subset_relevance_with_output_drop():
+    model = linear_rows(features=10)
+    x = torch.randn(2, 10, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    result = evaluate.faithfulness_correlation(model, x, relevance, 1, nr_runs=12, subset_size=3, baseline=0.0)
+    sums, drops = result.details["relevance_sums"], result.details["output_drops"]
+    # the drops are the linear model's own: removing S (to 0) lowers f by sum_{i in S} W_1i x_i
+    contributions = (model.weight[1] * x).detach()
+    subsets = evaluate.faithfulness._random_subsets(2, 10, 12, 3, 0, "cpu")
+    assert all(len(set(subsets[n, k].tolist())) == 3 for n in range(2) for k in range(12))  # without repeats
+    for n in range(2):
+        expected_drops = [float(contributions[n][subsets[n, k]].sum()) for k in range(12)]
+        expected_sums = [float(relevance[n][subsets[n, k]].sum()) for k in range(12)]
+        assert np.allclose(drops[n].numpy(), expected_drops) and np.allclose(sums[n].numpy(), expected_sums)
+        assert math.isclose(result.scores[n].item(), pearson(expected_sums, expected_drops), rel_tol=1e-9)
+
+
+def test_faithfulness_correlation_is_one_for_gradient_x_input_on_a_linear_model():
+    model = linear_rows(features=10)
+    x = torch.randn(3, 10, dtype=torch.float64)
+    relevance = (model.weight[2] * x).detach()
+    result = evaluate.faithfulness_correlation(model, x, relevance, 2, nr_runs=20, subset_size=4, baseline=0.0)
+    assert torch.allclose(result.scores, torch.ones(3, dtype=torch.float64))
+
+
+def test_sensitivity_n_averages_one_correlation_per_subset_size():
+    model = linear_rows(features=10)
+    x = torch.randn(2, 10, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    result = evaluate.sensitivity_n(model, x, relevance, 0, n=(2, 5), nr_runs=15, baseline=0.0)
+    contributions = (model.weight[0] * x).detach()
+    for j, size in enumerate((2, 5)):
+        subsets = evaluate.faithfulness._random_subsets(2, 10, 15, size, j, "cpu")
+        for n in range(2):
+            a = [float(relevance[n][subsets[n, k]].sum()) for k in range(15)]
+            b = [float(contributions[n][subsets[n, k]].sum()) for k in range(15)]
+            assert math.isclose(result.details["correlation_per_n"][n, j].item(), pearson(a, b), rel_tol=1e-9)
+    assert torch.allclose(result.scores, result.details["correlation_per_n"].mean(1))
+
+
+def test_faithfulness_estimate_correlates_each_group_with_its_own_removal():
+    model = linear_rows(features=8)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    result = evaluate.faithfulness_estimate(model, x, relevance, 1, features_in_step=2, baseline=0.0)
+    contributions = (model.weight[1] * x).detach().numpy()
+    for n in range(2):
+        order = np.argsort(-relevance[n].numpy(), kind="stable")
+        groups = [order[i:i + 2] for i in range(0, 8, 2)]
+        a = [relevance[n].numpy()[g].sum() for g in groups]
+        b = [contributions[n][g].sum() for g in groups]
+        assert math.isclose(result.scores[n].item(), pearson(a, b), rel_tol=1e-9)
+
+
+def test_monotonicity_is_one_when_adding_features_never_lowers_the_score():
+    model = linear_rows(features=6)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    target = 0
+    contributions = (model.weight[target] * x).detach()
+    result = evaluate.monotonicity(model, x, contributions, target, baseline=0.0)
+    for n in range(4):
+        order = np.argsort(np.abs(contributions[n].numpy()), kind="stable")
+        current, curve = np.zeros(6), []
+        for i in order:
+            current[i] = x[n, i]
+            curve.append(scores(model, current[None], [target])[0])
+        assert result.curves["restored"][n].numpy() == pytest.approx(curve)
+        assert result.scores[n].item() == float(np.all(np.diff(curve) >= 0))
+
+
+def test_irof_removes_superpixels_by_mean_relevance_and_returns_area_over_the_curve():
+    model = small_cnn()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    segments = (torch.arange(8).view(8, 1) // 3 * 3 + torch.arange(8).view(1, 8) // 3).expand(2, 8, 8).clone()
+    segments[1] = torch.arange(8).view(8, 1) // 4 * 2 + torch.arange(8).view(1, 8) // 4  # 4 segments only
+    result = evaluate.irof(model, x, relevance, 0, segments=segments, baseline=0.0)
+    pooled = relevance.sum(1).numpy()
+    for n in range(2):
+        labels = segments[n].numpy()
+        count = labels.max() + 1
+        means = [pooled[n][labels == s].mean() for s in range(count)]
+        current = x[n].numpy().copy()
+        clean = scores(model, current[None], [0])[0]
+        curve = [1.0]
+        for s in np.argsort(-np.array(means), kind="stable"):
+            current[:, labels == s] = 0.0
+            curve.append(scores(model, current[None], [0])[0] / clean)
+        assert result.curves["morf"][n, :count + 1].numpy() == pytest.approx(curve)
+        assert result.scores[n].item() == pytest.approx(1 - np.trapezoid(curve, dx=1 / count))
+
+
+def test_irof_segments_images_with_slic_when_no_segments_are_given():
+    pytest.importorskip("skimage")
+    from skimage.segmentation import slic
+
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    labels = evaluate.superpixels(x, n_segments=6)
+    assert np.array_equal(labels[0].numpy(), slic(x[0].permute(1, 2, 0).numpy(), n_segments=6, start_label=0,
+                                                  channel_axis=-1))
+
+
+def test_noisy_linear_imputation_solves_the_neighbour_equations():
+    images = torch.rand(2, 2, 6, 7, dtype=torch.float64)
+    removed = torch.zeros(2, 6, 7, dtype=torch.bool)
+    removed[0, 1:4, 2:5] = True
+    removed[1, 0, :3] = True
+    removed[1, 5, 6] = True
+    filled = evaluate.noisy_linear_imputation(images, removed, noise=0.0)
+    weights = {(-1, -1): 1 / 12, (-1, 0): 1 / 6, (-1, 1): 1 / 12, (0, -1): 1 / 6, (0, 1): 1 / 6, (1, -1): 1 / 12,
+               (1, 0): 1 / 6, (1, 1): 1 / 12}
+    for n in range(2):
+        for c in range(2):
+            for i, j in removed[n].nonzero().tolist():
+                total = value = 0.0
+                for (di, dj), w in weights.items():
+                    if 0 <= i + di < 6 and 0 <= j + dj < 7:
+                        total += w
+                        value += w * float(filled[n, c, i + di, j + dj])
+                assert float(filled[n, c, i, j]) == pytest.approx(value / total, abs=1e-7)
+            assert torch.equal(filled[n, c][~removed[n]], images[n, c][~removed[n]])
+
+
+def test_road_accuracy_per_percentage_uses_the_imputed_copies():
+    model = small_cnn()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    result = evaluate.road(model, x, relevance, percentages=(25, 50), noise=0.0)
+    predicted = model(x).argmax(1)
+    pooled = relevance.sum(1).flatten(1)
+    for j, p in enumerate((25, 50)):
+        count = int(64 * p / 100)
+        removed = torch.zeros(3, 64, dtype=torch.bool)
+        for n in range(3):
+            removed[n, pooled[n].argsort(descending=True, stable=True)[:count]] = True
+        copies = evaluate.noisy_linear_imputation(x, removed.view(3, 8, 8), 0.0)
+        expected = (model(copies).argmax(1) == predicted).double()
+        assert torch.equal(result.curves["accuracy"][:, j], expected)
+    assert torch.allclose(result.scores, result.curves["accuracy"].mean(1))
+
+
+def test_road_noise_is_seeded_and_independent_of_batch_size():
+    model = small_cnn()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    one = evaluate.road(model, x, relevance, percentages=(30, 60), noise=0.05, batch_size=1, seed=3)
+    all_ = evaluate.road(model, x, relevance, percentages=(30, 60), noise=0.05, batch_size=64, seed=3)
+    assert torch.allclose(one.curves["score"], all_.curves["score"], rtol=0, atol=1e-12)
+
+
+def test_infidelity_is_zero_for_gradient_x_input_style_relevance_of_a_linear_model():
+    model = linear_rows()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    exact = model.weight[1].detach().expand(3, 6)  # I . W = f(x) - f(x - I) for a linear f
+    assert torch.allclose(evaluate.infidelity(model, x, exact, 1).scores, torch.zeros(3, dtype=torch.float64),
+                          atol=1e-20)
+    wrong = evaluate.infidelity(model, x, exact * 2, 1, n_perturb_samples=4, noise_std=0.5)
+    for n in range(3):
+        errors = []
+        for k in range(4):
+            noise = torch.randn(6, generator=evaluate.runner.pair_generator(0, n, k, "cpu"),
+                                dtype=torch.float64) * 0.5
+            errors.append((float(noise @ (exact[n] * 2)) - float(noise @ model.weight[1].detach())) ** 2)
+        assert wrong.scores[n].item() == pytest.approx(np.mean(errors))
+
+
+def test_sufficiency_is_the_share_of_near_explanations_with_the_same_prediction():
+    model = linear_rows(features=3, classes=2)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    relevance = torch.randn(6, 3, dtype=torch.float64)
+    result = evaluate.sufficiency(model, x, relevance, threshold=0.5)
+    predicted = model(x).argmax(1).numpy()
+    a = relevance.numpy()
+    distances = np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1))
+    distances /= distances.max()
+    for n in range(6):
+        near = [m for m in range(6) if m != n and distances[n, m] <= 0.5]
+        expected = np.mean([predicted[m] == predicted[n] for m in near]) if near else 0.0
+        assert result.scores[n].item() == pytest.approx(expected)
+
+
+def test_metrics_work_on_token_sequences_with_channels_last():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5 * 4, 3)).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)  # 5 tokens, embeddings of 4
+    relevance = torch.randn_like(x)
+    result = evaluate.pixel_flipping(model, x, relevance, 0, baseline=0.0)
+    order = relevance.sum(2).argsort(dim=1, descending=True, stable=True)
+    copy = x.clone()
+    copy[0, order[0, :2]] = 0.0  # two tokens, whole embeddings
+    assert result.curves["morf"].shape == (2, 6)
+    assert result.curves["morf"][0, 2].item() == pytest.approx(model(copy)[0, 0].item())

@@ -1,0 +1,93 @@
+"""What every metric checks on its way in, and what a Result offers."""
+import pytest
+import torch
+
+import relprop
+from relprop import evaluate
+from tests.evaluate_models import small_cnn
+
+
+def test_relevance_of_another_shape_is_refused_with_the_fix():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"relevance has shape \(2, 8, 8\) but the input x has shape \(2, 3, 8, 8\)"):
+        evaluate.pixel_flipping(model, x, torch.randn(2, 8, 8))
+
+
+def test_nan_relevance_is_refused_naming_the_samples():
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    relevance[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(samples \[2\]\)"):
+        evaluate.sparseness(x, relevance)
+
+
+def test_a_model_whose_output_shape_changes_is_refused():
+    class Moody(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 3 if len(x) == 2 else 4, dtype=x.dtype) + x.flatten(1).sum(1, keepdim=True)
+
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="returned 4 classes for perturbed inputs but 3 for x"):
+        evaluate.pixel_flipping(Moody(), x, torch.randn_like(x), batch_size=5)
+
+
+def test_a_model_without_class_scores_is_refused():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"class scores shaped \(batch, classes\)"):
+        evaluate.pixel_flipping(torch.nn.Identity(), x, torch.randn_like(x))
+
+
+def test_patches_and_steps_that_do_not_fit_are_refused():
+    model = small_cnn()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="does not tile locations shaped"):
+        evaluate.region_perturbation(model, x, torch.randn_like(x), patch_size=3)
+    with pytest.raises(ValueError, match=r"steps must be an int from 1 to 4"):
+        evaluate.region_perturbation(model, x, torch.randn_like(x), patch_size=4, steps=5)
+    with pytest.raises(ValueError, match="features_in_step must be a positive int dividing"):
+        evaluate.monotonicity(model, x, torch.randn_like(x), features_in_step=5)
+    with pytest.raises(ValueError, match="subset_size must be an int from 1 to 63"):
+        evaluate.faithfulness_correlation(model, x, torch.randn_like(x), subset_size=64)
+
+
+def test_an_explanation_supplies_relevance_and_its_target():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    explanation = relprop.explain(model, x, target=[2, 1], composite="epsilon")
+    from_explanation = evaluate.pixel_flipping(model, x, explanation, regions_per_step=16)
+    from_tensor = evaluate.pixel_flipping(model, x, explanation.relevance, [2, 1], regions_per_step=16)
+    assert torch.equal(from_explanation.curves["morf"], from_tensor.curves["morf"])
+
+
+def test_a_shared_runner_runs_the_clean_forward_pass_once():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 0, batch_size=8)
+    relevance = torch.randn_like(x)
+    evaluate.pixel_flipping(runner, x, relevance, regions_per_step=32)
+    evaluate.faithfulness_estimate(runner, x, relevance, features_in_step=32)
+    assert runner.forward_passes == 1 + 1 + 1  # x once, then one chunk of copies per metric
+    with pytest.raises(ValueError, match="built for another input"):
+        evaluate.pixel_flipping(runner, x + 1, relevance)
+
+
+def test_result_summary_and_dataframe():
+    pytest.importorskip("pandas")
+    result = evaluate.Result("m", torch.tensor([1.0, 3.0, float("nan")], dtype=torch.float64), True,
+                             details={"extra": torch.tensor([4.0, 5.0, 6.0])})
+    summary = result.summary()
+    assert summary["mean"] == 2.0 and summary["count"] == 2 and summary["median"] == 1.0
+    frame = result.to_dataframe()
+    assert list(frame.columns) == ["metric", "score", "extra"] and frame["extra"].tolist() == [4.0, 5.0, 6.0]
+
+
+def test_importing_evaluate_loads_no_optional_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, relprop; relprop.evaluate; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'skimage', 'scipy', 'pandas', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
