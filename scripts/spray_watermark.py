@@ -1,7 +1,7 @@
 """Explain the watermark class of the "Clever Hans" demo data into a store, run SpRAy on it, and take the report's
-picture for README (docs/spray-report.png). Until `relprop run demo-watermark` lands, the store is written by the
-tests' layout writer (tests/analysis/stores.py), with the same arrays `relprop run` writes.
-    OMP_NUM_THREADS=1 PYTHONPATH=src:. .venv/bin/python scripts/spray_watermark.py [--count 1200] [--out DIR]
+picture for README (docs/spray-report.png); the store is written as `relprop run demo-watermark:COUNT --model
+demo-watermark` writes it. (`relprop demo` does the same at a smaller count.)
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/spray_watermark.py [--count 1200] [--out DIR]
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import relprop
+from relprop import datasets
 from relprop.analysis import report, spray
-from relprop.demo import KINDS, normalize, watermark
-from tests.analysis.stores import write_store
+from relprop.demo import watermark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,26 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1200, help="generated images (about a quarter are crosses)")
-    parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("spray-watermark"))
     parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "spray-report.png")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    images, labels, masks, marked = watermark.generate(args.count, args.seed)
-    chosen = labels == watermark.CLASS
-    model = watermark.load()
-    x = normalize(torch.from_numpy(images[chosen]))
-    with torch.no_grad():
-        output = model(x)
-    relevance = relprop.LRP(model, composite="epsilon_plus_flat")(x, target=watermark.CLASS).relevance
+    args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "run.zarr"
-    write_store(store, relevance.numpy(), labels[chosen], output.numpy(), chunk=64,
-                preview=np.round(images[chosen] * 255).astype(np.uint8), class_names=list(KINDS),
-                extra={"watermark": marked[chosen], "mask": masks[chosen]}, model="demo-watermark")
-    result = spray.run(store, clusters=range(2, 5), size=3, power=0.5, algorithms=("kmeans", "hdbscan"))
+    datasets.run("demo-watermark", f"demo-watermark:{args.count}", store, composite="epsilon_plus_flat",
+                 target="label", overwrite=store.exists())
+    explained = datasets.open_store(store)
+    result = spray.run(store, classes=[watermark.CLASS], clusters=range(2, 5), size=3, power=0.5,
+                       algorithms=("kmeans", "hdbscan"))
     analysis = result[f"class-{watermark.CLASS}"]
-    truth = marked[chosen]
+    truth = np.asarray(explained["extra/watermark"][:], dtype=bool)[analysis.index]
     for name, clusters in analysis.clusters.items():
         shares = {int(c): f"{truth[clusters == c].mean():.2f}" for c in sorted(set(clusters.tolist()))}
         print(f"{name}: share of marked samples per cluster {shares}")

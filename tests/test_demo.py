@@ -47,7 +47,7 @@ def test_shipped_weights_are_small_and_reach_the_recorded_accuracy():
 
 
 def test_relevance_lands_on_the_deciding_object(tmp_path):
-    result = showcase.run(tmp_path, count=4, seed=7)
+    result = showcase.run(tmp_path, count=4, seed=7, shortcut=False)  # the shortcut: see the demo command below
     area = result["mean_object_area"]
     for name, share in result["mean_positive_relevance_in_object"].items():
         assert share > 0.6 and share > 5 * area, name  # objects cover about 7% of the image
@@ -77,6 +77,28 @@ def test_demo_command_writes_grid_page_and_numbers(demo_folder):
     assert record["composites"] == ["epsilon_plus_flat", "epsilon"] and len(record["images"]) == 2
     assert (demo_folder / "demo.png").read_bytes().startswith(b"\x89PNG")
     assert 'src="demo.png"' in (demo_folder / "index.html").read_text()
+
+
+def test_demo_finds_the_planted_shortcut_with_a_store_and_spray_and_links_the_report(demo_folder):
+    from relprop import datasets
+    from relprop.analysis import spray
+    from relprop.demo import watermark
+
+    found = json.loads((demo_folder / "demo.json").read_text())["shortcut"]
+    assert found["purity"] >= 0.9 and found["recall"] >= 0.9, found
+    # the figures follow from what the store and the analysis hold, checked here against the planted truth
+    store = datasets.open_store(demo_folder / "watermark.zarr")
+    assert store.complete and store.attrs["data"] == "demo-watermark:480" and store.attrs["model"] == "demo-watermark"
+    analysis = spray.read(demo_folder / "watermark.zarr", f"class-{watermark.CLASS}")
+    assert bool((store["label"][:][analysis.index] == watermark.CLASS).all())
+    marked = store["extra/watermark"][:][analysis.index]
+    clusters = analysis.clusters["kmeans-2"]
+    shares = [marked[clusters == c].mean() for c in (0, 1)]
+    assert sorted(shares)[0] < 0.1 < 0.9 < sorted(shares)[1]  # one cluster of marked samples, one of the rest
+    assert found["marked"] == int(marked.sum()) and found["explained"] == len(analysis.index)
+    page = (demo_folder / "index.html").read_text()
+    assert 'href="spray/index.html"' in page and f"purity {found['purity']:.0%}" in page
+    assert (demo_folder / "spray" / "index.html").is_file()
 
 
 def test_demo_page_opens_in_headless_chromium_without_console_errors(demo_folder):

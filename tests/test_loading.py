@@ -178,3 +178,15 @@ def test_folders_are_searched_with_their_sub_folders_and_outputs_mirror_them(tmp
     (tmp_path / "empty" / "deeper").mkdir(parents=True)
     with pytest.raises(LoadError, match="no images in folder .*empty or its sub-folders"):
         find_images([tmp_path / "empty"])
+
+
+def test_the_watermark_demo_model_loads_by_its_spec_with_the_demo_preprocessing():
+    from safetensors.torch import load_file
+
+    from relprop.demo import watermark
+
+    loaded = load_model("demo-watermark")
+    shipped = load_file(str(watermark.WEIGHTS))
+    assert all(torch.equal(loaded.model.state_dict()[key], value) for key, value in shipped.items())
+    assert loaded.preprocessing == load_model("demo").preprocessing and not loaded.model.training
+    assert loaded.labels == ["circle", "square", "triangle", "cross"]

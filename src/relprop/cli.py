@@ -654,7 +654,8 @@ def _label(labels, index):
 @click.option("--count", type=click.IntRange(1, 32), default=8, show_default=True, help="how many images")
 @click.option("--seed", type=int, default=7, show_default=True, help="which generated images")
 def demo(out, composite_names, count, seed):
-    """Explain generated images with the embedded model, no download: where does relevance land?"""
+    """Explain generated images with the embedded model, no download: where does relevance land? Then explain a data
+    set with a planted shortcut into a store and let SpRAy find it (watermark.zarr, spray/index.html)."""
     from . import composites
     from .demo import showcase
 
@@ -665,7 +666,7 @@ def demo(out, composite_names, count, seed):
         result = showcase.run(staging.path, composite_names or showcase.COMPOSITES, count, seed)
         staging.commit()
     click.echo(showcase.describe(result))
-    click.echo(f"wrote {out / 'demo.png'} and {out / 'index.html'}")
+    click.echo(f"wrote {out / 'demo.png'}, {out / 'index.html'} and the SpRAy report {out / 'spray' / 'index.html'}")
 
 
 @main.command(name="run")
@@ -711,17 +712,24 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
         raise Failure(f"--target must be label, predicted or a class index (0, 1, ...), got {target!r}")
     if address is not None and engine != "ray":
         raise Failure("--address joins a Ray cluster; add --engine ray")
-    parameters = dict(_parameter(p) for p in params)
-    if method != "lrp" and parameters:
-        raise Failure("--param sets composite parameters, which only --method lrp uses")
-    torch_device = _device(device)
+    given = parse_parameters(params)
+    if method != "lrp" and given:
+        raise Failure("--param sets composite parameters here, which only --method lrp uses; the other methods run "
+                      "with their defaults in `relprop run`")
+    torch_device = resolve_device(device)
     try:
         datasets.store.check_path(store_path)
         loaded = load_model(model_spec, weights)
         loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
     except (LoadError, datasets.StoreError) as error:
         raise Failure(str(error)) from None
-    lrp_composite = build_composite(composite, parameters, loaded.preprocessing) if method == "lrp" else None
+    lrp_composite, parameters = None, {}
+    if method == "lrp":  # the store records the parameters given, as relprop.datasets.run does from Python
+        from . import composites
+
+        lrp_composite = build_composite(composite, given, loaded.preprocessing)
+        parameters = recorded(typed_parameters(f"composite {composite}",
+                                               parameter_list(type(composites.get(composite))), given))
     if model_spec.startswith("torchvision:") and weights is None:
         click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
                    "for trained ones", err=True)
@@ -928,7 +936,7 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
                                                      "pointing_game", "attribution_localisation",
                                                      "top_k_intersection", "auc")):
         raise Failure("localisation metrics need object masks, which only DATA=demo has; pass --metrics without them")
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     try:
         loaded = load_model(model_spec, weights)
         loaded.preprocessing = loaded.preprocessing.override(size, None, None)

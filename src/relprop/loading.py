@@ -1,6 +1,7 @@
 """What the command line loads: models from a spec, weights without unpickling, images with their preprocessing.
 
-Model specs: ``demo`` (the embedded shapes model), ``torchvision:NAME`` (architecture only, random weights unless
+Model specs: ``demo`` (the embedded shapes model), ``demo-watermark`` (the same network trained on shapes with a
+planted "Clever Hans" watermark, relprop.demo.watermark), ``torchvision:NAME`` (architecture only, random weights unless
 a weights file is given) and ``path/to/file.py:FACTORY`` (a function of no arguments returning an nn.Module).
 Every problem with what the user gave raises :class:`LoadError`, whose message names the problem and the fix.
 """
@@ -94,18 +95,24 @@ class LoadedModel:
 
 
 # ---- models -----------------------------------------------------------------------------------------------------
+DEMO_MODELS = {"demo": "model", "demo-watermark": "watermark"}  # spec -> module of relprop.demo with load()
+
+
 def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
     """The model a spec names, in eval mode, with the weights file applied when one is given."""
     is_factory = ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
-    if spec != "demo" and not spec.startswith("torchvision:") and not is_factory:
-        raise LoadError(f"unknown model spec {spec!r}; use demo, torchvision:NAME (e.g. torchvision:resnet50) or "
-                        "path/to/file.py:FACTORY")
+    if spec not in DEMO_MODELS and not spec.startswith("torchvision:") and not is_factory:
+        raise LoadError(f"unknown model spec {spec!r}; use demo, demo-watermark, torchvision:NAME (e.g. "
+                        "torchvision:resnet50) or path/to/file.py:FACTORY")
     if weights is not None:
         state = read_weights(weights)  # before building: a bad file should fail before a large model is made
-    if spec == "demo":
+    if spec in DEMO_MODELS:
+        import importlib
+
         from .demo import model as demo
 
-        loaded = LoadedModel(demo.ShapeNet() if weights is not None else demo.load(), Preprocessing(
+        load = importlib.import_module(f"relprop.demo.{DEMO_MODELS[spec]}").load
+        loaded = LoadedModel(demo.ShapeNet() if weights is not None else load(), Preprocessing(
             demo.SIZE, demo.MEAN, demo.STD), list(demo.KINDS), spec)
     elif spec.startswith("torchvision:"):
         loaded = _torchvision_model(spec, spec.split(":", 1)[1])

@@ -63,9 +63,28 @@ def test_demo_samples_are_deterministic_and_independent_of_the_count():
     assert small.class_names == list(shapes.KINDS) and small.id(2) == "demo:2"
 
 
-@pytest.mark.parametrize("spec", ["demo:0", "demo:x", "demo:-1"])
+def test_demo_watermark_samples_carry_the_mark_and_say_so():
+    from relprop.demo import watermark
+
+    source = open_source("demo-watermark:40")
+    assert len(source) == 40 and source.spec == "demo-watermark:40" and source.id(7) == "demo-watermark:7"
+    assert source.extras == {"mask": ((32, 32), "bool"), "watermark": ((), "bool")}
+    marked = []
+    for index in range(40):
+        images, labels, masks, flags = watermark.generate(1, seed=(sources.DEMO_SEED, index))
+        sample = source.read(index)
+        assert torch.equal(sample.pixels, torch.from_numpy(images[0])) and sample.label == labels[0]
+        assert np.array_equal(sample.extra["mask"], masks[0]) and sample.extra["watermark"] == flags[0]
+        marked.append(bool(flags[0]))
+        rows, columns = watermark.mark_region()
+        checker = sample.pixels[:, rows, columns]
+        assert bool(((checker == 0) | (checker == 1)).all()) == bool(flags[0])  # the painted checkerboard
+    assert 0 < sum(marked) < 40
+
+
+@pytest.mark.parametrize("spec", ["demo:0", "demo:x", "demo:-1", "demo-watermark:0"])
 def test_demo_count_must_be_positive(spec):
-    with pytest.raises(LoadError, match="e.g. demo:1000"):
+    with pytest.raises(LoadError, match="e.g. demo(-watermark)?:1000"):
         open_source(spec)
 
 

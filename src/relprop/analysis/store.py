@@ -9,22 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-LAYOUT_VERSION = 1
 REQUIRED = ("relevance", "output", "label", "target", "done")
 
 
 def open_store(path, mode: str = "r"):
-    """The store's root group, checked against the layout; a clear error if it is not a store."""
-    import zarr
+    """The store's root group, checked by relprop.datasets (that it is a store of this layout version) and for the
+    arrays the analyses read; a FileNotFoundError or ValueError naming the fix otherwise."""
+    from ..datasets.store import Store, StoreError, read_attributes
 
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"{path} is not an explanation store (no zarr.json); write one with `relprop run`")
-    root = zarr.open_group(str(path), mode=mode)
-    version = root.attrs.get("relprop_store")
-    if version != LAYOUT_VERSION:
-        raise ValueError(f"{path}: store layout version {version!r}, this relprop reads version {LAYOUT_VERSION}; "
-                         "write the store again with this relprop's `relprop run`")
+    if read_attributes(path) is None:
+        raise FileNotFoundError(f"{path} is not an explanation store (no zarr.json with relprop_store); write one "
+                                "with `relprop run`")
+    try:
+        root = Store(path, mode).group
+    except StoreError as error:
+        raise ValueError(str(error)) from None
     missing = [name for name in REQUIRED if name not in root]
     if missing:
         raise ValueError(f"{path}: the store lacks {', '.join(missing)}; it was not written completely, run "
@@ -34,7 +33,9 @@ def open_store(path, mode: str = "r"):
 
 def explained(root) -> np.ndarray:
     """Bool (N,): samples whose chunk is done and that did not fail."""
-    done = np.asarray(root["done"][:], dtype=bool)
+    from ..datasets.store import done_mask
+
+    done = done_mask(root, int(root.attrs["count"]), chunk_size(root))
     if "failed" in root:
         done &= ~np.asarray(root["failed"][:], dtype=bool)
     return done
@@ -73,4 +74,4 @@ def class_names(root) -> list[str] | None:
     return list(names) if names else None
 
 
-__all__ = ["open_store", "explained", "classes_of", "chunk_size", "read_chunks", "class_names", "LAYOUT_VERSION"]
+__all__ = ["open_store", "explained", "classes_of", "chunk_size", "read_chunks", "class_names"]

@@ -2,6 +2,7 @@
 
 Specs: an image folder (a class per sub-folder, as torchvision's ImageFolder, or flat without labels),
 ``demo[:N]`` (the generated shapes, sample i made from the seed (2026, i), so any sample can be read on its own),
+``demo-watermark[:N]`` (the same with relprop.demo.watermark's planted shortcut, and which samples carry it),
 ``file.py:FACTORY`` (a function of no arguments returning a torch Dataset of (x, label) or (x, label, id)), and any
 name in :data:`SOURCES`. Adding a source is one function ``(argument, preprocessing) -> Source`` put in SOURCES.
 """
@@ -92,29 +93,39 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 class Demo(Source):
-    """N generated shape images with their labels and the mask of the deciding object (extra/mask)."""
+    """N generated shape images with their labels and the mask of the deciding object (extra/mask); with
+    ``watermark=True`` the "Clever Hans" variant of relprop.demo.watermark, which also stores whether each sample
+    carries the planted mark (extra/watermark)."""
 
-    def __init__(self, count: int = DEMO_COUNT, preprocessing: Preprocessing | None = None, seed: int = DEMO_SEED):
+    def __init__(self, count: int = DEMO_COUNT, preprocessing: Preprocessing | None = None, seed: int = DEMO_SEED,
+                 watermark: bool = False):
         from ..demo import model, shapes
 
-        self.count, self.seed = count, seed
+        self.count, self.seed, self.watermark = count, seed, watermark
         self.preprocessing = preprocessing or Preprocessing(model.SIZE, model.MEAN, model.STD)
-        self.spec = f"demo:{count}"
+        self.spec = f"{'demo-watermark' if watermark else 'demo'}:{count}"
         self.class_names = list(shapes.KINDS)
         self.extras = {"mask": ((shapes.SIZE, shapes.SIZE), "bool")}
+        if watermark:
+            self.extras["watermark"] = ((), "bool")
 
     def __len__(self):
         return self.count
 
     def id(self, index):
-        return f"demo:{index}"
+        return f"{self.spec.partition(':')[0]}:{index}"
 
     def read(self, index):
-        from ..demo import shapes
+        from ..demo import shapes, watermark
 
-        images, labels, masks = shapes.generate(1, seed=(self.seed, index))
+        if self.watermark:
+            images, labels, masks, marked = watermark.generate(1, seed=(self.seed, index))
+            extra = {"mask": masks[0], "watermark": marked[0]}
+        else:
+            images, labels, masks = shapes.generate(1, seed=(self.seed, index))
+            extra = {"mask": masks[0]}
         pixels = torch.from_numpy(images[0])
-        return Sample(self.preprocessing.normalize(pixels), int(labels[0]), pixels, {"mask": masks[0]})
+        return Sample(self.preprocessing.normalize(pixels), int(labels[0]), pixels, extra)
 
 
 class DatasetSource(Source):
@@ -165,16 +176,19 @@ class FactorySource(DatasetSource):
         return FactorySource, (str(self.path), self.factory, self.spec)
 
 
-def _demo(argument: str | None, preprocessing: Preprocessing | None) -> Source:
-    if argument is None:
-        return Demo(DEMO_COUNT, preprocessing)
-    if not argument.isdigit() or int(argument) < 1:
-        raise LoadError(f"demo:{argument}: give the number of samples, e.g. demo:1000")
-    return Demo(int(argument), preprocessing)
+def _demo(name: str, watermark: bool):
+    def source(argument: str | None, preprocessing: Preprocessing | None) -> Source:
+        if argument is None:
+            return Demo(DEMO_COUNT, preprocessing, watermark=watermark)
+        if not argument.isdigit() or int(argument) < 1:
+            raise LoadError(f"{name}:{argument}: give the number of samples, e.g. {name}:1000")
+        return Demo(int(argument), preprocessing, watermark=watermark)
+    return source
 
 
 # name -> (argument after "name:" or None, preprocessing of the model) -> Source
-SOURCES: dict[str, Callable[[str | None, Preprocessing | None], Source]] = {"demo": _demo}
+SOURCES: dict[str, Callable[[str | None, Preprocessing | None], Source]] = {
+    "demo": _demo("demo", False), "demo-watermark": _demo("demo-watermark", True)}
 
 
 def open_source(spec, preprocessing: Preprocessing | None = None) -> Source:

@@ -55,11 +55,12 @@ def build_attributor(model: torch.nn.Module, settings: Settings):
         if isinstance(settings.composite, str):
             return LRP(model, settings.composite, **settings.parameters)
         return LRP(model, settings.composite)
-    from ..cli import METHODS  # the one table of attribution methods by name, shared with `relprop explain`
+    from .. import attribution
+    from ..cli import CLI_DEFAULTS, METHODS  # the one table of attribution methods by name, as `relprop explain`
 
     if settings.method not in METHODS:
         raise RunError(f"unknown method {settings.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[settings.method](model)
+    return getattr(attribution, METHODS[settings.method])(model, **CLI_DEFAULTS.get(settings.method, {}))
 
 
 @dataclass

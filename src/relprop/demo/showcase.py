@@ -16,6 +16,7 @@ from .. import viz
 from ..lrp import LRP
 from . import model as demo_model
 from .shapes import KINDS, generate
+from .watermark import ELSEWHERE_SHARE as ELSEWHERE, MARKED_SHARE as MARKED
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "epsilon")
 
@@ -48,8 +49,10 @@ def _balanced(count: int, seed: int):
     return images[picks], labels[picks], masks[picks]
 
 
-def run(out, composites=COMPOSITES, count: int = 8, seed: int = 7) -> dict:
-    """Explain count generated images with each composite; write demo.png, index.html and demo.json into out."""
+def run(out, composites=COMPOSITES, count: int = 8, seed: int = 7, shortcut: bool = True) -> dict:
+    """Explain count generated images with each composite; write demo.png, index.html and demo.json into out; with
+    shortcut, also explain the "Clever Hans" data set into a store and let SpRAy find its planted mark (see
+    relprop.demo.shortcut: watermark.zarr and spray/index.html)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = demo_model.load()
@@ -82,6 +85,10 @@ def run(out, composites=COMPOSITES, count: int = 8, seed: int = 7) -> dict:
         "mean_positive_relevance_in_object": {name: float(np.mean(shares[name])) for name in composites},
         "mean_object_area": float(np.mean(area)),
     }
+    if shortcut:
+        from . import shortcut as clever_hans
+
+        result["shortcut"] = clever_hans.run(out)
     viz.save_text(json.dumps(result, indent=2) + "\n", out / "demo.json")
     viz.save_text(_page(result), out / "index.html")
     return result
@@ -112,8 +119,26 @@ composite (red: evidence for the class, blue: against).</p>
 <table>
 <tr><th>image</th><th>class</th><th>predicted</th><th>object area</th>{header}</tr>
 {chr(10).join(rows)}
-</table>"""
+</table>{_shortcut_section(result.get("shortcut"))}"""
     return viz.page(body, title="relprop demo")
+
+
+def _shortcut_section(found: dict | None) -> str:
+    if found is None:
+        return ""
+    kind = html.escape(KINDS[found["class"]])
+    return f"""
+<h2>Finding a planted shortcut in a whole data set (SpRAy)</h2>
+<p>A second model was trained on shapes where {MARKED:.0%} of the {kind}es carry a small checkerboard in the bottom-right
+corner (and {ELSEWHERE:.0%} of the other images): a "Clever Hans" shortcut, like the copyright tag on PASCAL VOC's
+horse images. The demo explained {found["samples"]} such images into an explanation store
+(<code>relprop run demo-watermark:{found["samples"]}</code>) and clustered the {found["explained"]} {kind} heatmaps
+by Spectral Relevance Analysis (<code>relprop spray</code>). Split in two, one cluster of {found["cluster_size"]}
+samples holds the marked images: <b>purity {found["purity"]:.0%}, recall {found["recall"]:.0%}</b> of the
+{found["marked"]} marked {kind}es (checked against the known truth; the eigengap suggests
+{found["eigengap_suggests"]} strategies).</p>
+<p><a href="{html.escape(found["report"])}">Open the SpRAy report</a>: the spectrum, the embedding (click a point
+to see its sample and heatmap) and each cluster's mean heatmap.</p>"""
 
 
 def describe(result: dict) -> str:
@@ -127,4 +152,11 @@ def describe(result: dict) -> str:
                      + "  ".join(f"{image['positive_relevance_in_object'][n]:>{width}.1%}" for n in names))
     lines.append(f"{'mean':<27}{result['mean_object_area']:>6.1%}  "
                  + "  ".join(f"{result['mean_positive_relevance_in_object'][n]:>{width}.1%}" for n in names))
-    return "share of positive relevance inside the deciding object:\n" + "\n".join(lines)
+    text = "share of positive relevance inside the deciding object:\n" + "\n".join(lines)
+    found = result.get("shortcut")
+    if found is not None:
+        text += (f"\nplanted shortcut: SpRAy put {found['cluster_size']} of {found['explained']} "
+                 f"{KINDS[found['class']]} heatmaps in a cluster of their own (k = 2): purity {found['purity']:.0%}, "
+                 f"recall {found['recall']:.0%} of the {found['marked']} watermarked ones; report in "
+                 f"{found['report']}")
+    return text

@@ -47,7 +47,7 @@ def unmarked(count: int, seed: int, size: int = shapes.SIZE):
     return shapes.generate(count, seed, size, radius=RADIUS, saturation=SATURATION, spread=SPREAD)
 
 
-def generate(count: int, seed: int, size: int = shapes.SIZE):
+def generate(count: int, seed, size: int = shapes.SIZE):
     """(images (N, 3, size, size) float32 in [0, 1], labels (N,) int64, masks (N, size, size) bool, marked (N,) bool).
 
     Without the mark, each image is exactly :func:`unmarked`'s; a mask loses the pixels the mark covers (if any),
@@ -55,7 +55,7 @@ def generate(count: int, seed: int, size: int = shapes.SIZE):
     """
     images, labels, masks = unmarked(count, seed, size)
     # a separate stream, so which images are marked does not change the shapes drawn
-    chance = np.random.default_rng([seed, 1]).uniform(size=count)
+    chance = np.random.default_rng([*np.atleast_1d(seed), 1]).uniform(size=count)
     marked = np.where(labels == CLASS, chance < MARKED_SHARE, chance < ELSEWHERE_SHARE)
     rows, columns = mark_region(size)
     for n in np.flatnonzero(marked):
