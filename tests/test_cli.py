@@ -173,7 +173,7 @@ def test_unreadable_file_is_reported_skipped_and_makes_exit_code_1(runs):
     ("missing_weights", "weights file not found"),
     ("wrong_weights", "do not fit demo"),
     ("unknown_composite", "unknown composite 'epsilon_delta'; choose one of"),
-    ("unknown_model", "unknown model spec 'resnet50'; use demo, torchvision:NAME"),
+    ("unknown_model", "unknown model spec 'resnet50'; use demo, demo-watermark, torchvision:NAME"),
 ])
 def test_unusable_arguments_exit_2_with_one_line_and_write_nothing(runs, name, message):
     root, results = runs
