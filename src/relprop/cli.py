@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from . import attribution
 from .loading import LoadError
 
 EXIT_SOME_FAILED, EXIT_USAGE = 1, 2
@@ -48,11 +49,9 @@ def _floats(text: str | None) -> tuple | None:
 
 # ---- method parameters ------------------------------------------------------------------------------------------
 # --method name -> the class in relprop.attribution (lrp: relprop.LRP, its parameters are the composite's).
-METHODS = {"lrp": "LRP", "gradient": "Gradient", "gradient_x_input": "GradientXInput", "smoothgrad": "SmoothGrad",
-           "integrated_gradients": "IntegratedGradients", "occlusion": "Occlusion", "guided_backprop": "GuidedBackprop",
-           "deconvnet": "Deconvnet", "excitation_backprop": "ExcitationBackprop", "deeplift": "DeepLift"}
+METHODS = {"lrp": "LRP", **{name: method.__name__ for name, method in attribution.BY_NAME.items()}}
 # Defaults the command line gives where the Python class has none.
-CLI_DEFAULTS = {"occlusion": {"window": (8, 8)}}
+CLI_DEFAULTS = attribution.DEFAULTS_BY_NAME
 # Constructor parameters the command line sets otherwise (the model, --output) or cannot express (callables, maps).
 NOT_PARAMETERS = ("self", "model", "output", "batch_size", "composite", "canonizers", "custom_attribution_func",
                   "layer_map", "name_map", "index_map", "forward", "feature_names", "class_names")
@@ -163,7 +162,6 @@ def _composite(name: str, parameters: dict[str, str], preprocessing):
 
 def build_method(method: str, composite: str, parameters: dict[str, str], model, preprocessing, output=None):
     """The attributor for --method with its --param texts (the composite's for lrp), and its parameters as used."""
-    from . import attribution
     from .lrp import LRP
 
     if method == "lrp":

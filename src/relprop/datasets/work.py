@@ -55,12 +55,12 @@ def build_attributor(model: torch.nn.Module, settings: Settings):
         if isinstance(settings.composite, str):
             return LRP(model, settings.composite, **settings.parameters)
         return LRP(model, settings.composite)
-    from .. import attribution
-    from ..cli import CLI_DEFAULTS, METHODS  # the one table of attribution methods by name, as `relprop explain`
+    from .. import attribution  # the one table of methods by name, as `relprop explain` reads it
 
-    if settings.method not in METHODS:
-        raise RunError(f"unknown method {settings.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    return getattr(attribution, METHODS[settings.method])(model, **CLI_DEFAULTS.get(settings.method, {}))
+    if settings.method not in attribution.BY_NAME:
+        raise RunError(f"unknown method {settings.method!r}; choose lrp or one of "
+                       f"{', '.join(sorted(attribution.BY_NAME))}")
+    return attribution.BY_NAME[settings.method](model, **attribution.DEFAULTS_BY_NAME.get(settings.method, {}))
 
 
 @dataclass
