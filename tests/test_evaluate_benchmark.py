@@ -160,3 +160,37 @@ def test_methods_by_name_are_reproducible():
     target = torch.tensor([0, 1])
     smoothgrad = explainer("smoothgrad")
     assert torch.equal(smoothgrad(model, x, target).relevance, smoothgrad(model, x, target).relevance)
+
+
+def test_a_relprop_run_store_is_evaluated_as_stored_with_the_same_scores_as_explaining_again(tmp_path):
+    from relprop import datasets
+    from relprop.demo import load
+
+    model = load()
+    datasets.run(model, "demo:10", tmp_path / "run.zarr", composite="epsilon", target="label", batch_size=4,
+                 progress=False)
+    stored = evaluate.StoreBatches(tmp_path / "run.zarr")
+    assert len(stored) == 10 and stored.label == "epsilon"
+    metrics = ["relevance_mass_accuracy", "pointing_game", "sparseness"]
+    calls = []
+
+    def epsilon(model, x, target):  # the store's relevance is used: this runs for no metric above
+        calls.append(len(x))
+        return evaluate.methods.explainer("epsilon")(model, x, target)
+
+    from_store = evaluate.benchmark(model, stored, {"epsilon": epsilon}, metrics, batch_size=4)
+    assert calls == []
+    # the same samples, explained again by the benchmark itself
+    batches = [evaluate.Batch(b.x, b.label, b.mask, b.ids) for b in stored.batches(4)]
+    again = evaluate.benchmark(model, batches, ["epsilon"], metrics, batch_size=4)
+    for metric in metrics:
+        torch.testing.assert_close(from_store.scores[("epsilon", metric)], again.scores[("epsilon", metric)])
+
+
+def test_a_store_of_channel_sums_is_refused_with_the_fix(tmp_path):
+    from relprop import datasets
+    from relprop.demo import load
+
+    datasets.run(load(), "demo:4", tmp_path / "run.zarr", composite="epsilon", keep="channels", progress=False)
+    with pytest.raises(ValueError, match="--keep full or float16"):
+        evaluate.StoreBatches(tmp_path / "run.zarr")

@@ -28,3 +28,7 @@ __all__ = ["Result", "Runner", "pixel_flipping", "region_perturbation", "selecti
 from .benchmark import Batch, BenchmarkResult, benchmark  # noqa: E402  (after the metrics it runs)
 
 __all__ += ["benchmark", "Batch", "BenchmarkResult"]
+
+from .sources import DemoImages, ImageFiles, StoreBatches  # noqa: E402
+
+__all__ += ["DemoImages", "ImageFiles", "StoreBatches"]

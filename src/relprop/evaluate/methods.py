@@ -6,17 +6,13 @@ An explainer is ``callable(model, x, target) -> Explanation or relevance tensor`
 """
 from __future__ import annotations
 
-ATTRIBUTIONS = {"gradient": "Gradient", "gradient_x_input": "GradientXInput", "smoothgrad": "SmoothGrad",
-                "integrated_gradients": "IntegratedGradients", "deeplift": "DeepLift", "occlusion": "Occlusion",
-                "guided_backprop": "GuidedBackprop", "deconvnet": "Deconvnet",
-                "excitation_backprop": "ExcitationBackprop"}
 # Defaults that differ from the methods' own: occlusion windows of 4x4 (the demo's 32x32 images), SmoothGrad seeded.
 
 
 def names() -> list[str]:
-    from .. import composites
+    from .. import attribution, composites
 
-    return list(composites.names()) + list(ATTRIBUTIONS)
+    return list(composites.names()) + list(attribution.BY_NAME)
 
 
 def explainer(method, **options):
@@ -29,8 +25,8 @@ def explainer(method, **options):
     if method in composites.names():
         composite = composites.get(method, **options)
         return lambda model, x, target: LRP(model, composite)(x, target)
-    if method in ATTRIBUTIONS:
-        cls = getattr(attribution, ATTRIBUTIONS[method])
+    if method in attribution.BY_NAME:
+        cls = attribution.BY_NAME[method]
         if method == "occlusion":
             options.setdefault("window", (4, 4))
         if method == "smoothgrad":

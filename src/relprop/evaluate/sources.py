@@ -1,7 +1,7 @@
-"""Data sources for benchmark(): the demo's generated images with object masks, and image files.
+"""Data sources for benchmark(): the demo's generated images with object masks, image files, and the explanation
+store of ``relprop run`` (its relevance evaluated as stored, not computed again).
 
-Each has ``batches(batch_size)`` yielding benchmark.Batch objects, the interface an explanation store of
-``relprop run`` can offer too.
+Each has ``batches(batch_size)`` yielding benchmark.Batch objects.
 """
 from __future__ import annotations
 
@@ -59,3 +59,44 @@ class ImageFiles:
                 raise ValueError(f"images of different sizes {sorted(shapes)}; pass --size to resize them")
             if pixels:
                 yield Batch(self.preprocessing.normalize(torch.stack(pixels)), ids=ids)
+
+
+class StoreBatches:
+    """The explained samples of a ``relprop run`` store, read chunk by chunk: inputs from the store's data set (its
+    ``data`` spec, or the source given), labels and object masks (``extra/mask``) from the store, and the stored
+    relevance under ``label`` (default: the store's composite, or its method), so that benchmark() evaluates what
+    was stored for that method and explains only what the metrics must explain again (randomisation)."""
+
+    def __init__(self, store, label: str | None = None, source=None):
+        from ..datasets import open_source, open_store
+
+        self.store = open_store(store)
+        attrs = self.store.attrs
+        if attrs["keep"] == "channels":
+            raise ValueError(f"{store} keeps relevance summed over channels (--keep channels); the metrics need it "
+                             "shaped like the input: run `relprop run` with --keep full or float16")
+        if source is None and str(attrs["data"]).startswith("python:"):
+            raise ValueError(f"{store} was written from a Python data set ({attrs['data']}); pass it as source= so "
+                             "its inputs can be read again")
+        self.source = open_source(source if source is not None else attrs["data"])
+        if len(self.source) != self.store.count:
+            raise ValueError(f"the data set has {len(self.source)} samples but {store} holds {self.store.count}; "
+                             "give the data set the store was written from")
+        self.label = label or (attrs["composite"] if attrs["method"] == "lrp" else attrs["method"])
+        self.positions = (self.store.done & ~self.store.failed).nonzero()[0]
+
+    def __len__(self):
+        return len(self.positions)
+
+    def batches(self, batch_size: int):
+        import numpy as np
+
+        masks = self.store["extra/mask"] if "extra/mask" in self.store else None
+        for start in range(0, len(self.positions), batch_size):
+            chosen = self.positions[start:start + batch_size]
+            x = torch.stack([self.source.read(int(i)).x for i in chosen])
+            relevance = torch.from_numpy(np.asarray(self.store["relevance"].get_orthogonal_selection(chosen)))
+            labels = torch.from_numpy(np.asarray(self.store["label"].get_orthogonal_selection(chosen)))
+            mask = None if masks is None else torch.from_numpy(np.asarray(masks.get_orthogonal_selection(chosen)))
+            ids = [str(i) for i in self.store["id"].get_orthogonal_selection(chosen)]
+            yield Batch(x, labels, mask, ids, {self.label: relevance.to(x.dtype)})
