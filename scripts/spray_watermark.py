@@ -16,6 +16,7 @@ import torch
 from relprop import datasets
 from relprop.analysis import report, spray
 from relprop.demo import watermark
+from relprop.demo.shortcut import marked_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +41,8 @@ def main():
     for name, clusters in analysis.clusters.items():
         shares = {int(c): f"{truth[clusters == c].mean():.2f}" for c in sorted(set(clusters.tolist()))}
         print(f"{name}: share of marked samples per cluster {shares}")
-    clusters = analysis.clusters["kmeans-2"]
-    found = clusters == max(set(clusters.tolist()), key=lambda c: truth[clusters == c].mean())
-    print(f"kmeans-2: purity {truth[found].mean():.3f}, recall {found[truth].mean():.3f} "
+    found, purity, recall = marked_cluster(analysis.clusters["kmeans-2"], truth)
+    print(f"kmeans-2: purity {purity:.3f}, recall {recall:.3f} "
           f"({truth.sum()} of {len(truth)} crosses marked); eigengap suggests {analysis.suggested}")
     page = report.write(store, args.out / "report")
     print(f"wrote {page}")

@@ -942,8 +942,9 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     except LoadError as error:
         raise Failure(str(error)) from None
     low, high = loaded.preprocessing.bounds()
-    method_options = {name: {"low": low, "high": high} for name in methods
-                      if name in composites.names() and name == "epsilon_gamma_box"}
+    # z^B bounds: what the pixels can become, for each composite that takes them (as --composite does)
+    method_options = {name: {"low": low, "high": high} for name in methods if name in composites.names()
+                      and {"low", "high"} <= set(parameter_list(type(composites.get(name))))}
     loaded.model.to(torch_device)
     with Staging(out) as staging:
         try:

@@ -37,16 +37,21 @@ def run(out, count: int = COUNT) -> dict:
                          algorithms=("kmeans",))[name]
     page = report.write(store, out / "spray", names=[name])
     marked = np.asarray(datasets.open_store(store)["extra/watermark"][:], dtype=bool)[analysis.index]
-    clusters = analysis.clusters["kmeans-2"]
-    found = clusters == max(set(clusters.tolist()), key=lambda c: marked[clusters == c].mean())
+    found, purity, recall = marked_cluster(analysis.clusters["kmeans-2"], marked)
     return {
         "samples": count, "class": watermark.CLASS, "explained": len(analysis.index), "marked": int(marked.sum()),
-        "cluster_size": int(found.sum()), "purity": float(marked[found].mean()),
-        "recall": float(found[marked].mean()), "eigengap_suggests": int(analysis.suggested),
+        "cluster_size": int(found.sum()), "purity": purity, "recall": recall,
+        "eigengap_suggests": int(analysis.suggested),
         "seconds_explaining": round(explained - started, 2),
         "seconds_analysing": round(time.perf_counter() - explained, 2),
         "store": store.name, "report": page.relative_to(out).as_posix(),
     }
 
 
-__all__ = ["run", "COUNT"]
+def marked_cluster(clusters: np.ndarray, marked: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(members, purity, recall) of the cluster holding the largest share of marked samples."""
+    found = clusters == max(set(clusters.tolist()), key=lambda c: marked[clusters == c].mean())
+    return found, float(marked[found].mean()), float(found[marked].mean())
+
+
+__all__ = ["run", "marked_cluster", "COUNT"]

@@ -129,13 +129,13 @@ def _shortcut_section(found: dict | None) -> str:
     kind = html.escape(KINDS[found["class"]])
     return f"""
 <h2>Finding a planted shortcut in a whole data set (SpRAy)</h2>
-<p>A second model was trained on shapes where {MARKED:.0%} of the {kind}es carry a small checkerboard in the bottom-right
-corner (and {ELSEWHERE:.0%} of the other images): a "Clever Hans" shortcut, like the copyright tag on PASCAL VOC's
+<p>A second model was trained on shapes where {MARKED:.0%} of the {kind} images carry a small checkerboard in the
+bottom-right corner (and {ELSEWHERE:.0%} of the other images): a "Clever Hans" shortcut, like the copyright tag on PASCAL VOC's
 horse images. The demo explained {found["samples"]} such images into an explanation store
 (<code>relprop run demo-watermark:{found["samples"]}</code>) and clustered the {found["explained"]} {kind} heatmaps
 by Spectral Relevance Analysis (<code>relprop spray</code>). Split in two, one cluster of {found["cluster_size"]}
 samples holds the marked images: <b>purity {found["purity"]:.0%}, recall {found["recall"]:.0%}</b> of the
-{found["marked"]} marked {kind}es (checked against the known truth; the eigengap suggests
+{found["marked"]} marked {kind} images (checked against the known truth; the eigengap suggests
 {found["eigengap_suggests"]} strategies).</p>
 <p><a href="{html.escape(found["report"])}">Open the SpRAy report</a>: the spectrum, the embedding (click a point
 to see its sample and heatmap) and each cluster's mean heatmap.</p>"""
