@@ -22,7 +22,6 @@ LAYOUT_VERSION = 1
 # What makes two runs the same run: a store is resumed only when all of these agree.
 IDENTITY = ("model", "weights_sha256", "method", "composite", "parameters", "target", "keep", "data", "count",
             "input_shape", "classes")
-PER_SAMPLE = ("relevance", "output", "label", "target", "explained", "delta", "id", "preview")
 
 
 class StoreError(Exception):
