@@ -224,6 +224,19 @@ def test_report_lists_every_op_with_module_rule_and_relevance():
     assert "layer1.bn1" in text and "Gamma" in text and "residual" in text
 
 
+def test_a_merged_layer_keeps_its_convolutions_place_in_the_report():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    model = calibrate(TinyResNet(), x)
+    report = relprop.LRP(model, "epsilon_gamma_box").report(x)
+    rows = list(report)
+    assert [row.index for row in rows] == list(range(len(rows)))  # numbered in order, none taken out
+    merged = [row for row in rows if row.op.endswith("(merged)")]
+    assert merged[0] is rows[0]  # the stem's convolution ran first; its row became the merged layer's
+    assert not any(row.op == "torch.nn.functional.conv2d" for row in rows)  # no half of a merge is left
+    assert all(row.backward_seen and row.relevance_in != 0 for row in merged)
+
+
 def test_relevance_is_differentiable_with_respect_to_parameters():
     torch.manual_seed(0)
     model = with_biases(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)), scale=0.3).double()

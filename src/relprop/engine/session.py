@@ -53,12 +53,6 @@ class OpContext:
             self.unsupported(name, "no relevance rule is known for this op")
         return out
 
-    def drop_row(self, row):
-        """Take a row out of the report (an op that lives on inside another, as a merged layer)."""
-        rows = self._session.recorder.rows
-        if row is not None and rows is not None:
-            rows[:] = [kept for kept in rows if kept is not row]
-
     def intercept(self):
         """Interception on again inside a handler: a decomposition's ops are ruled one by one."""
         return Interceptor(self._session)

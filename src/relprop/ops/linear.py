@@ -495,8 +495,9 @@ def linear_like(ctx, func, name, args, kwargs, kind):
     return apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias)
 
 
-def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None, merge=None):
-    """Run one linear-like op (or merged op, given its output and batch norm) under rule."""
+def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None, merge=None,
+                      row=None):
+    """Run one linear-like op (or merged op, given its output, batch norm and the op's report row) under rule."""
     if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
         if output is not None:
             raise AssertionError("merged layers always carry a rule")
@@ -514,7 +515,10 @@ def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, 
     direct = ctx.is_model_input(x) and any(
         term.input not in rules.PROPORTIONAL_INPUTS for group in rule.groups() for term in group.terms)
     x_in = ctx.direct_view(x) if direct else x
-    row = ctx.row(name if output is None else name + " + batch_norm (merged)", rule.name)
+    if output is None:
+        row = ctx.row(name, rule.name)
+    elif row is not None:  # the merged layer takes over the op's row: one row, named for both
+        row.op = name + " + batch_norm (merged)"
     call = LinearCall(linear_map=linear_map, rule=rule, site=site, direct=direct, output=output, merge=merge,
                       nonnegative=ctx.facts.is_nonnegative(x), x=x, weight=weight, bias=bias, row=row)
     out = apply_rule(ctx.tap(x_in, row, direct), weight, bias, call, ctx.differentiable)

@@ -165,16 +165,15 @@ def merged_batch_norm(ctx, func, name, args, kwargs):
     shift = -mean * scale
     if bound["bias"] is not None:
         shift = shift + bound["bias"]
-    # The op lives on inside the merged layer, reported once under both modules' names.
-    ctx.drop_row(producer.row)
+    # The op lives on inside the merged layer, which takes over its report row under both modules' names. (The op's
+    # own node stays in the graph, unused unless another op reads its output; the merged node reuses the batch
+    # norm's value, so nothing is computed twice.)
     out = linear.apply_linear_rule(ctx, func, producer.site.op, (), {}, producer.rule, producer.linear_map,
                                    producer.site, producer.x, producer.weight, producer.bias, output=value,
-                                   merge=(scale, shift))
-    merged = ctx.facts.producer(out)
-    if merged.row is not None:
-        _, bn_name = ctx.where()
-        if producer.site.name and producer.site.name != bn_name:
-            merged.row.module = f"{producer.site.name} + {bn_name}"
+                                   merge=(scale, shift), row=producer.row)
+    _, bn_name = ctx.where()
+    if producer.row is not None and producer.site.name and producer.site.name != bn_name:
+        producer.row.module = f"{producer.site.name} + {bn_name}"
     for recorded in producer.recorded:
         # The op's own output no longer carries relevance: the merged layer's output stands for it.
         recorded.watch(out)
