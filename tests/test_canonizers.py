@@ -155,11 +155,11 @@ def test_a_canonizer_takes_the_place_of_a_familys_handler():
 
     class Counted(canonizers.Canonizer):
         def handlers(self):
-            def gradient(ctx, func, name, args, kwargs):
+            def rectifier(ctx, func, name, args, kwargs):
                 seen.append(name)
                 return ctx.plain(func, name, args, kwargs, rule="Gradient (counted)")
 
-            return {"gradient": gradient}
+            return {"rectifier": rectifier}
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))

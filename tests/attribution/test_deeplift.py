@@ -11,6 +11,7 @@ from captum.attr import DeepLiftShap as CaptumDeepLiftShap
 import relprop
 from relprop.attribution import DeepLift, DeepLiftShap
 
+from ops.test_custom import Double, Square  # tests/ is on the path (rootdir conftest)
 from .models import FunctionalNet, SharedReLUNet, captum, close, randomize, vgg_relu_pool, vgg_style
 
 
@@ -443,3 +444,53 @@ def test_bad_arguments_say_what_to_do(image):
 
     with pytest.raises(ValueError, match="one output per sample"):
         DeepLift(BatchMean())(image)
+
+
+# ---- custom autograd Functions: DeepLift cannot see inside them ----------------------------------------------------
+class _WithFunction(nn.Module):
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+        self.fc1, self.fc2 = nn.Linear(5, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(self.function.apply(self.fc1(x)))
+
+
+def test_a_custom_function_warns_that_deeplift_cannot_see_inside_it():
+    torch.manual_seed(0)
+    model, x = _WithFunction(Square), torch.randn(3, 5)
+    with pytest.warns(relprop.UnsupportedOpWarning, match=r"Square \(custom autograd Function\).*register_function"):
+        explanation = DeepLift(model)(x, target=0, baseline=torch.randn(3, 5))
+    assert explanation.delta.abs().max() > 1e-3  # its gradient is not a DeepLift multiplier: the warning is needed
+
+
+def test_a_custom_function_registered_as_linear_adds_up_without_a_warning():
+    torch.manual_seed(0)
+    model, x = _WithFunction(Double), torch.randn(3, 5)
+    relprop.register_function(Double, "gradient")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", relprop.UnsupportedOpWarning)
+            explanation = DeepLift(model)(x, target=1, baseline=torch.randn(3, 5))
+    finally:
+        relprop.register_function(Double, None)
+    adds_up(explanation, tolerance=1e-5)
+
+
+def test_max_pool_asked_for_its_indices_takes_the_winner_rule():
+    torch.manual_seed(0)
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 3 * 3, 2)
+
+        def forward(self, x):
+            values, _ = F.max_pool2d(torch.relu(self.conv(x)), 2, return_indices=True)
+            return self.fc(values.flatten(1))
+
+    model, x = randomize(Pooled()), torch.randn(2, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", relprop.UnsupportedOpWarning)
+        adds_up(DeepLift(model)(x, target=0, baseline=torch.randn(2, 1, 8, 8)), tolerance=1e-5)

@@ -9,14 +9,24 @@ import relprop
 from relprop.ops import table
 
 
-def test_every_family_named_in_the_table_has_a_handler_and_a_deeplift_kind():
+def test_every_family_named_in_the_table_has_an_lrp_and_a_deeplift_handler():
     families = set(table.FAMILIES.values()) - {"quiet"}
     assert families <= set(table.HANDLERS)
-    assert all(entry.deeplift in table.DEEPLIFT_KINDS for entry in table.HANDLERS.values())
+    assert all(callable(entry.lrp) and callable(entry.deeplift) for entry in table.HANDLERS.values())
 
 
-def test_register_refuses_an_unknown_deeplift_kind():
-    with pytest.raises(ValueError, match="deeplift must be one of"):
+def test_each_family_file_owns_its_deeplift_handler():
+    from relprop.ops import reference
+
+    owners = {family: entry.deeplift.__module__.rsplit(".", 1)[-1] for family, entry in table.HANDLERS.items()
+              if entry.deeplift not in (reference.exact, reference.path_averaged)}
+    assert owners["activation"] == owners["rectifier"] == owners["pointwise"] == "elementwise"
+    assert owners["selection"] == "gradient" and owners["product"] == "products" and owners["conv"] == "linear"
+    assert owners["batch_norm"] == "norms" and owners["multi_head_attention"] == "attention"
+
+
+def test_register_refuses_a_deeplift_handler_that_is_not_callable():
+    with pytest.raises(TypeError, match="deeplift must be a DeepLift handler"):
         table.register("new_family", deeplift="magic")
 
 
@@ -44,9 +54,10 @@ def test_a_new_family_is_one_registration_and_the_engine_and_deeplift_use_it():
         return out
 
     from relprop.engine import intercept
+    from relprop.ops import reference
 
     table.FAMILIES[name] = "test_erfinv"
-    table.register("test_erfinv", deeplift="path")(passing)
+    table.register("test_erfinv", deeplift=reference.path_averaged)(passing)
     intercept._CLASSIFIED.clear()  # classify() remembers what it has seen
     try:
         torch.manual_seed(0)

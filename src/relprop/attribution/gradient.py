@@ -17,7 +17,7 @@ from ..composites import Composite
 from ..engine import out_of_place, classify
 from ..explanation import Explanation
 from ..lrp import LRP, output_gradient
-from ..ops.table import is_inplace
+from ..ops.table import RECTIFIERS, is_inplace
 from ..rules import ZPlus
 from .base import (Attribution, Hybrid, baseline_like, batched, explained, input_gradient, per_sample_sum,
                    undefined)
@@ -209,11 +209,9 @@ class _DeconvReLU(torch.autograd.Function):
         return g.clamp(min=0), None
 
 
-RELU = {prefix + name for prefix in ("torch.", "torch.Tensor.", "torch.nn.functional.") for name in ("relu", "relu_")}
-
-
 class _ReplaceReLU(TorchFunctionMode):
-    """While a model runs, every ReLU (module, functional or method, in place or not) uses ``function``'s backward."""
+    """While a model runs, every ReLU (module, functional or method, in place or not: the op table's RECTIFIERS) uses
+    ``function``'s backward."""
 
     def __init__(self, function):
         super().__init__()
@@ -222,7 +220,7 @@ class _ReplaceReLU(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name, _ = classify(func)
-        if name not in RELU or not isinstance(args[0], torch.Tensor):
+        if name not in RECTIFIERS or not isinstance(args[0], torch.Tensor):
             return func(*args, **kwargs)
         x = args[0]
         out = self.function.apply(x, out_of_place(func, name, args, kwargs))

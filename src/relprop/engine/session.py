@@ -14,7 +14,7 @@ import torch
 
 from ..composites import Composite, Site
 from ..ops import custom, elementwise, load_families
-from ..ops.table import HANDLERS
+from ..ops.table import HANDLERS, SIGN_KNOWN
 from .facts import KEEPS_SIGN, MAKES_NONNEGATIVE, Facts
 from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
                         writes_first_argument)
@@ -235,7 +235,7 @@ class Session:
                 call.rectified = True  # later readers see the ReLU's output, and their relevance passes through it
         self.flow.mark(out)
         if isinstance(out, torch.Tensor):
-            self.facts.set_nonnegative(out, family in ("gradient", "avg_pool") and (short in MAKES_NONNEGATIVE or (
+            self.facts.set_nonnegative(out, family in SIGN_KNOWN and (short in MAKES_NONNEGATIVE or (
                 short in KEEPS_SIGN and all(self.facts.is_nonnegative(t) for t in active))))
         return out
 

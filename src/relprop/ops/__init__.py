@@ -1,12 +1,14 @@
 """Op families, one file each, registered in ``table.HANDLERS`` when imported (``load_families``, by the engine).
 
-  gradient.py     ops whose gradient x input is their rule: shapes, sums, selections, ReLU, max-pooling
-  elementwise.py  element-wise activations: relevance passes through
+  gradient.py     ops whose gradient x input is their rule: shapes and sums, rectifiers (ReLU), selections (max-pooling)
+  elementwise.py  element-wise activations: relevance passes through; other element-wise maths (no LRP rule)
   products.py     products of activations (uniform split, gates) and division
   linear.py       linear, convolution, transposed convolution, average pooling under a composite's rule
   norms.py        batch, layer, group and RMS norm (std as constant; batch norm merged into the layer before it)
   attention.py    softmax, log-softmax, fused and multi-head attention
   custom.py       custom torch.autograd.Functions (found from their outputs; rules registered by the user)
+Each family file also holds the family's DeepLift handler and its autograd Functions; what those share (inputs and
+references in one batch, the path-averaged Jacobian) is in reference.py.
 """
 import importlib
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.intercept import bind
+from . import reference
 from .products import scale_gradient
 from .table import register
 
@@ -122,8 +123,33 @@ def multi_head(query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
     return out, (returned if need_weights else None)
 
 
+# ---- DeepLift handlers: softmax by the path-averaged Jacobian, fused attention as its parts -----------------------
+def softmax_deeplift(dl, func, name, args, kwargs, active):
+    out = reference.path_averaged(dl, func, name, args, kwargs, active)
+    if isinstance(out, torch.Tensor):
+        dl.remember_softmax(out, args[0] if args else kwargs.get("input"))  # explain_logits looks it up
+    return out
+
+
+def fused_attention_deeplift(dl, func, name, args, kwargs, active):
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    with dl.intercept():  # its products and softmax get their own multipliers
+        return scaled_dot_product(**dict(zip(names, args)), **kwargs)
+
+
+def multi_head_attention_deeplift(dl, func, name, args, kwargs, active):
+    bound = dict(zip(MHA_ARGS, args), **kwargs)
+    for key, value in MHA_DEFAULTS.items():
+        bound.setdefault(key, value)
+    why = multi_head_supported(bound)
+    if why is not None:
+        return dl.fallback(func, name, args, kwargs, why)
+    with dl.intercept():
+        return multi_head(**bound)
+
+
 # ---- LRP handlers -------------------------------------------------------------------------------------------
-@register("softmax", deeplift="path")
+@register("softmax", deeplift=softmax_deeplift)
 def softmax_op(ctx, func, name, args, kwargs):
     if ctx.composite.softmax == "constant":
         # CP-LRP: attention weights are constants, so relevance flows through the values only.
@@ -135,7 +161,7 @@ def softmax_op(ctx, func, name, args, kwargs):
     return _by_gradient(ctx, func, name, args, kwargs, "Gradient (AttnLRP softmax)")
 
 
-@register("log_softmax", deeplift="path")
+@register("log_softmax", deeplift=softmax_deeplift)
 def log_softmax_op(ctx, func, name, args, kwargs):
     return _by_gradient(ctx, func, name, args, kwargs, "Gradient (log-softmax)")
 
@@ -148,7 +174,7 @@ def _by_gradient(ctx, func, name, args, kwargs, rule):
     return out
 
 
-@register("attention", deeplift="attention")
+@register("attention", deeplift=fused_attention_deeplift)
 def fused_attention(ctx, func, name, args, kwargs):
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     bound = bind(names, args, kwargs, {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
@@ -173,7 +199,7 @@ def fused_attention(ctx, func, name, args, kwargs):
     return func(**bound)
 
 
-@register("multi_head_attention", deeplift="attention")
+@register("multi_head_attention", deeplift=multi_head_attention_deeplift)
 def multi_head_attention(ctx, func, name, args, kwargs):
     bound = bind(MHA_ARGS, args, kwargs, MHA_DEFAULTS)
     why = multi_head_supported(bound)

@@ -56,6 +56,22 @@ def function_of(tensor: torch.Tensor) -> type | None:
     return function
 
 
+def functions_in_graph(tensor: torch.Tensor) -> list[type]:
+    """The custom Function classes in tensor's autograd graph (relprop's own left out), in the order first met."""
+    found, seen, stack = {}, set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, BackwardCFunction):
+            function = getattr(node, "_forward_cls", None)
+            if function is not None and not function.__module__.startswith("relprop."):
+                found.setdefault(function, None)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return list(found)
+
+
 def name_of(function: type) -> str:
     return f"{function.__name__} (custom autograd Function)"
 

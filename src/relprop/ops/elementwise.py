@@ -1,13 +1,18 @@
 """Element-wise activations (GELU, SiLU, tanh, sigmoid, ...): relevance passes through unchanged.
 
 With relevance = tensor * g, passing R_out = y * g_out through means g_in = g_out * y / x. ReLU and LeakyReLU need
-nothing: their gradient already equals y / x.
+nothing: their gradient already equals y / x (ops/gradient.py). Other element-wise maths (exp, log, sqrt, pow, ...)
+form the ``pointwise`` family, which has no LRP rule (it is reported as unsupported).
+
+DeepLift's Rescale rule, for every element-wise op y = f(x) (activations, rectifiers, pointwise maths): the
+multiplier is (f(x) - f(x0)) / (x - x0), and the gradient f'(x) where |x - x0| < eps.
 """
 import re
 
 import torch
 
 from ..engine.intercept import out_of_place
+from . import reference
 from .kept import KeptOutput
 from .table import register
 
@@ -110,10 +115,57 @@ def is_elementwise_module(module, extra_types=()) -> bool:
     return ELEMENTWISE_MODULE.fullmatch(type(module).__name__) is not None
 
 
+class Rescale(torch.autograd.Function):
+    """DeepLift's element-wise y = f(x): backward multiplies by (f(x) - f(x0)) / (x - x0), by f'(x) where x and x0
+    meet. ``in_place`` (the op itself, when the model asked for it in place) overwrites z as the model expects."""
+
+    @staticmethod
+    def forward(ctx, z, fn, in_place, pairing, eps):
+        n = pairing.rows
+        dx = z[:n] - pairing.reference(z)
+        meet, slope = None, None
+        if eps > 0 and dx.numel() and bool(dx.abs().amin() < eps):  # there the quotient is inexact or 0 / 0
+            meet = dx.abs() < eps
+            with torch.enable_grad():
+                leaf = z.detach().requires_grad_(True)
+                (slope,) = torch.autograd.grad(fn(leaf).sum(), leaf)
+        if in_place is None:
+            y = fn(z)
+        else:
+            y = in_place(z)
+            ctx.mark_dirty(z)
+        multiplier = (y[:n] - pairing.reference(y)).div_(dx)
+        if meet is not None:
+            multiplier = torch.where(meet, slope[:n], multiplier)
+        ctx.pairing = pairing
+        ctx.save_for_backward(multiplier)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (multiplier,) = ctx.saved_tensors
+        return ctx.pairing.scaled(g, multiplier), None, None, None, None
+
+
+def rescale(dl, func, name, args, kwargs, active):
+    """DeepLift handler of an element-wise op: the Rescale rule."""
+    if not reference.one_activation(dl, args, active):
+        return dl.fallback(func, name, args, kwargs, "its input is not one batch-first activation")
+    in_place = None
+    if reference.modifies_input(name, args, kwargs):
+        in_place = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+    return Rescale.apply(args[0], out_of_place(func, name, args, kwargs), in_place, dl.pairing, dl.eps)
+
+
+@register("pointwise", deeplift=rescale)
+def pointwise(ctx, func, name, args, kwargs):
+    return ctx.unknown(func, name, args, kwargs)
+
+
 _GATES = {"sigmoid", "hardsigmoid"}  # outputs in [0, 1] that scale a signal: gates in products
 
 
-@register("activation", deeplift="elementwise")
+@register("activation", deeplift=rescale)
 def activation(ctx, func, name, args, kwargs):
     x = args[0]
     fn = out_of_place(func, name, args, kwargs)

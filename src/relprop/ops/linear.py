@@ -19,6 +19,7 @@ from ..engine.intercept import bind
 from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
 from .elementwise import pass_through
+from . import reference
 from .kept import KeptOutput
 from .table import register
 
@@ -452,6 +453,21 @@ class LinearRuleFunction(torch.autograd.Function):
         return input_relevance(call, x, weight, bias, z, g, False), None, None, None
 
 
+# ---- DeepLift: the gradient is exact for linear maps ------------------------------------------------------------
+def conv_deeplift(dl, func, name, args, kwargs, active):
+    """A convolution over many references runs them without gradient (they never need one), which saves their
+    share of the backward pass. (Dense layers are left whole: at small batches they are bound by reading their
+    weights, which a second call would double.)"""
+    z = args[0] if args else None
+    if not (len(active) == 1 and z is active[0] and dl.pairing.fits(z) and dl.pairing.many):
+        return func(*args, **kwargs)
+    rows = dl.pairing.rows
+    out = func(z[:rows], *args[1:], **kwargs)
+    with torch.no_grad():
+        references = func(z[rows:], *args[1:], **kwargs)
+    return torch.cat([out, references])
+
+
 # ---- LRP handlers: the linear family -----------------------------------------------------------------------------
 _LINEAR_ARGS = {
     "linear": ("input", "weight", "bias"),
@@ -460,17 +476,17 @@ _LINEAR_ARGS = {
 }
 
 
-@register("linear", deeplift="linear")
+@register("linear", deeplift=reference.exact)
 def dense_op(ctx, func, name, args, kwargs):
     return linear_like(ctx, func, name, args, kwargs, "linear")
 
 
-@register("conv", deeplift="linear")
+@register("conv", deeplift=conv_deeplift)
 def conv_op(ctx, func, name, args, kwargs):
     return linear_like(ctx, func, name, args, kwargs, "conv")
 
 
-@register("conv_transpose", deeplift="linear")
+@register("conv_transpose", deeplift=reference.exact)
 def conv_transpose_op(ctx, func, name, args, kwargs):
     return linear_like(ctx, func, name, args, kwargs, "conv_transpose")
 
@@ -529,7 +545,7 @@ def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, 
     return out
 
 
-@register("avg_pool", deeplift="linear")
+@register("avg_pool", deeplift=reference.exact)
 def avg_pool(ctx, func, name, args, kwargs):
     site = ctx.site("avg_pool", name)
     rule = ctx.composite.rule_for(site)

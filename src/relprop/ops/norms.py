@@ -7,12 +7,14 @@ affine bias absorbs). The forward value is the library's own op, bit for bit; on
 Batch norm in eval mode is an affine map per channel (its gradient); with the MergeBatchNorm canonizer, a batch norm
 reading the output of a linear-like op under a rule is explained as one layer with the merged weights (the layer's
 rule, run on the layer's input, with the batch norm's output): the canonizer is this handler's choice.
+
+DeepLift: batch norm in eval mode by its gradient (exact); layer, group and RMS norm by the path-averaged Jacobian.
 """
 import torch
 
 from .. import rules
 from ..engine.intercept import bind
-from . import linear
+from . import linear, reference
 from .table import register
 
 
@@ -135,7 +137,15 @@ def _batch_norm_parts(func, args, kwargs):
     return bound, value, mean, var
 
 
-@register("batch_norm", deeplift="linear")
+def batch_norm_deeplift(dl, func, name, args, kwargs, active):
+    """In eval mode an affine map (its gradient is exact); batch statistics would mix inputs and references."""
+    if reference.argument(args, kwargs, 5, "training", False):
+        raise ValueError("batch norm uses batch statistics (the model is in training mode), so inputs and "
+                         "baselines, which run in one batch, would be normalised together. Call model.eval() first")
+    return func(*args, **kwargs)
+
+
+@register("batch_norm", deeplift=batch_norm_deeplift)
 def batch_norm(ctx, func, name, args, kwargs):
     bound = bind(("input", "running_mean", "running_var", "weight", "bias", "training"), args, kwargs,
                  {"weight": None, "bias": None, "training": False})
@@ -180,7 +190,7 @@ def merged_batch_norm(ctx, func, name, args, kwargs):
     return out
 
 
-@register("layer_norm", deeplift="path")
+@register("layer_norm", deeplift=reference.path_averaged)
 def layer_norm_op(ctx, func, name, args, kwargs):
     bound = bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs,
                   {"weight": None, "bias": None, "eps": 1e-5})
@@ -195,7 +205,7 @@ def layer_norm_op(ctx, func, name, args, kwargs):
     return out
 
 
-@register("group_norm", deeplift="path")
+@register("group_norm", deeplift=reference.path_averaged)
 def group_norm_op(ctx, func, name, args, kwargs):
     bound = bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs,
                   {"weight": None, "bias": None, "eps": 1e-5})
@@ -203,7 +213,7 @@ def group_norm_op(ctx, func, name, args, kwargs):
     return surrogate_norm(ctx, func, name, args, kwargs, bound["input"], surrogate)
 
 
-@register("rms_norm", deeplift="path")
+@register("rms_norm", deeplift=reference.path_averaged)
 def rms_norm_op(ctx, func, name, args, kwargs):
     bound = bind(("input", "normalized_shape", "weight", "eps"), args, kwargs, {"weight": None, "eps": None})
     surrogate = rms_norm_surrogate(bound["normalized_shape"], bound["weight"], bound["eps"])

@@ -4,14 +4,17 @@ Each family lives in one file of ``relprop.ops`` that registers it here with ``@
 its LRP handler ``handler(ctx, func, name, args, kwargs) -> output`` (``ctx`` is the session's narrow
 ``engine.session.OpContext``) and how DeepLift treats it. The LRP session, DeepLift and the modified-gradient
 methods all read this table. Adding a family (recurrent, graph aggregation, ...) is one new file: name its torch
-functions in ``FAMILIES`` (or ``FAMILIES.update`` from the new file), register a handler, import the file in
+functions in ``FAMILIES`` (``claim(family, names)`` from the new file), register a handler, import the file in
 ``ops/__init__.py``.
 
 Families:
   gradient    exact under gradient x input: linear and homogeneous (sums, means, pooling, padding, interpolation,
-              shape and index ops), piecewise linear through zero (ReLU, LeakyReLU), selections (max-pool, max),
-              and softmax (its gradient x input is the AttnLRP softmax rule)
+              shape and index ops)
+  rectifier   ReLU, LeakyReLU, abs: piecewise linear through zero, so their gradient x input is exact too; what
+              guided backprop and deconvnet change
+  selection   max-pooling, max, min, sort, top-k: the winner takes all (their gradient)
   activation  element-wise nonlinearity: relevance passes through unchanged
+  pointwise   other element-wise maths (exp, log, sqrt, pow, ...): no LRP rule (reported), DeepLift's Rescale
   product     product of activations (split uniformly) or with a constant (gradient)
   divide      division: gradient by a constant, unsupported by an activation
   linear / conv / conv_transpose   linear-like layers, ruled by the composite
@@ -20,7 +23,7 @@ Families:
   softmax     gradient (AttnLRP), or a constant (CP-LRP), as the composite says; remembered for the output policy
   attention / multi_head_attention   fused attention, run as its decomposition into the ops above
 Anything else that touches relevance is reported as unsupported (LRP) or averaged along the path with a warning
-(DeepLift).
+(DeepLift): the table is an allow-list.
 """
 from __future__ import annotations
 
@@ -39,14 +42,19 @@ _SHAPE = [
     "to", "float", "double", "half", "bfloat16", "type", "type_as", "cpu", "cuda", "detach", "requires_grad_",
     "cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "where", "broadcast_to",
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__", "subtract",
-    "neg", "neg_", "negative", "__neg__", "__pos__", "positive", "sum", "mean", "nansum", "cumsum", "relu", "relu_",
-    "max", "amax", "min", "amin", "sort", "topk", "cummax", "abs",
+    "neg", "neg_", "negative", "__neg__", "__pos__", "positive", "sum", "mean", "nansum", "cumsum",
 ]
+_RECTIFIERS = ["relu", "relu_", "leaky_relu", "leaky_relu_", "abs", "abs_"]
+_SELECTIONS = ["max", "amax", "min", "amin", "sort", "topk", "cummax"]
+_MAX_POOLS = [
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+    "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices",
+]
+_POINTWISE = ["exp", "exp_", "log", "log_", "log1p", "expm1", "sqrt", "rsqrt", "square", "sin", "cos",
+              "reciprocal", "erfc", "clamp_min", "clamp_max", "pow", "pow_", "__pow__", "__ipow__"]
 _F_GRADIENT = [
-    "relu", "relu_", "leaky_relu", "leaky_relu_", "max_pool1d", "max_pool2d", "max_pool3d",
-    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
-    "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", "pad", "dropout", "dropout1d",
+    "pad", "dropout", "dropout1d",
     "dropout2d", "dropout3d", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "pixel_shuffle",
     "pixel_unshuffle", "unfold", "fold", "embedding", "channel_shuffle", "feature_alpha_dropout",
 ]
@@ -57,27 +65,31 @@ _ACTIVATIONS = [
 ]
 _TENSOR_ACTIVATIONS = ["tanh", "tanh_", "sigmoid", "sigmoid_", "erf", "clamp", "clamp_", "clip", "clip_"]
 _PRODUCTS = ["mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "matmul", "__matmul__", "__rmatmul__",
-             "mm", "bmm", "einsum", "outer", "inner", "dot", "tensordot", "baddbmm", "addmm", "addcmul", "prod"]
+             "mm", "bmm", "einsum", "outer", "inner", "dot", "tensordot", "baddbmm", "addmm", "addcmul", "addcmul_",
+             "prod"]
 _DIVIDE = ["div", "div_", "__truediv__", "__rtruediv__", "__itruediv__", "divide", "true_divide"]
 
 FAMILIES: dict[str, str] = {}
-for _name in _SHAPE:
-    FAMILIES[T + _name] = "gradient"
-    FAMILIES["torch." + _name] = "gradient"
-for _name in _F_GRADIENT:
-    FAMILIES[F + _name] = "gradient"
-    FAMILIES["torch." + _name] = "gradient"
-for _name in _ACTIVATIONS:
-    FAMILIES[F + _name] = "activation"
-for _name in _TENSOR_ACTIVATIONS:
-    FAMILIES[T + _name] = "activation"
-    FAMILIES["torch." + _name] = "activation"
-for _name in _PRODUCTS:
-    FAMILIES[T + _name] = "product"
-    FAMILIES["torch." + _name] = "product"
-for _name in _DIVIDE:
-    FAMILIES[T + _name] = "divide"
-    FAMILIES["torch." + _name] = "divide"
+
+
+def claim(family: str, names, prefixes=(T, "torch.")):
+    """Name torch functions as a family's: each short name under each prefix (a family file may add its own)."""
+    for short in names:
+        for prefix in prefixes:
+            FAMILIES[prefix + short] = family
+
+
+claim("gradient", _SHAPE)
+claim("gradient", _F_GRADIENT, (F, "torch."))
+claim("rectifier", _RECTIFIERS, (T, F, "torch."))
+claim("selection", _SELECTIONS)
+claim("selection", _MAX_POOLS, (F, "torch."))
+claim("pointwise", _POINTWISE)
+claim("pointwise", ["threshold", "threshold_"], (F,))
+claim("activation", _ACTIVATIONS, (F,))
+claim("activation", _TENSOR_ACTIVATIONS)
+claim("product", _PRODUCTS)
+claim("divide", _DIVIDE)
 FAMILIES.update({
     "torch.functional.einsum": "product", "torch.functional.tensordot": "product",
     "torch.functional.split": "gradient", "torch.functional.unique": "gradient",
@@ -120,26 +132,26 @@ def is_inplace(name: str) -> bool:
             or (short.startswith("__i") and short not in ("__init__", "__iter__", "__index__", "__int__")))
 
 
-# How DeepLift treats a family: "linear" (the gradient is exact), "path" (the Jacobian averaged along the path from
-# baseline to input), "elementwise" (Rescale), "product" (midpoint for two activations, else linear), "divide"
-# (linear by a constant, path by an activation), "attention" (run as its parts).
-DEEPLIFT_KINDS = ("linear", "path", "elementwise", "product", "divide", "attention")
+RECTIFIERS = frozenset(name for name, family in FAMILIES.items() if family == "rectifier"
+                       and name.rsplit(".", 1)[-1] in ("relu", "relu_"))  # ReLU itself: guided backprop's op
+SIGN_KNOWN = ("gradient", "rectifier", "selection", "avg_pool")  # families whose ops say whether outputs are >= 0
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
     lrp: Callable  # handler(ctx, func, name, args, kwargs) -> the op's output, with the family's rule in its backward
-    deeplift: str
+    deeplift: Callable  # handler(dl, func, name, args, kwargs, active) -> the output, with DeepLift's multiplier
 
 
 HANDLERS: dict[str, Family] = {}
 
 
-def register(*families: str, deeplift: str):
-    """Decorator: the LRP handler of one or more families, and how DeepLift treats them."""
-    if deeplift not in DEEPLIFT_KINDS:
-        raise ValueError(f"deeplift must be one of {DEEPLIFT_KINDS}, got {deeplift!r}")
+def register(*families: str, deeplift: Callable):
+    """Decorator: the LRP handler of one or more families, with their DeepLift handler (see ops/reference.py)."""
+    if not callable(deeplift):
+        raise TypeError(f"deeplift must be a DeepLift handler(dl, func, name, args, kwargs, active), got "
+                        f"{deeplift!r}")
 
     def decorate(handler):
         for family in families:
@@ -149,7 +161,7 @@ def register(*families: str, deeplift: str):
     return decorate
 
 
-def deeplift_kind(family: str | None) -> str | None:
-    """How DeepLift treats a family, None for an op no family claims."""
+def deeplift_handler(family: str | None) -> Callable | None:
+    """The DeepLift handler of a family, None for an op no family claims."""
     entry = HANDLERS.get(family)
     return entry.deeplift if entry is not None else None
