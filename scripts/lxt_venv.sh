@@ -4,19 +4,13 @@
 # by a plain dict), while relprop's own tests pin 5.23. Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3.11}"
-command -v "$PY" >/dev/null 2>&1 || PY=python3
-[ -x .venv-lxt/bin/python ] || "$PY" -m venv .venv-lxt
-STAMP=.venv-lxt/.relprop-installed
-WANT="$(cat pyproject.toml scripts/lxt_venv.sh | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
-    export PIP_DISABLE_PIP_VERSION_CHECK=1
+source scripts/venv.sh
+if venv_stale .venv-lxt pyproject.toml scripts/lxt_venv.sh; then
     # torchvision: LXT imports it for its ViT patches, even when they are not used
-    .venv-lxt/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "transformers==4.57.6" 2>&1 \
-        | grep -v "^WARNING: Location" || true
-    .venv-lxt/bin/python -m pip install -q -e . 2>&1 | grep -v "^WARNING: Location" || true
+    venv_pip "torch==2.14.1" "torchvision==0.29.1" "transformers==4.57.6"
+    venv_pip -e .
     # LXT declares bitsandbytes, open_clip and accelerate, which its efficient engine does not use.
-    .venv-lxt/bin/python -m pip install -q --no-deps "lxt==2.1" 2>&1 | grep -v "^WARNING: Location" || true
-    .venv-lxt/bin/python -W ignore -c "import lxt.efficient, relprop, transformers"
-    echo "$WANT" > "$STAMP"
+    venv_pip --no-deps "lxt==2.1"
+    venv_check "import lxt.efficient, relprop, transformers"
+    venv_done
 fi
