@@ -62,6 +62,7 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
     per_step = locations * channels // steps
     full = relevance.numpy()
     patch = height // 2  # four regions
+    quadrants = [[int(q == n % 4 or q == (n + 1) % 4 and n % 2) for q in range(4)] for n in range(n)]  # Focus
 
     def q(metric, softmax=False, a=a_np):
         return lambda: np.asarray(metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a, s_batch=s_np,
@@ -105,6 +106,10 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
         "top_k_intersection": (r(lambda: evaluate.top_k_intersection(x, relevance, masks), lambda res: res.scores),
                                q(quantus.TopKIntersection(**common))),
         "auc": (r(lambda: evaluate.auc(x, relevance, masks), lambda res: res.scores), q(quantus.AUC(**common))),
+        "focus": (r(lambda: evaluate.focus(x, relevance, quadrants), lambda res: res.scores),
+                  lambda: np.asarray(quantus.Focus(**common)(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np,
+                                                             device="cpu", channel_first=True, custom_batch=quadrants),
+                                     dtype=np.float64)),
         "sparseness": (r(lambda: evaluate.sparseness(pooled.abs() + 1e-7, pooled.abs() + 1e-7),
                          lambda res: res.scores),
                        q(quantus.Sparseness(normalise=False, abs=True, disable_warnings=True))),
