@@ -72,6 +72,35 @@ def test_a_shared_runner_runs_the_clean_forward_pass_once():
         evaluate.pixel_flipping(runner, x + 1, relevance)
 
 
+class RowCounter(torch.nn.Module):
+    """A model that records how many rows each forward pass gets."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.passes = model, []
+
+    def forward(self, x):
+        self.passes.append(len(x))
+        return self.model(x)
+
+
+def test_copies_equal_to_their_sample_take_the_clean_output_without_a_forward_pass():
+    model = RowCounter(small_cnn())
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 1, batch_size=8)
+    shifts = torch.tensor([0.0, 0.5, 0.0, 1.0], dtype=torch.float64)  # steps 0 and 2 leave the sample as it is
+
+    def perturb(rows, steps):
+        return x[rows] + shifts[steps].view(-1, 1, 1, 1)
+
+    scores = runner.scores(4, perturb)
+    with torch.no_grad():
+        expected = torch.stack([model.model(x + shift)[:, 1] for shift in shifts], 1)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    # x, then chunks of 8 and 4 (sample, step) pairs, of which only the shifted half runs
+    assert model.passes == [3, 4, 2]
+
+
 def test_result_summary_and_dataframe():
     pytest.importorskip("pandas")
     result = evaluate.Result("m", torch.tensor([1.0, 3.0, float("nan")], dtype=torch.float64), True,
