@@ -134,7 +134,9 @@ def main():
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="a multiple of 3 (see per_step)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32, help="relprop's copies per forward pass")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="relprop's copies per forward pass (8: as many as Quantus's pass of the batch per step; "
+                             "on a CPU ResNet-50 runs 0.11 s per image in passes of 8, 0.16 s in passes of 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", default=None, metavar="METRIC",

@@ -120,3 +120,12 @@ def test_importing_evaluate_loads_no_optional_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
+def test_sorted_rows_equals_torch_sort_whichever_library_sorts(dtype):
+    from relprop.evaluate.inputs import sorted_rows
+
+    values = (torch.randn(3, 50) * 10).to(dtype)
+    values[0, :5] = values[0, 5]  # ties
+    assert torch.equal(sorted_rows(values), values.sort(-1).values)
