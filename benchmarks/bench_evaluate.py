@@ -10,7 +10,8 @@ Quantus (which broadcasts it over the channels), and Quantus is called with norm
 metric's numbers are compared (largest absolute difference) and timed as the median over --rounds. Perturbation
 metrics run a few steps only (--steps; 4 regions for region perturbation and selectivity), since each step is one
 forward pass of the whole batch in both libraries and Quantus takes minutes per metric at 224x224 on two shared
-cores. Metrics under a second get at least five rounds.
+cores. Metrics under a second get at least five rounds. Each relprop metric is timed with the runner's memory of
+scored copies cleared, except the row of selectivity after region perturbation (the copies they share).
 """
 from __future__ import annotations
 
@@ -68,8 +69,12 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
         return lambda: np.asarray(metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a, s_batch=s_np,
                                          device="cpu", channel_first=True, softmax=softmax), dtype=np.float64)
 
-    def r(call, pick):
-        return lambda: pick(call()).numpy()
+    def r(call, pick, remember=False):
+        def timed():
+            if not remember:
+                runner.seen.clear()  # each metric's own forward passes, not those of the metric before it
+            return pick(call()).numpy()
+        return timed
 
     return {
         f"pixel_flipping ({steps} steps)": (
@@ -85,6 +90,10 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
         f"selectivity ({patch}px patches)": (
             r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=patch, softmax=True,
                                            batch_size=batch_size), lambda res: res.curves["morf"][:, 1:]),
+            q(quantus.Selectivity(patch_size=patch, perturb_baseline="black", **common), True)),
+        f"selectivity ({patch}px patches) after region_perturbation on the same runner": (
+            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=patch, softmax=True,
+                                           batch_size=batch_size), lambda res: res.curves["morf"][:, 1:], True),
             q(quantus.Selectivity(patch_size=patch, perturb_baseline="black", **common), True)),
         f"faithfulness_estimate ({steps} steps)": (
             r(lambda: evaluate.faithfulness_estimate(runner, x, relevance, features_in_step=per_step,

@@ -101,6 +101,23 @@ def test_copies_equal_to_their_sample_take_the_clean_output_without_a_forward_pa
     assert model.passes == [3, 4, 2]
 
 
+def test_a_copy_the_runner_scored_before_costs_no_second_forward_pass():
+    model = RowCounter(small_cnn())
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    shared = evaluate.Runner(model, x, 1, batch_size=64)
+    aopc = evaluate.region_perturbation(shared, x, relevance, patch_size=4)
+    assert model.passes == [3, 12]  # x, then 4 regions removed one by one for 3 samples
+    selectivity = evaluate.selectivity(shared, x, relevance, patch_size=4)  # the same copies: no pass at all
+    lerf = evaluate.region_perturbation(shared, x, relevance, patch_size=4, order="lerf")
+    assert model.passes == [3, 12, 9]  # LeRF's last copy (all removed) is MoRF's
+    fresh = evaluate.Runner(small_cnn(), x, 1)
+    assert torch.equal(selectivity.curves["morf"], evaluate.selectivity(fresh, x, relevance, patch_size=4).curves["morf"])
+    assert torch.equal(selectivity.curves["morf"], aopc.curves["morf"])
+    torch.testing.assert_close(lerf.curves["lerf"], evaluate.region_perturbation(
+        fresh, x, relevance, patch_size=4, order="lerf").curves["lerf"], rtol=0, atol=1e-12)
+
+
 def test_result_summary_and_dataframe():
     pytest.importorskip("pandas")
     result = evaluate.Result("m", torch.tensor([1.0, 3.0, float("nan")], dtype=torch.float64), True,
