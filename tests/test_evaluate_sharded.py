@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from relprop import evaluate
-from relprop.datasets.work import ModelSpec
 from tests.evaluate_models import small_cnn
 
 ray = pytest.importorskip("ray")
@@ -48,21 +47,6 @@ def test_ray_engine_gives_the_local_engines_scores_curves_and_errors_for_tensors
     assert_same(on_ray, local)
 
 
-def test_ray_engine_loads_a_model_spec_in_each_actor_and_reads_the_demo_images_there(local_ray):
-    spec = ModelSpec("demo")
-    arguments = dict(methods=["epsilon_plus"], metrics=["relevance_mass_accuracy", "pointing_game", "aopc"],
-                     batch_size=3, options={"aopc": {"patch_size": 8, "steps": 2}})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = evaluate.benchmark(spec, evaluate.DemoImages(7), **arguments)
-    finally:
-        torch.set_num_threads(threads)
-    on_ray = evaluate.benchmark(spec, evaluate.DemoImages(7), engine="ray", workers=2, **arguments)
-    assert not local.errors and len(local.scores["epsilon_plus", "aopc"]) == 7
-    assert_same(on_ray, local)
-
-
 def test_ray_engine_refuses_data_its_actors_cannot_read_by_batch_number():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="engine='ray' needs data whose batches the actors can read by number"):
@@ -72,6 +56,7 @@ def test_ray_engine_refuses_data_its_actors_cannot_read_by_batch_number():
 
 
 def test_cli_evaluate_with_the_ray_engine_writes_the_local_engines_scores(tmp_path):
+    # the CLI hands the actors a model spec (each loads the demo model) and DemoImages (each reads its batches)
     from tests.test_evaluate_benchmark import relprop_cli
 
     arguments = ["evaluate", "demo", "--model", "demo", "--count", "5", "--batch-size", "2", "--methods",
