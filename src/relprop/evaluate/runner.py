@@ -19,7 +19,7 @@ import torch
 
 from .inputs import check_input
 
-SEEN_LIMIT = 2 ** 20  # copies a runner remembers the score of (about 150 MiB at most)
+SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
 class Runner:
