@@ -120,6 +120,14 @@ def compare(model, x, target, relevance, masks):
     gap("top_k_intersection", call(quantus.TopKIntersection(k=20, **common)),
         evaluate.top_k_intersection(x, relevance, masks, k=20).scores)
     gap("auc", call(quantus.AUC(**common)), evaluate.auc(x, relevance, masks).scores)
+    # Focus on the inputs as mosaics (one row of quadrant flags each); Quantus's evaluate_batch also runs on
+    # non-square relevance, which its __call__ cannot feed through this square model
+    quadrants = [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 1, 0, 1]][:len(x)]
+    gap("focus", call(quantus.Focus(**common), custom_batch=quadrants),
+        evaluate.focus(x, relevance, quadrants).scores)
+    wide = torch.randn(len(x), 1, 10, 15, generator=torch.Generator().manual_seed(3))
+    gap("focus_non_square", quantus.Focus(**common).evaluate_batch(a_batch=wide.numpy(), c_batch=quadrants),
+        evaluate.focus(wide, wide, quadrants).scores)
 
     magnitudes = dict(normalise=False, abs=True, disable_warnings=True)
     # Quantus adds 1e-7 to every |R| before the Gini index: relprop gets the same magnitudes

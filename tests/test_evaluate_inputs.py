@@ -72,6 +72,52 @@ def test_a_shared_runner_runs_the_clean_forward_pass_once():
         evaluate.pixel_flipping(runner, x + 1, relevance)
 
 
+class RowCounter(torch.nn.Module):
+    """A model that records how many rows each forward pass gets."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.passes = model, []
+
+    def forward(self, x):
+        self.passes.append(len(x))
+        return self.model(x)
+
+
+def test_copies_equal_to_their_sample_take_the_clean_output_without_a_forward_pass():
+    model = RowCounter(small_cnn())
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 1, batch_size=8)
+    shifts = torch.tensor([0.0, 0.5, 0.0, 1.0], dtype=torch.float64)  # steps 0 and 2 leave the sample as it is
+
+    def perturb(rows, steps):
+        return x[rows] + shifts[steps].view(-1, 1, 1, 1)
+
+    scores = runner.scores(4, perturb)
+    with torch.no_grad():
+        expected = torch.stack([model.model(x + shift)[:, 1] for shift in shifts], 1)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    # x, then chunks of 8 and 4 (sample, step) pairs, of which only the shifted half runs
+    assert model.passes == [3, 4, 2]
+
+
+def test_a_copy_the_runner_scored_before_costs_no_second_forward_pass():
+    model = RowCounter(small_cnn())
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    shared = evaluate.Runner(model, x, 1, batch_size=64)
+    aopc = evaluate.region_perturbation(shared, x, relevance, patch_size=4)
+    assert model.passes == [3, 12]  # x, then 4 regions removed one by one for 3 samples
+    selectivity = evaluate.selectivity(shared, x, relevance, patch_size=4)  # the same copies: no pass at all
+    lerf = evaluate.region_perturbation(shared, x, relevance, patch_size=4, order="lerf")
+    assert model.passes == [3, 12, 9]  # LeRF's last copy (all removed) is MoRF's
+    fresh = evaluate.Runner(small_cnn(), x, 1)
+    assert torch.equal(selectivity.curves["morf"], evaluate.selectivity(fresh, x, relevance, patch_size=4).curves["morf"])
+    assert torch.equal(selectivity.curves["morf"], aopc.curves["morf"])
+    torch.testing.assert_close(lerf.curves["lerf"], evaluate.region_perturbation(
+        fresh, x, relevance, patch_size=4, order="lerf").curves["lerf"], rtol=0, atol=1e-12)
+
+
 def test_result_summary_and_dataframe():
     pytest.importorskip("pandas")
     result = evaluate.Result("m", torch.tensor([1.0, 3.0, float("nan")], dtype=torch.float64), True,
@@ -91,3 +137,12 @@ def test_importing_evaluate_loads_no_optional_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
+def test_sorted_rows_equals_torch_sort_whichever_library_sorts(dtype):
+    from relprop.evaluate.inputs import sorted_rows
+
+    values = (torch.randn(3, 50) * 10).to(dtype)
+    values[0, :5] = values[0, 5]  # ties
+    assert torch.equal(sorted_rows(values), values.sort(-1).values)

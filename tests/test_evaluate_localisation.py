@@ -97,3 +97,42 @@ def test_masks_shaped_like_the_input_count_where_any_channel_is_set(case):
     per_channel[:, 1] = masks
     assert torch.equal(evaluate.relevance_mass_accuracy(x, relevance, per_channel).scores,
                        evaluate.relevance_mass_accuracy(x, relevance, masks).scores)
+
+
+@pytest.mark.parametrize("height, width", [(6, 6), (6, 10), (7, 5)])
+def test_focus_is_the_positive_relevance_share_of_the_target_quadrants_also_on_non_square_mosaics(height, width):
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, height, width, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    quadrants = [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [1, 1, 1, 0]]
+    scores = evaluate.focus(x, relevance, quadrants).scores
+    for n, marks in enumerate(quadrants):
+        r = np.clip(relevance[n].numpy().sum(0), 0, None)
+        half_h, half_w = height // 2, width // 2  # rows first: height splits top from bottom
+        blocks = [r[:half_h, :half_w], r[:half_h, half_w:], r[half_h:, :half_w], r[half_h:, half_w:]]
+        assert scores[n].item() == pytest.approx(sum(b.sum() for b, m in zip(blocks, marks) if m) / r.sum())
+    with pytest.raises(ValueError, match="at least one quadrant of the target class and one of another"):
+        evaluate.focus(x, relevance, [[1, 1, 1, 1]] + quadrants[1:])
+
+
+def test_focus_counts_relevance_on_the_tile_a_mosaic_put_in_each_quadrant():
+    tiles = torch.zeros(1, 4, 1, 2, 3)
+    for position in range(4):
+        tiles[0, position] = position + 1.0
+    image = evaluate.mosaic(tiles)
+    assert image.shape == (1, 1, 4, 6)
+    assert image[0, 0].tolist() == [[1, 1, 1, 2, 2, 2]] * 2 + [[3, 3, 3, 4, 4, 4]] * 2
+    # relevance equal to the image: the bottom-right tile holds 4 / (1 + 2 + 3 + 4) of it
+    assert evaluate.focus(image, image, [[0, 0, 0, 1]]).scores.item() == pytest.approx(0.4)
+
+
+def test_focus_refuses_bad_quadrants_and_inputs_without_two_location_dimensions(case):
+    x, relevance, _ = case
+    with pytest.raises(ValueError, match=r"quadrants must be \(N, 4\) flags"):
+        evaluate.focus(x, relevance, [[1, 0, 0]] * 3)
+    with pytest.raises(ValueError, match="quadrants has 2 rows for 3 mosaics"):
+        evaluate.focus(x, relevance, [[1, 0, 0, 0]] * 2)
+    with pytest.raises(ValueError, match="needs images"):
+        evaluate.focus(x[:, :, 0], relevance[:, :, 0], [[1, 0, 0, 0]] * 3)
+    with pytest.raises(ValueError, match="four images per mosaic"):
+        evaluate.mosaic(x)

@@ -30,7 +30,7 @@ def test_metrics_both_define_equal_quantus():
     assert set(gaps) == {"pixel_flipping", "region_perturbation_morf", "region_perturbation_lerf", "selectivity",
                          "faithfulness_estimate", "irof", "sufficiency", "relevance_mass_accuracy",
                          "relevance_rank_accuracy", "pointing_game", "attribution_localisation", "top_k_intersection",
-                         "auc", "sparseness", "complexity", "effective_complexity", "noisy_linear_imputation"}
+                         "auc", "focus", "focus_non_square", "sparseness", "complexity", "effective_complexity", "noisy_linear_imputation"}
     # float32 models: what is left is the order of float32 sums in batches of different make-up
     assert max(gaps.values()) < 1e-5, gaps
 

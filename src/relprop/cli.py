@@ -911,14 +911,21 @@ def _names(values, default):
               show_default=True, help="folder for table.md, table.csv, ranking.csv, scores.csv and report.html")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="samples per batch and perturbed copies per forward pass")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (local engine)")
 @click.option("--size", type=click.IntRange(min=1), default=None, help="resize and centre-crop images to SIZE")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: spread the batches over Ray actors, as relprop run does")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="--engine ray: how many actors "
+              "(default: one per GPU, else one per CPU)")
+@click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT (default: start "
+              "Ray on this machine)")
 def evaluate_command(data, model_spec, weights, method_names, metric_names, count, patch_size, out, batch_size,
-                     device, size):
+                     device, size, engine, workers, address):
     """Measure explanations: DATA is demo (generated images with object masks) or image files/folders."""
     from . import composites
     from .evaluate import benchmark, methods as evaluate_methods
     from .evaluate.benchmark import METRICS
+    from .datasets.work import ModelSpec, RunError
     from .evaluate.sources import DemoImages, ImageFiles
     from .loading import collect_images, load_model
 
@@ -934,6 +941,8 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
                                                      "pointing_game", "attribution_localisation",
                                                      "top_k_intersection", "auc")):
         raise Failure("localisation metrics need object masks, which only DATA=demo has; pass --metrics without them")
+    if (address is not None or workers is not None) and engine != "ray":
+        raise Failure("--address and --workers go with --engine ray; add it")
     torch_device = resolve_device(device)
     try:
         loaded = load_model(model_spec, weights)
@@ -948,11 +957,15 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     loaded.model.to(torch_device)
     with Staging(out) as staging:
         try:
-            result = benchmark(loaded.model, source, methods, metrics, batch_size=batch_size, progress=True,
-                               device=torch_device, method_options=method_options,
+            # Ray actors load the model from its spec themselves, as relprop run's do
+            model = loaded.model if engine == "local" else ModelSpec(
+                model_spec, None if weights is None else str(weights), loaded.model)
+            result = benchmark(model, source, methods, metrics, batch_size=batch_size, progress=True,
+                               device=torch_device, method_options=method_options, engine=engine, workers=workers,
+                               address=address,
                                options={"aopc": {"patch_size": patch_size}, "aopc_lerf": {"patch_size": patch_size},
                                         "selectivity": {"patch_size": patch_size}})
-        except (ValueError, TypeError, RuntimeError) as error:
+        except (ValueError, TypeError, RuntimeError, RunError) as error:
             raise Failure(" ".join(str(error).split())) from None
         result.save(staging.path)
         staging.commit()

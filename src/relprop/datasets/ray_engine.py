@@ -4,7 +4,8 @@ Each actor loads the model once (one actor per GPU when the cluster has GPUs, el
 whole chunks with the same code as the local engine and writes them straight into the store, which must therefore
 be on storage every node sees (a network file system, or an object store through Zarr's fsspec support). The
 driver only collects each chunk's failures into the store's ``skipped`` list and shows progress. Ray is imported
-here and nowhere else.
+here and nowhere else; ``map_on_actors`` (the pool itself) also spreads ``relprop evaluate``'s batches
+(evaluate/sharded.py).
 """
 from __future__ import annotations
 
@@ -57,10 +58,26 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
     """Explain the chunks starting at starts with a pool of actors; progress comes chunk by chunk."""
     if not starts:
         return
-    import ray
-
     from .runner import record_failures
 
+    def finished(row):
+        start, count = int(row["start"]), int(row["count"])
+        failures = json.loads(row["failures"])
+        record_failures(driver.group, failures, start, start + count)
+        on_batch(count)
+        on_done(count, failures)
+
+    job = Job(model, source, settings, str(store), shapes)  # small: a model travels as its spec when it has one
+    map_on_actors(ChunkActor, job, [{"start": start} for start in starts], workers, address, finished,
+                  "chunks finished so far are kept, so the same command resumes")
+
+
+def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after_failure: str) -> None:
+    """Each item (a small dict) through actor(job) on a pool of Ray actors; on_row(row) on the driver per result.
+
+    One actor per GPU when the cluster has GPUs, else one per CPU slot, never more than items; workers overrides.
+    Rows come back in the order they finish. after_failure completes the message of a failed run."""
+    import ray
     import ray.data
 
     # Ray Data's lines about execution plans and progress bars would bury relprop's own progress lines
@@ -73,23 +90,17 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         actors = workers or gpus or max(1, int(resources.get("CPU", 1)))
-        actors = max(1, min(actors, len(starts)))
+        actors = max(1, min(actors, len(items)))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # relprop shows its own progress
-        job = Job(model, source, settings, str(store), shapes)  # small: a model travels as its spec when it has one
-        chunks = ray.data.from_items([{"start": start} for start in starts], override_num_blocks=len(starts))
-        results = chunks.map_batches(ChunkActor, fn_constructor_kwargs={"job": job}, batch_size=1,
-                                     compute=ray.data.ActorPoolStrategy(size=actors),
-                                     num_gpus=1 if gpus else 0, num_cpus=0.5 if gpus else 1)
+        rows = ray.data.from_items(items, override_num_blocks=len(items))
+        results = rows.map_batches(actor, fn_constructor_kwargs={"job": job}, batch_size=1,
+                                   compute=ray.data.ActorPoolStrategy(size=actors),
+                                   num_gpus=1 if gpus else 0, num_cpus=0.5 if gpus else 1)
         for row in results.iter_rows():
-            start, count = int(row["start"]), int(row["count"])
-            failures = json.loads(row["failures"])
-            record_failures(driver.group, failures, start, start + count)
-            on_batch(count)
-            on_done(count, failures)
+            on_row(row)
     except ray.exceptions.RayError as error:
-        raise RunError(f"the Ray run failed: {' '.join(str(error).split())[:2000]}; chunks finished so far are kept, "
-                       "so the same command resumes") from error
+        raise RunError(f"the Ray run failed: {' '.join(str(error).split())[:2000]}; {after_failure}") from error
     finally:
         if started:
             ray.shutdown()

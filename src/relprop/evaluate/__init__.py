@@ -11,7 +11,7 @@ from .complexity import complexity, effective_complexity, sparseness
 from .faithfulness import (faithfulness_correlation, faithfulness_estimate, infidelity, irof, monotonicity,
                            noisy_linear_imputation, pixel_flipping, region_perturbation, road, selectivity,
                            sensitivity_n, sufficiency, superpixels)
-from .localisation import (attribution_localisation, auc, pointing_game, relevance_mass_accuracy,
+from .localisation import (attribution_localisation, auc, focus, mosaic, pointing_game, relevance_mass_accuracy,
                            relevance_rank_accuracy, top_k_intersection)
 from .randomisation import model_parameter_randomisation, random_logit
 from .result import Result
@@ -21,7 +21,7 @@ from .runner import Runner
 __all__ = ["Result", "Runner", "pixel_flipping", "region_perturbation", "selectivity", "faithfulness_correlation",
            "faithfulness_estimate", "monotonicity", "sensitivity_n", "irof", "road", "noisy_linear_imputation",
            "superpixels", "infidelity", "sufficiency", "relevance_mass_accuracy", "relevance_rank_accuracy",
-           "pointing_game", "attribution_localisation", "top_k_intersection", "auc", "model_parameter_randomisation",
+           "pointing_game", "attribution_localisation", "top_k_intersection", "auc", "focus", "mosaic", "model_parameter_randomisation",
            "random_logit", "max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "sparseness",
            "complexity", "effective_complexity", "completeness", "input_invariance", "non_sensitivity"]
 

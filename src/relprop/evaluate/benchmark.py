@@ -138,12 +138,37 @@ def batches(data, batch_size: int):
         yield from data.batches(batch_size)
         return
     if isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
-        count = len(data[0])
-        for start in range(0, count, batch_size):
-            yield _batch(tuple(part[start:start + batch_size] if part is not None else None for part in data))
+        yield from TensorBatches(data).batches(batch_size)
         return
     for item in data:
         yield _batch(item)
+
+
+class Numbered:
+    """batches() from batch(index, batch_size) over len(self) samples; batch() may give None (nothing readable)."""
+
+    def batch_count(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int):
+        for index in range(self.batch_count(batch_size)):
+            batch = self.batch(index, batch_size)
+            if batch is not None:
+                yield batch
+
+
+class TensorBatches(Numbered):
+    """A tuple of tensors (x, label[, mask]) for the whole set, read by batch number."""
+
+    def __init__(self, parts: tuple):
+        self.parts = parts
+
+    def __len__(self):
+        return len(self.parts[0])
+
+    def batch(self, index: int, batch_size: int) -> Batch:
+        start = index * batch_size
+        return _batch(tuple(part[start:start + batch_size] if part is not None else None for part in self.parts))
 
 
 def _batch(item) -> Batch:
@@ -167,6 +192,60 @@ def _labels(labels):
 
 def _mask(mask):
     return None if mask is None else torch.as_tensor(mask).bool()
+
+
+@dataclass
+class Plan:
+    """What benchmark() computes on each batch; small and picklable, so Ray actors receive it."""
+
+    methods: dict  # label -> method name or callable(model, x, target)
+    metrics: list
+    target: str
+    batch_size: int
+    options: dict
+    method_options: dict
+
+    def explainers(self) -> dict:
+        return {label: explainer(spec, **self.method_options.get(label, {})) for label, spec in self.methods.items()}
+
+    def evaluate(self, model, explainers: dict, batch: Batch, device=None, skip=()) -> dict:
+        """(method, metric) -> Result, or the message of why it could not be computed, for one batch."""
+        if device is not None:
+            batch.x = batch.x.to(device)
+            batch.mask = None if batch.mask is None else batch.mask.to(device)
+        runner = Runner(model, batch.x, batch_size=self.batch_size)
+        if self.target == "label" and batch.label is not None:
+            labels = batch.label.to(runner.target.device)
+            runner.target = torch.where(labels >= 0, labels, runner.target)
+            runner.clean = runner.pick(runner.output, runner.target)
+        outcomes = {}
+        for label, explain in explainers.items():
+            if label in batch.relevance:
+                relevance = batch.relevance[label].to(batch.x)
+                explanation = relevance
+            else:
+                explanation = explain(model, batch.x, runner.target)
+                relevance = getattr(explanation, "relevance", explanation).detach()
+            context = Context(model, runner, batch, relevance, explain, self.batch_size, self.options, explanation)
+            for metric in self.metrics:
+                if (label, metric) in skip:
+                    continue
+                try:
+                    outcomes[label, metric] = METRICS[metric](context, metric)
+                except (ValueError, TypeError, ImportError) as error:  # e.g. no masks, a method without delta
+                    outcomes[label, metric] = " ".join(str(error).split())
+        return outcomes
+
+
+def _merge(outcomes: dict, accumulators: dict, errors: dict) -> None:
+    """One batch's outcomes into the accumulators; a pair that failed once stays failed (and keeps earlier scores)."""
+    for key, outcome in outcomes.items():
+        if key in errors:
+            continue
+        if isinstance(outcome, str):
+            errors[key] = outcome
+        else:
+            accumulators[key].add(outcome)
 
 
 class _Accumulator:
@@ -292,12 +371,15 @@ def _cell(value, digits):
 def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game",
                                              "aopc", "randomisation"),
               *, target="label", batch_size: int = 32, options: dict | None = None, method_options: dict | None = None,
-              progress: bool = False, device=None) -> BenchmarkResult:
+              progress: bool = False, device=None, engine: str = "local", workers: int | None = None,
+              address: str | None = None) -> BenchmarkResult:
     """Evaluate every method by every metric on data, streaming batch by batch (see the module docstring).
 
     methods: names (composites or attribution methods, see methods.names()), or a dict label -> name or
     callable(model, x, target). target: "label" (the data's labels; the predicted class where unknown) or
     "predicted". options: metric name -> keyword arguments; method_options: method label -> keyword arguments.
+    engine "ray": the batches are spread over Ray actors as ``relprop run`` spreads chunks (workers actors, the
+    cluster at address or a local Ray), with the same results (see sharded.py).
     """
     if isinstance(methods, str):
         methods = [methods]
@@ -308,8 +390,9 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
         raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     if target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
-    options, method_options = options or {}, method_options or {}
-    explainers = {label: explainer(spec, **method_options.get(label, {})) for label, spec in methods.items()}
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    plan = Plan(methods, metrics, target, batch_size, options or {}, method_options or {})
     accumulators = {(m, k): _Accumulator() for m in methods for k in metrics}
     errors = {}
     bar = None
@@ -319,34 +402,18 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
         from tqdm import tqdm
 
         bar = tqdm(unit="batch", file=sys.stderr, disable=None, leave=False)
-    for batch in batches(data, batch_size):
-        if device is not None:
-            batch.x = batch.x.to(device)
-            batch.mask = None if batch.mask is None else batch.mask.to(device)
-        runner = Runner(model, batch.x, batch_size=batch_size)
-        if target == "label" and batch.label is not None:
-            labels = batch.label.to(runner.target.device)
-            runner.target = torch.where(labels >= 0, labels, runner.target)
-            runner.clean = runner.pick(runner.output, runner.target)
-        for label, explain in explainers.items():
-            if label in batch.relevance:
-                relevance = batch.relevance[label].to(batch.x)
-                explanation = relevance
-            else:
-                explanation = explain(model, batch.x, runner.target)
-                relevance = getattr(explanation, "relevance", explanation).detach()
-            context = Context(model, runner, batch, relevance, explain, batch_size, options, explanation)
-            for metric in metrics:
-                if (label, metric) in errors:
-                    continue
-                try:
-                    accumulators[label, metric].add(METRICS[metric](context, metric))
-                except (ValueError, TypeError, ImportError) as error:  # e.g. no masks, a method without delta
-                    errors[label, metric] = " ".join(str(error).split())
+    if engine == "ray":
+        from .sharded import evaluate_on_ray
+
+        for outcomes in evaluate_on_ray(model, data, plan, workers, address, bar.update if bar is not None else lambda: None):
+            _merge(outcomes, accumulators, errors)
+    else:
+        model = model.load() if hasattr(model, "load") else model  # a model spec, as relprop run takes
+        explainers = plan.explainers()
+        for batch in batches(data, batch_size):
+            _merge(plan.evaluate(model, explainers, batch, device, skip=errors), accumulators, errors)
             if bar is not None:
-                bar.set_postfix_str(label)
-        if bar is not None:
-            bar.update(1)
+                bar.update(1)
     if bar is not None:
         bar.close()
     scores = {key: torch.cat(acc.scores) for key, acc in accumulators.items() if acc.scores}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .inputs import channel_axis, check_input, pooled, relevance_of
+from .inputs import channel_axis, check_input, pooled, relevance_of, sorted_rows
 from .result import Result
 
 
@@ -24,7 +24,7 @@ def _magnitudes(x, relevance, channel_dim, pooling):
 
 def sparseness(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
     """Gini index of |R| (Chalasani et al. 2020); samples whose relevance is all zero get NaN."""
-    a = _magnitudes(x, relevance, channel_dim, pooling).sort(1).values.double()  # sorted in float32, summed in float64
+    a = sorted_rows(_magnitudes(x, relevance, channel_dim, pooling)).double()  # sorted in float32, summed in float64
     d = a.shape[1]
     weights = 2 * torch.arange(1, d + 1, dtype=a.dtype, device=a.device) - d - 1
     total = a.sum(1)

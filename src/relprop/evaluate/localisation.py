@@ -12,14 +12,18 @@ sum-pos, max-norm, L1, L2, L2^2, or plain sum; see inputs.POOLINGS). GT is the m
   decisions with LRP"): mu = sum_{p in GT} R_p^+ / sum_p R_p^+; ``weighted``: mu * (#locations / |GT|).
 - Top-k intersection (Theiner et al. 2022, "Interpretable semantic photo geolocation"): |P_top-k ∩ GT| / k;
   ``concept_influence``: times #locations / |GT|.
+- Focus (Arias-Duart et al. 2022, "Focus! Rating XAI methods and finding biases"): on a 2x2 mosaic of images
+  whose quadrants Q_t hold the target class, sum_{p in Q_t} R_p^+ / sum_p R_p^+. Quadrants split at H // 2 and
+  W // 2; it is attribution localisation with the target quadrants as the mask.
 - AUC (Fawcett 2006): the area under the ROC curve of R_p as a score for "p in GT", computed as the Mann-Whitney
-  statistic with average ranks for ties.
+  statistic: the share of (inside, outside) pairs whose inside location scores higher, ties counting half (counted
+  by binary search of each inside score among the sorted outside scores).
 """
 from __future__ import annotations
 
 import torch
 
-from .inputs import channel_axis, check_input, check_masks, pooled, relevance_of
+from .inputs import channel_axis, check_input, check_masks, location_shape, pooled, relevance_of, sorted_rows
 from .result import Result
 
 
@@ -85,6 +89,51 @@ def attribution_localisation(x, relevance, masks, *, weighted: bool = False, poo
     return Result("attribution_localisation", scores, True, {"weighted": weighted, "pooling": pooling})
 
 
+QUADRANTS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+def quadrant_masks(quadrants, height: int, width: int) -> torch.Tensor:
+    """(N, height, width) bool: the union of each sample's marked quadrants (QUADRANTS order)."""
+    marks = torch.as_tensor(quadrants).bool()
+    if marks.dim() != 2 or marks.shape[1] != 4:
+        raise ValueError(f"quadrants must be (N, 4) flags in the order {', '.join(QUADRANTS)}, got shape "
+                         f"{tuple(marks.shape)}")
+    top = torch.arange(height).view(-1, 1) < height // 2
+    left = torch.arange(width).view(1, -1) < width // 2
+    parts = torch.stack([top & left, top & ~left, ~top & left, ~top & ~left])  # (4, H, W)
+    return (marks.view(-1, 4, 1, 1) & parts).any(1)
+
+
+def mosaic(tiles: torch.Tensor) -> torch.Tensor:
+    """(N, C, 2H, 2W) mosaics from tiles (N, 4, C, H, W) laid out in QUADRANTS order."""
+    if tiles.dim() != 5 or tiles.shape[1] != 4:
+        raise ValueError(f"tiles must be (N, 4, C, H, W): four images per mosaic, got shape {tuple(tiles.shape)}")
+    top = torch.cat([tiles[:, 0], tiles[:, 1]], -1)
+    return torch.cat([top, torch.cat([tiles[:, 2], tiles[:, 3]], -1)], -2)
+
+
+def focus(x, relevance, quadrants, *, pooling="sum", channel_dim="auto") -> Result:
+    """Share of positive relevance in the quadrants of the target class on mosaics (Arias-Duart et al. 2022)."""
+    x = check_input(x)
+    axis = channel_axis(x, channel_dim)
+    locations = location_shape(x, axis)
+    if len(locations) != 2:
+        raise ValueError(f"focus needs images (2-D locations) to cut into 2x2 mosaics, got locations {locations}")
+    if len(torch.as_tensor(quadrants)) != len(x):
+        raise ValueError(f"quadrants has {len(torch.as_tensor(quadrants))} rows for {len(x)} mosaics; give one row "
+                         "of 4 flags per mosaic")
+    marks = torch.as_tensor(quadrants).bool()
+    inside = quadrant_masks(marks, *locations).to(x.device).flatten(1)
+    if bool((~marks.any(1) | marks.all(1)).any()):
+        raise ValueError("every mosaic needs at least one quadrant of the target class and one of another class; "
+                         f"quadrants {marks.long().tolist()} has rows with none or all four set")
+    positive = pooled(relevance_of(relevance, x), axis, pooling).flatten(1).clamp(min=0)
+    total = positive.sum(1, dtype=torch.float64)
+    scores = (positive * inside).sum(1, dtype=torch.float64) / total
+    scores[total == 0] = float("nan")
+    return Result("focus", scores, True, {"pooling": pooling})
+
+
 def top_k_intersection(x, relevance, masks, *, k: int = 1000, concept_influence: bool = False, pooling="sum",
                        channel_dim="auto") -> Result:
     """Share of the k most relevant locations inside the mask (Theiner et al. 2022)."""
@@ -102,24 +151,21 @@ def auc(x, relevance, masks, *, pooling="sum", channel_dim="auto") -> Result:
     """Area under the ROC curve of relevance as a detector of the mask (Fawcett 2006); ties count half."""
     r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
     scores = torch.empty(len(r), dtype=torch.float64, device=r.device)
-    for n in range(len(r)):  # average ranks per sample; one sort each
-        ranks = _average_ranks(r[n])
-        positives = gt[n].sum().double()
-        negatives = gt.shape[1] - positives
-        scores[n] = (ranks[gt[n]].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    for n in range(len(r)):  # masks differ in size, so one sample at a time
+        inside, outside = r[n][gt[n]], r[n][~gt[n]]
+        scores[n] = _higher_pairs(inside, outside) / (len(inside) * len(outside))
     return Result("auc", scores, True, {"pooling": pooling})
 
 
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks with ties given their average rank (as scipy.stats.rankdata does)."""
-    sorted_values, order = values.sort(stable=True)
-    new = torch.ones_like(sorted_values, dtype=torch.bool)
-    new[1:] = sorted_values[1:] != sorted_values[:-1]
-    group = new.cumsum(0) - 1
-    positions = torch.arange(1, len(values) + 1, dtype=torch.float64, device=values.device)
-    first = torch.zeros(int(group[-1]) + 1, dtype=torch.float64, device=values.device).scatter_reduce(
-        0, group, positions, "amin", include_self=False)
-    last = torch.zeros_like(first).scatter_reduce(0, group, positions, "amax", include_self=False)
-    ranks = torch.empty_like(positions)
-    ranks[order] = ((first + last) / 2)[group]
-    return ranks
+def _higher_pairs(inside: torch.Tensor, outside: torch.Tensor) -> float:
+    """How many (inside, outside) pairs have the inside value higher, ties counting half."""
+    inside, outside = sorted_rows(inside), sorted_rows(outside)  # sorted queries search faster (cache)
+    if inside.device.type == "cpu":
+        import numpy as np
+
+        def below(side):
+            return int(np.searchsorted(outside.numpy(), inside.numpy(), side).sum())
+    else:
+        def below(side):
+            return int(torch.searchsorted(outside, inside, side=side).sum())
+    return (below("left") + below("right")) / 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .localisation import _average_ranks, _top
+from .localisation import _top
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,3 +44,18 @@ def top_k(a: torch.Tensor, b: torch.Tensor, k: int = 100) -> torch.Tensor:
 
 
 SIMILARITIES = {"spearman": spearman, "ssim": ssim, "top_k": top_k}
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks with ties given their average rank (as scipy.stats.rankdata does)."""
+    sorted_values, order = values.sort(stable=True)
+    new = torch.ones_like(sorted_values, dtype=torch.bool)
+    new[1:] = sorted_values[1:] != sorted_values[:-1]
+    group = new.cumsum(0) - 1
+    positions = torch.arange(1, len(values) + 1, dtype=torch.float64, device=values.device)
+    first = torch.zeros(int(group[-1]) + 1, dtype=torch.float64, device=values.device).scatter_reduce(
+        0, group, positions, "amin", include_self=False)
+    last = torch.zeros_like(first).scatter_reduce(0, group, positions, "amax", include_self=False)
+    ranks = torch.empty_like(positions)
+    ranks[order] = ((first + last) / 2)[group]
+    return ranks

@@ -1,20 +1,21 @@
 """Data sources for benchmark(): the demo's generated images with object masks, image files, and the explanation
 store of ``relprop run`` (its relevance evaluated as stored, not computed again).
 
-Each has ``batches(batch_size)`` yielding benchmark.Batch objects.
+Each has ``batches(batch_size)`` yielding benchmark.Batch objects, and ``batch(index, batch_size)`` with
+``batch_count(batch_size)`` so that Ray actors read their own batches (sharded.py).
 """
 from __future__ import annotations
 
 import torch
 
-from .benchmark import Batch
+from .benchmark import Batch, Numbered
 
 # The demo benchmark's images: a seed the demo model was not trained on (training used 0 and 1, see
 # demo/training.json).
 DEMO_SEED = 2026
 
 
-class DemoImages:
+class DemoImages(Numbered):
     """count generated images (relprop.demo.generate) with labels and the deciding object's mask, normalised."""
 
     def __init__(self, count: int = 64, seed: int = DEMO_SEED):
@@ -28,13 +29,12 @@ class DemoImages:
     def __len__(self):
         return len(self.x)
 
-    def batches(self, batch_size: int):
-        for start in range(0, len(self.x), batch_size):
-            end = start + batch_size
-            yield Batch(self.x[start:end], self.labels[start:end], self.masks[start:end], self.ids[start:end])
+    def batch(self, index: int, batch_size: int) -> Batch:
+        start, end = index * batch_size, (index + 1) * batch_size
+        return Batch(self.x[start:end], self.labels[start:end], self.masks[start:end], self.ids[start:end])
 
 
-class ImageFiles:
+class ImageFiles(Numbered):
     """Image files read batch by batch through a model's preprocessing; no labels or masks (target: predicted)."""
 
     def __init__(self, files, preprocessing):
@@ -43,25 +43,23 @@ class ImageFiles:
     def __len__(self):
         return len(self.files)
 
-    def batches(self, batch_size: int):
+    def batch(self, index: int, batch_size: int) -> Batch | None:
         from ..loading import open_image
 
-        for start in range(0, len(self.files), batch_size):
-            pixels, ids = [], []
-            for path in self.files[start:start + batch_size]:
-                try:
-                    pixels.append(self.preprocessing.pixels(open_image(path)))
-                    ids.append(str(path))
-                except ValueError as error:
-                    self.failed.append({"file": str(path), "error": str(error)})
-            shapes = {tuple(p.shape) for p in pixels}
-            if len(shapes) > 1:
-                raise ValueError(f"images of different sizes {sorted(shapes)}; pass --size to resize them")
-            if pixels:
-                yield Batch(self.preprocessing.normalize(torch.stack(pixels)), ids=ids)
+        pixels, ids = [], []
+        for path in self.files[index * batch_size:(index + 1) * batch_size]:
+            try:
+                pixels.append(self.preprocessing.pixels(open_image(path)))
+                ids.append(str(path))
+            except ValueError as error:
+                self.failed.append({"file": str(path), "error": str(error)})
+        shapes = {tuple(p.shape) for p in pixels}
+        if len(shapes) > 1:
+            raise ValueError(f"images of different sizes {sorted(shapes)}; pass --size to resize them")
+        return Batch(self.preprocessing.normalize(torch.stack(pixels)), ids=ids) if pixels else None
 
 
-class StoreBatches:
+class StoreBatches(Numbered):
     """The explained samples of a ``relprop run`` store, read chunk by chunk: inputs from the store's data set (its
     ``data`` spec, or the source given), labels and object masks (``extra/mask``) from the store, and the stored
     relevance under ``label`` (default: the store's composite, or its method), so that benchmark() evaluates what
@@ -70,6 +68,7 @@ class StoreBatches:
     def __init__(self, store, label: str | None = None, source=None):
         from ..datasets import open_source, open_store
 
+        self.arguments = (store, label, source)  # what a Ray actor opens the store again from
         self.store = open_store(store)
         attrs = self.store.attrs
         if attrs["keep"] == "channels":
@@ -88,15 +87,20 @@ class StoreBatches:
     def __len__(self):
         return len(self.positions)
 
-    def batches(self, batch_size: int):
+    def __getstate__(self):
+        return {"arguments": self.arguments}
+
+    def __setstate__(self, state):
+        self.__init__(*state["arguments"])
+
+    def batch(self, index: int, batch_size: int) -> Batch:
         import numpy as np
 
         masks = self.store["extra/mask"] if "extra/mask" in self.store else None
-        for start in range(0, len(self.positions), batch_size):
-            chosen = self.positions[start:start + batch_size]
-            x = torch.stack([self.source.read(int(i)).x for i in chosen])
-            relevance = torch.from_numpy(np.asarray(self.store["relevance"].get_orthogonal_selection(chosen)))
-            labels = torch.from_numpy(np.asarray(self.store["label"].get_orthogonal_selection(chosen)))
-            mask = None if masks is None else torch.from_numpy(np.asarray(masks.get_orthogonal_selection(chosen)))
-            ids = [str(i) for i in self.store["id"].get_orthogonal_selection(chosen)]
-            yield Batch(x, labels, mask, ids, {self.label: relevance.to(x.dtype)})
+        chosen = self.positions[index * batch_size:(index + 1) * batch_size]
+        x = torch.stack([self.source.read(int(i)).x for i in chosen])
+        relevance = torch.from_numpy(np.asarray(self.store["relevance"].get_orthogonal_selection(chosen)))
+        labels = torch.from_numpy(np.asarray(self.store["label"].get_orthogonal_selection(chosen)))
+        mask = None if masks is None else torch.from_numpy(np.asarray(masks.get_orthogonal_selection(chosen)))
+        ids = [str(i) for i in self.store["id"].get_orthogonal_selection(chosen)]
+        return Batch(x, labels, mask, ids, {self.label: relevance.to(x.dtype)})
