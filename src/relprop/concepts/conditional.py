@@ -196,6 +196,18 @@ class Run:
 
     def backward(self, conditions, path):
         """Heatmaps and let-through relevance (condition, sample) for conditions sharing one path of layers."""
+        above, g, explained = self.through(conditions, path)
+        return self.input_relevance(above, g, batched=True), explained
+
+    def layer_relevance(self, conditions, path, name):
+        """Relevance at the output of layer name (condition, *its shape) for conditions on layers above it, and the
+        relevance let through (condition, sample)."""
+        above, g, explained = self.through(conditions, path)
+        tensor = self.tensor(name)
+        return tensor.detach() * self._down(above, tensor, g, name), explained
+
+    def through(self, conditions, path):
+        """(the lowest named layer's output, masked g there with the conditions' dim first, let-through relevance)."""
         targets = list(dict.fromkeys(repr(target) for target, _ in conditions))
         firsts = {}
         for target, _ in conditions:
@@ -218,7 +230,7 @@ class Run:
                                  conditions])
             g = g * masks
             explained = (tensor.detach() * g).reshape(len(conditions), self.batch, -1).sum(-1)
-        return self.input_relevance(above, g, batched=True), explained
+        return above, g, explained
 
     def input_relevance(self, tensor, g, batched: bool) -> torch.Tensor:
         """Relevance at the input from g at tensor (g with the conditions' dim first when batched)."""
