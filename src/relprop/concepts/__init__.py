@@ -5,6 +5,7 @@
   graph.py         the attribution graph: how much of an upper concept's relevance each lower concept gives
   masks.py         LRP with relevance masked or re-weighted at named layers and channels on the way down
   relevance.py     relevance of every channel of a layer, and the top concepts
+  report.py        HTML pages: one image's top concepts, a store's concept atlas (``relprop concepts``)
 """
 from .conditional import Conditional, conditional
 from .graph import Graph, attribution_graph
@@ -12,4 +13,5 @@ from .masks import Masked, masked
 from .maximisation import References, maximise, reference_heatmaps
 from .relevance import concept_relevance, top_concepts
 
-__all__ = ["Conditional", "conditional", "Graph", "attribution_graph", "Masked", "masked", "References", "maximise", "reference_heatmaps", "concept_relevance", "top_concepts"]
+__all__ = ["Conditional", "conditional", "Graph", "attribution_graph", "Masked", "masked", "References", "maximise",
+           "reference_heatmaps", "concept_relevance", "top_concepts"]
