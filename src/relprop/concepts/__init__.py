@@ -7,11 +7,11 @@
   relevance.py     relevance of every channel of a layer, and the top concepts
   report.py        HTML pages: one image's top concepts, a store's concept atlas (``relprop concepts``)
 """
-from .conditional import Conditional, conditional
+from .conditional import Conditional, conditional, heads
 from .graph import Graph, attribution_graph
 from .masks import Masked, masked
 from .maximisation import References, maximise, reference_heatmaps
-from .relevance import concept_relevance, top_concepts
+from .relevance import concept_relevance, token_relevance, top_concepts
 
 __all__ = ["Conditional", "conditional", "Graph", "attribution_graph", "Masked", "masked", "References", "maximise",
-           "reference_heatmaps", "concept_relevance", "top_concepts"]
+           "reference_heatmaps", "concept_relevance", "token_relevance", "top_concepts", "heads"]

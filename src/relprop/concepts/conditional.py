@@ -25,6 +25,7 @@ from ..engine.report import Recorded
 from ..lrp import LRP, _buffers_if_training, _logits_policy, _restore_buffers, check_input, output_gradient
 
 TARGET = "y"
+INPUT = ":input"
 
 
 class Held(Recorded):
@@ -89,12 +90,24 @@ def parse(condition, model, target):
     for name, channels in condition.items():
         if name == TARGET:
             continue
-        if name not in known or not isinstance(name, str):
+        if not isinstance(name, str) or module_name(name) not in known:
             close = difflib.get_close_matches(str(name), [n for n in known if n], n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"condition {condition!r}: the model has no module named {name!r}{hint}")
         selected.append((name, channel_selection(name, channels)))
     return condition.get(TARGET, target), tuple(selected)
+
+
+def module_name(name: str) -> str:
+    """The module a condition names: "layer" (its output) or "layer:input" (its first input, e.g. the attention
+    heads' concatenated outputs entering an output projection)."""
+    return name[:-len(INPUT)] if name.endswith(INPUT) else name
+
+
+def heads(indices, head_dim: int) -> list[int]:
+    """The channels of attention heads in their concatenated output (what an output projection's input holds)."""
+    indices = [indices] if isinstance(indices, numbers.Integral) else list(indices)
+    return [head * head_dim + offset for head in indices for offset in range(head_dim)]
 
 
 def channel_selection(name, channels):
@@ -141,6 +154,13 @@ def channel_mask(name, selection, tensor, dim) -> torch.Tensor:
     return mask.reshape(shape)
 
 
+def _input_keeper(inputs: dict, name: str):
+    def keep(module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            inputs.setdefault(name, []).append(args[0])
+    return keep
+
+
 class Run:
     """One forward pass of x under the LRP engine, holding the named layers' outputs for conditional backwards."""
 
@@ -148,22 +168,30 @@ class Run:
         check_input(lrp.model, x)
         self.lrp, self.batch = lrp, len(x)
         self.modules = dict(lrp.model.named_modules())
-        session = Session(lrp.model, lrp.composite, lrp.canonizers, lrp.strict, layers, False, lrp._warned,
+        outputs = [name for name in layers if not name.endswith(INPUT)]
+        session = Session(lrp.model, lrp.composite, lrp.canonizers, lrp.strict, outputs, False, lrp._warned,
                           differentiable=True, elementwise=lrp.elementwise, forward=lrp.forward)
         session.record_as = Held  # differentiable rules: their backward runs batched (out-of-place ops only)
+        inputs: dict[str, list] = {}
+        handles = [self.modules[module_name(name)].register_forward_pre_hook(_input_keeper(inputs, name))
+                   for name in layers if name.endswith(INPUT)]
         self.snapshot = _buffers_if_training(lrp.model)
         try:
             try:
                 output = session.run(x)
             except RuntimeError as error:
                 raise diagnose.forward_failure(lrp.model, x, error) from error
+            finally:
+                for handle in handles:
+                    handle.remove()
             output = lrp._select_output(output)
             diagnose.check_output_batch(output, len(x))
         except BaseException:
             self.close()
             raise
         self.session, self.output = session, _logits_policy(output)[0]
-        self.ran = list(session.recorded)  # in the order the layers finished: inner and earlier layers first
+        self.held = {name: [record.tensor for record in records] for name, records in session.recorded.items()}
+        self.held.update({name: tensors for name, tensors in inputs.items() if tensors})
         self.starts: dict = {}
 
     def close(self):
@@ -171,21 +199,24 @@ class Run:
         self.snapshot = None
 
     def order(self, selected) -> tuple:
-        """The condition's layers from the top of the network down."""
+        """The condition's layers from the top of the network down (by when autograd made their tensors)."""
         for name, _ in selected:
-            if name not in self.session.recorded:
-                ran = difflib.get_close_matches(name, self.ran, n=3)
+            if name not in self.held:
+                ran = difflib.get_close_matches(name, list(self.held), n=3)
                 hint = f" (layers that ran and are named: {', '.join(map(repr, ran))})" if ran else ""
                 raise ValueError(f"layer {name!r} did not run (or its output carries no relevance) for this input, so "
                                  f"no relevance passes through it; condition on a layer of the forward pass{hint}")
-            if len(self.session.recorded[name]) > 1:
-                raise ValueError(f"layer {name!r} ran {len(self.session.recorded[name])} times in one forward pass; "
+            if len(self.held[name]) > 1:
+                raise ValueError(f"layer {name!r} ran {len(self.held[name])} times in one forward pass; "
                                  "condition on a module that runs once (e.g. one of its inner layers)")
-        names = {name for name, _ in selected}
-        return tuple(name for name in reversed(self.ran) if name in names)
+        names = list(dict.fromkeys(name for name, _ in selected))
+        return tuple(sorted(names, key=lambda name: -self.tensor(name).grad_fn._sequence_nr()))
 
     def tensor(self, name):
-        return self.session.recorded[name][0].tensor
+        return self.held[name][0]
+
+    def module(self, name):
+        return self.modules[module_name(name)]
 
     def start(self, target):
         """g at the output for a target (the class indices it names are checked there)."""
@@ -225,7 +256,7 @@ class Run:
             if position:
                 g = self._down(above, tensor, g, name)
                 above = tensor
-            dim = channel_dim(self.modules[name], tensor) + 1  # +1: the conditions' own dim comes first
+            dim = channel_dim(self.module(name), tensor) + 1  # +1: the conditions' own dim comes first
             masks = torch.stack([channel_mask(name, dict(selected)[name], tensor, dim - 1) for _, selected in
                                  conditions])
             g = g * masks

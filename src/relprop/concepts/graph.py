@@ -81,13 +81,12 @@ def attribution_graph(lrp: LRP, x: torch.Tensor, target=None, upper: str = "", l
     run = Run(lrp, x, [upper, lower])
     try:
         path = run.order(conditions[0][1])
-        run.order(((lower, None),))
-        if run.ran.index(lower) > run.ran.index(upper):
+        if run.order(((upper, None), (lower, None)))[0] != upper:
             raise ValueError(f"layer {lower!r} runs after {upper!r}; the lower layer comes first in the forward pass")
         relevance, passed = run.layer_relevance(conditions, path, lower)
     finally:
         run.close()
     relevance = relevance[:, 0]  # (upper channel, *the layer's shape without its batch of one)
-    table = channel_sums(relevance, channel_dim(run.modules[lower], relevance))
+    table = channel_sums(relevance, channel_dim(run.module(lower), relevance))
     order = table.topk(min(top, table.shape[1]), dim=1).indices
     return Graph(upper, lower, channels, passed[:, 0], table, order)

@@ -36,7 +36,7 @@ def masked(lrp: LRP, x: torch.Tensor, target=None, masks=None) -> Masked:
         remaining = {}
         for name, selection in selected:
             tensor = run.tensor(name)
-            mask = channel_mask(name, selection, tensor, channel_dim(run.modules[name], tensor))
+            mask = channel_mask(name, selection, tensor, channel_dim(run.module(name), tensor))
             value = tensor.detach()
 
             def apply(g, name=name, mask=mask, value=value):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..lrp import LRP
-from .conditional import channel_dim
+from .conditional import Run, channel_dim, parse
 
 
 def channel_sums(relevance: torch.Tensor, dim: int) -> torch.Tensor:
@@ -42,3 +42,19 @@ def top_concepts(sums: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, torch.Te
         raise ValueError(f"top_concepts takes (sample, channel) sums, got shape {tuple(sums.shape)}")
     k = min(int(k), sums.shape[1])
     return torch.topk(sums, k, dim=1)
+
+
+def token_relevance(lrp: LRP, x: torch.Tensor, target, layer: str, channels) -> torch.Tensor:
+    """(sample, token) relevance of a concept (channels of a token layer, e.g. MLP neurons or attention heads) at
+    that layer, per token position: where in the sequence the concept is relevant."""
+    explained, selected = parse({layer: channels}, lrp.model, target)
+    run = Run(lrp, x, [layer])
+    try:
+        _, g, _ = run.through([(explained, selected)], run.order(selected))
+    finally:
+        run.close()
+    relevance = run.tensor(layer).detach() * g[0]
+    if relevance.dim() != 3:
+        raise ValueError(f"layer {layer!r} gives shape {tuple(relevance.shape)}, not (sample, token, feature); "
+                         "token relevance needs a layer of a sequence model")
+    return relevance.sum(channel_dim(run.module(layer), relevance))
