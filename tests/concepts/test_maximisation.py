@@ -91,3 +91,31 @@ def test_bad_layers_and_empty_stores_are_refused(small_run, tmp_path):
     with pytest.raises(ValueError, match="no explained samples"):
         maximise(store, "features.6", model=model, source=source)
     assert "concepts" not in group
+
+
+def test_the_receptive_field_of_a_second_convolution_is_five_by_five_around_its_position():
+    from relprop.concepts.maximisation import receptive_field
+    from tests.concepts.nets import vgg
+
+    model = vgg()
+    x = torch.randn(1, 3, 16, 16)
+    lrp = relprop.LRP(model)
+    relevance = lrp(x, 1, record=["2"]).layers["2"][0, 3]
+    row, column = np.unravel_index(int(relevance.argmax()), (16, 16))
+    rows, columns = receptive_field(lrp, x, 1, "2", 3)  # two 3x3 convolutions: +-2 pixels, clipped at the border
+    assert (rows.start, rows.stop) == (max(row - 2, 0), min(row + 3, 16))
+    assert (columns.start, columns.stop) == (max(column - 2, 0), min(column + 3, 16))
+
+
+def test_cropped_reference_heatmaps_are_the_heatmaps_cut_to_the_receptive_field(small_run):
+    from relprop.concepts.maximisation import receptive_field
+
+    model, source, store = small_run
+    targets = open_store(store)["target"][:]
+    lrp = relprop.LRP(model, "epsilon_plus_flat")
+    full = reference_heatmaps(lrp, source, "features.2", 1, [0, 3], targets[[0, 3]])
+    cropped = reference_heatmaps(lrp, source, "features.2", 1, [0, 3], targets[[0, 3]], crop=True)
+    for position, i in enumerate([0, 3]):
+        region = receptive_field(lrp, source.read(i).x[None], int(targets[i]), "features.2", 1)
+        assert cropped[position].shape[-2:] == (region[0].stop - region[0].start, region[1].stop - region[1].start)
+        torch.testing.assert_close(cropped[position], full[position][(...,) + region])

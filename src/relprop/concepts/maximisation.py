@@ -194,9 +194,35 @@ def _write(group, field, value):
     group.create_array(field, shape=value.shape, dtype=value.dtype)[...] = value
 
 
-def reference_heatmaps(lrp, source, layer: str, channel: int, samples, targets) -> torch.Tensor:
+def reference_heatmaps(lrp, source, layer: str, channel: int, samples, targets, crop: bool = False):
     """Conditional heatmaps (sample, *input shape) of one channel on its reference samples (exact: one conditional
-    backward over the samples as a batch, each for its own explained class)."""
+    backward over the samples as a batch, each for its own explained class). crop: a list of each heatmap cut to the
+    receptive field of the channel's most relevant position instead (see receptive_field)."""
     x = torch.stack([source.read(int(i)).x for i in samples])
-    result = conditional(lrp, x, [int(t) for t in targets], {layer: [int(channel)]})
-    return result.relevance[0]
+    targets = [int(t) for t in targets]
+    heatmaps = conditional(lrp, x, targets, {layer: [int(channel)]}).relevance[0]
+    if not crop:
+        return heatmaps
+    return [heatmaps[i][(...,) + receptive_field(lrp, x[i:i + 1], targets[i], layer, channel)]
+            for i in range(len(x))]
+
+
+def receptive_field(lrp, x: torch.Tensor, target, layer: str, channel: int) -> tuple[slice, ...]:
+    """The input region (slices of the spatial dims) that the channel's most relevant position of layer sees: where
+    the gradient of that one activation with respect to the input is non-zero (x: a batch of one)."""
+    relevance = lrp(x, target, record=[layer]).layers[layer][0, int(channel)]
+    position = np.unravel_index(int(relevance.argmax()), tuple(relevance.shape))
+    module = dict(lrp.model.named_modules())[layer]
+    kept = []
+    handle = module.register_forward_hook(lambda _, args, output: kept.append(output))
+    leaf = x.detach().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            lrp.model(leaf)
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(kept[0][(0, int(channel)) + tuple(int(p) for p in position)], leaf)
+    seen = gradient[0].abs().sum(0) > 0
+    if not bool(seen.any()):
+        return tuple(slice(0, size) for size in seen.shape)
+    return tuple(slice(int(where.min()), int(where.max()) + 1) for where in seen.nonzero().T)
