@@ -982,13 +982,18 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
 @click.option("--composite", default="epsilon_plus_flat", show_default=True, help="IMAGE: see `relprop composites`")
 @click.option("--target", default="auto", show_default=True, help="IMAGE: auto (the predicted class) or a class index")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="--store alone: where relevance maximisation runs, as for `relprop run`")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="--engine ray: actors")
+@click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-concepts"),
               show_default=True, help="folder for index.html and its pictures")
-def concepts(image, model_spec, weights, layer, top, store_path, composite, target, batch_size, out):
+def concepts(image, model_spec, weights, layer, top, store_path, composite, target, batch_size, engine, workers,
+             address, out):
     """The top concepts of one image with their conditional heatmaps (IMAGE --model), or the concept atlas of a
     store: each channel's reference samples, found by relevance maximisation (--store alone)."""
     from .concepts import maximise, report
-    from .datasets import StoreError
+    from .datasets import RunError, StoreError
     from .lrp import LRP
 
     if image is None and store_path is None:
@@ -998,7 +1003,8 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
     try:
         with Staging(out) as staging:
             if image is None:
-                found = maximise(store_path, [layer], k=top, batch_size=batch_size)[layer]
+                found = maximise(store_path, [layer], k=top, batch_size=batch_size, engine=engine, workers=workers,
+                                 address=address)[layer]
                 report.atlas_page(store_path, layer, staging.path, found)
                 what = f"the concept atlas of {len(found.relevance_index)} channels of {layer}"
             else:
@@ -1014,7 +1020,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
                                           int(target), top, store_path, title=f"relprop concepts: {image.name}")
                 what = f"the top {len(shown['channels'])} concepts of {layer} for class {shown['target']}"
             staging.commit()
-    except (LoadError, StoreError, ValueError, KeyError) as error:
+    except (LoadError, StoreError, RunError, ValueError, KeyError) as error:
         raise Failure(" ".join(str(error).split())) from None
     click.echo(f"wrote {what}: {out / 'index.html'}")
 

@@ -119,3 +119,18 @@ def test_cropped_reference_heatmaps_are_the_heatmaps_cut_to_the_receptive_field(
         region = receptive_field(lrp, source.read(i).x[None], int(targets[i]), "features.2", 1)
         assert cropped[position].shape[-2:] == (region[0].stop - region[0].start, region[1].stop - region[1].start)
         torch.testing.assert_close(cropped[position], full[position][(...,) + region])
+
+
+def test_the_ray_engine_writes_the_same_arrays_as_the_local_one(small_run, tmp_path):
+    pytest.importorskip("ray")
+    import shutil
+
+    model, source, store = small_run
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    local = maximise(store, ["features.6"], k=2, model=model, source=source)["features.6"]
+    distributed = maximise(copy, ["features.6"], k=2, model=model, source=source, engine="ray", workers=2)
+    for name in ("relevance", "activation", "done"):
+        np.testing.assert_array_equal(open_store(copy)[f"concepts/features.6/{name}"][:],
+                                      open_store(store)[f"concepts/features.6/{name}"][:])
+    np.testing.assert_array_equal(distributed["features.6"].relevance_index, local.relevance_index)

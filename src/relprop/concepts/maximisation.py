@@ -10,6 +10,7 @@ explained for that class. Both are computed chunk by chunk, merging running top-
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +36,12 @@ class References:
     class_count: np.ndarray
 
 
-def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int = 16) -> dict[str, References]:
-    """Per layer, the top-k reference samples of every channel over the explained samples of a relprop run store."""
+def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int = 16, engine: str = "local",
+             workers: int | None = None, address: str | None = None) -> dict[str, References]:
+    """Per layer, the top-k reference samples of every channel over the explained samples of a relprop run store.
+
+    engine: "local" (this process) or "ray" (a pool of actors, each writing its own chunks, as ``relprop run``
+    does; workers: actors, address: a Ray cluster to join)."""
     from ..datasets import open_store
 
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -44,32 +49,29 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
         raise ValueError("name at least one layer, e.g. layers=['features.6']")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive number of reference samples, got {k!r}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be local or ray, got {engine!r}")
     opened = open_store(store, mode="r+")
     usable = opened.done & ~opened.failed
     if not usable.any():
         raise ValueError(f"{store} has no explained samples (an empty data set, or a run not yet done); run "
                          "`relprop run` on the data set first")
-    lrp, source = _attributor(opened, model, source)
-    modules = dict(lrp.model.named_modules())
-    for name in layers:
-        if name not in modules:
-            import difflib
-
-            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"the model has no module named {name!r}{hint}")
+    recipe, source = _recipe(opened, model, source)
+    work = Pass(store, recipe, source, layers, batch_size)
+    work.create_arrays()
+    starts = [start for start in range(0, opened.count, opened.chunk) if work.pending(start)]
+    if engine == "local":
+        for start in starts:
+            work.chunk(start)
+    elif starts:
+        _on_ray(work, starts, workers, address)
     targets = np.asarray(opened["target"][:])
-    for start in range(0, opened.count, opened.chunk):
-        stop = min(start + opened.chunk, opened.count)
-        pending = [name for name in layers if not _chunk_done(opened, name, start, stop)]
-        if pending:
-            _explain_chunk(opened, lrp, source, pending, modules, start, stop, usable, targets, batch_size)
     return {name: _top(opened, name, k, usable, targets) for name in layers}
 
 
-def _attributor(opened, model, source):
-    from ..datasets import open_source
-    from ..datasets.work import Settings, build_attributor
+def _recipe(opened, model, source):
+    """(the model, or the spec each process loads it from, and the data set) of the store's run."""
+    from ..datasets import ModelSpec, open_source
 
     attrs = opened.attrs
     if attrs.get("method") != "lrp":
@@ -81,7 +83,7 @@ def _attributor(opened, model, source):
         from ..loading import load_model
 
         loaded = load_model(attrs["model"])
-        model, preprocessing = loaded.model, loaded.preprocessing
+        model, preprocessing = ModelSpec(attrs["model"], None, loaded.model), loaded.preprocessing
     if source is None:
         if str(attrs["data"]).startswith("python:"):
             raise ValueError(f"{opened.path} was made from a Python data set ({attrs['data']}); pass it as source=")
@@ -89,12 +91,127 @@ def _attributor(opened, model, source):
     if len(source) != opened.count:
         raise ValueError(f"the data set has {len(source)} samples but {opened.path} has {opened.count}; give the "
                          "data set the store was made from")
-    settings = Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {}))
-    return build_attributor(model, settings), source
+    return model, source
+
+
+class Pass:
+    """One pass of relevance maximisation over a store, a chunk at a time: what each engine's worker runs. It
+    pickles without its open store and attributor (and a ModelSpec without its module): each process makes its own."""
+
+    def __init__(self, store, recipe, source, layers, batch_size: int):
+        self.store, self.recipe, self.source, self.layers, self.batch_size = store, recipe, source, layers, batch_size
+        self._ready = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ready": None}
+
+    def ready(self):
+        """(open store, attributor, modules, usable samples, targets), made once per process."""
+        if self._ready is None:
+            from ..datasets import open_store
+            from ..datasets.work import Settings, build_attributor
+
+            opened = open_store(self.store, mode="r+")
+            attrs = opened.attrs
+            model = self.recipe.load() if hasattr(self.recipe, "load") else self.recipe
+            lrp = build_attributor(model, Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {})))
+            modules = dict(model.named_modules())
+            for name in self.layers:
+                if name not in modules:
+                    close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+                    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                    raise ValueError(f"the model has no module named {name!r}{hint}")
+            usable = opened.done & ~opened.failed
+            self._ready = opened, lrp, modules, usable, np.asarray(opened["target"][:])
+        return self._ready
+
+    def create_arrays(self):
+        """Every layer's arrays, sized by one sample's pass, before any engine starts (workers only fill them)."""
+        opened, _, _, usable, _ = self.ready()
+        missing = [name for name in self.layers if f"{GROUP}/{name}/done" not in opened.group]
+        if missing:
+            sums, _ = self._channels([int(np.flatnonzero(usable)[0])], missing)
+            for name in missing:
+                _arrays(opened, name, sums[name].shape[1])
+
+    def pending(self, start) -> list[str]:
+        """The layers whose arrays are not yet done for the chunk at start."""
+        opened = self.ready()[0]
+        stop = min(start + opened.chunk, opened.count)
+        return [name for name in self.layers
+                if not bool(np.asarray(opened.group[f"{GROUP}/{name}/done"][start:stop]).all())]
+
+    def _channels(self, batch, layers):
+        """Per layer, the (sample, channel) relevance sums and activation peaks of the samples in batch."""
+        _, lrp, modules, _, targets = self.ready()
+        x = torch.stack([self.source.read(i).x for i in batch])
+        activations = {}
+        handles = [modules[name].register_forward_hook(_keeper(activations, name)) for name in layers]
+        try:
+            explanation = lrp(x, torch.as_tensor(targets[batch]), record=layers)
+        finally:
+            for handle in handles:
+                handle.remove()
+        sums, peaks = {}, {}
+        for name in layers:
+            relevance = explanation.layers[name]
+            dim = channel_dim(modules[name], relevance)
+            sums[name] = channel_sums(relevance, dim).numpy()
+            peaks[name] = activations[name].movedim(dim, 1).reshape(len(batch), relevance.shape[dim], -1).amax(-1)
+        return sums, {name: value.numpy() for name, value in peaks.items()}
+
+    def chunk(self, start):
+        """Channel relevance and activation of the chunk's explained samples, written, then the chunk marked done."""
+        opened, _, _, usable, _ = self.ready()
+        layers = self.pending(start)
+        stop = min(start + opened.chunk, opened.count)
+        indices = [i for i in range(start, stop) if usable[i]]
+        groups = {name: opened.group[f"{GROUP}/{name}"] for name in layers}
+        relevance = {name: np.full((stop - start, group["relevance"].shape[1]), np.nan, np.float32)
+                     for name, group in groups.items()}
+        activation = {name: values.copy() for name, values in relevance.items()}
+        for first in range(0, len(indices), self.batch_size):
+            batch = indices[first:first + self.batch_size]
+            sums, peaks = self._channels(batch, layers)
+            for name in layers:
+                relevance[name][np.asarray(batch) - start] = sums[name]
+                activation[name][np.asarray(batch) - start] = peaks[name]
+        for name, group in groups.items():
+            group["relevance"][start:stop] = relevance[name]
+            group["activation"][start:stop] = activation[name]
+            group["done"][start:stop] = True  # last: a chunk cut short is done again by the next call
+
+
+class _RayChunks:
+    """Ray Data's callable class: one Pass per actor, called with batches of chunk starts."""
+
+    def __init__(self, work: Pass):
+        self.work = work
+
+    def __call__(self, batch: dict) -> dict:
+        for start in batch["start"]:
+            self.work.chunk(int(start))
+        return {"start": batch["start"]}
+
+
+def _on_ray(work: Pass, starts, workers, address):
+    """The chunks on a pool of Ray actors (joined or started as relprop run does), each writing its own chunks."""
+    import ray
+    import ray.data
+
+    from ..datasets.ray_engine import pass_on_ray
+
+    with pass_on_ray(address, workers, "pass", "call"):
+        actors = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)), len(starts)))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        chunks = ray.data.from_items([{"start": start} for start in starts], override_num_blocks=len(starts))
+        for _ in chunks.map_batches(_RayChunks, fn_constructor_kwargs={"work": work}, batch_size=1,
+                                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1).iter_rows():
+            pass
 
 
 def _arrays(opened, name, channels):
-    """The layer's per-sample arrays, made on first use (chunked like the store)."""
+    """The layer's per-sample arrays, chunked like the store (its done flags last: they mark the group complete)."""
     group = opened.group.require_group(f"{GROUP}/{name}")
     if "relevance" not in group:
         for array in ("relevance", "activation"):
@@ -105,44 +222,6 @@ def _arrays(opened, name, channels):
         raise ValueError(f"{opened.path} holds {group['relevance'].shape[1]} channels for layer {name!r}, the "
                          f"model gives {channels}; is this the store's model?")
     return group
-
-
-def _chunk_done(opened, name, start, stop) -> bool:
-    path = f"{GROUP}/{name}/done"
-    return path in opened.group and bool(np.asarray(opened.group[path][start:stop]).all())
-
-
-def _explain_chunk(opened, lrp, source, layers, modules, start, stop, usable, targets, batch_size):
-    """Channel relevance and activation of the chunk's explained samples, written, then the chunk marked done."""
-    indices = [i for i in range(start, stop) if usable[i]]
-    parts = {name: [] for name in layers}  # (rows in the chunk, relevance sums, activation peaks) per batch
-    for first in range(0, len(indices), batch_size):
-        batch = indices[first:first + batch_size]
-        x = torch.stack([source.read(i).x for i in batch])
-        activations = {}
-        handles = [modules[name].register_forward_hook(_keeper(activations, name)) for name in layers]
-        try:
-            explanation = lrp(x, torch.as_tensor(targets[batch]), record=layers)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name in layers:
-            relevance = explanation.layers[name]
-            dim = channel_dim(modules[name], relevance)
-            peaks = activations[name].movedim(dim, 1).reshape(len(batch), relevance.shape[dim], -1).amax(-1)
-            parts[name].append((np.asarray(batch) - start, channel_sums(relevance, dim).numpy(), peaks.numpy()))
-    for name in layers:
-        if not parts[name]:  # no explained sample here: nothing to write (and the layer's width may be unknown)
-            continue
-        channels = parts[name][0][1].shape[1]
-        relevance = np.full((stop - start, channels), np.nan, np.float32)
-        activation = relevance.copy()
-        for rows, sums, peaks in parts[name]:
-            relevance[rows], activation[rows] = sums, peaks
-        group = _arrays(opened, name, channels)
-        group["relevance"][start:stop] = relevance
-        group["activation"][start:stop] = activation
-        group["done"][start:stop] = True  # last: a chunk cut short is done again by the next call
 
 
 def _keeper(activations, name):

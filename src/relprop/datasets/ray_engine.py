@@ -8,6 +8,7 @@ here and nowhere else.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,13 +64,7 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
 
     import ray.data
 
-    # Ray Data's lines about execution plans and progress bars would bury relprop's own progress lines
-    quiet = {name: logging.getLogger(name) for name in ("ray", "ray.data")}
-    levels = {name: logger.level for name, logger in quiet.items()}
-    for logger in quiet.values():
-        logger.setLevel(logging.ERROR)
-    started = _connect(ray, address, workers)
-    try:
+    with pass_on_ray(address, workers, "run", "command"):
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         actors = workers or gpus or max(1, int(resources.get("CPU", 1)))
@@ -87,9 +82,25 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
             record_failures(driver.group, failures, start, start + count)
             on_batch(count)
             on_done(count, failures)
+
+
+@contextlib.contextmanager
+def pass_on_ray(address: str | None, workers, what: str, caller: str):
+    """Ray joined or started for one pass over chunks (stopped after, if started here); its errors become a RunError
+    that says the finished chunks are kept, so that the same caller resumes."""
+    import ray
+
+    # Ray Data's lines about execution plans and progress bars would bury relprop's own progress lines
+    quiet = {name: logging.getLogger(name) for name in ("ray", "ray.data")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.ERROR)
+    started = _connect(ray, address, workers)
+    try:
+        yield
     except ray.exceptions.RayError as error:
-        raise RunError(f"the Ray run failed: {' '.join(str(error).split())[:2000]}; chunks finished so far are kept, "
-                       "so the same command resumes") from error
+        raise RunError(f"the Ray {what} failed: {' '.join(str(error).split())[:2000]}; chunks finished so far are "
+                       f"kept, so the same {caller} resumes") from error
     finally:
         if started:
             ray.shutdown()
