@@ -24,7 +24,7 @@ def pages(tmp_path_factory):
                     ["concepts", "--store", str(store), "--layer", "features.6", "--top", "3", "--out",
                      str(folder / "atlas")],
                     ["concepts", str(folder / "shape.png"), "--model", "demo", "--layer", "features.6", "--top", "4",
-                     "--store", str(store), "--out", str(folder / "page")]):
+                     "--store", str(store), "--lower", "features.2", "--out", str(folder / "page")]):
         result = runner.invoke(main, command, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     return folder, int(labels[0])
@@ -33,7 +33,8 @@ def pages(tmp_path_factory):
 def test_the_image_page_shows_the_top_concepts_with_heatmaps_and_reference_samples(pages):
     folder, _ = pages
     page = (folder / "page" / "index.html").read_text()
-    assert page.count("<tr>") == 5  # header and four concepts
+    assert page.count("<tr>") == 5 + 1 + 4 * 3  # concepts: header and four; graph: header, three edges each
+    assert page.count("<svg") == 1 and page.count("<line") == 4 * 3
     names = re.findall(r'src="([^"]+)"', page)
     assert "image.png" in names and "heatmap.png" in names
     assert sum(name.startswith("concept-") for name in names) == 4
@@ -45,6 +46,8 @@ def test_the_atlas_shows_every_channel_with_its_reference_samples(pages):
     folder, _ = pages
     page = (folder / "atlas" / "index.html").read_text()
     assert page.count("<tr>") == 1 + 32
+    assert page.count("<td>circle</td>") + page.count("<td>square</td>") + page.count("<td>triangle</td>") + \
+        page.count("<td>cross</td>") == 32  # the class each channel serves most
     assert len(re.findall(r'src="relevance-', page)) == 32 * 3 and len(re.findall(r'src="activation-', page)) == 32 * 3
 
 
@@ -57,7 +60,7 @@ def test_the_command_needs_an_image_or_a_store(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("name, rows", [("page", 5), ("atlas", 33)])
+@pytest.mark.parametrize("name, rows", [("page", 18), ("atlas", 33)])
 def test_concept_pages_open_in_headless_chromium_without_console_errors(pages, name, rows):
     loaded, total, found = rendered(pages[0] / name)
     assert loaded == total > 0 and found == rows

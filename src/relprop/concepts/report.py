@@ -16,6 +16,7 @@ import torch
 from .. import viz
 from ..lrp import LRP
 from .conditional import conditional
+from .graph import attribution_graph
 from .relevance import concept_relevance, top_concepts
 
 STYLE = ("<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{padding:4px;"
@@ -56,8 +57,9 @@ def _references(store, layer: str):
 
 
 def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, top: int = 8, store=None,
-               cmap: str = "bwr", title: str = "relprop concepts") -> dict:
-    """Write out/index.html for one image (x: a batch of one); returns what it shows (target, concepts)."""
+               cmap: str = "bwr", title: str = "relprop concepts", lower: str | None = None) -> dict:
+    """Write out/index.html for one image (x: a batch of one); returns what it shows (target, concepts). lower: a
+    layer below, whose concepts feeding each top concept are drawn as the attribution graph."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     references = _references(store, layer)
@@ -83,8 +85,17 @@ def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, 
             f"<code>{html.escape(layer)}</code>: top {len(channels)} of {sums.shape[1]} concepts by relevance</p>"
             f"<p>{image} {heatmap}</p><table><tr><th>channel</th><th>relevance</th><th>share of the layer</th>"
             f"<th>conditional heatmap</th><th>reference samples</th></tr>{''.join(rows)}</table>")
+    graph = None
+    if lower is not None:
+        graph = attribution_graph(lrp, x, explained, upper=layer, lower=lower, channels=channels, top=3)
+        edges = "".join(f"<tr><td>{row['upper']}</td><td>{row['lower']}</td><td>{row['relevance']:.4g}</td>"
+                        f"<td>{row['share']:.1%}</td></tr>" for row in graph.rows())
+        body += (f"<h2>Attribution graph: <code>{html.escape(layer)}</code> from <code>{html.escape(lower)}</code>"
+                 f"</h2><p>{graph.svg()}</p><table><tr><th>concept</th><th>from lower concept</th><th>relevance</th>"
+                 f"<th>share of the concept</th></tr>{edges}</table>")
     viz.save_text(viz.page(body, title), out / "index.html")
-    return {"target": explained, "channels": channels, "relevance": values[0].tolist(), "heatmaps": heatmaps}
+    return {"target": explained, "channels": channels, "relevance": values[0].tolist(), "heatmaps": heatmaps,
+            "graph": graph}
 
 
 def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas") -> Path:
@@ -97,6 +108,7 @@ def atlas_page(store, layer: str, out, references, title: str = "relprop concept
     if "preview" not in opened.group:
         raise ValueError(f"{store} keeps no previews (not an image data set); an atlas needs pictures")
     previews = opened.group["preview"]
+    names = opened.class_names
     rows = []
     for channel in range(len(references.relevance_index)):
         cells = []
@@ -105,9 +117,12 @@ def atlas_page(store, layer: str, out, references, title: str = "relprop concept
             pictures = [(i, v, _png(_pixels_image(previews[int(i)]), out, f"{kind}-{channel}-{i}.png", 64))
                         for i, v in zip(index, value) if np.isfinite(v)]
             cells.append(" ".join(f'<span title="sample {i}: {v:.4g}">{tag}</span>' for i, v, tag in pictures))
-        rows.append(f"<tr><td>{channel}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+        classes = references.class_relevance[:, channel]
+        best = int(np.nanargmax(classes)) if np.isfinite(classes).any() else None
+        named = "" if best is None else (names[best] if names and best < len(names) else str(best))
+        rows.append(f"<tr><td>{channel}</td><td>{html.escape(named)}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
     body = (f"{STYLE}<h1>{html.escape(title)}</h1><p>store <code>{html.escape(str(store))}</code>, layer "
             f"<code>{html.escape(layer)}</code>: the samples where each channel is most relevant (and, for "
-            "comparison, most activated)</p><table><tr><th>channel</th><th>most relevant</th><th>most activated</th>"
-            f"</tr>{''.join(rows)}</table>")
+            "comparison, most activated)</p><table><tr><th>channel</th><th>class it serves most (mean relevance)"
+            f"</th><th>most relevant</th><th>most activated</th></tr>{''.join(rows)}</table>")
     return viz.save_text(viz.page(body, title), out / "index.html")
