@@ -145,3 +145,14 @@ def test_a_layer_that_does_not_run_for_this_input_is_named():
 def test_layers_on_separate_branches_cannot_share_a_condition():
     with pytest.raises(ValueError, match="separate branches"):
         conditional(relprop.LRP(Branches(both=True)), torch.randn(2, 4), 0, {"left": 1, "right": 1})
+
+
+def test_target_tensors_shaped_like_the_output_are_kept_apart():
+    model = vgg(classes=1200)  # reprs of tensors this large elide their middle
+    x = torch.randn(1, 3, 16, 16)
+    lrp = relprop.LRP(model)
+    first, second = torch.zeros(1, 1200, dtype=torch.bool), torch.zeros(1, 1200, dtype=torch.bool)
+    first[0, 600], second[0, 601] = True, True  # bool masks: the output's own values at those classes
+    result = conditional(lrp, x, None, [{"y": first}, {"y": second}])
+    torch.testing.assert_close(result.relevance[0], lrp(x, 600).relevance, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(result.relevance[1], lrp(x, 601).relevance, atol=1e-7, rtol=1e-5)

@@ -154,6 +154,12 @@ def channel_mask(name, selection, tensor, dim) -> torch.Tensor:
     return mask.reshape(shape)
 
 
+def target_key(target):
+    """Conditions with equal targets share the backward above their layers: tensors by identity (their repr elides
+    large ones), anything else by value."""
+    return ("tensor", id(target)) if isinstance(target, torch.Tensor) else repr(target)
+
+
 def _input_keeper(inputs: dict, name: str):
     def keep(module, args):
         if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
@@ -220,7 +226,7 @@ class Run:
 
     def start(self, target):
         """g at the output for a target (the class indices it names are checked there)."""
-        key = repr(target)
+        key = target_key(target)
         if key not in self.starts:
             self.starts[key] = output_gradient(self.output.detach(), target)[0]
         return self.starts[key]
@@ -239,17 +245,17 @@ class Run:
 
     def through(self, conditions, path):
         """(the lowest named layer's output, masked g there with the conditions' dim first, let-through relevance)."""
-        targets = list(dict.fromkeys(repr(target) for target, _ in conditions))
+        targets = list(dict.fromkeys(target_key(target) for target, _ in conditions))
         firsts = {}
         for target, _ in conditions:
-            firsts.setdefault(repr(target), self.start(target))
+            firsts.setdefault(target_key(target), self.start(target))
         g = torch.stack([firsts[key] for key in targets])
         above = self.output
         explained = (self.output.detach() * g).reshape(len(targets), self.batch, -1).sum(-1)
         if path:  # the part above the first named layer: once per distinct target
             g = self._down(above, self.tensor(path[0]), g, path[0])
             above = self.tensor(path[0])
-        index = torch.tensor([targets.index(repr(target)) for target, _ in conditions])
+        index = torch.tensor([targets.index(target_key(target)) for target, _ in conditions])
         g, explained = g[index], explained[index]
         for position, name in enumerate(path):
             tensor = self.tensor(name)
