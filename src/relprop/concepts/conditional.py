@@ -144,12 +144,12 @@ def channel_mask(name, selection, tensor, dim) -> torch.Tensor:
     if selection.is_floating_point():
         if len(selection) != count:
             raise ValueError(f"layer {name!r}: {len(selection)} channel weights for a layer of {count} channels")
-        return selection.to(tensor.dtype).reshape(shape)
+        return selection.to(device=tensor.device, dtype=tensor.dtype).reshape(shape)
     bad = selection[(selection < -count) | (selection >= count)]
     if len(bad):
         raise ValueError(f"layer {name!r}: channels {bad.tolist()} out of range; its output {tuple(tensor.shape)} "
                          f"has {count} channels (0..{count - 1}) along dim {dim}")
-    mask = torch.zeros(count, dtype=tensor.dtype)
+    mask = torch.zeros(count, dtype=tensor.dtype, device=tensor.device)
     mask[selection] = 1
     return mask.reshape(shape)
 
@@ -255,7 +255,7 @@ class Run:
         if path:  # the part above the first named layer: once per distinct target
             g = self._down(above, self.tensor(path[0]), g, path[0])
             above = self.tensor(path[0])
-        index = torch.tensor([targets.index(target_key(target)) for target, _ in conditions])
+        index = torch.tensor([targets.index(target_key(target)) for target, _ in conditions], device=g.device)
         g, explained = g[index], explained[index]
         for position, name in enumerate(path):
             tensor = self.tensor(name)
@@ -273,7 +273,8 @@ class Run:
         """Relevance at the input from g at tensor (g with the conditions' dim first when batched)."""
         leaves = [self.session.input_leaf, self.session.direct_leaf]
         grads = torch.autograd.grad(tensor, leaves, g, retain_graph=True, allow_unused=True, is_grads_batched=batched)
-        relevance = torch.zeros(g.shape[:1] * batched + tuple(leaves[0].shape), dtype=leaves[0].dtype)
+        relevance = torch.zeros(g.shape[:1] * batched + tuple(leaves[0].shape), dtype=leaves[0].dtype,
+                                device=leaves[0].device)
         if grads[0] is not None:
             relevance = relevance + leaves[0].detach() * grads[0]
         if grads[1] is not None:
