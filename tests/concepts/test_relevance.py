@@ -39,5 +39,5 @@ def test_top_concepts_are_the_most_relevant_channels_per_sample():
 
 
 def test_a_layer_that_does_not_run_is_named():
-    with pytest.raises(ValueError, match="did you mean"):
+    with pytest.raises(ValueError, match="^the model has no module named '33'; did you mean '3'"):
         concept_relevance(relprop.LRP(vgg()), torch.randn(1, 3, 16, 16), 0, ["33"])

@@ -90,12 +90,17 @@ def parse(condition, model, target):
     for name, channels in condition.items():
         if name == TARGET:
             continue
-        if not isinstance(name, str) or module_name(name) not in known:
-            close = difflib.get_close_matches(str(name), [n for n in known if n], n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"condition {condition!r}: the model has no module named {name!r}{hint}")
+        check_layer(known, name)
         selected.append((name, channel_selection(name, channels)))
     return condition.get(TARGET, target), tuple(selected)
+
+
+def check_layer(modules: dict, name) -> None:
+    """Refuse a layer name the model does not have, suggesting the closest ones."""
+    if not isinstance(name, str) or module_name(name) not in modules:
+        close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"the model has no module named {name!r}{hint}")
 
 
 def module_name(name: str) -> str:

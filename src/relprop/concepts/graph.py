@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lrp import LRP
-from .conditional import Run, channel_dim, parse
+from .conditional import Run, channel_dim, check_layer, parse
 from .relevance import channel_sums, concept_relevance
 
 POSITIVE, NEGATIVE = "#d62728", "#1f77b4"  # as relprop.viz: red for the target, blue against
@@ -77,7 +77,7 @@ def attribution_graph(lrp: LRP, x: torch.Tensor, target=None, upper: str = "", l
         channels = sums.topk(min(top, len(sums))).indices.tolist()
     channels = [int(c) for c in channels]
     conditions = [parse({upper: [c]}, lrp.model, target) for c in channels]
-    parse({lower: [0]}, lrp.model, target)  # the lower layer's name, checked
+    check_layer(dict(lrp.model.named_modules()), lower)
     run = Run(lrp, x, [upper, lower])
     try:
         path = run.order(conditions[0][1])

@@ -10,13 +10,12 @@ explained for that class. Both are computed chunk by chunk, merging running top-
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .conditional import channel_dim, conditional
+from .conditional import channel_dim, check_layer, conditional
 from .relevance import channel_sums
 
 GROUP = "concepts"
@@ -117,10 +116,7 @@ class Pass:
             lrp = build_attributor(model, Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {})))
             modules = dict(model.named_modules())
             for name in self.layers:
-                if name not in modules:
-                    close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-                    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                    raise ValueError(f"the model has no module named {name!r}{hint}")
+                check_layer(modules, name)
             usable = opened.done & ~opened.failed
             self._ready = opened, lrp, modules, usable, np.asarray(opened["target"][:])
         return self._ready

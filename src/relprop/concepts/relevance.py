@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..lrp import LRP
-from .conditional import Run, channel_dim, parse
+from .conditional import Run, channel_dim, check_layer, parse
 
 
 def channel_sums(relevance: torch.Tensor, dim: int) -> torch.Tensor:
@@ -21,8 +21,10 @@ def channel_sums(relevance: torch.Tensor, dim: int) -> torch.Tensor:
 def concept_relevance(lrp: LRP, x: torch.Tensor, target=None, layers=()) -> dict[str, torch.Tensor]:
     """Per layer name, the (sample, channel) relevance of every channel for the explained output."""
     layers = [layers] if isinstance(layers, str) else list(layers)
-    explanation = lrp(x, target, record=layers)
     modules = dict(lrp.model.named_modules())
+    for name in layers:
+        check_layer(modules, name)
+    explanation = lrp(x, target, record=layers)
     sums = {}
     for name in layers:
         relevance = explanation.layers.get(name)
