@@ -17,6 +17,8 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     # zennit 1.0.0 declares Python >= 3.11.11 while these machines run 3.11.7; it works, so ask pip not to check.
     .venv/bin/python -m pip install -q --no-deps --ignore-requires-python "zennit==1.0.0" 2>&1 \
         | grep -v "^WARNING: Location" || true
+    # zennit-crp: the oracle of relprop.concepts (tests/concepts, benchmarks/bench_concepts.py), on top of zennit.
+    .venv/bin/python -m pip install -q --no-deps "zennit-crp==0.6.0" 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import relprop, torch, torchvision" 
     echo "$WANT" > "$STAMP"
 fi

@@ -1,8 +1,6 @@
 """The embedded demo: its data, its shipped model, where relevance lands, its command and its page."""
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from safetensors.torch import load_file
 
 from relprop.demo import KINDS, generate, load, normalize, showcase
 from relprop.demo.model import TRAINING, WEIGHTS
+from tests.browser import rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,24 +101,8 @@ def test_demo_finds_the_planted_shortcut_with_a_store_and_spray_and_links_the_re
 
 
 def test_demo_page_opens_in_headless_chromium_without_console_errors(demo_folder):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium); the page check needs a browser")
-    # A harness page loads the demo page in a frame and logs what rendered; any other console line is an error.
-    harness = demo_folder / "harness.html"
-    harness.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><title>h</title></head><body>'
-                       '<iframe src="index.html" onload="const d = this.contentDocument; console.log(\'rendered \' + '
-                       '[...d.images].map(i => i.complete && i.naturalWidth).join() + \' rows \' + '
-                       'd.querySelectorAll(\'tr\').length)"></iframe></body></html>')
-    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                             "--enable-logging=stderr", "--v=0", "--dump-dom", harness.as_uri()],
-                            capture_output=True, text=True, timeout=60)
-    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
-    assert len(console) == 1, console
-    rendered = re.search(r'"rendered (\d+) rows (\d+)"', console[0])
-    assert rendered, console[0]
-    width, rows = map(int, rendered.groups())
-    assert width > 100 and rows == 4  # the grid image decoded; table: header, 2 images, mean
+    decoded, images, rows = rendered(demo_folder)
+    assert decoded == images == 1 and rows == 4  # the grid image decoded; table: header, 2 images, mean
 
 
 def test_training_script_is_deterministic_and_writes_what_the_demo_loads(tmp_path):

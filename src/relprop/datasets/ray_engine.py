@@ -9,6 +9,7 @@ here and nowhere else; ``map_on_actors`` (the pool itself) also spreads ``relpro
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -80,13 +81,7 @@ def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after
     import ray
     import ray.data
 
-    # Ray Data's lines about execution plans and progress bars would bury relprop's own progress lines
-    quiet = {name: logging.getLogger(name) for name in ("ray", "ray.data")}
-    levels = {name: logger.level for name, logger in quiet.items()}
-    for logger in quiet.values():
-        logger.setLevel(logging.ERROR)
-    started = _connect(ray, address, workers)
-    try:
+    with pass_on_ray(address, workers, after_failure):
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         actors = workers or gpus or max(1, int(resources.get("CPU", 1)))
@@ -99,6 +94,22 @@ def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after
                                    num_gpus=1 if gpus else 0, num_cpus=0.5 if gpus else 1)
         for row in results.iter_rows():
             on_row(row)
+
+
+@contextlib.contextmanager
+def pass_on_ray(address: str | None, workers, after_failure: str):
+    """Ray joined or started for one pass (stopped after, if started here); its errors become a RunError ending
+    with after_failure (what is kept, how to resume)."""
+    import ray
+
+    # Ray Data's lines about execution plans and progress bars would bury relprop's own progress lines
+    quiet = {name: logging.getLogger(name) for name in ("ray", "ray.data")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.ERROR)
+    started = _connect(ray, address, workers)
+    try:
+        yield
     except ray.exceptions.RayError as error:
         raise RunError(f"the Ray run failed: {' '.join(str(error).split())[:2000]}; {after_failure}") from error
     finally:

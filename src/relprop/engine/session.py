@@ -100,6 +100,7 @@ class Session:
         self.recorder = Recorder(report, self.facts, self.active, self.where)
         self.record = set(record)
         self.recorded: dict[str, list] = {}
+        self.record_as = Recorded  # what keeps a recorded output (concepts.conditional keeps the tensor itself)
         self.differentiable = differentiable  # create_graph: relevance must be differentiable w.r.t. parameters
         self.elementwise = tuple(elementwise)  # extra module types explained as one element-wise op
         self.forward = forward  # callable(model, x) -> output, when the model is not called as model(x)
@@ -170,7 +171,7 @@ class Session:
             tensor = output if isinstance(output, torch.Tensor) else next(
                 (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None)
             if tensor is not None and tensor.requires_grad:
-                recorded = Recorded()
+                recorded = self.record_as()
                 recorded.watch(tensor)
                 self.recorded.setdefault(name, []).append(recorded)
                 producer = self.facts.producer(tensor)

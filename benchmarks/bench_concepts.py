@@ -1,0 +1,114 @@
+"""Conditional heatmaps (CRP) of many channels for one image: relprop against zennit-crp, time and peak memory.
+
+    .venv/bin/python benchmarks/bench_concepts.py              # vgg16, 64 channels of features.28, 224x224, CPU
+    .venv/bin/python benchmarks/bench_concepts.py --size 112   # smaller input, for a loaded machine
+
+VGG-16 is torchvision's, randomly initialised (non-zero biases), in eval mode; both libraries use epsilon_plus_flat
+(zennit's EpsilonPlusFlat) and explain the predicted class through one channel of --layer per condition.
+relprop: one forward pass, the conditions as batched backwards of --batch. zennit-crp: ``CondAttribution.generate``
+(one forward of --batch copies of the image, a backward per batch) and ``CondAttribution.__call__`` (all
+conditions in one batch). The time of a method is its median over --rounds interleaved rounds; peak memory is
+measured in a child process per method, as in bench_lrp.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+import torchvision
+
+import relprop
+from bench_lrp import measure
+from relprop.concepts import conditional
+
+
+def build_methods(size, count, layer, batch):
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if getattr(module, "bias", None) is not None:
+                module.bias.uniform_(-0.05, 0.05)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        target = int(model(x).argmax(1))
+    ours = [{"y": target, layer: [c]} for c in range(count)]
+    lrp = relprop.LRP(model, "epsilon_plus_flat")
+    methods = {f"relprop conditional (batch {batch})": lambda: conditional(lrp, x, None, ours, batch=batch).relevance}
+    try:
+        from crp.attribution import CondAttribution
+        from zennit.composites import EpsilonPlusFlat
+        from zennit.torchvision import VGGCanonizer
+    except ImportError:
+        return methods
+    theirs = [{"y": [target], layer: [c]} for c in range(count)]
+    attribution = CondAttribution(model)
+    composite = EpsilonPlusFlat(canonizers=[VGGCanonizer()])
+
+    def generate():
+        return torch.cat([result.heatmap for result in attribution.generate(
+            x.clone().requires_grad_(True), theirs, composite, batch_size=batch, verbose=False)])
+
+    methods[f"zennit-crp generate (batch {batch})"] = generate
+    methods["zennit-crp __call__ (one batch)"] = lambda: attribution(x.clone().requires_grad_(True), theirs,
+                                                                     composite).heatmap
+    return methods
+
+
+def check_agreement(methods):
+    """The libraries' heatmaps (summed over colour channels) agree, so that the timing compares like with like."""
+    results = [fn() for fn in methods.values()]
+    ours = results[0].sum(2)[:, 0]
+    for name, theirs in zip(list(methods)[1:], results[1:]):
+        scale = theirs.abs().max()
+        print(f"  max |relprop - {name}| / max |{name}| = {float((ours - theirs).abs().max() / scale):.2e}")
+
+
+def memory_in_child(args, method):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    command = [sys.executable, __file__, "--memory-child", method, "--size", str(args.size), "--count",
+               str(args.count), "--layer", args.layer, "--batch", str(args.batch)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        return float(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--count", type=int, default=64, help="conditions: channels 0..count-1 of --layer")
+    parser.add_argument("--layer", default="features.28")
+    parser.add_argument("--batch", type=int, default=64, help="conditions per backward (both libraries)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine)")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = build_methods(args.size, args.count, args.layer, args.batch)
+    if args.memory_child:
+        fn = methods[args.memory_child]
+        fn()
+        print(f"{measure(fn)[1]:.1f}")
+        return
+    print(f"vgg16, 1 image {args.size}x{args.size}, {args.count} conditions on {args.layer}, "
+          f"{args.threads} threads, torch {torch.__version__}")
+    check_agreement(methods)
+    times = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for name, fn in methods.items():
+            times[name].append(measure(fn)[0])
+    ours = statistics.median(next(iter(times.values())))
+    print(f"{'method':40s} {'seconds':>8s} {'x relprop':>10s} {'peak MiB':>9s}")
+    for name, values in times.items():
+        seconds = statistics.median(values)
+        print(f"{name:40s} {seconds:8.2f} {seconds / ours:10.1f} {memory_in_child(args, name):9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Relevance maximisation: for each channel of a layer, the samples of a data set where it is most relevant.
+
+Over the samples of a ``relprop run`` store (same model, composite and explained class per sample), each sample i
+gives every channel c of the layer its relevance R_ic = sum over positions of R_L[i, c] and its activation
+A_ic = max over positions of a_L[i, c]. Both go into the store, under ``concepts/<layer>/`` as (N, C) arrays
+chunked like the store, a chunk marked in ``concepts/<layer>/done`` only after its arrays are written: a call
+resumes where an earlier one stopped and reads the samples a chunk at a time. The reference samples of channel c
+are the top k of R_ic (and, for comparison, of A_ic); the statistics per class are the mean R_ic over the samples
+explained for that class. Both are computed chunk by chunk, merging running top-k lists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .conditional import channel_dim, check_layer, conditional
+from .relevance import channel_sums
+
+GROUP = "concepts"
+
+
+@dataclass
+class References:
+    """One layer's reference samples: (channel, k) sample indices and values, most relevant (or active) first;
+    class_relevance (class, channel) mean relevance per explained class, class_count samples per class."""
+
+    layer: str
+    relevance_index: np.ndarray
+    relevance_value: np.ndarray
+    activation_index: np.ndarray
+    activation_value: np.ndarray
+    class_relevance: np.ndarray
+    class_count: np.ndarray
+
+
+def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int = 16, engine: str = "local",
+             workers: int | None = None, address: str | None = None) -> dict[str, References]:
+    """Per layer, the top-k reference samples of every channel over the explained samples of a relprop run store.
+
+    engine: "local" (this process) or "ray" (a pool of actors, each writing its own chunks, as ``relprop run``
+    does; workers: actors, address: a Ray cluster to join)."""
+    from ..datasets import open_store
+
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ValueError("name at least one layer, e.g. layers=['features.6']")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive number of reference samples, got {k!r}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be local or ray, got {engine!r}")
+    opened = open_store(store, mode="r+")
+    usable = opened.done & ~opened.failed
+    if not usable.any():
+        raise ValueError(f"{store} has no explained samples (an empty data set, or a run not yet done); run "
+                         "`relprop run` on the data set first")
+    recipe, source = _recipe(opened, model, source)
+    work = Pass(store, recipe, source, layers, batch_size)
+    work.create_arrays()
+    starts = [start for start in range(0, opened.count, opened.chunk) if work.pending(start)]
+    if engine == "local":
+        for start in starts:
+            work.chunk(start)
+    elif starts:
+        _on_ray(work, starts, workers, address)
+    targets = np.asarray(opened["target"][:])
+    return {name: _top(opened, name, k, usable, targets) for name in layers}
+
+
+def _recipe(opened, model, source):
+    """(the model, or the spec each process loads it from, and the data set) of the store's run."""
+    from ..datasets import ModelSpec, open_source
+
+    attrs = opened.attrs
+    if attrs.get("method") != "lrp":
+        raise ValueError(f"{opened.path} holds {attrs.get('method')} attributions; concepts need an LRP run")
+    preprocessing = None
+    if model is None:
+        if str(attrs["model"]).startswith("python:"):
+            raise ValueError(f"{opened.path} was made with a Python model ({attrs['model']}); pass it as model=")
+        from ..loading import load_model
+
+        loaded = load_model(attrs["model"])
+        model, preprocessing = ModelSpec(attrs["model"], None, loaded.model), loaded.preprocessing
+    if source is None:
+        if str(attrs["data"]).startswith("python:"):
+            raise ValueError(f"{opened.path} was made from a Python data set ({attrs['data']}); pass it as source=")
+        source = open_source(attrs["data"], preprocessing)
+    if len(source) != opened.count:
+        raise ValueError(f"the data set has {len(source)} samples but {opened.path} has {opened.count}; give the "
+                         "data set the store was made from")
+    return model, source
+
+
+class Pass:
+    """One pass of relevance maximisation over a store, a chunk at a time: what each engine's worker runs. It
+    pickles without its open store and attributor (and a ModelSpec without its module): each process makes its own."""
+
+    def __init__(self, store, recipe, source, layers, batch_size: int):
+        self.store, self.recipe, self.source, self.layers, self.batch_size = store, recipe, source, layers, batch_size
+        self._ready = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ready": None}
+
+    def ready(self):
+        """(open store, attributor, modules, usable samples, targets), made once per process."""
+        if self._ready is None:
+            from ..datasets import open_store
+            from ..datasets.work import Settings, build_attributor
+
+            opened = open_store(self.store, mode="r+")
+            attrs = opened.attrs
+            model = self.recipe.load() if hasattr(self.recipe, "load") else self.recipe
+            lrp = build_attributor(model, Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {})))
+            modules = dict(model.named_modules())
+            for name in self.layers:
+                check_layer(modules, name)
+            usable = opened.done & ~opened.failed
+            self._ready = opened, lrp, modules, usable, np.asarray(opened["target"][:])
+        return self._ready
+
+    def create_arrays(self):
+        """Every layer's arrays, sized by one sample's pass, before any engine starts (workers only fill them)."""
+        opened, _, _, usable, _ = self.ready()
+        missing = [name for name in self.layers if f"{GROUP}/{name}/done" not in opened.group]
+        if missing:
+            sums, _ = self._channels([int(np.flatnonzero(usable)[0])], missing)
+            for name in missing:
+                _arrays(opened, name, sums[name].shape[1])
+
+    def pending(self, start) -> list[str]:
+        """The layers whose arrays are not yet done for the chunk at start."""
+        opened = self.ready()[0]
+        stop = min(start + opened.chunk, opened.count)
+        return [name for name in self.layers
+                if not bool(np.asarray(opened.group[f"{GROUP}/{name}/done"][start:stop]).all())]
+
+    def _channels(self, batch, layers):
+        """Per layer, the (sample, channel) relevance sums and activation peaks of the samples in batch."""
+        _, lrp, modules, _, targets = self.ready()
+        x = torch.stack([self.source.read(i).x for i in batch])
+        activations = {}
+        handles = [modules[name].register_forward_hook(_keeper(activations, name)) for name in layers]
+        try:
+            explanation = lrp(x, torch.as_tensor(targets[batch]), record=layers)
+        finally:
+            for handle in handles:
+                handle.remove()
+        sums, peaks = {}, {}
+        for name in layers:
+            relevance = explanation.layers[name]
+            dim = channel_dim(modules[name], relevance)
+            sums[name] = channel_sums(relevance, dim).numpy()
+            peaks[name] = activations[name].movedim(dim, 1).reshape(len(batch), relevance.shape[dim], -1).amax(-1)
+        return sums, {name: value.numpy() for name, value in peaks.items()}
+
+    def chunk(self, start):
+        """Channel relevance and activation of the chunk's explained samples, written, then the chunk marked done."""
+        opened, _, _, usable, _ = self.ready()
+        layers = self.pending(start)
+        stop = min(start + opened.chunk, opened.count)
+        indices = [i for i in range(start, stop) if usable[i]]
+        groups = {name: opened.group[f"{GROUP}/{name}"] for name in layers}
+        relevance = {name: np.full((stop - start, group["relevance"].shape[1]), np.nan, np.float32)
+                     for name, group in groups.items()}
+        activation = {name: values.copy() for name, values in relevance.items()}
+        for first in range(0, len(indices), self.batch_size):
+            batch = indices[first:first + self.batch_size]
+            sums, peaks = self._channels(batch, layers)
+            for name in layers:
+                relevance[name][np.asarray(batch) - start] = sums[name]
+                activation[name][np.asarray(batch) - start] = peaks[name]
+        for name, group in groups.items():
+            group["relevance"][start:stop] = relevance[name]
+            group["activation"][start:stop] = activation[name]
+            group["done"][start:stop] = True  # last: a chunk cut short is done again by the next call
+
+
+class _RayChunks:
+    """Ray Data's callable class: one Pass per actor, called with batches of chunk starts."""
+
+    def __init__(self, work: Pass):
+        self.work = work
+
+    def __call__(self, batch: dict) -> dict:
+        for start in batch["start"]:
+            self.work.chunk(int(start))
+        return {"start": batch["start"]}
+
+
+def _on_ray(work: Pass, starts, workers, address):
+    """The chunks on a pool of Ray actors (joined or started as relprop run does), each writing its own chunks."""
+    import ray
+    import ray.data
+
+    from ..datasets.ray_engine import pass_on_ray
+
+    with pass_on_ray(address, workers, "chunks finished so far are kept, so the same call resumes"):
+        actors = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)), len(starts)))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        chunks = ray.data.from_items([{"start": start} for start in starts], override_num_blocks=len(starts))
+        for _ in chunks.map_batches(_RayChunks, fn_constructor_kwargs={"work": work}, batch_size=1,
+                                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1).iter_rows():
+            pass
+
+
+def _arrays(opened, name, channels):
+    """The layer's per-sample arrays, chunked like the store (its done flags last: they mark the group complete)."""
+    group = opened.group.require_group(f"{GROUP}/{name}")
+    if "relevance" not in group:
+        for array in ("relevance", "activation"):
+            group.create_array(array, shape=(opened.count, channels), dtype="float32",
+                               chunks=(opened.chunk, channels), fill_value=np.nan)
+        group.create_array("done", shape=(opened.count,), dtype="bool", chunks=(opened.chunk,), fill_value=False)
+    elif group["relevance"].shape[1] != channels:
+        raise ValueError(f"{opened.path} holds {group['relevance'].shape[1]} channels for layer {name!r}, the "
+                         f"model gives {channels}; is this the store's model?")
+    return group
+
+
+def _keeper(activations, name):
+    def keep(module, args, output):
+        tensor = output if isinstance(output, torch.Tensor) else output[0]
+        if name in activations:
+            raise ValueError(f"layer {name!r} runs more than once per forward pass; pick a module that runs once")
+        activations[name] = tensor.detach()
+    return keep
+
+
+def _top(opened, name, k, usable, targets) -> References:
+    """Top-k per channel by relevance and by activation, and the class statistics, merged chunk by chunk."""
+    group = opened.group[f"{GROUP}/{name}"]
+    channels = group["relevance"].shape[1]
+    classes = int(opened.attrs["classes"])
+    best = {array: (np.full((channels, 0), -np.inf, np.float32), np.zeros((channels, 0), np.int64))
+            for array in ("relevance", "activation")}
+    class_sum = np.zeros((classes, channels), np.float64)
+    class_count = np.zeros(classes, np.int64)
+    for start in range(0, opened.count, opened.chunk):
+        stop = min(start + opened.chunk, opened.count)
+        rows = np.flatnonzero(usable[start:stop])
+        if not len(rows):
+            continue
+        for array in best:
+            values = np.asarray(group[array][start:stop])[rows].T  # (channel, samples)
+            merged_values = np.concatenate([best[array][0], values], axis=1)
+            merged_index = np.concatenate([best[array][1], np.broadcast_to(rows + start, values.shape)], axis=1)
+            order = np.argsort(-merged_values, axis=1, kind="stable")[:, :k]
+            best[array] = (np.take_along_axis(merged_values, order, 1), np.take_along_axis(merged_index, order, 1))
+        relevance = np.asarray(group["relevance"][start:stop])[rows]
+        np.add.at(class_sum, targets[rows + start], relevance)
+        np.add.at(class_count, targets[rows + start], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_mean = (class_sum / class_count[:, None]).astype(np.float32)
+    references = References(name, best["relevance"][1], best["relevance"][0], best["activation"][1],
+                            best["activation"][0], class_mean, class_count)
+    for field in ("relevance_index", "relevance_value", "activation_index", "activation_value", "class_relevance",
+                  "class_count"):
+        _write(group, field, getattr(references, field))
+    return references
+
+
+def _write(group, field, value):
+    """A whole small array, replaced (top-k lists change with k and with newly explained chunks)."""
+    if field in group:
+        del group[field]
+    group.create_array(field, shape=value.shape, dtype=value.dtype)[...] = value
+
+
+def reference_heatmaps(lrp, source, layer: str, channel: int, samples, targets, crop: bool = False):
+    """Conditional heatmaps (sample, *input shape) of one channel on its reference samples (exact: one conditional
+    backward over the samples as a batch, each for its own explained class). crop: a list of each heatmap cut to the
+    receptive field of the channel's most relevant position instead (see receptive_field)."""
+    x = torch.stack([source.read(int(i)).x for i in samples])
+    targets = [int(t) for t in targets]
+    heatmaps = conditional(lrp, x, targets, {layer: [int(channel)]}).relevance[0]
+    if not crop:
+        return heatmaps
+    return [heatmaps[i][(...,) + receptive_field(lrp, x[i:i + 1], targets[i], layer, channel)]
+            for i in range(len(x))]
+
+
+def receptive_field(lrp, x: torch.Tensor, target, layer: str, channel: int) -> tuple[slice, ...]:
+    """The input region (slices of the spatial dims) that the channel's most relevant position of layer sees: where
+    the gradient of that one activation with respect to the input is non-zero (x: a batch of one)."""
+    relevance = lrp(x, target, record=[layer]).layers[layer][0, int(channel)]
+    position = np.unravel_index(int(relevance.argmax()), tuple(relevance.shape))
+    module = dict(lrp.model.named_modules())[layer]
+    kept = []
+    handle = module.register_forward_hook(lambda _, args, output: kept.append(output))
+    leaf = x.detach().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            lrp.model(leaf)
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(kept[0][(0, int(channel)) + tuple(int(p) for p in position)], leaf)
+    seen = gradient[0].abs().sum(0) > 0
+    if not bool(seen.any()):
+        return tuple(slice(0, size) for size in seen.shape)
+    return tuple(slice(int(where.min()), int(where.max()) + 1) for where in seen.nonzero().T)

@@ -1,0 +1,128 @@
+"""Concept pages: one image's top concepts with their conditional heatmaps, and a store's concept atlas.
+
+``image_page``: the image, its heatmap, then per top concept of the layer its relevance, its conditional heatmap
+and, when a store with relevance maximisation for the layer is given, its reference samples (the store's previews).
+``atlas_page``: per channel of the layer, its reference samples by relevance and by activation. Both write
+index.html with PNGs beside it into a folder, every image referenced by a relative path.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import viz
+from ..lrp import LRP
+from .conditional import conditional
+from .graph import attribution_graph
+from .relevance import concept_relevance, top_concepts
+
+STYLE = ("<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{padding:4px;"
+         "border-bottom:1px solid #ddd;vertical-align:middle;text-align:left}img{image-rendering:pixelated}</style>")
+
+
+def _png(image: np.ndarray, folder: Path, name: str, size: int = 96) -> str:
+    """Save an (H, W, 3) uint8 picture enlarged to about size pixels; returns its <img> tag."""
+    scale = max(1, size // max(image.shape[:2]))
+    viz.save_image(image, folder / name, scale=scale)
+    return f'<img src="{html.escape(name)}" alt="{html.escape(name)}" width="{image.shape[1] * scale}">'
+
+
+def _pixels_image(pixels) -> np.ndarray:
+    """(C, H, W) in [0, 1] floats or uint8 -> (H, W, 3) uint8."""
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    if array.shape[0] == 1:
+        array = np.repeat(array, 3, axis=0)
+    return array.transpose(1, 2, 0)
+
+
+def _references(store, layer: str):
+    """(store, relevance_index, relevance_value) of a layer's relevance maximisation in a store, or None."""
+    if store is None:
+        return None
+    from ..datasets import open_store
+
+    opened = open_store(store)
+    name = f"concepts/{layer}/relevance_index"
+    if name not in opened.group:
+        raise ValueError(f"{store} has no relevance maximisation for layer {layer!r}; run `relprop concepts "
+                         f"--store {store} --layer {layer}` first")
+    if "preview" not in opened.group:
+        raise ValueError(f"{store} keeps no previews (not an image data set); its reference samples cannot be shown")
+    return opened, np.asarray(opened.group[name][:]), np.asarray(opened.group[f"concepts/{layer}/relevance_value"][:])
+
+
+def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, top: int = 8, store=None,
+               cmap: str = "bwr", title: str = "relprop concepts", lower: str | None = None) -> dict:
+    """Write out/index.html for one image (x: a batch of one); returns what it shows (target, concepts). lower: a
+    layer below, whose concepts feeding each top concept are drawn as the attribution graph."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    references = _references(store, layer)
+    explanation = lrp(x, target)
+    explained = int(explanation.target[0]) if explanation.target is not None else target
+    sums = concept_relevance(lrp, x, explained, [layer])[layer]
+    values, channels = top_concepts(sums, top)
+    channels = channels[0].tolist()
+    heatmaps = conditional(lrp, x, explained, [{layer: [c]} for c in channels]).relevance[:, 0]
+    rows = []
+    for rank, (channel, value) in enumerate(zip(channels, values[0].tolist())):
+        cell = _png(viz.heatmap(heatmaps[rank:rank + 1], cmap)[0], out, f"concept-{channel}.png")
+        samples = ""
+        if references is not None:
+            opened, index, _ = references
+            samples = " ".join(_png(_pixels_image(opened.group["preview"][int(i)]), out,
+                                    f"reference-{channel}-{i}.png", 64) for i in index[channel])
+        rows.append(f"<tr><td>{channel}</td><td>{value:.4g}</td><td>{value / float(sums[0].sum()):.1%}</td>"
+                    f"<td>{cell}</td><td>{samples}</td></tr>")
+    image = _png(_pixels_image(pixels), out, "image.png", 192)
+    heatmap = _png(viz.heatmap(explanation.relevance, cmap)[0], out, "heatmap.png", 192)
+    body = (f"{STYLE}<h1>{html.escape(title)}</h1><p>explained class {explained}; layer "
+            f"<code>{html.escape(layer)}</code>: top {len(channels)} of {sums.shape[1]} concepts by relevance</p>"
+            f"<p>{image} {heatmap}</p><table><tr><th>channel</th><th>relevance</th><th>share of the layer</th>"
+            f"<th>conditional heatmap</th><th>reference samples</th></tr>{''.join(rows)}</table>")
+    graph = None
+    if lower is not None:
+        graph = attribution_graph(lrp, x, explained, upper=layer, lower=lower, channels=channels, top=3)
+        edges = "".join(f"<tr><td>{row['upper']}</td><td>{row['lower']}</td><td>{row['relevance']:.4g}</td>"
+                        f"<td>{row['share']:.1%}</td></tr>" for row in graph.rows())
+        body += (f"<h2>Attribution graph: <code>{html.escape(layer)}</code> from <code>{html.escape(lower)}</code>"
+                 f"</h2><p>{graph.svg()}</p><table><tr><th>concept</th><th>from lower concept</th><th>relevance</th>"
+                 f"<th>share of the concept</th></tr>{edges}</table>")
+    viz.save_text(viz.page(body, title), out / "index.html")
+    return {"target": explained, "channels": channels, "relevance": values[0].tolist(), "heatmaps": heatmaps,
+            "graph": graph}
+
+
+def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas") -> Path:
+    """Write out/index.html: per channel of the layer, its reference samples by relevance and by activation."""
+    from ..datasets import open_store
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    opened = open_store(store)
+    if "preview" not in opened.group:
+        raise ValueError(f"{store} keeps no previews (not an image data set); an atlas needs pictures")
+    previews = opened.group["preview"]
+    names = opened.class_names
+    rows = []
+    for channel in range(len(references.relevance_index)):
+        cells = []
+        for kind in ("relevance", "activation"):
+            index, value = getattr(references, f"{kind}_index")[channel], getattr(references, f"{kind}_value")[channel]
+            pictures = [(i, v, _png(_pixels_image(previews[int(i)]), out, f"{kind}-{channel}-{i}.png", 64))
+                        for i, v in zip(index, value) if np.isfinite(v)]
+            cells.append(" ".join(f'<span title="sample {i}: {v:.4g}">{tag}</span>' for i, v, tag in pictures))
+        classes = references.class_relevance[:, channel]
+        best = int(np.nanargmax(classes)) if np.isfinite(classes).any() else None
+        named = "" if best is None else (names[best] if names and best < len(names) else str(best))
+        rows.append(f"<tr><td>{channel}</td><td>{html.escape(named)}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+    body = (f"{STYLE}<h1>{html.escape(title)}</h1><p>store <code>{html.escape(str(store))}</code>, layer "
+            f"<code>{html.escape(layer)}</code>: the samples where each channel is most relevant (and, for "
+            "comparison, most activated)</p><table><tr><th>channel</th><th>class it serves most (mean relevance)"
+            f"</th><th>most relevant</th><th>most activated</th></tr>{''.join(rows)}</table>")
+    return viz.save_text(viz.page(body, title), out / "index.html")

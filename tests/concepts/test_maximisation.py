@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+import relprop
+from relprop.concepts import conditional, maximise, reference_heatmaps
+from relprop.datasets import open_store, run
+from relprop.datasets.sources import Demo
+from relprop.demo.model import ShapeNet
+from tests.models import with_biases
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    torch.manual_seed(0)
+    model = with_biases(ShapeNet()).eval()
+    source = Demo(count=10)
+    store = tmp_path / "run.zarr"
+    run(model, source, store, batch_size=3, chunk=4, progress=False)
+    return model, source, store
+
+
+def brute_force(model, source, layer, store):
+    """Every sample's channel relevance (sum) and activation (max), one plain LRP call per sample."""
+    targets = open_store(store)["target"][:]
+    lrp = relprop.LRP(model, "epsilon_plus_flat")
+    sums, peaks = [], []
+    for i in range(len(source)):
+        x = source.read(i).x[None]
+        sums.append(lrp(x, int(targets[i]), record=[layer]).layers[layer][0].sum((1, 2)))
+        with torch.no_grad():
+            peaks.append(model.features[:int(layer.split(".")[1]) + 1](x)[0].amax((1, 2)))
+    return torch.stack(sums).numpy(), torch.stack(peaks).numpy(), targets
+
+
+def test_top_k_per_channel_equals_a_brute_force_pass(small_run):
+    model, source, store = small_run
+    found = maximise(store, ["features.6", "features.8"], k=3, model=model, source=source, batch_size=4)
+    for layer in ("features.6", "features.8"):
+        sums, peaks, targets = brute_force(model, source, layer, store)
+        refs = found[layer]
+        expected = np.argsort(-sums, axis=0, kind="stable")[:3].T
+        np.testing.assert_array_equal(np.sort(refs.relevance_index, 1), np.sort(expected, 1))
+        np.testing.assert_allclose(refs.relevance_value, np.take_along_axis(sums.T, expected, 1), rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(refs.activation_value, -np.sort(-peaks.T, 1)[:, :3], rtol=1e-5, atol=1e-6)
+        for c in range(refs.class_relevance.shape[0]):
+            chosen = targets == c
+            assert refs.class_count[c] == chosen.sum()
+            if chosen.any():
+                np.testing.assert_allclose(refs.class_relevance[c], sums[chosen].mean(0), rtol=1e-4, atol=1e-6)
+        stored = open_store(store)
+        np.testing.assert_allclose(stored[f"concepts/{layer}/relevance"][:], sums, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(stored[f"concepts/{layer}/relevance_index"][:], refs.relevance_index)
+
+
+def test_an_interrupted_pass_resumes_the_missing_chunks_only(small_run, monkeypatch):
+    model, source, store = small_run
+    first = maximise(store, "features.6", k=2, model=model, source=source)
+    group = open_store(store, "r+").group
+    group["concepts/features.6/done"][4:8] = False  # as if killed before the second chunk was marked
+    group["concepts/features.6/relevance"][4:8] = np.nan
+    reads = []
+    read = Demo.read
+    monkeypatch.setattr(Demo, "read", lambda self, i: reads.append(i) or read(self, i))
+    again = maximise(store, "features.6", k=2, model=model, source=source)
+    assert sorted(reads) == [4, 5, 6, 7]
+    np.testing.assert_array_equal(again["features.6"].relevance_index, first["features.6"].relevance_index)
+
+
+def test_reference_heatmaps_are_the_conditional_heatmaps_of_each_sample(small_run):
+    model, source, store = small_run
+    refs = maximise(store, "features.6", k=2, model=model, source=source)["features.6"]
+    targets = open_store(store)["target"][:]
+    lrp = relprop.LRP(model, "epsilon_plus_flat")
+    samples = refs.relevance_index[5]
+    heatmaps = reference_heatmaps(lrp, source, "features.6", 5, samples, targets[samples])
+    for position, i in enumerate(samples):
+        alone = conditional(lrp, source.read(int(i)).x[None], int(targets[i]), {"features.6": 5}).relevance[0, 0]
+        torch.testing.assert_close(heatmaps[position], alone, atol=1e-7, rtol=1e-5)
+
+
+def test_bad_layers_and_empty_stores_are_refused(small_run, tmp_path):
+    model, source, store = small_run
+    with pytest.raises(ValueError, match="did you mean 'features.6'"):
+        maximise(store, "features.66", model=model, source=source)
+    group = open_store(store, "r+").group
+    group["done"][:] = False
+    with pytest.raises(ValueError, match="no explained samples"):
+        maximise(store, "features.6", model=model, source=source)
+    assert "concepts" not in group
+
+
+def test_the_receptive_field_of_a_second_convolution_is_five_by_five_around_its_position():
+    from relprop.concepts.maximisation import receptive_field
+    from tests.concepts.nets import vgg
+
+    model = vgg()
+    x = torch.randn(1, 3, 16, 16)
+    lrp = relprop.LRP(model)
+    relevance = lrp(x, 1, record=["2"]).layers["2"][0, 3]
+    row, column = np.unravel_index(int(relevance.argmax()), (16, 16))
+    rows, columns = receptive_field(lrp, x, 1, "2", 3)  # two 3x3 convolutions: +-2 pixels, clipped at the border
+    assert (rows.start, rows.stop) == (max(row - 2, 0), min(row + 3, 16))
+    assert (columns.start, columns.stop) == (max(column - 2, 0), min(column + 3, 16))
+
+
+def test_cropped_reference_heatmaps_are_the_heatmaps_cut_to_the_receptive_field(small_run):
+    from relprop.concepts.maximisation import receptive_field
+
+    model, source, store = small_run
+    targets = open_store(store)["target"][:]
+    lrp = relprop.LRP(model, "epsilon_plus_flat")
+    full = reference_heatmaps(lrp, source, "features.2", 1, [0, 3], targets[[0, 3]])
+    cropped = reference_heatmaps(lrp, source, "features.2", 1, [0, 3], targets[[0, 3]], crop=True)
+    for position, i in enumerate([0, 3]):
+        region = receptive_field(lrp, source.read(i).x[None], int(targets[i]), "features.2", 1)
+        assert cropped[position].shape[-2:] == (region[0].stop - region[0].start, region[1].stop - region[1].start)
+        torch.testing.assert_close(cropped[position], full[position][(...,) + region])
+
+
+def test_the_ray_engine_writes_the_same_arrays_as_the_local_one(small_run, tmp_path):
+    pytest.importorskip("ray")
+    import shutil
+
+    model, source, store = small_run
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    local = maximise(store, ["features.6"], k=2, model=model, source=source)["features.6"]
+    distributed = maximise(copy, ["features.6"], k=2, model=model, source=source, engine="ray", workers=2)
+    for name in ("relevance", "activation", "done"):
+        np.testing.assert_array_equal(open_store(copy)[f"concepts/features.6/{name}"][:],
+                                      open_store(store)[f"concepts/features.6/{name}"][:])
+    np.testing.assert_array_equal(distributed["features.6"].relevance_index, local.relevance_index)
