@@ -49,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 from ..engine import DataFlow, UnsupportedOpWarning, caller_level, classify, out_of_place
 from ..explanation import Explanation
 from ..lrp import output_gradient
-from ..ops import attention
+from ..ops import attention, recurrent
 from ..ops.table import FAMILIES, deeplift_kind, is_inplace
 from .base import Attribution, baseline_like, batched, input_gradient, per_sample_sum, positional_count, rows_of
 
@@ -325,6 +325,9 @@ class _Interceptor(TorchFunctionMode):
             names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
             with self:
                 return attention.scaled_dot_product(**dict(zip(names, args)), **kwargs)
+        if family == "recurrent":  # fused LSTM/GRU/RNN: its time steps' ops get their own multipliers
+            with self:
+                return recurrent.run(recurrent.bind_call(name, args, kwargs))
         if family == "multi_head_attention":
             bound = dict(zip(attention.MHA_ARGS, args), **kwargs)
             for key, value in attention.MHA_DEFAULTS.items():
