@@ -330,3 +330,25 @@ def test_gradient_and_integrated_gradients_run_and_agree_with_autograd():
     torch.testing.assert_close(Gradient(model)(x, 0).relevance, leaf.grad)
     integrated = IntegratedGradients(model, steps=64)(x, 0)
     assert float((integrated.delta.abs() / integrated.explained.abs()).max()) < 1e-3
+
+
+def test_steps_give_the_fused_ops_gradient_to_input_and_parameters():
+    torch.manual_seed(7)
+    model = Classifier(nn.LSTM).double().eval()
+    x = torch.randn(2, 6, 3, dtype=torch.double)
+    fused = torch.autograd.grad(model(x.requires_grad_(True))[:, 1].sum(), [x, *model.parameters()])
+    with recurrent.StepsOnGPU(everywhere=True):
+        steps = torch.autograd.grad(model(x)[:, 1].sum(), [x, *model.parameters()])
+    for want, have in zip(fused, steps):
+        torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-12)
+    assert isinstance(recurrent.gradients_through(model), recurrent.StepsOnGPU)
+    assert not isinstance(recurrent.gradients_through(nn.Linear(2, 2)), recurrent.StepsOnGPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN needs a GPU")
+def test_gradients_through_a_cudnn_lstm_in_eval_mode_work():
+    model = Classifier(nn.LSTM).cuda().eval()
+    x = torch.randn(2, 6, 3, device="cuda")
+    assert torch.isfinite(Gradient(model)(x, 0).relevance).all()
+    assert torch.isfinite(IntegratedGradients(model, steps=8)(x, 0).relevance).all()
+    assert torch.isfinite(relprop.LRP(model, "epsilon")(x, 0).relevance).all()
