@@ -204,6 +204,74 @@ def test_lstm_relevance_matches_arras_reference_on_a_trained_bidirectional_lstm(
         np.testing.assert_allclose(explanation.relevance[sample].numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def gru_or_rnn_reference(layer, head, x, target, epsilon):
+    """Relevance of x (steps, features) for logit ``target`` of head(h_T), one GRU or tanh-RNN layer, from the
+    equations: gates constant, tanh passing relevance through, the update sum and the pre-activations by epsilon."""
+    w_ih, w_hh = layer.weight_ih_l0.detach().numpy(), layer.weight_hh_l0.detach().numpy()
+    b_ih, b_hh = layer.bias_ih_l0.detach().numpy(), layer.bias_hh_l0.detach().numpy()
+    hidden, gru = w_hh.shape[1], isinstance(layer, nn.GRU)
+    hs, saved = [np.zeros(hidden)], []
+    for x_t in x:
+        h = hs[-1]
+        if gru:
+            gx, gh = w_ih @ x_t + b_ih, w_hh @ h + b_hh
+            r, z = _sigmoid(gx[:hidden] + gh[:hidden]), _sigmoid(gx[hidden:2 * hidden] + gh[hidden:2 * hidden])
+            a = gx[2 * hidden:] + r * gh[2 * hidden:]
+            n = np.tanh(a)
+            hs.append((1 - z) * n + z * h)
+            saved.append((r, z, a, n))
+        else:
+            a = w_ih @ x_t + b_ih + w_hh @ h + b_hh
+            hs.append(np.tanh(a))
+            saved.append((None, None, a, None))
+    weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+    logits = weight @ hs[-1] + bias
+    relevance_out = np.zeros_like(logits)
+    relevance_out[target] = logits[target]
+    rel_h = lrp_linear(hs[-1], weight.T, bias, logits, relevance_out, epsilon)
+    relevance_x = np.zeros_like(x)
+    identity = np.eye(hidden)
+    for t in reversed(range(len(x))):
+        r, z, a, n = saved[t]
+        h = hs[t]
+        if gru:
+            rel_a = lrp_linear((1 - z) * n, identity, 0, hs[t + 1], rel_h, epsilon)  # tanh passes it through
+            rel_previous = lrp_linear(z * h, identity, 0, hs[t + 1], rel_h, epsilon)
+            w_x, w_h = w_ih[2 * hidden:], r[:, None] * w_hh[2 * hidden:]  # the reset gate scales W_hn
+        else:
+            rel_a, rel_previous = rel_h, 0
+            w_x, w_h = w_ih, w_hh
+        relevance_x[t] = lrp_linear(x[t], w_x.T, 0, a, rel_a, epsilon)
+        rel_h = rel_previous + lrp_linear(h, w_h.T, 0, a, rel_a, epsilon)
+    return relevance_x
+
+
+class LastState(nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        torch.manual_seed(8)
+        self.rnn = cell(3, 5, batch_first=True)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[1][-1])
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.RNN])
+def test_gru_and_rnn_relevance_match_their_equations(cell):
+    model = LastState(cell).double().eval()
+    x = torch.randn(3, 6, 3, dtype=torch.double)
+    explanation = relprop.LRP(model, Epsilon(0.01), strict=True)(x)
+    for sample in range(len(x)):
+        expected = gru_or_rnn_reference(model.rnn, model.head, x[sample].numpy(), int(explanation.target[sample]),
+                                        0.01)
+        np.testing.assert_allclose(explanation.relevance[sample].numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
 def _without_warnings(explain, *args):
     """explain(*args), with any warning (an unsupported op, say) raised as an error."""
     with warnings.catch_warnings():
@@ -228,7 +296,16 @@ def test_relevance_is_conserved_without_biases_and_epsilon(cell):
     torch.testing.assert_close(explanation.relevance.sum((1, 2)), explanation.explained, rtol=1e-10, atol=1e-12)
 
 
-def test_relevance_lost_with_biases_is_what_they_absorb():
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_zero_bias_hands_the_biases_share_to_the_inputs_so_relevance_is_conserved(cell):
+    torch.manual_seed(9)
+    model = Classifier(cell).double().eval()
+    x = torch.randn(3, 7, 3, dtype=torch.double)
+    explanation = relprop.LRP(model, Epsilon(0.0, zero_bias=True), strict=True)(x)
+    torch.testing.assert_close(explanation.relevance.sum((1, 2)), explanation.explained, rtol=1e-9, atol=1e-12)
+
+
+def test_only_biases_lose_relevance():
     torch.manual_seed(2)
     model = Classifier().double().eval()
     x = torch.randn(3, 7, 3, dtype=torch.double)
