@@ -75,6 +75,63 @@ def test_decomposition_equals_the_fused_op(config, given_state, packed):
         torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)
 
 
+CELLS = {"lstm cell": (nn.LSTMCell, {}), "gru cell without bias": (nn.GRUCell, dict(bias=False)),
+         "rnn relu cell": (nn.RNNCell, dict(nonlinearity="relu"))}
+
+
+@pytest.mark.parametrize("config", list(CELLS))
+def test_cell_decomposition_equals_the_fused_cell(config):
+    cls, options = CELLS[config]
+    torch.manual_seed(0)
+    cell = cls(4, 5, **options).double()
+    x, h = torch.randn(3, 4, dtype=torch.double), torch.randn(3, 5, dtype=torch.double)
+    state = (h, torch.randn(3, 5, dtype=torch.double)) if cls is nn.LSTMCell else h
+    for args in ((x,), (x, state), (x[0],)):
+        expected = cell(*args)
+        with Decomposed():
+            got = cell(*args)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+class CellLoop(nn.Module):
+    """The same LSTM as a loop over nn.LSTMCell, as models with attention or custom steps write it."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.cell = nn.LSTMCell(layer.input_size, layer.hidden_size)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.cell, name).copy_(getattr(layer, name + "_l0"))
+        self.head = nn.Linear(layer.hidden_size, 2)
+
+    def forward(self, x):
+        state = None
+        for step in x.unbind(1):
+            state = self.cell(step, state)
+        return self.head(state[0])
+
+
+class Layer(nn.Module):
+    def __init__(self, layer, head):
+        super().__init__()
+        self.layer, self.head = layer, head
+
+    def forward(self, x):
+        return self.head(self.layer(x)[1][0][-1])
+
+
+def test_a_loop_over_an_lstm_cell_gets_the_layers_relevance():
+    torch.manual_seed(10)
+    layer = nn.LSTM(3, 4, batch_first=True).double()
+    looped = CellLoop(layer).double().eval()
+    whole = Layer(layer, looped.head).eval()
+    x = torch.randn(2, 5, 3, dtype=torch.double)
+    torch.testing.assert_close(looped(x), whole(x))
+    cell = relprop.LRP(looped, Epsilon(0.01), strict=True)(x, 1)
+    full = relprop.LRP(whole, Epsilon(0.01), strict=True)(x, 1)
+    torch.testing.assert_close(cell.relevance, full.relevance, rtol=1e-10, atol=1e-12)
+
+
 # ---- Arras et al. 2017, written from the paper's equations (numpy, float64, one sample at a time) ---------------
 def lrp_linear(inputs, weight, bias, outputs, relevance, epsilon):
     """Epsilon rule, biases absorbed: R_i = sum_j x_i w_ij R_j / (z_j + eps sign z_j), with z = x w + b."""

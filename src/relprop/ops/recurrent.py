@@ -1,6 +1,7 @@
 """Recurrent layers (nn.LSTM, nn.GRU, nn.RNN): the fused op run as its time steps in plain torch.
 
-``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` and ``torch.rnn_relu`` (padded or packed input) arrive as one op.
+``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` and ``torch.rnn_relu`` (padded or packed input) arrive as one op,
+as do the cells ``torch.lstm_cell``, ``torch.gru_cell``, ``torch.rnn_tanh_cell`` and ``torch.rnn_relu_cell``.
 While explaining they run as the equations below, one time step at a time, for every configuration torch allows:
 layers, directions, ``batch_first``, projections (``proj_size``), given initial states, packed sequences, dropout
 between layers. Per layer and direction, with W_i* x + b_i* computed for all steps at once:
@@ -44,7 +45,8 @@ from ..stabilize import stabilize
 from .elementwise import pass_through
 from .table import FAMILIES, register
 
-FAMILIES.update({f"torch.{name}": "recurrent" for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")})
+_LAYERS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+FAMILIES.update({f"torch.{name}{cell}": "recurrent" for name in _LAYERS for cell in ("", "_cell")})
 # Packing and padding (torch.nn.utils.rnn) only move rows: their gradient carries relevance unchanged.
 FAMILIES.update({"_VariableFunctionsClass._pack_padded_sequence": "gradient",
                  "_VariableFunctionsClass._pad_packed_sequence": "gradient", "pad_sequence": "gradient"})
@@ -57,6 +59,12 @@ _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 def bind_call(name: str, args, kwargs) -> dict:
     """A recurrent op's arguments by name; ``batch_sizes`` is None for padded input."""
     kind = name.rsplit(".", 1)[-1]
+    if kind.endswith("_cell"):
+        bound = dict(zip(("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"), args), **kwargs)
+        bound.setdefault("b_ih", None)
+        bound.setdefault("b_hh", None)
+        bound.update(kind=kind, params=[bound["w_ih"], bound["w_hh"], bound["b_ih"], bound["b_hh"]])
+        return bound
     # The packed form has the batch sizes (a tensor) second; a GRU's or RNN's padded form has its state there, and
     # then its parameters (a list) third.
     packed = len(args) > 2 and isinstance(args[1], torch.Tensor) and (kind == "lstm" or isinstance(args[2], torch.Tensor))
@@ -135,6 +143,8 @@ class Arras(Plain):
 
 def run(bound: dict, policy: Plain = Plain()):
     """The recurrent op's outputs ((output, h_n, c_n) for an LSTM, else (output, h_n)), step by step."""
+    if bound["kind"].endswith("_cell"):
+        return _cell(bound, policy)
     kind, params = bound["kind"], list(bound["params"])
     layers, directions = bound["num_layers"], 2 if bound["bidirectional"] else 1
     per = len(params) // (layers * directions)
@@ -183,27 +193,41 @@ def _padded(data, batch_sizes):
 
 def _direction(kind, policy, x, mask, h, c, weights, has_biases, reverse):
     """One layer in one direction: (outputs (steps, batch, hidden), last h, last c)."""
-    w_ih, w_hh = weights[0], weights[1]
-    b_ih, b_hh = (weights[2], weights[3]) if has_biases else (None, None)
-    w_hr = weights[-1] if kind == "lstm" and len(weights) == 3 + 2 * has_biases else None
-    bias = None
-    if policy.zero_bias and has_biases:
-        bias = (b_ih + b_hh).detach().chunk(_GATES[kind])  # what the bias-free denominators leave out, per gate
-    inputs = F.linear(x, w_ih, b_ih).unbind(0)  # unbind: one gradient buffer for all steps, not one per step
+    step_of = _step(kind, policy, weights, has_biases)
+    inputs = F.linear(x, weights[0], weights[2] if has_biases else None).unbind(0)  # unbind: one gradient buffer
     outputs = [None] * len(inputs)
     for step in (reversed(range(len(inputs))) if reverse else range(len(inputs))):
-        if kind == "lstm":
-            h_new, c_new = _lstm(policy, inputs[step], h, c, w_hh, b_hh, w_hr, bias)
-        elif kind == "gru":
-            h_new, c_new = _gru(policy, inputs[step], h, w_hh, b_hh, b_ih, bias), None
-        else:
-            h_new, c_new = _rnn(policy, inputs[step], h, w_hh, b_hh, bias, kind), None
+        h_new, c_new = step_of(inputs[step], h, c)
         if mask is not None:  # packed: sequences that have ended (or not yet begun, in reverse) keep their state
             h_new = torch.where(mask[step], h_new, h)
             c_new = None if c is None else torch.where(mask[step], c_new, c)
         h, c = h_new, c_new
         outputs[step] = h
     return torch.stack(outputs), h, c
+
+
+def _step(kind, policy, weights, has_biases):
+    """One time step, (W_i* x + b_i*, h, c) -> (h', c'), with these weights [w_ih, w_hh, (b_ih, b_hh), (w_hr)]."""
+    w_hh = weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if has_biases else (None, None)
+    w_hr = weights[-1] if kind == "lstm" and len(weights) == 3 + 2 * has_biases else None
+    bias = None
+    if policy.zero_bias and has_biases:
+        bias = (b_ih + b_hh).detach().chunk(_GATES[kind])  # what the bias-free denominators leave out, per gate
+    if kind == "lstm":
+        return lambda projected, h, c: _lstm(policy, projected, h, c, w_hh, b_hh, w_hr, bias)
+    if kind == "gru":
+        return lambda projected, h, c: (_gru(policy, projected, h, w_hh, b_hh, b_ih, bias), None)
+    return lambda projected, h, c: (_rnn(policy, projected, h, w_hh, b_hh, bias, kind), None)
+
+
+def _cell(bound, policy):
+    """nn.LSTMCell, GRUCell, RNNCell: one step; (h', c') for an LSTM cell, else h'."""
+    kind, has_biases = bound["kind"][:-len("_cell")], bound["b_ih"] is not None
+    weights = [bound["w_ih"], bound["w_hh"]] + ([bound["b_ih"], bound["b_hh"]] if has_biases else [])
+    h, c = bound["hx"] if kind == "lstm" else (bound["hx"], None)
+    h, c = _step(kind, policy, weights, has_biases)(F.linear(bound["input"], bound["w_ih"], bound["b_ih"]), h, c)
+    return (h, c) if kind == "lstm" else h
 
 
 def _lstm(policy, projected, h, c, w_hh, b_hh, w_hr, bias):
