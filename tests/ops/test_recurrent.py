@@ -401,7 +401,7 @@ class Packing(nn.Module):
         self.head = nn.Linear(10, 2)
 
     def forward(self, x):
-        lengths = torch.tensor([x.shape[1], x.shape[1] - 2, 3])[: len(x)]
+        lengths = torch.tensor([x.shape[1], x.shape[1] - 2, 3]).repeat(len(x))[: len(x)]
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         output, _ = self.rnn(packed)
         padded, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True)
@@ -453,6 +453,13 @@ def test_deeplift_adds_up_on_recurrent_layers(cell):
     x = torch.randn(3, 6, 3, dtype=torch.double)
     explanation = _without_warnings(DeepLift(model), x)
     assert float((explanation.delta.abs() / explanation.explained.abs()).max()) <= 1e-4
+
+
+def test_deeplift_warns_on_packed_sequences_whose_sorting_breaks_its_pairing():
+    torch.manual_seed(5)
+    model = Packing(nn.LSTM).double().eval()
+    with pytest.warns(relprop.UnsupportedOpWarning, match="packed"):
+        DeepLift(model, baseline=torch.zeros(3, 6, 3, dtype=torch.double))(torch.randn(3, 6, 3, dtype=torch.double))
 
 
 def test_gradient_and_integrated_gradients_run_and_agree_with_autograd():

@@ -326,8 +326,12 @@ class _Interceptor(TorchFunctionMode):
             with self:
                 return attention.scaled_dot_product(**dict(zip(names, args)), **kwargs)
         if family == "recurrent":  # fused LSTM/GRU/RNN: its time steps' ops get their own multipliers
+            bound = recurrent.bind_call(name, args, kwargs)
+            if bound.get("batch_sizes") is not None:
+                return self.fallback(func, name, args, kwargs, "its input is packed (rows sorted by length, so "
+                                                               "inputs no longer pair with their baselines)")
             with self:
-                return recurrent.run(recurrent.bind_call(name, args, kwargs))
+                return recurrent.run(bound)
         if family == "multi_head_attention":
             bound = dict(zip(attention.MHA_ARGS, args), **kwargs)
             for key, value in attention.MHA_DEFAULTS.items():
