@@ -75,6 +75,17 @@ def test_decomposition_equals_the_fused_op(config, given_state, packed):
         torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("config", list(CONFIGURATIONS))
+def test_unbatched_input_decomposes_as_the_fused_op(config):
+    layer = _layer(config)
+    x = torch.randn(6, 4, dtype=torch.double)
+    expected = _outputs(layer(x))
+    with Decomposed():
+        got = _outputs(layer(x))
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)
+
+
 CELLS = {"lstm cell": (nn.LSTMCell, {}), "gru cell without bias": (nn.GRUCell, dict(bias=False)),
          "rnn relu cell": (nn.RNNCell, dict(nonlinearity="relu"))}
 
