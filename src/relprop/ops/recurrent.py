@@ -67,7 +67,8 @@ def bind_call(name: str, args, kwargs) -> dict:
         return bound
     # The packed form has the batch sizes (a tensor) second; a GRU's or RNN's padded form has its state there, and
     # then its parameters (a list) third.
-    packed = len(args) > 2 and isinstance(args[1], torch.Tensor) and (kind == "lstm" or isinstance(args[2], torch.Tensor))
+    packed = len(args) > 2 and isinstance(args[1], torch.Tensor) and (
+        kind == "lstm" or isinstance(args[2], torch.Tensor))
     bound = dict(zip(_PACKED if packed else _PADDED, args), **kwargs)
     bound.setdefault("batch_sizes", None)
     bound.setdefault("batch_first", False)
@@ -133,8 +134,8 @@ class Arras(Plain):
             return total  # s / s: the gradient is already the share
         with torch.no_grad():
             denominator = total - bias if (self.zero_bias and bias is not None) else total
-            factor = (total / stabilize(denominator, self.epsilon)).nan_to_num_(nan=0.0, posinf=0.0,
-                                                                                    neginf=0.0)
+            factor = total / stabilize(denominator, self.epsilon)
+            factor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # epsilon 0: a zero sum carries nothing
         return EpsilonShare.apply(total, factor)
 
     def squash(self, tensor, fn):
