@@ -229,3 +229,37 @@ def test_token_type_ids_reach_bert():
     with pytest.raises(ValueError, match="attention_mask given twice"):
         explain_tokens(model, ids, attention_mask=torch.ones_like(ids),
                        model_inputs={"attention_mask": torch.ones_like(ids)})
+
+
+# ---- recurrent text classifiers --------------------------------------------------------------------------------------
+class LSTMClassifier(torch.nn.Module):
+    """Embedding, bidirectional LSTM read at both ends, linear head: the classic text classifier."""
+
+    def __init__(self, vocabulary=20, width=6, hidden=5, classes=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocabulary, width)
+        self.lstm = torch.nn.LSTM(width, hidden, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(2 * hidden, classes)
+
+    def forward(self, ids):
+        _, (h, _) = self.lstm(self.embed(ids))
+        return self.head(torch.cat([h[0], h[1]], 1))
+
+
+def test_an_lstm_text_classifier_is_explained_token_by_token_and_rendered():
+    model = LSTMClassifier().double().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "bias" in name:
+                parameter.zero_()  # no bias absorbs relevance: the tokens' relevance adds up to the logit
+    ids = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = explain_tokens(model, ids, target=[1, 0], embedding="embed", composite="epsilon", epsilon=0.0,
+                                strict=True)
+    logits = model(ids).detach()
+    torch.testing.assert_close(result.relevance.sum(1), logits[[0, 1], [1, 0]], rtol=1e-10, atol=1e-12)
+    assert result.relevance.shape == (2, 5) and bool((result.relevance != 0).all())
+    page = result.html()
+    assert page.count("<span") == 10

@@ -14,6 +14,7 @@ import torch
 from .. import diagnose
 from ..engine import UnsupportedOperation
 from ..lrp import LRP, check_input, check_target_type, output_gradient
+from ..ops.recurrent import gradients_through
 
 # Default number of model inputs per forward pass: about this many input values, so a pass over 224x224 images
 # holds 13 of them and one over 32x32 images 680.
@@ -64,7 +65,8 @@ class Attribution:
         """The tensor to explain for a batch of inputs: the model (or forward=) run on them, checked to give one
         output per input; a failing forward gets the likely user error and its fix."""
         try:
-            output = self.model(inputs) if self.forward is None else self.forward(self.model, inputs)
+            with gradients_through(self.model):  # no cuDNN recurrent kernel, whose backward needs training mode
+                output = self.model(inputs) if self.forward is None else self.forward(self.model, inputs)
         except UnsupportedOperation:
             raise
         except RuntimeError as error:

@@ -6,13 +6,14 @@
   linear.py       linear, convolution, transposed convolution, average pooling under a composite's rule
   norms.py        batch, layer, group and RMS norm (std as constant; batch norm merged into the layer before it)
   attention.py    softmax, log-softmax, fused and multi-head attention
+  recurrent.py    LSTM, GRU and RNN layers run as their time steps (Arras et al. 2017 for LRP)
   custom.py       custom torch.autograd.Functions (found from their outputs; rules registered by the user)
 Each family file also holds the family's DeepLift handler and its autograd Functions; what those share (inputs and
 references in one batch, the path-averaged Jacobian) is in reference.py.
 """
 import importlib
 
-FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "custom")
+FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "recurrent", "custom")
 
 
 def load_families():
