@@ -5,12 +5,14 @@
   products.py     products of activations (uniform split, gates) and division
   linear.py       linear, convolution, transposed convolution, average pooling under a composite's rule
   norms.py        batch, layer, group and RMS norm (std as constant; batch norm merged into the layer before it)
+  graph.py        message-passing aggregation (scatter/index/segment sums, means, max) and GAT's edge softmax
   attention.py    softmax, log-softmax, fused and multi-head attention
   custom.py       custom torch.autograd.Functions (found from their outputs; rules registered by the user)
 """
 import importlib
 
-FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "custom")
+FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "custom",
+                  "graph")  # graph after products: it refines division
 
 
 def load_families():
