@@ -55,7 +55,7 @@ def explain_graph(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Ten
     num_nodes, node_width = x.shape[0], x.shape[1]
     if edge_attr is None:
         call = forward or (lambda m, nodes, edges, _: _call(m, nodes, edges))
-        edge_attr = x.new_zeros(0, node_width)
+        edge_attr = x.new_zeros(0, 0)
         edge_width = 0
     else:
         if edge_attr.dim() == 1:
@@ -127,7 +127,7 @@ def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Te
     target class of node's output; ceil(#suffixes / batch_size) forward and backward passes.
 
     forward: callable(model, x, edge_index) -> node outputs (default model(x, edge_index)); options go to LRP
-    (strict, canonizers, composite parameters).
+    (strict, canonizers, composite parameters). Each layer must run once per forward (no shared layers).
     """
     layers = list(layers)
     if not layers:
@@ -145,12 +145,8 @@ def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Te
         chunk = ends[start:start + batch_size]
         copies = len(chunk)
         xs, edges = replicate(x, edge_index, copies)
-        offsets = torch.arange(copies) * num_nodes
-        masks = []
-        for layer in range(len(layers)):
-            mask = torch.zeros(copies * num_nodes, device=x.device)
-            mask[offsets + torch.tensor([suffix[layer] for suffix in chunk])] = 1
-            masks.append(mask)
+        rows = torch.arange(copies, device=x.device) * num_nodes + torch.tensor(chunk, device=x.device).t()
+        masks = [torch.zeros(copies * num_nodes, device=x.device).index_fill_(0, keep, 1) for keep in rows]
         handles = _mask_layers(model, layers, masks)
         try:
             attributor = LRP(model, composite, forward=lambda m, z: forward(m, z, edges), **options)
