@@ -102,7 +102,7 @@ def replicate(x: torch.Tensor, edge_index: torch.Tensor, copies: int) -> tuple[t
     return x.repeat(copies, *([1] * (x.dim() - 1))), edge_index.repeat(1, copies) + shift
 
 
-def _mask_layers(model, layers, masks):
+def mask_layers(model, layers, masks):
     """Forward hooks on the message-passing layers that keep the gradient leaving layer l at the rows masks[l]."""
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
@@ -147,7 +147,7 @@ def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Te
         xs, edges = replicate(x, edge_index, copies)
         rows = torch.arange(copies, device=x.device) * num_nodes + torch.tensor(chunk, device=x.device).t()
         masks = [torch.zeros(copies * num_nodes, device=x.device).index_fill_(0, keep, 1) for keep in rows]
-        handles = _mask_layers(model, layers, masks)
+        handles = mask_layers(model, layers, masks)
         try:
             attributor = LRP(model, composite, forward=lambda m, z: forward(m, z, edges), **options)
             explanation = attributor(xs, target)
