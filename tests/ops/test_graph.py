@@ -85,6 +85,30 @@ def test_segment_sum_gives_each_row_its_share():
     torch.testing.assert_close(relevance, expected)
 
 
+def test_sparse_adjacency_product_gives_each_weighted_neighbour_its_share(graph):
+    x, edge_index = graph
+    weights = torch.rand(EDGES) + 0.1
+    dense = torch.zeros(NODES, NODES).index_put_((edge_index[1], edge_index[0]), weights, accumulate=True)
+    states, relevance_out = torch.rand(NODES, FEATURES) + 0.1, torch.randn(NODES, FEATURES)
+    # R_j = sum_i A_ij x_j / y_i * R_i
+    expected = torch.einsum("ij,jf,if->jf", dense, states, relevance_out / (dense @ states))
+    relevance = explain_messages(lambda m: torch.sparse.mm(dense.to_sparse_csr(), m), states, relevance_out)
+    torch.testing.assert_close(relevance, expected)
+
+
+def test_gcn_on_a_sparse_adjacency_runs_strict_and_equals_gradient_times_input_without_biases(graph):
+    from torch_geometric.utils import to_torch_csc_tensor
+
+    x, edge_index = graph
+    model = make("gcn", bias=False)
+    adjacency = to_torch_csc_tensor(edge_index, size=(NODES, NODES)).t()
+    relevance = relprop.explain(model, x, 1, composite="epsilon", epsilon=1e-12, strict=True,
+                                forward=lambda m, z: m(z, adjacency)).relevance
+    leaf = x.clone().requires_grad_(True)
+    model(leaf, adjacency)[:, 1].sum().backward()
+    torch.testing.assert_close(relevance, leaf.grad * x, atol=1e-5, rtol=1e-4)
+
+
 def test_product_aggregation_is_unsupported_under_strict(graph):
     _, edge_index = graph
     with pytest.raises(UnsupportedOperation, match="reduce='prod'"):

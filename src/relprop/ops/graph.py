@@ -1,8 +1,8 @@
 """Message-passing aggregation of graph networks (PyTorch Geometric and hand-written ones), and GAT's edge softmax.
 
 Aggregation scatters messages m_e onto their target nodes: y_i = sum_{e: t(e)=i} m_e (``scatter_add``,
-``index_add``, ``scatter_reduce`` "sum", ``segment_reduce`` "sum"), the mean y_i = (1/n_i) sum m_e (n_i counted from
-the graph, a constant), or the maximum y_i = max m_e. Sums and means are linear, so gradient x input is exact LRP:
+``index_add``, ``scatter_reduce`` "sum", ``segment_reduce`` "sum", ``torch.sparse.mm`` by a constant adjacency),
+the mean y_i = (1/n_i) sum m_e (n_i counted from the graph, a constant), or the maximum y_i = max m_e. Sums and means are linear, so gradient x input is exact LRP:
 R(m_e) = m_e / y_i * R(y_i) per feature, and relevance is conserved per target node. The maximum passes all of R(y_i)
 to the winning message (ties share it), which is again the gradient: y_i = m_winner.
 
@@ -25,6 +25,7 @@ for _name in _AGGREGATIONS:
     FAMILIES[T + _name] = "graph_aggregation"
     FAMILIES["torch." + _name] = "graph_aggregation"
     FAMILIES["_VariableFunctionsClass." + _name] = "graph_aggregation"  # how torch.segment_reduce resolves
+FAMILIES["_sparse_mm"] = "graph_aggregation"  # torch.sparse.mm(adjacency, x, reduce): PyG's SparseTensor/CSR path
 for _name in ("exp", "exp_"):
     FAMILIES[T + _name] = "graph_softmax"
     FAMILIES["torch." + _name] = "graph_softmax"
@@ -42,6 +43,8 @@ def reduction(name: str, args, kwargs) -> str:
     short = name.rsplit(".", 1)[-1].strip("_")
     if short in ("scatter_add", "index_add"):
         return "sum"
+    if short == "sparse_mm":
+        return kwargs.get("reduce", args[2] if len(args) > 2 else "sum")
     if "reduce" in kwargs:
         return kwargs["reduce"]
     position = {"scatter_reduce": 4, "segment_reduce": 1}[short]  # (input, dim, index, src, reduce), (data, reduce)
@@ -51,6 +54,8 @@ def reduction(name: str, args, kwargs) -> str:
 @register("graph_aggregation", deeplift="linear")
 def aggregation(ctx, func, name, args, kwargs):
     rule = RULES.get(reduction(name, args, kwargs))
+    if name == "_sparse_mm" and ctx.active(args[0]):  # adjacency values times node states: a product
+        return ctx.unknown(func, f"{name} (an adjacency that carries relevance)", args, kwargs)
     if rule is None:
         return ctx.unknown(func, f"{name} (reduce={reduction(name, args, kwargs)!r})", args, kwargs)
     return ctx.plain(func, name, args, kwargs, rule=rule)
