@@ -223,3 +223,32 @@ def test_gat_with_edge_features_gives_them_relevance_under_strict(graph):
                                     strict=True)
     assert nodes.shape == x.shape and edges.shape == edge_attr.shape
     assert edges.abs().sum() > 0 and torch.isfinite(edges).all()
+
+
+@pytest.mark.parametrize("layer", ["gatv2", "transformer", "sage_min", "sage_softmax", "edge", "cheb"])
+def test_further_layers_run_strict(graph, layer):
+    from torch_geometric.nn import ChebConv, EdgeConv, GATv2Conv, TransformerConv
+
+    x, edge_index = graph
+    torch.manual_seed(6)
+    conv = {"gatv2": lambda: GATv2Conv(FEATURES, 3, heads=2), "transformer": lambda: TransformerConv(FEATURES, 3),
+            "sage_min": lambda: SAGEConv(FEATURES, 3, aggr="min"),
+            "sage_softmax": lambda: SAGEConv(FEATURES, 3, aggr="softmax"),
+            "edge": lambda: EdgeConv(torch.nn.Linear(2 * FEATURES, 3)), "cheb": lambda: ChebConv(FEATURES, 3, K=2)}
+    explanation = relprop.explain(conv[layer](), x, target=0, strict=True, forward=lambda m, z: m(z, edge_index))
+    assert torch.isfinite(explanation.relevance).all() and explanation.relevance.abs().sum() > 0
+
+
+@pytest.mark.parametrize("readout", ["add", "mean", "max"])
+def test_graph_readouts_run_strict_and_explain_each_graph(graph, readout):
+    from torch_geometric import nn
+
+    x, edge_index = graph
+    pool = getattr(nn, f"global_{readout}_pool")
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    edge_index = edge_index[:, batch[edge_index[0]] == batch[edge_index[1]]]  # two separate graphs
+    conv = GCNConv(FEATURES, 3)
+    nodes, _, explanation = explain_graph(conv, x, edge_index, target=1, strict=True,
+                                          forward=lambda m, z, e, _: pool(m(z, e), batch)[1:])  # graph 1 only
+    assert (nodes[:3] == 0).all() and (nodes[3:] != 0).any()
+    assert torch.isfinite(nodes).all()

@@ -19,6 +19,7 @@ Families:
   batch_norm / layer_norm / group_norm / rms_norm   normalisation (std as constant)
   softmax     gradient (AttnLRP), or a constant (CP-LRP), as the composite says; remembered for the output policy
   attention / multi_head_attention   fused attention, run as its decomposition into the ops above
+  graph_aggregation / graph_softmax  message passing: scatter/index/segment sums, means and max; PyG's edge softmax
 Anything else that touches relevance is reported as unsupported (LRP) or averaged along the path with a warning
 (DeepLift).
 """
