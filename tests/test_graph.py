@@ -124,3 +124,21 @@ def test_explaining_a_graph_leaves_edge_relevance_empty_without_edge_features(gr
     nodes, edges, explanation = explain_graph(model("gcn", 2), x, edge_index, target=1, strict=True)
     assert edges is None and nodes.shape == x.shape
     torch.testing.assert_close(nodes.sum(), explanation.relevance.sum())
+
+
+def test_edge_index_with_nodes_outside_x_is_an_error(graph):
+    x, _ = graph
+    with pytest.raises(ValueError, match="outside 0..5"):
+        relevant_walks(model("gcn", 2), x, torch.tensor([[0, 6], [1, 2]]), ["convs.0"], node=0, target=0)
+
+
+def test_edge_index_of_pairs_is_an_error_saying_how_to_transpose(graph):
+    x, edge_index = graph
+    with pytest.raises(ValueError, match=r"\(2, edges\)"):
+        explain_graph(model("gcn", 2), x, edge_index.t(), target=0)
+
+
+def test_edge_features_need_one_row_per_edge(graph):
+    x, edge_index = graph
+    with pytest.raises(ValueError, match="one row per edge"):
+        explain_graph(model("gcn", 2), x, edge_index, torch.randn(edge_index.shape[1]), target=0)

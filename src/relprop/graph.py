@@ -36,6 +36,19 @@ class Walks:
         return [(tuple(w.tolist()), float(r)) for w, r in zip(self.walks[:k], self.relevance[:k])]
 
 
+def check_graph(x: torch.Tensor, edge_index: torch.Tensor):
+    """Node features (N, F) and edges (2, E) of node ids below N, or a clear error."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be node features shaped (nodes, features), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2 \
+            or edge_index.is_floating_point():
+        raise ValueError("edge_index must be an integer tensor shaped (2, edges): sources in row 0, targets in "
+                         "row 1 (a list of (source, target) pairs p becomes torch.tensor(p).t())")
+    if edge_index.numel() and not 0 <= int(edge_index.min()) <= int(edge_index.max()) < x.shape[0]:
+        raise ValueError(f"edge_index names nodes outside 0..{x.shape[0] - 1} (the rows of x)")
+
+
 def _call(model, x, edge_index):
     return model(x, edge_index)
 
@@ -52,15 +65,16 @@ def explain_graph(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Ten
     edge_attr), or model(x, edge_index) without edge_attr); options go to LRP.
 
     Both feature sets are explained as one sample: packed side by side into one (1, N + E, width) input."""
+    check_graph(x, edge_index)
     num_nodes, node_width = x.shape[0], x.shape[1]
     if edge_attr is None:
         call = forward or (lambda m, nodes, edges, _: _call(m, nodes, edges))
         edge_attr = x.new_zeros(0, 0)
         edge_width = 0
     else:
-        if edge_attr.dim() == 1:
-            raise ValueError(f"edge_attr has shape {tuple(edge_attr.shape)}; pass one row per edge, "
-                             "edge_attr.unsqueeze(1)")
+        if edge_attr.dim() != 2 or edge_attr.shape[0] != edge_index.shape[1]:
+            raise ValueError(f"edge_attr has shape {tuple(edge_attr.shape)}; pass one row per edge, shaped "
+                             f"({edge_index.shape[1]}, features) (a vector: edge_attr.unsqueeze(1))")
         call = forward or _call_with_edges
         edge_width = edge_attr.shape[1]
     width = max(node_width, edge_width)
@@ -132,6 +146,7 @@ def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Te
     layers = list(layers)
     if not layers:
         raise ValueError("layers is empty: name the model's message-passing layers, e.g. layers=['conv1', 'conv2']")
+    check_graph(x, edge_index)
     num_nodes = x.shape[0]
     if not 0 <= node < num_nodes:
         raise ValueError(f"node {node} is not a node of the graph (0..{num_nodes - 1})")
