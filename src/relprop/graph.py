@@ -164,7 +164,7 @@ def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Te
         masks = [torch.zeros(copies * num_nodes, device=x.device).index_fill_(0, keep, 1) for keep in rows]
         handles = mask_layers(model, layers, masks)
         try:
-            attributor = LRP(model, composite, forward=lambda m, z: forward(m, z, edges), **options)
+            attributor = LRP(model, composite, forward=lambda m, z, edges=edges: forward(m, z, edges), **options)
             explanation = attributor(xs, target)
         finally:
             for handle in handles:
