@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 import torch
-from torch_geometric.nn import GCNConv, GINConv, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
 import relprop
 from relprop.graph import Walks, explain_graph, relevant_walks
@@ -29,7 +29,8 @@ def model(kind, layers):
     torch.manual_seed(4)
     make = {"gcn": lambda: GCNConv(FEATURES, FEATURES),
             "gin": lambda: GINConv(torch.nn.Linear(FEATURES, FEATURES), train_eps=True),
-            "sage": lambda: SAGEConv(FEATURES, FEATURES, aggr="max")}[kind]
+            "sage": lambda: SAGEConv(FEATURES, FEATURES, aggr="max"),
+            "gat": lambda: GATConv(FEATURES, FEATURES)}[kind]
     net = Net([make() for _ in range(layers)]).eval()
     with torch.no_grad():
         for name, parameter in net.named_parameters():
@@ -69,7 +70,7 @@ def brute_force(net, x, edge_index, layers, node, target):
     return walks
 
 
-@pytest.mark.parametrize("kind,layers", [("gcn", 2), ("gin", 2), ("sage", 2), ("gcn", 3)])
+@pytest.mark.parametrize("kind,layers", [("gcn", 2), ("gin", 2), ("sage", 2), ("gat", 2), ("gcn", 3)])
 def test_batched_walk_relevance_equals_one_backward_per_walk(graph, kind, layers):
     x, edge_index = graph
     net = model(kind, layers)

@@ -198,6 +198,14 @@ def test_gat_attention_is_ruled_as_the_composites_softmax(graph):
     assert "Gradient (AttnLRP edge softmax)" in rules and "Gradient (sum aggregation)" in rules
 
 
+@pytest.mark.parametrize("kind,rule", [("sage_max", "Gradient (max aggregation, winner takes all)"),
+                                       ("sage_sum", "Gradient (sum aggregation)")])
+def test_report_names_the_aggregation_rule(graph, kind, rule):
+    x, edge_index = graph
+    rows = relprop.LRP(make(kind, bias=True), strict=True, forward=lambda m, z: m(z, edge_index)).report(x, 1).rows
+    assert rule in {row.rule for row in rows}
+
+
 def test_gine_gives_node_and_edge_features_their_gradient_times_input(graph):
     x, edge_index = graph
     edge_attr = torch.randn(EDGES, 3)
