@@ -13,7 +13,7 @@ WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     export PIP_DISABLE_PIP_VERSION_CHECK=1
     .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -m pip install -q -e ".[test,peers,cluster,analysis,export,evaluate]" 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -m pip install -q -e ".[test,peers,cluster,analysis,export,evaluate,graph]" 2>&1 | grep -v "^WARNING: Location" || true
     # zennit 1.0.0 declares Python >= 3.11.11 while these machines run 3.11.7; it works, so ask pip not to check.
     .venv/bin/python -m pip install -q --no-deps --ignore-requires-python "zennit==1.0.0" 2>&1 \
         | grep -v "^WARNING: Location" || true

@@ -5,6 +5,7 @@
   products.py     products of activations (uniform split, gates) and division
   linear.py       linear, convolution, transposed convolution, average pooling under a composite's rule
   norms.py        batch, layer, group and RMS norm (std as constant; batch norm merged into the layer before it)
+  graph.py        message-passing aggregation (scatter/index/segment sums, means, max) and GAT's edge softmax
   attention.py    softmax, log-softmax, fused and multi-head attention
   recurrent.py    LSTM, GRU and RNN layers run as their time steps (Arras et al. 2017 for LRP)
   custom.py       custom torch.autograd.Functions (found from their outputs; rules registered by the user)
@@ -13,7 +14,8 @@ references in one batch, the path-averaged Jacobian) is in reference.py.
 """
 import importlib
 
-FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "recurrent", "custom")
+FAMILY_MODULES = ("gradient", "elementwise", "products", "linear", "norms", "attention", "recurrent", "custom",
+                  "graph")  # graph after products: it refines division
 
 
 def load_families():

@@ -23,6 +23,7 @@ Families:
   softmax     gradient (AttnLRP), or a constant (CP-LRP), as the composite says; remembered for the output policy
   attention / multi_head_attention   fused attention, run as its decomposition into the ops above
   recurrent   LSTM / GRU / RNN layers and cells, run as their time steps (ops/recurrent.py, FAMILIES.update there)
+  graph_aggregation / graph_softmax  message passing: scatter/index/segment sums, means and max; PyG's edge softmax
 Anything else that touches relevance is reported as unsupported (LRP) or averaged along the path with a warning
 (DeepLift): the table is an allow-list.
 """
