@@ -18,18 +18,15 @@ from __future__ import annotations
 import sys
 
 from . import elementwise, reference
-from .table import FAMILIES, HANDLERS, T, register
+from .products import denominator
+from .table import FAMILIES, HANDLERS, T, claim, register
 
 _AGGREGATIONS = ("scatter_add", "scatter_add_", "index_add", "index_add_", "scatter_reduce", "scatter_reduce_",
                  "segment_reduce", "_segment_reduce")
-for _name in _AGGREGATIONS:
-    FAMILIES[T + _name] = "graph_aggregation"
-    FAMILIES["torch." + _name] = "graph_aggregation"
-    FAMILIES["_VariableFunctionsClass." + _name] = "graph_aggregation"  # how torch.segment_reduce resolves
+# "_VariableFunctionsClass.": how torch.segment_reduce resolves
+claim("graph_aggregation", _AGGREGATIONS, (T, "torch.", "_VariableFunctionsClass."))
 FAMILIES["_sparse_mm"] = "graph_aggregation"  # torch.sparse.mm(adjacency, x, reduce): PyG's SparseTensor/CSR path
-for _name in ("exp", "exp_"):
-    FAMILIES[T + _name] = "graph_softmax"
-    FAMILIES["torch." + _name] = "graph_softmax"
+claim("graph_softmax", ("exp", "exp_"))
 
 # reduce argument -> rule name in the report; any other reduction has no rule
 RULES = {"sum": "Gradient (sum aggregation)", "mean": "Gradient (mean aggregation)",
@@ -100,7 +97,6 @@ _divide = HANDLERS["divide"].lrp
 @register("divide", deeplift=HANDLERS["divide"].deeplift)
 def divide(ctx, func, name, args, kwargs):
     """Division, with the edge softmax's normalisation by its own per-node sum ruled with the softmax."""
-    denominator = args[0] if name.endswith("__rtruediv__") else (args[1] if len(args) > 1 else kwargs.get("other"))
-    if ctx.active(denominator) and in_edge_softmax():
+    if ctx.active(denominator(name, args, kwargs)) and in_edge_softmax():
         return ctx.plain(func, name, args, kwargs, rule="Gradient (AttnLRP edge softmax)")
     return _divide(ctx, func, name, args, kwargs)

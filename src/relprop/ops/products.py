@@ -80,12 +80,13 @@ def product_deeplift(dl, func, name, args, kwargs, active):
     return Midpoint.apply(fn, dl.pairing, *operands)
 
 
-def _denominator(name, args, kwargs):
+def denominator(name, args, kwargs):
+    """The divisor of a division op."""
     return args[0] if name.endswith("__rtruediv__") else (args[1] if len(args) > 1 else kwargs.get("other"))
 
 
 def divide_deeplift(dl, func, name, args, kwargs, active):
-    if dl.active(_denominator(name, args, kwargs)):
+    if dl.active(denominator(name, args, kwargs)):
         return reference.path_averaged(dl, func, name, args, kwargs, active)
     return func(*args, **kwargs)  # by a constant: linear
 
@@ -127,6 +128,6 @@ def product(ctx, func, name, args, kwargs):
 
 @register("divide", deeplift=divide_deeplift)
 def divide(ctx, func, name, args, kwargs):
-    if ctx.active(_denominator(name, args, kwargs)):
+    if ctx.active(denominator(name, args, kwargs)):
         return ctx.unknown(func, name + " (by an activation)", args, kwargs)
     return ctx.plain(func, name, args, kwargs)
