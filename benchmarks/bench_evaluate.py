@@ -11,7 +11,7 @@ metric's numbers are compared (largest absolute difference) and timed as the med
 metrics run a few steps only (--steps; 4 regions for region perturbation and selectivity), since each step is one
 forward pass of the whole batch in both libraries and Quantus takes minutes per metric at 224x224 on two shared
 cores. Metrics under a second get at least five rounds. Each relprop metric is timed with the runner's memory of
-scored copies cleared, except the row of selectivity after region perturbation (the copies they share).
+scored copies cleared, except the row of selectivity run again on the same runner (the copies it remembers).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def setup(name, size, count, seed=0):
     return model, x, target, relevance, masks
 
 
-def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
+def metrics(model, x, target, relevance, masks, steps, batch_size, runner, patch, regions, selectivity_patch):
     """name -> (relprop call returning numbers, Quantus call returning the same numbers).
 
     relprop's perturbation metrics share one Runner (its clean forward pass is timed separately, once); Quantus
@@ -62,7 +62,6 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
     # channel_dim=None) a step of H*W*C/steps values is whole when steps is a multiple of the channels
     per_step = locations * channels // steps
     full = relevance.numpy()
-    patch = height // 2  # four regions
     quadrants = [[int(q == n % 4 or q == (n + 1) % 4 and n % 2) for q in range(4)] for n in range(n)]  # Focus
 
     def q(metric, softmax=False, a=a_np):
@@ -82,19 +81,20 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, runner):
                                               channel_dim=None, batch_size=batch_size),
               lambda res: res.curves["morf"][:, 1:]),
             q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full)),
-        f"region_perturbation ({patch}px patches, 4 regions)": (
-            r(lambda: evaluate.region_perturbation(runner, x, relevance, patch_size=patch, softmax=True, batch_size=batch_size),
+        f"region_perturbation ({patch}px patches, {regions} regions)": (
+            r(lambda: evaluate.region_perturbation(runner, x, relevance, patch_size=patch, steps=regions, softmax=True,
+                                                   batch_size=batch_size),
               lambda res: res.curves["morf"][:, :1] - res.curves["morf"][:, 1:]),
-            q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=4, perturb_baseline="black",
+            q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline="black",
                                          **common), True)),
-        f"selectivity ({patch}px patches)": (
-            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=patch, softmax=True,
+        f"selectivity ({selectivity_patch}px patches, all {(height // selectivity_patch) ** 2})": (
+            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=selectivity_patch, softmax=True,
                                            batch_size=batch_size), lambda res: res.curves["morf"][:, 1:]),
-            q(quantus.Selectivity(patch_size=patch, perturb_baseline="black", **common), True)),
-        f"selectivity ({patch}px patches) after region_perturbation on the same runner": (
-            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=patch, softmax=True,
+            q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True)),
+        f"selectivity ({selectivity_patch}px patches) again on the same runner (its scored copies remembered)": (
+            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=selectivity_patch, softmax=True,
                                            batch_size=batch_size), lambda res: res.curves["morf"][:, 1:], True),
-            q(quantus.Selectivity(patch_size=patch, perturb_baseline="black", **common), True)),
+            q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True)),
         f"faithfulness_estimate ({steps} steps)": (
             r(lambda: evaluate.faithfulness_estimate(runner, x, relevance, features_in_step=per_step,
                                                      channel_dim=None, batch_size=batch_size),
@@ -143,6 +143,12 @@ def main():
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="a multiple of 3 (see per_step)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--patch", type=int, default=16, help="region perturbation's patch size")
+    parser.add_argument("--regions", type=int, default=8, help="region perturbation's regions removed one by one")
+    parser.add_argument("--selectivity-patch", type=int, default=32,
+                        help="selectivity's patch size (Quantus removes every patch)")
+    parser.add_argument("--plain", action="store_true",
+                        help="relprop without incremental passes (each perturbed copy runs the whole model)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="relprop's copies per forward pass (8: as many as Quantus's pass of the batch per step; "
                              "on a CPU ResNet-50 runs 0.11 s per image in passes of 8, 0.16 s in passes of 32)")
@@ -152,18 +158,19 @@ def main():
                         help="run only the metrics whose names start with these (e.g. auc sparseness)")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.size, args.count = ["resnet18"], 64, 4
+        args.models, args.size, args.count, args.patch, args.selectivity_patch = ["resnet18"], 64, 4, 8, 16
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"| model | metric | relprop (s) | Quantus (s) | speed-up | largest difference |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
         model, x, target, relevance, masks = setup(name, args.size, args.count)
-        elapsed, runner = timed(lambda: evaluate.Runner(model, x, target, batch_size=args.batch_size, softmax=True))
+        elapsed, runner = timed(lambda: evaluate.Runner(model, x, target, batch_size=args.batch_size, softmax=True,
+                                                             incremental=not args.plain))
         print(f"| {name} | relprop's clean forward pass, shared by its perturbation metrics | {elapsed:.3f} | - | - "
               "| - |", flush=True)
         for metric, (ours, theirs) in metrics(model, x, target, relevance, masks, args.steps, args.batch_size,
-                                              runner).items():
+                                              runner, args.patch, args.regions, args.selectivity_patch).items():
             if args.only and not any(metric.startswith(prefix) for prefix in args.only):
                 continue
             times = {"relprop": [], "quantus": []}

@@ -75,6 +75,26 @@ def test_region_perturbation_results_do_not_depend_on_batch_size_and_leave_input
     assert all(torch.equal(a, b) for a, b in zip(parameters, model.parameters()))
 
 
+def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
+    model = small_cnn(size=16)
+    x = torch.randn(5, 3, 16, 16, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    bands = (torch.arange(16) // 2).view(16, 1).expand(5, 16, 16)  # IROF segments: 8 bands of 2 rows
+    curves, passes = {}, {}
+    for incremental, batch_size in ((False, 2), (True, 2), (True, 8)):
+        runner = evaluate.Runner(model, x, batch_size=batch_size, incremental=incremental)
+        curves[incremental, batch_size] = (
+            evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=6).curves["morf"],
+            evaluate.irof(runner, x, relevance, segments=bands).curves["morf"])
+        passes[batch_size] = runner.incremental.passes if incremental else None
+    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the clean pass is the first base, and
+    # IROF starts over after region perturbation's last step
+    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 2, "incremental": 6 + 7}}
+    for key in ((True, 2), (True, 8)):
+        for ours, plain in zip(curves[key], curves[False, 2]):
+            torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
+
+
 def test_runner_streams_copies_in_chunks_of_batch_size():
     model = small_cnn()
     seen = []

@@ -101,17 +101,19 @@ def test_copies_equal_to_their_sample_take_the_clean_output_without_a_forward_pa
     assert model.passes == [3, 4, 2]
 
 
-def test_a_copy_the_runner_scored_before_costs_no_second_forward_pass():
+@pytest.mark.parametrize("incremental", [False, True], ids=["plain", "incremental"])
+def test_a_copy_the_runner_scored_before_costs_no_second_forward_pass(incremental):
     model = RowCounter(small_cnn())
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     relevance = torch.randn_like(x)
-    shared = evaluate.Runner(model, x, 1, batch_size=64)
+    shared = evaluate.Runner(model, x, 1, batch_size=64, incremental=incremental)
     aopc = evaluate.region_perturbation(shared, x, relevance, patch_size=4)
-    assert model.passes == [3, 12]  # x, then 4 regions removed one by one for 3 samples
+    # x, then 4 regions removed one by one for 3 samples: in one pass, or (incremental) a pass per step
+    assert model.passes == ([3, 3, 3, 3, 3] if incremental else [3, 12])
     selectivity = evaluate.selectivity(shared, x, relevance, patch_size=4)  # the same copies: no pass at all
     lerf = evaluate.region_perturbation(shared, x, relevance, patch_size=4, order="lerf")
-    assert model.passes == [3, 12, 9]  # LeRF's last copy (all removed) is MoRF's
-    fresh = evaluate.Runner(small_cnn(), x, 1)
+    assert model.passes == ([3, 3, 3, 3, 3] + [3, 3, 3] if incremental else [3, 12, 9])  # LeRF's last copy is MoRF's
+    fresh = evaluate.Runner(small_cnn(), x, 1, incremental=incremental)
     assert torch.equal(selectivity.curves["morf"], evaluate.selectivity(fresh, x, relevance, patch_size=4).curves["morf"])
     assert torch.equal(selectivity.curves["morf"], aopc.curves["morf"])
     torch.testing.assert_close(lerf.curves["lerf"], evaluate.region_perturbation(

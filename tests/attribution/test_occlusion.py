@@ -41,12 +41,24 @@ def test_a_window_over_the_last_dimensions_covers_the_leading_ones_whole(image):
 
 def test_windows_run_batched_and_the_batch_size_does_not_change_the_result(image):
     model = Counting(vgg_style())
-    whole = Occlusion(model, (4, 4))(image, target=1)  # 16 windows x 3 samples: one clean pass, one occluded
+    whole = Occlusion(model, (4, 4), incremental=False)(image, target=1)  # 16 windows x 3 samples: one clean pass, one occluded
     assert model.calls == 2
     for size in (2, 5, 48):
         model.calls = 0
-        close(Occlusion(model, (4, 4), batch_size=size)(image, target=1).relevance, whole.relevance)
+        close(Occlusion(model, (4, 4), batch_size=size, incremental=False)(image, target=1).relevance, whole.relevance)
         assert model.calls == math.ceil(3 / size) + math.ceil(16 * 3 / size)
+
+
+def test_small_windows_run_as_incremental_passes_with_the_plain_passes_result(image):
+    model = Counting(vgg_style())
+    plain = Occlusion(model, (4, 4), incremental=False)(image, target=1)
+    model.calls = 0
+    ours = Occlusion(model, (4, 4))(image, target=1)
+    assert model.calls == 1 + 1 + 16  # the clean output, the base pass, one incremental pass per window
+    close(ours.relevance, plain.relevance)
+    model.calls = 0
+    Occlusion(model, (12, 12))(image, target=1)  # over a quarter of the image: batched plain passes
+    assert model.calls == 2
 
 
 def test_occlusion_explains_the_target_chosen_at_the_clean_input(image):

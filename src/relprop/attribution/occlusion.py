@@ -3,7 +3,9 @@
 A window slides over each sample in steps of ``stride``; where the last step would run past the edge the window is
 cut there, so every value is covered. Each input value gets the average drop over the windows covering it, as in
 captum's ``Occlusion`` (whose ``sliding_window_shapes`` and ``strides`` are ``window`` and ``stride`` here; its
-default stride is 1, ours the window itself). Occluded copies run batched, many windows per forward pass.
+default stride is 1, ours the window itself). Occluded copies run batched, many windows per forward pass; on a CPU,
+when the batch fits one pass and a window is small, each window's copy of the batch instead runs as an incremental
+pass from the unoccluded batch (``engine.incremental``: only what the window reaches is recomputed).
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import math
 
 import torch
 
+from ..engine.incremental import Incremental
 from ..explanation import Explanation
+from .. import diagnose
 from .base import Attribution, baseline_like, batched, explained, undefined
 
 
@@ -31,11 +35,14 @@ class Occlusion(Attribution):
     (1, 8, 8) (one channel at a time); a shorter tuple than the sample's shape covers its leading dimensions whole.
     stride: steps between windows, an int or one per window dimension (default: the window, so windows tile).
     baseline: what covers the window: a number, one sample (shared) or one per sample; can be overridden per call.
+    incremental: run each window's copies as an incremental pass (None: on a CPU, for windows of at most a quarter
+    of a sample's positions, when the batch fits one pass and the model is called as model(x)).
     """
 
     def __init__(self, model, window, stride=None, baseline=0.0, batch_size: int | None = None, output=None,
-                 forward=None, feature_names=None):
+                 forward=None, feature_names=None, incremental: bool | None = None):
         super().__init__(model, batch_size, output, forward, feature_names)
+        self.incremental = incremental
         self.window = _sizes(window, "window")
         self.stride = self.window if stride is None else _sizes(stride, "stride")
         if len(self.stride) == 1 and len(self.window) > 1:
@@ -83,7 +90,14 @@ class Occlusion(Attribution):
                 yield (rows,)
 
         drops = torch.empty(math.prod(counts), len(x), dtype=x.dtype, device=x.device)
-        for (rows,), sample, number in batched(occluded(), self.rows_per_pass(x)):
+        incremental = self.incremental_passes(x, window)
+        if incremental is not None:
+            incremental(x)  # the base pass: the unoccluded batch
+            for number, rows in enumerate(occluded()):
+                output = self.select(incremental(rows[0], keep=False))
+                diagnose.check_output_batch(output, len(x))
+                drops[number] = clean - explained(output, g)
+        for (rows,), sample, number in batched(occluded() if incremental is None else (), self.rows_per_pass(x)):
             with torch.no_grad():
                 drops[number, sample] = clean[sample] - explained(self.run(rows), g[sample])
         # A window's mask is the product of one interval per dimension, so summing drop x mask over all windows is
@@ -103,3 +117,11 @@ class Occlusion(Attribution):
             coverage = coverage.unsqueeze(-1) * cover.sum(0)
         relevance = total / coverage
         return Explanation(relevance, output, clean, undefined(x), index, feature_names=self.feature_names)
+
+    def incremental_passes(self, x: torch.Tensor, window) -> Incremental | None:
+        """The incremental engine for occluding x, or None where plain batched passes are the better choice."""
+        usable = self.forward is None and x.dim() >= 3 and x.is_floating_point() and len(x) <= self.rows_per_pass(x)
+        if self.incremental is None:
+            small = math.prod(window[1:]) * 4 <= math.prod(x.shape[2:])
+            return Incremental(self.model) if usable and small and x.device.type == "cpu" else None
+        return Incremental(self.model) if self.incremental and usable else None

@@ -88,7 +88,9 @@ def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step,
                          f"got {steps!r}")
     counts = torch.arange(steps + 1) * regions_per_step
     removal = Removal(setup.x, setup.baseline, setup.axis, labels, ranks(region_scores, order), counts)
-    perturbed = setup.runner.scores(steps, lambda rows, k: removal(rows, k + 1))
+    # patches removed one by one change a small region per step: incremental passes (single pixels are scattered)
+    chain = regions < setup.size
+    perturbed = setup.runner.scores(steps, lambda rows, k: removal(rows, k + 1), chain=chain)
     return torch.cat([setup.runner.clean.view(-1, 1), perturbed], 1)
 
 
@@ -261,7 +263,7 @@ def irof(model, x, relevance, target=None, *, segments=None, baseline="mean", ba
     mean_relevance[~present] = -math.inf  # absent labels go last and remove nothing
     removal = Removal(setup.x, setup.baseline, setup.axis, labels, ranks(mean_relevance, "morf"),
                       torch.arange(regions + 1))
-    scores = setup.runner.scores(regions, lambda rows, k: removal(rows, k + 1))
+    scores = setup.runner.scores(regions, lambda rows, k: removal(rows, k + 1), chain=True)
     curve = torch.cat([setup.runner.clean.view(-1, 1), scores], 1) / setup.runner.clean.view(-1, 1)
     aoc = torch.stack([1 - _auc(curve[n:n + 1, :count + 1])[0] for n, count in enumerate(counts)])
     return Result("irof", aoc, True, {"baseline": _name(baseline), "slic": slic_options},

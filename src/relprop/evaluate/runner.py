@@ -9,6 +9,11 @@ A copy equal to its unperturbed sample (its removed values already equal the bas
 under a black baseline, or every location restored) takes that sample's clean output instead of a forward pass, and
 a copy this runner has scored before (the same sample, the same values: selectivity after region perturbation with
 the same regions, the all-removed end of the MoRF and LeRF curves) takes that score: the same numbers, fewer passes.
+
+Metrics that remove one local region per step (region perturbation with patches, selectivity, IROF) ask for a chain:
+the runner then passes one step of up to ``batch_size`` samples at a time, each pass differing from the one before
+in a patch per sample, and runs it through ``engine.incremental``, which recomputes only what that patch reaches
+(the numbers of a plain forward pass, to float rounding).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from ..engine.incremental import Incremental
 from .inputs import check_input
 
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
@@ -28,18 +34,28 @@ class Runner:
     target: None (the class the explanation explained, else the predicted class), an int, or one int per sample.
     softmax: score copies by the target's softmax probability instead of its logit.
     output: picks the class scores from whatever the model returns (e.g. ``lambda out: out.logits``).
+    incremental: run chains of local perturbations through ``engine.incremental``, which keeps one pass's
+    activations (None: on a CPU).
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
-                 softmax: bool = False, output: Callable | None = None, explained_target=None):
+                 softmax: bool = False, output: Callable | None = None, explained_target=None,
+                 incremental: bool | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
+        if incremental is None:  # a GPU runs small crops no faster than whole tensors, and has less memory to keep
+            incremental = self.x.device.type == "cpu"
+        self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
-        self.output = self.outputs(self.x)
+        if self.incremental is not None and len(self.x) <= batch_size:
+            with torch.inference_mode():  # the clean pass is the base of the first step of a chain
+                self.output = self.run(self.x, self.incremental)
+        else:
+            self.output = self.outputs(self.x)
         self.classes = self.output.shape[1]
         if target is None:
             target = explained_target
@@ -62,6 +78,11 @@ class Runner:
         return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
                    explained_target=explained)
 
+    def _is_base(self, rows) -> bool:
+        """Whether the incremental engine's base pass is the clean pass of these rows."""
+        base = self.incremental.base_input
+        return base is not None and len(base) == len(rows) and torch.equal(base, self.x[rows.to(self.x.device)])
+
     def _targets(self, target) -> torch.Tensor:
         index = torch.as_tensor(target, device=self.output.device).long()
         if index.dim() == 0:
@@ -78,9 +99,9 @@ class Runner:
         with torch.inference_mode():
             return torch.cat([self.run(chunk) for chunk in inputs.split(self.batch_size)])
 
-    def run(self, chunk: torch.Tensor) -> torch.Tensor:
+    def run(self, chunk: torch.Tensor, forward: Callable | None = None) -> torch.Tensor:
         """One forward pass; the output must be (rows, classes) and keep the shape it had on x."""
-        out = self.model(chunk)
+        out = (forward or self.model)(chunk)
         if self.select is not None:
             out = self.select(out)
         if not isinstance(out, torch.Tensor):
@@ -101,29 +122,44 @@ class Runner:
             output = output.softmax(1)
         return output.gather(1, target.view(-1, 1)).squeeze(1)
 
-    def scores(self, steps: int, perturb: Callable, samples: torch.Tensor | None = None, classes: bool = False):
+    def scores(self, steps: int, perturb: Callable, samples: torch.Tensor | None = None, classes: bool = False,
+               chain: bool = False):
         """(N, steps): the target's score on perturb(sample indices, step indices) for every (sample, step) pair.
 
         perturb builds one chunk of copies, shaped like x rows; it is called with at most batch_size pairs at once.
         classes: also return each copy's predicted class, (N, steps) int64.
+        chain: step k of a sample differs from its step k-1 in a small region (cumulative removal of patches):
+        passes hold one step of up to batch_size samples, in step order, and run incrementally.
         """
         samples = torch.arange(len(self.x)) if samples is None else samples
-        pairs_sample = samples.repeat_interleave(steps)
-        pairs_step = torch.arange(steps).repeat(len(samples))
-        result = torch.empty(len(pairs_sample), dtype=torch.float64, device=self.output.device)
-        predicted = torch.empty(len(pairs_sample), dtype=torch.long, device=self.output.device)
+        result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.output.device)
+        predicted = torch.empty(len(samples), steps, dtype=torch.long, device=self.output.device)
+        if chain and self.incremental is not None:
+            chunks = [(group, torch.full_like(group, step), slice(start, start + len(group)), step)
+                      for start, group in zip(range(0, len(samples), self.batch_size), samples.split(self.batch_size))
+                      for step in range(steps)]
+        else:
+            pairs_sample = samples.repeat_interleave(steps)
+            pairs_step = torch.arange(steps).repeat(len(samples))
+            chunks = [(pairs_sample[start:start + self.batch_size], pairs_step[start:start + self.batch_size], None,
+                       start) for start in range(0, len(pairs_sample), self.batch_size)]
+        flat_result, flat_predicted = result.view(-1), predicted.view(-1)
         with torch.inference_mode():
-            for start in range(0, len(pairs_sample), self.batch_size):
-                rows = pairs_sample[start:start + self.batch_size]
-                score, classes_of = self.score_copies(rows, perturb(rows, pairs_step[start:start + self.batch_size]))
-                result[start:start + len(rows)] = score
-                predicted[start:start + len(rows)] = classes_of
-        result = result.view(len(samples), steps)
-        return (result, predicted.view(len(samples), steps)) if classes else result
+            for rows, step_of, positions, where in chunks:
+                if positions is None:
+                    score, classes_of = self.score_copies(rows, perturb(rows, step_of))
+                    flat_result[where:where + len(rows)], flat_predicted[where:where + len(rows)] = score, classes_of
+                else:
+                    if where == 0 and not self._is_base(rows):
+                        self.incremental.reset()  # a new group of samples: its first step is the base
+                    score, classes_of = self.score_copies(rows, perturb(rows, step_of), chained=True)
+                    result[positions, where], predicted[positions, where] = score, classes_of
+        return (result, predicted) if classes else result
 
-    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor):
+    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
-        equals its sample), this runner's earlier score of the same copy (CPU inputs), a forward pass."""
+        equals its sample), this runner's earlier score of the same copy (CPU inputs), a forward pass (of the whole
+        chunk, incremental from the chunk before, when chained)."""
         unchanged = (copies == self.x[rows.to(self.x.device)]).flatten(1).all(1).cpu()
         out = self.output[rows.to(self.output.device)]
         score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)
@@ -131,7 +167,10 @@ class Runner:
         todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
         if todo:
             index = torch.tensor(todo, device=copies.device)
-            fresh = self.outputs(copies[index])
+            if chained:
+                fresh = self.run(copies, self.incremental)[index.to(self.output.device)]
+            else:
+                fresh = self.outputs(copies[index])
             index = index.to(score.device)
             score[index] = self.pick(fresh, self.target[rows.to(self.target.device)[index]])
             predicted[index] = fresh.argmax(1)

@@ -1,0 +1,455 @@
+"""Incremental forward passes: run a model again on an input that differs from the last one in a small region, and
+recompute only the outputs that region can reach.
+
+Convolutions, pooling and element-wise ops are local. Output position o of a window op (kernel k, stride s, left
+padding p, dilation d) reads input positions o*s - p + j*d for j < k, so when input positions [a, b) of a spatial
+dim changed, only outputs ceil((a + p - (k-1)d) / s) <= o <= floor((b - 1 + p) / s) change; they are computed from
+the input crop [o_lo*s - p, (o_hi-1)*s - p + (k-1)d + 1), padded as the op pads, with the op's padding set to 0.
+
+``Incremental`` keeps every op's output of a base pass. On a new input it finds, per row, the box of positions that
+differ from the base input, and each local op computes only its box and writes it over its base output. What is not
+known to be local (linear layers, global pooling, norms over positions, reshapes, unknown ops) takes its whole
+input, and everything after it runs in full. So the result is a plain forward pass's, to float rounding (a crop sums
+in another order), whatever the model; a model whose ops differ between passes, or that writes into a tensor in a
+way the engine cannot follow, just runs plain forward passes.
+
+Perturbation metrics that remove one patch per step (region perturbation, selectivity, IROF) and occlusion change a
+small region per pass, so the early layers, where a CNN does most of its work at high resolution, cost little.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..ops.table import QUIET
+from .intercept import bind, classify, plain_variant, writes_first_argument
+
+FULL = "full"  # recomputed in full this pass
+STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
+
+
+class _Diverged(Exception):
+    """The model ran other ops than on the base pass (control flow that depends on the data)."""
+
+
+class _Unfollowable(Exception):
+    """The model used a tensor after writing into it in place, which an out-of-place run cannot reproduce."""
+
+
+class Incremental:
+    """Forward passes of ``model`` that reuse its last kept pass where the input did not change.
+
+    ``incremental(x, keep=True)`` returns ``model(x)``; keep=True makes this pass the base of the next one (each
+    op's output is kept: memory of one pass's activations), keep=False leaves the base as it was (occlusion-style
+    copies of one input). ``threshold``: above this share of changed positions a pass runs in full.
+    """
+
+    def __init__(self, model: torch.nn.Module, threshold: float = 0.5):
+        self.model, self.threshold = model, threshold
+        self.base_input: torch.Tensor | None = None
+        self.kept: list = []  # ((op name, argument shapes), output or None) per op that read the input, in order
+        self.followable = True
+        self.passes = {"full": 0, "incremental": 0}
+
+    def reset(self):
+        """Forget the base pass."""
+        self.base_input, self.kept = None, []
+
+    def __call__(self, x: torch.Tensor, keep: bool = True):
+        with torch.inference_mode():
+            boxes = self._changed(x)
+            if boxes is None:
+                return self._plain(x, keep)
+            try:
+                out = self._run(x, boxes, keep)
+            except _Diverged:
+                return self._plain(x, keep)
+            except _Unfollowable:
+                self.followable = False
+                return self._plain(x, keep)
+            self.passes["incremental"] += 1
+            return out
+
+    def _changed(self, x):
+        """Per row, the box of spatial positions where x differs from the base input; None: run in full."""
+        base = self.base_input
+        if (base is None or not self.followable or x.shape != base.shape or x.dtype != base.dtype
+                or x.device != base.device or x.dim() < 3 or not x.is_floating_point()):
+            return None
+        differs = (x != base).any(1)  # (N, *positions)
+        extents = []
+        for dim in range(1, differs.dim()):
+            along = differs.any(dim=[d for d in range(1, differs.dim()) if d != dim]) if differs.dim() > 2 else differs
+            size = along.shape[1]
+            first = along.int().argmax(1)
+            last = size - along.flip(1).int().argmax(1)
+            extents.append(torch.stack([first, last], 1))
+        changed = differs.flatten(1).any(1).tolist()
+        extents = torch.stack(extents, 1).tolist()  # (N, dims, 2)
+        boxes = [tuple(map(tuple, extent)) if any_change else None for extent, any_change in zip(extents, changed)]
+        volume = sum(math.prod(stop - start for start, stop in box) for box in boxes if box is not None)
+        if volume > self.threshold * math.prod(differs.shape):
+            return None
+        return boxes
+
+    def _plain(self, x, keep):
+        self.passes["full"] += 1
+        if not keep or not self.followable or x.dim() < 3:
+            if keep:
+                self.reset()
+            return self.model(x)
+        self.reset()
+        try:
+            return self._run(x, FULL, keep=True)
+        except _Unfollowable:
+            self.followable = False
+            self.reset()
+            return self.model(x)
+
+    def _run(self, x, boxes, keep):
+        mode = _Pass(self.kept, x, boxes, keep)
+        try:
+            with mode:
+                out = self.model(x)
+            if mode.is_stale(out):
+                raise _Unfollowable
+            if not keep and len(mode.fresh) != len(self.kept):
+                raise _Diverged
+        except BaseException:
+            mode.undo()
+            if keep:
+                self.reset()
+            raise
+        if keep:
+            self.kept, self.base_input = mode.fresh, x.clone()
+        else:
+            mode.undo()
+        return _detached(out)
+
+
+def _detached(out):
+    """The model's output as tensors of their own (a kept buffer is written by the next pass)."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_detached(item) for item in out)
+    if isinstance(out, dict):
+        return {key: _detached(value) for key, value in out.items()}
+    return out
+
+
+def _tensors(args, kwargs):
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (item for item in value if isinstance(item, torch.Tensor))
+
+
+class _Pass(TorchFunctionMode):
+    """One pass: which tensors came from the input and which of their positions changed (boxes per row, FULL)."""
+
+    def __init__(self, kept, x, boxes, keep):
+        super().__init__()
+        self.kept, self.keep = kept, keep
+        self.regions = {id(x): (x, boxes)}
+        self.fresh: list = []  # this pass's ((name, argument shapes), output) per op, the next base when keep
+        self.written: list = []  # (buffer, index, values before) to restore when not keep
+
+    def region(self, tensor):
+        entry = self.regions.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else None
+
+    def is_stale(self, out):
+        return any(self.region(item) is STALE for item in _tensors((out,), {}))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        regions = [self.region(t) for t in _tensors(args, kwargs)]
+        if not any(region is not None for region in regions):
+            return func(*args, **kwargs)
+        if STALE in regions:
+            raise _Unfollowable
+        name, _ = classify(func)
+        if name in QUIET:
+            return func(*args, **kwargs)
+        index = len(self.fresh)
+        signature = (name,) + tuple(t.shape for t in _tensors(args, kwargs))
+        base = None
+        if self.kept:
+            if index >= len(self.kept) or self.kept[index][0] != signature:
+                raise _Diverged
+            base = self.kept[index][1]
+        func, args, kwargs, target = _out_of_place(func, name, args, kwargs)
+        short = name.rsplit(".", 1)[-1]
+        handler = _LOCAL.get(short) if name.startswith(_PREFIXES) else None
+        result = None
+        if handler is not None and FULL not in regions:
+            result = handler(self, short, func, args, kwargs, base)
+        if result is None:
+            out, boxes = func(*args, **kwargs), FULL
+        else:
+            out, boxes = result
+        if target is not None:
+            self.regions[id(target)] = (target, STALE)
+        self._mark(out, boxes)
+        self.fresh.append((signature, out if isinstance(out, torch.Tensor) else None))
+        return out
+
+    def _mark(self, out, boxes):
+        if isinstance(out, torch.Tensor):
+            self.regions[id(out)] = (out, boxes)
+        elif isinstance(out, (tuple, list)):
+            for item in out:
+                self._mark(item, FULL)
+
+    def write(self, buffer, index, values):
+        """buffer[index] = values, remembering what was there when this pass is not kept."""
+        if not self.keep:
+            self.written.append((buffer, index, buffer[index].clone()))
+        buffer[index] = values
+
+    def undo(self):
+        for buffer, index, values in reversed(self.written):
+            buffer[index] = values
+        self.written.clear()
+
+
+_PREFIXES = ("torch.nn.functional.", "torch.Tensor.", "torch.")
+
+
+def _out_of_place(func, name, args, kwargs):
+    """The op run without writing into its first argument, and that argument (None if the op is not in place)."""
+    if not writes_first_argument(func, name, args, kwargs):
+        return func, args, kwargs, None
+    target = args[0] if args else None
+    plain = plain_variant(name)
+    if plain is not None and not name.startswith("torch.nn.functional."):
+        return plain, args, kwargs, target
+    try:
+        bound = inspect.signature(func).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        raise _Unfollowable from None
+    if "inplace" not in bound.arguments and "inplace" not in inspect.signature(func).parameters:
+        raise _Unfollowable
+    bound.arguments["inplace"] = False
+    return func, bound.args, bound.kwargs, target
+
+
+# --- boxes -------------------------------------------------------------------------------------------------------
+
+def _union(first, second):
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return tuple((min(a, c), max(b, d)) for (a, b), (c, d) in zip(first, second))
+
+
+def _row_union(regions):
+    rows = None
+    for boxes in regions:
+        rows = list(boxes) if rows is None else [_union(a, b) for a, b in zip(rows, boxes)]
+    return rows
+
+
+def _slices(box):
+    return tuple(slice(start, stop) for start, stop in box)
+
+
+# --- local ops ---------------------------------------------------------------------------------------------------
+
+def _tuple(value, dims):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+
+_CONV = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_MAX_POOL = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVG_POOL = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
+def _window(state, name, func, args, kwargs, base):
+    """Convolution and pooling: each output box from its input crop, padded as the op pads."""
+    names = _CONV if name.startswith("conv") else _MAX_POOL if name.startswith("max") else _AVG_POOL
+    op = bind(names, args, kwargs, {"stride": None, "padding": 0, "dilation": 1, "groups": 1, "bias": None,
+                                    "ceil_mode": False, "return_indices": False, "count_include_pad": True,
+                                    "divisor_override": None})
+    source = op["input"]
+    if not isinstance(base, torch.Tensor) or op.get("return_indices") or source.dim() < 3:
+        return None
+    if any(state.region(op[key]) is not None for key in ("weight", "bias") if isinstance(op.get(key), torch.Tensor)):
+        return None
+    dims = source.dim() - 2
+    if names is _CONV:
+        kernel = tuple(op["weight"].shape[2:])
+        padding = op["padding"]
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(_tuple(op["dilation"], dims), kernel))
+        stride = _tuple(op["stride"] or 1, dims)
+        fill = 0.0
+    else:
+        kernel = _tuple(op["kernel_size"], dims)
+        stride = _tuple(op["stride"] or op["kernel_size"], dims)
+        padding = op["padding"]
+        fill = -math.inf if names is _MAX_POOL else 0.0
+        if names is _AVG_POOL and (op["ceil_mode"] or (not op["count_include_pad"] and padding != 0)):
+            return None
+    padding, dilation = _tuple(padding, dims), _tuple(op.get("dilation", 1), dims)
+    sizes, outputs = source.shape[2:], base.shape[2:]
+
+    def reach(dim, start, stop):
+        k, s, p, d = kernel[dim], stride[dim], padding[dim], dilation[dim]
+        return max(0, -(-(start + p - (k - 1) * d) // s)), min(outputs[dim], (stop - 1 + p) // s + 1)
+
+    rows = _mapped(state.region(source), reach)
+    crop_args = dict(op)
+    crop_args.pop("input")
+    crop_args["padding"] = 0
+    if names is not _CONV:
+        crop_args["ceil_mode"] = False
+        crop_args["stride"] = stride
+        crop_args.pop("return_indices", None)
+    rows = _same_size(rows, outputs)
+    crops = []
+    for row, box in enumerate(rows):
+        if box is None:
+            continue
+        index, pads = [row, slice(None)], []
+        for (low, high), k, s, p, d, size in zip(box, kernel, stride, padding, dilation, sizes):
+            first, last = low * s - p, (high - 1) * s - p + (k - 1) * d + 1
+            index.append(slice(max(first, 0), min(last, size)))
+            pads.append((max(-first, 0), max(last - size, 0)))
+        crop = source[tuple(index)].unsqueeze(0)
+        flat_pads = [amount for pair in reversed(pads) for amount in pair]
+        crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
+    if crops:
+        _write_rows(state, base, rows, func(torch.cat(crops), **crop_args))
+    return base, rows
+
+
+def _same_size(rows, sizes):
+    """Boxes grown to one size per dim (kept inside the tensor), so that all rows' crops run as one batch."""
+    present = [box for box in rows if box is not None]
+    if len(present) < 2:
+        return rows
+    lengths = [max(high - low for low, high in extents) for extents in zip(*present)]
+    return [None if box is None else tuple((min(low, size - length), min(low, size - length) + length)
+                                           for (low, _), length, size in zip(box, lengths, sizes)) for box in rows]
+
+
+def _write_rows(state, base, rows, values):
+    """Each row's box of base from the next of values (one per row with a box)."""
+    for value, (row, box) in zip(values, ((row, box) for row, box in enumerate(rows) if box is not None)):
+        state.write(base, (row, slice(None)) + _slices(box), value)
+
+
+def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
+    """An op applied position by position: the union of its inputs' boxes, from crops of the arguments shaped like
+    the output (for batch norm only the input: its other arguments are per channel)."""
+    if not isinstance(base, torch.Tensor) or base.dim() < 3:
+        return None
+    shape = base.shape
+    tracked = [t for t in _tensors(args, kwargs) if state.region(t) is not None]
+    if any(t.shape != shape for t in tracked):
+        return None
+    for value in _tensors(args, kwargs):
+        if state.region(value) is None and not crop_first_only and value.shape != shape and value.dim() > 0:
+            if any(size != 1 for size in value.shape[-(len(shape) - 2):]):
+                return None  # varies along positions without being the output's shape: not worth following
+
+    def crop(value, row, box):
+        if isinstance(value, torch.Tensor) and value.shape == shape and (
+                not crop_first_only or state.region(value) is not None):
+            return value[(slice(row, row + 1), slice(None)) + _slices(box)]
+        if isinstance(value, torch.Tensor) and value.dim() == len(shape) and value.shape[0] == shape[0] > 1:
+            return value[row:row + 1]
+        return None  # the same for every row
+
+    rows = _same_size(_row_union([state.region(t) for t in tracked]), shape[2:])
+    changed = [(row, box) for row, box in enumerate(rows) if box is not None]
+    if not changed:
+        return base, rows
+
+    def batched(value):
+        crops = [crop(value, row, box) for row, box in changed]
+        return value if crops[0] is None else torch.cat(crops)
+
+    out = func(*[batched(value) for value in args], **{key: batched(value) for key, value in kwargs.items()})
+    _write_rows(state, base, rows, out)
+    return base, rows
+
+
+def _batch_norm(state, name, func, args, kwargs, base):
+    op = bind(("input", "running_mean", "running_var", "weight", "bias", "training"), args, kwargs,
+              {"training": False})
+    if op["training"]:
+        return None
+    return _elementwise(state, name, func, args, kwargs, base, crop_first_only=True)
+
+
+def _dropout(state, name, func, args, kwargs, base):
+    op = bind(("input", "p", "training"), args, kwargs, {"p": 0.5, "training": True})
+    if op["training"]:
+        return None
+    return op["input"], state.region(op["input"])
+
+
+def _adaptive(state, name, func, args, kwargs, base):
+    """Adaptive pooling: computed in full (it is cheap), outputs whose windows meet the box marked as changed."""
+    source = args[0] if args else kwargs["input"]
+    out = func(*args, **kwargs)
+    if not isinstance(out, torch.Tensor):
+        return None
+    sizes, outputs = source.shape[2:], out.shape[2:]
+
+    def reach(dim, start, stop):  # output i pools [floor(i * size / outputs), ceil((i + 1) * size / outputs))
+        size, count = sizes[dim], outputs[dim]
+        touched = [i for i in range(count) if (i * size) // count < stop and -(-((i + 1) * size) // count) > start]
+        return touched[0], touched[-1] + 1
+
+    return out, _mapped(state.region(source), reach)
+
+
+def _mapped(boxes, reach):
+    """Each row's box through an op: reach(dim, start, stop) gives the (low, high) of the outputs that read it."""
+    rows = []
+    for box in boxes:
+        mapped = None if box is None else tuple(reach(dim, start, stop) for dim, (start, stop) in enumerate(box))
+        rows.append(mapped if mapped is not None and all(low < high for low, high in mapped) else None)
+    return rows
+
+
+def _cat(state, name, func, args, kwargs, base):
+    """Concatenation along channels: computed in full (a copy), boxes united."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    first = tensors[0]
+    if first.dim() < 3 or dim % first.dim() != 1:
+        return None
+    tracked = [state.region(t) for t in tensors if state.region(t) is not None]
+    if any(t.shape[2:] != first.shape[2:] for t in tensors):
+        return None
+    return func(*args, **kwargs), _row_union(tracked)
+
+
+_ELEMENTWISE = [
+    "relu", "relu6", "leaky_relu", "hardtanh", "gelu", "silu", "elu", "selu", "celu", "softplus", "hardswish",
+    "hardsigmoid", "mish", "tanh", "sigmoid", "logsigmoid", "softsign", "abs", "neg", "clamp", "clip", "threshold",
+    "add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+    "__rtruediv__", "__neg__", "exp", "log", "sqrt", "rsqrt", "square", "pow", "__pow__", "erf", "maximum",
+    "minimum", "clamp_min", "clamp_max",
+]
+_LOCAL = {name: _elementwise for name in _ELEMENTWISE}
+_LOCAL.update({name + "_": _elementwise for name in _ELEMENTWISE if not name.startswith("__")})
+_LOCAL.update({f"__i{name[2:]}": _elementwise for name in ("__add__", "__sub__", "__mul__", "__truediv__")})
+_LOCAL.update({f"conv{d}d": _window for d in (1, 2, 3)})
+_LOCAL.update({f"{kind}_pool{d}d": _window for kind in ("max", "avg") for d in (1, 2, 3)})
+_LOCAL.update({f"adaptive_{kind}_pool{d}d": _adaptive for kind in ("max", "avg") for d in (1, 2, 3)})
+_LOCAL.update({"batch_norm": _batch_norm, "dropout": _dropout, "dropout1d": _dropout, "dropout2d": _dropout,
+               "dropout3d": _dropout, "cat": _cat, "concat": _cat, "concatenate": _cat})

@@ -1,0 +1,218 @@
+"""Incremental forward passes equal plain ones, compute only the changed region, and fall back where they cannot."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from relprop.engine.incremental import Incremental
+from tests.models import CNN1d, CNN3d, TinyResNet, UNet, with_biases
+
+
+class Windows(nn.Sequential):
+    """Every window geometry the engine follows: stride, dilation, 'same' padding, groups, ceil_mode, avg-pool."""
+
+    def __init__(self):
+        super().__init__(
+            nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(6, 6, 3, stride=2, padding=1), nn.LeakyReLU(0.1),
+            nn.Conv2d(6, 6, 3, padding="same", dilation=2, groups=3), nn.GELU(),
+            nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+            nn.Conv2d(6, 8, 3, padding=1), nn.Sigmoid(), nn.AvgPool2d(2), nn.Dropout(0.5),
+            nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(), nn.Linear(72, 4))
+
+
+class Dense(nn.Module):
+    """DenseNet-style: features concatenated along channels, a bias added by a broadcast tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(7, 4, 3, padding=1)
+        self.shift = nn.Parameter(torch.randn(11, 1, 1))
+        self.head = nn.Linear(11, 3)
+
+    def forward(self, x):
+        x = torch.cat([x, torch.relu(self.a(x))], 1)
+        x = torch.cat([x, self.b(x)], 1) + self.shift
+        return self.head(x.mean((2, 3)))
+
+
+def models():
+    torch.manual_seed(0)
+    return {
+        "windows": (with_biases(Windows()).eval(), (2, 3, 24, 24)),
+        "resnet": (with_biases(TinyResNet()).eval(), (3, 3, 16, 16)),
+        "unet": (with_biases(UNet()).eval(), (2, 3, 16, 16)),
+        "dense": (with_biases(Dense()).eval(), (2, 3, 12, 12)),
+        "cnn1d": (with_biases(CNN1d()).eval(), (3, 2, 32)),
+        "cnn3d": (with_biases(CNN3d()).eval(), (2, 1, 8, 8, 8)),
+    }
+
+
+def patched(x, step, size=3):
+    """x with one more patch per row set to zero (row r's patch at a place of its own)."""
+    out = x.clone()
+    for row in range(len(x)):
+        start = [(step * 5 + row * 3 + 2 * d) % (extent - size + 1) for d, extent in enumerate(x.shape[2:])]
+        out[(row, slice(None)) + tuple(slice(s, s + size) for s in start)] = 0
+    return out
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_a_chain_of_patches_gives_a_plain_forward_pass_outputs(name):
+    model, shape = models()[name]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    for step in range(4):
+        x = patched(x, step)
+        with torch.inference_mode():
+            expected = model(x)
+        torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.passes == {"full": 1, "incremental": 3}
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_copies_of_one_base_leave_the_base_as_it_was(name):
+    model, shape = models()[name]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    for step in range(3):
+        copy = patched(x, step)
+        with torch.inference_mode():
+            expected = model(copy)
+        torch.testing.assert_close(incremental(copy, keep=False), expected, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(incremental(x.clone(), keep=False), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.passes["incremental"] == 4
+
+
+class Shapes(TorchFunctionMode):
+    """Records the input shape of every convolution that runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "conv2d":
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def test_only_the_receptive_field_of_the_change_is_computed():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
+                          nn.Linear(4 * 32 * 32, 2)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    incremental = Incremental(model)
+    incremental(x)
+    copy = x.clone()
+    copy[1, :, 10:12, 20:22] = 0  # row 0 unchanged
+    with Shapes() as seen:
+        out = incremental(copy)
+    # the first conv's 4x4 outputs around the 2x2 patch need a 6x6 input crop, the second's 6x6 an 8x8 crop of row 1
+    assert seen.shapes == [(1, 3, 6, 6), (1, 4, 8, 8)]
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy))
+
+
+def test_a_change_over_most_of_the_input_runs_in_full():
+    model, shape = models()["resnet"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    incremental(x + 1)
+    assert incremental.passes == {"full": 2, "incremental": 0}
+
+
+class Branching(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x[:, :, 0, 0].sum() > 0:  # other ops on other data
+            x = x.exp()
+        return x.flatten(1)
+
+
+class WritesAndReads(nn.Module):
+    """Writes into a tensor without taking the result, then reads it: an out-of-place run would read stale values."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x.relu_()
+        return x.flatten(1)
+
+
+class Cropping(nn.Module):
+    """The same ops on differently shaped tensors, depending on the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = self.first(x)
+        x = x[..., :6] if x[:, :, 0, 0].sum() > 0 else x
+        return self.second(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("model", [Branching(), Cropping(), WritesAndReads()],
+                         ids=["branching", "cropping", "writes_in_place"])
+def test_models_it_cannot_follow_still_get_plain_forward_outputs(model):
+    torch.manual_seed(0)
+    model.eval()
+    x = torch.rand(1, 1, 8, 8) - 0.5
+    incremental = Incremental(model)
+    for value in (5.0, -5.0, 5.0):
+        copy = x.clone()
+        copy[..., :1, :1] = value
+        with torch.inference_mode():
+            expected = model(copy)
+        torch.testing.assert_close(incremental(copy), expected)
+    if isinstance(model, WritesAndReads):
+        assert not incremental.followable and incremental.passes["incremental"] == 0
+    else:  # the branch differs between the passes: each change of branch is found and run in full
+        assert incremental.passes == {"full": 3, "incremental": 0}
+
+
+def test_training_mode_batch_norm_and_dropout_run_in_full_as_in_a_plain_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Conv2d(4, 4, 3),
+                          nn.Flatten()).train()
+    twin = copy.deepcopy(model)
+    x = torch.rand(2, 3, 12, 12)
+    incremental = Incremental(model)
+    for step in range(3):
+        x = patched(x, step)
+        torch.manual_seed(step)
+        out = incremental(x)
+        torch.manual_seed(step)
+        with torch.inference_mode():
+            torch.testing.assert_close(out, twin(x))
+    torch.testing.assert_close(model[1].running_mean, twin[1].running_mean)
+    torch.testing.assert_close(model[1].running_var, twin[1].running_var)
+
+
+def test_neither_the_model_nor_the_input_is_changed():
+    model, shape = models()["resnet"]
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    x = torch.rand(shape)
+    before = x.clone()
+    incremental = Incremental(model)
+    incremental(x)
+    copy = patched(x, 0)
+    incremental(copy)
+    incremental(patched(copy, 1), keep=False)
+    assert torch.equal(x, before)
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
+    assert not model.training
