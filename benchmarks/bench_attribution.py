@@ -61,12 +61,15 @@ def timed(call):
     return time.perf_counter() - start
 
 
-def measure(name, size, batch, rounds, steps, window, batch_size):
+def measure(name, size, batch, rounds, steps, window, batch_size, only=None):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(batch, 3, size, size)
     target = 1
     table = methods(model, x, target, steps, window, batch_size)
+    if only:  # the gradient is every ratio's reference, DeepLift the warm-up
+        table = {key: calls for key, calls in table.items()
+                 if key in ("gradient", "DeepLift") or any(key.startswith(prefix) for prefix in only)}
     times = {key: ([], []) for key in table}
     for method in ("gradient", "DeepLift"):  # warm up (allocator, lazy inits); the long methods need none
         for call in table[method]:
@@ -99,6 +102,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=None, help="rounds per method (default 3)")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16, help="model inputs per pass for IG and occlusion")
+    parser.add_argument("--only", nargs="+", default=None, metavar="METHOD",
+                        help="time only the methods whose names start with these (and the gradient), e.g. Occlusion")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default torch's; 1 gives steadier ratios on a busy machine)")
     args = parser.parse_args()
@@ -110,7 +115,7 @@ def main():
     warnings.simplefilter("ignore")  # captum's notes about hooks and gradients on every call
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {size}x{size}, "
           f"median of {rounds} rounds", flush=True)
-    results = {name: measure(name, size, args.batch, rounds, args.steps, window, args.batch_size)
+    results = {name: measure(name, size, args.batch, rounds, args.steps, window, args.batch_size, args.only)
                for name in args.models.split(",")}
     names = list(results)
     print()
