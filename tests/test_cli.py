@@ -281,7 +281,7 @@ def test_devices_this_machine_lacks_exit_2_with_one_line_naming_the_valid_ones(r
 def test_every_method_takes_its_own_parameters_typed_and_recorded(runs):
     root, results = runs
     expected = {
-        "occlusion_window": {"window": [16, 16], "stride": [16, 16], "baseline": 0.0},
+        "occlusion_window": {"window": [16, 16], "stride": [16, 16], "baseline": 0.0, "incremental": None},
         "integrated_steps": {"baseline": 0.0, "steps": 4, "method": "riemann_trapezoid"},
         "smoothgrad_noise": {"noise_level": 0.2, "n_samples": 2, "seed": 3},
         "deeplift_baseline": {"baseline": [0.5, 0.0, -0.5], "multiply_by_inputs": True, "eps": 1e-10,

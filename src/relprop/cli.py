@@ -237,6 +237,24 @@ def _example_key(result) -> str:
     return fields[0] if fields else "0" if isinstance(result, (tuple, list)) else "logits"
 
 
+def load_for_command(model_spec: str, weights, size=None, mean=None, std=None, device=None):
+    """--model and --weights loaded, with --size/--mean/--std applied and moved to the device; a model that cannot
+    be loaded is the command's error, and random torchvision weights get a note on stderr."""
+    from .loading import load_model
+
+    try:
+        loaded = load_model(model_spec, weights)
+        loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
+    except LoadError as error:
+        raise Failure(str(error)) from None
+    if model_spec.startswith("torchvision:") and weights is None:
+        click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
+                   "for trained ones", err=True)
+    if device is not None:
+        loaded.model.to(device)
+    return loaded
+
+
 def resolve_device(name: str):
     """--device as a torch.device, or Failure naming the devices this machine has."""
     import torch
@@ -466,7 +484,7 @@ def explain(inputs, model_spec, weights, method, composite, params, output_key, 
     Folders are searched with their sub-folders (hidden ones and --out left out); the outputs mirror them.
     """
     from . import viz
-    from .loading import find_images, load_model
+    from .loading import find_images
 
     if target != "auto" and not target.isdigit():
         raise Failure(f"--target must be auto or a class index (0, 1, ...), got {target!r}")
@@ -479,15 +497,11 @@ def explain(inputs, model_spec, weights, method, composite, params, output_key, 
     torch_device = resolve_device(device)
     try:
         files = find_images(inputs, exclude=out)
-        loaded = load_model(model_spec, weights)
-        loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
     except LoadError as error:
         raise Failure(str(error)) from None
+    loaded = load_for_command(model_spec, weights, size, mean, std)
     pick = output_picker(output_key)
     attributor, parameters = build_method(method, composite, given, loaded.model, loaded.preprocessing, pick)
-    if model_spec.startswith("torchvision:") and weights is None:
-        click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
-                   "for trained ones", err=True)
     loaded.model.to(torch_device)
     budget = MemoryBudget(attributor, loaded.model, torch_device, pick)
     if loaded.preprocessing.size is not None:  # every image has this shape: refuse before reading any
@@ -704,7 +718,6 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
         engine, address, overwrite, device, size, mean, std):
     """Explain every sample of a data set into a resumable Zarr store (see README, "Data sets")."""
     from . import datasets
-    from .loading import load_model
 
     if target not in ("label", "predicted") and not target.isdigit():
         raise Failure(f"--target must be label, predicted or a class index (0, 1, ...), got {target!r}")
@@ -717,10 +730,9 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
     torch_device = resolve_device(device)
     try:
         datasets.store.check_path(store_path)
-        loaded = load_model(model_spec, weights)
-        loaded.preprocessing = loaded.preprocessing.override(size, _floats(mean), _floats(std))
-    except (LoadError, datasets.StoreError) as error:
+    except datasets.StoreError as error:
         raise Failure(str(error)) from None
+    loaded = load_for_command(model_spec, weights, size, mean, std)
     lrp_composite, parameters = None, {}
     if method == "lrp":  # the store records the parameters given, as relprop.datasets.run does from Python
         from . import composites
@@ -728,9 +740,6 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
         lrp_composite = build_composite(composite, given, loaded.preprocessing)
         parameters = recorded(typed_parameters(f"composite {composite}",
                                                parameter_list(type(composites.get(composite))), given))
-    if model_spec.startswith("torchvision:") and weights is None:
-        click.echo(f"relprop: note: {model_spec} has random weights (nothing is downloaded); pass --weights FILE "
-                   "for trained ones", err=True)
     loaded.model.to(torch_device)
     recipe = datasets.ModelSpec(model_spec, None if weights is None else str(weights), loaded.model)
     try:
@@ -927,7 +936,7 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     from .evaluate.benchmark import METRICS
     from .datasets.work import ModelSpec, RunError
     from .evaluate.sources import DemoImages, ImageFiles
-    from .loading import collect_images, load_model
+    from .loading import collect_images
 
     methods = _names(method_names, DEMO_METHODS)
     metrics = _names(metric_names, DEMO_METRICS)
@@ -944,9 +953,8 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     if (address is not None or workers is not None) and engine != "ray":
         raise Failure("--address and --workers go with --engine ray; add it")
     torch_device = resolve_device(device)
+    loaded = load_for_command(model_spec, weights, size)
     try:
-        loaded = load_model(model_spec, weights)
-        loaded.preprocessing = loaded.preprocessing.override(size, None, None)
         source = DemoImages(count) if data == "demo" else ImageFiles(collect_images([data]), loaded.preprocessing)
     except LoadError as error:
         raise Failure(str(error)) from None
@@ -1024,9 +1032,9 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
             else:
                 if model_spec is None:
                     raise Failure("IMAGE needs --model (the model to explain)")
-                from .loading import load_model, open_image
+                from .loading import open_image
 
-                loaded = load_model(model_spec, weights)
+                loaded = load_for_command(model_spec, weights)
                 pixels = loaded.preprocessing.pixels(open_image(image))
                 x = loaded.preprocessing.normalize(pixels)[None]
                 lrp = LRP(loaded.model, build_composite(composite, {}, loaded.preprocessing))
