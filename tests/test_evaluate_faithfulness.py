@@ -95,6 +95,17 @@ def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
             torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
 
 
+def test_chains_run_fewer_samples_per_pass_when_their_activations_would_pass_the_memory_limit():
+    model = small_cnn(size=16)
+    x = torch.randn(5, 3, 16, 16, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, batch_size=8)  # the clean pass is kept: how much a sample keeps is known
+    runner.incremental.max_bytes = 2 * runner.incremental.row_bytes
+    rows = []
+    model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    evaluate.region_perturbation(runner, x, torch.randn_like(x), patch_size=4, steps=3)
+    assert rows == [2] * 3 + [2] * 3 + [1] * 3  # 3 groups of at most 2 samples, 3 steps each
+
+
 def test_runner_streams_copies_in_chunks_of_batch_size():
     model = small_cnn()
     seen = []

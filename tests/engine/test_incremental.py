@@ -216,3 +216,17 @@ def test_neither_the_model_nor_the_input_is_changed():
     assert torch.equal(x, before)
     assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
     assert not model.training
+
+
+def test_a_base_larger_than_max_bytes_is_not_kept_and_passes_run_in_full():
+    model, shape = models()["resnet"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    assert incremental.row_bytes > 0 and incremental.kept
+    small = Incremental(model, max_bytes=incremental.row_bytes * len(x) - 1)
+    small(x)
+    copy = patched(x, 0)
+    with torch.inference_mode():
+        torch.testing.assert_close(small(copy), model(copy))
+    assert small.kept == [] and small.passes == {"full": 2, "incremental": 0}

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from ..ops.table import QUIET
 from .intercept import bind, classify, plain_variant, writes_first_argument
 
+KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass
 STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
 
@@ -43,16 +44,18 @@ class _Unfollowable(Exception):
 class Incremental:
     """Forward passes of ``model`` that reuse its last kept pass where the input did not change.
 
-    ``incremental(x, keep=True)`` returns ``model(x)``; keep=True makes this pass the base of the next one (each
-    op's output is kept: memory of one pass's activations), keep=False leaves the base as it was (occlusion-style
-    copies of one input). ``threshold``: above this share of changed positions a pass runs in full.
+    ``incremental(x, keep=True)`` returns ``model(x)``; keep=True makes this pass the base of the next one (the
+    output of each convolution, pooling and element-wise op is kept: ``row_bytes`` per input row), keep=False leaves
+    the base as it was (occlusion-style copies of one input). ``threshold``: above this share of changed positions
+    a pass runs in full. ``max_bytes``: a base larger than this is not kept (the passes after it run in full).
     """
 
-    def __init__(self, model: torch.nn.Module, threshold: float = 0.5):
-        self.model, self.threshold = model, threshold
+    def __init__(self, model: torch.nn.Module, threshold: float = 0.5, max_bytes: int = KEEP_BYTES):
+        self.model, self.threshold, self.max_bytes = model, threshold, max_bytes
         self.base_input: torch.Tensor | None = None
         self.kept: list = []  # ((op name, argument shapes), output or None) per op that read the input, in order
         self.followable = True
+        self.row_bytes: int | None = None  # what the base keeps per input row, once a base was kept
         self.passes = {"full": 0, "incremental": 0}
 
     def reset(self):
@@ -125,7 +128,13 @@ class Incremental:
                 self.reset()
             raise
         if keep:
-            self.kept, self.base_input = mode.fresh, x.clone()
+            kept = {id(output): output for _, output in mode.fresh if output is not None}
+            size = sum(output.numel() * output.element_size() for output in kept.values())
+            self.row_bytes = -(-size // len(x))
+            if size > self.max_bytes:
+                self.reset()
+            else:
+                self.kept, self.base_input = mode.fresh, x.clone()
         else:
             mode.undo()
         return _detached(out)
@@ -197,7 +206,8 @@ class _Pass(TorchFunctionMode):
         if target is not None:
             self.regions[id(target)] = (target, STALE)
         self._mark(out, boxes)
-        self.fresh.append((signature, out if isinstance(out, torch.Tensor) else None))
+        # what the next pass reads of this op: its output where it computes boxes into it, else nothing
+        self.fresh.append((signature, out if handler in _USES_BASE and isinstance(out, torch.Tensor) else None))
         return out
 
     def _mark(self, out, boxes):
@@ -453,3 +463,4 @@ _LOCAL.update({f"{kind}_pool{d}d": _window for kind in ("max", "avg") for d in (
 _LOCAL.update({f"adaptive_{kind}_pool{d}d": _adaptive for kind in ("max", "avg") for d in (1, 2, 3)})
 _LOCAL.update({"batch_norm": _batch_norm, "dropout": _dropout, "dropout1d": _dropout, "dropout2d": _dropout,
                "dropout3d": _dropout, "cat": _cat, "concat": _cat, "concatenate": _cat})
+_USES_BASE = {_window, _elementwise, _batch_norm}

@@ -78,6 +78,14 @@ class Runner:
         return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
                    explained_target=explained)
 
+    def _chain_rows(self) -> int:
+        """Samples per pass of a chain: batch_size, or fewer once a kept base showed that the activations of
+        batch_size samples would pass the incremental engine's max_bytes."""
+        engine = self.incremental
+        if not engine.row_bytes:
+            return self.batch_size
+        return max(1, min(self.batch_size, engine.max_bytes // engine.row_bytes))
+
     def _is_base(self, rows) -> bool:
         """Whether the incremental engine's base pass is the clean pass of these rows."""
         base = self.incremental.base_input
@@ -135,8 +143,9 @@ class Runner:
         result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.output.device)
         predicted = torch.empty(len(samples), steps, dtype=torch.long, device=self.output.device)
         if chain and self.incremental is not None:
+            size = self._chain_rows()
             chunks = [(group, torch.full_like(group, step), slice(start, start + len(group)), step)
-                      for start, group in zip(range(0, len(samples), self.batch_size), samples.split(self.batch_size))
+                      for start, group in zip(range(0, len(samples), size), samples.split(size))
                       for step in range(steps)]
         else:
             pairs_sample = samples.repeat_interleave(steps)
