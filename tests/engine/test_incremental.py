@@ -230,3 +230,29 @@ def test_a_base_larger_than_max_bytes_is_not_kept_and_passes_run_in_full():
     with torch.inference_mode():
         torch.testing.assert_close(small(copy), model(copy))
     assert small.kept == [] and small.passes == {"full": 2, "incremental": 0}
+
+
+TORCHVISION = ["resnet18", "densenet121", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v3_small",
+               "efficientnet_b0", "regnet_y_400mf", "convnext_tiny", "googlenet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_architectures_give_plain_outputs_in_chains_and_copies(name):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    options = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = with_biases(getattr(torchvision.models, name)(weights=None, **options)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    incremental = Incremental(model)
+    incremental(x)
+    for step in range(2):
+        x = patched(x, step, size=6)
+        copy = x.clone()
+        copy[:, :, 20:26, 30:36] = 0.5
+        with torch.inference_mode():
+            expected, expected_copy = model(x), model(copy)
+        scale = expected.abs().max()
+        torch.testing.assert_close(incremental(x), expected, rtol=0, atol=1e-5 * scale)
+        torch.testing.assert_close(incremental(copy, keep=False), expected_copy, rtol=0, atol=1e-5 * scale)
+    assert incremental.passes == {"full": 1, "incremental": 4}
