@@ -325,37 +325,33 @@ def _window(state, name, func, args, kwargs, base):
         crop_args["ceil_mode"] = False
         crop_args["stride"] = stride
         crop_args.pop("return_indices", None)
-    rows = _same_size(rows, outputs)
-    crops = []
-    for row, box in enumerate(rows):
-        if box is None:
-            continue
-        index, pads = [row, slice(None)], []
-        for (low, high), k, s, p, d, size in zip(box, kernel, stride, padding, dilation, sizes):
-            first, last = low * s - p, (high - 1) * s - p + (k - 1) * d + 1
-            index.append(slice(max(first, 0), min(last, size)))
-            pads.append((max(-first, 0), max(last - size, 0)))
-        crop = source[tuple(index)].unsqueeze(0)
-        flat_pads = [amount for pair in reversed(pads) for amount in pair]
-        crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
-    if crops:
-        _write_rows(state, base, rows, func(torch.cat(crops), **crop_args))
+    for group in _same_sizes(rows):
+        crops = []
+        for row, box in group:
+            index, pads = [row, slice(None)], []
+            for (low, high), k, s, p, d, size in zip(box, kernel, stride, padding, dilation, sizes):
+                first, last = low * s - p, (high - 1) * s - p + (k - 1) * d + 1
+                index.append(slice(max(first, 0), min(last, size)))
+                pads.append((max(-first, 0), max(last - size, 0)))
+            crop = source[tuple(index)].unsqueeze(0)
+            flat_pads = [amount for pair in reversed(pads) for amount in pair]
+            crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
+        _write_rows(state, base, group, func(torch.cat(crops), **crop_args))
     return base, rows
 
 
-def _same_size(rows, sizes):
-    """Boxes grown to one size per dim (kept inside the tensor), so that all rows' crops run as one batch."""
-    present = [box for box in rows if box is not None]
-    if len(present) < 2:
-        return rows
-    lengths = [max(high - low for low, high in extents) for extents in zip(*present)]
-    return [None if box is None else tuple((min(low, size - length), min(low, size - length) + length)
-                                           for (low, _), length, size in zip(box, lengths, sizes)) for box in rows]
+def _same_sizes(rows):
+    """The rows with a box, grouped by the box's size: each group's crops run as one batch."""
+    groups: dict = {}
+    for row, box in enumerate(rows):
+        if box is not None:
+            groups.setdefault(tuple(high - low for low, high in box), []).append((row, box))
+    return list(groups.values())
 
 
-def _write_rows(state, base, rows, values):
-    """Each row's box of base from the next of values (one per row with a box)."""
-    for value, (row, box) in zip(values, ((row, box) for row, box in enumerate(rows) if box is not None)):
+def _write_rows(state, base, group, values):
+    """Each (row, box) of group: base's box in that row from the next of values."""
+    for value, (row, box) in zip(values, group):
         state.write(base, (row, slice(None)) + _slices(box), value)
 
 
@@ -381,17 +377,15 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
             return value[row:row + 1]
         return None  # the same for every row
 
-    rows = _same_size(_row_union([state.region(t) for t in tracked]), shape[2:])
-    changed = [(row, box) for row, box in enumerate(rows) if box is not None]
-    if not changed:
-        return base, rows
-
-    def batched(value):
-        crops = [crop(value, row, box) for row, box in changed]
+    def batched(value, group):
+        crops = [crop(value, row, box) for row, box in group]
         return value if crops[0] is None else torch.cat(crops)
 
-    out = func(*[batched(value) for value in args], **{key: batched(value) for key, value in kwargs.items()})
-    _write_rows(state, base, rows, out)
+    rows = _row_union([state.region(t) for t in tracked])
+    for group in _same_sizes(rows):
+        out = func(*[batched(value, group) for value in args],
+                   **{key: batched(value, group) for key, value in kwargs.items()})
+        _write_rows(state, base, group, out)
     return base, rows
 
 
