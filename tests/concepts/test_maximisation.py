@@ -1,12 +1,20 @@
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+import zarr
 
 import relprop
 from relprop.concepts import conditional, maximise, reference_heatmaps
 from relprop.datasets import open_store, run
 from relprop.datasets.sources import Demo
 from relprop.demo.model import ShapeNet
+from tests.datasets.conftest import DATASET_FILE
+from tests.datasets.helpers import kill_once
 from tests.models import with_biases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,3 +142,52 @@ def test_the_ray_engine_writes_the_same_arrays_as_the_local_one(small_run, tmp_p
         np.testing.assert_array_equal(open_store(copy)[f"concepts/features.6/{name}"][:],
                                       open_store(store)[f"concepts/features.6/{name}"][:])
     np.testing.assert_array_equal(distributed["features.6"].relevance_index, local.relevance_index)
+
+
+def relprop_command(*args, delay="0"):
+    env = dict(os.environ, OMP_NUM_THREADS="1", SHAPES_DELAY=delay)
+    return subprocess.Popen([sys.executable, "-m", "relprop", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def concept_chunks_done(path, layer) -> int:
+    try:
+        return int(np.asarray(zarr.open_group(str(path), mode="r")[f"concepts/{layer}/done"][:]).sum())
+    except Exception:  # the arrays are not created yet
+        return 0
+
+
+def kill_when_done(process, path, layer, at_least: int) -> int:
+    return kill_once(process, lambda: concept_chunks_done(path, layer), at_least)
+
+
+@pytest.mark.slow
+def test_maximisation_killed_twice_then_resumed_equals_an_uninterrupted_pass_bit_for_bit(tmp_path):
+    data = tmp_path / "shapes_data.py"
+    data.write_text(DATASET_FILE)
+    explained = relprop_command("run", f"{data}:slow", "--model", "demo", "--store", tmp_path / "run.zarr",
+                                "--batch-size", "4", "--chunk", "4")
+    out, err = explained.communicate(timeout=120)
+    assert explained.returncode == 1, err  # sample 5 is unreadable on purpose
+    shutil.copytree(tmp_path / "run.zarr", tmp_path / "clean.zarr")
+    layer = "features.6"
+    arguments = ["concepts", "--layer", layer, "--top", "3", "--batch-size", "2"]
+    clean = relprop_command(*arguments, "--store", tmp_path / "clean.zarr", "--out", tmp_path / "clean-atlas")
+    store = tmp_path / "run.zarr"
+    first = kill_when_done(relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas", delay="0.05"),
+                           store, layer, 8)
+    second = kill_when_done(relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas", delay="0.05"),
+                            store, layer, first + 12)
+    assert first < second < 60  # each pass was cut in the middle, the second went on from the first
+    resumed = relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas")
+    for process in (resumed, clean):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    groups = [zarr.open_group(str(path), mode="r")[f"concepts/{layer}"] for path in (store, tmp_path / "clean.zarr")]
+    for name in ("relevance", "activation", "done"):
+        values = [np.asarray(group[name][:]) for group in groups]
+        assert values[0].tobytes() == values[1].tobytes(), name
+    assert values[0].all()  # every chunk done, the unreadable sample's row included
+    pages = [(tmp_path / folder / "index.html").read_text().replace(str(path), "STORE")
+             for folder, path in (("atlas", store), ("clean-atlas", tmp_path / "clean.zarr"))]
+    assert pages[0] == pages[1]  # the same reference samples, channel by channel

@@ -1,4 +1,7 @@
-"""Helpers for the data-set tests: reading whole stores and comparing them bit for bit."""
+"""Helpers for the data-set tests: reading whole stores and comparing them bit for bit, killing runs midway."""
+import signal
+import time
+
 import zarr
 
 import relprop.datasets as datasets
@@ -30,3 +33,16 @@ def assert_same_store(a, b):
             assert x.tolist() == y.tolist(), f"{name} differs"
     attributes = [{k: v for k, v in datasets.open_store(p).attrs.items() if k != "created"} for p in (a, b)]
     assert attributes[0] == attributes[1]
+
+
+def kill_once(process, progress, at_least: int, timeout: float = 90.0) -> int:
+    """SIGKILL a running process once progress() (samples done so far) reaches at_least; returns that count."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        done = progress()
+        if done >= at_least:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return done
+        time.sleep(0.02)
+    raise AssertionError(f"the process ended before {at_least} samples were done: {process.communicate()}")

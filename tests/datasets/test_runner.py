@@ -1,9 +1,7 @@
 """relprop.datasets.run: resuming after kills, refusing other arguments, bad input, the Python API."""
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import relprop.datasets as datasets
 from relprop.datasets import sources, store as store_module
 from relprop.demo import load
 
-from tests.datasets.helpers import assert_same_store, read_store
+from tests.datasets.helpers import assert_same_store, kill_once, read_store
 
 
 def cli(*args, delay="0.03"):
@@ -32,15 +30,7 @@ def done_count(path) -> int:
 
 def kill_when(process, path, at_least: int, timeout: float = 90.0) -> int:
     """SIGKILL the run once at least `at_least` samples are done; returns how many were done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        done = done_count(path)
-        if done >= at_least:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return done
-        time.sleep(0.02)
-    raise AssertionError(f"the run ended before {at_least} samples were done: {process.communicate()}")
+    return kill_once(process, lambda: done_count(path), at_least, timeout)
 
 
 def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(dataset_file, tmp_path):
