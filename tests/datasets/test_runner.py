@@ -56,6 +56,25 @@ def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(d
     assert not list(interrupted.rglob("*.partial"))
 
 
+def test_a_second_run_on_a_store_being_written_is_refused_and_a_killed_runs_lock_goes_with_it(dataset_file, tmp_path):
+    arguments = [f"{dataset_file}:slow", "--model", "demo", "--batch-size", "2", "--chunk", "4"]
+    store = tmp_path / "run.zarr"
+    first = cli(*arguments, "--store", store)
+    try:
+        while done_count(store) < 4:  # the first run is writing
+            assert first.poll() is None, first.communicate()
+        second = cli(*arguments, "--store", store)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode != 0 and f"is being written by relprop (pid {first.pid} on" in err, err
+        assert first.poll() is None  # untouched by the refusal
+    finally:
+        kill_once(first, lambda: done_count(store), 0)
+    resumed = cli(*arguments, "--store", store, delay="0")  # the kernel dropped the killed run's lock
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 1 and "were done before" in out, err  # sample 5 is unreadable on purpose
+    assert datasets.open_store(store).complete
+
+
 def test_chunk_is_not_marked_done_when_the_run_stops_between_its_data_and_its_done_flags(tmp_path, monkeypatch):
     model = load()
     datasets.run(model, "demo:12", tmp_path / "clean.zarr", batch_size=4, chunk=4, progress=False)

@@ -1,5 +1,6 @@
 """The store layout (version 1) as agreed with the SpRAy and evaluation work, and reading it back."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -91,3 +92,14 @@ def test_remove_deletes_stores_and_refuses_other_folders(tmp_path):
     (tmp_path / "mine" / "a.txt").write_text("x")
     with pytest.raises(datasets.StoreError, match="deletes only stores it wrote"):
         store_module.remove(tmp_path / "mine")
+
+
+def test_a_second_writer_of_a_store_is_refused_until_the_first_lets_go(tmp_path):
+    path = tmp_path / "run.zarr"
+    with store_module.writing(path):
+        with pytest.raises(store_module.StoreError, match=rf"run.zarr is being written by relprop \(pid {os.getpid()}"):
+            with store_module.writing(path):
+                pass
+    with store_module.writing(path):  # released, and the lock file gone with it
+        pass
+    assert list(tmp_path.iterdir()) == []

@@ -42,6 +42,7 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
     engine: "local" (this process) or "ray" (a pool of actors, each writing its own chunks, as ``relprop run``
     does; workers: actors, address: a Ray cluster to join)."""
     from ..datasets import open_store
+    from ..datasets.store import writing
 
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
@@ -50,22 +51,23 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
         raise ValueError(f"k must be a positive number of reference samples, got {k!r}")
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be local or ray, got {engine!r}")
-    opened = open_store(store, mode="r+")
-    usable = opened.done & ~opened.failed
-    if not usable.any():
-        raise ValueError(f"{store} has no explained samples (an empty data set, or a run not yet done); run "
-                         "`relprop run` on the data set first")
-    recipe, source = _recipe(opened, model, source)
-    work = Pass(store, recipe, source, layers, batch_size)
-    work.create_arrays()
-    starts = [start for start in range(0, opened.count, opened.chunk) if work.pending(start)]
-    if engine == "local":
-        for start in starts:
-            work.chunk(start)
-    elif starts:
-        _on_ray(work, starts, workers, address)
-    targets = np.asarray(opened["target"][:])
-    return {name: _top(opened, name, k, usable, targets) for name in layers}
+    with writing(store):  # not while a run (or another maximisation) writes into it
+        opened = open_store(store, mode="r+")
+        usable = opened.done & ~opened.failed
+        if not usable.any():
+            raise ValueError(f"{store} has no explained samples (an empty data set, or a run not yet done); run "
+                             "`relprop run` on the data set first")
+        recipe, source = _recipe(opened, model, source)
+        work = Pass(store, recipe, source, layers, batch_size)
+        work.create_arrays()
+        starts = [start for start in range(0, opened.count, opened.chunk) if work.pending(start)]
+        if engine == "local":
+            for start in starts:
+                work.chunk(start)
+        elif starts:
+            _on_ray(work, starts, workers, address)
+        targets = np.asarray(opened["target"][:])
+        return {name: _top(opened, name, k, usable, targets) for name in layers}
 
 
 def _recipe(opened, model, source):

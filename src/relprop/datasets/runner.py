@@ -77,6 +77,14 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
         from .ray_engine import check_reachable
 
         check_reachable(address)  # before any work: a wrong address fails in seconds
+    with store_module.writing(store):
+        return _run_locked(model, dataset, store, settings, engine, address, workers, chunk, device, parameters,
+                           weights, preprocessing, composite, composite_name, overwrite, progress)
+
+
+def _run_locked(model, dataset, store, settings, engine, address, workers, chunk, device, parameters, weights,
+                preprocessing, composite, composite_name, overwrite, progress) -> Summary:
+    """run() while holding the store's writer lock."""
     model, recipe, spec, weights_sha256, preprocessing = _model(model, weights, preprocessing)
     if device is not None:
         model.to(device)

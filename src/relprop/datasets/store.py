@@ -5,13 +5,16 @@ parameters, target, keep, data, count, chunk, input shape, classes, class names,
 ``relevance``, ``output``, ``label``, ``target``, ``explained``, ``delta``, ``id``, ``preview``, ``done``, ``failed``
 and ``extra/<name>`` have the N samples along their first dimension. A chunk's samples are marked in ``done`` only
 after every other array of that chunk is written, so a reader (or a resumed run) trusts exactly the ``done`` chunks.
-Writers of different chunks touch different files, which is what lets Ray actors share one store.
+Writers of different chunks touch different files, which is what lets Ray actors share one store. One run writes a
+store at a time: it holds a lock beside it while it writes (``writing``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +78,45 @@ def check_path(path) -> None:
     if path.is_dir() and any(path.iterdir()) and read_attributes(path) is None:
         raise StoreError(f"{path} is a folder that is not a relprop store; give a new --store path (relprop never "
                          "deletes folders it did not write)")
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Hold the store's writer lock while a run writes into it: a flock on a hidden file beside the store, so a
+    second run (or relevance maximisation) on the same store is refused instead of interleaving with the first. The
+    kernel drops the lock when its process dies, even by SIGKILL, so the next run resumes at once. Stores behind a
+    URL are not locked."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock
+        fcntl = None
+    if is_remote(path) or fcntl is None:
+        yield
+        return
+    path = Path(path).resolve()
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        handle = open(lock, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(f"{path} is being written by {holder}; wait for that run to finish (or stop it), then "
+                             "run again: the store resumes where it stopped") from None
+        if lock.exists() and lock.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder removed the file between our open and our lock: lock the new one
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"relprop (pid {os.getpid()} on {socket.gethostname()})")
+        handle.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 def read_attributes(path) -> dict | None:
