@@ -47,7 +47,7 @@ class Runner:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
-        if incremental is None:  # a GPU runs small crops no faster than whole tensors, and has less memory to keep
+        if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
