@@ -87,9 +87,9 @@ def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
             evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=6).curves["morf"],
             evaluate.irof(runner, x, relevance, segments=bands).curves["morf"])
         passes[batch_size] = runner.incremental.passes if incremental else None
-    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the clean pass is the first base, and
-    # IROF starts over after region perturbation's last step
-    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 2, "incremental": 6 + 7}}
+    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the clean pass is the base of each
+    # chain's first step (IROF's goes back to it after region perturbation's last step)
+    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 1, "incremental": 6 + 8}}
     for key in ((True, 2), (True, 8)):
         for ours, plain in zip(curves[key], curves[False, 2]):
             torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)

@@ -256,3 +256,21 @@ def test_torchvision_architectures_give_plain_outputs_in_chains_and_copies(name)
         torch.testing.assert_close(incremental(x), expected, rtol=0, atol=1e-5 * scale)
         torch.testing.assert_close(incremental(copy, keep=False), expected_copy, rtol=0, atol=1e-5 * scale)
     assert incremental.passes == {"full": 1, "incremental": 4}
+
+
+def test_a_snapshot_of_the_base_brings_it_back_after_later_passes():
+    model, shape = models()["windows"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    snapshot = incremental.snapshot()
+    moved = patched(patched(x, 0), 1)
+    incremental(moved)
+    incremental.restore(snapshot)
+    copy = patched(x, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(copy), model(copy), rtol=1e-5, atol=1e-6)
+    incremental.restore(snapshot)  # the snapshot itself was not written by the pass after restore
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(x.clone()), model(x), rtol=1e-5, atol=1e-6)
+    assert incremental.passes == {"full": 1, "incremental": 3}

@@ -62,6 +62,24 @@ class Incremental:
         """Forget the base pass."""
         self.base_input, self.kept = None, []
 
+    def kept_bytes(self) -> int:
+        """What the base pass keeps, in bytes."""
+        outputs = {id(output): output for _, output in self.kept if output is not None}
+        return sum(output.numel() * output.element_size() for output in outputs.values())
+
+    def snapshot(self):
+        """A copy of the base pass, to return to with ``restore`` after later passes moved the base on."""
+        copies = {id(output): output.clone() for _, output in self.kept if output is not None}
+        return [(signature, None if output is None else copies[id(output)]) for signature, output in self.kept], \
+            None if self.base_input is None else self.base_input.clone()
+
+    def restore(self, snapshot):
+        """Make a snapshot's pass the base again (copied: the passes after it write into the base)."""
+        kept, base_input = snapshot
+        copies = {id(output): output.clone() for _, output in kept if output is not None}
+        self.kept = [(signature, None if output is None else copies[id(output)]) for signature, output in kept]
+        self.base_input = None if base_input is None else base_input.clone()
+
     def __call__(self, x: torch.Tensor, keep: bool = True):
         with torch.inference_mode():
             boxes = self._changed(x)
@@ -128,13 +146,11 @@ class Incremental:
                 self.reset()
             raise
         if keep:
-            kept = {id(output): output for _, output in mode.fresh if output is not None}
-            size = sum(output.numel() * output.element_size() for output in kept.values())
+            self.kept, self.base_input = mode.fresh, x.clone()
+            size = self.kept_bytes()
             self.row_bytes = -(-size // len(x))
             if size > self.max_bytes:
                 self.reset()
-            else:
-                self.kept, self.base_input = mode.fresh, x.clone()
         else:
             mode.undo()
         return _detached(out)

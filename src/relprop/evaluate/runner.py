@@ -51,9 +51,12 @@ class Runner:
             incremental = self.x.device.type == "cpu"
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
+        self.clean_base = None  # the clean pass's activations, where a chain after the first can start from them
         if self.incremental is not None and len(self.x) <= batch_size:
             with torch.inference_mode():  # the clean pass is the base of the first step of a chain
                 self.output = self.run(self.x, self.incremental)
+                if 0 < 2 * self.incremental.kept_bytes() <= self.incremental.max_bytes:
+                    self.clean_base = self.incremental.snapshot()
         else:
             self.output = self.outputs(self.x)
         self.classes = self.output.shape[1]
@@ -160,7 +163,10 @@ class Runner:
                     flat_result[where:where + len(rows)], flat_predicted[where:where + len(rows)] = score, classes_of
                 else:
                     if where == 0 and not self._is_base(rows):
-                        self.incremental.reset()  # a new group of samples: its first step is the base
+                        if self.clean_base is not None and torch.equal(rows.cpu(), torch.arange(len(self.x))):
+                            self.incremental.restore(self.clean_base)  # back to the clean pass: no full pass
+                        else:
+                            self.incremental.reset()  # a new group of samples: its first step is the base
                     score, classes_of = self.score_copies(rows, perturb(rows, step_of), chained=True)
                     result[positions, where], predicted[positions, where] = score, classes_of
         return (result, predicted) if classes else result
