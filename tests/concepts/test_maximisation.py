@@ -157,8 +157,15 @@ def concept_chunks_done(path, layer) -> int:
         return 0
 
 
-def kill_when_done(process, path, layer, at_least: int) -> int:
-    return kill_once(process, lambda: concept_chunks_done(path, layer), at_least)
+def kill_when_done(process, path, layer, at_least: int) -> tuple[int, int]:
+    """SIGKILL the pass once at_least samples are done; returns that count and the fewest seen done while it ran."""
+    seen = []
+
+    def progress():
+        seen.append(concept_chunks_done(path, layer))
+        return seen[-1]
+
+    return kill_once(process, progress, at_least), min(seen)
 
 
 @pytest.mark.slow
@@ -174,20 +181,26 @@ def test_maximisation_killed_twice_then_resumed_equals_an_uninterrupted_pass_bit
     arguments = ["concepts", "--layer", layer, "--top", "3", "--batch-size", "2"]
     clean = relprop_command(*arguments, "--store", tmp_path / "clean.zarr", "--out", tmp_path / "clean-atlas")
     store = tmp_path / "run.zarr"
-    first = kill_when_done(relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas", delay="0.05"),
-                           store, layer, 8)
-    second = kill_when_done(relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas", delay="0.05"),
-                            store, layer, first + 12)
-    assert first < second < 60  # each pass was cut in the middle, the second went on from the first
+    first, _ = kill_when_done(relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas",
+                                              delay="0.05"), store, layer, 8)
+    second, fewest = kill_when_done(relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas",
+                                                    delay="0.05"), store, layer, first + 12)
+    assert first < second < 60  # each pass was cut in the middle
+    assert fewest >= first  # the second went on from the first: the chunks it had finished were kept, not redone
     resumed = relprop_command(*arguments, "--store", store, "--out", tmp_path / "atlas")
     for process in (resumed, clean):
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
     groups = [zarr.open_group(str(path), mode="r")[f"concepts/{layer}"] for path in (store, tmp_path / "clean.zarr")]
-    for name in ("relevance", "activation", "done"):
+    names = [sorted(group.array_keys()) for group in groups]
+    assert names[0] == names[1]
+    assert {"relevance", "activation", "done", "relevance_index", "class_relevance"} <= set(names[0])
+    for name in names[0]:  # per-sample arrays, done flags, top-k lists and class statistics alike
         values = [np.asarray(group[name][:]) for group in groups]
+        assert values[0].dtype == values[1].dtype and values[0].shape == values[1].shape, name
         assert values[0].tobytes() == values[1].tobytes(), name
-    assert values[0].all()  # every chunk done, the unreadable sample's row included
+    assert dict(groups[0].attrs) == dict(groups[1].attrs)
+    assert np.asarray(groups[0]["done"][:]).all()  # every chunk done, the unreadable sample's row included
     pages = [(tmp_path / folder / "index.html").read_text().replace(str(path), "STORE")
              for folder, path in (("atlas", store), ("clean-atlas", tmp_path / "clean.zarr"))]
     assert pages[0] == pages[1]  # the same reference samples, channel by channel
