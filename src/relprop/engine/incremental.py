@@ -69,16 +69,11 @@ class Incremental:
 
     def snapshot(self):
         """A copy of the base pass, to return to with ``restore`` after later passes moved the base on."""
-        copies = {id(output): output.clone() for _, output in self.kept if output is not None}
-        return [(signature, None if output is None else copies[id(output)]) for signature, output in self.kept], \
-            None if self.base_input is None else self.base_input.clone()
+        return _copied(self.kept, self.base_input)
 
     def restore(self, snapshot):
         """Make a snapshot's pass the base again (copied: the passes after it write into the base)."""
-        kept, base_input = snapshot
-        copies = {id(output): output.clone() for _, output in kept if output is not None}
-        self.kept = [(signature, None if output is None else copies[id(output)]) for signature, output in kept]
-        self.base_input = None if base_input is None else base_input.clone()
+        self.kept, self.base_input = _copied(*snapshot)
 
     def __call__(self, x: torch.Tensor, keep: bool = True):
         with torch.inference_mode():
@@ -154,6 +149,13 @@ class Incremental:
         else:
             mode.undo()
         return _detached(out)
+
+
+def _copied(kept, base_input):
+    """(kept, base input) with every tensor cloned once: outputs that were one tensor stay one tensor."""
+    copies = {id(output): output.clone() for _, output in kept if output is not None}
+    return ([(signature, None if output is None else copies[id(output)]) for signature, output in kept],
+            None if base_input is None else base_input.clone())
 
 
 def _detached(out):
