@@ -2,7 +2,8 @@
 
 ``image_page``: the image, its heatmap, then per top concept of the layer its relevance, its conditional heatmap
 and, when a store with relevance maximisation for the layer is given, its reference samples (the store's previews).
-``atlas_page``: per channel of the layer, its reference samples by relevance and by activation. Both write
+``atlas_page``: per channel of the layer, its reference samples by relevance (each cut to the channel's receptive
+field, beside its conditional heatmap there) and by activation. Both write
 index.html with PNGs beside it into a folder, every image referenced by a relative path.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .. import viz
 from ..lrp import LRP
 from .conditional import conditional
 from .graph import attribution_graph
+from .maximisation import reference_views, store_attributor, store_recipe
 from .relevance import concept_relevance, top_concepts
 
 STYLE = ("<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{padding:4px;"
@@ -98,8 +100,11 @@ def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, 
             "graph": graph}
 
 
-def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas") -> Path:
-    """Write out/index.html: per channel of the layer, its reference samples by relevance and by activation."""
+def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas", model=None, source=None,
+               heatmaps: bool = True, cmap: str = "bwr") -> Path:
+    """Write out/index.html: per channel of the layer, its reference samples by relevance, each as its picture and
+    its conditional heatmap cut to the channel's receptive field (heatmaps=False: the store's previews only), and by
+    activation. model, source: the store's model and data set, loaded from its attributes when not given."""
     from ..datasets import open_store
 
     out = Path(out)
@@ -109,20 +114,45 @@ def atlas_page(store, layer: str, out, references, title: str = "relprop concept
         raise ValueError(f"{store} keeps no previews (not an image data set); an atlas needs pictures")
     previews = opened.group["preview"]
     names = opened.class_names
+    if heatmaps:
+        model, source = store_recipe(opened, model, source)
+        lrp, targets = store_attributor(opened, model), np.asarray(opened["target"][:])
     rows = []
     for channel in range(len(references.relevance_index)):
         cells = []
         for kind in ("relevance", "activation"):
             index, value = getattr(references, f"{kind}_index")[channel], getattr(references, f"{kind}_value")[channel]
-            pictures = [(i, v, _png(_pixels_image(previews[int(i)]), out, f"{kind}-{channel}-{i}.png", 64))
-                        for i, v in zip(index, value) if np.isfinite(v)]
-            cells.append(" ".join(f'<span title="sample {i}: {v:.4g}">{tag}</span>' for i, v, tag in pictures))
+            shown = [(int(i), float(v)) for i, v in zip(index, value) if np.isfinite(v)]
+            if heatmaps and kind == "relevance" and shown:
+                samples = [i for i, _ in shown]
+                views = reference_views(lrp, source, layer, channel, samples, targets[samples])
+                tags = [_view(pixels, heatmap, out, f"{kind}-{channel}-{i}", cmap)
+                        for (i, _), (pixels, heatmap) in zip(shown, views)]
+            else:
+                tags = [_png(_pixels_image(previews[i]), out, f"{kind}-{channel}-{i}.png", 64) for i, _ in shown]
+            cells.append(" ".join(f'<span class="ref" title="sample {i}: {v:.4g}">{tag}</span>'
+                                  for (i, v), tag in zip(shown, tags)))
         classes = references.class_relevance[:, channel]
         best = int(np.nanargmax(classes)) if np.isfinite(classes).any() else None
         named = "" if best is None else (names[best] if names and best < len(names) else str(best))
         rows.append(f"<tr><td>{channel}</td><td>{html.escape(named)}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
-    body = (f"{STYLE}<h1>{html.escape(title)}</h1><p>store <code>{html.escape(str(store))}</code>, layer "
-            f"<code>{html.escape(layer)}</code>: the samples where each channel is most relevant (and, for "
-            "comparison, most activated)</p><table><tr><th>channel</th><th>class it serves most (mean relevance)"
-            f"</th><th>most relevant</th><th>most activated</th></tr>{''.join(rows)}</table>")
+    shown_as = (" Each most relevant sample is cut to the part the channel sees (its receptive field at its most "
+                "relevant position), beside the channel's conditional heatmap there (red: positive relevance, blue: "
+                "negative)." if heatmaps else "")
+    body = (f"{STYLE}{ATLAS_STYLE}<h1>{html.escape(title)}</h1><p>store <code>{html.escape(str(store))}</code>, layer "
+            f"<code>{html.escape(layer)}</code>: per channel, the samples where it is most relevant and, for "
+            f"comparison, those where it is most activated.{shown_as}</p><table><tr><th>channel</th><th>class it "
+            "serves most (mean relevance)</th><th>most relevant</th><th>most activated</th></tr>"
+            f"{''.join(rows)}</table>")
     return viz.save_text(viz.page(body, title), out / "index.html")
+
+
+ATLAS_STYLE = ("<style>.ref{display:inline-block;margin:2px 6px 2px 0;padding:2px;border:1px solid #ccc;"
+               "white-space:nowrap}.ref img{vertical-align:middle;margin:0 1px}</style>")
+
+
+def _view(pixels, heatmap, folder: Path, stem: str, cmap: str) -> str:
+    """A reference sample's crop and its heatmap's crop, side by side, as two <img> tags of one size (the heatmap
+    alone where the data set gives no display pixels)."""
+    picture = "" if pixels is None else _png(_pixels_image(pixels), folder, f"{stem}.png", 64)
+    return f"{picture}{_png(viz.heatmap(heatmap, cmap)[0], folder, f'{stem}-heatmap.png', 64)}"
