@@ -1005,7 +1005,7 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lower", default=None, help="IMAGE: a lower layer; draws the attribution graph into --layer")
 @click.option("--heatmaps/--no-heatmaps", default=True, show_default=True,
-              help="--store alone: show each reference sample's conditional heatmap beside it, both cut to the "
+              help="with --store: show each reference sample's conditional heatmap beside it, both cut to the "
                    "channel's receptive field (three passes over a channel's references; off: the previews only)")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="--store alone: where relevance maximisation runs, as for `relprop run`")
@@ -1043,7 +1043,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
                 lrp = LRP(loaded.model, build_composite(composite, {}, loaded.preprocessing))
                 shown = report.image_page(lrp, x, pixels, layer, staging.path, None if target == "auto" else
                                           int(target), top, store_path, title=f"relprop concepts: {image.name}",
-                                          lower=lower)
+                                          lower=lower, reference_heatmaps=heatmaps)
                 what = f"the top {len(shown['channels'])} concepts of {layer} for class {shown['target']}"
             staging.commit()
     except (LoadError, StoreError, RunError, ValueError, KeyError) as error:

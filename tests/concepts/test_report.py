@@ -37,7 +37,7 @@ def pages(tmp_path_factory):
     return folder, int(labels[0])
 
 
-def test_the_image_page_shows_the_top_concepts_with_heatmaps_and_reference_samples(pages):
+def test_the_image_page_shows_the_top_concepts_with_heatmaps_and_reference_samples_beside_theirs(pages):
     folder, _ = pages
     page = (folder / "page" / "index.html").read_text()
     assert page.count("<tr>") == 5 + 1 + 4 * 3  # concepts: header and four; graph: header, three edges each
@@ -45,8 +45,13 @@ def test_the_image_page_shows_the_top_concepts_with_heatmaps_and_reference_sampl
     names = re.findall(r'src="([^"]+)"', page)
     assert "image.png" in names and "heatmap.png" in names
     assert sum(name.startswith("concept-") for name in names) == 4
-    assert sum(name.startswith("reference-") for name in names) == 4 * 3
+    assert sum(bool(re.fullmatch(r"reference-\d+-\d+\.png", name)) for name in names) == 4 * 3  # crops ...
+    assert sum(bool(re.fullmatch(r"reference-\d+-\d+-heatmap\.png", name)) for name in names) == 4 * 3  # ... heatmaps
     assert all((folder / "page" / name).is_file() for name in names)
+    for name in names:  # the store's references are drawn as the atlas draws them
+        if name.startswith("reference-"):
+            atlas = folder / "atlas" / name.replace("reference-", "relevance-")
+            np.testing.assert_array_equal(np.asarray(Image.open(folder / "page" / name)), np.asarray(Image.open(atlas)))
 
 
 def test_the_atlas_shows_every_channel_with_its_reference_samples_and_their_heatmaps(pages):
