@@ -1004,14 +1004,17 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
 @click.option("--target", default="auto", show_default=True, help="IMAGE: auto (the predicted class) or a class index")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lower", default=None, help="IMAGE: a lower layer; draws the attribution graph into --layer")
+@click.option("--heatmaps/--no-heatmaps", default=True, show_default=True,
+              help="with --store: show each reference sample's conditional heatmap beside it, both cut to the "
+                   "channel's receptive field (three passes over a channel's references; off: the previews only)")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="--store alone: where relevance maximisation runs, as for `relprop run`")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="--engine ray: actors")
 @click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-concepts"),
               show_default=True, help="folder for index.html and its pictures")
-def concepts(image, model_spec, weights, layer, top, store_path, composite, target, batch_size, lower, engine,
-             workers, address, out):
+def concepts(image, model_spec, weights, layer, top, store_path, composite, target, batch_size, lower, heatmaps,
+             engine, workers, address, out):
     """The top concepts of one image with their conditional heatmaps (IMAGE --model), or the concept atlas of a
     store: each channel's reference samples, found by relevance maximisation (--store alone)."""
     from .concepts import maximise, report
@@ -1027,7 +1030,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
             if image is None:
                 found = maximise(store_path, [layer], k=top, batch_size=batch_size, engine=engine, workers=workers,
                                  address=address)[layer]
-                report.atlas_page(store_path, layer, staging.path, found)
+                report.atlas_page(store_path, layer, staging.path, found, heatmaps=heatmaps)
                 what = f"the concept atlas of {len(found.relevance_index)} channels of {layer}"
             else:
                 if model_spec is None:
@@ -1040,7 +1043,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
                 lrp = LRP(loaded.model, build_composite(composite, {}, loaded.preprocessing))
                 shown = report.image_page(lrp, x, pixels, layer, staging.path, None if target == "auto" else
                                           int(target), top, store_path, title=f"relprop concepts: {image.name}",
-                                          lower=lower)
+                                          lower=lower, reference_heatmaps=heatmaps)
                 what = f"the top {len(shown['channels'])} concepts of {layer} for class {shown['target']}"
             staging.commit()
     except (LoadError, StoreError, RunError, ValueError, KeyError) as error:

@@ -10,13 +10,20 @@ is kept at node v_l only:
 with J_l^T the layer's LRP backward, M_v the mask of node v's row, g the target's output relevance per output. The
 masks of each layer sum to the identity, so the walks' relevances sum to the node relevance total.
 
+Graph classification (level="graph"): a readout pools the nodes into one row per graph (global_add_pool,
+global_mean_pool, global_max_pool over the batch vector), and a walk's relevance is its share of the graph's
+output. The walks then end at every node (the mask at layer L picks v_L's part of the pooled sum), and the walks
+of all end nodes sum to the graph's relevance total: the explained output less what the biases absorb.
+
 Batched: the walks that share (v_1, ..., v_L) differ only in v_0, which the input relevance of one backward gives
 all at once; and B such suffixes run in one forward and backward on B disjoint copies of the graph (graph batching),
-each copy masked to its own suffix. A graph of N nodes with S suffixes costs ceil(S / B) passes, not one per walk.
-The model must act on nodes and edges only (no pooling over the whole graph), as node-level GNNs do.
+each copy masked to its own suffix and explaining its own output (its end node's row, or its own graph's row). A
+graph of N nodes with S suffixes costs ceil(S / B) passes, not one per walk. Each layer must run once per forward:
+a layer used at several steps (shared weights) would make a walk's step ambiguous and is refused.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -116,65 +123,171 @@ def replicate(x: torch.Tensor, edge_index: torch.Tensor, copies: int) -> tuple[t
     return x.repeat(copies, *([1] * (x.dim() - 1))), edge_index.repeat(1, copies) + shift
 
 
-def mask_layers(model, layers, masks):
-    """Forward hooks on the message-passing layers that keep the gradient leaving layer l at the rows masks[l]."""
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise ValueError(f"layers {missing} are not modules of the model; pick from {sorted(n for n in modules if n)}")
+class LayerMasks:
+    """Forward hooks that keep the gradient leaving layer l at the rows masks[l] (a context manager), and check
+    that each layer ran once per forward, in the order given, on one row per node."""
 
-    def hook_for(mask):
+    def __init__(self, model, layers, masks):
+        modules = dict(model.named_modules())
+        missing = [name for name in layers if name not in modules]
+        if missing:
+            raise ValueError(f"layers {missing} are not modules of the model; pick from "
+                             f"{sorted(n for n in modules if n)}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers {list(layers)} name a module twice; a walk takes one step per layer, so a layer "
+                             "used at several steps (shared weights) is not supported: give each step its own module")
+        self.modules = [modules[name] for name in layers]
+        self.layers, self.masks, self.ran, self.handles = list(layers), masks, [], []
+
+    def _hook(self, name, mask):
         def hook(module, args, output):
+            if name in self.ran:
+                raise ValueError(f"layer {name!r} ran more than once in one forward; a walk takes one step per "
+                                 "layer, so a layer used at several steps (shared weights) is not supported: give "
+                                 "each step its own module")
+            self.ran.append(name)
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"{type(module).__name__} returned {type(output).__name__}; relevant_walks needs "
                                 "message-passing layers that return node states as one tensor")
+            if output.shape[0] != len(mask):
+                raise ValueError(f"layer {name!r} returned {output.shape[0]} rows for {len(mask)} nodes; walks step "
+                                 "through layers that keep one row per node (the message-passing layers before the "
+                                 "readout), not through pooling or the layers after it")
             output.register_hook(lambda grad: grad * mask.to(grad.dtype).reshape(-1, *([1] * (grad.dim() - 1))))
         return hook
 
-    return [modules[name].register_forward_hook(hook_for(mask)) for name, mask in zip(layers, masks)]
+    def __enter__(self):
+        self.ran.clear()
+        self.handles = [module.register_forward_hook(self._hook(name, mask))
+                        for name, module, mask in zip(self.layers, self.modules, self.masks)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        if exc[0] is None:
+            self.check()
+
+    def check(self):
+        """Every layer ran, in the order given (a walk's step l is layer l)."""
+        absent = [name for name in self.layers if name not in self.ran]
+        if absent:
+            raise ValueError(f"layers {absent} did not run in the forward; name the message-passing layers the "
+                             "explained output goes through")
+        if self.ran != self.layers:
+            raise ValueError(f"layers ran in the order {self.ran}, not {self.layers}; list them in the order they run "
+                             "(a walk's step l is layer l)")
 
 
-def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor, layers, node: int, target: int,
-                   *, composite="auto", forward: Callable | None = None, batch_size: int = 64,
-                   **options) -> Walks:
-    """Relevance of every walk through layers (module names, in the order they run) ending at node, for the
-    target class of node's output; ceil(#suffixes / batch_size) forward and backward passes.
+LEVELS = ("node", "graph")
 
-    forward: callable(model, x, edge_index) -> node outputs (default model(x, edge_index)); options go to LRP
-    (strict, canonizers, composite parameters). Each layer must run once per forward (no shared layers).
+
+def _end_nodes(node, level: str, num_nodes: int) -> list[int]:
+    """The walks' end nodes: node (an int or a list of ints), or every node for a graph-level readout."""
+    if node is None:
+        if level == "node":
+            raise ValueError("node is missing: name the node (or list of nodes) whose output the walks explain, "
+                             "e.g. node=7 or node=[3, 7]; level='graph' explains a pooled graph output")
+        return list(range(num_nodes))
+    nodes = [node] if isinstance(node, numbers.Integral) else list(node) if isinstance(node, (list, tuple)) else []
+    if not nodes or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in nodes):
+        raise ValueError(f"node must be a node id or a non-empty list of node ids, got {node!r}")
+    nodes = [int(v) for v in nodes]
+    outside = [v for v in nodes if not 0 <= v < num_nodes]
+    if outside:
+        raise ValueError(f"node {outside[0]} is not a node of the graph (0..{num_nodes - 1})")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"node lists a node twice: {nodes}")
+    return nodes
+
+
+def _targets(target, ends: list[int]):
+    """Per end node its class (or None: the predicted class), from an int, None or one class per end node."""
+    if target is None or isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        return {end: None if target is None else int(target) for end in ends}
+    if isinstance(target, (list, tuple)) and len(target) == len(ends):
+        return dict(zip(ends, (int(t) for t in target)))
+    raise ValueError(f"target must be a class int, None (the predicted class) or one class per end node "
+                     f"({len(ends)}), got {target!r}")
+
+
+def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor, layers, node=None,
+                   target=None, *, level: str = "node", composite="auto", forward: Callable | None = None,
+                   batch_size: int = 64, **options) -> Walks:
+    """Relevance of every walk through layers (module names, in the order they run) ending at node (an int or a
+    list of nodes), for the target class; ceil(#suffixes / batch_size) forward and backward passes.
+
+    level "node": the model returns one row per node; a walk explains its end node's row. forward: callable(model,
+    x, edge_index) -> node outputs (default model(x, edge_index)).
+    level "graph": the model pools its nodes into one row per graph (global_add/mean/max_pool over the batch
+    vector); a walk explains the graph's row, and node=None takes the walks ending at every node. forward:
+    callable(model, x, edge_index, batch) -> graph outputs (default model(x, edge_index, batch)).
+    target: a class int, None (the predicted class) or one class per end node. options go to LRP (strict,
+    canonizers, composite parameters). Each layer must run once per forward (no shared layers).
     """
+    if level not in LEVELS:
+        raise ValueError(f"level must be 'node' (one output row per node) or 'graph' (a pooled output per graph), "
+                         f"got {level!r}")
     layers = list(layers)
     if not layers:
         raise ValueError("layers is empty: name the model's message-passing layers, e.g. layers=['conv1', 'conv2']")
     check_graph(x, edge_index)
     num_nodes = x.shape[0]
-    if not 0 <= node < num_nodes:
-        raise ValueError(f"node {node} is not a node of the graph (0..{num_nodes - 1})")
+    ends = _end_nodes(node, level, num_nodes)
+    classes = _targets(target, ends)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    forward = forward or _call
     before = predecessors(edge_index, num_nodes)
-    ends = suffixes(before, node, len(layers))
+    tails = [suffix for end in ends for suffix in suffixes(before, end, len(layers))]
     found_walks, found_relevance = [], []
-    for start in range(0, len(ends), batch_size):
-        chunk = ends[start:start + batch_size]
-        copies = len(chunk)
-        xs, edges = replicate(x, edge_index, copies)
-        rows = torch.arange(copies, device=x.device) * num_nodes + torch.tensor(chunk, device=x.device).t()
-        masks = [torch.zeros(copies * num_nodes, device=x.device).index_fill_(0, keep, 1) for keep in rows]
-        handles = mask_layers(model, layers, masks)
-        try:
-            attributor = LRP(model, composite, forward=lambda m, z, edges=edges: forward(m, z, edges), **options)
-            explanation = attributor(xs, target)
-        finally:
-            for handle in handles:
-                handle.remove()
-        per_node = explanation.relevance.reshape(copies, num_nodes, -1).sum(-1)
+    for start in range(0, len(tails), batch_size):
+        chunk = tails[start:start + batch_size]
+        relevance = _pass(model, x, edge_index, layers, chunk, [classes[suffix[-1]] for suffix in chunk], level,
+                          composite, forward, options)
         for copy, suffix in enumerate(chunk):
             first = before[suffix[0]]
             found_walks += [(v0,) + suffix for v0 in first]
-            found_relevance.append(per_node[copy, first])
+            found_relevance.append(relevance[copy, first])
     walks = torch.tensor(found_walks, dtype=torch.long)
     relevance = torch.cat(found_relevance)
     order = torch.argsort(relevance, descending=True)
     return Walks(walks[order], relevance[order])
+
+
+def _pass(model, x, edge_index, layers, chunk, targets, level, composite, forward, options) -> torch.Tensor:
+    """One forward and backward on one copy of the graph per suffix, each masked to its suffix and explaining its
+    own output (its end node's row, or its graph's row): the per-node input relevance, (copies, N)."""
+    copies, num_nodes = len(chunk), x.shape[0]
+    _, edges = replicate(x, edge_index, copies)
+    batch = torch.arange(copies, device=x.device).repeat_interleave(num_nodes)
+    rows = torch.arange(copies, device=x.device) * num_nodes + torch.tensor(chunk, device=x.device).t()
+    masks = [torch.zeros(copies * num_nodes, device=x.device).index_fill_(0, keep, 1) for keep in rows]
+
+    def copies_forward(m, z):
+        flat = z.reshape(copies * num_nodes, *z.shape[2:])
+        if level == "graph":
+            out = (forward or _call_with_batch)(m, flat, edges, batch)
+            if not isinstance(out, torch.Tensor) or out.shape[0] != copies:
+                raise ValueError(f"with level='graph' the forward must return one row per graph, pooled by the batch "
+                                 f"vector (e.g. global_add_pool(x, batch)); got {_rows(out)} for {copies} graphs")
+            return out
+        out = (forward or _call)(m, flat, edges)
+        if not isinstance(out, torch.Tensor) or out.shape[0] != copies * num_nodes:
+            raise ValueError(f"with level='node' the model must return one row per node; got {_rows(out)} for "
+                             f"{copies * num_nodes} nodes (a model that pools the graph needs level='graph')")
+        return out[rows[-1]]  # each copy's end node
+
+    targets = None if targets[0] is None else targets  # None for one end node is None for all (_targets)
+    with LayerMasks(model, layers, masks):
+        explanation = LRP(model, composite, forward=copies_forward, **options)(x.unsqueeze(0).repeat(copies, 1, 1),
+                                                                               targets)
+    return explanation.relevance.reshape(copies, num_nodes, -1).sum(-1)
+
+
+def _call_with_batch(model, x, edge_index, batch):
+    return model(x, edge_index, batch)
+
+
+def _rows(out) -> str:
+    return f"{out.shape[0]} rows" if isinstance(out, torch.Tensor) and out.dim() else f"{type(out).__name__}"

@@ -57,7 +57,7 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
         if not usable.any():
             raise ValueError(f"{store} has no explained samples (an empty data set, or a run not yet done); run "
                              "`relprop run` on the data set first")
-        recipe, source = _recipe(opened, model, source)
+        recipe, source = store_recipe(opened, model, source)
         work = Pass(store, recipe, source, layers, batch_size)
         work.create_arrays()
         starts = [start for start in range(0, opened.count, opened.chunk) if work.pending(start)]
@@ -70,7 +70,7 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
         return {name: _top(opened, name, k, usable, targets) for name in layers}
 
 
-def _recipe(opened, model, source):
+def store_recipe(opened, model, source):
     """(the model, or the spec each process loads it from, and the data set) of the store's run."""
     from ..datasets import ModelSpec, open_source
 
@@ -95,6 +95,15 @@ def _recipe(opened, model, source):
     return model, source
 
 
+def store_attributor(opened, model):
+    """The store's LRP attributor (its composite and parameters) on model (a module, or a spec that loads one)."""
+    from ..datasets.work import Settings, build_attributor
+
+    model = model.load() if hasattr(model, "load") else model
+    attrs = opened.attrs
+    return build_attributor(model, Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {})))
+
+
 class Pass:
     """One pass of relevance maximisation over a store, a chunk at a time: what each engine's worker runs. It
     pickles without its open store and attributor (and a ModelSpec without its module): each process makes its own."""
@@ -110,13 +119,10 @@ class Pass:
         """(open store, attributor, modules, usable samples, targets), made once per process."""
         if self._ready is None:
             from ..datasets import open_store
-            from ..datasets.work import Settings, build_attributor
 
             opened = open_store(self.store, mode="r+")
-            attrs = opened.attrs
-            model = self.recipe.load() if hasattr(self.recipe, "load") else self.recipe
-            lrp = build_attributor(model, Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {})))
-            modules = dict(model.named_modules())
+            lrp = store_attributor(opened, self.recipe)
+            modules = dict(lrp.model.named_modules())
             for name in self.layers:
                 check_layer(modules, name)
             usable = opened.done & ~opened.failed
@@ -275,20 +281,39 @@ def reference_heatmaps(lrp, source, layer: str, channel: int, samples, targets, 
     """Conditional heatmaps (sample, *input shape) of one channel on its reference samples (exact: one conditional
     backward over the samples as a batch, each for its own explained class). crop: a list of each heatmap cut to the
     receptive field of the channel's most relevant position instead (see receptive_field)."""
-    x = torch.stack([source.read(int(i)).x for i in samples])
+    if crop:
+        return [heatmap for _, heatmap in reference_views(lrp, source, layer, channel, samples, targets)]
+    return _conditional_on(lrp, [source.read(int(i)) for i in samples], layer, channel, targets)[1]
+
+
+def reference_views(lrp, source, layer: str, channel: int, samples, targets) -> list[tuple]:
+    """Per reference sample, (its display pixels or None, its conditional heatmap), both cut to the receptive field
+    of the channel's most relevant position: what the concept atlas shows."""
+    read = [source.read(int(i)) for i in samples]
+    x, heatmaps, targets = _conditional_on(lrp, read, layer, channel, targets)
+    regions = receptive_fields(lrp, x, targets, layer, channel)
+    return [(None if sample.pixels is None else sample.pixels[(...,) + region], heatmap[(...,) + region])
+            for sample, heatmap, region in zip(read, heatmaps, regions)]
+
+
+def _conditional_on(lrp, read, layer, channel, targets):
+    """(the samples' input batch, the channel's conditional heatmaps on it, the targets as ints)."""
+    x = torch.stack([sample.x for sample in read])
     targets = [int(t) for t in targets]
-    heatmaps = conditional(lrp, x, targets, {layer: [int(channel)]}).relevance[0]
-    if not crop:
-        return heatmaps
-    return [heatmaps[i][(...,) + receptive_field(lrp, x[i:i + 1], targets[i], layer, channel)]
-            for i in range(len(x))]
+    return x, conditional(lrp, x, targets, {layer: [int(channel)]}).relevance[0], targets
 
 
 def receptive_field(lrp, x: torch.Tensor, target, layer: str, channel: int) -> tuple[slice, ...]:
     """The input region (slices of the spatial dims) that the channel's most relevant position of layer sees: where
     the gradient of that one activation with respect to the input is non-zero (x: a batch of one)."""
-    relevance = lrp(x, target, record=[layer]).layers[layer][0, int(channel)]
-    position = np.unravel_index(int(relevance.argmax()), tuple(relevance.shape))
+    return receptive_fields(lrp, x, [int(target)], layer, channel)[0]
+
+
+def receptive_fields(lrp, x: torch.Tensor, targets, layer: str, channel: int) -> list[tuple[slice, ...]]:
+    """receptive_field of every sample of the batch x (each for its own target), from one LRP pass and one gradient:
+    the samples are independent, so the gradient of the sum of their chosen activations is each one's own."""
+    relevance = lrp(x, list(targets), record=[layer]).layers[layer][:, int(channel)]
+    positions = [np.unravel_index(int(sample.argmax()), tuple(sample.shape)) for sample in relevance]
     module = dict(lrp.model.named_modules())[layer]
     kept = []
     handle = module.register_forward_hook(lambda _, args, output: kept.append(output))
@@ -298,8 +323,13 @@ def receptive_field(lrp, x: torch.Tensor, target, layer: str, channel: int) -> t
             lrp.model(leaf)
     finally:
         handle.remove()
-    (gradient,) = torch.autograd.grad(kept[0][(0, int(channel)) + tuple(int(p) for p in position)], leaf)
-    seen = gradient[0].abs().sum(0) > 0
-    if not bool(seen.any()):
-        return tuple(slice(0, size) for size in seen.shape)
-    return tuple(slice(int(where.min()), int(where.max()) + 1) for where in seen.nonzero().T)
+    chosen = torch.stack([kept[0][(i, int(channel)) + tuple(int(p) for p in position)]
+                          for i, position in enumerate(positions)])
+    (gradient,) = torch.autograd.grad(chosen.sum(), leaf)
+    regions = []
+    for seen in gradient.abs().sum(1) > 0:
+        if not bool(seen.any()):
+            regions.append(tuple(slice(0, size) for size in seen.shape))
+        else:
+            regions.append(tuple(slice(int(where.min()), int(where.max()) + 1) for where in seen.nonzero().T))
+    return regions

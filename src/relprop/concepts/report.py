@@ -1,8 +1,9 @@
 """Concept pages: one image's top concepts with their conditional heatmaps, and a store's concept atlas.
 
 ``image_page``: the image, its heatmap, then per top concept of the layer its relevance, its conditional heatmap
-and, when a store with relevance maximisation for the layer is given, its reference samples (the store's previews).
-``atlas_page``: per channel of the layer, its reference samples by relevance and by activation. Both write
+and, when a store with relevance maximisation for the layer is given, its reference samples, drawn as the atlas does.
+``atlas_page``: per channel of the layer, its reference samples by relevance (each cut to the channel's receptive
+field, beside its conditional heatmap there) and by activation. Both write
 index.html with PNGs beside it into a folder, every image referenced by a relative path.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .. import viz
 from ..lrp import LRP
 from .conditional import conditional
 from .graph import attribution_graph
+from .maximisation import reference_views, store_attributor, store_recipe
 from .relevance import concept_relevance, top_concepts
 
 STYLE = ("<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{padding:4px;"
@@ -40,8 +42,30 @@ def _pixels_image(pixels) -> np.ndarray:
     return array.transpose(1, 2, 0)
 
 
-def _references(store, layer: str):
-    """(store, relevance_index, relevance_value) of a layer's relevance maximisation in a store, or None."""
+class ReferenceDrawer:
+    """Draws a store's reference samples of a layer's channels: each cut to the channel's receptive field beside the
+    channel's conditional heatmap there (cut=True and heatmaps), or the store's preview."""
+
+    def __init__(self, opened, layer: str, heatmaps: bool, model=None, source=None, cmap: str = "bwr"):
+        if "preview" not in opened.group:
+            raise ValueError(f"{opened.path} keeps no previews (not an image data set); its reference samples cannot "
+                             "be shown")
+        self.previews, self.layer, self.heatmaps, self.cmap = opened.group["preview"], layer, heatmaps, cmap
+        if heatmaps:
+            model, self.source = store_recipe(opened, model, source)
+            self.lrp, self.targets = store_attributor(opened, model), np.asarray(opened["target"][:])
+
+    def tags(self, channel: int, samples: list[int], folder: Path, stem: str, cut: bool = True) -> list[str]:
+        """One <img> tag (or a crop and heatmap pair) per sample, files named stem-channel-sample."""
+        if cut and self.heatmaps and samples:
+            views = reference_views(self.lrp, self.source, self.layer, channel, samples, self.targets[samples])
+            return [_view(pixels, heatmap, folder, f"{stem}-{channel}-{i}", self.cmap)
+                    for i, (pixels, heatmap) in zip(samples, views)]
+        return [_png(_pixels_image(self.previews[i]), folder, f"{stem}-{channel}-{i}.png", 64) for i in samples]
+
+
+def _references(store, layer: str, heatmaps: bool):
+    """(drawer, relevance_index, relevance_value) of a layer's relevance maximisation in a store, or None."""
     if store is None:
         return None
     from ..datasets import open_store
@@ -51,18 +75,19 @@ def _references(store, layer: str):
     if name not in opened.group:
         raise ValueError(f"{store} has no relevance maximisation for layer {layer!r}; run `relprop concepts "
                          f"--store {store} --layer {layer}` first")
-    if "preview" not in opened.group:
-        raise ValueError(f"{store} keeps no previews (not an image data set); its reference samples cannot be shown")
-    return opened, np.asarray(opened.group[name][:]), np.asarray(opened.group[f"concepts/{layer}/relevance_value"][:])
+    return (ReferenceDrawer(opened, layer, heatmaps), np.asarray(opened.group[name][:]),
+            np.asarray(opened.group[f"concepts/{layer}/relevance_value"][:]))
 
 
 def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, top: int = 8, store=None,
-               cmap: str = "bwr", title: str = "relprop concepts", lower: str | None = None) -> dict:
+               cmap: str = "bwr", title: str = "relprop concepts", lower: str | None = None,
+               reference_heatmaps: bool = True) -> dict:
     """Write out/index.html for one image (x: a batch of one); returns what it shows (target, concepts). lower: a
-    layer below, whose concepts feeding each top concept are drawn as the attribution graph."""
+    layer below, whose concepts feeding each top concept are drawn as the attribution graph; reference_heatmaps: draw
+    the store's reference samples as the atlas does (cut, beside their heatmaps), else its previews."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    references = _references(store, layer)
+    references = _references(store, layer, reference_heatmaps)
     explanation = lrp(x, target)
     explained = int(explanation.target[0]) if explanation.target is not None else target
     sums = concept_relevance(lrp, x, explained, [layer])[layer]
@@ -74,17 +99,20 @@ def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, 
         cell = _png(viz.heatmap(heatmaps[rank:rank + 1], cmap)[0], out, f"concept-{channel}.png")
         samples = ""
         if references is not None:
-            opened, index, _ = references
-            samples = " ".join(_png(_pixels_image(opened.group["preview"][int(i)]), out,
-                                    f"reference-{channel}-{i}.png", 64) for i in index[channel])
+            drawer, reference_index, reference_value = references
+            shown = [int(i) for i, v in zip(reference_index[channel], reference_value[channel]) if np.isfinite(v)]
+            samples = " ".join(f'<span class="ref">{tag}</span>' for tag in drawer.tags(channel, shown, out,
+                                                                                       "reference"))
         rows.append(f"<tr><td>{channel}</td><td>{value:.4g}</td><td>{value / float(sums[0].sum()):.1%}</td>"
                     f"<td>{cell}</td><td>{samples}</td></tr>")
+    cut = " (each cut to the concept's receptive field, beside its heatmap there)" if references and \
+        reference_heatmaps else ""
     image = _png(_pixels_image(pixels), out, "image.png", 192)
     heatmap = _png(viz.heatmap(explanation.relevance, cmap)[0], out, "heatmap.png", 192)
-    body = (f"{STYLE}<h1>{html.escape(title)}</h1><p>explained class {explained}; layer "
+    body = (f"{STYLE}{REFERENCE_STYLE}<h1>{html.escape(title)}</h1><p>explained class {explained}; layer "
             f"<code>{html.escape(layer)}</code>: top {len(channels)} of {sums.shape[1]} concepts by relevance</p>"
             f"<p>{image} {heatmap}</p><table><tr><th>channel</th><th>relevance</th><th>share of the layer</th>"
-            f"<th>conditional heatmap</th><th>reference samples</th></tr>{''.join(rows)}</table>")
+            f"<th>conditional heatmap</th><th>reference samples{cut}</th></tr>{''.join(rows)}</table>")
     graph = None
     if lower is not None:
         graph = attribution_graph(lrp, x, explained, upper=layer, lower=lower, channels=channels, top=3)
@@ -98,31 +126,48 @@ def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, 
             "graph": graph}
 
 
-def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas") -> Path:
-    """Write out/index.html: per channel of the layer, its reference samples by relevance and by activation."""
+def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas", model=None, source=None,
+               heatmaps: bool = True, cmap: str = "bwr") -> Path:
+    """Write out/index.html: per channel of the layer, its reference samples by relevance, each as its picture and
+    its conditional heatmap cut to the channel's receptive field (heatmaps=False: the store's previews only), and by
+    activation. model, source: the store's model and data set, loaded from its attributes when not given."""
     from ..datasets import open_store
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     opened = open_store(store)
-    if "preview" not in opened.group:
-        raise ValueError(f"{store} keeps no previews (not an image data set); an atlas needs pictures")
-    previews = opened.group["preview"]
+    drawer = ReferenceDrawer(opened, layer, heatmaps, model, source, cmap)
     names = opened.class_names
     rows = []
     for channel in range(len(references.relevance_index)):
         cells = []
         for kind in ("relevance", "activation"):
             index, value = getattr(references, f"{kind}_index")[channel], getattr(references, f"{kind}_value")[channel]
-            pictures = [(i, v, _png(_pixels_image(previews[int(i)]), out, f"{kind}-{channel}-{i}.png", 64))
-                        for i, v in zip(index, value) if np.isfinite(v)]
-            cells.append(" ".join(f'<span title="sample {i}: {v:.4g}">{tag}</span>' for i, v, tag in pictures))
+            shown = [(int(i), float(v)) for i, v in zip(index, value) if np.isfinite(v)]
+            tags = drawer.tags(channel, [i for i, _ in shown], out, kind, cut=kind == "relevance")
+            cells.append(" ".join(f'<span class="ref" title="sample {i}: {v:.4g}">{tag}</span>'
+                                  for (i, v), tag in zip(shown, tags)))
         classes = references.class_relevance[:, channel]
         best = int(np.nanargmax(classes)) if np.isfinite(classes).any() else None
         named = "" if best is None else (names[best] if names and best < len(names) else str(best))
         rows.append(f"<tr><td>{channel}</td><td>{html.escape(named)}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
-    body = (f"{STYLE}<h1>{html.escape(title)}</h1><p>store <code>{html.escape(str(store))}</code>, layer "
-            f"<code>{html.escape(layer)}</code>: the samples where each channel is most relevant (and, for "
-            "comparison, most activated)</p><table><tr><th>channel</th><th>class it serves most (mean relevance)"
-            f"</th><th>most relevant</th><th>most activated</th></tr>{''.join(rows)}</table>")
+    shown_as = (" Each most relevant sample is cut to the part the channel sees (its receptive field at its most "
+                "relevant position), beside the channel's conditional heatmap there (red: positive relevance, blue: "
+                "negative)." if heatmaps else "")
+    body = (f"{STYLE}{REFERENCE_STYLE}<h1>{html.escape(title)}</h1><p>store <code>{html.escape(str(store))}</code>, "
+            f"layer <code>{html.escape(layer)}</code>: per channel, the samples where it is most relevant and, for "
+            f"comparison, those where it is most activated.{shown_as}</p><table><tr><th>channel</th><th>class it "
+            "serves most (mean relevance)</th><th>most relevant</th><th>most activated</th></tr>"
+            f"{''.join(rows)}</table>")
     return viz.save_text(viz.page(body, title), out / "index.html")
+
+
+REFERENCE_STYLE = ("<style>.ref{display:inline-block;margin:2px 6px 2px 0;padding:2px;border:1px solid #ccc;"
+                   "white-space:nowrap}.ref img{vertical-align:middle;margin:0 1px}</style>")
+
+
+def _view(pixels, heatmap, folder: Path, stem: str, cmap: str) -> str:
+    """A reference sample's crop and its heatmap's crop, side by side, as two <img> tags of one size (the heatmap
+    alone where the data set gives no display pixels)."""
+    picture = "" if pixels is None else _png(_pixels_image(pixels), folder, f"{stem}.png", 64)
+    return f"{picture}{_png(viz.heatmap(heatmap, cmap)[0], folder, f'{stem}-heatmap.png', 64)}"
