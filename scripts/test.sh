@@ -17,4 +17,6 @@ scripts/virelay_venv.sh  # ViRelAy's loader opens an exported project there (tes
 export RELPROP_VIRELAY_PYTHON="$PWD/.venv-virelay/bin/python"
 scripts/quantus_venv.sh  # the Quantus oracle runs there (tests/test_oracle_quantus.py)
 export RELPROP_QUANTUS_PYTHON="$PWD/.venv-quantus/bin/python"
+scripts/oldest_venv.sh  # the oldest torch relprop supports, for the packaging test (tests/test_packaging.py)
+export RELPROP_OLDEST_PYTHON="$PWD/.venv-oldest/bin/python"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,44 @@
+"""The documentation site builds with `mkdocs build --strict` (what scripts/docs.sh runs) and opens from file://."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from browser import rendered
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    pytest.importorskip("mkdocstrings", reason="the docs extra (pip install -e .[docs]) builds the site")
+    folder = tmp_path_factory.mktemp("site")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(folder)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
+    for page in ["index.html", "getting-started.html", "coming-from.html", "reference/lrp.html",
+                 "reference/rules.html", "reference/composites.html", "reference/attribution.html",
+                 "reference/viz.html"]:
+        assert (site / page).is_file(), page
+
+
+def test_the_reference_is_read_from_the_docstrings_of_the_code(site):
+    rules = (site / "reference" / "rules.html").read_text()
+    for name in ["Epsilon", "Gamma", "AlphaBeta", "ZBox", "Flat"]:
+        assert f'id="relprop.rules.{name}"' in rules, name
+    assert 'id="relprop.LRP"' in (site / "reference" / "lrp.html").read_text()
+
+
+def test_pages_open_from_file_urls_without_errors_and_link_by_file_name(site):
+    # rendered() fails on any console line: a script or stylesheet that cannot load from file:// shows up there
+    assert rendered(site, "index.html") == (0, 0, 0)
+    assert rendered(site, "getting-started.html")[2] > 1  # the table of Explanation's attributes
+    index = (site / "index.html").read_text()
+    assert 'href="getting-started.html"' in index  # no directory URLs: file:// has no index.html lookup
