@@ -112,3 +112,47 @@ def test_class_names_name_the_explained_class_of_each_sample_and_survive_indexin
     assert relprop.explain(model, x, target=lambda out: out, composite="epsilon").target_names is None
     with pytest.raises(ValueError, match="one name per output class"):
         relprop.explain(model, x, target=2, composite="epsilon", class_names=["cat", "dog"]).target_names
+
+
+def _images_in(page: str) -> list:
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+            for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_an_explanation_of_images_draws_each_samples_heatmap_in_a_notebook():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    expl = relprop.explain(model, torch.randn(3, 3, 6, 6), target=[0, 1, 2])
+    page = expl._repr_html_()
+    pictures = _images_in(page)
+    assert len(pictures) == 3 and all(picture.shape == (6, 6, 3) for picture in pictures)
+    expected = relprop.viz.heatmap(expl.relevance)
+    for picture, heatmap in zip(pictures, expected):
+        assert (picture == heatmap).all()  # the PNG round trip is lossless: the same uint8 pixels
+    assert page.count("<tr>") == 4 and f"{expl.delta[2].item():.3g}" in page and "class_2" in page
+
+
+def test_an_explanation_of_table_rows_shows_its_numbers_without_pictures_and_says_what_it_left_out():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    torch.manual_seed(0)
+    expl = relprop.explain(model, torch.randn(10, 4), target=1)
+    page = expl._repr_html_()
+    assert "<img" not in page and page.count("<tr>") == 1 + 8 and "2 more samples not shown" in page
+
+
+def test_a_report_in_a_notebook_is_a_table_of_every_op_with_leaks_marked():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).eval()
+    report = relprop.LRP(model, composite="epsilon").report(torch.randn(2, 4), target=0)
+    page = report._repr_html_()
+    assert page.count("<tr") == 1 + len(report)
+    assert page.count("background:#fde0dd") == len(report.leaks())
+    assert str(report).splitlines()[-1] in page

@@ -1,11 +1,27 @@
 """What an explanation returns: relevance, the output it explains, and how well relevance was conserved."""
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+
+NOTEBOOK_SAMPLES = 8  # samples an Explanation draws in a notebook
+REPORT_COLUMNS = ("#", "op", "module", "rule", "relevance out", "relevance in")
+
+
+def _png(picture: np.ndarray) -> str:
+    """An RGB uint8 array as base64 PNG, for pages that must stand alone."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 @dataclass
@@ -148,6 +164,26 @@ class Explanation:
             return ax
         raise ValueError(f"unknown kind {kind!r}; choose auto, bar, line or heatmap")
 
+    def _repr_html_(self) -> str:
+        """In a notebook: per sample the explained output, delta and target, with a heatmap for image relevance."""
+        shown = min(len(self), NOTEBOOK_SAMPLES)
+        pictures = [""] * shown
+        if self.relevance.dim() in (3, 4) and min(self.relevance.shape[-2:]) > 1:  # (N, H, W) or (N, C, H, W)
+            from .viz import heatmap
+
+            pictures = [f'<img src="data:image/png;base64,{_png(picture)}" width="{max(64, picture.shape[1])}">'
+                        for picture in heatmap(self.relevance[:shown].detach().float().cpu())]
+        names = self.target_names
+        rows = "".join(
+            f"<tr><td>{index}</td><td>{html.escape(names[index]) if names else '-'}</td>"
+            f"<td>{self.explained[index].item():.4g}</td><td>{self.delta[index].item():.3g}</td>"
+            f"<td>{pictures[index]}</td></tr>" for index in range(shown))
+        more = f"<p>{len(self) - shown} more samples not shown</p>" if len(self) > shown else ""
+        composite = f" by {html.escape(self.composite['name'])}" if self.composite else ""
+        return (f"<p>Explanation{composite} of {len(self)} samples, relevance shaped "
+                f"{tuple(self.relevance.shape)}</p><table><tr><th>sample</th><th>target</th><th>explained</th>"
+                f"<th>delta</th><th>relevance</th></tr>{rows}</table>{more}")
+
     def __repr__(self):
         composite = "" if self.composite is None else f", composite={self.composite['name']!r}"
         return (f"Explanation(relevance={tuple(self.relevance.shape)}, output={tuple(self.output.shape)}, "
@@ -172,16 +208,34 @@ class Report:
         return [row for row in self.rows if row.backward_seen
                 and abs(row.relevance_in - row.relevance_out) > tolerance * max(1e-12, abs(row.relevance_out))]
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the same table as str(report), leaking rows marked."""
+        leaking = {id(row) for row in self.leaks()}
+        header = "".join(f"<th>{name}</th>" for name in REPORT_COLUMNS)
+        marked = ' style="background:#fde0dd"'
+        rows = "".join(
+            f'<tr{marked if id(row) in leaking else ""}>'
+            + "".join(f"<td>{html.escape(cell)}</td>" for cell in self._cells(row)) + "</tr>" for row in self.rows)
+        summary = html.escape(self._summary())
+        return f"<table><tr>{header}</tr>{rows}</table><p>{summary}</p>"
+
+    @staticmethod
+    def _cells(row) -> list[str]:
+        return [str(row.index), row.op.replace("torch.nn.functional.", "F.").replace("torch.Tensor.", "Tensor."),
+                row.module or "-", row.rule,
+                f"{row.relevance_out:.6g}" if row.backward_seen else "-",
+                f"{row.relevance_in:.6g}" if row.backward_seen else "-"]
+
+    def _summary(self) -> str:
+        return (f"explained {self.explanation.explained.sum().item():.6g}, input relevance "
+                f"{self.explanation.relevance.sum().item():.6g}, residual {self.explanation.delta.sum().item():.6g}")
+
     def __str__(self):
-        header = ("#", "op", "module", "rule", "relevance out", "relevance in")
-        lines = [[str(row.index), row.op.replace("torch.nn.functional.", "F.").replace("torch.Tensor.", "Tensor."),
-                  row.module or "-", row.rule,
-                  f"{row.relevance_out:.6g}" if row.backward_seen else "-",
-                  f"{row.relevance_in:.6g}" if row.backward_seen else "-"] for row in self.rows]
+        header = REPORT_COLUMNS
+        lines = [self._cells(row) for row in self.rows]
         widths = [max(len(header[i]), *(len(line[i]) for line in lines)) if lines else len(header[i])
                   for i in range(len(header))]
         text = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
         text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-        text.append(f"explained {self.explanation.explained.sum().item():.6g}, input relevance "
-                    f"{self.explanation.relevance.sum().item():.6g}, residual {self.explanation.delta.sum().item():.6g}")
+        text.append(self._summary())
         return "\n".join(text)
