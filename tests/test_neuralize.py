@@ -235,3 +235,69 @@ def test_deep_clusters_of_the_demo_models_features_are_explained_by_pixel_maps_o
     assert (expl.delta.abs() < 0.05 * expl.explained.abs()).all()
     # the coloured shape (about 5% of the pixels) decides the class, and so the cluster: most evidence lies on it
     assert (positive_share_in_mask(expl.relevance, torch.from_numpy(masks[:6])) > 0.6).all()
+
+
+# ---- a model computing torch.cdist(x, centroids).argmin(), found by data flow ---------------------------------------
+class Assigner(nn.Module):
+    """A user's k-means model: features, then the nearest centroid."""
+
+    def __init__(self, features, centroids):
+        super().__init__()
+        self.features = features
+        self.register_buffer("centroids", centroids)
+
+    def forward(self, x):
+        return torch.cdist(self.features(x), self.centroids).argmin(-1)
+
+
+def test_a_model_returning_cdist_argmin_is_neuralized_by_data_flow_and_left_unchanged():
+    torch.manual_seed(4)
+    features = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    model = Assigner(features, torch.randn(4, 3, dtype=torch.float64)).eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    x = torch.randn(200, 5, dtype=torch.float64)
+    neuralized = neuralize(model, example=x[:2])
+    np.testing.assert_array_equal(neuralized(x).argmax(1).numpy(), model(x).numpy())
+    assert model(x).dtype == torch.int64  # the user's model still assigns
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    expl = relprop.explain(neuralized, x[:4], target=1, composite="neon")
+    assert expl.relevance.shape == (4, 5)
+    np.testing.assert_allclose(expl.explained.numpy(), neuralized(x[:4])[:, 1].detach().numpy(), rtol=1e-12)
+
+
+def test_a_cdist_argmin_model_on_raw_features_is_explained_exactly_as_neuralized_centroids():
+    centroids = torch.tensor(np.random.default_rng(8).normal(size=(3, 4)))
+    model = Assigner(nn.Identity(), centroids)
+    x = torch.tensor(blobs(6, 4, seed=2))
+    expl = relprop.explain(neuralize(model, example=x), x, target=2, composite="neon", beta=2.0)
+    expected, _ = neon_reference(x.numpy(), centroids.numpy(), 2, 2.0)
+    np.testing.assert_allclose(expl.relevance.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_models_that_do_not_return_a_kmeans_assignment_are_refused_with_the_reason():
+    centroids = torch.randn(3, 2)
+
+    class Distances(nn.Module):
+        def forward(self, x):
+            return torch.cdist(x, centroids)  # no argmin
+
+    class FromInput(nn.Module):
+        def forward(self, x):
+            return torch.cdist(x, x[:3]).argmin(-1)  # "centroids" computed from the input
+
+    class Manhattan(nn.Module):
+        def forward(self, x):
+            return torch.cdist(x, centroids, p=1).argmin(-1)
+
+    x = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="does not return torch.cdist.*argmin"):
+        neuralize(Distances(), example=x)
+    with pytest.raises(ValueError, match="centroids .* depend on its input"):
+        neuralize(FromInput(), example=x)
+    with pytest.raises(ValueError, match="p=1"):
+        neuralize(Manhattan(), example=x)
+    with pytest.raises(TypeError, match="example input"):
+        neuralize(Distances())
+    with pytest.raises(ValueError, match="training mode.*eval"):
+        neuralize(Assigner(nn.Sequential(nn.Linear(2, 2), nn.Dropout()), centroids).train(), example=x)

@@ -20,6 +20,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 class Discriminants(nn.Module):
@@ -124,14 +125,125 @@ def check_centroids(centroids) -> torch.Tensor:
     return tensor
 
 
-def neuralize(kmeans, beta: float | None = None) -> NeuralizedKMeans:
-    """The neuralized k-means of a fitted scikit-learn KMeans / MiniBatchKMeans or a (K, D) centroid tensor.
+class _Trace(TorchFunctionMode):
+    """Records a forward's torch.cdist calls and which of their outputs argmin was taken of."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []  # (features, centroids, distances, p) per cdist call, in order
+        self.assignments: dict[int, tuple] = {}  # cdist call -> (argmin's result, its dim)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.cdist:
+            bound = dict(zip(("x1", "x2", "p"), args), **kwargs)
+            self.calls.append((bound["x1"], bound["x2"], out, bound.get("p", 2.0)))
+        elif getattr(func, "__name__", None) == "argmin" and args:
+            for position, (_, _, distances, _) in enumerate(self.calls):
+                if args[0] is distances:
+                    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+                    self.assignments[position] = (out, dim)
+        return out
+
+
+class _Swap(TorchFunctionMode):
+    """Inside a forward: the chosen cdist call's argmin replaced by the neuralized k-means of that call's features."""
+
+    def __init__(self, position: int, kmeans: NeuralizedKMeans):
+        super().__init__()
+        self.position, self.kmeans = position, kmeans
+        self.seen, self.distances, self.features, self.result = 0, None, None, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.cdist:
+            self.seen += 1
+            if self.seen - 1 == self.position:
+                self.features = args[0] if args else kwargs["x1"]
+                self.distances = torch.empty(0)  # stands for the distances, which only argmin reads
+                return self.distances
+        elif getattr(func, "__name__", None) == "argmin" and args and args[0] is self.distances is not None:
+            self.result = self.kmeans(self.features)
+            return self.result
+        return func(*args, **kwargs)
+
+
+class NeuralizedModel(nn.Module):
+    """A model whose forward returns torch.cdist(features, centroids).argmin(), with that assignment replaced by
+    the K discriminants f_c of its features; the model itself runs unchanged (it is not modified)."""
+
+    def __init__(self, model: nn.Module, position: int, centroids: torch.Tensor, beta: float | None = None):
+        super().__init__()
+        self.model, self.position = model, position
+        self.kmeans = NeuralizedKMeans(centroids, beta)
+
+    def forward(self, x):
+        swap = _Swap(self.position, self.kmeans)
+        with swap:
+            output = self.model(x)
+        if swap.result is None or output is not swap.result:
+            raise RuntimeError("the model's forward no longer returns torch.cdist(features, centroids).argmin() as it "
+                               "did when it was neuralized (a data-dependent branch?); neuralize its centroids instead")
+        return output
+
+
+def _depends_on(tensor: torch.Tensor, leaf: torch.Tensor) -> bool:
+    """Whether tensor was computed from leaf (its autograd graph reaches leaf)."""
+    if tensor is leaf:
+        return True
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if getattr(node, "variable", None) is leaf:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
+def _neuralize_model(model: nn.Module, example: torch.Tensor, beta: float | None) -> NeuralizedModel:
+    """Find the cdist-then-argmin the model returns, by data flow from example, and wrap the model around it."""
+    if not isinstance(example, torch.Tensor):
+        raise TypeError("neuralizing a model needs an example input to trace: neuralize(model, example=x)")
+    moody = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)  # modules that act differently in training
+    if any(module.training and isinstance(module, moody) for module in model.modules()):
+        raise ValueError(f"{type(model).__name__} has batch norm or dropout in training mode: call .eval() first "
+                         "(tracing its forward would update batch-norm statistics, and dropout would change features)")
+    leaf = example.detach().clone().requires_grad_(True)
+    trace = _Trace()
+    with torch.enable_grad(), trace:
+        output = model(leaf)
+    found = [position for position, (result, _) in trace.assignments.items() if result is output]
+    if not found:
+        raise ValueError(f"{type(model).__name__} does not return torch.cdist(features, centroids).argmin(): found "
+                         f"{len(trace.calls)} cdist call(s) and argmin of {len(trace.assignments)} of them, none being "
+                         "the model's output; neuralize its centroids and put the features before it instead")
+    position = found[0]
+    features, centroids, _, p = trace.calls[position]
+    dim = trace.assignments[position][1]
+    if p != 2 or dim not in (-1, features.dim() - 1):
+        raise ValueError(f"k-means assigns by the Euclidean distance along the centroids (p=2, argmin(-1)); the model "
+                         f"uses p={p}, argmin(dim={dim})")
+    if not _depends_on(features, leaf):
+        raise ValueError("the first argument of the model's torch.cdist does not depend on its input: nothing to "
+                         "explain (the features must come from the input, the centroids from the model)")
+    if _depends_on(centroids, leaf):
+        raise ValueError("the centroids of the model's torch.cdist depend on its input: they must be fixed (a "
+                         "parameter, a buffer or a constant) for the assignment to be k-means")
+    return NeuralizedModel(model, position, centroids.detach(), beta)
+
+
+def neuralize(kmeans, beta: float | None = None, example: torch.Tensor | None = None) -> nn.Module:
+    """The neuralized k-means of a fitted scikit-learn KMeans / MiniBatchKMeans or a (K, D) centroid tensor, or of
+    a model returning torch.cdist(features, centroids).argmin() (found from ``example``, the model left unchanged).
 
     Its outputs are the K discriminants f_c, whose argmax is the k-means assignment on every input. beta: None for
     the exact min over competitors (MinPool), a negative number for LogMeanExpPool(beta)."""
     if isinstance(kmeans, nn.Module):
-        raise TypeError("neuralize takes a fitted KMeans or a centroid tensor; for a model computing "
-                        "torch.cdist(x, centroids).argmin(), pass its centroids")
+        return _neuralize_model(kmeans, example, beta)
     if hasattr(kmeans, "n_clusters") and hasattr(kmeans, "fit"):  # a scikit-learn estimator
         if not hasattr(kmeans, "cluster_centers_"):
             raise ValueError(f"{type(kmeans).__name__} is not fitted: call .fit(features) first")
@@ -147,4 +259,5 @@ def neuralize(kmeans, beta: float | None = None) -> NeuralizedKMeans:
     return NeuralizedKMeans(centroids, beta)
 
 
-__all__ = ["Discriminants", "MinPool", "LogMeanExpPool", "NeuralizedKMeans", "neuralize", "check_centroids"]
+__all__ = ["Discriminants", "MinPool", "LogMeanExpPool", "NeuralizedKMeans", "NeuralizedModel", "neuralize",
+           "check_centroids"]
