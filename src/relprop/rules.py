@@ -401,8 +401,8 @@ class SmoothMax(Rule):
 class SoftMin(Rule):
     """Min-pooling over competitors (neuralized k-means): relevance shared in proportion to exp(-beta s_k).
 
-    Kauffmann et al. (2022), eq. for R_ck: beta is the stiffness; beta -> infinity gives the winner (the min) all,
-    beta = 0 shares evenly."""
+    Kauffmann et al. (2022): beta is the stiffness; beta -> infinity gives the winner (the min) all, beta = 0
+    shares evenly."""
 
     def __init__(self, beta: float = 1.0):
         self.beta = number("beta", beta, minimum=0)

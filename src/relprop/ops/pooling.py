@@ -135,7 +135,7 @@ def apply_window_rule(ctx, func, name, args, kwargs, rule):
     out = WindowRule.apply(x_in, values, window_matrices(name, x, values, args, kwargs), rule, direct)
     ctx.watch(out, row)
     if isinstance(result, (tuple, list)):
-        return type(result)((out,) + tuple(result[1:])) if isinstance(result, tuple) else [out, *result[1:]]
+        return (out, *result[1:])  # (values, indices)
     return out
 
 
