@@ -26,7 +26,7 @@ from .rules import Rule
 KINDS = ("linear", "conv", "conv_transpose", "avg_pool", "max_pool", "min_pool", "discriminant")
 # Sites that take a rule only when it is mapped to them (by their kind, or by the type or exact name of their own
 # module): the default and name globs are meant for linear-like layers, and a preset's conv rule there would
-# change max-pooling's winner-take-all or be refused. Each kind's own module types are set where its ops live.
+# change max-pooling's winner-take-all or be refused.
 EXPLICIT_KINDS: dict[str, tuple[type, ...]] = {"max_pool": (torch.nn.modules.pooling._MaxPoolNd,
                                                             torch.nn.modules.pooling._AdaptiveMaxPoolNd),
                                                # sites made for a relprop.neuralize module, which is their own

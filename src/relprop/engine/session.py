@@ -60,7 +60,8 @@ class OpContext:
 
     def site(self, kind: str, name: str) -> Site:
         """Where a linear-like op runs, with its position among the run's linear-like layers (composites'
-        index_map; -1 for pooling and cluster sites), kept on the session to tell composite keys that matched nothing."""
+        index_map; -1 for pooling and cluster sites), kept on the session to tell composite keys that matched
+        nothing."""
         session = self._session
         module, module_name = self.where()
         index = session.linear_index if kind in LINEAR_KINDS else -1

@@ -178,7 +178,8 @@ def activation(ctx, func, name, args, kwargs):
 
 
 class Suspended:
-    """An element-wise module running with interception off: its output is explained as one pass-through op."""
+    """An element-wise module running with interception off: its output is explained as one pass-through op (or,
+    for a module ruled as a whole, by its rule's finish)."""
 
     def __init__(self, module, x, differentiable: bool, rule=None):
         self.module, self.x = module, x

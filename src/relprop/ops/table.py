@@ -137,7 +137,8 @@ def is_inplace(name: str) -> bool:
 
 RECTIFIERS = frozenset(name for name, family in FAMILIES.items() if family == "rectifier"
                        and name.rsplit(".", 1)[-1] in ("relu", "relu_"))  # ReLU itself: guided backprop's op
-SIGN_KNOWN = ("gradient", "rectifier", "selection", "max_pool", "avg_pool")  # families whose ops say whether outputs are >= 0
+# families whose ops say whether their outputs are >= 0
+SIGN_KNOWN = ("gradient", "rectifier", "selection", "max_pool", "avg_pool")
 
 
 @dataclass(frozen=True)
