@@ -8,6 +8,7 @@ from torch import nn
 import relprop
 from relprop import composites, rules
 from relprop.composites import Composite, Site
+from relprop.neuralize import neuralize
 from tests.models import with_biases
 
 
@@ -21,7 +22,7 @@ def small_cnn():
 def test_registry_lists_the_documented_composites():
     assert composites.names() == ["attnlrp", "cp_lrp", "epsilon", "epsilon_alpha2_beta1",
                                   "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "epsilon_plus",
-                                  "epsilon_plus_flat", "explainiverse", "pytorch_lrp"]
+                                  "epsilon_plus_flat", "explainiverse", "neon", "pytorch_lrp"]
     assert isinstance(composites.get("epsilon_gamma_box", low=0.0, high=1.0), composites.EpsilonGammaBox)
     assert [row[0] for row in composites.describe()] == composites.names()
 
@@ -38,6 +39,7 @@ PARAMETER_CONTEXT = {
     ("explainiverse", "alpha"): ({"rule": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0}),
     ("explainiverse", "beta"): ({"rule": "alpha_beta"}, {"alpha": 1.0, "beta": 0.0}),
     ("explainiverse", "layer_rules"): ({"rule": "composite"}, {"layer_rules": {0: "z_plus"}}),
+    ("neon", "beta"): ({}, {"beta": 100.0}),
 }
 
 
@@ -45,6 +47,8 @@ PARAMETER_CONTEXT = {
 def test_every_constructor_parameter_changes_the_result(name):
     # zennit users found composites that ignored their epsilon and beta_smooth: each parameter here must matter.
     model = small_cnn()
+    if name == "neon":  # its beta acts on neuralized k-means: cluster the CNN's outputs
+        model = nn.Sequential(model, neuralize(torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.1, 0.0], [0.0, 0.1, 0.1]])))
     torch.manual_seed(3)
     x = torch.randn(2, 3, 6, 6)
     parameters = [p for p in inspect.signature(composites._REGISTRY[name]).parameters

@@ -1,5 +1,5 @@
 """relprop: Layer-wise Relevance Propagation for any PyTorch model."""
-from . import attribution, canonizers, composites, rules
+from . import attribution, canonizers, composites, neuralize, rules
 from .engine import UnsupportedOperation, UnsupportedOpWarning
 from .ops.custom import register_function
 from .explanation import Explanation, Report
@@ -9,7 +9,7 @@ from .compare import Comparison, compare
 __version__ = "0.1.0"
 
 __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "rules", "composites", "canonizers",
-           "attribution", "viz", "UnsupportedOperation", "UnsupportedOpWarning", "register_function",
+           "attribution", "neuralize", "viz", "UnsupportedOperation", "UnsupportedOpWarning", "register_function",
            "__version__"]
 
 

@@ -5,7 +5,9 @@ first: ``name_map`` (qualified module name, exact or glob such as ``"features.*"
 (position among linear-like layers in execution order, 0 = the first one run) > ``layer_map`` (module type, or an
 op kind: ``"linear"``, ``"conv"`` (includes transposed), ``"conv_transpose"``, ``"avg_pool"``) > the default,
 which is the plain gradient (LRP-0 for linear maps). Ops that are not linear-like (activations, sums, products,
-norms) follow the engine's default op rules.
+norms) follow the engine's default op rules. Max-pooling (``"max_pool"``) and the cluster modules of
+relprop.neuralize (``"min_pool"``, ``"discriminant"``) take only a rule mapped to them by kind, module type or exact
+module name (see EXPLICIT_KINDS); a rule they cannot use is refused by name, never ignored.
 """
 from __future__ import annotations
 
@@ -21,18 +23,25 @@ import torch
 from . import rules
 from .rules import Rule
 
-KINDS = ("linear", "conv", "conv_transpose", "avg_pool")
+KINDS = ("linear", "conv", "conv_transpose", "avg_pool", "max_pool", "min_pool", "discriminant")
+# Sites that take a rule only when it is mapped to them (by their kind, or by the type or exact name of their own
+# module): the default and name globs are meant for linear-like layers, and a preset's conv rule there would
+# change max-pooling's winner-take-all or be refused.
+EXPLICIT_KINDS: dict[str, tuple[type, ...]] = {"max_pool": (torch.nn.modules.pooling._MaxPoolNd,
+                                                            torch.nn.modules.pooling._AdaptiveMaxPoolNd),
+                                               # sites made for a relprop.neuralize module, which is their own
+                                               "min_pool": (torch.nn.Module,), "discriminant": (torch.nn.Module,)}
 
 
 @dataclass(frozen=True)
 class Site:
     """Where a linear-like op runs."""
 
-    kind: str  # "linear", "conv", "conv_transpose" or "avg_pool"
+    kind: str  # one of KINDS
     op: str  # torch function name, e.g. "torch.nn.functional.conv2d"
     module: torch.nn.Module | None  # innermost module running when the op ran
     name: str  # its qualified name ("" for the root model)
-    index: int  # position among linear-like ops in execution order; -1 for avg_pool
+    index: int  # position among linear-like ops in execution order; -1 for pooling and cluster sites
 
 
 def _matches_kind(key: str, kind: str) -> bool:
@@ -80,12 +89,14 @@ class Composite:
                     raise TypeError(f"composite maps layers to rules (relprop.rules), got {rule!r}")
 
     def rule_for(self, site: Site) -> Rule | None:
+        if site.kind in EXPLICIT_KINDS:
+            return self._mapped_rule_for(site)
         if site.name in self.name_map:
             return self.name_map[site.name]
         for pattern, rule in self.name_map.items():
             if fnmatch.fnmatchcase(site.name, pattern):
                 return rule
-        if site.index in self.index_map and site.kind != "avg_pool":
+        if site.index in self.index_map and site.index >= 0:
             return self.index_map[site.index]
         for key, rule in self.layer_map.items():
             if isinstance(key, type):
@@ -94,6 +105,16 @@ class Composite:
             elif _matches_kind(key, site.kind):
                 return rule
         return self.default
+
+    def _mapped_rule_for(self, site: Site) -> Rule | None:
+        """The rule mapped to an explicit-kind site by its kind, or by its own module's exact name or type."""
+        own = isinstance(site.module, EXPLICIT_KINDS[site.kind])
+        if own and site.name in self.name_map:
+            return self.name_map[site.name]
+        for key, rule in self.layer_map.items():
+            if key == site.kind or (own and isinstance(key, type) and isinstance(site.module, key)):
+                return rule
+        return None
 
     def summary(self) -> dict:
         """Name and parameters of this composite, as recorded on each Explanation (parameters where known)."""
@@ -267,6 +288,19 @@ class Explainiverse(Composite):
         return f"Explainiverse(rule={self.rule!r}, layer_rules={self.layer_rules}, rules={self.by_name})"
 
 
+class Neon(Composite):
+    """NEON (Kauffmann et al. 2022) for relprop.neuralize's k-means: soft-min over competitors with stiffness beta,
+    the midpoint rule on the discriminants; a feature extractor below gets epsilon_plus's rules.
+
+    beta > 0: beta -> infinity gives each f_c's relevance to its nearest competitor, beta = 0 shares it evenly."""
+
+    def __init__(self, beta: float = 1.0, epsilon: float = 1e-6, stabilizer: float = 1e-6, layer_map=None,
+                 name_map=None, index_map=None):
+        base = {"min_pool": rules.SoftMin(beta), "discriminant": rules.Midpoint(),
+                "conv": rules.ZPlus(stabilizer), "linear": rules.Epsilon(epsilon)}
+        super().__init__(_extend(layer_map, base), name_map, index_map)
+
+
 _REGISTRY = {
     "attnlrp": AttnLRP,
     "cp_lrp": CPLRP,
@@ -277,11 +311,12 @@ _REGISTRY = {
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
     "explainiverse": Explainiverse,
+    "neon": Neon,
     "pytorch_lrp": PytorchLRP,
 }
-# Other libraries' conventions, there to reproduce their numbers (docs/coming-from.md): compare() leaves them out
-# unless asked for by name.
-PRESETS = ("explainiverse", "pytorch_lrp")
+# Other libraries' conventions, there to reproduce their numbers (docs/coming-from.md), and neon, which differs from
+# epsilon_plus only on neuralized k-means: compare() leaves them out unless asked for by name.
+PRESETS = ("explainiverse", "pytorch_lrp", "neon")
 
 
 class Auto(Composite):

@@ -384,6 +384,35 @@ class Gradient(Rule):
     """Plain gradient x input through the op: exact LRP-0 for linear maps, winner-take-all for max."""
 
 
+# ---- pooling: how a window's relevance reaches its inputs (max, average and min pooling) ---------------------------
+class WinnerTakeAll(Rule):
+    """Pooling: each window's relevance goes to the input that won it (the max; the min for min-pooling)."""
+
+
+class SmoothMax(Rule):
+    """Pooling: each window's relevance spread over its inputs in proportion to their values, R_i = x_i R / sum x.
+
+    What average pooling's LRP-0 does, for max-pooling; the stabilizer is added to the window's sum (sign kept)."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = number("stabilizer", stabilizer, minimum=0)
+
+
+class SoftMin(Rule):
+    """Min-pooling over competitors (neuralized k-means): relevance shared in proportion to exp(-beta s_k).
+
+    Kauffmann et al. (2022): beta is the stiffness; beta -> infinity gives the winner (the min) all, beta = 0
+    shares evenly."""
+
+    def __init__(self, beta: float = 1.0):
+        self.beta = number("beta", beta, minimum=0)
+
+
+class Midpoint(Rule):
+    """Linear cluster discriminants w_ck.x + b_ck: LRP with the root point at the midpoint m_ck = (mu_c + mu_k) / 2,
+    R_i = sum_k (x - m_ck)_i w_ck,i R_ck / h_ck (Kauffmann et al. 2022); conserves exactly, the bias included."""
+
+
 _RULES = {
     "zero": Zero,
     "epsilon": Epsilon,
@@ -397,6 +426,10 @@ _RULES = {
     "norm": Norm,
     "pass": Pass,
     "gradient": Gradient,
+    "winner_take_all": WinnerTakeAll,
+    "smooth_max": SmoothMax,
+    "soft_min": SoftMin,
+    "midpoint": Midpoint,
 }
 
 
@@ -430,6 +463,6 @@ def describe() -> list[tuple[str, str, str]]:
 
 __all__ = [
     "Rule", "LinearRule", "Term", "Group", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat",
-    "WSquare", "Exponent", "Norm", "Pass", "Gradient", "names", "get", "describe", "keep", "positive", "negative",
-    "ones", "square",
+    "WSquare", "Exponent", "Norm", "Pass", "Gradient", "WinnerTakeAll", "SmoothMax", "SoftMin", "Midpoint", "names",
+    "get", "describe", "keep", "positive", "negative", "ones", "square",
 ]

@@ -39,10 +39,23 @@ def test_report_has_a_picture_per_shown_sample_and_a_mean_heatmap_per_cluster(an
     shown = sets[0]["index"]
     assert 30 <= len(shown) <= 36  # the seeded subset plus the typical samples
     assert sorted(int(p.stem) for p in (out / "samples").iterdir()) == sorted(shown)
-    assert sorted(p.name for p in (out / "means").iterdir()) == ["class-0-0.png", "class-0-1.png"]
+    assert sorted(p.name for p in (out / "means").iterdir()) == ["class-0-0-apart.png", "class-0-0.png",
+                                                                "class-0-1-apart.png", "class-0-1.png"]
     assert sets[0]["chosen"] == "kmeans-2" and sorted(sets[0]["sizes"]["kmeans-2"].values()) == [15, 25]
     for cluster, members in sets[0]["typical"].items():  # typical samples are of their cluster's strategy
         assert len({bool(left[i]) for i in members}) == 1 and len(members) == 3
+
+
+def test_report_shows_what_sets_each_cluster_apart_and_says_what_is_explained(analysed):
+    from PIL import Image
+
+    _, out, _, _ = analysed
+    page = (out / "index.html").read_text()
+    sets = json.loads(re.search(r"const SETS = (.*);\n", page).group(1))
+    assert sorted(sets[0]["apart"]) == ["0", "1"]
+    assert "cannot be neuralized" in sets[0]["apart_note"] and "100% of samples keep" in sets[0]["apart_note"]
+    for path in sets[0]["apart"].values():
+        assert Image.open(out / path).size[0] >= 16  # one picture of the pooled cells per cluster
 
 
 def test_mean_heatmap_is_the_mean_of_normalised_member_heatmaps(analysed):

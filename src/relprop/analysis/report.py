@@ -2,7 +2,8 @@
 
 Per analysed set: the eigenvalue spectrum (the eigengap marked), the 2-D embedding coloured by cluster (choose
 the clustering and the embedding; hover or click a point to see that sample and its heatmap), and per cluster its
-mean heatmap and its most typical samples (nearest to the cluster's centre in the spectral space k-means used).
+mean heatmap, what sets it apart (analysis/apart.py: NEON on k-means over the pooled heatmaps, started from the
+cluster) and its most typical samples (nearest to the cluster's centre in the spectral space k-means used).
 Everything is read from the store (``analysis/``, ``relevance``, ``preview``), relevance one chunk at a time.
 Samples get one small PNG each (input and heatmap side by side), at most ``max_samples`` per set (a seeded
 subset; typical samples always), so a report over 100k samples stays a few thousand files.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import spray
+from . import apart, spray
 from . import store as stores
 
 THUMBNAIL = 96  # pixels, the least height a sample's picture is shown at
@@ -132,6 +133,7 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
                 path = f"means/{result.name}-{cluster}.png"
                 viz.save_image(heat, out / path, scale=max(1, THUMBNAIL // heat.shape[0]))
                 means[cluster] = path
+        apart_maps, apart_note = _apart(root, result, chosen, out, cmap) if images else ({}, "")
         index = result.index[visible]
         title = result.name if not result.name.startswith("class-") else \
             f"{result.name} ({name_of(result.name.split('-')[1])})"
@@ -146,6 +148,7 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
                       for name, labels_ in result.clusters.items()},
             "embeddings": {name: np.round(points[visible], 4).tolist() for name, points in result.embeddings.items()},
             "means": {str(c): p for c, p in means.items()},
+            "apart": apart_maps, "apart_note": apart_note,
             "typical": {str(c): [int(result.index[p]) for p in members] for c, members in best.items()},
             "parameters": result.parameters,
         })
@@ -154,6 +157,26 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
                   .replace("__IMAGES__", "true" if images else "false")
                   .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/")), page)
     return page
+
+
+def _apart(root, result, chosen, out, cmap):
+    """({cluster: PNG of what sets it apart}, the note saying what that is) for one set (analysis/apart.py)."""
+    from .. import viz
+
+    size, power = int(result.parameters.get("size", 8)), float(result.parameters.get("power", 1.0))
+    features = spray.store_features(root, {result.name: result.index}, size, power)[result.name]
+    try:
+        evidence = apart.explain_clusters(features, result.clusters[chosen],
+                                          apart.pooled_cells(root["relevance"].shape[1:], size))
+    except ValueError as error:
+        return {}, f"what sets clusters apart: not computed ({error})"
+    paths = {}
+    for cluster, relevance in zip(evidence.clusters, evidence.maps):
+        picture = viz.heatmap(relevance[None], cmap=cmap)[0]
+        path = f"means/{result.name}-{cluster}-apart.png"
+        viz.save_image(picture, out / path, scale=max(1, THUMBNAIL // picture.shape[0]))
+        paths[str(cluster)] = path
+    return paths, f"{apart.NOTE}; {evidence.agreement:.0%} of samples keep their SpRAy cluster in that k-means"
 
 
 _PAGE = r"""<!DOCTYPE html>
@@ -250,10 +273,13 @@ function nearest(view, event) {
 
 function clusterTable(view) {
   const set = view.set, table = element("table", {}, element("tr", {}, element("th", {}, "cluster"),
-    element("th", {}, "samples"), element("th", {}, "mean heatmap"), element("th", {}, "most typical samples")));
+    element("th", {}, "samples"), element("th", {}, "mean heatmap"), element("th", {}, "what sets it apart"),
+    element("th", {}, "most typical samples")));
   const sizes = set.sizes[set.chosen];
   Object.keys(sizes).forEach(c => {
     const mean = set.means[c] ? element("img", {src: set.means[c], height: 64, alt: "mean of cluster " + c}) : "";
+    const apart = set.apart[c] ? element("img", {src: set.apart[c], height: 64, title: set.apart_note,
+                                                 alt: "what sets cluster " + c + " apart"}) : "";
     const thumbs = element("div", {class: "thumbs"});
     (set.typical[c] || []).forEach(index => {
       const image = element("img", {src: "samples/" + index + ".png", alt: "sample " + index,
@@ -263,8 +289,10 @@ function clusterTable(view) {
     });
     const swatch = element("span", {class: "swatch", style: "background:" + colour(+c)});
     table.append(element("tr", {}, element("td", {}, swatch, c), element("td", {}, String(sizes[c])),
-                         element("td", {}, mean), element("td", {}, thumbs)));
+                         element("td", {}, mean), element("td", {}, apart), element("td", {}, thumbs)));
   });
+  if (set.apart_note) table.append(element("caption", {style: "caption-side: bottom; text-align: left"},
+                                           element("small", {}, set.apart_note)));
   return table;
 }
 

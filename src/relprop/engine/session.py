@@ -14,13 +14,14 @@ import torch
 
 from ..composites import Composite, Site
 from ..ops import custom, elementwise, load_families
-from ..ops.table import HANDLERS, SIGN_KNOWN
+from ..ops.table import HANDLERS, SIGN_KNOWN, module_handler
 from .facts import KEEPS_SIGN, MAKES_NONNEGATIVE, Facts
 from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
                         writes_first_argument)
 from .report import Recorded, Recorder
 
 load_families()
+LINEAR_KINDS = ("linear", "conv", "conv_transpose")  # the sites counted by position (index_map, first)
 
 
 class OpContext:
@@ -59,10 +60,11 @@ class OpContext:
 
     def site(self, kind: str, name: str) -> Site:
         """Where a linear-like op runs, with its position among the run's linear-like layers (composites'
-        index_map; -1 for average pooling), kept on the session to tell composite keys that matched nothing."""
+        index_map; -1 for pooling and cluster sites), kept on the session to tell composite keys that matched
+        nothing."""
         session = self._session
         module, module_name = self.where()
-        index = -1 if kind == "avg_pool" else session.linear_index
+        index = session.linear_index if kind in LINEAR_KINDS else -1
         session.linear_index += index >= 0
         site = Site(kind, name, module, module_name, index)
         session.sites.append(site)
@@ -144,10 +146,15 @@ class Session:
     def _enter(self, module, args):
         adopted = self._adopt_all(args) if self.suspended is None else args
         self.stack.append(module)
-        if (self.suspended is None and args and self.active(args[0])
-                and elementwise.is_elementwise_module(module, self.elementwise)):
-            # its inner ops need no graph: the whole module gets one op in it
-            self.suspended = elementwise.Suspended(module, args[0], self.differentiable)
+        if self.suspended is None and args and self.active(args[0]):
+            if elementwise.is_elementwise_module(module, self.elementwise):
+                # its inner ops need no graph: the whole module gets one op in it
+                self.suspended = elementwise.Suspended(module, args[0], self.differentiable)
+            elif module_handler(module) is not None:
+                with self._busy():
+                    rule = module_handler(module)(self.context, module, args[0])
+                if rule is not None:  # ruled as a whole: its inner ops run unintercepted
+                    self.suspended = elementwise.Suspended(module, args[0], self.differentiable, rule)
         return adopted if adopted is not args else None
 
     def _leave(self, module, args, output):

@@ -178,10 +178,12 @@ def activation(ctx, func, name, args, kwargs):
 
 
 class Suspended:
-    """An element-wise module running with interception off: its output is explained as one pass-through op."""
+    """An element-wise module running with interception off: its output is explained as one pass-through op (or,
+    for a module ruled as a whole, by its rule's finish)."""
 
-    def __init__(self, module, x, differentiable: bool):
+    def __init__(self, module, x, differentiable: bool, rule=None):
         self.module, self.x = module, x
+        self.rule = rule  # finish(output) of a module ruled as a whole (ops.table.MODULES), else pass-through
         self.grad = torch.is_grad_enabled()
         torch.set_grad_enabled(differentiable)  # its inner ops need no graph ("run" restores it on errors)
 
@@ -191,6 +193,8 @@ class Suspended:
     def finish(self, ctx, output):
         """The module's output, with relevance passing through it to its input."""
         self.release()
+        if self.rule is not None:
+            return self.rule(output)
         x, module = self.x, self.module
         if not (isinstance(output, torch.Tensor) and output.shape == x.shape and output.is_floating_point()):
             ctx.unsupported(type(module).__name__, "treated as element-wise, but its output is not shaped like its "

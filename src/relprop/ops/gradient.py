@@ -3,8 +3,8 @@
   gradient    linear and homogeneous maps (sums, means, shape and index ops, padding, interpolation): DeepLift takes
               their gradient too, which is exact for them
   rectifier   ReLU, LeakyReLU, abs: piecewise linear through zero, so the gradient is y / x. DeepLift: Rescale.
-  selection   max-pooling, max, min, sort, top-k: the winner takes all. DeepLift: max-pooling by its winner rule
-              (below), the others by the path-averaged Jacobian (ops/reference.py).
+  selection   max, min, sort, top-k: the winner takes all. DeepLift: the path-averaged Jacobian (ops/reference.py);
+              max-pooling (ops/pooling.py, its LRP) by the winner rule below.
 
 DeepLift's winner rule for max-pooling: each window's output difference y - y0 goes to one input, the maximum of x
 if y >= y0, else the maximum of x0, with multiplier (y - y0) / (x_i - x0_i), which lies in [0, 1]. So differences

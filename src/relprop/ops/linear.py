@@ -19,7 +19,7 @@ from ..engine.intercept import bind
 from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
 from .elementwise import pass_through
-from . import reference
+from . import pooling, reference
 from .kept import KeptOutput
 from .table import register
 
@@ -549,10 +549,14 @@ def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, 
 def avg_pool(ctx, func, name, args, kwargs):
     site = ctx.site("avg_pool", name)
     rule = ctx.composite.rule_for(site)
-    if not isinstance(rule, rules.LinearRule) or rule.is_gradient:
+    if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
         return ctx.plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")
+    if not isinstance(rule, (rules.LinearRule, rules.SmoothMax)):
+        pooling.refuse(rule, "average pooling", site.name or name, pooling.AVG_POOL_TAKES)
     x = args[0]
-    linear_map, weight = _pool_as_conv(name, x, args, kwargs)
+    linear_map, weight = _pool_as_conv(name, x, args, kwargs) if isinstance(rule, rules.LinearRule) else (None, None)
+    if linear_map is None and isinstance(rule, pooling.WINDOW_RULES):
+        return pooling.apply_window_rule(ctx, func, name, args, kwargs, rule)  # exact for every window shape
     if linear_map is None:
         ctx.unsupported(name, f"rule {rule.name} needs the pooling to be a fixed window (no ceil_mode, no "
                                "count_include_pad=False with padding, adaptive sizes that divide the input)")

@@ -12,7 +12,8 @@ Families:
               shape and index ops)
   rectifier   ReLU, LeakyReLU, abs: piecewise linear through zero, so their gradient x input is exact too; what
               guided backprop and deconvnet change
-  selection   max-pooling, max, min, sort, top-k: the winner takes all (their gradient)
+  selection   max, min, sort, top-k: the winner takes all (their gradient)
+  max_pool    max-pooling: the winner takes all, or the window rule the composite maps to it (ops/pooling.py)
   activation  element-wise nonlinearity: relevance passes through unchanged
   pointwise   other element-wise maths (exp, log, sqrt, pow, ...): no LRP rule (reported), DeepLift's Rescale
   product     product of activations (split uniformly) or with a constant (gradient)
@@ -85,7 +86,7 @@ claim("gradient", _SHAPE)
 claim("gradient", _F_GRADIENT, (F, "torch."))
 claim("rectifier", _RECTIFIERS, (T, F, "torch."))
 claim("selection", _SELECTIONS)
-claim("selection", _MAX_POOLS, (F, "torch."))
+claim("max_pool", _MAX_POOLS, (F, "torch."))
 claim("pointwise", _POINTWISE)
 claim("pointwise", ["threshold", "threshold_"], (F,))
 claim("activation", _ACTIVATIONS, (F,))
@@ -136,7 +137,8 @@ def is_inplace(name: str) -> bool:
 
 RECTIFIERS = frozenset(name for name, family in FAMILIES.items() if family == "rectifier"
                        and name.rsplit(".", 1)[-1] in ("relu", "relu_"))  # ReLU itself: guided backprop's op
-SIGN_KNOWN = ("gradient", "rectifier", "selection", "avg_pool")  # families whose ops say whether outputs are >= 0
+# families whose ops say whether their outputs are >= 0
+SIGN_KNOWN = ("gradient", "rectifier", "selection", "max_pool", "avg_pool")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,27 @@ def register(*families: str, deeplift: Callable):
         return handler
 
     return decorate
+
+
+# Module types whose relevance is given for the module as a whole (relprop.neuralize's): handler(ctx, module, x)
+# returns None (run the module's ops as usual) or finish(output) -> the output with the rule in its backward, and
+# the module's own ops then run unintercepted.
+MODULES: dict[type, Callable] = {}
+
+
+def register_module(*module_types: type):
+    """Decorator: the handler that rules a module type as a whole (see MODULES)."""
+
+    def decorate(handler):
+        for module_type in module_types:
+            MODULES[module_type] = handler
+        return handler
+
+    return decorate
+
+
+def module_handler(module) -> Callable | None:
+    return MODULES.get(type(module))
 
 
 def deeplift_handler(family: str | None) -> Callable | None:

@@ -1,0 +1,77 @@
+"""What sets each SpRAy cluster apart: neuralized k-means (NEON) on the pooled heatmaps.
+
+SpRAy's k-means runs on spectral embeddings, which come from the whole k-nearest-neighbour graph and have no
+formula for one sample, so they cannot be neuralized. The closest honest thing, and what is explained here: k-means
+on SpRAy's own pooled heatmap features (step 1 of relprop.analysis.spray), started from the means of SpRAy's
+clusters and refined; neuralized (relprop.neuralize), each sample's membership f_c of its refined cluster c is
+explained over the heatmap cells by the neon rules (exact: the features are the model input), and the relevance is
+averaged over the cluster's members. A cell with positive mean relevance is where that cluster's heatmaps differ
+from those of its nearest competing clusters in the direction that puts samples into it: relevance there that the
+others' heatmaps lack, or a lack of relevance the others have (a mark present in one cluster is red in both). The
+agreement, the share of samples whose refined cluster is their SpRAy cluster, says how closely the explained
+k-means follows SpRAy's clusters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NOTE = ("what sets it apart: mean NEON relevance of membership in the cluster, over the pooled heatmap cells, for "
+        "k-means on the pooled heatmaps started from these clusters (SpRAy's own spectral clusters cannot be "
+        "neuralized); red: cells whose heatmap values put samples into this cluster rather than its nearest "
+        "competitors, by relevance the others lack there or by lacking relevance the others have (compare the mean "
+        "heatmap)")
+
+
+@dataclass
+class ClusterEvidence:
+    """Per SpRAy cluster (noise left out), the mean relevance of its k-means membership over the pooled cells."""
+
+    clusters: list[int]
+    maps: np.ndarray  # (clusters, *cells): mean relevance of f_c over the samples refined into cluster c
+    members: list[int]  # samples in each refined cluster
+    agreement: float  # share of samples whose refined cluster is their SpRAy cluster
+
+
+def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int, ...], beta: float = 1.0,
+                     seed: int = 0) -> ClusterEvidence:
+    """NEON on k-means over pooled heatmaps (n, d), started from the clusters in labels (-1: noise, left out)."""
+    import torch
+    from sklearn.cluster import KMeans
+
+    from .. import lrp
+    from ..neuralize import neuralize
+
+    labels = np.asarray(labels)
+    kept = labels >= 0
+    clusters = sorted({int(label) for label in labels[kept]})
+    if len(clusters) < 2:
+        raise ValueError(f"{len(clusters)} cluster(s) outside noise: nothing sets one apart from another")
+    points = np.asarray(features, dtype=np.float64)[kept]
+    starts = np.stack([points[labels[kept] == cluster].mean(0) for cluster in clusters])
+    kmeans = KMeans(len(clusters), init=starts, n_init=1, random_state=seed).fit(points)
+    spray_position = np.searchsorted(clusters, labels[kept])
+    refined = kmeans.labels_
+    expl = lrp.explain(neuralize(kmeans), torch.from_numpy(points), target=torch.from_numpy(refined),
+                       composite="neon", beta=beta)
+    relevance = expl.relevance.numpy()
+    maps = np.zeros((len(clusters),) + tuple(cells))
+    members = []
+    for position in range(len(clusters)):
+        inside = refined == position
+        members.append(int(inside.sum()))
+        if inside.any():
+            maps[position] = relevance[inside].mean(0).reshape(cells)
+    return ClusterEvidence(clusters, maps, members, float((refined == spray_position).mean()))
+
+
+def pooled_cells(relevance_shape: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """The shape of one sample's pooled features (spray.pool): size x size cells of an image, or the vector."""
+    if len(relevance_shape) >= 2:
+        height, width = relevance_shape[-2:]
+        return (min(size, height), min(size, width))
+    return tuple(relevance_shape)
+
+
+__all__ = ["ClusterEvidence", "explain_clusters", "pooled_cells", "NOTE"]

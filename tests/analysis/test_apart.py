@@ -1,0 +1,75 @@
+"""What sets SpRAy's clusters apart: NEON on k-means over pooled heatmaps, started from the clusters."""
+import numpy as np
+import pytest
+
+from relprop.analysis import apart
+
+pytest.importorskip("sklearn")
+
+
+def two_strategies(count=30, seed=0):
+    """Pooled 4 x 4 heatmaps, unit norm as SpRAy pools: every sample has relevance on the object (the centre), the
+    first 18 also on a mark in the top-right corner."""
+    rng = np.random.default_rng(seed)
+    maps = rng.uniform(0, 0.05, (count, 4, 4))
+    maps[:, 1:3, 1:3] += 1.0
+    maps[:18, 0, 3] += 1.0
+    flat = maps.reshape(count, -1)
+    return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+
+def test_the_cell_that_tells_the_clusters_apart_carries_most_of_their_relevance():
+    features = two_strategies()
+    labels = np.r_[np.full(18, 3), np.full(12, 5)]  # SpRAy's cluster numbers need not start at 0
+    evidence = apart.explain_clusters(features, labels, (4, 4))
+    assert evidence.clusters == [3, 5] and evidence.members == [18, 12] and evidence.agreement == 1.0
+    for relevance in evidence.maps:  # the mark: present in one cluster, absent in the other
+        assert np.unravel_index(np.abs(relevance).argmax(), (4, 4)) == (0, 3)
+        assert relevance[0, 3] > 0.5 * relevance.sum() > 0
+
+
+def test_the_relevance_of_each_cluster_adds_up_to_its_mean_membership():
+    from sklearn.cluster import KMeans
+
+    from relprop.neuralize import neuralize
+
+    features = two_strategies(seed=1)
+    labels = np.r_[np.zeros(18, int), np.ones(12, int)]
+    evidence = apart.explain_clusters(features, labels, (4, 4))
+    starts = np.stack([features[labels == c].mean(0) for c in (0, 1)])
+    kmeans = KMeans(2, init=starts, n_init=1, random_state=0).fit(features)
+    import torch
+
+    f = neuralize(kmeans)(torch.from_numpy(features)).detach().numpy()
+    for c in (0, 1):
+        inside = kmeans.labels_ == c
+        np.testing.assert_allclose(evidence.maps[c].sum(), f[inside, c].mean(), rtol=1e-9)  # NEON conserves
+
+
+def test_noise_is_left_out_and_a_single_cluster_is_refused():
+    features = two_strategies()
+    labels = np.r_[np.full(18, 0), np.full(10, 1), -1, -1]
+    assert apart.explain_clusters(features, labels, (4, 4)).members == [18, 10]
+    with pytest.raises(ValueError, match="1 cluster.*nothing sets one apart"):
+        apart.explain_clusters(features, np.r_[np.zeros(28, int), -1, -1], (4, 4))
+
+
+def test_pooled_cells_follow_spray_pooling():
+    assert apart.pooled_cells((3, 32, 32), 8) == (8, 8)
+    assert apart.pooled_cells((5, 6), 8) == (5, 6)
+    assert apart.pooled_cells((10,), 8) == (10,)
+
+
+def test_with_two_clusters_both_maps_are_the_squared_difference_of_the_centroids():
+    # f_0 = -f_1 and a converged centroid is its members' mean: the mean midpoint-rule relevance of each cluster is
+    # (mu_0 - mu_1)^2 per cell, the same for both (what tells them apart, whichever side one stands on)
+    from sklearn.cluster import KMeans
+
+    features = two_strategies(seed=2)
+    labels = np.r_[np.zeros(18, int), np.ones(12, int)]
+    evidence = apart.explain_clusters(features, labels, (4, 4))
+    starts = np.stack([features[labels == c].mean(0) for c in (0, 1)])
+    centres = KMeans(2, init=starts, n_init=1, random_state=0).fit(features).cluster_centers_
+    expected = ((centres[0] - centres[1]) ** 2).reshape(4, 4)
+    np.testing.assert_allclose(evidence.maps[0], expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(evidence.maps[1], expected, rtol=1e-6, atol=1e-12)
