@@ -26,6 +26,7 @@ def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
     for page in ["index.html", "getting-started.html", "coming-from.html", "notebooks/image-classifier.html",
                  "reference/lrp.html",
                  "reference/rules.html", "reference/composites.html", "reference/attribution.html",
+                 "reference/clusters-graphs-language.html",
                  "reference/viz.html"]:
         assert (site / page).is_file(), page
 
