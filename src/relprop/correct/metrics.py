@@ -66,11 +66,14 @@ def artifact_sensitivity(model, without: torch.Tensor, with_artifact: torch.Tens
 
 
 def artifact_relevance(relevance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N,): share of each sample's positive relevance (summed over channels) inside the mask (N or 1, H, W)."""
+    """(N,): share of each sample's positive relevance (summed over channels) inside the mask ((N or 1, H, W), or
+    (N, C, H, W))."""
     relevance = torch.as_tensor(relevance)
     maps = relevance.sum(1) if relevance.dim() == 4 else relevance
     positive = maps.clamp(min=0)
-    mask = torch.as_tensor(mask, dtype=positive.dtype).expand_as(positive)
+    mask = torch.as_tensor(mask, dtype=positive.dtype)
+    mask = mask.amax(1) if mask.dim() == 4 else mask  # (N, C, H, W) masks: a pixel is in where any channel is
+    mask = mask.expand_as(positive)
     total = positive.flatten(1).sum(1)
     inside = (positive * mask).flatten(1).sum(1)
     return torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
