@@ -88,6 +88,7 @@ def report(out, results: dict[str, dict], probe: Probe, title: str = "relprop co
     if probe.pixels is not None:
         for i in range(count):
             image = np.round(np.moveaxis(probe.pixels[i].numpy(), 0, -1) * 255).clip(0, 255).astype(np.uint8)
+            image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
             save_image(image, out / "heatmaps" / f"input-{i}.png", scale=4)
     for n, name in enumerate(results):
         maps = viz.heatmap(results[name]["heatmaps"][:count].numpy())
