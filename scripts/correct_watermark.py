@@ -4,7 +4,8 @@ The CAV comes from the marked and unmarked crosses of ``demo-watermark`` images 
 holds exactly the marked ones); the corrections are measured on 1000 other images (seed 5) with the known truth:
 clean accuracy on the images without any mark, and artifact sensitivity as the rise of the cross logit when the
 mark is painted into the same images. Usage: ``python scripts/correct_watermark.py [METHOD[:LAYER[:OPTION=VALUE,...]]]
-...`` (default: every method with the settings the README reports).
+...`` (default: every method with the settings the README reports; ``--sweep``: P-ClArC at several layers with
+both CAV kinds and poolings).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from relprop import correct
 from relprop.correct.finetune import finetune
 from relprop.demo import model as demo, watermark
 
+SWEEP = [f"p-clarc:{layer}:kind={kind},pooling={pooling}" for layer in ("features.4", "features.6", "features.9", "pool")
+         for kind in ("pattern", "filter") for pooling in ("none", "mean")]
 DEFAULTS = ["p-clarc:features.9", "a-clarc:pool:lr=0.01,epochs=5,train=after",
             "rr-clarc:features.9:lr=0.001,penalty=100,epochs=3,train=all"]
 
@@ -51,7 +54,8 @@ def main(plans):
         method, layer, *rest = plan.split(":")
         options = dict(item.split("=") for item in rest[0].split(",")) if rest else {}
         started = time.perf_counter()
-        cav = correct.from_inputs(model, x[cross & marked], x[cross & ~marked], layer)
+        cav_options = {key: options.pop(key) for key in ("kind", "pooling") if key in options}
+        cav = correct.from_inputs(model, x[cross & marked], x[cross & ~marked], layer, **cav_options)
         if method == "p-clarc":
             fixed = correct.p_clarc(model, cav)
         else:
@@ -68,4 +72,4 @@ def main(plans):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or DEFAULTS)
+    main(SWEEP if sys.argv[1:] == ["--sweep"] else sys.argv[1:] or DEFAULTS)

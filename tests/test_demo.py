@@ -115,7 +115,14 @@ def test_demo_removes_the_shortcut_with_p_clarc_and_verifies_it(demo_folder):
 
 def test_demo_page_opens_in_headless_chromium_without_console_errors(demo_folder):
     decoded, images, rows = rendered(demo_folder)
-    assert decoded == images == 1 and rows == 4  # the grid image decoded; table: header, 2 images, mean
+    assert decoded == images == 1  # the grid image decoded
+    assert rows == 4 + 6  # the composites' table: header, 2 images, mean; the correction's: header, 5 measures
+
+
+def test_correction_report_opens_offline_with_every_heatmap_decoded(demo_folder):
+    decoded, images, rows = rendered(demo_folder / "correct" / "report")
+    assert decoded == images == 12 * 3  # 12 marked crosses: the input and its heatmap before and after
+    assert rows == 6 + 1 + 12  # the measures' table (header, 5 measures); the heatmaps' (header, 12 samples)
 
 
 def test_training_script_is_deterministic_and_writes_what_the_demo_loads(tmp_path):

@@ -1069,13 +1069,17 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
               help="pattern: difference of means (Pahde et al. 2024); filter: a linear classifier's weights")
 @click.option("--pooling", type=click.Choice(["none", "mean"]), default="none", show_default=True,
               help="none: a direction per channel and position; mean: over channels (the artifact anywhere)")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="fine-tuning epochs")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True)
-@click.option("--penalty", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="rr-clarc: weight of the squared gradient along the CAV")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="fine-tuning epochs (default: a-clarc 5, rr-clarc 3)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="fine-tuning learning rate, SGD with momentum 0.9 (default: a-clarc 0.01, rr-clarc 0.001)")
+@click.option("--penalty", type=click.FloatRange(min=0), default=None,
+              help="rr-clarc: weight of the squared gradient along the CAV (default 100)")
+@click.option("--train", type=click.Choice(["after", "all"]), default=None,
+              help="which layers fine-tuning trains: those after --layer (a-clarc's default) or all (rr-clarc's)")
 @click.option("--seed", type=int, default=0, show_default=True)
 def correct(store, class_index, cluster, clustering, layer, method, out, model_spec, weights, data, kind, pooling,
-            epochs, lr, penalty, seed):
+            epochs, lr, penalty, train, seed):
     """Remove the shortcut a SpRAy cluster shows (ClArC) and verify it: a corrected model and a before/after
     report from one command."""
     from .correct import pipeline
@@ -1093,7 +1097,8 @@ def correct(store, class_index, cluster, clustering, layer, method, out, model_s
         with Staging(out) as staging:
             summary = pipeline.run(store, class_index, cluster, layer, method, staging.path, model=model,
                                    model_spec=model_spec, weights=weights, source=source, clustering=clustering,
-                                   kind=kind, pooling=pooling, epochs=epochs, lr=lr, penalty=penalty, seed=seed,
+                                   kind=kind, pooling=pooling, epochs=epochs, lr=lr, penalty=penalty, train=train,
+                                   seed=seed,
                                    training=out.parent / f".{out.name}.training",
                                    progress=lambda text: click.echo(f"correct: {text}", err=True))
             staging.commit()

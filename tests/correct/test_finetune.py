@@ -21,7 +21,7 @@ def test_rr_clarc_removes_the_planted_dependence_keeps_clean_accuracy_and_leaves
     net, images, labels, cav = _setup()
     before = copy.deepcopy(net.state_dict())
     reports = []
-    fixed = finetune(net, images, labels, cav, "rr-clarc", tmp_path, epochs=3, lr=1e-2, penalty=10.0,
+    fixed = finetune(net, images, labels, cav, "rr-clarc", tmp_path, epochs=3, lr=1e-2, penalty=10.0, train="after",
                      progress=reports.append)
     x, y = planted.unmarked(400, 7)
     marked = planted.add_artifact(x)

@@ -72,7 +72,8 @@ def test_correct_writes_a_model_usable_as_model_spec_and_a_report_showing_the_sh
 
 def test_correct_fine_tunes_with_rr_clarc(tmp_path):
     _store(tmp_path)
-    result = _correct(tmp_path, "--cluster", "1", "--method", "rr-clarc", "--epochs", "3")
+    result = _correct(tmp_path, "--cluster", "1", "--method", "rr-clarc", "--epochs", "3", "--lr", "0.01",
+                         "--penalty", "10", "--train", "after")
     assert result.exit_code == 0, result.output
     out = tmp_path / "fixed"
     summary = json.loads((out / "verification.json").read_text())

@@ -24,12 +24,16 @@ from .localise import localise
 from .verify import METRICS, Probe, measure, report
 
 METHODS = ("p-clarc", "a-clarc", "rr-clarc")
+# Fine-tuning settings where none are given: those measured on the demo's watermark model (README, "Removing a
+# shortcut"); a model of its own may need others.
+TRAINING_DEFAULTS = {"a-clarc": {"epochs": 5, "lr": 1e-2, "penalty": 0.0},
+                     "rr-clarc": {"epochs": 3, "lr": 1e-3, "penalty": 100.0}}
 
 
 def run(store, class_index: int, cluster: int, layer: str, method: str, out, model=None, model_spec=None,
-        weights=None, source=None, clustering=None, kind="pattern", pooling="none", epochs: int = 5,
-        lr: float = 1e-2, penalty: float = 10.0, share: float = 0.5, batch_size: int = 64, seed: int = 0,
-        training=None, verify_samples: int = 1000, donors: int = 64, threshold: float = 0.5,
+        weights=None, source=None, clustering=None, kind="pattern", pooling="none", epochs: int | None = None,
+        lr: float | None = None, penalty: float | None = None, share: float = 0.5, batch_size: int = 64, seed: int = 0,
+        train=None, training=None, verify_samples: int = 1000, donors: int = 64, threshold: float = 0.5,
         composite="epsilon_plus_flat", progress=None) -> dict:
     """Correct and verify; returns {"metrics": {"before": ..., "after": ...}, ...}. training: the folder that
     keeps the fine-tuning checkpoint between interrupted runs (default out/training)."""
@@ -71,16 +75,19 @@ def run(store, class_index: int, cluster: int, layer: str, method: str, out, mod
         corrected = p_clarc(model, cav)
         saved.write(out, method, spec, weights, cav="cav.safetensors", settings=settings)
     else:
+        given = {"epochs": epochs, "lr": lr, "penalty": penalty}
+        epochs, lr, penalty = (TRAINING_DEFAULTS[method][key] if value is None else value
+                               for key, value in given.items())
         x, y = read_inputs(source, usable)
         say(f"{method}: fine-tuning on {len(x)} samples for {epochs} epochs")
         training = Path(training) if training is not None else out / "training"
         corrected = finetune(model, x, y, cav, method, training, epochs=epochs, lr=lr, batch_size=batch_size,
-                             share=share, penalty=penalty, seed=seed,
+                             share=share, penalty=penalty, seed=seed, train=train,
                              progress=lambda r: say(f"{method}: epoch {r['epoch']}/{r['epochs']}, loss "
                                                     f"{r['loss']:.4f}"))
         (training / "weights.safetensors").replace(out / "weights.safetensors")
         shutil.rmtree(training, ignore_errors=True)
-        settings.update(epochs=epochs, lr=lr, penalty=penalty, share=share, batch_size=batch_size)
+        settings.update(epochs=epochs, lr=lr, penalty=penalty, share=share, batch_size=batch_size, train=train)
         saved.write(out, method, spec, weights, finetuned="weights.safetensors", settings=settings)
     corrected.eval()
     say("verifying")
