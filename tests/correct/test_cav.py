@@ -124,3 +124,21 @@ def test_a_store_without_spray_results_is_refused_with_the_command_to_run(tmp_pa
     path, *_ = _store_with_clusters(tmp_path, with_spray=False)
     with pytest.raises(ValueError, match="no SpRAy results for class 1.*relprop spray"):
         correct.cluster_samples(path, 1, 0)
+
+
+def test_a_crp_concept_gives_a_cav_along_its_channels_with_levels_from_the_samples():
+    net = planted.trained()
+    images, labels, marked = planted.generate(200, 3)
+    artifact, clean = images[marked & (labels == 1)], images[~marked & (labels == 1)]
+    cav = correct.from_concept(net, planted.LAYER, [1, 4], artifact, clean)
+    expected = torch.zeros(6)
+    expected[[1, 4]] = 2 ** -0.5
+    torch.testing.assert_close(cav.direction, expected)
+    activation = cavs.activations(net, clean, planted.LAYER)
+    torch.testing.assert_close(cav.clean_mean, activation.mean((0, 2, 3)))
+    assert (cav.pooling, cav.kind, cav.shape) == ("mean", "concept", (6, 8, 8))
+    projected = correct.project(cavs.activations(net, artifact, planted.LAYER), cav)
+    torch.testing.assert_close(cav.coordinate(projected), cav.clean_level.expand(len(artifact)), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="channels \\[9\\] do not fit layer 'body.1', which has 6 channels"):
+        correct.from_concept(net, planted.LAYER, 9, artifact, clean)

@@ -9,7 +9,9 @@ over channels, wherever the artifact is). With a_i the artifact samples and c_j 
 - **filter CAV** (TCAV's): the weight vector w of a linear classifier (logistic regression) separating a from c,
   signed so that w . (mean(a) - mean(c)) > 0.
 
-Both are scaled to unit length. The CAV keeps the mean of each group, whose coordinates v . mean are the levels the
+- **concept CAV**: the channels a CRP concept names (``from_concept``), equally weighted, pooled by mean.
+
+All are scaled to unit length. The CAV keeps the mean of each group, whose coordinates v . mean are the levels the
 corrections move activations to (P-ClArC: the clean level; A-ClArC: the artifact level).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 POOLINGS = ("none", "mean")
-KINDS = ("pattern", "filter")
+KINDS = ("pattern", "filter")  # and "concept": channels a CRP concept names (from_concept)
 MIN_SAMPLES = 2  # per group; a direction from fewer is noise (tens of samples per group are better)
 
 
@@ -216,6 +218,22 @@ def from_inputs(model: torch.nn.Module, artifact: torch.Tensor, clean: torch.Ten
     return from_activations(joined[:len(artifact)], joined[len(artifact):], layer, kind, pooling, seed)
 
 
+def from_concept(model: torch.nn.Module, layer: str, channels, artifact: torch.Tensor, clean: torch.Tensor,
+                 batch_size: int = 64) -> CAV:
+    """A CAV along a CRP concept: the unit vector over the layer's channels (pooling "mean"), with the levels of
+    samples with and without the artifact the concept carries."""
+    _check_counts(artifact, clean)
+    joined = to_features(activations(model, torch.cat([artifact, clean]), layer, batch_size), "mean")
+    channels = sorted({int(c) for c in ([channels] if isinstance(channels, int) else channels)})
+    if not channels or not 0 <= channels[0] <= channels[-1] < joined.shape[1]:
+        raise ValueError(f"channels {channels} do not fit layer {layer!r}, which has {joined.shape[1]} channels")
+    direction = torch.zeros(joined.shape[1])
+    direction[channels] = 1.0 / len(channels) ** 0.5
+    shape = tuple(activations(model, clean[:1], layer).shape[1:])
+    return CAV(layer, direction, joined[len(artifact):].mean(0), joined[:len(artifact)].mean(0), shape, "mean",
+               "concept", (len(artifact), len(clean)))
+
+
 def read_inputs(source, indices) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs (N, ...), labels (N,)) of the source's samples at indices (a relprop.datasets Source)."""
     samples = [source.read(int(index)) for index in indices]
@@ -316,5 +334,5 @@ def store_model_and_source(store, model=None, source=None):
     return model, source
 
 
-__all__ = ["CAV", "from_activations", "from_inputs", "from_ids", "from_spray", "cluster_samples", "activations",
+__all__ = ["CAV", "from_activations", "from_inputs", "from_ids", "from_spray", "from_concept", "cluster_samples", "activations",
            "layer_module", "read_inputs", "to_features", "store_model_and_source", "POOLINGS", "KINDS"]
