@@ -22,7 +22,7 @@ from relprop.demo import model as demo, watermark
 
 SWEEP = [f"p-clarc:{layer}:kind={kind},pooling={pooling}" for layer in ("features.4", "features.6", "features.9", "pool")
          for kind in ("pattern", "filter") for pooling in ("none", "mean")]
-DEFAULTS = ["p-clarc:features.9", "a-clarc:pool:lr=0.01,epochs=5,train=after",
+DEFAULTS = ["p-clarc:features.9", "a-clarc:features.7:lr=0.01,epochs=5,train=after",
             "rr-clarc:features.9:lr=0.001,penalty=100,epochs=3,train=all"]
 
 

@@ -1085,15 +1085,13 @@ def correct(store, class_index, cluster, clustering, layer, method, out, model_s
     from .correct import pipeline
     from .datasets import StoreError
 
-    model = load_for_command(model_spec, weights).model if model_spec is not None else None
-    source = None
+    loaded = load_for_command(model_spec, weights) if model_spec is not None else None
+    model, source = (loaded.model, None) if loaded is not None else (None, None)
     try:
         if data is not None:
             from .datasets import open_source
-            from .loading import load_model
 
-            preprocessing = load_model(model_spec).preprocessing if model_spec else None
-            source = open_source(data, preprocessing)
+            source = open_source(data, loaded.preprocessing if loaded is not None else None)
         with Staging(out) as staging:
             summary = pipeline.run(store, class_index, cluster, layer, method, staging.path, model=model,
                                    model_spec=model_spec, weights=weights, source=source, clustering=clustering,
