@@ -20,13 +20,14 @@ from relprop import correct
 from relprop.correct.finetune import finetune
 from relprop.demo import model as demo, watermark
 
-SWEEP = [f"p-clarc:{layer}:kind={kind},pooling={pooling}" for layer in ("features.4", "features.6", "features.9", "pool")
-         for kind in ("pattern", "filter") for pooling in ("none", "mean")]
+LAYERS = ("features.4", "features.6", "features.9", "pool")
+SWEEP = [f"p-clarc:{layer}:kind={kind},pooling={pooling}" for layer in LAYERS for kind in ("pattern", "filter")
+         for pooling in ("none", "mean")]
 DEFAULTS = ["p-clarc:features.9", "a-clarc:features.7:lr=0.01,epochs=5,train=after",
             "rr-clarc:features.9:lr=0.001,penalty=100,epochs=3,train=all"]
 
 
-def images(count, seed, marks=True):
+def images(count, seed):
     pixels, labels, _, marked = watermark.generate(count, seed)
     return demo.normalize(torch.from_numpy(pixels)), torch.from_numpy(labels), torch.from_numpy(marked)
 

@@ -6,6 +6,6 @@ from .clarc import attach, directional_derivative, p_clarc, project
 from .metrics import (accuracy, artifact_relevance, artifact_sensitivity, paste, poisoned_accuracy,
                       tcav_score)
 
-__all__ = ["CAV", "activations", "cluster_samples", "from_activations", "from_ids", "from_inputs", "from_spray", "from_concept",
-           "attach", "directional_derivative", "p_clarc", "project", "accuracy", "artifact_relevance",
+__all__ = ["CAV", "activations", "cluster_samples", "from_activations", "from_ids", "from_inputs", "from_spray",
+           "from_concept", "attach", "directional_derivative", "p_clarc", "project", "accuracy", "artifact_relevance",
            "artifact_sensitivity", "paste", "poisoned_accuracy", "tcav_score"]

@@ -334,5 +334,6 @@ def store_model_and_source(store, model=None, source=None):
     return model, source
 
 
-__all__ = ["CAV", "from_activations", "from_inputs", "from_ids", "from_spray", "from_concept", "cluster_samples", "activations",
+__all__ = ["CAV", "from_activations", "from_inputs", "from_ids", "from_spray", "from_concept", "cluster_samples",
+           "activations",
            "layer_module", "read_inputs", "to_features", "store_model_and_source", "POOLINGS", "KINDS"]

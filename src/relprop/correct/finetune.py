@@ -41,7 +41,8 @@ WEIGHTS = "weights.safetensors"
 
 def finetune(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, cav: CAV, method: str, out,
              epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, share: float = 0.5, penalty: float = 1.0,
-             seed: int = 0, train: str | None = None, progress: Callable[[dict], None] | None = None) -> torch.nn.Module:
+             seed: int = 0, train: str | None = None,
+             progress: Callable[[dict], None] | None = None) -> torch.nn.Module:
     """A fine-tuned copy of the model (its weights also in out/weights.safetensors), resumed from out/checkpoint
     when an interrupted run with the same settings left one there. progress gets a dict after each epoch."""
     if method not in METHODS:
