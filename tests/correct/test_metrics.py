@@ -64,3 +64,17 @@ def test_tcav_score_counts_samples_whose_target_grows_along_the_cav():
     assert correct.tcav_score(net, x, cav, 1) == pytest.approx(float((derivative > 1e-6).float().mean()))
     assert correct.tcav_score(net, x, cav, 1) > 0.9  # the artifact's direction raises class 1
     assert correct.tcav_score(correct.p_clarc(net, cav), x, cav, 1) == 0.0  # nothing left along it
+
+
+def test_measuring_a_model_in_training_mode_leaves_its_batch_norm_statistics_and_mode_as_they_were():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)).train()
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    x = torch.randn(16, 1, 8, 8)
+    cav = correct.from_inputs(net, x[:8] + 1, x[8:], "2")
+    correct.accuracy(net, x, torch.zeros(16, dtype=torch.long))
+    correct.tcav_score(net, x, cav, 0)
+    assert net.training and net[1].training
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, before[key])

@@ -16,6 +16,7 @@ corrections move activations to (P-ClArC: the clean level; A-ClArC: the artifact
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,19 @@ def _filter_direction(artifact: torch.Tensor, clean: torch.Tensor, seed: int) ->
 
 
 # ---- activations of samples -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """The model in eval mode for the block (a measurement must not update batch-norm statistics), each module's
+    mode restored after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 def layer_module(model: torch.nn.Module, layer: str) -> torch.nn.Module:
     """The module named layer, or ValueError suggesting the closest names."""
     from ..concepts.conditional import check_layer
@@ -190,7 +204,7 @@ def activations(model: torch.nn.Module, inputs: torch.Tensor, layer: str, batch_
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             for start in range(0, len(inputs), batch_size):
                 count = len(captured)
                 model(inputs[start:start + batch_size].to(device))
@@ -223,14 +237,15 @@ def from_concept(model: torch.nn.Module, layer: str, channels, artifact: torch.T
     """A CAV along a CRP concept: the unit vector over the layer's channels (pooling "mean"), with the levels of
     samples with and without the artifact the concept carries."""
     _check_counts(artifact, clean)
-    joined = to_features(activations(model, torch.cat([artifact, clean]), layer, batch_size), "mean")
+    raw = activations(model, torch.cat([artifact, clean]), layer, batch_size)
+    joined = to_features(raw, "mean")
     channels = sorted({int(c) for c in ([channels] if isinstance(channels, int) else channels)})
     if not channels or not 0 <= channels[0] <= channels[-1] < joined.shape[1]:
         raise ValueError(f"channels {channels} do not fit layer {layer!r}, which has {joined.shape[1]} channels")
     direction = torch.zeros(joined.shape[1])
     direction[channels] = 1.0 / len(channels) ** 0.5
-    shape = tuple(activations(model, clean[:1], layer).shape[1:])
-    return CAV(layer, direction, joined[len(artifact):].mean(0), joined[:len(artifact)].mean(0), shape, "mean",
+    return CAV(layer, direction, joined[len(artifact):].mean(0), joined[:len(artifact)].mean(0), tuple(raw.shape[1:]),
+               "mean",
                "concept", (len(artifact), len(clean)))
 
 

@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from .cav import CAV, layer_module
+from .cav import CAV, evaluating, layer_module
 
 
 def move_to_level(activation: torch.Tensor, cav: CAV, level) -> torch.Tensor:
@@ -76,7 +76,7 @@ def directional_derivative(model: torch.nn.Module, x: torch.Tensor, cav: CAV, ta
     shift = Shift(cav)
     handle = layer_module(model, cav.layer).register_forward_hook(shift, prepend=True)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), evaluating(model):
             output = model(x)
             if shift.amount is None:
                 raise ValueError(f"layer {cav.layer!r} did not run in the forward pass; pick a layer the model uses")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .cav import CAV
+from .cav import CAV, evaluating
 from .clarc import directional_derivative
 
 
@@ -26,7 +26,7 @@ def _device(model):
 def logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(N, classes) model outputs in batches, without gradients."""
     device = _device(model)
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         return torch.cat([model(x[start:start + batch_size].to(device)).float().cpu()
                           for start in range(0, len(x), batch_size)])
 
