@@ -68,6 +68,13 @@ def test_correct_writes_a_model_usable_as_model_spec_and_a_report_showing_the_sh
     x = planted.add_artifact(planted.unmarked(8, 2)[0])
     expected = p_clarc(planted.trained(), CAV.load(out / "cav.safetensors"))(x)
     torch.testing.assert_close(loaded.model(x), expected)
+    # the corrected model explains a data set into a store as any --model does
+    result = CliRunner().invoke(main, ["run", f"{tmp_path / 'net.py'}:data", "--model", str(out / "model.json"),
+                                       "--store", str(tmp_path / "fixed.zarr")])
+    assert result.exit_code == 0, result.output
+    from relprop.datasets import open_store
+
+    assert open_store(tmp_path / "fixed.zarr").attrs["model"] == str(out / "model.json")
 
 
 def test_correct_fine_tunes_with_rr_clarc(tmp_path):
