@@ -1085,9 +1085,14 @@ def correct(store, class_index, cluster, clustering, layer, method, out, model_s
     from .correct import pipeline
     from .datasets import StoreError
 
-    loaded = load_for_command(model_spec, weights) if model_spec is not None else None
-    model, source = (loaded.model, None) if loaded is not None else (None, None)
     try:
+        if model_spec is None and (weights is not None or data is not None):  # the store's model, to take the
+            # weights, and whose preprocessing reads the data
+            from .analysis.store import open_store
+
+            model_spec = str(open_store(store).attrs["model"])
+        loaded = load_for_command(model_spec, weights) if model_spec is not None else None
+        model, source = (loaded.model, None) if loaded is not None else (None, None)
         if data is not None:
             from .datasets import open_source
 
@@ -1096,8 +1101,7 @@ def correct(store, class_index, cluster, clustering, layer, method, out, model_s
             summary = pipeline.run(store, class_index, cluster, layer, method, staging.path, model=model,
                                    model_spec=model_spec, weights=weights, source=source, clustering=clustering,
                                    kind=kind, pooling=pooling, epochs=epochs, lr=lr, penalty=penalty, train=train,
-                                   seed=seed,
-                                   training=out.parent / f".{out.name}.training",
+                                   seed=seed, training=out.parent / f".{out.name}.training",
                                    progress=lambda text: click.echo(f"correct: {text}", err=True))
             staging.commit()
     except (LoadError, StoreError, FileNotFoundError, ValueError, TypeError) as error:

@@ -106,3 +106,15 @@ def test_correct_refuses_a_missing_cluster_a_missing_layer_and_a_store_without_s
     _store(bare, with_spray=False)
     result = _correct(bare, "--cluster", "1")
     assert result.exit_code == 2 and "no SpRAy results for class 1" in result.output
+
+
+def test_a_json_model_spec_that_is_not_a_corrected_model_is_refused_with_the_fix(tmp_path):
+    import pytest
+
+    from relprop.loading import LoadError
+
+    (tmp_path / "other.json").write_text('{"name": "something else"}')
+    with pytest.raises(LoadError, match="not a corrected model written by `relprop correct`"):
+        load_model(str(tmp_path / "other.json"))
+    with pytest.raises(LoadError, match="cannot read the corrected model"):
+        load_model(str(tmp_path / "missing.json"))
