@@ -157,7 +157,11 @@ def _check_counts(artifact, clean) -> None:
 
 def _filter_direction(artifact: torch.Tensor, clean: torch.Tensor, seed: int) -> torch.Tensor:
     """The weights of a logistic regression telling artifact (1) from clean (0) features."""
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise ValueError("a filter CAV needs scikit-learn (pip install 'relprop[analysis]'); or use the pattern "
+                         "CAV, which needs nothing more") from None
 
     features = torch.cat([artifact, clean]).double().numpy()
     labels = np.r_[np.ones(len(artifact)), np.zeros(len(clean))]
