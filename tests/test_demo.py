@@ -65,7 +65,7 @@ def demo_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "relprop-demo"
     result = subprocess.run([sys.executable, "-m", "relprop", "demo", "--out", str(out), "--count", "2",
                              "--composite", "epsilon_plus_flat", "--composite", "epsilon"],
-                            capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr
     assert "share of positive relevance inside the deciding object" in result.stdout
     return out
@@ -100,9 +100,29 @@ def test_demo_finds_the_planted_shortcut_with_a_store_and_spray_and_links_the_re
     assert (demo_folder / "spray" / "index.html").is_file()
 
 
+def test_demo_removes_the_shortcut_with_p_clarc_and_verifies_it(demo_folder):
+    from relprop.loading import load_model
+
+    fixed = json.loads((demo_folder / "demo.json").read_text())["shortcut"]["correction"]
+    # the issue's bar, measured with the true mark: sensitivity down by 80% or more, clean accuracy down by <= 1 pp
+    assert fixed["truth"]["sensitivity_drop"] >= 0.8, fixed
+    assert fixed["truth"]["clean_accuracy_change"] >= -0.01, fixed
+    assert fixed["measured"]["after"]["artifact_sensitivity"] < 0.2 * fixed["measured"]["before"]["artifact_sensitivity"]
+    assert 'href="correct/report/index.html"' in (demo_folder / "index.html").read_text()
+    assert (demo_folder / "correct" / "report" / "index.html").is_file()
+    assert load_model(str(demo_folder / fixed["model"])).spec.endswith("model.json")
+
+
 def test_demo_page_opens_in_headless_chromium_without_console_errors(demo_folder):
     decoded, images, rows = rendered(demo_folder)
-    assert decoded == images == 1 and rows == 4  # the grid image decoded; table: header, 2 images, mean
+    assert decoded == images == 1  # the grid image decoded
+    assert rows == 4 + 6  # the composites' table: header, 2 images, mean; the correction's: header, 5 measures
+
+
+def test_correction_report_opens_offline_with_every_heatmap_decoded(demo_folder):
+    decoded, images, rows = rendered(demo_folder / "correct" / "report")
+    assert decoded == images == 12 * 3  # 12 marked crosses: the input and its heatmap before and after
+    assert rows == 6 + 1 + 12  # the measures' table (header, 5 measures); the heatmaps' (header, 12 samples)
 
 
 def test_training_script_is_deterministic_and_writes_what_the_demo_loads(tmp_path):

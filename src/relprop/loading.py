@@ -2,7 +2,8 @@
 
 Model specs: ``demo`` (the embedded shapes model), ``demo-watermark`` (the same network trained on shapes with a
 planted "Clever Hans" watermark, relprop.demo.watermark), ``torchvision:NAME`` (architecture only, random weights unless
-a weights file is given) and ``path/to/file.py:FACTORY`` (a function of no arguments returning an nn.Module).
+a weights file is given), ``path/to/file.py:FACTORY`` (a function of no arguments returning an nn.Module) and
+``path/to/model.json`` (a model corrected by ``relprop correct``, relprop.correct.saved).
 Every problem with what the user gave raises :class:`LoadError`, whose message names the problem and the fix.
 """
 from __future__ import annotations
@@ -101,9 +102,13 @@ DEMO_MODELS = {"demo": "model", "demo-watermark": "watermark"}  # spec -> module
 def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
     """The model a spec names, in eval mode, with the weights file applied when one is given."""
     is_factory = ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
+    if spec.endswith(".json"):  # a model corrected by `relprop correct` (relprop.correct.saved)
+        from .correct import saved
+
+        return saved.load(spec, weights)
     if spec not in DEMO_MODELS and not spec.startswith("torchvision:") and not is_factory:
         raise LoadError(f"unknown model spec {spec!r}; use demo, demo-watermark, torchvision:NAME (e.g. "
-                        "torchvision:resnet50) or path/to/file.py:FACTORY")
+                        "torchvision:resnet50), path/to/file.py:FACTORY or a corrected model's model.json")
     if weights is not None:
         state = read_weights(weights)  # before building: a bad file should fail before a large model is made
     if spec in DEMO_MODELS:

@@ -14,6 +14,7 @@ import torch
 
 from .. import viz
 from ..lrp import LRP
+from . import correction
 from . import model as demo_model
 from .shapes import KINDS, generate
 from .watermark import ELSEWHERE_SHARE as ELSEWHERE, MARKED_SHARE as MARKED
@@ -138,7 +139,7 @@ samples holds the marked images: <b>purity {found["purity"]:.0%}, recall {found[
 {found["marked"]} marked {kind} images (checked against the known truth; the eigengap suggests
 {found["eigengap_suggests"]} strategies).</p>
 <p><a href="{html.escape(found["report"])}">Open the SpRAy report</a>: the spectrum, the embedding (click a point
-to see its sample and heatmap) and each cluster's mean heatmap.</p>"""
+to see its sample and heatmap) and each cluster's mean heatmap.</p>{correction.section(found.get("correction"))}"""
 
 
 def describe(result: dict) -> str:
@@ -159,4 +160,6 @@ def describe(result: dict) -> str:
                  f"{KINDS[found['class']]} heatmaps in a cluster of their own (k = 2): purity {found['purity']:.0%}, "
                  f"recall {found['recall']:.0%} of the {found['marked']} watermarked ones; report in "
                  f"{found['report']}")
+        if found.get("correction"):
+            text += "\n" + correction.describe(found["correction"])
     return text

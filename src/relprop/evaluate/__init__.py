@@ -32,3 +32,8 @@ __all__ += ["benchmark", "Batch", "BenchmarkResult"]
 from .sources import DemoImages, ImageFiles, StoreBatches  # noqa: E402
 
 __all__ += ["DemoImages", "ImageFiles", "StoreBatches"]
+
+# a model's dependence on an artifact, before and after a correction (relprop.correct, README "Removing a shortcut")
+from ..correct.metrics import artifact_relevance, artifact_sensitivity, poisoned_accuracy, tcav_score  # noqa: E402
+
+__all__ += ["artifact_relevance", "artifact_sensitivity", "poisoned_accuracy", "tcav_score"]
