@@ -17,11 +17,13 @@ The model must act on nodes and edges only (no pooling over the whole graph), as
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .engine.batch import BatchMixingWarning
 from .lrp import LRP
 
 
@@ -165,7 +167,9 @@ def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Te
         handles = mask_layers(model, layers, masks)
         try:
             attributor = LRP(model, composite, forward=lambda m, z, edges=edges: forward(m, z, edges), **options)
-            explanation = attributor(xs, target)
+            with warnings.catch_warnings():  # nodes are the batch here on purpose: each walk is read per node
+                warnings.simplefilter("ignore", BatchMixingWarning)
+                explanation = attributor(xs, target)
         finally:
             for handle in handles:
                 handle.remove()
