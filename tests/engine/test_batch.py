@@ -194,7 +194,8 @@ class Recurrent(nn.Module):
 
 
 class Reshuffled(nn.Module):
-    """Moves the batch axis about (transposes, stacks of two, permutations undone) without mixing samples."""
+    """Moves the batch axis about (transposes, stacks, unbinds, permutations undone) without mixing samples, in a
+    batch of two as wide as its features, where a dim's size does not tell the batch axis."""
 
     def __init__(self):
         super().__init__()
@@ -205,7 +206,8 @@ class Reshuffled(nn.Module):
         stacked = torch.stack([square, square * 2]).sum(0)  # sums the stack, not the batch
         turned = stacked.T.softmax(0).T + stacked.t().sum(0, keepdim=True).t()  # over features, twice
         order = torch.tensor([1, 0])
-        return turned[order][order] + square[..., :1] + square.unsqueeze(0).squeeze(0)
+        branches = torch.stack([turned, square], 1).sum(1) + torch.stack(square.unbind(1), 1).select(1, 0)[:, None]
+        return branches[order][order] + square[..., :1] + square.unsqueeze(0).squeeze(0)
 
 
 @pytest.mark.parametrize("model, x", [

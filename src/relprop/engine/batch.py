@@ -36,13 +36,11 @@ _OVER_DIM = {
 _DEFAULT_DIM = {"sort": -1, "argsort": -1, "topk": -1, "kthvalue": -1, "mode": -1, "normalize": 1}
 _KEEPING = {"softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "sort", "argsort",
             "normalize"}  # over a dim without removing it
-_PERMUTING = {"transpose", "transpose_", "swapaxes", "swapaxes_", "swapdims", "swapdims_", "t", "t_", "permute",
-              "movedim", "moveaxis", "T.__get__", "mT.__get__", "H.__get__", "mH.__get__", "adjoint"}
-_RESHAPING = {"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "contiguous"}
+_RESHAPING = {"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten"}
 _MATMUL = {"matmul", "__matmul__", "mm", "bmm", "_sparse_mm", "spmm", "mv"}
 _SCATTERING = {"index_add", "index_add_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
                "index_reduce", "index_reduce_"}
-_NORMALISING_LAST = {"layer_norm": 1, "rms_norm": 1}  # over the last len(normalized_shape) dims
+_NORMALISING_LAST = {"layer_norm", "rms_norm"}  # over the last len(normalized_shape) dims
 
 
 class BatchAxes:
@@ -73,14 +71,18 @@ class BatchAxes:
     def follow(self, name: str, args, kwargs, active, out, where):
         """Set the batch axis of out from the op's inputs; note where (``where()``: the running module) the batch is
         mixed first, after which nothing more is checked."""
-        tracked = [(t, *self._get(t)) for t in active if self._get(t) is not None]
+        facts = [(t, self._get(t)) for t in active]
+        tracked = [(t, *fact) for t, fact in facts if fact is not None]
         if not tracked:
             return
         short = name.rsplit(".", 1)[-1] if not name.endswith(".__get__") else ".".join(name.rsplit(".", 2)[-2:])
         rule = _RULES.get(short, _elementwise)
         if short in _OVER_DIM and not _is_tensor(args[1] if len(args) > 1 else None):
             rule = _over_dim
-        why = rule(self, short, args, kwargs, tracked, out)
+        try:
+            why = rule(self, short, args, kwargs, tracked, out)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, RuntimeError):
+            return  # arguments this reading does not know (named dims, say): the axis is lost, nothing is said
         if why:
             module, module_name = where()
             place = ("outside modules" if module is None else f"in the model ({type(module).__name__})"
@@ -129,6 +131,8 @@ def _elementwise(axes, short, args, kwargs, tracked, out):
         for tensor, axis, origin in tracked:
             if short in _RESHAPING:
                 position = 0 if axis == 0 and result.dim() and result.shape[0] == tensor.shape[0] else None
+            elif result.dim() < tensor.dim():
+                position = None  # dims removed by an op not read here: which ones cannot be told
             else:
                 position = axis + result.dim() - tensor.dim()
             if position is None or not 0 <= position < result.dim() or result.shape[position] != tensor.shape[axis]:
@@ -159,6 +163,8 @@ def _over_dim(axes, short, args, kwargs, tracked, out):
     if tensor is not args[0]:
         return _elementwise(axes, short, args, kwargs, tracked, out)
     dims = _argument(args, kwargs, _OVER_DIM[short], "dim", _DEFAULT_DIM.get(short))
+    if isinstance(dims, bool):
+        dims = None  # std(x, unbiased): the old signature, over all dims
     if dims is None and short in ("softmax", "log_softmax"):
         return None  # the legacy implicit dim: lose the axis rather than guess
     if dims is None:
@@ -210,6 +216,26 @@ def _unsqueeze(axes, short, args, kwargs, tracked, out):
     tensor, axis, origin = tracked[0]
     dim = _argument(args, kwargs, 1, "dim") % out.dim()
     axes._set(out, axis + (dim <= axis), origin)
+
+
+def _stack(axes, short, args, kwargs, tracked, out):
+    """torch.stack: a new dim at dim, before or after each input's axis."""
+    dim = _argument(args, kwargs, 1, "dim", 0) % out.dim()
+    positions, origins = set(), []
+    for tensor, axis, origin in tracked:
+        positions.add(axis + (dim <= axis))
+        origins.append(origin)
+    return _land(axes, out, positions, origins, "it combines rows of different samples")
+
+
+def _select(axes, short, args, kwargs, tracked, out):
+    """select and unbind: one dim removed; on the batch axis that picks one sample (lose the axis)."""
+    tensor, axis, origin = tracked[0]
+    dim = _argument(args, kwargs, 1, "dim", 0) % tensor.dim()
+    if tensor is args[0] and dim != axis:
+        for result in _tensors(out):
+            axes._set(result, axis - (dim < axis), origin)
+    return None
 
 
 def _squeeze(axes, short, args, kwargs, tracked, out):
@@ -438,6 +464,7 @@ _RULES.update({short: _matmul for short in _MATMUL | {"__rmatmul__", "addmm", "b
 _RULES.update({short: _scatter for short in _SCATTERING})
 _RULES.update({short: _layer_norm for short in _NORMALISING_LAST})
 _RULES.update({"unsqueeze": _unsqueeze, "unsqueeze_": _unsqueeze, "squeeze": _squeeze, "squeeze_": _squeeze,
+               "stack": _stack, "select": _select, "unbind": _select,
                "einsum": _einsum, "index_select": _gather_rows, "__getitem__": _gather_rows,
                "batch_norm": _batch_norm, "scaled_dot_product_attention": _attention, "linear": _linear,
                "multi_head_attention_forward": _multi_head, "gather": _gather, "take_along_dim": _gather})
