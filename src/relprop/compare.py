@@ -112,7 +112,7 @@ def compare(model: torch.nn.Module, x: torch.Tensor, composites=None, target=Non
         tabular = explanation.relevance.dim() == 2
         for sample, (top, one) in enumerate(zip(explanation.top(k, absolute), explanation)):
             names = one.target_names
-            row = {"composite": label, "same_as": same_as, "sample": sample,
+            row = {"composite": label, "same_as": list(same_as), "sample": sample,
                    "target": None if one.target is None else one.target[0].tolist(),
                    "class": None if names is None else names[0],
                    "explained": float(one.explained[0]), "relevance_sum": float(one.relevance_sum[0]),
@@ -138,6 +138,7 @@ def _coinciding(explanations: dict[str, Explanation]) -> list[list[str]]:
 
 
 def _same(first: Explanation, second: Explanation) -> bool:
+    """Whether two explanations of one batch print alike: each sample within COINCIDE of its largest |relevance|."""
     a, b = first.relevance.detach().flatten(1), second.relevance.detach().flatten(1)
     if a.shape != b.shape or not torch.allclose(first.explained, second.explained, rtol=COINCIDE, atol=0):
         return False
