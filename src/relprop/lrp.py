@@ -115,11 +115,12 @@ class LRP:
         if not create_graph:
             gradient = gradient.detach()
         self._warn_unmatched(session)
-        if session.batch is not None and session.batch.mixing is not None:
-            warnings.warn(batch_mixing_message(session.batch.mixing), BatchMixingWarning, stacklevel=caller_level())
         explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits,
                                   gradient, self.feature_names, composite=self.composite.summary(),
                                   class_names=self.class_names)
+        if session.batch is not None and session.batch.mixing is not None:
+            warnings.warn(batch_mixing_message(session.batch.mixing), BatchMixingWarning, stacklevel=caller_level())
+            explanation.details["batch_mixing"] = session.batch.mixing  # for programs: which op mixed, where
         return explanation, session.rows
 
     def _warn_unmatched(self, session):
