@@ -119,7 +119,7 @@ class LRP:
                                   gradient, self.feature_names, composite=self.composite.summary(),
                                   class_names=self.class_names)
         if session.batch is not None and session.batch.mixing is not None:
-            warnings.warn(batch_mixing_message(session.batch.mixing), BatchMixingWarning, stacklevel=caller_level())
+            warnings.warn(_batch_mixing_message(session.batch.mixing), BatchMixingWarning, stacklevel=caller_level())
             explanation.details["batch_mixing"] = session.batch.mixing  # for programs: which op mixed, where
         return explanation, session.rows
 
@@ -235,7 +235,7 @@ def _check_record(model, record):
     return record
 
 
-def batch_mixing_message(what: str) -> str:
+def _batch_mixing_message(what: str) -> str:
     return (f"relprop: the samples of the batch exchange information in the forward ({what}), so each sample's "
             "output depends on the others: row i of the relevance is then sample i's share of every explained "
             "output in the batch, not an explanation of explained[i] alone, and delta[i] is no conservation check "

@@ -307,7 +307,7 @@ def recurrent_op(ctx, func, name, args, kwargs):
     dtype = bound["input"].dtype
     if policy.zero_bias and dtype in _WIDENED:
         # Bias-free denominators W_x x + W_h h can be near zero: their shares are huge and cancel, and float32
-        # rounding in the steps would show in every relevance value (0.25% of the largest, measured). The steps run
+        # rounding in the steps would show in every relevance value (0.2% of the largest, measured). The steps run
         # in float64; the outputs, and so the relevance, come back in the input's dtype.
         out = _cast(run({key: _cast(value, torch.float64) for key, value in bound.items()}, policy), dtype)
     else:
