@@ -2,6 +2,7 @@
 
     python benchmarks/bench_recurrent.py                 # batch 32, 100 steps, hidden 256, CPU
     python benchmarks/bench_recurrent.py --quick         # batch 8, 20 steps, hidden 64, for a smoke run
+    python benchmarks/bench_recurrent.py --zero-bias     # also LRP with zero_bias=True (float64 steps)
 
 The model is a one-layer LSTM (input 256) read at its last step by a linear layer, randomly initialised, in eval
 mode. Each round times every method once, in the same order; a method's time is its median over the rounds.
@@ -45,6 +46,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--deeplift", action="store_true", help="time DeepLift too")
+    parser.add_argument("--zero-bias", action="store_true", help="time LRP with zero_bias=True too")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -55,6 +57,9 @@ def main():
     x = torch.randn(args.batch, args.steps, args.hidden)
     lrp = relprop.LRP(model, "epsilon", epsilon=1e-3)
     methods = {"gradient (fused op)": lambda: plain_gradient(model, x, 0), "LRP epsilon (Arras)": lambda: lrp(x, 0)}
+    if args.zero_bias:
+        zero_bias = relprop.LRP(model, "epsilon", epsilon=0.0, zero_bias=True)
+        methods["LRP epsilon=0 zero_bias"] = lambda: zero_bias(x, 0)
     if args.deeplift:
         methods["DeepLift"] = lambda: DeepLift(model)(x, 0)
     times = {name: [] for name in methods}

@@ -1,6 +1,18 @@
 """Fixtures shared across the test folders."""
+import random
+
+import numpy as np
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, whatever ran before it: its random inputs, and the numbers
+    computed from them, are the same on every run and in any selection of tests."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def compare_model(name, results):
     compared = theirs.compare_rules(x[3].numpy(), target_class=0, rules=list(RULES))
     table = relprop.compare(model, x[3:], {rule: relprop.composites.get("explainiverse", rule=rule) for rule in RULES},
                             target=0, feature_names=feature_names, k=1, absolute=True, canonizers=None,
-                            class_names=CLASSES)
+                            class_names=CLASSES, merge=False)
     differences, tops = [], []
     for row in table:
         their = compared[row["composite"]]

@@ -52,8 +52,9 @@ def runs(images, tmp_path_factory):
     wrong = root / "wrong.safetensors"
     save_file({"weight": torch.zeros(2, 2)}, str(wrong))
     factory = root / "tiny.py"
-    factory.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
-                       "torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))\n")
+    factory.write_text("import torch\n\ndef make():\n    torch.manual_seed(0)\n"
+                       "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), "
+                       "torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))\n")
     (root / "kept").mkdir()
     (root / "kept" / "notes.txt").write_text("mine")
     (root / "factory_out").mkdir()  # empty: taken as it is
@@ -431,8 +432,9 @@ def test_without_a_size_an_image_too_large_to_fit_alone_is_skipped_and_the_rest_
     from relprop.loading import load_model
 
     factory = tmp_path / "tiny.py"
-    factory.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
-                       "torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))\n")
+    factory.write_text("import torch\n\ndef make():\n    torch.manual_seed(0)\n"
+                       "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), "
+                       "torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))\n")
     folder = tmp_path / "images"
     folder.mkdir()
     for name, side in (("large", 64), ("small", 16)):

@@ -106,8 +106,50 @@ def test_first_layer_is_the_first_one_run_not_the_first_registered():
 def test_bad_maps_are_refused():
     with pytest.raises(ValueError, match="unknown layer kind 'dense'"):
         Composite(layer_map={"dense": rules.Epsilon()})
-    with pytest.raises(TypeError, match="maps layers to rules"):
-        Composite(layer_map={"linear": "epsilon"})
+    with pytest.raises(TypeError, match=r"composite layer_map\['linear'\]: a composite maps layers to rules"):
+        Composite(layer_map={"linear": 0.25})
+    with pytest.raises(TypeError, match=r"composite default: .* got <class 'relprop.rules.Epsilon'>"):
+        Composite(default=rules.Epsilon)
+
+
+def test_rule_names_are_taken_wherever_a_composite_takes_a_rule():
+    named = Composite(layer_map={nn.Linear: "epsilon", "conv": "z_plus"}, name_map={"features.*": "flat"},
+                      index_map={2: "gamma"}, first="w_square", default="zero")
+    assert named.layer_map == {nn.Linear: rules.Epsilon(), "conv": rules.ZPlus()}
+    assert named.name_map == {"features.*": rules.Flat()}
+    assert named.index_map == {2: rules.Gamma(), 0: rules.WSquare()} and named.default == rules.Zero()
+    named_composite = composites.EpsilonPlus(layer_map={nn.Conv2d: "flat"}, name_map={"8": "zero"},
+                                             index_map={1: "gamma"})
+    assert named_composite.layer_map[nn.Conv2d] == rules.Flat() and named_composite.name_map["8"] == rules.Zero()
+    assert named_composite.index_map[1] == rules.Gamma()
+
+
+def test_a_composite_with_rule_names_explains_as_with_rule_objects():
+    # Composite(default="epsilon") was refused at the first convolution: "rule 'epsilon' cannot be used on conv layer"
+    model = small_cnn()
+    x = torch.randn(2, 3, 6, 6)
+    by_name = relprop.explain(model, x, target=1, composite=Composite(
+        default="epsilon", first="flat", name_map={"6": "z_plus"}))
+    by_object = relprop.explain(model, x, target=1, composite=Composite(
+        default=rules.Epsilon(), first=rules.Flat(), name_map={"6": rules.ZPlus()}))
+    torch.testing.assert_close(by_name.relevance, by_object.relevance, rtol=0, atol=0)
+    report = relprop.LRP(model, Composite(default="epsilon", first="flat")).report(x)
+    assert {row.module: row.rule for row in report}["0"] == "Flat"
+
+
+def test_unknown_rule_names_are_refused_with_the_known_ones():
+    known = ", ".join(rules.names())
+    with pytest.raises(ValueError, match=rf"composite default: unknown rule 'epsilonn' \(did you mean 'epsilon'\?\); "
+                                         rf"choose one of {known}"):
+        Composite(default="epsilonn")
+    with pytest.raises(ValueError, match=r"composite layer_map\['MaxPool2d'\]: unknown rule 'flatt'"):
+        Composite(layer_map={nn.MaxPool2d: "flatt"})
+    with pytest.raises(ValueError, match=r"composite name_map\['head'\]: unknown rule 'zplus'"):
+        composites.Epsilon(name_map={"head": "zplus"})
+    with pytest.raises(ValueError, match=r"composite index_map\[0\]: unknown rule 'Box'"):
+        Composite(index_map={0: "Box"})
+    with pytest.raises(ValueError, match="composite first: unknown rule 'z-box'"):
+        Composite(first="z-box")
 
 
 def test_composite_parameter_typos_list_the_parameters():

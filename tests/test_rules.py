@@ -249,8 +249,12 @@ def test_alpha_beta_requires_conservative_parameters():
 def test_rules_by_name():
     assert rules.get("epsilon", epsilon=0.5) == rules.Epsilon(0.5)
     assert "gamma" in rules.names()
-    with pytest.raises(ValueError, match="unknown rule 'gama'"):
+    with pytest.raises(ValueError, match=r"unknown rule 'gama' \(did you mean 'gamma'\?\); choose one of alpha_beta, "):
         rules.get("gama")
+    with pytest.raises(TypeError, match=r"a rule is a relprop.rules object or a rule's name, got 0.25 \(float\)"):
+        rules.get(0.25)
+    with pytest.raises(ValueError, match="parameters can only be given with a rule name"):
+        rules.get(rules.Epsilon(), epsilon=0.5)
 
 
 def test_pass_rule_on_a_same_shape_layer_hands_relevance_through():

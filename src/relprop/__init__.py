@@ -1,6 +1,7 @@
 """relprop: Layer-wise Relevance Propagation for any PyTorch model."""
 from . import attribution, canonizers, composites, neuralize, rules
 from .engine import UnsupportedOperation, UnsupportedOpWarning
+from .engine.batch import BatchMixingWarning
 from .ops.custom import register_function
 from .explanation import Explanation, Report
 from .lrp import LRP, explain
@@ -9,8 +10,8 @@ from .compare import Comparison, compare
 __version__ = "0.1.0"
 
 __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "rules", "composites", "canonizers",
-           "attribution", "neuralize", "viz", "UnsupportedOperation", "UnsupportedOpWarning", "register_function",
-           "__version__"]
+           "attribution", "neuralize", "viz", "UnsupportedOperation", "UnsupportedOpWarning", "BatchMixingWarning",
+           "register_function", "__version__"]
 
 
 def __getattr__(name):

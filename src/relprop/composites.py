@@ -8,6 +8,8 @@ which is the plain gradient (LRP-0 for linear maps). Ops that are not linear-lik
 norms) follow the engine's default op rules. Max-pooling (``"max_pool"``) and the cluster modules of
 relprop.neuralize (``"min_pool"``, ``"discriminant"``) take only a rule mapped to them by kind, module type or exact
 module name (see EXPLICIT_KINDS); a rule they cannot use is refused by name, never ignored.
+A rule is given as a ``relprop.rules`` object, or by its name (``"epsilon"``, ``"flat"``:
+``relprop.rules.names()``) for its default parameters.
 """
 from __future__ import annotations
 
@@ -58,11 +60,11 @@ class Composite:
 
     def __init__(
         self,
-        layer_map: Mapping[Any, Rule] | None = None,
-        name_map: Mapping[str, Rule] | None = None,
-        index_map: Mapping[int, Rule] | None = None,
-        first: Rule | None = None,
-        default: Rule | None = None,
+        layer_map: Mapping[Any, Rule | str] | None = None,
+        name_map: Mapping[str, Rule | str] | None = None,
+        index_map: Mapping[int, Rule | str] | None = None,
+        first: Rule | str | None = None,
+        default: Rule | str | None = None,
     ):
         self.layer_map = dict(layer_map or {})
         self.name_map = dict(name_map or {})
@@ -75,18 +77,18 @@ class Composite:
                 raise TypeError(f"index_map keys are positions among linear-like layers (int), got {key!r}")
         self.index_map = {int(key): rule for key, rule in self.index_map.items()}
         self.given = (tuple(self.name_map), tuple(self.index_map))  # the keys a user named (warned if unmatched)
-        if first is not None:
-            self.index_map.setdefault(0, first)
-        self.default = default
         for key in self.layer_map:
             if isinstance(key, str) and key not in KINDS:
                 raise ValueError(f"unknown layer kind {key!r} in layer_map; use a module type or one of {KINDS}")
             if not isinstance(key, (str, type)):
                 raise TypeError(f"layer_map keys are module types or kind names, got {key!r}")
-        for mapping in (self.layer_map, self.name_map, self.index_map):
-            for rule in mapping.values():
-                if not isinstance(rule, Rule):
-                    raise TypeError(f"composite maps layers to rules (relprop.rules), got {rule!r}")
+        for where, mapping in (("layer_map", self.layer_map), ("name_map", self.name_map),
+                               ("index_map", self.index_map)):
+            for key, rule in mapping.items():
+                mapping[key] = _rule(rule, f"{where}[{getattr(key, '__name__', key)!r}]")
+        if first is not None:
+            self.index_map.setdefault(0, _rule(first, "first"))
+        self.default = None if default is None else _rule(default, "default")
 
     def rule_for(self, site: Site) -> Rule | None:
         if site.kind in EXPLICIT_KINDS:
@@ -125,6 +127,20 @@ class Composite:
     def __repr__(self):
         return (f"{type(self).__name__}(layer_map={self.layer_map}, name_map={self.name_map}, "
                 f"index_map={self.index_map}, default={self.default})")
+
+
+def _rule(rule, where: str) -> Rule:
+    """A rule given to a composite: a Rule, or a rule's name (``relprop.rules.names()``) with its defaults."""
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, str):
+        try:
+            return rules.get(rule)
+        except ValueError as error:
+            raise ValueError(f"composite {where}: {error}") from None
+    made = " (a rule class: pass an instance, e.g. rules.Epsilon())" if isinstance(rule, type) else ""
+    raise TypeError(f"composite {where}: a composite maps layers to rules, a relprop.rules object such as "
+                    f"rules.Epsilon(0.25) or a rule's name such as 'epsilon'; got {rule!r}{made}")
 
 
 def _extend(own: Mapping | None, base: Mapping) -> dict:

@@ -24,11 +24,13 @@ a layer used at several steps (shared weights) would make a walk's step ambiguou
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .engine.batch import BatchMixingWarning
 from .lrp import LRP
 
 
@@ -279,7 +281,9 @@ def _pass(model, x, edge_index, layers, chunk, targets, level, composite, forwar
         return out[rows[-1]]  # each copy's end node
 
     targets = None if targets[0] is None else targets  # None for one end node is None for all (_targets)
-    with LayerMasks(model, layers, masks):
+    # the copies are disjoint graphs, each explaining its own output: the batch-mixing check cannot see that
+    with LayerMasks(model, layers, masks), warnings.catch_warnings():
+        warnings.simplefilter("ignore", BatchMixingWarning)
         explanation = LRP(model, composite, forward=copies_forward, **options)(x.unsqueeze(0).repeat(copies, 1, 1),
                                                                                targets)
     return explanation.relevance.reshape(copies, num_nodes, -1).sum(-1)

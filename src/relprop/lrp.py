@@ -18,7 +18,8 @@ import torch
 from . import canonizers as canonizers_module
 from . import composites as composites_module
 from . import diagnose
-from .engine import Session, UnsupportedOperation
+from .engine import Session, UnsupportedOperation, caller_level
+from .engine.batch import BatchMixingWarning
 from .engine.facts import Facts
 from .explanation import Explanation, Report
 from .stabilize import divide_or_zero
@@ -117,6 +118,9 @@ class LRP:
         explanation = Explanation(relevance, output.detach(), explained, delta, target_index, layers, logits,
                                   gradient, self.feature_names, composite=self.composite.summary(),
                                   class_names=self.class_names)
+        if session.batch is not None and session.batch.mixing is not None:
+            warnings.warn(_batch_mixing_message(session.batch.mixing), BatchMixingWarning, stacklevel=caller_level())
+            explanation.details["batch_mixing"] = session.batch.mixing  # for programs: which op mixed, where
         return explanation, session.rows
 
     def _warn_unmatched(self, session):
@@ -229,6 +233,15 @@ def _check_record(model, record):
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"record: the model has no module named {name!r}{hint}")
     return record
+
+
+def _batch_mixing_message(what: str) -> str:
+    return (f"relprop: the samples of the batch exchange information in the forward ({what}), so each sample's "
+            "output depends on the others: row i of the relevance is then sample i's share of every explained "
+            "output in the batch, not an explanation of explained[i] alone, and delta[i] is no conservation check "
+            "for sample i (delta.sum() is, for the batch). For one node of a graph use "
+            "relprop.graph.explain_graph(model, x, edge_index, node=i); otherwise explain each sample on its own "
+            "(x[i:i + 1]), or the whole batch as one sample (x.unsqueeze(0) with a forward that removes that dim).")
 
 
 def _closest(name: str, names) -> str:

@@ -11,6 +11,7 @@ layer's input is the sum over its groups. Every rule below is that formula with 
 """
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from dataclasses import dataclass
@@ -441,11 +442,17 @@ def names() -> list[str]:
 def get(name: str, **params) -> Rule:
     """A rule by name, e.g. ``get("epsilon", epsilon=0.25)``."""
     if isinstance(name, Rule):
+        if params:
+            raise ValueError("parameters can only be given with a rule name, not with a Rule object")
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"a rule is a relprop.rules object or a rule's name, got {name!r} ({type(name).__name__})")
     try:
         cls = _RULES[name]
     except KeyError:
-        raise ValueError(f"unknown rule {name!r}; choose one of {', '.join(names())}") from None
+        close = difflib.get_close_matches(name.lower(), names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown rule {name!r}{hint}; choose one of {', '.join(names())}") from None
     return cls(**params)
 
 

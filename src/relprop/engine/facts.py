@@ -9,12 +9,15 @@ the names below and nowhere else; a fact stamped with the run's token holds only
   softmax      the tensor a softmax output came from (the logits policy at the output reads it)
   gate         a sigmoid-like output: in a product it is a gate, not a signal
   nonnegative  known to be >= 0 (after a ReLU): rules drop their x- terms there
+  batch        (token, axis, origin): where the batch's samples lie, and which sample each row there comes from
+               (``engine.batch``)
 """
 from __future__ import annotations
 
 FLOW, CALL, PRODUCER = "_relprop", "_relprop_call", "_relprop_producer"
 SOFTMAX, GATE, NONNEGATIVE = "_relprop_softmax", "_relprop_gate", "_relprop_nonnegative"
-_CARRIED = (FLOW, PRODUCER, SOFTMAX, GATE)  # what an identity op (the report's tap) hands on to its output
+BATCH = "_relprop_batch"
+_CARRIED = (FLOW, PRODUCER, SOFTMAX, GATE, BATCH)  # what an identity op (the report's tap) hands on to its output
 
 
 class Facts:
@@ -44,6 +47,14 @@ class Facts:
     @staticmethod
     def set_producer(tensor, producer):
         setattr(tensor, PRODUCER, producer)
+
+    @staticmethod
+    def batch(tensor):
+        return getattr(tensor, BATCH, None)
+
+    @staticmethod
+    def set_batch(tensor, fact):
+        setattr(tensor, BATCH, fact)
 
     @staticmethod
     def softmax_source(tensor):

@@ -15,6 +15,7 @@ import torch
 from ..composites import Composite, Site
 from ..ops import custom, elementwise, load_families
 from ..ops.table import HANDLERS, SIGN_KNOWN, module_handler
+from .batch import BatchAxes
 from .facts import KEEPS_SIGN, MAKES_NONNEGATIVE, Facts
 from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
                         writes_first_argument)
@@ -98,6 +99,7 @@ class Session:
         self.sites: list[Site] = []  # every linear-like op's site, in order (to tell unmatched composite keys)
         self.input_leaf: torch.Tensor | None = None
         self.direct_leaf: torch.Tensor | None = None
+        self.batch: BatchAxes | None = None  # where the samples lie, and whether an op mixes them
         self.warned = warned if warned is not None else set()
         self.recorder = Recorder(report, self.facts, self.active, self.where)
         self.record = set(record)
@@ -122,6 +124,8 @@ class Session:
         self.direct_leaf = self.input_leaf.detach().requires_grad_(True)
         self.flow.mark(self.input_leaf)
         self.flow.mark(self.direct_leaf)
+        self.batch = BatchAxes(self.flow.token, len(x) if x.dim() else 1)
+        self.batch.start(self.input_leaf, self.direct_leaf)
         handles = []
         try:
             for module in self.model.modules():
@@ -242,6 +246,8 @@ class Session:
                 call.harmless_versions.add(target._version)
                 call.rectified = True  # later readers see the ReLU's output, and their relevance passes through it
         self.flow.mark(out)
+        if self.batch.checking:
+            self.batch.follow(name, args, kwargs, active, out, self.where)
         if isinstance(out, torch.Tensor):
             self.facts.set_nonnegative(out, family in SIGN_KNOWN and (short in MAKES_NONNEGATIVE or (
                 short in KEEPS_SIGN and all(self.facts.is_nonnegative(t) for t in active))))
