@@ -730,7 +730,8 @@ def demo(out, composite_names, count, seed):
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="samples per forward pass")
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
-              help="samples per store chunk, the unit of resuming (default: whole batches of about 4 MiB)")
+              help="samples per store chunk, the unit of resuming (default: whole batches of about 4 MiB; a store "
+                   "made earlier keeps its own)")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="local: threads reading samples (default 1, 0 reads in the main thread); ray: actors "
                    "(default one per GPU, else per CPU)")
