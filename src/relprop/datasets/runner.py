@@ -188,8 +188,9 @@ def _labels_as_model_classes(source: Source, classes: int, target, class_map: di
     listed = f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
     if target == "label" and len(names) != classes:
         example = ",".join(f"{name}=N" for name in names[:2])
-        raise RunError(f"the data set's labels are its {len(names)} class names ({listed}) but the model outputs "
-                       f"{classes} classes, so --target label would explain the model's classes 0..{len(names) - 1} "
+        plural = "s" if len(names) != 1 else ""
+        raise RunError(f"the data set's labels are its {len(names)} class name{plural} ({listed}) but the model "
+                       f"outputs {classes} classes, so --target label would explain the model's classes 0..{len(names) - 1} "
                        f"instead; use --target predicted, or map the names to the model's classes with --class-map "
                        f"{example} (N: the model's class index; or a JSON file of name: index; class_map= in "
                        "Python)")
