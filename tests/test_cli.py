@@ -477,3 +477,11 @@ def test_a_segmentation_model_is_explained_per_location_and_recorded_without_a_s
     assert fixed.returncode == 0, fixed.stderr
     (record,) = json.loads((tmp_path / "fixed" / "summary.json").read_text())["images"]
     assert record["target"] == 1 and record["predicted"] is None
+
+
+def test_explain_refuses_a_composite_given_with_another_method(images, tmp_path):
+    refused = invoke("explain", images, "--model", "demo", "--method", "gradient", "--composite", "epsilon",
+                     "--out", tmp_path / "out")
+    assert refused.returncode == 2 and "--composite chooses LRP's rules, but --method gradient uses none" in \
+        refused.stderr
+    assert not (tmp_path / "out").exists()

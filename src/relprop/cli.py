@@ -123,15 +123,9 @@ def _finite(text: str) -> float:
 
 def recorded(values: dict) -> dict:
     """Parameters as JSON values: tuples and tensors become lists."""
-    import torch
+    from .datasets.runner import recorded as as_json
 
-    def plain(value):
-        if isinstance(value, torch.Tensor):
-            return value.flatten().tolist() if value.numel() > 1 else value.item()
-        if isinstance(value, (tuple, list)):
-            return [plain(item) for item in value]
-        return value
-    return {name: plain(value) for name, value in values.items()}
+    return as_json(values)
 
 
 def build_composite(name: str, parameters: dict[str, str], preprocessing):
@@ -178,6 +172,37 @@ def build_method(method: str, composite: str, parameters: dict[str, str], model,
     used = {name: getattr(attributor, name, values.get(name, parameter.default))
             for name, parameter in accepted.items()}
     return attributor, recorded(used)
+
+
+def refuse_composite_without_lrp(method: str) -> None:
+    """--composite given with a --method other than lrp would be ignored: refuse it (every command that takes both)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("composite")
+    if method != "lrp" and source not in (None, ParameterSource.DEFAULT):
+        raise Failure(f"--composite chooses LRP's rules, but --method {method} uses none; leave --composite out, or "
+                      "use --method lrp")
+
+
+def parse_class_map(text: str | None) -> dict[str, int] | None:
+    """--class-map cats=281,dogs=207 or a JSON file of {name: index} -> {name: index}."""
+    if text is None:
+        return None
+    if text.endswith(".json") or Path(text).is_file():
+        try:
+            mapping = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as error:
+            raise Failure(f"--class-map {text}: cannot read it as a JSON file of name: index ({error})") from None
+        if not isinstance(mapping, dict):
+            raise Failure(f"--class-map {text} holds a {type(mapping).__name__}; give an object {{\"cats\": 281}}")
+        return mapping
+    mapping = {}
+    for pair in text.split(","):
+        name, equals, index = pair.partition("=")
+        if not equals or not name.strip() or not index.strip().isdigit():
+            raise Failure(f"--class-map takes NAME=INDEX pairs (e.g. cats=281,dogs=207) or a JSON file, got {pair!r}")
+        mapping[name.strip()] = int(index)
+    return mapping
 
 
 # ---- the model's output, the device ------------------------------------------------------------------------------
@@ -488,6 +513,7 @@ def explain(inputs, model_spec, weights, method, composite, params, output_key, 
 
     if target != "auto" and not target.isdigit():
         raise Failure(f"--target must be auto or a class index (0, 1, ...), got {target!r}")
+    refuse_composite_without_lrp(method)
     target = None if target == "auto" else int(target)
     try:
         viz.colormaps.get(cmap)
@@ -693,13 +719,19 @@ def demo(out, composite_names, count, seed):
               help="lrp (with --composite), or another attribution method")
 @click.option("--composite", default="epsilon_plus_flat", show_default=True, help="see `relprop composites`")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="a composite parameter, e.g. --param epsilon=0.25 (repeatable)")
+              help="a parameter of the composite (lrp) or of the method, e.g. --param epsilon=0.25, --param "
+                   "steps=32 (integrated_gradients); repeatable")
 @click.option("--target", default="label", show_default=True,
-              help="label (the sample's class), predicted, or a class index")
+              help="label (the sample's class; a flat folder has none: its predicted class), predicted, or a class "
+                   "index")
+@click.option("--class-map", "class_map", default=None, metavar="NAME=INDEX,...|FILE.json",
+              help="the data set's class names as the model's class indices, e.g. cats=281,dogs=207 or a JSON file "
+                   "{\"cats\": 281}; needed for --target label when the folder's classes are not the model's")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="samples per forward pass")
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
-              help="samples per store chunk, the unit of resuming (default: whole batches of about 4 MiB)")
+              help="samples per store chunk, the unit of resuming (default: whole batches of about 4 MiB; a store "
+                   "made earlier keeps its own)")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="local: threads reading samples (default 1, 0 reads in the main thread); ray: actors "
                    "(default one per GPU, else per CPU)")
@@ -714,8 +746,8 @@ def demo(out, composite_names, count, seed):
               help="image folders: resize the shorter side and centre-crop to SIZE (default: the model's)")
 @click.option("--mean", default=None, help="image folders: per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", default=None, help="image folders: per-channel std, e.g. 0.229,0.224,0.225")
-def run(data, model_spec, store_path, weights, method, composite, params, target, batch_size, chunk, workers, keep,
-        engine, address, overwrite, device, size, mean, std):
+def run(data, model_spec, store_path, weights, method, composite, params, target, class_map, batch_size, chunk,
+        workers, keep, engine, address, overwrite, device, size, mean, std):
     """Explain every sample of a data set into a resumable Zarr store (see README, "Data sets")."""
     from . import datasets
 
@@ -723,27 +755,29 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
         raise Failure(f"--target must be label, predicted or a class index (0, 1, ...), got {target!r}")
     if address is not None and engine != "ray":
         raise Failure("--address joins a Ray cluster; add --engine ray")
+    refuse_composite_without_lrp(method)
     given = parse_parameters(params)
-    if method != "lrp" and given:
-        raise Failure("--param sets composite parameters here, which only --method lrp uses; the other methods run "
-                      "with their defaults in `relprop run`")
+    mapping = parse_class_map(class_map)
     torch_device = resolve_device(device)
     try:
         datasets.store.check_path(store_path)
     except datasets.StoreError as error:
         raise Failure(str(error)) from None
     loaded = load_for_command(model_spec, weights, size, mean, std)
-    lrp_composite, parameters = None, {}
+    lrp_composite = None
     if method == "lrp":  # the store records the parameters given, as relprop.datasets.run does from Python
         from . import composites
 
         lrp_composite = build_composite(composite, given, loaded.preprocessing)
         parameters = recorded(typed_parameters(f"composite {composite}",
                                                parameter_list(type(composites.get(composite))), given))
+    else:  # typed as `relprop explain` types them; the store records them as given
+        parameters = typed_parameters(f"method {method}", parameter_list(getattr(attribution, METHODS[method])),
+                                      given)
     loaded.model.to(torch_device)
     recipe = datasets.ModelSpec(model_spec, None if weights is None else str(weights), loaded.model)
     try:
-        summary = datasets.run(recipe, data, store_path,
+        summary = datasets.run(recipe, data, store_path, class_map=mapping,
                                composite=lrp_composite, composite_name=composite, method=method,
                                target=int(target) if target.isdigit() else target, batch_size=batch_size,
                                chunk=chunk, keep=keep,

@@ -1,10 +1,11 @@
 """Fixtures for the data-set tests: a data set file that subprocesses and the Python API both read."""
 import pytest
 
-# A data set file for runs in subprocesses: demo shapes, one unreadable sample (5), ids of its own, and a delay
-# per sample so a run lasts long enough to be killed in the middle.
+# A data set file for runs in subprocesses: demo shapes, one unreadable sample (5), ids of its own, an optional delay
+# per sample, and a gate: with SHAPES_STOP_AT=N, reading sample N or later waits forever, so a run holds at a known
+# point (samples before N written, its lock held) until the test kills it, however slow or loaded the machine is.
 DATASET_FILE = '''
-import os, time
+import os, threading, time
 import torch
 from relprop.demo import generate, normalize
 
@@ -19,6 +20,9 @@ class Shapes(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
+        stop = os.environ.get("SHAPES_STOP_AT")
+        if stop is not None and index >= int(stop):
+            threading.Event().wait()  # held here until the test kills the process
         time.sleep(self.delay)
         if index == 5:
             raise ValueError("sample 5 is broken on purpose")

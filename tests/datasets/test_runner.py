@@ -14,8 +14,12 @@ from relprop.demo import load
 from tests.datasets.helpers import assert_same_store, kill_once, read_store
 
 
-def cli(*args, delay="0.03"):
-    env = dict(os.environ, OMP_NUM_THREADS="1", SHAPES_DELAY=delay)
+def cli(*args, stop_at=None):
+    """`relprop run` in a subprocess; with stop_at=N it holds when it reads sample N (see conftest's gate)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", SHAPES_DELAY="0")
+    env.pop("SHAPES_STOP_AT", None)
+    if stop_at is not None:
+        env["SHAPES_STOP_AT"] = str(stop_at)
     return subprocess.Popen([sys.executable, "-m", "relprop", "run", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -35,10 +39,12 @@ def kill_when(process, path, at_least: int, timeout: float = 90.0) -> int:
 
 def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(dataset_file, tmp_path):
     arguments = [f"{dataset_file}:slow", "--model", "demo", "--batch-size", "2", "--chunk", "4", "--keep", "float16"]
-    clean = cli(*arguments, "--store", tmp_path / "clean.zarr", delay="0")
+    clean = cli(*arguments, "--store", tmp_path / "clean.zarr")
     interrupted = tmp_path / "interrupted.zarr"
-    first = kill_when(cli(*arguments, "--store", interrupted), interrupted, 8)
-    second = kill_when(cli(*arguments, "--store", interrupted), interrupted, first + 12)
+    # each run holds at a gate it cannot pass (sample 12, then 32), so it is killed mid-run however loaded the
+    # machine: 8 or 12 samples done by the first, 20 to 32 by the second
+    first = kill_when(cli(*arguments, "--store", interrupted, stop_at=12), interrupted, 8)
+    second = kill_when(cli(*arguments, "--store", interrupted, stop_at=32), interrupted, first + 12)
     assert first < second < 60  # each run was cut in the middle, the second went on from the first
     resumed = cli(*arguments, "--store", interrupted)
     out, err = resumed.communicate(timeout=120)
@@ -59,17 +65,18 @@ def test_run_killed_twice_then_resumed_equals_an_uninterrupted_run_bit_for_bit(d
 def test_a_second_run_on_a_store_being_written_is_refused_and_a_killed_runs_lock_goes_with_it(dataset_file, tmp_path):
     arguments = [f"{dataset_file}:slow", "--model", "demo", "--batch-size", "2", "--chunk", "4"]
     store = tmp_path / "run.zarr"
-    first = cli(*arguments, "--store", store)
+    first = cli(*arguments, "--store", store, stop_at=8)  # holds the lock at sample 8 until killed: a handshake
     try:
-        while done_count(store) < 4:  # the first run is writing
-            assert first.poll() is None, first.communicate()
+        kill_once(first, lambda: done_count(store), 4, kill=False)  # wait until it is writing (it cannot finish)
         second = cli(*arguments, "--store", store)
         out, err = second.communicate(timeout=120)
         assert second.returncode != 0 and f"is being written by relprop (pid {first.pid} on" in err, err
-        assert first.poll() is None  # untouched by the refusal
+        assert first.poll() is None, first.communicate()  # untouched by the refusal
     finally:
-        kill_once(first, lambda: done_count(store), 0)
-    resumed = cli(*arguments, "--store", store, delay="0")  # the kernel dropped the killed run's lock
+        if first.poll() is None:  # SIGKILL, as a crash or power loss would stop it
+            first.kill()
+            first.wait()
+    resumed = cli(*arguments, "--store", store)  # the kernel dropped the killed run's lock
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 1 and "were done before" in out, err  # sample 5 is unreadable on purpose
     assert datasets.open_store(store).complete
@@ -110,11 +117,99 @@ def test_resuming_with_other_arguments_is_refused_naming_each_difference(tmp_pat
     with pytest.raises(datasets.StoreError) as error:
         datasets.run("demo", "demo:8", path, composite="epsilon", target="predicted", batch_size=4, progress=False)
     message = str(error.value)
-    assert "composite: the store has 'epsilon_plus_flat', this run 'epsilon'" in message
-    assert "target: the store has 'label', this run 'predicted'" in message
+    assert "composite (--composite): the store has 'epsilon_plus_flat', this run 'epsilon'" in message
+    assert "target (--target): the store has 'label', this run 'predicted'" in message
     assert "--overwrite" in message
     after = read_store(path)
     assert all(np.array_equal(before[name], after[name]) for name in before if name != "id")
+
+
+def unfinished(path):
+    """Mark the store's last chunk not done, as a run killed before it would have left it."""
+    group = store_module.open_store(path, mode="r+").group
+    group["done"][-4:] = False
+
+
+def in_float64(model, items):
+    return model.double(), [(x.double(), label) for x, label in items]
+
+
+def with_another_bias(model, items):
+    model.classifier.bias.data.add_(0.5)
+    return model, items
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "unfinished"])
+@pytest.mark.parametrize("change, named", [
+    (in_float64, "dtype (the model's dtype): the store has 'float32', this run 'float64'"),
+    (with_another_bias, "model_sha256 (the model's weights): the store has"),
+], ids=["dtype", "weights"])
+def test_a_python_model_with_other_numbers_is_refused_on_resume(tmp_path, finished, change, named):
+    path = tmp_path / "run.zarr"
+    items = demo_items(8)
+    datasets.run(load(), Listed(items), path, batch_size=4, chunk=4, progress=False)
+    if not finished:
+        unfinished(path)
+    before = read_store(path)
+    model, items = change(load(), items)
+    with pytest.raises(datasets.StoreError, match="give the store's values to resume it") as error:
+        datasets.run(model, Listed(items), path, batch_size=4, chunk=4, progress=False)
+    assert named in str(error.value)
+    after = read_store(path)
+    assert all(np.array_equal(before[name], after[name]) for name in before if name != "id")
+
+
+def test_a_store_without_the_newer_records_is_refused_saying_an_older_relprop_made_it(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:4", path, progress=False)
+    group = store_module.open_store(path, mode="r+").group
+    group.attrs.update({key: value for key, value in group.attrs.items() if key != "mean"})
+    attributes = dict(group.attrs)
+    del attributes["mean"]
+    group.attrs.put(attributes)
+    with pytest.raises(datasets.StoreError, match=r"mean \(--mean\): not recorded in the store \(an older relprop"):
+        datasets.run("demo", "demo:4", path, progress=False)
+
+
+def test_chunk_given_to_a_store_with_other_chunking_says_the_store_keeps_its_own(tmp_path, capsys):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:8", path, batch_size=4, chunk=4, progress=False)
+    unfinished(path)
+    capsys.readouterr()
+    summary = datasets.run("demo", "demo:8", path, batch_size=4, chunk=8, progress=False)
+    assert summary.explained == 4 and datasets.open_store(path).chunk == 4
+    err = capsys.readouterr().err
+    assert "relprop: note: " in err and "keeps its chunking of 4 samples per chunk" in err and "--chunk 8" in err
+    datasets.run("demo", "demo:8", path, batch_size=4, chunk=4, progress=False)  # the store's own: no note
+    assert "note" not in capsys.readouterr().err
+
+
+def test_method_parameters_reach_the_method_and_are_recorded(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:2", path, method="integrated_gradients", parameters={"steps": 3}, progress=False)
+    opened = datasets.open_store(path)
+    assert opened.attrs["parameters"] == {"steps": 3}
+    x = torch.stack([sources.Demo(2).read(i).x for i in range(2)])
+    labels = torch.tensor([sources.Demo(2).read(i).label for i in range(2)])
+    expected = relprop_attribution("integrated_gradients", steps=3)(load(), x, labels)
+    assert np.allclose(opened["relevance"][:], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(datasets.StoreError, match=r"parameters \(--param\): the store has \{'steps': 3\}"):
+        datasets.run("demo", "demo:2", path, method="integrated_gradients", parameters={"steps": 5}, progress=False)
+
+
+def relprop_attribution(name, **parameters):
+    from relprop import attribution
+
+    return lambda model, x, target: attribution.BY_NAME[name](model, **parameters)(x, target).relevance.numpy()
+
+
+def test_a_composite_with_another_method_or_a_bad_method_parameter_is_refused_before_any_store(tmp_path):
+    with pytest.raises(ValueError, match="a composite is LRP's; method 'gradient' takes none"):
+        datasets.run("demo", "demo:2", tmp_path / "run.zarr", method="gradient", composite="epsilon", progress=False)
+    with pytest.raises(datasets.RunError, match="method integrated_gradients: .*bogus"):
+        datasets.run("demo", "demo:2", tmp_path / "run.zarr", method="integrated_gradients",
+                     parameters={"bogus": 1}, progress=False)
+    assert not (tmp_path / "run.zarr").exists()
 
 
 def test_overwrite_starts_over_with_the_new_arguments(tmp_path):
@@ -188,8 +283,46 @@ def test_data_set_with_more_classes_than_the_model_is_refused(tmp_path):
     class Many(Listed):
         classes = [f"class{i}" for i in range(10)]
 
-    with pytest.raises(datasets.RunError, match="has 10 classes .* but the model outputs 4"):
+    with pytest.raises(datasets.RunError, match="its 10 class names .* but the model outputs 4"):
         datasets.run(load(), Many(demo_items(2)), tmp_path / "run.zarr", progress=False)
+    with pytest.raises(datasets.RunError, match="has 10 classes .* but the model outputs 4"):
+        datasets.run(load(), Many(demo_items(2)), tmp_path / "run.zarr", target="predicted", progress=False)
+    assert not (tmp_path / "run.zarr").exists()
+
+
+class Named(Listed):
+    classes = ["cats", "dogs"]
+
+
+def test_class_names_that_cannot_be_the_models_classes_are_refused_for_target_label_naming_both_fixes(tmp_path):
+    items = [(x, i % 2) for i, (x, _) in enumerate(demo_items(4))]
+    with pytest.raises(datasets.RunError) as error:
+        datasets.run(load(), Named(items), tmp_path / "run.zarr", progress=False)
+    message = str(error.value)
+    assert "its 2 class names (cats, dogs) but the model outputs 4 classes" in message
+    assert "--target predicted" in message and "--class-map cats=N,dogs=N" in message
+    assert not (tmp_path / "run.zarr").exists()
+    datasets.run(load(), Named(items), tmp_path / "predicted.zarr", target="predicted", progress=False)
+    opened = datasets.open_store(tmp_path / "predicted.zarr")
+    assert opened.class_names == ["cats", "dogs"] and opened["label"][:].tolist() == [0, 1, 0, 1]
+
+
+def test_class_map_turns_the_data_sets_labels_into_the_models_classes(tmp_path):
+    items = [(x, i % 2) for i, (x, _) in enumerate(demo_items(4))]
+    datasets.run(load(), Named(items), tmp_path / "run.zarr", class_map={"cats": 3, "dogs": 1}, progress=False)
+    opened = datasets.open_store(tmp_path / "run.zarr")
+    assert opened["label"][:].tolist() == [3, 1, 3, 1] and opened["target"][:].tolist() == [3, 1, 3, 1]
+    assert opened.class_names == ["class-0", "dogs", "class-2", "cats"]
+    assert opened.attrs["class_map"] == {"cats": 3, "dogs": 1}
+
+
+@pytest.mark.parametrize("class_map, message", [
+    ({"cats": 3}, "gives no model class for dogs"), ({"cats": 3, "dogs": 1, "cows": 2}, "names cows, which"),
+    ({"cats": 3, "dogs": 4}, "maps dogs to 4, but the model's classes are 0..3")])
+def test_a_class_map_that_does_not_fit_is_refused_naming_the_problem(tmp_path, class_map, message):
+    items = [(x, i % 2) for i, (x, _) in enumerate(demo_items(2))]
+    with pytest.raises(datasets.RunError, match=message):
+        datasets.run(load(), Named(items), tmp_path / "run.zarr", class_map=class_map, progress=False)
     assert not (tmp_path / "run.zarr").exists()
 
 

@@ -68,12 +68,13 @@ def test_done_flags_cut_by_power_loss_count_as_not_done(tmp_path):
     assert opened.done.tolist() == [True] * 4 + [False] * 4 + [True] * 2
 
 
-def test_differences_name_each_attribute_that_differs():
-    stored = {"model": "demo", "composite": "epsilon", "parameters": {"epsilon": 0.25}, "count": 10,
-              "input_shape": [3, 32, 32]}
-    wanted = dict(stored, composite="epsilon_plus_flat", input_shape=(3, 32, 32))
+def test_differences_name_each_attribute_that_differs_with_the_argument_that_sets_it():
+    stored = {**dict.fromkeys(store_module.IDENTITY), "model": "demo", "composite": "epsilon",
+              "parameters": {"epsilon": 0.25}, "count": 10, "input_shape": [3, 32, 32], "mean": [0.5, 0.5, 0.5]}
+    wanted = dict(stored, composite="epsilon_plus_flat", input_shape=(3, 32, 32), mean=(0.4, 0.5, 0.5))
     assert store_module.differences(stored, wanted) == [
-        "composite: the store has 'epsilon', this run 'epsilon_plus_flat'"]
+        "composite (--composite): the store has 'epsilon', this run 'epsilon_plus_flat'",
+        "mean (--mean): the store has [0.5, 0.5, 0.5], this run (0.4, 0.5, 0.5)"]
 
 
 def test_open_store_refuses_folders_that_are_not_stores(tmp_path):

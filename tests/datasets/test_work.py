@@ -78,7 +78,7 @@ def test_image_folder_previews_are_the_display_pixels_at_most_64_wide(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten())
     torch.nn.init.uniform_(model[0].bias, 0.1, 0.2)
-    datasets.run(model, tmp_path / "images", tmp_path / "run.zarr", progress=False)
+    datasets.run(model, tmp_path / "images", tmp_path / "run.zarr", target="predicted", progress=False)
     opened = datasets.open_store(tmp_path / "run.zarr")
     assert opened["preview"].shape == (1, 3, 64, 64) and opened.class_names == ["circle"]
     # the folder is read without resizing (no preprocessing given), so the preview is 96 -> 64 by area: output

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 from .store import Shapes
@@ -21,6 +22,10 @@ from .work import ChunkWorker, RunError, Settings
 
 CONNECT_TIMEOUT_S = 5
 OBJECT_STORE_BYTES = 128 * 2 ** 20  # a local run passes only chunk numbers and failures through the object store
+# Ray Data keeps each actor's constructor arguments in the object store, from which Ray cannot reliably rebuild a
+# restarted actor (ray-project/ray#53727; with restarts on, Ray logs an error line on every run). A lost actor fails
+# the run instead, and the same command resumes the chunks it had not finished.
+NO_RESTARTS = {"max_restarts": 0, "max_task_retries": 0}
 
 
 @dataclass
@@ -89,9 +94,13 @@ def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # relprop shows its own progress
         rows = ray.data.from_items(items, override_num_blocks=len(items))
-        results = rows.map_batches(actor, fn_constructor_kwargs={"job": job}, batch_size=1,
-                                   compute=ray.data.ActorPoolStrategy(size=actors),
-                                   num_gpus=1 if gpus else 0, num_cpus=0.5 if gpus else 1)
+        with warnings.catch_warnings():
+            # Ray Data takes actor options only as extra keyword arguments, which it marks deprecated (for 2.64)
+            # without a named replacement for max_restarts yet
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            results = rows.map_batches(actor, fn_constructor_kwargs={"job": job}, batch_size=1,
+                                       compute=ray.data.ActorPoolStrategy(size=actors),
+                                       num_gpus=1 if gpus else 0, num_cpus=0.5 if gpus else 1, **NO_RESTARTS)
         for row in results.iter_rows():
             on_row(row)
 

@@ -1,15 +1,19 @@
 """relprop.datasets.run: explain every sample of a data set into a store, resuming whatever is missing.
 
-Order of a run: check the store path; load the model and open the source; read the first readable sample and run
-the model once (input shape, number of classes); create the store, or check that the existing one was made with
-the same arguments; explain the chunks not yet done with the chosen engine; list skipped samples; summarise.
+Order of a run: check the store path; take the store's lock; start or join Ray (--engine ray); load the model and open
+the source; read the first readable sample and run the model once (input shape, number of classes); create the
+store, or check that the existing one was made with the same arguments (every one that changes a stored number,
+:data:`relprop.datasets.store.IDENTITY`); explain the chunks not yet done with the chosen engine; list skipped
+samples; summarise. Nothing is created on disk before the engine is up and the model has run once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,10 +22,11 @@ from ..loading import Preprocessing
 from . import store as store_module
 from .sources import Sample, Source, open_source
 from .store import Shapes, StoreError
-from .work import ChunkWorker, ModelSpec, RunError, Settings
+from .work import ChunkWorker, ModelSpec, RunError, Settings, build_attributor
 
 ENGINES = ("local", "ray")
 KEEP = ("full", "channels", "float16")
+DEFAULT_COMPOSITE = "epsilon_plus_flat"
 PREVIEW_SIZE = 64
 # Samples per chunk by default: about this much relevance, so that the fixed cost of a chunk's dozen writes is small
 # next to its data, while a killed run loses at most one chunk of work.
@@ -52,18 +57,20 @@ class Summary:
                 f"({self.throughput:.1f} samples/s){resumed}; {len(self.skipped)} skipped{size}; wrote {self.store}")
 
 
-def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp", target="label",
+def run(model, dataset, store, composite=None, method: str = "lrp", target="label",
         batch_size: int = 32, keep: str = "full", engine: str = "local", address: str | None = None,
         overwrite: bool = False, workers: int | None = None, chunk: int | None = None, device=None,
         parameters: dict | None = None, weights=None, preprocessing: Preprocessing | None = None,
-        composite_name: str | None = None, progress: bool = True) -> Summary:
+        composite_name: str | None = None, progress: bool = True, class_map: dict | None = None) -> Summary:
     """Explain every sample of dataset with model into the Zarr store at store; returns a Summary.
 
     model: an nn.Module, or a spec as on the command line ("demo", "torchvision:resnet50", "file.py:factory") with
     optional weights. dataset: a DATA spec ("demo:100", a folder, "file.py:factory") or a torch Dataset of
     (x, label) or (x, label, id). target: "label", "predicted" or a class index. keep: "full", "channels"
     (summed over dim 1) or "float16". workers: sample-reading threads (local) or actors (ray). chunk: samples per
-    store chunk, the unit of resuming and of Ray's work (default: whole batches of about 4 MiB of relevance).
+    store chunk, the unit of resuming and of Ray's work (default: whole batches of about 4 MiB of relevance); an
+    existing store keeps its own. parameters: the composite's (lrp) or the method's. class_map: the data set's class
+    names -> the model's class indices, for folders whose labels are not the model's classes.
     """
     settings = _settings(method, composite, parameters, target, keep, batch_size)
     if engine not in ENGINES:
@@ -77,13 +84,22 @@ def run(model, dataset, store, composite="epsilon_plus_flat", method: str = "lrp
         from .ray_engine import check_reachable
 
         check_reachable(address)  # before any work: a wrong address fails in seconds
-    with store_module.writing(store):
+    with store_module.writing(store), _engine_up(engine, address, workers):
         return _run_locked(model, dataset, store, settings, engine, address, workers, chunk, device, parameters,
-                           weights, preprocessing, composite, composite_name, overwrite, progress)
+                           weights, preprocessing, composite, composite_name, overwrite, progress, class_map)
+
+
+def _engine_up(engine: str, address, workers):
+    """Ray started or joined for the whole run, so that a cluster that is not there leaves nothing on disk."""
+    if engine != "ray":
+        return contextlib.nullcontext()
+    from .ray_engine import pass_on_ray
+
+    return pass_on_ray(address, workers, "chunks finished so far are kept, so the same command resumes")
 
 
 def _run_locked(model, dataset, store, settings, engine, address, workers, chunk, device, parameters, weights,
-                preprocessing, composite, composite_name, overwrite, progress) -> Summary:
+                preprocessing, composite, composite_name, overwrite, progress, class_map) -> Summary:
     """run() while holding the store's writer lock."""
     model, recipe, spec, weights_sha256, preprocessing = _model(model, weights, preprocessing)
     if device is not None:
@@ -91,17 +107,25 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     source = dataset if isinstance(dataset, Source) else open_source(dataset, preprocessing)
     if len(source) == 0:
         raise RunError(f"the data set {source.spec} has no samples")
+    if settings.target == "label" and not source.labelled:
+        settings = replace(settings, target="predicted")
+        note(f"{source.spec} has no labels (no class sub-folders), so each sample's predicted class is explained "
+             "(as --target predicted)")
     input_shape, classes, has_pixels = _probe(model, source)
-    if source.class_names is not None and len(source.class_names) > classes:
-        raise RunError(f"the data set has {len(source.class_names)} classes ({', '.join(source.class_names[:5])}"
-                       f"{', ...' if len(source.class_names) > 5 else ''}) but the model outputs {classes}; give "
-                       "the model trained on these classes, or a data set with the model's classes")
-    attributes = {"model": spec, "weights_sha256": weights_sha256, "method": settings.method,
-                  "composite": _composite_label(settings, composite_name), "parameters": dict(parameters or {}),
+    source = _labels_as_model_classes(source, classes, settings.target, class_map)
+    build_attributor(model, settings)  # a method or composite that cannot be built is refused before the store is
+    attributes = {"model": spec, "weights_sha256": weights_sha256, "model_sha256": model_sha256(model),
+                  "dtype": _dtype_of(model), "method": settings.method,
+                  "composite": _composite_label(settings, composite_name),
+                  "parameters": recorded(parameters),
                   "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
+                  **_preprocessing_of(preprocessing), "class_map": None if class_map is None else dict(class_map),
                   "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
-    chunk = chunk or default_chunk(settings.batch_size, settings.keep, input_shape)
-    shapes = _open_or_create(store, attributes, source, chunk, has_pixels, overwrite)
+    stored_chunk = chunk or default_chunk(settings.batch_size, settings.keep, input_shape)
+    shapes = _open_or_create(store, attributes, source, stored_chunk, has_pixels, overwrite)
+    if chunk is not None and chunk != shapes.chunk:
+        note(f"{store} keeps its chunking of {shapes.chunk} samples per chunk (a store's layout is fixed when it is "
+             f"made); --chunk {chunk} applies to new stores (or with --overwrite)")
     store_module.clear_partial_writes(store)
 
     worker = ChunkWorker(model, source, settings, store, shapes)
@@ -148,6 +172,112 @@ def default_chunk(batch_size: int, keep: str, input_shape: tuple) -> int:
     return batch_size * max(1, round(CHUNK_BYTES / (batch_size * per_sample)))
 
 
+def note(text: str) -> None:
+    """A line on stderr about an argument relprop changed or could not apply (shown even without progress)."""
+    print(f"relprop: note: {text}", file=sys.stderr, flush=True)
+
+
+def _labels_as_model_classes(source: Source, classes: int, target, class_map: dict | None) -> Source:
+    """The source, its labels mapped to the model's classes by class_map; refused when labels that are not the
+    model's classes would be explained as if they were."""
+    names = source.class_names
+    if class_map is not None:
+        return MappedLabels(source, _checked_map(class_map, names, classes, source.spec), classes)
+    if names is None:
+        return source
+    listed = f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+    if target == "label" and len(names) != classes:
+        example = ",".join(f"{name}=N" for name in names[:2])
+        plural = "s" if len(names) != 1 else ""
+        raise RunError(f"the data set's labels are its {len(names)} class name{plural} ({listed}) but the model "
+                       f"outputs {classes} classes, so --target label would explain the model's classes 0..{len(names) - 1} "
+                       f"instead; use --target predicted, or map the names to the model's classes with --class-map "
+                       f"{example} (N: the model's class index; or a JSON file of name: index; class_map= in "
+                       "Python)")
+    if len(names) > classes:
+        raise RunError(f"the data set has {len(names)} classes ({listed}) but the model outputs {classes}; give the "
+                       "model trained on these classes, a data set with the model's classes, or --class-map")
+    return source
+
+
+def _checked_map(class_map: dict, names: list | None, classes: int, spec: str) -> dict[int, int]:
+    """class_map (name -> model class) as label -> model class, or RunError naming what does not fit."""
+    if names is None:
+        raise RunError(f"--class-map maps class names, but {spec} has none (a flat folder, or a data set without "
+                       "`classes`); leave --class-map out")
+    unknown = [name for name in class_map if name not in names]
+    if unknown:
+        raise RunError(f"--class-map names {', '.join(map(str, unknown))}, which {spec} does not have; its classes "
+                       f"are {', '.join(names)}")
+    missing = [name for name in names if name not in class_map]
+    if missing:
+        raise RunError(f"--class-map gives no model class for {', '.join(missing)}; map every class of {spec} "
+                       f"({', '.join(names)})")
+    for name, index in class_map.items():
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < classes:
+            raise RunError(f"--class-map maps {name} to {index!r}, but the model's classes are 0..{classes - 1}")
+    return {label: class_map[name] for label, name in enumerate(names)}
+
+
+class MappedLabels(Source):
+    """A source whose labels are turned into the model's class indices; its class names are then the model's."""
+
+    def __init__(self, source: Source, by_label: dict[int, int], classes: int):
+        self.source, self.by_label = source, by_label
+        self.spec, self.extras, self.labelled = source.spec, source.extras, source.labelled
+        names = [f"class-{index}" for index in range(classes)]
+        for label, index in sorted(by_label.items()):
+            own = source.class_names[label]
+            names[index] = own if names[index] == f"class-{index}" else f"{names[index]}+{own}"
+        self.class_names = names
+
+    def __len__(self):
+        return len(self.source)
+
+    def id(self, index):
+        return self.source.id(index)
+
+    def read(self, index):
+        sample = self.source.read(index)
+        return replace(sample, label=self.by_label.get(sample.label, sample.label))
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer (names, dtypes, shapes, values): the numbers a resumed run must share."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _dtype_of(model: torch.nn.Module) -> str | None:
+    parameter = next(model.parameters(), None)
+    return None if parameter is None else str(parameter.dtype).removeprefix("torch.")
+
+
+def _preprocessing_of(preprocessing: Preprocessing | None) -> dict:
+    """size, mean and std as the samples were made with them (None when the run was given none)."""
+    if preprocessing is None:
+        return {"size": None, "mean": None, "std": None}
+    return {"size": preprocessing.size, "mean": [float(v) for v in preprocessing.mean],
+            "std": [float(v) for v in preprocessing.std]}
+
+
+def recorded(parameters: dict | None) -> dict:
+    """Parameters as JSON values (tensors and tuples become lists), to record and compare them."""
+    def plain(value):
+        if isinstance(value, torch.Tensor):
+            return value.flatten().tolist() if value.numel() > 1 else value.item()
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        return value
+    values = {name: plain(value) for name, value in (parameters or {}).items()}
+    json.dumps(values)  # a value that cannot be recorded cannot be compared on resume either
+    return values
+
+
 def _composite_label(settings: Settings, composite_name: str | None):
     if settings.method != "lrp":
         return None
@@ -165,8 +295,9 @@ def _open_or_create(store, attributes: dict, source: Source, chunk: int, has_pix
     if existing is not None:
         found = store_module.differences(existing, attributes)
         if found:
-            raise StoreError(f"the store {store} was made with other arguments ({'; '.join(found)}); give the same "
-                             "arguments to resume it, another --store, or --overwrite to start over")
+            raise StoreError(f"the store {store} was made with other arguments, which would mix two kinds of "
+                             f"numbers in it ({'; '.join(found)}); give the store's values to resume it (done or "
+                             "not), another --store, or --overwrite to start over")
         return _shapes_of(store, existing, source)
     input_shape = tuple(attributes["input_shape"])
     side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
@@ -186,9 +317,12 @@ def _settings(method, composite, parameters, target, keep, batch_size) -> Settin
         raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if method != "lrp" and parameters:
-        raise ValueError("parameters are a composite's, which only method 'lrp' uses")
-    return Settings(method, composite if method == "lrp" else None, dict(parameters or {}), target, keep, batch_size)
+    if method != "lrp" and composite is not None:
+        raise ValueError(f"a composite is LRP's; method {method!r} takes none (leave composite out, or use "
+                         "method='lrp')")
+    if method == "lrp" and composite is None:
+        composite = DEFAULT_COMPOSITE
+    return Settings(method, composite, dict(parameters or {}), target, keep, batch_size)
 
 
 def _model(model, weights, preprocessing):

@@ -39,6 +39,7 @@ class Source:
     spec: str = ""
     class_names: list | None = None
     extras: dict = {}
+    labelled: bool = True  # False when no sample has a label (a flat image folder): --target label cannot apply
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -66,7 +67,7 @@ class ImageFolder(Source):
             self.files = [(path, label) for label, name in enumerate(classes)
                           for path in _images_under(self.folder / name)]
         elif flat:
-            self.class_names = None
+            self.class_names, self.labelled = None, False
             self.files = [(path, -1) for path in flat]
         else:
             raise LoadError(f"no images in {self.folder} nor in its sub-folders (looked for "

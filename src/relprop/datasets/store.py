@@ -1,7 +1,8 @@
 """The explanation store: one Zarr v3 group per run, every per-sample array chunked by ``chunk`` samples.
 
-Layout version 1 (README, "Data sets"): root attributes describe the run (model, weights hash, method, composite,
-parameters, target, keep, data, count, chunk, input shape, classes, class names, skipped samples); arrays
+Layout version 1 (README, "Data sets"): root attributes describe the run (model, weights hashes, dtype, method,
+composite, parameters, target, keep, data, count, size, mean, std, class map, chunk, input shape, classes, class
+names, skipped samples); arrays
 ``relevance``, ``output``, ``label``, ``target``, ``explained``, ``delta``, ``id``, ``preview``, ``done``, ``failed``
 and ``extra/<name>`` have the N samples along their first dimension. A chunk's samples are marked in ``done`` only
 after every other array of that chunk is written, so a reader (or a resumed run) trusts exactly the ``done`` chunks.
@@ -22,10 +23,17 @@ from pathlib import Path
 import numpy as np
 
 LAYOUT_VERSION = 1
-# What makes two runs the same run: a store is resumed only when all of these agree.
-IDENTITY = ("model", "weights_sha256", "method", "composite", "parameters", "target", "keep", "data", "count",
-            "input_shape", "classes")
-
+# What makes two runs the same run: every argument that changes a stored number. A store is resumed only when all
+# of these agree; each is named by the argument that sets it. --batch-size and --device change only rounding (the
+# same arithmetic in another order), --chunk the layout (kept), --workers, --engine and --address nothing stored.
+IDENTITY = {"model": "--model", "weights_sha256": "--weights", "model_sha256": "the model's weights",
+            "dtype": "the model's dtype", "method": "--method", "composite": "--composite", "parameters": "--param",
+            "target": "--target", "keep": "--keep", "data": "DATA", "count": "DATA", "size": "--size",
+            "mean": "--mean", "std": "--std", "class_map": "--class-map", "input_shape": "DATA and --size",
+            "classes": "--model"}
+# Why a value may differ although the command is the same.
+HINTS = {"model_sha256": " (a torchvision model without --weights has new random weights in every run: pass "
+                         "--weights FILE)"}
 
 class StoreError(Exception):
     """The store path or its contents cannot be used as asked; the message names the fix."""
@@ -138,12 +146,16 @@ def read_attributes(path) -> dict | None:
 
 
 def differences(stored: dict, wanted: dict) -> list[str]:
-    """'name: the store has A, this run B' for every identity attribute that differs."""
+    """'name (its argument): the store has A, this run B' for every identity attribute that differs."""
     found = []
-    for key in IDENTITY:
-        have, want = _comparable(stored.get(key)), _comparable(wanted.get(key))
-        if have != want:
-            found.append(f"{key}: the store has {stored.get(key)!r}, this run {wanted.get(key)!r}")
+    for key, argument in IDENTITY.items():
+        if key not in stored:
+            found.append(f"{key} ({argument}): not recorded in the store (an older relprop made it), this run "
+                         f"{wanted.get(key)!r}")
+            continue
+        if _comparable(stored[key]) != _comparable(wanted.get(key)):
+            found.append(f"{key} ({argument}): the store has {stored[key]!r}, this run {wanted.get(key)!r}"
+                         f"{HINTS.get(key, '')}")
     return found
 
 

@@ -25,7 +25,7 @@ class Settings:
 
     method: str = "lrp"
     composite: object = "epsilon_plus_flat"  # a name or a relprop Composite (lrp only)
-    parameters: dict = field(default_factory=dict)  # the composite's parameters, when composite is a name
+    parameters: dict = field(default_factory=dict)  # the composite's (a name) or the method's parameters
     target: object = "label"  # "label", "predicted" or a class index
     keep: str = "full"
     batch_size: int = 32
@@ -60,7 +60,11 @@ def build_attributor(model: torch.nn.Module, settings: Settings):
     if settings.method not in attribution.BY_NAME:
         raise RunError(f"unknown method {settings.method!r}; choose lrp or one of "
                        f"{', '.join(sorted(attribution.BY_NAME))}")
-    return attribution.BY_NAME[settings.method](model, **attribution.DEFAULTS_BY_NAME.get(settings.method, {}))
+    values = {**attribution.DEFAULTS_BY_NAME.get(settings.method, {}), **settings.parameters}
+    try:
+        return attribution.BY_NAME[settings.method](model, **values)
+    except (TypeError, ValueError) as error:
+        raise RunError(f"method {settings.method}: {' '.join(str(error).split())}") from None
 
 
 @dataclass
