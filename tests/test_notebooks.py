@@ -2,6 +2,7 @@
 kernel of this environment (the docs site executes them again when it is built)."""
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -33,3 +34,7 @@ def test_the_notebook_runs_without_errors_and_its_explanations_draw_themselves(n
     if notebook.stem == "image-classifier":
         assert any(page.count("<img") == 6 for page in pages)  # the Explanation drew its six heatmaps
         assert any("relevance in" in page and "<table>" in page for page in pages)  # and the report its table
+    if notebook.stem == "tokens":  # the markers that decide the toy language's class get most of the relevance
+        text = "".join(output.get("text", "") for output in outputs)
+        share = re.search(r"markers are (\d+)% of the tokens and get (\d+)% of the relevance", text)
+        assert share and int(share.group(2)) > 3 * int(share.group(1)), text
