@@ -27,7 +27,9 @@ def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
                  "reference/lrp.html",
                  "reference/rules.html", "reference/composites.html", "reference/attribution.html",
                  "reference/clusters-graphs-language.html",
-                 "reference/viz.html"]:
+                 "reference/viz.html", "how-to/composites.html", "how-to/custom-rule.html",
+                 "how-to/transformers.html", "how-to/recurrent.html", "how-to/graphs.html", "how-to/attribution.html",
+                 "how-to/concepts.html", "how-to/clusters.html", "how-to/clarc.html"]:
         assert (site / page).is_file(), page
 
 
