@@ -1,4 +1,5 @@
-"""The guides cite tests: each test docs/coming-from.md names, and each test file and test a how-to guide cites, exists."""
+"""The guides cite tests: each test docs/coming-from.md names, and each test file and test a how-to guide
+cites, exists."""
 import pathlib
 import re
 
