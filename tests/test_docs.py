@@ -1,4 +1,5 @@
-"""The guide docs/coming-from.md backs every row with a test: each test it names exists."""
+"""The guides cite tests: each test docs/coming-from.md names, and each test file and test a how-to guide
+cites, exists."""
 import pathlib
 import re
 
@@ -15,3 +16,16 @@ def test_every_test_the_coming_from_guide_names_exists():
         defined |= set(re.findall(r"^def (test_[a-z0-9_]+)", path.read_text(), flags=re.MULTILINE))
     assert len(named) > 25
     assert named <= defined, sorted(named - defined)
+
+
+def test_every_test_file_and_test_a_how_to_guide_cites_exists():
+    cited = 0
+    for page in sorted((ROOT / "docs" / "how-to").glob("*.md")):
+        text = re.sub(r"::\s*\n\s*", "::", page.read_text())  # a citation wrapped after its "::"
+        for path, name in re.findall(r"\b(tests/[\w/]+\.py)(?:::(test_\w+))?", text):
+            cited += 1
+            assert (ROOT / path).is_file(), f"{page.name} cites {path}, which does not exist"
+            if name:
+                defined = re.findall(r"^def (test_\w+)", (ROOT / path).read_text(), flags=re.MULTILINE)
+                assert name in defined, f"{page.name} cites {path}::{name}, which does not exist"
+    assert cited > 5

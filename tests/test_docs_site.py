@@ -28,7 +28,9 @@ def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
                  "reference/lrp.html",
                  "reference/rules.html", "reference/composites.html", "reference/attribution.html",
                  "reference/clusters-graphs-language.html",
-                 "reference/viz.html"]:
+                 "reference/viz.html", "how-to/composites.html", "how-to/custom-rule.html",
+                 "how-to/transformers.html", "how-to/recurrent.html", "how-to/graphs.html", "how-to/attribution.html",
+                 "how-to/concepts.html", "how-to/clusters.html", "how-to/clarc.html"]:
         assert (site / page).is_file(), page
 
 
@@ -45,3 +47,9 @@ def test_pages_open_from_file_urls_without_errors_and_link_by_file_name(site):
     assert rendered(site, "getting-started.html")[2] > 1  # the table of Explanation's attributes
     index = (site / "index.html").read_text()
     assert 'href="getting-started.html"' in index  # no directory URLs: file:// has no index.html lookup
+
+
+def test_how_to_pages_one_folder_down_load_their_pictures_from_file_urls(site):
+    decoded, images, rows = rendered(site, "how-to/concepts.html")
+    assert images >= 2 and decoded == images  # ../concepts-atlas.png, ../concepts-page.png
+    assert rendered(site, "how-to/composites.html")[2] > 20  # the composites' and rules' tables
