@@ -1,6 +1,7 @@
 """Helpers for the data-set tests: reading whole stores and comparing them bit for bit, killing runs midway."""
 import signal
 import time
+from pathlib import Path
 
 import zarr
 
@@ -50,3 +51,19 @@ def kill_once(process, progress, at_least: int, timeout: float = 180.0, kill: bo
             return done
         time.sleep(0.02)
     raise AssertionError(f"the process ended before {at_least} samples were done: {process.communicate()}")
+
+
+def damage_chunks(path) -> list[tuple[str, int]]:
+    """Damage a finished demo store (chunks of 8 samples) three ways; returns (array, first sample) of each damage.
+
+    Two bytes of a relevance chunk flipped, an output chunk cut to half its length, a label chunk file deleted
+    (Zarr alone would read the last as fill values)."""
+    flipped = Path(path) / "relevance" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    data[len(data) // 2 + 1] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    truncated = Path(path) / "output" / "c" / "2" / "0"
+    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    (Path(path) / "label" / "c" / "0").unlink()
+    return [("label", 0), ("relevance", 8), ("output", 16)]
