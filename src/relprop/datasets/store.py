@@ -99,13 +99,19 @@ def check_path(path) -> None:
 def writing(path):
     """Hold the store's writer lock while a run writes into it: a flock on a hidden file beside the store, so a
     second run (or relevance maximisation) on the same store is refused instead of interleaving with the first. The
-    kernel drops the lock when its process dies, even by SIGKILL, so the next run resumes at once. Stores behind a
-    URL are not locked."""
+    kernel drops the lock when its process dies, even by SIGKILL, so the next run resumes at once. Stores on S3
+    hold a lease object instead (:mod:`relprop.datasets.lease`); other URLs are not locked."""
     try:
         import fcntl
     except ImportError:  # not on this platform: no lock
         fcntl = None
-    if is_remote(path) or fcntl is None:
+    if is_remote(path):
+        from .lease import holding
+
+        with holding(path):
+            yield
+        return
+    if fcntl is None:
         yield
         return
     path = Path(path).resolve()
