@@ -387,6 +387,9 @@ def done_mask(group, count: int, chunk: int) -> np.ndarray:
 
 
 # ---- checksums ----------------------------------------------------------------------------------------------------
+MISMATCH = "its values do not match their checksum (a changed or missing chunk file)"
+
+
 @dataclass(frozen=True)
 class Damage:
     """A done chunk whose data cannot be trusted: which samples, which array, why."""
@@ -447,7 +450,7 @@ def _checked(group, name: str, start: int, stop: int, row=None):
         if isinstance(row, Damage):
             return None, row
     if values_checksum(values, group[name].dtype) != int(row[names.index(name)]):
-        return None, Damage(start, stop, name, "its values do not match their checksum (a changed or missing chunk file)")
+        return None, Damage(start, stop, name, MISMATCH)
     return values, None
 
 
@@ -468,8 +471,7 @@ def checked_whole(group, name: str, done: np.ndarray) -> np.ndarray:
             read_checked(group, name, start, stop)
         elif name in names and values_checksum(values[start:stop], group[name].dtype) != rows[start // chunk,
                                                                                              names.index(name)]:
-            raise StoreError(_damaged(group, Damage(start, stop, name, "its values do not match their checksum (a "
-                                                    "changed or missing chunk file)")))
+            raise StoreError(_damaged(group, Damage(start, stop, name, MISMATCH)))
     return values if values is not None else group[name][:]
 
 
