@@ -2,11 +2,9 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -14,48 +12,10 @@ import pytest
 import relprop.datasets as datasets
 from relprop.datasets import store as store_module
 
-from tests.datasets.helpers import assert_same_store, kill_once
+from tests.datasets.helpers import RAY, Node, assert_same_store, free_port, kill_once, wait_for_cpus
 
 pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Node:
-    """One `ray start --block` in a session of its own, so that it and every process it starts can be stopped."""
-
-    def __init__(self, arguments, env, log):
-        self.process = subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
-                                         "--object-store-memory", str(80 * 2 ** 20), *arguments], env=env,
-                                        start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-    def processes(self) -> list:
-        try:
-            return psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def raylet(self):
-        return next((p for p in self.processes() if p.name() == "raylet"), None)
-
-    def stop(self):
-        started = self.processes()
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:  # it ended by itself
-            pass
-        for process in started:  # workers the raylet started, if any left the session
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.process.wait()
+pytest.importorskip("psutil")
 
 
 @pytest.fixture
@@ -75,18 +35,7 @@ def cluster(tmp_path, dataset_file):
     try:
         nodes.append(Node(["--address", f"127.0.0.1:{port}"],
                           dict(env, SHAPES_STOP_AT="0", SHAPES_HELD=str(tmp_path / "held")), tmp_path / "worker.log"))
-        deadline = time.monotonic() + 180  # bounded: both nodes register within a minute even on a loaded machine
-        while time.monotonic() < deadline:
-            ended = [node for node in nodes if node.process.poll() is not None]
-            logs = (tmp_path / "head.log", tmp_path / "worker.log")
-            assert not ended, [Path(log).read_text()[-2000:] for log in logs]
-            status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
-                                    text=True, env=env)
-            if "2.0 CPU" in status.stdout.replace("0.0/2.0 CPU", "2.0 CPU"):
-                break
-            time.sleep(1)
-        else:
-            raise AssertionError(f"the two Ray nodes did not come up: {status.stdout} {status.stderr}")
+        wait_for_cpus(f"127.0.0.1:{port}", 2, nodes, env)
         yield f"127.0.0.1:{port}", nodes, env
     finally:
         for node in reversed(nodes):
