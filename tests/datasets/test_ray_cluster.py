@@ -43,8 +43,8 @@ def cluster(tmp_path, dataset_file):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow  # two Ray nodes start, one is killed, the store is resumed: about 50 s on 2 loaded cores
-def test_a_worker_node_killed_mid_run_loses_only_its_unfinished_chunk_and_the_store_ends_bit_identical(
+@pytest.mark.slow  # two Ray nodes start, a node and a driver are killed, the store is resumed: about 80 s here
+def test_a_worker_node_then_a_driver_killed_mid_run_lose_only_unfinished_chunks_and_the_store_ends_bit_identical(
         cluster, dataset_file, tmp_path):
     address, (_, worker), env = cluster
     data, store = f"{dataset_file}:quick", tmp_path / "run.zarr"
@@ -65,6 +65,20 @@ def test_a_worker_node_killed_mid_run_loses_only_its_unfinished_chunk_and_the_st
                                    and "the same command resumes" in stderr), stderr[-3000:]
     found = datasets.open_store(store)
     assert store_module.verify(found.group) == []  # nothing marked done without its data
+    # the same command on what is left (the head node), its driver SIGKILLed once it says it resumes
+    driver = subprocess.Popen([sys.executable, "-m", "relprop", "run", *map(str, arguments), "--engine", "ray",
+                               "--address", address], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    said = []
+    for line in driver.stderr:  # ends at the driver's exit if it never says so
+        said.append(line)
+        if "resuming" in line:
+            break
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert any("resuming" in line for line in said), said
+    found = datasets.open_store(store)
+    assert store_module.verify(found.group) == []
     finished = int(found.done.sum())
     local = tmp_path / "local.zarr"
     datasets.run("demo", data, local, batch_size=4, chunk=4, progress=False)
