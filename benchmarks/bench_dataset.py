@@ -9,12 +9,16 @@ touches every variant alike):
 - relprop run: datasets.run(...) into a fresh store (reading, explaining, writing, done flags);
 - zennit loop / captum loop: the loop a user writes by hand: read the samples, explain with the peer, write
   relevance, output, label and done flags into a Zarr store chunked the same way.
-Then --engine ray with 2 actors against --engine local on the demo data (Ray's start-up shown apart), and the
-arithmetic for ImageNet train (1.28M images): time per image, store size per --keep.
+Then --engine ray with 2 actors against --engine local on the demo data (Ray's start-up shown apart), the arithmetic
+for ImageNet train (1.28M images): time per image, store size per --keep, and (--parts nodes) --engine ray on a
+cluster of separate processes: a head without CPUs and 1, then 2 worker nodes of 1 CPU each.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 import statistics
 import tempfile
 import time
@@ -193,6 +197,37 @@ def ray_versus_local(count, batch_size, folder):
     return results
 
 
+def ray_nodes(count, batch_size, folder):
+    """samples/s of `relprop run --engine ray --address` with 1 and 2 worker nodes (one actor each) on this machine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.datasets.helpers import Node, free_port, wait_for_cpus
+
+    os.environ["RAY_AUTH_MODE"] = "token"  # the nodes and this driver alike (README, Ray section)
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    address, temp = f"127.0.0.1:{free_port()}", tempfile.mkdtemp(prefix="relprop-ray-", dir="/tmp")
+    nodes = [Node(["--head", "--port", address.rsplit(":", 1)[1], "--temp-dir", temp, "--include-dashboard=false"],
+                  env, folder / "head.log", cpus=0)]
+    results = {}
+    try:
+        for workers in (1, 2):
+            nodes.append(Node(["--address", address], env, folder / f"worker-{workers}.log"))
+            wait_for_cpus(address, workers, nodes, env)
+            path = Path(tempfile.mkdtemp(dir=folder)) / "nodes.zarr"
+            began = time.perf_counter()
+            datasets.run("demo", f"demo:{count}", path, batch_size=batch_size, chunk=batch_size, engine="ray",
+                         address=address, progress=False)
+            results[workers] = time.perf_counter() - began
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+    print(f"\nRay cluster on this machine (head without CPUs, worker nodes of 1 CPU), demo:{count}, batch and chunk "
+          f"{batch_size}, joining included")
+    for workers, value in results.items():
+        print(f"{workers} worker node(s) {value:7.2f} s  {count / value:7.1f} samples/s")
+    return results
+
+
 def arithmetic(per_image_s: float, compressed_ratio: float):
     print(f"\nImageNet train ({IMAGENET_TRAIN:,} images), ResNet-50 at 224:")
     hours = IMAGENET_TRAIN * per_image_s / 3600
@@ -212,7 +247,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
-    parser.add_argument("--parts", default="demo,resnet,ray", help="which comparisons, e.g. resnet or demo,ray")
+    parser.add_argument("--parts", default="demo,resnet,ray",
+                        help="which comparisons, e.g. resnet or demo,ray; nodes: Ray with 1 and 2 worker nodes")
     arguments = parser.parse_args()
     rounds, demo_count, resnet_count = (1, 64, 4) if arguments.quick else (3, 512, 8)
     torch.set_num_threads(arguments.threads)
@@ -233,6 +269,8 @@ def main():
             arithmetic(seconds["relprop run (store)"][0] / resnet_count, stored / (relevance.size * 4))
         if "ray" in parts and not arguments.no_ray:
             ray_versus_local(demo_count, 32, folder)
+        if "nodes" in parts and not arguments.no_ray:
+            ray_nodes(demo_count * 4, 32, folder)
 
 
 if __name__ == "__main__":

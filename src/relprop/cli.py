@@ -797,6 +797,30 @@ def run(data, model_spec, store_path, weights, method, composite, params, target
         sys.exit(EXIT_SOME_FAILED)
 
 
+@main.command(name="verify")
+@click.argument("store", metavar="STORE")
+def verify(store):
+    """Check every done chunk of a store against its checksums; name the damaged ones (exit 1 if any)."""
+    from . import datasets
+
+    try:
+        opened = datasets.open_store(store)
+        damaged = datasets.store.verify(opened.group)
+    except datasets.StoreError as error:
+        raise Failure(" ".join(str(error).split())) from None
+    done, chunk = opened.done, opened.chunk
+    chunks = sum(bool(done[start:start + chunk].all()) for start in range(0, opened.count, chunk))
+    for damage in damaged:
+        click.echo(f"relprop: damaged: {damage}", err=True)
+    checked = "checksums" if "checksum" in opened.group else "readable files (a store made before checksums)"
+    if damaged:
+        click.echo(f"{store}: {len({d.start for d in damaged})} of {chunks} done chunks are damaged; "
+                   "`relprop run` with the same arguments recomputes them")
+        sys.exit(EXIT_SOME_FAILED)
+    click.echo(f"{store}: all {chunks} done chunks match their {checked}; {int(done.sum())} of {opened.count} "
+               "samples done")
+
+
 @main.command(name="composites")
 def list_composites():
     """List the composites with their parameters."""

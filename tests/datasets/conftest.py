@@ -3,7 +3,8 @@ import pytest
 
 # A data set file for runs in subprocesses: demo shapes, one unreadable sample (5), ids of its own, an optional delay
 # per sample, and a gate: with SHAPES_STOP_AT=N, reading sample N or later waits forever, so a run holds at a known
-# point (samples before N written, its lock held) until the test kills it, however slow or loaded the machine is.
+# point (samples before N written, its lock held) until the test kills it, however slow or loaded the machine is;
+# SHAPES_HELD=FILE creates FILE when a reader is held there.
 DATASET_FILE = '''
 import os, threading, time
 import torch
@@ -22,6 +23,8 @@ class Shapes(torch.utils.data.Dataset):
     def __getitem__(self, index):
         stop = os.environ.get("SHAPES_STOP_AT")
         if stop is not None and index >= int(stop):
+            if os.environ.get("SHAPES_HELD"):  # tells the test that a reader is held now
+                open(os.environ["SHAPES_HELD"], "a").close()
             threading.Event().wait()  # held here until the test kills the process
         time.sleep(self.delay)
         if index == 5:

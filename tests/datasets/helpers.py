@@ -1,6 +1,12 @@
-"""Helpers for the data-set tests: reading whole stores and comparing them bit for bit, killing runs midway."""
+"""Helpers for the data-set tests (and benchmarks/bench_dataset.py): reading whole stores and comparing them bit for
+bit, killing runs midway, Ray nodes as separate processes."""
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import zarr
 
@@ -50,3 +56,75 @@ def kill_once(process, progress, at_least: int, timeout: float = 180.0, kill: bo
             return done
         time.sleep(0.02)
     raise AssertionError(f"the process ended before {at_least} samples were done: {process.communicate()}")
+
+
+def damage_chunks(path) -> list[tuple[str, int]]:
+    """Damage a finished demo store (chunks of 8 samples) three ways; returns (array, first sample) of each damage.
+
+    Two bytes of a relevance chunk flipped, an output chunk cut to half its length, a label chunk file deleted
+    (Zarr alone would read the last as fill values)."""
+    flipped = Path(path) / "relevance" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    data[len(data) // 2 + 1] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    truncated = Path(path) / "output" / "c" / "2" / "0"
+    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    (Path(path) / "label" / "c" / "0").unlink()
+    return [("label", 0), ("relevance", 8), ("output", 16)]
+
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Node:
+    """One `ray start --block` in a session of its own, so that it and every process it starts can be stopped."""
+
+    def __init__(self, arguments, env, log, cpus: int = 1):
+        self.process = subprocess.Popen([RAY, "start", "--block", "--num-cpus", str(cpus), "--node-ip-address",
+                                         "127.0.0.1", "--object-store-memory", str(80 * 2 ** 20), *arguments],
+                                        env=env, start_new_session=True, stdout=open(log, "w"),
+                                        stderr=subprocess.STDOUT)
+
+    def processes(self) -> list:
+        import psutil
+
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def raylet(self):
+        return next((p for p in self.processes() if p.name() == "raylet"), None)
+
+    def stop(self):
+        started = self.processes()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended by itself
+            pass
+        for process in started:  # workers the raylet started, if any left the session
+            try:
+                process.kill()
+            except Exception:  # gone already
+                pass
+        self.process.wait()
+
+
+def wait_for_cpus(address: str, cpus: int, nodes: list, env: dict, timeout: float = 180.0) -> None:
+    """Until the cluster at address has cpus CPUs (every node registered); AssertionError if a node ends first."""
+    deadline = time.monotonic() + timeout  # bounded: nodes register within a minute even on a loaded machine
+    while time.monotonic() < deadline:
+        ended = [node.process.args for node in nodes if node.process.poll() is not None]
+        assert not ended, f"a Ray node ended: {ended}"
+        status = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, env=env)
+        if f"/{cpus}.0 CPU" in status.stdout:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray cluster did not reach {cpus} CPUs: {status.stdout} {status.stderr}")

@@ -226,3 +226,20 @@ def test_composite_with_another_method_is_refused_and_param_reaches_every_method
                     "--param", "steps=3")
     assert result.exit_code == 0, result.output
     assert datasets.open_store(tmp_path / "ig.zarr").attrs["parameters"] == {"steps": 3}
+
+
+def test_verify_exits_0_on_an_intact_store_and_1_naming_each_damaged_chunk(tmp_path):
+    from tests.datasets.helpers import damage_chunks
+
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:20", path, batch_size=4, chunk=8, progress=False)
+    intact = CliRunner().invoke(cli.main, ["verify", str(path)])
+    assert intact.exit_code == 0 and "all 3 done chunks match their checksums; 20 of 20 samples done" in intact.output
+    damage_chunks(path)
+    damaged = CliRunner().invoke(cli.main, ["verify", str(path)])
+    assert damaged.exit_code == 1, damaged.output
+    for named in ("samples 0..7, array label", "samples 8..15, array relevance", "samples 16..19, array output",
+                  "3 of 3 done chunks are damaged"):
+        assert named in damaged.output
+    missing = CliRunner().invoke(cli.main, ["verify", str(tmp_path)])
+    assert missing.exit_code == 2 and "is not a relprop store" in missing.output

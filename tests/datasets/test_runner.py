@@ -11,7 +11,7 @@ import relprop.datasets as datasets
 from relprop.datasets import sources, store as store_module
 from relprop.demo import load
 
-from tests.datasets.helpers import assert_same_store, kill_once, read_store
+from tests.datasets.helpers import assert_same_store, damage_chunks, kill_once, read_store
 
 
 def cli(*args, stop_at=None):
@@ -409,3 +409,42 @@ def test_default_chunk_is_whole_batches_of_about_four_mebibytes_of_relevance():
     assert default_chunk(32, "channels", (3, 32, 32)) == 32 * 32
     assert default_chunk(4, "full", (3, 224, 224)) == 8  # 588 KiB a sample
     assert default_chunk(64, "float16", (3, 224, 224)) == 64  # never less than one batch
+
+
+def test_a_resume_names_and_recomputes_damaged_chunks_and_the_store_ends_bit_identical(tmp_path, capsys):
+    untouched, damaged = tmp_path / "untouched.zarr", tmp_path / "damaged.zarr"
+    datasets.run("demo", "demo:20", untouched, batch_size=4, chunk=8, progress=False)
+    datasets.run("demo", "demo:20", damaged, batch_size=4, chunk=8, progress=False)
+    capsys.readouterr()
+    named = damage_chunks(damaged)
+    summary = datasets.run("demo", "demo:20", damaged, batch_size=4, chunk=8, progress=False)
+    notes = capsys.readouterr().err
+    for array, start in named:
+        assert f"samples {start}..{min(start + 8, 20) - 1}, array {array}:" in notes and "explaining this chunk again" in notes
+    assert summary.explained == 20 and summary.already_done == 0
+    assert_same_store(untouched, damaged)
+    assert store_module.verify(datasets.open_store(damaged).group) == []
+
+
+def test_chunk_files_and_their_folders_are_synced_before_the_done_flags(tmp_path, monkeypatch):
+    import zarr
+
+    path, events = tmp_path / "run.zarr", []
+    fsync, setitem = os.fsync, zarr.Array.__setitem__
+
+    def synced(handle):
+        events.append(os.readlink(f"/proc/self/fd/{handle}"))
+        fsync(handle)
+
+    def written(array, key, value):
+        if array.path == "done":
+            events.append("done")
+        setitem(array, key, value)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(zarr.Array, "__setitem__", written)
+    datasets.run("demo", "demo:8", path, batch_size=4, chunk=4, progress=False)
+    first_done = events.index("done")
+    for name in ("relevance/c/0/0/0/0", "output/c/0/0", "id/c/0", "checksum/c/0/0", "relevance/c/0", "relevance/c"):
+        assert str(path / name) in events[:first_done], name
+    assert str(path / "relevance/c/1/0/0/0") in events[first_done:]

@@ -1,6 +1,7 @@
 """The store layout (version 1) as agreed with the SpRAy and evaluation work, and reading it back."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import pytest
 import relprop.datasets as datasets
 from relprop.datasets import store as store_module
 from relprop.datasets.store import Shapes
+
+from tests.datasets.helpers import damage_chunks
 
 
 def make(path, keep="full", count=10, chunk=4, preview=(3, 32, 32), extras=None):
@@ -32,7 +35,7 @@ def test_new_store_has_the_agreed_arrays_chunked_by_samples(tmp_path, keep, shap
         assert array.shape == array_shape and str(array.dtype) == array_dtype, name
         assert array.chunks == (4, *array_shape[1:]), name  # whole samples per chunk: writers never share a file
     assert opened["id"].shape == (10,) and opened["id"][0] == ""
-    assert opened.arrays() == sorted([*expected, "id"])
+    assert opened.arrays() == sorted([*expected, "id", "checksum"])  # checksum: one row per chunk
     metadata = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
     assert metadata["zarr_format"] == 3
     attributes = opened.attrs
@@ -52,6 +55,8 @@ def test_chunks_yields_only_the_done_chunks(tmp_path):
     opened = make(tmp_path / "s.zarr")
     group = datasets.open_store(tmp_path / "s.zarr", mode="r+").group
     group["label"][4:8] = np.arange(4)
+    values = {name: group[name][4:8] for name in store_module.checked_names(group)}
+    group["checksum"][1] = store_module.chunk_checksums(group, values)  # as a run writes it, before the done flags
     group["done"][4:8] = True
     found = list(opened.chunks(("label",)))
     assert [(start, stop) for start, stop, _ in found] == [(4, 8)]
@@ -104,3 +109,40 @@ def test_a_second_writer_of_a_store_is_refused_until_the_first_lets_go(tmp_path)
     with store_module.writing(path):  # released, and the lock file gone with it
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished demo store of 20 samples in chunks of 8 (the last chunk short), kept untouched."""
+    path = tmp_path_factory.mktemp("finished") / "run.zarr"
+    datasets.run("demo", "demo:20", path, batch_size=4, chunk=8, progress=False)
+    return path
+
+
+def test_every_chunk_file_carries_a_crc32c_and_every_done_chunk_a_checksum_row(finished):
+    opened = datasets.open_store(finished)
+    for name in opened.arrays():
+        assert [codec.to_dict()["name"] for codec in opened[name].metadata.codecs][-1] == "crc32c", name
+    checksums = opened["checksum"]
+    assert checksums.shape == (3, len(checksums.attrs["arrays"])) and "done" not in checksums.attrs["arrays"]
+    import google_crc32c  # the independent reference: CRC32C of the bytes of the values as read back
+    column = checksums.attrs["arrays"].index("relevance")
+    for row, start in enumerate(range(0, 20, 8)):
+        values = np.ascontiguousarray(opened["relevance"][start:start + 8])
+        assert checksums[row, column] == google_crc32c.value(values.tobytes())
+    assert store_module.verify(opened.group) == []
+
+
+def test_verify_names_each_flipped_truncated_or_missing_chunk_and_readers_refuse_them(finished, tmp_path):
+    path = tmp_path / "run.zarr"
+    shutil.copytree(finished, path)
+    damaged = damage_chunks(path)
+    opened = datasets.open_store(path)
+    found = store_module.verify(opened.group)
+    assert [(damage.array, damage.start) for damage in found] == damaged
+    assert "unreadable" in str(found[1]) and "do not match their checksum" in str(found[0])
+    with pytest.raises(datasets.StoreError, match=r"samples 8..15, array relevance: unreadable"):
+        list(opened.chunks(("relevance",)))
+    with pytest.raises(datasets.StoreError, match=r"samples 0..7, array label: its values do not match"):
+        opened.rows("label", [1, 9])
+    assert opened.rows("label", [10, 9]).tolist() == datasets.open_store(finished).rows("label", [10, 9]).tolist()

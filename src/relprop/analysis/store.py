@@ -37,15 +37,25 @@ def explained(root) -> np.ndarray:
 
     done = done_mask(root, int(root.attrs["count"]), chunk_size(root))
     if "failed" in root:
-        done &= ~np.asarray(root["failed"][:], dtype=bool)
+        done &= ~np.asarray(_checked_whole(root, "failed"), dtype=bool)
     return done
 
 
 def classes_of(root) -> np.ndarray:
     """(N,) the class each heatmap explains: the store's target, or the label where the target is not a class."""
-    target = np.asarray(root["target"][:], dtype=np.int64)
-    label = np.asarray(root["label"][:], dtype=np.int64)
+    target = np.asarray(_checked_whole(root, "target"), dtype=np.int64)
+    label = np.asarray(_checked_whole(root, "label"), dtype=np.int64)
     return np.where(target >= 0, target, label)
+
+
+def _checked_whole(root, name: str) -> np.ndarray:
+    """A whole small array, its done chunks checked against their checksums (ValueError naming a damaged one)."""
+    from ..datasets.store import StoreError, checked_whole, done_mask
+
+    try:
+        return checked_whole(root, name, done_mask(root, int(root.attrs["count"]), chunk_size(root)))
+    except StoreError as error:
+        raise ValueError(str(error)) from None
 
 
 def chunk_size(root) -> int:
@@ -54,7 +64,13 @@ def chunk_size(root) -> int:
 
 
 def read_chunks(array, indices: np.ndarray, chunk: int):
-    """Yield (positions into indices, rows of array) for sorted store indices, one stored chunk at a time."""
+    """Yield (positions into indices, rows of array) for sorted store indices, one stored chunk at a time, each
+    checked against its checksum (a ValueError names a damaged chunk instead of reading it as data)."""
+    import zarr
+
+    from ..datasets.store import StoreError, read_checked
+
+    root = zarr.open_group(array.store, mode="r")
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         return
@@ -65,7 +81,10 @@ def read_chunks(array, indices: np.ndarray, chunk: int):
     for group in np.split(np.arange(len(sorted_indices)), boundaries):
         wanted = sorted_indices[group]
         start = int(chunk_of[group[0]]) * chunk
-        block = np.asarray(array[start:min(start + chunk, array.shape[0])])
+        try:
+            block = np.asarray(read_checked(root, array.path, start, min(start + chunk, array.shape[0])))
+        except StoreError as error:
+            raise ValueError(str(error)) from None
         yield order[group], block[wanted - start]
 
 

@@ -129,7 +129,7 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     store_module.clear_partial_writes(store)
 
     worker = ChunkWorker(model, source, settings, store, shapes)
-    done = store_module.done_mask(worker.group, shapes.count, shapes.chunk)
+    done = _without_damaged_chunks(worker.group, store, shapes)
     already = int(done.sum())
     _recover_messages(worker, done)
     starts = [start for start in range(0, shapes.count, shapes.chunk)
@@ -163,6 +163,20 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     _recover_messages(worker, store_module.done_mask(worker.group, shapes.count, shapes.chunk))
     skipped = list(worker.group.attrs.get("skipped", []))
     return Summary(str(store), shapes.count, explained, already, skipped, seconds, store_module.size_on_disk(store))
+
+
+def _without_damaged_chunks(group, store, shapes: Shapes) -> np.ndarray:
+    """The done flags after checking every done chunk against its checksums; a damaged chunk is named, marked not
+    done (before anything else is written, so a kill now still leaves it to recompute) and explained again."""
+    done = store_module.done_mask(group, shapes.count, shapes.chunk)
+    damaged = store_module.verify(group, done)
+    for damage in damaged:
+        note(f"{store}: {damage}; explaining this chunk again")
+    for start in sorted({damage.start for damage in damaged}):
+        stop = min(start + shapes.chunk, shapes.count)
+        group["done"][start:stop] = np.zeros(stop - start, dtype=bool)
+        done[start:stop] = False
+    return done
 
 
 def default_chunk(batch_size: int, keep: str, input_shape: tuple) -> int:

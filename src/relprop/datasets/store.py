@@ -8,11 +8,18 @@ and ``extra/<name>`` have the N samples along their first dimension. A chunk's s
 after every other array of that chunk is written, so a reader (or a resumed run) trusts exactly the ``done`` chunks.
 Writers of different chunks touch different files, which is what lets Ray actors share one store. One run writes a
 store at a time: it holds a lock beside it while it writes (``writing``).
+
+Chunks prove their data twice over: every chunk file ends with a CRC32C of its bytes (Zarr's ``crc32c`` codec, so
+any reader fails on a flipped or truncated file instead of decoding it), and before a chunk is marked done its row
+of ``checksum`` records a CRC32C of each array's values in it (so a chunk file that went missing, which Zarr would
+read as fill values, is caught too). On a local file system the chunk files and their folders are synced to disk
+before the done flags are written, so a power loss cannot leave a done chunk without its data.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import shutil
 import socket
@@ -92,13 +99,19 @@ def check_path(path) -> None:
 def writing(path):
     """Hold the store's writer lock while a run writes into it: a flock on a hidden file beside the store, so a
     second run (or relevance maximisation) on the same store is refused instead of interleaving with the first. The
-    kernel drops the lock when its process dies, even by SIGKILL, so the next run resumes at once. Stores behind a
-    URL are not locked."""
+    kernel drops the lock when its process dies, even by SIGKILL, so the next run resumes at once. Stores on S3
+    hold a lease object instead (:mod:`relprop.datasets.lease`); other URLs are not locked."""
     try:
         import fcntl
     except ImportError:  # not on this platform: no lock
         fcntl = None
-    if is_remote(path) or fcntl is None:
+    if is_remote(path):
+        from .lease import holding
+
+        with holding(path):
+            yield
+        return
+    if fcntl is None:
         yield
         return
     path = Path(path).resolve()
@@ -201,7 +214,8 @@ def _create_arrays(group, attributes: dict, shapes: Shapes, keep: str) -> None:
     relevance_shape, relevance_dtype = relevance_layout(keep, shapes.input_shape)
 
     def array(name, shape, dtype, fill_value):
-        group.create_array(name, shape=(count, *shape), chunks=(chunk, *shape), dtype=dtype, fill_value=fill_value)
+        group.create_array(name, shape=(count, *shape), chunks=(chunk, *shape), dtype=dtype, fill_value=fill_value,
+                           compressors=_compressors())
 
     array("relevance", relevance_shape, relevance_dtype, 0)
     array("output", (shapes.classes,), "float32", float("nan"))
@@ -216,7 +230,25 @@ def _create_arrays(group, attributes: dict, shapes: Shapes, keep: str) -> None:
     array("done", (), "bool", False)
     for name, (shape, dtype) in shapes.extras.items():
         array(f"extra/{name}", tuple(shape), np.dtype(dtype).name, 0)
+    checked = sorted(name for name in _array_names(group) if name != "done")
+    chunks = -(-count // chunk)
+    group.create_array("checksum", shape=(chunks, len(checked)), chunks=(1, len(checked)), dtype="uint32",
+                       fill_value=0, compressors=_compressors(), attributes={"arrays": checked})
     group.attrs.update(attributes)
+
+
+def _compressors():
+    """Zarr's default compression, then a CRC32C of the compressed bytes: a damaged chunk file fails to decode."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0), Crc32cCodec()]
+
+
+def _array_names(group) -> list[str]:
+    names = [name for name, _ in group.arrays()]
+    if "extra" in group:
+        names += [f"extra/{name}" for name, _ in group["extra"].arrays()]
+    return sorted(names)
 
 
 def remove(path) -> None:
@@ -284,14 +316,24 @@ class Store:
         except KeyError:
             raise KeyError(f"the store has no array {name!r}; it has {', '.join(self.arrays())}") from None
 
+    def rows(self, name: str, indices) -> np.ndarray:
+        """The array's rows at indices (done samples), read whole chunks at a time, each checked."""
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = None
+        for start in np.unique(indices // self.chunk * self.chunk):
+            stop = min(int(start) + self.chunk, self.count)
+            block = read_checked(self.group, name, int(start), stop)
+            if rows is None:
+                rows = np.empty((len(indices), *block.shape[1:]), dtype=block.dtype)
+            inside = (indices >= start) & (indices < stop)
+            rows[inside] = block[indices[inside] - start]
+        return rows if rows is not None else self[name][:0]
+
     def __contains__(self, name: str) -> bool:
         return name in self.arrays()
 
     def arrays(self) -> list[str]:
-        names = [name for name, _ in self.group.arrays()]
-        if "extra" in self.group:
-            names += [f"extra/{name}" for name, _ in self.group["extra"].arrays()]
-        return sorted(names)
+        return _array_names(self.group)
 
     @property
     def done(self) -> np.ndarray:
@@ -311,9 +353,12 @@ class Store:
         arrays = {name: self[name] for name in names}
         for start in range(0, self.count, self.chunk):
             stop = min(start + self.chunk, self.count)
-            if only_done and not done[start:stop].all():
+            finished = done[start:stop].all()
+            if only_done and not finished:
                 continue
-            yield start, stop, {name: array[start:stop] for name, array in arrays.items()}
+            # a done chunk is checked against its checksums; one not done holds no data to prove yet
+            yield start, stop, {name: read_checked(self.group, name, start, stop) if finished
+                                else arrays[name][start:stop] for name in arrays}
 
     def __repr__(self):
         done = int(self.done.sum())
@@ -339,6 +384,165 @@ def done_mask(group, count: int, chunk: int) -> np.ndarray:
             except Exception:
                 pass
         return mask
+
+
+# ---- checksums ----------------------------------------------------------------------------------------------------
+MISMATCH = "its values do not match their checksum (a changed or missing chunk file)"
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A done chunk whose data cannot be trusted: which samples, which array, why."""
+
+    start: int
+    stop: int
+    array: str
+    reason: str
+
+    def __str__(self):
+        return f"samples {self.start}..{self.stop - 1}, array {self.array}: {self.reason}"
+
+
+def checked_names(group) -> list[str]:
+    """The arrays whose values the checksum rows cover, in column order ([] for stores made before checksums)."""
+    return list(group["checksum"].attrs["arrays"]) if "checksum" in group else []
+
+
+def values_checksum(values, dtype) -> int:
+    """CRC32C of a chunk's values as stored: the same number for the values written and the values read back."""
+    import google_crc32c
+
+    if np.dtype(dtype).kind in "OUST":  # the id strings
+        data = json.dumps([str(value) for value in np.asarray(values, dtype=object).reshape(-1)]).encode()
+    else:
+        values = np.ascontiguousarray(np.asarray(values, dtype=dtype))
+        if values.dtype.kind == "f":  # one NaN for all: Zarr reads a chunk it skipped as all-NaN as its fill NaN
+            values = np.where(np.isnan(values), np.array(np.nan, dtype=values.dtype), values)
+        data = values.tobytes()
+    return int(google_crc32c.value(data))
+
+
+def chunk_checksums(group, arrays: dict) -> np.ndarray:
+    """A chunk's checksum row from the values about to be written (arrays: name -> values)."""
+    names = checked_names(group)
+    return np.array([values_checksum(arrays[name], group[name].dtype) for name in names], dtype=np.uint32)
+
+
+def read_checked(group, name: str, start: int, stop: int):
+    """An array's values in one done chunk, or StoreError naming the chunk when its bytes or values are damaged."""
+    values, damage = _checked(group, name, start, stop)
+    if damage is not None:
+        raise StoreError(_damaged(group, damage))
+    return values
+
+
+def _checked(group, name: str, start: int, stop: int, row=None):
+    """(values, None), or (None, the Damage found) for one array of the chunk at start; row: its checksum row."""
+    try:
+        values = group[name][start:stop]
+    except Exception as error:
+        return None, Damage(start, stop, name, _unreadable(error))
+    names = checked_names(group)
+    if name not in names:  # a store made before checksums: the chunk files' own CRC32C (if any) was checked
+        return values, None
+    if row is None:
+        row = _checksum_row(group, start)
+        if isinstance(row, Damage):
+            return None, row
+    if values_checksum(values, group[name].dtype) != int(row[names.index(name)]):
+        return None, Damage(start, stop, name, MISMATCH)
+    return values, None
+
+
+def checked_whole(group, name: str, done: np.ndarray) -> np.ndarray:
+    """A whole (small) array, its done chunks checked against their checksums; StoreError names a damaged one."""
+    try:
+        values = group[name][:]
+        rows = group["checksum"][:] if "checksum" in group else None
+    except Exception:  # a damaged chunk file somewhere: find and name it
+        values = rows = None
+    chunk, count = int(group.attrs["chunk"]), int(group.attrs["count"])
+    names = checked_names(group)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        if not done[start:stop].all():
+            continue
+        if values is None:
+            read_checked(group, name, start, stop)
+        elif name in names and values_checksum(values[start:stop], group[name].dtype) != rows[start // chunk,
+                                                                                             names.index(name)]:
+            raise StoreError(_damaged(group, Damage(start, stop, name, MISMATCH)))
+    return values if values is not None else group[name][:]
+
+
+def _checksum_row(group, start: int):
+    chunk = int(group.attrs["chunk"])
+    try:
+        return np.asarray(group["checksum"][start // chunk])
+    except Exception as error:
+        count = int(group.attrs["count"])
+        return Damage(start, min(start + chunk, count), "checksum", _unreadable(error))
+
+
+def _unreadable(error: Exception) -> str:
+    return f"unreadable ({' '.join(str(error).split())[:200]})"
+
+
+def _damaged(group, damage: Damage) -> str:
+    where = group.store_path if hasattr(group, "store_path") else "the store"
+    return (f"{where}: {damage}; this chunk is damaged, so it is not read as data: run `relprop run` again with the "
+            "same arguments to recompute it (`relprop verify STORE` lists every damaged chunk)")
+
+
+def verify(group, done=None) -> list[Damage]:
+    """Every done chunk's damage: files that cannot be read, values that differ from the chunk's checksum row."""
+    count, chunk = int(group.attrs["count"]), int(group.attrs["chunk"])
+    if done is None:
+        done = done_mask(group, count, chunk)
+    names = checked_names(group) or [name for name in _array_names(group) if name != "done"]
+    found = []
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        if not done[start:stop].all():
+            continue
+        row = _checksum_row(group, start) if "checksum" in group else None
+        if isinstance(row, Damage):
+            found.append(row)
+            continue
+        found += [damage for name in names if (damage := _checked(group, name, start, stop, row)[1]) is not None]
+    return found
+
+
+def sync_chunk(group, path, names, start: int) -> None:
+    """fsync the chunk files of the chunk at start and every folder on their way up to the store (local stores):
+    the data is on disk before the done flags say so. Stores behind a URL are durable once written."""
+    if is_remote(path) or not hasattr(os, "O_DIRECTORY"):
+        return
+    root = Path(path)
+    chunk = int(group.attrs["chunk"])
+    folders = set()
+    for name in names:
+        array = group[name]
+        key = array.metadata.encode_chunk_key((start // chunk, *([0] * (array.ndim - 1))))
+        file = root / name / key
+        try:
+            _fsync(file, os.O_RDONLY)
+        except FileNotFoundError:  # Zarr writes no file for a chunk of fill values only
+            continue
+        folder = file.parent
+        while folder != root and folder not in folders:
+            folders.add(folder)
+            folder = folder.parent
+    for folder in sorted(folders, key=lambda f: -len(f.parts)):  # new folders first, then what holds them
+        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path, flags: int) -> None:
+    handle = os.open(path, flags)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def size_on_disk(path) -> int | None:

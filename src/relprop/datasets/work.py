@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .sources import Sample, Source
+from . import store as store_module
 from .store import Shapes
 
 
@@ -85,6 +86,7 @@ class ChunkWorker:
         self.model, self.source, self.settings, self.shapes = model, source, settings, shapes
         self.device = torch.device(device) if device is not None else _device_of(model)
         self.attributor = build_attributor(model, settings)
+        self.store_path = store_path
         self.group = zarr.open_group(str(store_path), mode="r+")
 
     def read(self, start: int, executor=None) -> list:
@@ -182,12 +184,18 @@ class ChunkWorker:
         return arrays
 
     def write(self, chunk: Chunk, before_done=None):
-        """Write every array of the chunk, then (after before_done, e.g. recording failures) its done flags."""
+        """Write every array of the chunk and its checksum row, sync them to disk, then (after before_done, e.g.
+        recording failures) write its done flags."""
         stop = chunk.start + len(chunk.arrays["id"])
         for name, values in chunk.arrays.items():
             if name != "failed":
                 self.group[name][chunk.start:stop] = values
         self.group["failed"][chunk.start:stop] = chunk.arrays["failed"]
+        written = list(chunk.arrays)
+        if "checksum" in self.group:
+            self.group["checksum"][chunk.start // self.shapes.chunk] = store_module.chunk_checksums(self.group, chunk.arrays)
+            written.append("checksum")
+        store_module.sync_chunk(self.group, self.store_path, written, chunk.start)
         if before_done is not None:
             before_done(chunk)
         self.group["done"][chunk.start:stop] = np.ones(stop - chunk.start, dtype=bool)

@@ -96,11 +96,12 @@ class StoreBatches(Numbered):
     def batch(self, index: int, batch_size: int) -> Batch:
         import numpy as np
 
-        masks = self.store["extra/mask"] if "extra/mask" in self.store else None
         chosen = self.positions[index * batch_size:(index + 1) * batch_size]
         x = torch.stack([self.source.read(int(i)).x for i in chosen])
-        relevance = torch.from_numpy(np.asarray(self.store["relevance"].get_orthogonal_selection(chosen)))
-        labels = torch.from_numpy(np.asarray(self.store["label"].get_orthogonal_selection(chosen)))
-        mask = None if masks is None else torch.from_numpy(np.asarray(masks.get_orthogonal_selection(chosen)))
-        ids = [str(i) for i in self.store["id"].get_orthogonal_selection(chosen)]
+        # each chunk checked against its checksum: a damaged one stops the evaluation naming it, never read as data
+        relevance = torch.from_numpy(np.asarray(self.store.rows("relevance", chosen)))
+        labels = torch.from_numpy(np.asarray(self.store.rows("label", chosen)))
+        mask = torch.from_numpy(np.asarray(self.store.rows("extra/mask", chosen))) if "extra/mask" in self.store \
+            else None
+        ids = [str(i) for i in self.store.rows("id", chosen)]
         return Batch(x, labels, mask, ids, {self.label: relevance.to(x.dtype)})
