@@ -14,11 +14,11 @@ import torch
 
 from ..composites import Composite, Site
 from ..ops import custom, elementwise, load_families
+from ..ops.signatures import classify, writes_first_argument
 from ..ops.table import HANDLERS, SIGN_KNOWN, module_handler
 from .batch import BatchAxes
 from .facts import KEEPS_SIGN, MAKES_NONNEGATIVE, Facts
-from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
-                        writes_first_argument)
+from .intercept import DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level
 from .report import Recorded, Recorder
 
 load_families()

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from .. import rules
 from ..composites import Site
-from ..engine.intercept import bind
 from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
 from .elementwise import pass_through
 from . import pooling, reference
 from .kept import KeptOutput
+from .signatures import bind
 from .table import register
 
 

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .. import rules
-from ..engine.intercept import classify
 from ..stabilize import stabilize
 from .elementwise import pass_through
+from .signatures import classify
 from .table import FAMILIES, register
 
 _LAYERS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
