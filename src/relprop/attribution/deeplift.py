@@ -146,6 +146,11 @@ class DeepLift(Attribution):
         self.eps = float(eps)
         self._warned: set = set()
 
+    def copies_per_input(self, sample_shape):
+        """Each input runs beside its reference: counted as whole pairs at once (an upper bound, since a pass holds
+        at most rows_per_pass rows)."""
+        return 2
+
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
         target = self.check(x, target)
         x = x.detach()
