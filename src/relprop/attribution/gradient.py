@@ -11,10 +11,9 @@ import contextlib
 
 import numpy as np
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ..composites import Composite
-from ..engine import out_of_place, classify
+from ..engine import OpMode, out_of_place
 from ..explanation import Explanation
 from ..lrp import LRP, output_gradient
 from ..ops.table import RECTIFIERS, is_inplace
@@ -219,7 +218,7 @@ class _DeconvReLU(torch.autograd.Function):
         return g.clamp(min=0), None
 
 
-class _ReplaceReLU(TorchFunctionMode):
+class _ReplaceReLU(OpMode):
     """While a model runs, every ReLU (module, functional or method, in place or not: the op table's RECTIFIERS) uses
     ``function``'s backward."""
 
@@ -227,9 +226,7 @@ class _ReplaceReLU(TorchFunctionMode):
         super().__init__()
         self.function = function
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name, _ = classify(func)
+    def op(self, func, name, family, args, kwargs):
         if name not in RECTIFIERS or not isinstance(args[0], torch.Tensor):
             return func(*args, **kwargs)
         x = args[0]

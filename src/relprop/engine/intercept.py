@@ -1,6 +1,6 @@
-"""Interception: which tensors carry relevance, the TorchFunctionMode that routes ops to a session, and where a
-warning should point. Shared by the LRP session and DeepLift's interceptor; what an op is (its family, its arguments)
-is read by ``ops.signatures``.
+"""Interception: which tensors carry relevance, the TorchFunctionMode base that routes ops (``OpMode``: the LRP
+session's ``Interceptor``, DeepLift's, guided backprop's), and where a warning should point; what an op is (its
+family, its arguments) is read by ``ops.signatures``.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from ..ops.signatures import classify
 
 
 class UnsupportedOperation(RuntimeError):
@@ -47,15 +49,31 @@ class DataFlow:
         return found
 
 
-class Interceptor(TorchFunctionMode):
+class OpMode(TorchFunctionMode):
+    """The base of the modes that route a model's torch calls (LRP's session, DeepLift, guided backprop's ReLU swap):
+    each call is named once (``classify``), quiet ones (shape and attribute reads) run as they are, and every other
+    goes to ``op(func, name, family, args, kwargs)``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name, family = classify(func)
+        if family == "quiet":
+            return func(*args, **kwargs)
+        return self.op(func, name, family, args, kwargs)
+
+    def op(self, func, name: str, family: str | None, args, kwargs):
+        raise NotImplementedError
+
+
+class Interceptor(OpMode):
     """Hands every torch function call made while it is active to ``session.handle``."""
 
     def __init__(self, session):
         super().__init__()
         self.session = session
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return self.session.handle(func, args, kwargs or {})
+    def op(self, func, name, family, args, kwargs):
+        return self.session.handle(func, name, family, args, kwargs)
 
 
 _INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (os.path.dirname(__file__), torch.__file__))
