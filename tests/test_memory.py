@@ -3,7 +3,8 @@ import torch
 import torchvision
 
 from relprop import LRP, memory
-from relprop.attribution import Gradient, IntegratedGradients, Occlusion
+from relprop.attribution import DeepLift, ExcitationBackprop, Gradient, IntegratedGradients, Occlusion, SmoothGrad
+from relprop.attribution.base import Attribution
 
 
 def small_model():
@@ -51,6 +52,31 @@ def test_needed_bytes_follow_the_formula_per_method():
     integrated = IntegratedGradients(model, steps=50, batch_size=7)
     assert memory.needed_bytes(integrated, found, images, (3, 8, 8)) == 7 * (found.total + 2 * found.largest) + kept
 
+    # each input beside its reference; LRP underneath keeps its modified pre-activations too
+    assert memory.needed_bytes(DeepLift(model), found, images, (3, 8, 8)) == gradient + images * (
+        found.total + 2 * found.largest)
+    assert memory.needed_bytes(ExcitationBackprop(model), found, images, (3, 8, 8)) == int(lrp)
+    smooth_lrp = SmoothGrad(model, n_samples=3, composite="epsilon", batch_size=10)
+    smooth_lrp_bytes = 10 * (1.5 * found.total + 2 * found.largest) + kept  # 18 copies, passes of 10
+    assert memory.needed_bytes(smooth_lrp, found, images, (3, 8, 8)) == int(smooth_lrp_bytes)
+
+
+def test_a_new_method_declares_its_passes_and_the_estimate_follows_without_changes_elsewhere():
+    class Triplets(Attribution):
+        """Explains three copies of each input, in passes of rows_per_pass, forward only."""
+
+        keeps_graph, copies_in_passes = False, True
+
+        def copies_per_input(self, sample_shape):
+            return 3
+
+    model = small_model()
+    method = Triplets(model, batch_size=4)
+    assert memory.rows_per_pass(method, 1, (3, 8, 8)) == (3, False)
+    assert memory.rows_per_pass(method, 6, (3, 8, 8)) == (4, False)
+    found = memory.footprint(model, (3, 8, 8))
+    kept = 6 * memory.IMAGE_COPIES * 3 * 8 * 8 * 4
+    assert memory.needed_bytes(method, found, 6, (3, 8, 8)) == 4 * 3 * found.largest + kept
 
 def test_a_3000_pixel_image_batch_on_resnet50_is_estimated_far_beyond_a_machine():
     model = torchvision.models.resnet50().eval()

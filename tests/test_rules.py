@@ -316,3 +316,26 @@ def test_z_box_bounds_must_not_be_inverted():
     with pytest.raises(ValueError, match="must broadcast to one shape"):
         rules.ZBox(low=torch.zeros(3), high=torch.ones(2))
     rules.ZBox(low=torch.zeros(3, 1, 1), high=1.0)  # per-channel low with a scalar high is fine
+
+
+def test_each_rule_says_whether_it_is_the_gradient_and_whether_it_splits_the_plain_contributions():
+    gradient = {rule.name for rule in (rules.Gradient(), rules.Zero(), rules.Epsilon(0.0)) if rule.is_gradient}
+    assert gradient == {"Gradient", "Zero", "Epsilon"}
+    assert not any(rule.is_gradient for rule in (rules.Epsilon(0.1), rules.Zero(zero_bias=True), rules.Pass(),
+                                                 rules.WinnerTakeAll(), rules.ZPlus(), rules.Norm()))
+    plain = [rules.Zero(), rules.Epsilon(0.25, zero_bias=True), rules.Norm()]
+    others = [rules.Gamma(0.0), rules.ZPlus(), rules.Flat(), rules.WSquare(), rules.Exponent(1.0), rules.Gradient(),
+              rules.SmoothMax(), rules.ZBox()]
+    assert all(rule.splits_plain_contributions for rule in plain)
+    assert not any(rule.splits_plain_contributions for rule in others)
+
+
+def test_a_new_rule_declaring_itself_the_gradient_runs_as_the_plain_gradient_on_a_linear_layer():
+    class Plain(rules.Rule):
+        is_gradient = True
+
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(3, 2), torch.randn(4, 3)
+    explanation = relprop.explain(layer, x, target=0, composite=Composite(layer_map={"linear": Plain()}))
+    expected = x * layer.weight.detach()[0]  # gradient x input of output 0
+    torch.testing.assert_close(explanation.relevance, expected, rtol=1e-5, atol=1e-6)

@@ -72,30 +72,17 @@ def footprint(model: torch.nn.Module, sample_shape: tuple, dtype=torch.float32, 
 def rows_per_pass(attributor, images: int, sample_shape: tuple) -> tuple[int, bool]:
     """How many inputs one forward pass of ``attributor`` holds when explaining ``images`` samples shaped
     ``sample_shape``, and whether it keeps a graph for a backward pass."""
-    from .attribution import DeepLift, IntegratedGradients, Occlusion, SmoothGrad
-
-    if isinstance(attributor, (SmoothGrad, IntegratedGradients, Occlusion)):
-        if isinstance(attributor, Occlusion):
-            window, stride = attributor.geometry(tuple(sample_shape))
-            copies = math.prod(math.ceil((extent - size) / step) + 1
-                               for extent, size, step in zip(sample_shape, window, stride))
-        else:
-            copies = getattr(attributor, "n_samples", None) or attributor.steps
-        cap = attributor.rows_per_pass(torch.empty((1, *sample_shape), device="meta"))
-        return min(images * copies, cap), not isinstance(attributor, Occlusion)
-    if isinstance(attributor, DeepLift):
-        return 2 * images, True  # each input runs beside its reference
-    return images, True
+    rows = images * attributor.copies_per_input(tuple(sample_shape))
+    if attributor.copies_in_passes:
+        rows = min(rows, attributor.rows_per_pass(torch.empty((1, *sample_shape), device="meta")))
+    return rows, attributor.keeps_graph
 
 
 def needed_bytes(attributor, per_sample: Footprint, images: int, sample_shape: tuple, itemsize: int = 4) -> int:
     """About how many bytes explaining ``images`` samples at once takes (see the module's docstring)."""
-    from .lrp import LRP
-
     rows, backward = rows_per_pass(attributor, images, sample_shape)
     if backward:
-        factor = 1.5 if isinstance(attributor, LRP) or getattr(attributor, "lrp", None) is not None else 1.0
-        model = rows * (factor * per_sample.total + 2 * per_sample.largest)
+        model = rows * (attributor.saved_per_activation * per_sample.total + 2 * per_sample.largest)
     else:
         model = rows * 3 * per_sample.largest
     return int(model + images * IMAGE_COPIES * math.prod(sample_shape) * itemsize)

@@ -101,8 +101,19 @@ class Group:
     where: str | None = None  # None, "positive" or "negative": which outputs (by sign of z) this group explains
 
 
+PLAIN_CONTRIBUTIONS = (Group((Term("x"),)),)  # LRP-0: z_ij = x_i w_ij, the input and the weights as they are
+
+
 class Rule:
-    """Base of all rules; ``name`` shows in reports and listings."""
+    """Base of all rules; ``name`` shows in reports and listings.
+
+    What op handlers ask of a rule, the rule says itself (a new rule changes no handler): ``is_gradient``, whether
+    it equals gradient x input (the op then needs no custom backward); ``splits_plain_contributions``, whether it
+    splits relevance by LRP-0's contributions x_i w_ij (what recurrent layers' pre-activations take).
+    """
+
+    is_gradient = False
+    splits_plain_contributions = False
 
     @property
     def name(self) -> str:
@@ -142,6 +153,12 @@ class LinearRule(Rule):
         """True when the rule equals gradient x input, so the engine needs no custom backward at all."""
         return False
 
+    @property
+    def splits_plain_contributions(self) -> bool:
+        """True for LRP-0's terms (one group: each input's contribution x_i w_ij as it is), whatever the
+        stabilizer and the bias choice: Zero, Epsilon and Norm."""
+        return self.groups() == PLAIN_CONTRIBUTIONS
+
     def term_input(self, kind: str, x: torch.Tensor) -> torch.Tensor:
         """The input a term of this kind sees; rules with inputs of their own (bounds, powers) extend this."""
         if kind == "x":
@@ -163,7 +180,7 @@ class Zero(LinearRule):
         self.stabilizer = 0.0
 
     def groups(self):
-        return (Group((Term("x"),)),)
+        return PLAIN_CONTRIBUTIONS
 
     @property
     def is_gradient(self):
@@ -182,7 +199,7 @@ class Epsilon(LinearRule):
         return self.epsilon
 
     def groups(self):
-        return (Group((Term("x"),)),)
+        return PLAIN_CONTRIBUTIONS
 
     @property
     def is_gradient(self):
@@ -374,7 +391,7 @@ class Norm(LinearRule):
         self.zero_bias = True
 
     def groups(self):
-        return (Group((Term("x"),)),)
+        return PLAIN_CONTRIBUTIONS
 
 
 class Pass(Rule):
@@ -383,6 +400,8 @@ class Pass(Rule):
 
 class Gradient(Rule):
     """Plain gradient x input through the op: exact LRP-0 for linear maps, winner-take-all for max."""
+
+    is_gradient = True
 
 
 # ---- pooling: how a window's relevance reaches its inputs (max, average and min pooling) ---------------------------

@@ -483,6 +483,25 @@ def test_a_rule_without_a_recurrent_form_is_an_error_naming_the_fix():
         relprop.LRP(model, Composite(layer_map={nn.LSTM: rules.Gamma(0.25)}))(torch.randn(1, 4, 3).double())
 
 
+
+def test_any_rule_splitting_the_plain_contributions_runs_on_recurrent_layers_as_its_epsilon():
+    class Shrunk(rules.LinearRule):
+        """LRP-0's terms with a stabilizer of its own: no recurrent code knows this class."""
+
+        stabilizer, zero_bias = 0.05, True
+
+        def groups(self):
+            return rules.PLAIN_CONTRIBUTIONS
+
+    torch.manual_seed(3)
+    model, x = Classifier().double().eval(), torch.randn(2, 5, 3, dtype=torch.double)
+
+    def relevance(rule):
+        return relprop.LRP(model, Composite(layer_map={nn.LSTM: rule}), strict=True)(x, 1).relevance
+
+    torch.testing.assert_close(relevance(Shrunk()), relevance(rules.Epsilon(0.05, zero_bias=True)))
+    torch.testing.assert_close(relevance(rules.Norm()), relevance(rules.Epsilon(1e-6, zero_bias=True)))
+
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
 def test_deeplift_adds_up_on_recurrent_layers(cell):
     torch.manual_seed(5)

@@ -30,6 +30,11 @@ class Attribution:
     feature_names: names of the input's features, kept on each Explanation (``top()`` shows them).
     """
 
+    # What memory.needed_bytes reads to estimate a pass (and copies_per_input below): a new method sets its own
+    keeps_graph = True  # a pass keeps autograd's graph for a backward pass
+    copies_in_passes = False  # its copies of each input run in passes of at most rows_per_pass inputs
+    saved_per_activation = 1.0  # what its backward pass keeps per activation, relative to a plain gradient's
+
     def __init__(self, model: torch.nn.Module, batch_size: int | None = None, output: Callable | None = None,
                  forward: Callable | None = None, feature_names=None):
         model = diagnose.model_to_explain(model)
@@ -45,6 +50,10 @@ class Attribution:
         self.output = output
         self.forward = forward
         self.feature_names = list(feature_names) if feature_names is not None else None
+
+    def copies_per_input(self, sample_shape: tuple) -> int:
+        """How many model inputs explaining one sample shaped ``sample_shape`` takes."""
+        return 1
 
     def rows_per_pass(self, x: torch.Tensor) -> int:
         if self.batch_size is not None:
@@ -110,6 +119,10 @@ class Hybrid(Attribution):
     def __init__(self, model, composite=None, batch_size=None, output=None, forward=None, feature_names=None):
         super().__init__(model, batch_size, output, forward, feature_names)
         self.lrp = None if composite is None else LRP(self.model, composite, output=output, forward=forward)
+
+    @property
+    def saved_per_activation(self) -> float:
+        return 1.0 if self.lrp is None else self.lrp.saved_per_activation
 
     def resolve(self, x, target):
         if self.lrp is None:

@@ -37,9 +37,8 @@ import warnings
 from typing import Callable
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-from ..engine import DataFlow, UnsupportedOpWarning, caller_level, classify
+from ..engine import DataFlow, OpMode, UnsupportedOpWarning, caller_level
 from ..explanation import Explanation
 from ..lrp import output_gradient
 from ..ops import custom, load_families
@@ -50,7 +49,7 @@ from .base import Attribution, baseline_like, batched, input_gradient, per_sampl
 load_families()
 
 
-class _Interceptor(TorchFunctionMode):
+class _Interceptor(OpMode):
     """Routes each op that touches the input to its family's DeepLift handler while the model runs; it is also the
     handlers' narrow context (see ops/reference.py)."""
 
@@ -61,11 +60,7 @@ class _Interceptor(TorchFunctionMode):
         self.flow = DataFlow("_relprop_deeplift")
         self.mark, self.active = self.flow.mark, self.flow.active
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name, family = classify(func)
-        if family == "quiet":
-            return func(*args, **kwargs)
+    def op(self, func, name, family, args, kwargs):
         active = self.flow.touched(args, kwargs)
         if not active:
             return func(*args, **kwargs)
@@ -145,6 +140,11 @@ class DeepLift(Attribution):
         self.custom_attribution_func = custom_attribution_func
         self.eps = float(eps)
         self._warned: set = set()
+
+    def copies_per_input(self, sample_shape):
+        """Each input runs beside its reference: counted as whole pairs at once (an upper bound, since a pass holds
+        at most rows_per_pass rows)."""
+        return 2
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
         target = self.check(x, target)

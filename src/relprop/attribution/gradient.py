@@ -11,10 +11,9 @@ import contextlib
 
 import numpy as np
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ..composites import Composite
-from ..engine import out_of_place, classify
+from ..engine import OpMode, out_of_place
 from ..explanation import Explanation
 from ..lrp import LRP, output_gradient
 from ..ops.table import RECTIFIERS, is_inplace
@@ -71,6 +70,8 @@ class SmoothGrad(Hybrid):
     ``delta`` is then the average residual of those explanations.
     """
 
+    copies_in_passes = True
+
     def __init__(self, model, noise_level: float = 0.1, n_samples: int = 25, seed: int | None = None, composite=None,
                  batch_size: int | None = None, output=None, forward=None, feature_names=None):
         super().__init__(model, composite, batch_size, output, forward, feature_names)
@@ -84,6 +85,9 @@ class SmoothGrad(Hybrid):
         self.noise_level = float(noise_level)
         self.n_samples = n_samples
         self.seed = seed
+
+    def copies_per_input(self, sample_shape):
+        return self.n_samples
 
     def noisy_copies(self, x: torch.Tensor):
         """n_samples noisy copies of x, one after the other (each one draw of the whole batch)."""
@@ -149,6 +153,8 @@ class IntegratedGradients(Hybrid):
     ``explained`` is the target output at x minus at the baseline; ``delta`` is the completeness residual.
     """
 
+    copies_in_passes = True
+
     def __init__(self, model, baseline=0.0, steps: int = 50, method: str = "gausslegendre", composite=None,
                  batch_size: int | None = None, output=None, forward=None, feature_names=None):
         super().__init__(model, composite, batch_size, output, forward, feature_names)
@@ -160,6 +166,9 @@ class IntegratedGradients(Hybrid):
         self.baseline = baseline
         self.steps = steps
         self.method = method
+
+    def copies_per_input(self, sample_shape):
+        return self.steps
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
         target = self.check(x, target)
@@ -209,7 +218,7 @@ class _DeconvReLU(torch.autograd.Function):
         return g.clamp(min=0), None
 
 
-class _ReplaceReLU(TorchFunctionMode):
+class _ReplaceReLU(OpMode):
     """While a model runs, every ReLU (module, functional or method, in place or not: the op table's RECTIFIERS) uses
     ``function``'s backward."""
 
@@ -217,9 +226,7 @@ class _ReplaceReLU(TorchFunctionMode):
         super().__init__()
         self.function = function
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name, _ = classify(func)
+    def op(self, func, name, family, args, kwargs):
         if name not in RECTIFIERS or not isinstance(args[0], torch.Tensor):
             return func(*args, **kwargs)
         x = args[0]
@@ -251,6 +258,8 @@ class ExcitationBackprop(Attribution):
     target's probability 1 (a class target) or from the given output relevance (a tensor or callable target), so
     relevance sums to 1 per sample for a class target; ``delta`` is what was lost where no input excites.
     """
+
+    saved_per_activation = LRP.saved_per_activation  # it runs LRP
 
     def __init__(self, model, output=None, canonizers="auto", forward=None, feature_names=None):
         super().__init__(model, None, output, forward, feature_names)

@@ -39,6 +39,9 @@ class Occlusion(Attribution):
     of a sample's positions, when the batch fits one pass and the model is called as model(x)).
     """
 
+    keeps_graph = False  # forward passes only
+    copies_in_passes = True
+
     def __init__(self, model, window, stride=None, baseline=0.0, batch_size: int | None = None, output=None,
                  forward=None, feature_names=None, incremental: bool | None = None):
         super().__init__(model, batch_size, output, forward, feature_names)
@@ -68,6 +71,12 @@ class Occlusion(Attribution):
                 raise ValueError(f"window {self.window} is larger than a sample {shape} in dimension {dim + 1} "
                                  f"({size} > {extent}); use a window of at most {extent} there")
         return window, stride
+
+    def copies_per_input(self, sample_shape):
+        """One occluded copy per window position."""
+        window, stride = self.geometry(tuple(sample_shape))
+        return math.prod(math.ceil((extent - size) / step) + 1
+                         for extent, size, step in zip(sample_shape, window, stride))
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
         target = self.check(x, target)

@@ -4,17 +4,18 @@ Scoped, nothing global: a TorchFunctionMode sees each torch function call made i
 inside ``nn.Conv2d`` as well as ``x + y`` written in ``forward``); module hooks keep the stack of running modules so
 that an op knows which module it belongs to. The backward pass then carries g with relevance = tensor * g.
 
-  intercept.py  which function an op is (its family), which tensors carry relevance, the TorchFunctionMode
+  intercept.py  which tensors carry relevance, OpMode (the TorchFunctionMode base), where warnings point
   session.py    one run: module stack, dispatch to the family handlers of ``ops.table.HANDLERS``, OpContext
   report.py     report rows, taps and records
   facts.py      what is known about a tensor (gate, non-negative, the rule call that made it), in one place
 
-A new op family is one file in ``relprop/ops`` (see ``ops/table.py``); nothing here changes.
+A new op family is one file in ``relprop/ops`` (see ``ops/table.py``); nothing here changes. The engine imports ops;
+ops import nothing from the engine (what an op is, by name and arguments, is ``ops/signatures.py``).
 """
-from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
-                        out_of_place, plain_variant)
+from ..ops.signatures import classify, out_of_place, plain_variant
+from .intercept import DataFlow, Interceptor, OpMode, UnsupportedOperation, UnsupportedOpWarning, caller_level
 from .report import Row
 from .session import OpContext, Session
 
-__all__ = ["DataFlow", "Interceptor", "OpContext", "Row", "Session", "UnsupportedOperation", "UnsupportedOpWarning",
-           "caller_level", "classify", "out_of_place", "plain_variant"]
+__all__ = ["DataFlow", "Interceptor", "OpContext", "OpMode", "Row", "Session", "UnsupportedOperation",
+           "UnsupportedOpWarning", "caller_level", "classify", "out_of_place", "plain_variant"]

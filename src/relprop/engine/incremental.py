@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..ops.signatures import bind, classify, plain_variant, writes_first_argument
 from ..ops.table import QUIET
-from .intercept import bind, classify, plain_variant, writes_first_argument
 
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass

@@ -14,11 +14,11 @@ import torch
 
 from ..composites import Composite, Site
 from ..ops import custom, elementwise, load_families
+from ..ops.signatures import writes_first_argument
 from ..ops.table import HANDLERS, SIGN_KNOWN, module_handler
 from .batch import BatchAxes
 from .facts import KEEPS_SIGN, MAKES_NONNEGATIVE, Facts
-from .intercept import (DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level, classify,
-                        writes_first_argument)
+from .intercept import DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level
 from .report import Recorded, Recorder
 
 load_families()
@@ -210,12 +210,9 @@ class Session:
             self.busy = busy
 
     # ---- dispatch --------------------------------------------------------------------------------------------
-    def handle(self, func, args, kwargs):
+    def handle(self, func, name, family, args, kwargs):
         # inside an element-wise module its output is ruled as a whole; a busy session is doing its own work
         if self.suspended is not None or self.busy:
-            return func(*args, **kwargs)
-        name, family = classify(func)
-        if family == "quiet":
             return func(*args, **kwargs)
         if self.customs.without_grad:  # a custom Function ran on the data flow (its forward's ops were seen)
             args, kwargs = self._adopt_all(args), self._adopt_all(kwargs)

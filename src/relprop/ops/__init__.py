@@ -12,7 +12,8 @@
   clusters.py     relprop.neuralize's modules (min-pooling over competitors, cluster discriminants), ruled whole
   custom.py       custom torch.autograd.Functions (found from their outputs; rules registered by the user)
 Each family file also holds the family's DeepLift handler and its autograd Functions; what those share (inputs and
-references in one batch, the path-averaged Jacobian) is in reference.py.
+references in one batch, the path-averaged Jacobian) is in reference.py. What a call is, read from its name and
+arguments (its family, ``bind``, in-place variants), is signatures.py: ops import nothing from the engine.
 """
 import importlib
 

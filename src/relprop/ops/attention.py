@@ -12,9 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..engine.intercept import bind
 from . import reference
 from .products import scale_gradient
+from .signatures import bind
 from .table import register
 
 

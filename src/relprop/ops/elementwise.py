@@ -11,9 +11,9 @@ import re
 
 import torch
 
-from ..engine.intercept import out_of_place
 from . import reference
 from .kept import KeptOutput
+from .signatures import out_of_place
 from .table import register
 
 

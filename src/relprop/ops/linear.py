@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from .. import rules
 from ..composites import Site
-from ..engine.intercept import bind
 from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
 from .elementwise import pass_through
 from . import pooling, reference
 from .kept import KeptOutput
+from .signatures import bind
 from .table import register
 
 
@@ -514,7 +514,7 @@ def linear_like(ctx, func, name, args, kwargs, kind):
 def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None, merge=None,
                       row=None):
     """Run one linear-like op (or merged op, given its output, batch norm and the op's report row) under rule."""
-    if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
+    if rule is None or rule.is_gradient:
         if output is not None:
             raise AssertionError("merged layers always carry a rule")
         return ctx.plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")
@@ -549,7 +549,7 @@ def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, 
 def avg_pool(ctx, func, name, args, kwargs):
     site = ctx.site("avg_pool", name)
     rule = ctx.composite.rule_for(site)
-    if rule is None or isinstance(rule, rules.Gradient) or (isinstance(rule, rules.LinearRule) and rule.is_gradient):
+    if rule is None or rule.is_gradient:
         return ctx.plain(func, name, args, kwargs, rule=rule.name if rule else "Gradient")
     if not isinstance(rule, (rules.LinearRule, rules.SmoothMax)):
         pooling.refuse(rule, "average pooling", site.name or name, pooling.AVG_POOL_TAKES)

@@ -13,8 +13,8 @@ DeepLift: batch norm in eval mode by its gradient (exact); layer, group and RMS 
 import torch
 
 from .. import rules
-from ..engine.intercept import bind
 from . import linear, reference
+from .signatures import bind
 from .table import register
 
 

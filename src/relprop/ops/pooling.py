@@ -18,9 +18,9 @@ import re
 import torch
 
 from .. import rules
-from ..engine.intercept import bind
 from ..stabilize import divide_or_zero, stabilize
 from .gradient import selection_deeplift
+from .signatures import bind
 from .table import register
 
 WINDOW_RULES = (rules.SmoothMax, rules.Zero, rules.Epsilon, rules.Norm, rules.Flat)  # rules that spread a window

@@ -15,8 +15,8 @@ path-averaged Jacobian (ops/reference.py).
 """
 import torch
 
-from ..engine.intercept import plain_variant
 from . import linear, reference
+from .signatures import plain_variant
 from .table import is_inplace, register
 
 

@@ -23,8 +23,9 @@ LRP follows Arras et al. 2017 (Explaining Recurrent Neural Network Predictions i
   - a pre-activation a = W_x x + W_h h + b (all of it, the gates' constants folded into the weights) is one
     epsilon-rule layer over [x, h]: R_x = x W_x^T (R / (a + eps sign a)), the same for h, the bias keeping its share.
 The composite picks the rule of the pre-activations as for a dense layer (site kind "linear", the recurrent module
-as its module): Epsilon(epsilon, zero_bias) or Zero(zero_bias); with zero_bias the denominators leave the biases out,
-and the steps of a float32 or float16 layer run in float64 (bias-free denominators can be near zero).
+as its module): Epsilon(epsilon, zero_bias), Zero(zero_bias) or Norm (= Epsilon(stabilizer, zero_bias=True)), the
+rules whose terms are LRP-0's (``rule.splits_plain_contributions``); with zero_bias the denominators leave the biases
+out, and the steps of a float32 or float16 layer run in float64 (bias-free denominators can be near zero).
 
 Under the gradient x input convention all of this is a plain backward pass with the gates detached and two
 changes: a stabilised sum s multiplies the gradient reaching it by s / (s' + eps sign s') (s' = s without biases,
@@ -40,10 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .. import rules
-from ..engine.intercept import classify
 from ..stabilize import stabilize
 from .elementwise import pass_through
+from .signatures import classify
 from .table import FAMILIES, register
 
 _LAYERS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -114,12 +114,13 @@ class Arras(Plain):
 
     @classmethod
     def from_rule(cls, rule, where: str) -> Arras:
-        if rule is None or isinstance(rule, rules.Gradient):
+        if rule is None or rule.is_gradient:
             return cls(0.0, False)
-        if isinstance(rule, (rules.Epsilon, rules.Zero)):
+        if rule.splits_plain_contributions:
             return cls(float(rule.stabilizer), rule.zero_bias)
         raise TypeError(f"rule {rule.name} cannot be used on the recurrent layer '{where}': its pre-activations take "
-                        "Epsilon(epsilon, zero_bias) or Zero(zero_bias) (Arras et al. 2017). Map the module type "
+                        "a rule splitting the plain contributions x_i w_ij, Epsilon(epsilon, zero_bias), "
+                        "Zero(zero_bias) or Norm (Arras et al. 2017). Map the module type "
                         "(e.g. torch.nn.LSTM) or its name to one of those in the composite's layer_map / name_map")
 
     @property
