@@ -56,3 +56,16 @@ def test_commands_on_a_missing_store_say_how_to_make_one(tmp_path):
     for command in (["spray"], ["export", "virelay"]):
         result = relprop(*command, tmp_path / "nothing.zarr", "--out", tmp_path / "out")
         assert result.returncode == 2 and "relprop run" in result.stderr, result.stderr
+
+
+def test_spray_command_analyses_the_other_classes_and_names_small_and_skipped_ones(tmp_path):
+    from tests.analysis.test_spray import store_with_small_classes
+
+    store = store_with_small_classes(tmp_path / "run.zarr")
+    result = relprop("spray", store, "--embed", "spectral", "--density", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    assert "class-0: 40 samples" in result.stdout and "class-1: 4 samples" in result.stdout
+    assert "class-1: hdbscan skipped" in result.stdout
+    assert "fewer than 3 explained samples: class-2 (2)" in result.stdout
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "class-2 (2)" in page and "hdbscan skipped" in page

@@ -861,6 +861,11 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
         sizes = np.bincount(result.clusters[result.chosen][result.clusters[result.chosen] >= 0])
         click.echo(f"{name}: {len(result.index)} samples, eigengap suggests {result.suggested} cluster(s); "
                    f"{result.chosen} sizes {sizes.tolist()}")
+        for note in result.notes:
+            click.echo(f"{name}: {note}")
+    skipped = spray_analysis.skipped_sets(store)
+    if skipped:
+        click.echo(spray_analysis.skipped_message(skipped))
     with Staging(out) as staging:
         report.write(store, staging.path, list(results), max_samples=max_samples, seed=seed)
         staging.commit()

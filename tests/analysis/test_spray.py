@@ -171,3 +171,32 @@ def test_bad_input_names_the_problem(tmp_path):
         spray.run(store, embeddings=("pca",))
     with pytest.raises(KeyError, match="relprop spray"):
         spray.read(store, "class-1")
+
+
+def store_with_small_classes(path):
+    """Class 0: 40 samples in two strategies; class 1: 4 samples; class 2: 2 samples; class 3: none."""
+    rng = np.random.default_rng(8)
+    labels = np.array([0] * 40 + [1] * 4 + [2] * 2)
+    relevance = rng.uniform(0, 0.1, (46, 1, 8, 8)).astype(np.float32)
+    relevance[:20, :, :3, :3] += 1
+    relevance[20:, :, 5:, 5:] += 1
+    return write_store(path, relevance, labels, np.eye(4, dtype=np.float32)[labels], chunk=8)
+
+
+def test_a_class_of_four_samples_is_analysed_without_density_clustering_and_says_so(tmp_path):
+    store = store_with_small_classes(tmp_path / "run.zarr")
+    results = spray.run(store, embeddings=("spectral",), algorithms=("kmeans", "hdbscan"))
+    assert sorted(results) == ["class-0", "class-1"]
+    assert any(name.startswith("hdbscan-") for name in results["class-0"].clusters)
+    assert not any(name.startswith("hdbscan-") for name in results["class-1"].clusters)
+    assert results["class-1"].notes and "hdbscan skipped: 4 samples" in results["class-1"].notes[0]
+    assert spray.read(store, "class-1").notes == results["class-1"].notes  # stored for the report
+
+
+def test_classes_with_too_few_samples_are_named_as_skipped(tmp_path):
+    store = store_with_small_classes(tmp_path / "run.zarr")
+    spray.run(store, embeddings=(), algorithms=("kmeans",))
+    assert spray.skipped_sets(store) == {"class-2": 2}  # class 3 has no samples at all: nothing to skip
+    assert "class-2 (2)" in spray.skipped_message(spray.skipped_sets(store))
+    spray.run(store, classes=[0], embeddings=(), algorithms=("kmeans",))  # classes asked for by name: none skipped
+    assert spray.skipped_sets(store) == {}

@@ -147,13 +147,19 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
             "embeddings": {name: np.round(points[visible], 4).tolist() for name, points in result.embeddings.items()},
             "means": {str(c): p for c, p in means.items()},
             "typical": {str(c): [int(result.index[p]) for p in members] for c, members in best.items()},
-            "parameters": result.parameters,
+            "parameters": result.parameters, "notes": result.notes,
         })
     page = out / "index.html"
     viz.save_text(_PAGE.replace("__TITLE__", html.escape(f"SpRAy: {Path(store).name}"))
                   .replace("__IMAGES__", "true" if images else "false")
+                  .replace("__SKIPPED__", json.dumps(_skipped_line(store)).replace("</", "<\\/"))
                   .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/")), page)
     return page
+
+
+def _skipped_line(store) -> str:
+    skipped = spray.skipped_sets(store)
+    return f"Not analysed: {spray.skipped_message(skipped)}." if skipped else ""
 
 
 _PAGE = r"""<!DOCTYPE html>
@@ -174,9 +180,11 @@ small { color: #666; }
 <p><small>Spectral Relevance Analysis: samples whose heatmaps look alike sit together; a cluster apart from the rest is
 a strategy of the model (maybe a shortcut). Hover or click a point; <code>#sample=INDEX</code> in the address opens
 one.</small></p>
+<p id="skipped"></p>
 <div id="sets"></div>
 <script>
 const SETS = __DATA__;
+const SKIPPED = __SKIPPED__;
 const IMAGES = __IMAGES__;
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#bcbd22", "#7f7f7f"];
@@ -275,6 +283,7 @@ function build(set) {
   const section = element("section", {id: set.name});
   section.append(element("h2", {}, `${set.title}: ${set.count} samples, eigengap suggests ${set.suggested} ` +
                                      `cluster${set.suggested == 1 ? "" : "s"}`));
+  set.notes.forEach(note => section.append(element("p", {class: "note"}, note)));
   const spectrum = element("canvas", {width: 360, height: 140, class: "spectrum"});
   const choices = element("p", {});
   [["clustering", Object.keys(set.clusters)], ["embedding", Object.keys(set.embeddings)]].forEach(([what, names]) => {
@@ -314,6 +323,7 @@ window.spray = {
   },
 };
 
+document.getElementById("skipped").textContent = SKIPPED;
 SETS.forEach(build);
 function fromAddress() {
   const match = /sample=(\d+)/.exec(location.hash);

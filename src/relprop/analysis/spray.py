@@ -41,6 +41,7 @@ from . import store as stores
 EMBEDDINGS = ("spectral", "tsne", "umap")
 TSNE_AUTO_LIMIT = 20_000  # embeddings="auto" adds t-SNE up to this many samples (it took 9 min for 10k on one core)
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
+MIN_SAMPLES = 3  # the least a set needs for a kNN graph with an eigengap; fewer are skipped and named
 
 
 # ---- the steps, each on plain arrays ------------------------------------------------------------------------------
@@ -162,6 +163,11 @@ def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows).astype(np.int64)
 
 
+def density_min_size(n: int) -> int:
+    """The least cluster size HDBSCAN and DBSCAN are given for a set of n samples."""
+    return max(5, n // 100)
+
+
 def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int) -> np.ndarray:
     """Cluster labels (n,) int64 by HDBSCAN or DBSCAN on the spectral rows (noise -1)."""
     rows = spectral_rows(eigenvectors, max(k, 2))
@@ -214,6 +220,7 @@ class Analysis:
     clusters: dict[str, np.ndarray] = field(default_factory=dict)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was left out and why, for the output and the report
 
     @property
     def chosen(self) -> str:
@@ -247,9 +254,14 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
         if algorithm == "kmeans":
             for k in ks:
                 result.clusters[f"kmeans-{k}"] = kmeans(vectors, k, seed)
-        else:
-            labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=max(5, n // 100))
-            result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
+            continue
+        min_size = density_min_size(n)
+        if n < 2 * min_size:  # not even two clusters of the least size fit: nothing to find, and HDBSCAN refuses
+            result.notes.append(f"{algorithm} skipped: {n} samples are fewer than two clusters of its least size "
+                                f"({min_size})")
+            continue
+        labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=min_size)
+        result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
     for method in embeddings:
         result.embeddings[method] = embed(values, vectors, method, seed)
     return result
@@ -270,13 +282,13 @@ def store_features(root, sets: dict[str, np.ndarray], size: int, power: float = 
     return {name: pooled[np.searchsorted(wanted, members)] for name, members in sets.items()}
 
 
-def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3) -> dict[str, np.ndarray]:
+def select_sets(root, classes=None, over_all: bool = False, min_samples: int = MIN_SAMPLES) -> dict[str, np.ndarray]:
     """{set name: store positions}: each class with enough explained samples (or the given ones), or all."""
     ready = stores.explained(root)
     if over_all:
         return {"all": np.flatnonzero(ready)}
     of_class = stores.classes_of(root)
-    count = int(root.attrs.get("classes") or (of_class.max() + 1 if len(of_class) else 0))
+    count = _class_count(root, of_class)
     if classes is None:
         classes = [k for k in range(count) if (ready & (of_class == k)).sum() >= min_samples]
     sets = {}
@@ -291,6 +303,18 @@ def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3
     if not sets:
         raise ValueError("no class has enough explained samples; is the store finished? (`relprop run` resumes it)")
     return sets
+
+
+def _class_count(root, of_class: np.ndarray) -> int:
+    return int(root.attrs.get("classes") or (of_class.max() + 1 if len(of_class) else 0))
+
+
+def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
+    """{class-<k>: explained samples} of the classes with some explained samples but fewer than SpRAy needs."""
+    ready = stores.explained(root)
+    of_class = stores.classes_of(root)
+    counts = np.bincount(of_class[ready & (of_class >= 0)], minlength=_class_count(root, of_class))
+    return {f"class-{k}": int(counts[k]) for k in np.flatnonzero((counts > 0) & (counts < min_samples))}
 
 
 def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
@@ -312,6 +336,7 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
             raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
     root = stores.open_store(store, mode="r+")
     sets = select_sets(root, classes, over_all)
+    skipped = too_small(root) if classes is None and not over_all else {}
     if power <= 0:
         raise ValueError(f"power must be positive (1: relevance as it is, 0.5: square roots), got {power}")
     features = store_features(root, sets, size, power)
@@ -325,7 +350,28 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
                                 "channel sum, adaptive average pool, signed power, unit L2 norm",
                                 "affinity": "symmetric kNN, 0/1"})
         write(store, results[name])
+    _record_skipped(store, skipped)
     return results
+
+
+def skipped_message(skipped: dict[str, int]) -> str:
+    """One line naming the classes left out for having too few explained samples."""
+    listed = ", ".join(f"{name} ({count})" for name, count in skipped.items())
+    return f"skipped, fewer than {MIN_SAMPLES} explained samples: {listed}"
+
+
+def _record_skipped(store, skipped: dict[str, int]) -> None:
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    group = root["analysis"] if "analysis" in root else root.create_group("analysis")
+    group.attrs["skipped"] = skipped
+
+
+def skipped_sets(store) -> dict[str, int]:
+    """{class-<k>: explained samples} the last `run` over every class left out for having too few."""
+    root = stores.open_store(store)
+    return dict(root["analysis"].attrs.get("skipped", {})) if "analysis" in root else {}
 
 
 def write(store, result: Analysis) -> None:
@@ -350,7 +396,7 @@ def write(store, result: Analysis) -> None:
         group.create_array(f"embedding/{name}", data=points.astype(np.float32))
     group.attrs.update(json.loads(json.dumps({
         "parameters": result.parameters, "suggested_clusters": result.suggested, "chosen": result.chosen,
-        "method": "spray"})))
+        "notes": result.notes, "method": "spray"})))
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -369,7 +415,7 @@ def read(store, name: str) -> Analysis:
     attrs = dict(group.attrs)
     return Analysis(name, np.asarray(group["index"][:]), np.asarray(group["eigenvalues"][:]),
                     np.asarray(group["eigenvectors"][:]), int(attrs["suggested_clusters"]), clusters, embeddings,
-                    attrs.get("parameters", {}))
+                    attrs.get("parameters", {}), list(attrs.get("notes", [])))
 
 
 def stored(store) -> list[str]:
@@ -380,4 +426,5 @@ def stored(store) -> list[str]:
 
 __all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
            "kmeans", "density_clusters", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
-           "select_sets", "store_features", "EMBEDDINGS", "ALGORITHMS"]
+           "select_sets", "store_features", "too_small", "skipped_sets", "skipped_message", "density_min_size",
+           "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]
