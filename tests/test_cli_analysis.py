@@ -69,3 +69,9 @@ def test_spray_command_analyses_the_other_classes_and_names_small_and_skipped_on
     assert "fewer than 3 explained samples: class-2 (2)" in result.stdout
     page = (tmp_path / "report" / "index.html").read_text()
     assert "class-2 (2)" in page and "hdbscan skipped" in page
+
+
+def test_export_without_a_spray_analysis_is_refused_and_writes_nothing(store, tmp_path):
+    result = relprop("export", "virelay", store, "--out", tmp_path / "project")
+    assert result.returncode == 2 and f"relprop spray {store}" in result.stderr, result.stderr
+    assert not (tmp_path / "project").exists()
