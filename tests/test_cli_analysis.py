@@ -75,3 +75,14 @@ def test_export_without_a_spray_analysis_is_refused_and_writes_nothing(store, tm
     result = relprop("export", "virelay", store, "--out", tmp_path / "project")
     assert result.returncode == 2 and f"relprop spray {store}" in result.stderr, result.stderr
     assert not (tmp_path / "project").exists()
+
+
+def test_spray_command_writes_its_report_beside_the_store_and_says_where(store, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = relprop("spray", store, "--neighbors", "4", "--eigenvalues", "6", "--embed", "spectral")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run-spray" / "index.html").is_file() and not list(elsewhere.iterdir())
+    assert str(tmp_path / "run-spray" / "index.html") in result.stdout
+    assert "most separated: kmeans-2" in result.stdout and "silhouette: kmeans-2 0.9" in result.stdout

@@ -820,20 +820,23 @@ def _cluster_counts(text: str):
 @click.option("--classes", default=None, help="comma-separated class indices (default: every class with samples)")
 @click.option("--all", "over_all", is_flag=True, help="analyse all samples together instead of per class")
 @click.option("--clusters", default="auto", show_default=True,
-              help="auto (the eigengap's suggestion), a number, or a range 2..K (k-means for each)")
+              help="auto (every k from 2 to the eigengap's suggestion), a number, or a range 2..K (k-means for "
+                   "each; the report opens on the one with the highest silhouette)")
 @click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True,
               help="k of the k-nearest-neighbour graph")
 @click.option("--eigenvalues", type=click.IntRange(min=2), default=32, show_default=True,
               help="how many of the Laplacian's smallest eigenpairs to compute")
 @click.option("--embed", "embeddings", multiple=True, type=click.Choice(["tsne", "umap", "spectral"]),
-              help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 20,000 samples)")
+              help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 5,000 samples)")
 @click.option("--size", type=click.IntRange(min=1), default=8, show_default=True,
               help="heatmaps are average-pooled to SIZE x SIZE before comparing")
-@click.option("--power", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="pooled relevance is raised to POWER, signs kept (0.5 lets weaker, spread-out relevance count)")
-@click.option("--density/--no-density", default=True, show_default=True, help="also cluster with HDBSCAN")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
-              help="folder for the HTML report (index.html)")
+@click.option("--power", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="pooled relevance is raised to POWER, signs kept (0.5 lets a small mark count beside the object; "
+                   "1: relevance as it is)")
+@click.option("--density/--no-density", default=False, show_default=True,
+              help="also cluster with HDBSCAN (a second opinion with noise; subsampled above 10,000 samples)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for the HTML report (index.html); default: STORE-spray beside the store")
 @click.option("--max-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="samples per class the report shows with pictures")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -859,17 +862,26 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
         raise Failure(str(error)) from None
     for name, result in results.items():
         sizes = np.bincount(result.clusters[result.chosen][result.clusters[result.chosen] >= 0])
+        scores = ", ".join(f"{clustering} {score:.2f}" for clustering, score in result.silhouettes.items()
+                           if np.isfinite(score))
         click.echo(f"{name}: {len(result.index)} samples, eigengap suggests {result.suggested} cluster(s); "
-                   f"{result.chosen} sizes {sizes.tolist()}")
+                   f"most separated: {result.chosen} sizes {sizes.tolist()} (silhouette: {scores or 'undefined'})")
         for note in result.notes:
             click.echo(f"{name}: {note}")
     skipped = spray_analysis.skipped_sets(store)
     if skipped:
         click.echo(spray_analysis.skipped_message(skipped))
+    out = out or report_folder(store)
     with Staging(out) as staging:
         report.write(store, staging.path, list(results), max_samples=max_samples, seed=seed)
         staging.commit()
-    click.echo(f"wrote {store}/analysis and {out / 'index.html'}")
+    click.echo(f"wrote {store}/analysis and the report {out / 'index.html'}")
+
+
+def report_folder(store: Path) -> Path:
+    """Where `relprop spray` writes its report unless told: beside the store, named after it (run.zarr: run-spray)."""
+    store = Path(store)
+    return store.parent / f"{store.name.removesuffix('.zarr')}-spray"
 
 
 @main.group()

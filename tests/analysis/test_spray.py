@@ -68,11 +68,36 @@ def test_sparse_eigenpairs_match_a_dense_eigendecomposition_on_50_points():
             assert abs(reference_vectors[:, i] @ vectors[:, i]) == pytest.approx(1, abs=1e-6)
 
 
-def test_eigengap_counts_the_eigenvalues_before_the_largest_gap():
-    assert spray.eigengap(np.array([0.0, 0.0, 0.01, 0.6, 0.65, 0.7])) == 3
-    assert spray.eigengap(np.array([0.0, 0.5, 0.55, 0.6])) == 1
-    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95])) == 4
-    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95]), max_clusters=3) == 2  # the gap after 4: too far
+def test_eigengap_counts_connected_components_before_any_later_gap():
+    # the issue's spectrum at 10,000 maps: 4 components, then a larger absolute gap further on
+    spectrum = np.array([0, 0, 0, 0, 0.00119, 0.00228, 0.004, 0.006, 0.05, 0.3])
+    assert spray.eigengap(spectrum) == 4
+    assert spray.eigengap(np.array([0.0, 0.0, 0.01, 0.6, 0.65, 0.7])) == 2
+    assert spray.eigengap(np.zeros(12), max_clusters=10) == 10  # more components than clusters allowed
+
+
+def test_eigengap_in_a_connected_graph_takes_the_largest_relative_gap():
+    # absolute gaps: 0.29 after 2, 0.64 after 4; relative: 0.97 after 2, 0.67 after 4
+    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95])) == 2
+    # a jump from 0.001 to 0.02 after 3 beats the absolute 0.1 from 0.2 to 0.3 (relative 0.33)
+    assert spray.eigengap(np.array([0.0, 0.0008, 0.001, 0.02, 0.2, 0.3])) == 3
+    assert spray.eigengap(np.array([0.0, 0.0008, 0.001, 0.02, 0.2, 0.3]), max_clusters=2) == 2
+    assert spray.eigengap(np.array([0.0, 0.5])) == 1  # two eigenvalues: no gap to compare
+
+
+@pytest.mark.parametrize("count, strategies", [(300, 2), (1000, 3), (3000, 4), (2000, 6),
+                                              pytest.param(10000, 4, marks=pytest.mark.slow)])
+def test_planted_strategies_are_suggested_and_found_by_the_chosen_clustering(count, strategies):
+    from sklearn.metrics import adjusted_rand_score
+
+    from .planted import CENTRES, strategy_maps
+
+    shares = np.arange(strategies, 0, -1)  # e.g. 40/30/20/10% for four
+    maps, truth = strategy_maps(count, CENTRES[:strategies], shares, seed=count + strategies)
+    result = spray.analyse(spray.pool(maps, 8, 0.5), np.arange(count), "class-0", embeddings=(),
+                           algorithms=("kmeans",))
+    assert result.suggested == strategies
+    assert adjusted_rand_score(truth, result.clusters[result.chosen]) >= 0.9
 
 
 def test_separate_groups_give_zero_eigenvalues_and_kmeans_finds_them():
@@ -200,3 +225,63 @@ def test_classes_with_too_few_samples_are_named_as_skipped(tmp_path):
     assert "class-2 (2)" in spray.skipped_message(spray.skipped_sets(store))
     spray.run(store, classes=[0], embeddings=(), algorithms=("kmeans",))  # classes asked for by name: none skipped
     assert spray.skipped_sets(store) == {}
+
+
+@pytest.mark.parametrize("mark", ["checkerboard 6x6 bottom-right", "square 3x3 top-left", "bar 2x9 left edge",
+                                  "ring 5x5 top middle", "dot 2x2 right edge"])
+def test_defaults_find_a_small_local_mark_on_a_third_of_the_class_and_open_on_it(mark, tmp_path):
+    """A mark holding 40% of the object's relevance on 35% of the maps: the clustering the report opens on (with
+    the defaults of `relprop spray`) holds the marked maps, and only them, in one cluster."""
+    from relprop.demo.shortcut import marked_cluster
+
+    from .planted import MARKS, shortcut_maps
+
+    maps, marked = shortcut_maps(400, *MARKS[mark], mark_fraction=0.4, seed=1)
+    store = write_store(tmp_path / "run.zarr", maps[:, None], np.zeros(400), np.ones((400, 2)), chunk=100)
+    result = spray.run(store, embeddings=())["class-0"]
+    _, purity, recall = marked_cluster(result.clusters[result.chosen], marked)
+    assert purity >= 0.9 and recall >= 0.9, (result.chosen, purity, recall)
+
+
+def test_the_chosen_clustering_is_the_one_with_the_highest_silhouette():
+    points, truth = blobs([40, 40, 20], seed=9)
+    points[truth == 1] = points[truth == 0][:40] + 0.4 * (points[truth == 1] - points[truth == 1].mean(0))
+    result = spray.analyse(points, np.arange(100), "all", clusters=[2, 3, 4], neighbors=5, eigenvalues=8,
+                           embeddings=())
+    for name, labels in result.clusters.items():  # each score is scikit-learn's silhouette on the features
+        from sklearn.metrics import silhouette_score
+
+        assert result.silhouettes[name] == pytest.approx(silhouette_score(points, labels), abs=1e-9)
+    assert result.chosen == max(result.silhouettes, key=result.silhouettes.get)
+    result.silhouettes = {"kmeans-2": 0.5, "kmeans-3": 0.5, "kmeans-4": 0.1}
+    assert result.chosen == "kmeans-2"  # a tie goes to the smaller k
+
+
+def test_hdbscan_does_not_split_a_small_class_into_many_clusters():
+    """305 maps in 2 strategies with a mark as in the demo: HDBSCAN on them finds the 2, not tens of splinters."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from .planted import MARKS, shortcut_maps
+
+    maps, marked = shortcut_maps(305, *MARKS["checkerboard 6x6 bottom-right"], mark_fraction=0.4, seed=3)
+    result = spray.analyse(spray.pool(maps, 8, 0.5), np.arange(305), "class-0", embeddings=(),
+                           algorithms=("kmeans", "hdbscan"))
+    density = next(labels for name, labels in result.clusters.items() if name.startswith("hdbscan-"))
+    assert len(set(density.tolist()) - {-1}) <= 3
+    kept = density >= 0
+    assert kept.mean() >= 0.8 and adjusted_rand_score(marked[kept], density[kept]) >= 0.7
+
+
+def test_hdbscan_above_its_sample_limit_clusters_a_subset_and_labels_the_rest_by_their_nearest(monkeypatch):
+    from sklearn.cluster import HDBSCAN
+    from sklearn.neighbors import NearestNeighbors
+
+    points, _ = blobs([150, 100, 50], dim=3, spread=0.3, seed=10)
+    monkeypatch.setattr(spray, "DENSITY_SAMPLE", 120)
+    labels = spray.density_clusters(points, 3, "hdbscan", min_size=10, seed=4)
+    rows = spray.spectral_rows(points, 3)
+    subset = np.sort(np.random.default_rng(4).choice(300, 120, replace=False))
+    expected = HDBSCAN(min_cluster_size=4, min_samples=20, copy=True).fit_predict(rows[subset])  # 4 = 10 * 120 / 300
+    np.testing.assert_array_equal(labels[subset], expected)
+    nearest = NearestNeighbors(n_neighbors=1).fit(rows[subset]).kneighbors(rows, return_distance=False)[:, 0]
+    np.testing.assert_array_equal(labels, expected[nearest])

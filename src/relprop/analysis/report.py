@@ -148,6 +148,8 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
             "means": {str(c): p for c, p in means.items()},
             "typical": {str(c): [int(result.index[p]) for p in members] for c, members in best.items()},
             "parameters": result.parameters, "notes": result.notes,
+            "silhouettes": {name: round(float(score), 3) for name, score in result.silhouettes.items()
+                            if np.isfinite(score)},
         })
     page = out / "index.html"
     viz.save_text(_PAGE.replace("__TITLE__", html.escape(f"SpRAy: {Path(store).name}"))
@@ -283,6 +285,9 @@ function build(set) {
   const section = element("section", {id: set.name});
   section.append(element("h2", {}, `${set.title}: ${set.count} samples, eigengap suggests ${set.suggested} ` +
                                      `cluster${set.suggested == 1 ? "" : "s"}`));
+  const scores = Object.entries(set.silhouettes).map(([name, score]) => `${name} ${score.toFixed(2)}`).join(", ");
+  section.append(element("p", {class: "separation"}, `Shown first: ${set.chosen}, the most separated clustering ` +
+    `(highest silhouette in the pooled heatmaps; 1: far apart, near 0: not apart). Silhouettes: ${scores || "none"}.`));
   set.notes.forEach(note => section.append(element("p", {class: "note"}, note)));
   const spectrum = element("canvas", {width: 360, height: 140, class: "spectrum"});
   const choices = element("p", {});

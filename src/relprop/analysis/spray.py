@@ -4,8 +4,9 @@ For each analysed set S of n heatmaps (one class, or all samples):
 
 1. **Features.** Each heatmap is summed over channels, average-pooled to ``size`` x ``size`` cells
    (``F.adaptive_avg_pool2d``; inputs smaller than ``size`` keep their size), raised to ``power`` keeping signs
-   (sign(v) |v|^power: 0.5 lets a mark with a third of the relevance count beside a peak on the object, where
-   1 lets the peak decide distances) and scaled to unit L2 norm, so two samples compare by where relevance lies,
+   (sign(v) |v|^power; the default 0.5 lets a small mark with a third of the relevance count beside a peak on the
+   object, where 1 lets the peak decide distances: with 1, no pooling size from 3 to 8 found the watermark demo's
+   mark, with 0.5 every one did) and scaled to unit L2 norm, so two samples compare by where relevance lies,
    not by how much there is. Read from the store chunk by chunk. An odd ``size`` puts a centred object inside
    one cell instead of across four.
 2. **Affinity.** A symmetric k-nearest-neighbour graph: a_ij = 1 when j is among the ``neighbors`` nearest
@@ -16,11 +17,20 @@ For each analysed set S of n heatmaps (one class, or all samples):
 4. **Eigenpairs.** The ``eigenvalues`` smallest of L: 0 once per connected component (eigenvector D^{1/2} 1_C),
    the others as the largest of M = D^{-1/2} A D^{-1/2} (lambda = 1 - mu) away from those, by a sparse Lanczos
    solver (scipy's ``eigsh``): nothing of size n x n is ever formed.
-5. **Eigengap.** With lambda_1 <= ... <= lambda_m, the suggested number of clusters is the k in [1, max_k - 1]
-   (max_k = min(m, ``max_clusters``)) that maximises lambda_{k+1} - lambda_k.
+5. **Eigengap.** With lambda_1 <= ... <= lambda_m: when c >= 2 of them are 0 (below ``ZERO``), the kNN graph has
+   c connected components, groups with no edge between them, and c is the suggestion (at most ``max_clusters``);
+   the first gap after the zeros is the one that counts, however large later ones are. In a connected graph, the
+   k in [2, min(m - 1, ``max_clusters``)] with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1}:
+   a jump from 0.001 to 0.01 says more than one from 0.30 to 0.33, which an absolute gap would rank higher.
+   Never 1: a split is always shown, and its silhouette (step 6) says whether it is real (near 0: it is not).
 6. **Clusters.** k-means on the rows of the first k eigenvectors scaled to unit length (Ng, Jordan and Weiss 2001),
-   stored as ``kmeans-<k>`` for each k asked for; HDBSCAN and DBSCAN (scikit-learn) on the same rows with k the
-   suggested number, stored as ``hdbscan-<found>`` / ``dbscan-<found>`` (noise is -1).
+   stored as ``kmeans-<k>`` for each k asked for ("auto": every k from 2 to the suggestion); HDBSCAN and DBSCAN
+   (scikit-learn, on request) on the same rows with k the suggested number, stored as ``hdbscan-<found>`` /
+   ``dbscan-<found>`` (noise is -1). Each clustering gets its silhouette in the pooled features (step 1, the same
+   space for every clustering, computed without any ground truth on a seeded subset of at most
+   ``SILHOUETTE_SAMPLE``): the k-means clustering with the highest is the **chosen** one, the one reports open on.
+   It is how far apart the clusters are against how spread each is; a mark against the rest can score above the
+   eigengap's finer split of the same samples, which an eigengap cannot tell.
 7. **Embeddings** in 2-D: ``spectral`` (eigenvectors 2 and 3), ``tsne`` (scikit-learn's Barnes-Hut t-SNE on the
    m-dimensional spectral embedding) and ``umap`` (umap-learn, where installed).
 
@@ -39,8 +49,12 @@ import numpy as np
 from . import store as stores
 
 EMBEDDINGS = ("spectral", "tsne", "umap")
-TSNE_AUTO_LIMIT = 20_000  # embeddings="auto" adds t-SNE up to this many samples (it took 9 min for 10k on one core)
+TSNE_AUTO_LIMIT = 5_000  # embeddings="auto" adds t-SNE up to this many samples (10k took 9 min on one busy core)
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
+SILHOUETTE_SAMPLE = 4000  # samples the silhouette is computed on: its cost grows with the square of this
+DENSITY_NEIGHBORS = 20  # HDBSCAN's min_samples
+DENSITY_SAMPLE = 10_000  # HDBSCAN clusters at most this many samples and labels the rest by their nearest
+ZERO = 1e-8  # an eigenvalue below this counts as 0: one per connected component of the kNN graph
 MIN_SAMPLES = 3  # the least a set needs for a kNN graph with an eigengap; fewer are skipped and named
 
 
@@ -139,13 +153,19 @@ def smallest_eigenpairs(affinity, count: int, seed: int = 0):
 
 
 def eigengap(eigenvalues: np.ndarray, max_clusters: int | None = None) -> int:
-    """The number of clusters the largest gap between consecutive smallest eigenvalues suggests (>= 1)."""
-    values = np.sort(np.asarray(eigenvalues))
-    limit = len(values) if max_clusters is None else min(len(values), max_clusters + 1)
-    if limit < 2:
+    """The number of clusters the spectrum suggests: the connected components where there are several, else the
+    k >= 2 with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1} (step 5)."""
+    values = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    cap = len(values) if max_clusters is None else min(len(values), max_clusters)
+    components = int((values < ZERO).sum())
+    if components >= 2:
+        return min(components, max(cap, 2))
+    limit = min(len(values), cap + 1)
+    if limit < 3:
         return 1
-    gaps = np.diff(values[:limit])
-    return int(np.argmax(gaps)) + 1
+    above = values[1:limit]  # lambda_2 .. lambda_limit, all > 0 in a connected graph
+    relative = (above[1:] - above[:-1]) / above[1:]
+    return int(np.argmax(relative)) + 2
 
 
 def spectral_rows(eigenvectors: np.ndarray, k: int) -> np.ndarray:
@@ -164,17 +184,31 @@ def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def density_min_size(n: int) -> int:
-    """The least cluster size HDBSCAN and DBSCAN are given for a set of n samples."""
-    return max(5, n // 100)
+    """The least cluster size HDBSCAN and DBSCAN are given for a set of n samples: 5% of them, at least 10 (5 let
+    HDBSCAN cut 299 heatmaps of the watermark demo into 12 clusters; 5% with 20 neighbours made it 3)."""
+    return max(10, n // 20)
 
 
-def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int) -> np.ndarray:
-    """Cluster labels (n,) int64 by HDBSCAN or DBSCAN on the spectral rows (noise -1)."""
+def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int, seed: int = 0) -> np.ndarray:
+    """Cluster labels (n,) int64 by HDBSCAN or DBSCAN on the spectral rows (noise -1).
+
+    HDBSCAN's density is that of the ``DENSITY_NEIGHBORS``-th neighbour (scikit-learn takes it from min_size
+    otherwise: 1,000-neighbour distances at 100,000 samples); its spanning tree costs time quadratic in the samples,
+    so above ``DENSITY_SAMPLE`` it clusters a seeded subset and each other sample takes the label of its nearest
+    subset member in the spectral rows."""
     rows = spectral_rows(eigenvectors, max(k, 2))
     if algorithm == "hdbscan":
         from sklearn.cluster import HDBSCAN
+        from sklearn.neighbors import NearestNeighbors
 
-        return HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(rows).astype(np.int64)
+        density = HDBSCAN(min_cluster_size=min_size, min_samples=DENSITY_NEIGHBORS, copy=True)
+        if len(rows) <= DENSITY_SAMPLE:
+            return density.fit_predict(rows).astype(np.int64)
+        subset = np.sort(np.random.default_rng(seed).choice(len(rows), DENSITY_SAMPLE, replace=False))
+        density.min_cluster_size = max(2, round(min_size * DENSITY_SAMPLE / len(rows)))
+        found = density.fit_predict(rows[subset]).astype(np.int64)
+        nearest = NearestNeighbors(n_neighbors=1).fit(rows[subset]).kneighbors(rows, return_distance=False)
+        return found[nearest[:, 0]]
     if algorithm == "dbscan":
         from sklearn.cluster import DBSCAN
         from sklearn.neighbors import NearestNeighbors
@@ -221,18 +255,38 @@ class Analysis:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was left out and why, for the output and the report
+    silhouettes: dict[str, float] = field(default_factory=dict)  # per clustering, step 6
 
     @property
     def chosen(self) -> str:
-        """The k-means clustering whose k is closest to the eigengap's suggestion (the one reports show first)."""
+        """The clustering reports open on: the k-means one with the highest silhouette (the smaller k on a tie);
+        without silhouettes (older stores), the one whose k is closest to the eigengap's suggestion."""
         ks = {name: int(name.split("-")[1]) for name in self.clusters if name.startswith("kmeans-")}
         if not ks:
             return next(iter(self.clusters))
+        scored = {name: self.silhouettes[name] for name in ks if np.isfinite(self.silhouettes.get(name, np.nan))}
+        if scored:
+            return max(scored, key=lambda name: (round(scored[name], 6), -ks[name]))
         return min(ks, key=lambda name: (abs(ks[name] - self.suggested), ks[name]))
 
 
+def silhouette(features: np.ndarray, labels: np.ndarray, seed: int = 0, sample: int = SILHOUETTE_SAMPLE) -> float:
+    """Mean silhouette of a clustering in the pooled-feature space (noise, -1, left out), on a seeded subset of at most
+    ``sample`` samples: (b - a) / max(a, b) per sample, a the mean distance to its own cluster, b to the nearest
+    other. In [-1, 1]; near 0 when the clusters are not apart. NaN where it is undefined (one cluster)."""
+    from sklearn.metrics import silhouette_score
+
+    kept = np.flatnonzero(labels >= 0)
+    if len(kept) > sample:
+        kept = np.sort(np.random.default_rng(seed).choice(kept, sample, replace=False))
+    found = len(np.unique(labels[kept]))
+    if not 2 <= found <= len(kept) - 1:
+        return float("nan")
+    return float(silhouette_score(features[kept], labels[kept]))
+
+
 def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto", neighbors: int = 10,
-            eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans", "hdbscan"),
+            eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans",),
             max_clusters: int = 10, seed: int = 0, parameters: dict | None = None) -> Analysis:
     """Steps 2 to 7 on pooled features (n, d) of one set; ``clusters`` is "auto" or a sequence of k."""
     n = len(features)
@@ -242,7 +296,8 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
     affinity = knn_affinity(features, neighbors)
     values, vectors = smallest_eigenpairs(affinity, eigenvalues, seed)
     suggested = eigengap(values, max_clusters)
-    ks = [max(2, suggested)] if clusters == "auto" else sorted({int(k) for k in clusters})
+    # auto: every k up to the suggestion, so a coarser split (the mark against the rest) can be chosen over a finer one
+    ks = list(range(2, max(2, suggested) + 1)) if clusters == "auto" else sorted({int(k) for k in clusters})
     ks = [k for k in ks if 2 <= k <= min(n - 1, vectors.shape[1])]
     if not ks:
         raise ValueError(f"{name}: no number of clusters in {clusters!r} fits {n} samples and "
@@ -260,8 +315,9 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
             result.notes.append(f"{algorithm} skipped: {n} samples are fewer than two clusters of its least size "
                                 f"({min_size})")
             continue
-        labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=min_size)
+        labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=min_size, seed=seed)
         result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
+    result.silhouettes = {name: silhouette(features, labels, seed) for name, labels in result.clusters.items()}
     for method in embeddings:
         result.embeddings[method] = embed(values, vectors, method, seed)
     return result
@@ -318,7 +374,7 @@ def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
 
 
 def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
-        embeddings="auto", algorithms=("kmeans", "hdbscan"), size: int = 8, power: float = 1.0,
+        embeddings="auto", algorithms=("kmeans",), size: int = 8, power: float = 0.5,
         max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
     """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
 
@@ -396,10 +452,15 @@ def write(store, result: Analysis) -> None:
         group.create_array(f"embedding/{name}", data=points.astype(np.float32))
     group.attrs.update(json.loads(json.dumps({
         "parameters": result.parameters, "suggested_clusters": result.suggested, "chosen": result.chosen,
-        "notes": result.notes, "method": "spray"})))
+        "notes": result.notes, "silhouettes": _finite(result.silhouettes), "method": "spray"})))
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
+
+
+def _finite(scores: dict[str, float]) -> dict:
+    """Scores for JSON attributes: NaN (undefined) as null."""
+    return {key: (round(float(value), 6) if np.isfinite(value) else None) for key, value in scores.items()}
 
 
 def read(store, name: str) -> Analysis:
@@ -415,7 +476,8 @@ def read(store, name: str) -> Analysis:
     attrs = dict(group.attrs)
     return Analysis(name, np.asarray(group["index"][:]), np.asarray(group["eigenvalues"][:]),
                     np.asarray(group["eigenvectors"][:]), int(attrs["suggested_clusters"]), clusters, embeddings,
-                    attrs.get("parameters", {}), list(attrs.get("notes", [])))
+                    attrs.get("parameters", {}), list(attrs.get("notes", [])),
+                    {key: np.nan if value is None else float(value) for key, value in attrs.get("silhouettes", {}).items()})
 
 
 def stored(store) -> list[str]:
@@ -425,6 +487,6 @@ def stored(store) -> list[str]:
 
 
 __all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
-           "kmeans", "density_clusters", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
+           "kmeans", "density_clusters", "silhouette", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
            "select_sets", "store_features", "too_small", "skipped_sets", "skipped_message", "density_min_size",
-           "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]
+           "DENSITY_NEIGHBORS", "DENSITY_SAMPLE", "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]
