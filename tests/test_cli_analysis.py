@@ -86,3 +86,22 @@ def test_spray_command_writes_its_report_beside_the_store_and_says_where(store, 
     assert (tmp_path / "run-spray" / "index.html").is_file() and not list(elsewhere.iterdir())
     assert str(tmp_path / "run-spray" / "index.html") in result.stdout
     assert "most separated: kmeans-2" in result.stdout and "silhouette: kmeans-2 0.9" in result.stdout
+
+
+def test_import_command_writes_a_store_spray_reads(tmp_path):
+    from tests.datasets.test_imported import planted
+
+    relevance, labels, images, _ = planted()
+    for name, array in (("r", relevance), ("y", labels), ("x", images)):
+        np.save(tmp_path / f"{name}.npy", array)
+    result = relprop("import", tmp_path / "run.zarr", "--relevance", tmp_path / "r.npy", "--labels",
+                     tmp_path / "y.npy", "--images", tmp_path / "x.npy", "--class-names", "cat,dog")
+    assert result.returncode == 0, result.stderr
+    assert "60 heatmaps of 2 classes" in result.stdout and "relprop spray" in result.stdout
+    sprayed = relprop("spray", tmp_path / "run.zarr", "--embed", "spectral")
+    assert sprayed.returncode == 0, sprayed.stderr
+    assert "class-0: 30 samples" in sprayed.stdout and "class-1: 30 samples" in sprayed.stdout
+    missing = relprop("import", tmp_path / "other.zarr", "--relevance", tmp_path / "r.npy")
+    assert missing.returncode == 2 and "--labels is required" in missing.stderr
+    again = relprop("import", tmp_path / "run.zarr", "--relevance", tmp_path / "r.npy", "--labels", tmp_path / "y.npy")
+    assert again.returncode == 2 and "--overwrite" in again.stderr

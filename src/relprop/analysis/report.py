@@ -76,7 +76,9 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
     results = [spray.read(store, name) for name in names]
     class_names = stores.class_names(root)
     labels = np.asarray(root["label"][:])
-    predicted = np.asarray(root["output"][:]).argmax(1)
+    outputs = np.asarray(root["output"][:])
+    known = ~np.isnan(outputs).all(1)  # imported heatmaps may come without the model's outputs
+    predicted = np.where(known, np.nan_to_num(outputs, nan=-np.inf).argmax(1), -1)
     ids = np.asarray(root["id"][:]) if "id" in root else np.arange(len(labels)).astype(str)
     previews = root["preview"] if "preview" in root else None
     relevance = root["relevance"]
@@ -140,7 +142,7 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
             "eigenvalues": [round(float(v), 6) for v in result.eigenvalues], "chosen": chosen,
             "index": index.tolist(), "id": [str(ids[i]) for i in index],
             "label": [name_of(labels[i]) if labels[i] >= 0 else "?" for i in index],
-            "predicted": [name_of(predicted[i]) for i in index],
+            "predicted": [name_of(predicted[i]) if predicted[i] >= 0 else "?" for i in index],
             "clusters": {name: result.clusters[name][visible].tolist() for name in result.clusters},
             "sizes": {name: {str(c): int((labels_ == c).sum()) for c in sorted(set(labels_.tolist()))}
                       for name, labels_ in result.clusters.items()},

@@ -54,6 +54,7 @@ ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
 SILHOUETTE_SAMPLE = 4000  # samples the silhouette is computed on: its cost grows with the square of this
 DENSITY_NEIGHBORS = 20  # HDBSCAN's min_samples
 DENSITY_SAMPLE = 10_000  # HDBSCAN clusters at most this many samples and labels the rest by their nearest
+KNN_WORKING_MIB = 128  # the exact neighbour search's distance blocks (scikit-learn's default, 1 GiB, was the peak)
 ZERO = 1e-8  # an eigenvalue below this counts as 0: one per connected component of the kNN graph
 MIN_SAMPLES = 3  # the least a set needs for a kNN graph with an eigengap; fewer are skipped and named
 
@@ -80,6 +81,7 @@ def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
 
 def knn_affinity(features: np.ndarray, neighbors: int):
     """Sparse symmetric 0/1 affinity (scipy CSR) of the k-nearest-neighbour graph, self-loops excluded."""
+    import sklearn
     from scipy import sparse
     from sklearn.neighbors import NearestNeighbors
 
@@ -87,7 +89,8 @@ def knn_affinity(features: np.ndarray, neighbors: int):
     if not 1 <= neighbors < n:
         raise ValueError(f"neighbors must be between 1 and n - 1 = {n - 1} for {n} samples, got {neighbors}")
     search = NearestNeighbors(n_neighbors=neighbors + 1).fit(features)
-    _, found = search.kneighbors(features)
+    with sklearn.config_context(working_memory=KNN_WORKING_MIB):
+        _, found = search.kneighbors(features)
     rows = np.repeat(np.arange(n), neighbors + 1)
     graph = sparse.csr_matrix((np.ones(rows.size, dtype=np.float64), (rows, found.ravel())), shape=(n, n))
     graph.setdiag(0)  # a point is its own nearest neighbour (or ties with a duplicate): never an edge to itself
