@@ -4,7 +4,7 @@ The heatmaps are synthetic with planted structure (the store's `relprop run` is 
 each is a 32x32 map (keep=channels) of noise plus one of four strategies, a blob of relevance at a fixed place
 (40%, 30%, 20% and 10% of the samples), moved by up to 3 pixels (uniformly, continuous), times a per-map scale
 in [0.5, 2]. Each N runs the command with its defaults (its report included) in a fresh process under
-/usr/bin/time (wall seconds, peak resident memory of the whole process, imports included); then the adjusted
+/usr/bin/time (wall and CPU seconds, peak resident memory of the whole process, imports included); then the adjusted
 Rand index of the clustering the command chose (the one its report opens on) against the planted strategies.
 
 With --corelay PYTHON (an environment with CoRelAy, e.g. `python3.11 -m venv .venv-corelay &&
@@ -62,12 +62,13 @@ def measure_command(store: Path, truth: np.ndarray, extra=()) -> dict:
 
     from relprop.analysis import spray
 
-    command = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "relprop", "spray", str(store), "--classes", "0",
+    command = ["/usr/bin/time", "-f", "%e %U %S %M", sys.executable, "-m", "relprop", "spray", str(store), "--classes", "0",
                *extra]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds, kib = done.stderr.strip().splitlines()[-1].split()
+    seconds, user, system, kib = done.stderr.strip().splitlines()[-1].split()
     result = spray.read(store, "class-0")
-    return {"seconds": float(seconds), "peak_mib": round(int(kib) / 1024, 1), "suggested": result.suggested,
+    return {"seconds": float(seconds), "cpu_seconds": round(float(user) + float(system), 1),
+            "peak_mib": round(int(kib) / 1024, 1), "suggested": result.suggested,
             "chosen": result.chosen, "ari": round(float(adjusted_rand_score(truth, result.clusters[result.chosen])), 4),
             "summary": done.stdout.strip().splitlines()[0]}
 
@@ -158,10 +159,11 @@ def main():
                    "dense_matrix_gib": round(count * count * 8 / 2**30, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| N | seconds | peak MiB | dense N x N float64 | eigengap suggests | chosen | ARI of the chosen |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| N | wall s | CPU s | peak MiB | dense N x N float64 | eigengap suggests | chosen | ARI of the chosen |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['n']:,} | {row['seconds']} | {row['peak_mib']} | {row['dense_matrix_gib']} GiB | "
+        print(f"| {row['n']:,} | {row['seconds']} | {row['cpu_seconds']} | {row['peak_mib']} | "
+              f"{row['dense_matrix_gib']} GiB | "
               f"{row['suggested']} | {row['chosen']} | {row['ari']} |")
 
 

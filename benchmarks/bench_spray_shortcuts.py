@@ -6,7 +6,7 @@ paints another mark (shape, size, position, colour) into 80% of one class of rel
 mark (the target logit drops when it is removed), explains the marked class's images of a fresh set with
 epsilon_plus_flat and runs SpRAy on them twice: with the command's defaults (`relprop spray STORE` as users run
 it) and as the defaults were before (size 8, power 1, k-means with the k of the largest absolute eigengap).
-Printed per variant: the clustering shown first, its silhouette, and the purity and recall of its cluster holding
+Printed per variant: the clustering shown first, its conductance, and the purity and recall of its cluster holding
 the most marked samples.
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_spray_shortcuts.py [--train 4000 --epochs 4]
 """
@@ -77,7 +77,7 @@ def judge(features: np.ndarray, marked: np.ndarray, **settings) -> dict:
                            **settings)
     _, purity, recall = marked_cluster(result.clusters[result.chosen], marked)
     return {"chosen": result.chosen, "suggested": result.suggested,
-            "silhouette": round(result.silhouettes[result.chosen], 3), "purity": round(purity, 3),
+            "conductance": round(result.conductance[result.chosen], 3), "purity": round(purity, 3),
             "recall": round(recall, 3)}
 
 
@@ -115,7 +115,7 @@ def main():
         truth = marked[ours]
         row = {"variant": name, "samples": len(ours), "marked": int(truth.sum()),
                "logit drop without the mark": round(drop, 2), "accuracy on the class": round(accuracy, 3),
-               "defaults": judge(spray.pool(relevance, 8, 0.5), truth),
+               "defaults": judge(spray.pool(relevance, 3, 0.5), truth),
                "before": judge_before(spray.pool(relevance, 8, 1.0), truth),
                "seconds": round(time.perf_counter() - started, 1)}
         print(json.dumps(row), flush=True)

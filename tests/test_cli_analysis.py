@@ -85,7 +85,7 @@ def test_spray_command_writes_its_report_beside_the_store_and_says_where(store, 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run-spray" / "index.html").is_file() and not list(elsewhere.iterdir())
     assert str(tmp_path / "run-spray" / "index.html") in result.stdout
-    assert "most separated: kmeans-2" in result.stdout and "silhouette: kmeans-2 0.9" in result.stdout
+    assert "most separated: kmeans-2" in result.stdout and "crossing clusters: kmeans-2 0.000" in result.stdout
 
 
 def test_import_command_writes_a_store_spray_reads(tmp_path):

@@ -821,15 +821,15 @@ def _cluster_counts(text: str):
 @click.option("--all", "over_all", is_flag=True, help="analyse all samples together instead of per class")
 @click.option("--clusters", default="auto", show_default=True,
               help="auto (every k from 2 to the eigengap's suggestion), a number, or a range 2..K (k-means for "
-                   "each; the report opens on the one with the highest silhouette)")
+                   "each; the report opens on the most separated, the lowest conductance)")
 @click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True,
               help="k of the k-nearest-neighbour graph")
 @click.option("--eigenvalues", type=click.IntRange(min=2), default=32, show_default=True,
               help="how many of the Laplacian's smallest eigenpairs to compute")
 @click.option("--embed", "embeddings", multiple=True, type=click.Choice(["tsne", "umap", "spectral"]),
               help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 5,000 samples)")
-@click.option("--size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="heatmaps are average-pooled to SIZE x SIZE before comparing")
+@click.option("--size", type=click.IntRange(min=1), default=3, show_default=True,
+              help="heatmaps are average-pooled to SIZE x SIZE before comparing (3: centre, edges, corners apart)")
 @click.option("--power", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="pooled relevance is raised to POWER, signs kept (0.5 lets a small mark count beside the object; "
                    "1: relevance as it is)")
@@ -862,10 +862,11 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
         raise Failure(str(error)) from None
     for name, result in results.items():
         sizes = np.bincount(result.clusters[result.chosen][result.clusters[result.chosen] >= 0])
-        scores = ", ".join(f"{clustering} {score:.2f}" for clustering, score in result.silhouettes.items()
+        scores = ", ".join(f"{clustering} {score:.3f}" for clustering, score in result.conductance.items()
                            if np.isfinite(score))
         click.echo(f"{name}: {len(result.index)} samples, eigengap suggests {result.suggested} cluster(s); "
-                   f"most separated: {result.chosen} sizes {sizes.tolist()} (silhouette: {scores or 'undefined'})")
+                   f"most separated: {result.chosen} sizes {sizes.tolist()} (conductance, the share of neighbour "
+                   f"links crossing clusters: {scores or 'undefined'})")
         for note in result.notes:
             click.echo(f"{name}: {note}")
     skipped = spray_analysis.skipped_sets(store)

@@ -29,8 +29,8 @@ def shortcut_maps(count: int, top: int, left: int, pattern, share: float = 0.35,
     rng = np.random.default_rng(seed)
     marked = rng.uniform(size=count) < share
     y, x = np.mgrid[0:size, 0:size]
-    where = size / 2 + rng.uniform(-6, 6, (count, 2))
-    width = rng.uniform(2.0, 4.0, (count, 1, 1))
+    where = size / 2 + rng.uniform(-SHIFT, SHIFT, (count, 2))
+    width = rng.uniform(*WIDTH, (count, 1, 1))
     maps = np.exp(-((y - where[:, :1, None]) ** 2 + (x - where[:, 1:, None]) ** 2) / (2 * width ** 2))
     pattern = np.asarray(pattern, dtype=np.float64)
     mark = np.zeros((size, size))
@@ -48,3 +48,4 @@ MARKS = {
     "ring 5x5 top middle": (0, 13, np.pad(np.zeros((3, 3)), 1, constant_values=1)),
     "dot 2x2 right edge": (10, 29, np.ones((2, 2))),
 }
+SHIFT, WIDTH = 4.0, (1.5, 3.0)  # the object's place and size, about those of the demo's faint shapes (near the centre)

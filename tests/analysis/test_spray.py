@@ -94,8 +94,8 @@ def test_planted_strategies_are_suggested_and_found_by_the_chosen_clustering(cou
 
     shares = np.arange(strategies, 0, -1)  # e.g. 40/30/20/10% for four
     maps, truth = strategy_maps(count, CENTRES[:strategies], shares, seed=count + strategies)
-    result = spray.analyse(spray.pool(maps, 8, 0.5), np.arange(count), "class-0", embeddings=(),
-                           algorithms=("kmeans",))
+    result = spray.analyse(spray.pool(maps, 3, 0.5), np.arange(count), "class-0", embeddings=(),
+                           algorithms=("kmeans",))  # the features of `relprop spray`'s defaults
     assert result.suggested == strategies
     assert adjusted_rand_score(truth, result.clusters[result.chosen]) >= 0.9
 
@@ -231,7 +231,8 @@ def test_classes_with_too_few_samples_are_named_as_skipped(tmp_path):
                                   "ring 5x5 top middle", "dot 2x2 right edge"])
 def test_defaults_find_a_small_local_mark_on_a_third_of_the_class_and_open_on_it(mark, tmp_path):
     """A mark holding 40% of the object's relevance on 35% of the maps: the clustering the report opens on (with
-    the defaults of `relprop spray`) holds the marked maps, and only them, in one cluster."""
+    the defaults of `relprop spray`) holds the marked maps in one cluster, with few others (3x3 pooling shares an
+    edge's middle cell with the tail of an object off centre: purity 0.86 for the bar, 1.00 in a corner)."""
     from relprop.demo.shortcut import marked_cluster
 
     from .planted import MARKS, shortcut_maps
@@ -240,21 +241,27 @@ def test_defaults_find_a_small_local_mark_on_a_third_of_the_class_and_open_on_it
     store = write_store(tmp_path / "run.zarr", maps[:, None], np.zeros(400), np.ones((400, 2)), chunk=100)
     result = spray.run(store, embeddings=())["class-0"]
     _, purity, recall = marked_cluster(result.clusters[result.chosen], marked)
-    assert purity >= 0.9 and recall >= 0.9, (result.chosen, purity, recall)
+    assert purity >= 0.85 and recall >= 0.95, (result.chosen, purity, recall)
 
 
-def test_the_chosen_clustering_is_the_one_with_the_highest_silhouette():
+def test_conductance_equals_its_dense_formula_and_the_chosen_clustering_has_the_lowest():
     points, truth = blobs([40, 40, 20], seed=9)
     points[truth == 1] = points[truth == 0][:40] + 0.4 * (points[truth == 1] - points[truth == 1].mean(0))
     result = spray.analyse(points, np.arange(100), "all", clusters=[2, 3, 4], neighbors=5, eigenvalues=8,
                            embeddings=())
-    for name, labels in result.clusters.items():  # each score is scikit-learn's silhouette on the features
-        from sklearn.metrics import silhouette_score
-
-        assert result.silhouettes[name] == pytest.approx(silhouette_score(points, labels), abs=1e-9)
-    assert result.chosen == max(result.silhouettes, key=result.silhouettes.get)
-    result.silhouettes = {"kmeans-2": 0.5, "kmeans-3": 0.5, "kmeans-4": 0.1}
-    assert result.chosen == "kmeans-2"  # a tie goes to the smaller k
+    adjacency = dense_affinity(points, 5)
+    for name, labels in result.clusters.items():
+        shares = []
+        for cluster in np.unique(labels):
+            inside = labels == cluster
+            leaving = adjacency[inside][:, ~inside].sum()
+            shares.append(leaving / min(adjacency[inside].sum(), adjacency[~inside].sum()))
+        assert result.conductance[name] == pytest.approx(np.mean(shares), abs=1e-12)
+    assert result.chosen == min(result.conductance, key=result.conductance.get)
+    result.conductance = {"kmeans-2": 0.0, "kmeans-3": 0.0, "kmeans-4": 0.1}
+    assert result.chosen == "kmeans-3"  # a tie goes to the larger k: the finer split crossed no more edges
+    labels = np.array([0] * 50 + [-1] * 50)
+    assert np.isnan(spray.conductance(spray.knn_affinity(points, 5), labels))  # one cluster: undefined
 
 
 def test_hdbscan_does_not_split_a_small_class_into_many_clusters():
@@ -264,7 +271,7 @@ def test_hdbscan_does_not_split_a_small_class_into_many_clusters():
     from .planted import MARKS, shortcut_maps
 
     maps, marked = shortcut_maps(305, *MARKS["checkerboard 6x6 bottom-right"], mark_fraction=0.4, seed=3)
-    result = spray.analyse(spray.pool(maps, 8, 0.5), np.arange(305), "class-0", embeddings=(),
+    result = spray.analyse(spray.pool(maps, 3, 0.5), np.arange(305), "class-0", embeddings=(),
                            algorithms=("kmeans", "hdbscan"))
     density = next(labels for name, labels in result.clusters.items() if name.startswith("hdbscan-"))
     assert len(set(density.tolist()) - {-1}) <= 3

@@ -150,7 +150,7 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
             "means": {str(c): p for c, p in means.items()},
             "typical": {str(c): [int(result.index[p]) for p in members] for c, members in best.items()},
             "parameters": result.parameters, "notes": result.notes,
-            "silhouettes": {name: round(float(score), 3) for name, score in result.silhouettes.items()
+            "conductance": {name: round(float(score), 4) for name, score in result.conductance.items()
                             if np.isfinite(score)},
         })
     page = out / "index.html"
@@ -287,9 +287,10 @@ function build(set) {
   const section = element("section", {id: set.name});
   section.append(element("h2", {}, `${set.title}: ${set.count} samples, eigengap suggests ${set.suggested} ` +
                                      `cluster${set.suggested == 1 ? "" : "s"}`));
-  const scores = Object.entries(set.silhouettes).map(([name, score]) => `${name} ${score.toFixed(2)}`).join(", ");
+  const scores = Object.entries(set.conductance).map(([name, score]) => `${name} ${score.toFixed(3)}`).join(", ");
   section.append(element("p", {class: "separation"}, `Shown first: ${set.chosen}, the most separated clustering ` +
-    `(highest silhouette in the pooled heatmaps; 1: far apart, near 0: not apart). Silhouettes: ${scores || "none"}.`));
+    `(lowest conductance: the share of neighbour links that cross to another cluster; 0: apart). ` +
+    `Conductance: ${scores || "none"}.`));
   set.notes.forEach(note => section.append(element("p", {class: "note"}, note)));
   const spectrum = element("canvas", {width: 360, height: 140, class: "spectrum"});
   const choices = element("p", {});

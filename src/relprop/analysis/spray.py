@@ -6,9 +6,12 @@ For each analysed set S of n heatmaps (one class, or all samples):
    (``F.adaptive_avg_pool2d``; inputs smaller than ``size`` keep their size), raised to ``power`` keeping signs
    (sign(v) |v|^power; the default 0.5 lets a small mark with a third of the relevance count beside a peak on the
    object, where 1 lets the peak decide distances: with 1, no pooling size from 3 to 8 found the watermark demo's
-   mark, with 0.5 every one did) and scaled to unit L2 norm, so two samples compare by where relevance lies,
-   not by how much there is. Read from the store chunk by chunk. An odd ``size`` puts a centred object inside
-   one cell instead of across four.
+   mark) and scaled to unit L2 norm, so two samples compare by where relevance lies, not by how much there is.
+   Read from the store chunk by chunk. An odd ``size`` puts a centred object inside one cell instead of across
+   four; the default 3 keeps an object near the centre in the middle cell whatever its exact place, and a mark by
+   an edge or in a corner in a cell of its own: on the watermark demo's crosses, k = 2 held the marked ones at
+   every data-set size tried (123 to 299 crosses, recall >= 0.99), where 8 split them by where the object lies
+   (recall 0.2-0.4 below 299).
 2. **Affinity.** A symmetric k-nearest-neighbour graph: a_ij = 1 when j is among the ``neighbors`` nearest
    (Euclidean) features of i or i among those of j, else 0. Sparse: n * neighbors entries at most per direction.
 3. **Laplacian.** L = I - D^{-1/2} A D^{-1/2} with d_i = sum_j a_ij (every node has neighbours, so d_i > 0).
@@ -22,15 +25,16 @@ For each analysed set S of n heatmaps (one class, or all samples):
    the first gap after the zeros is the one that counts, however large later ones are. In a connected graph, the
    k in [2, min(m - 1, ``max_clusters``)] with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1}:
    a jump from 0.001 to 0.01 says more than one from 0.30 to 0.33, which an absolute gap would rank higher.
-   Never 1: a split is always shown, and its silhouette (step 6) says whether it is real (near 0: it is not).
+   Never 1: a split is always shown, and its conductance (step 6) says whether it is real (high: it is not).
 6. **Clusters.** k-means on the rows of the first k eigenvectors scaled to unit length (Ng, Jordan and Weiss 2001),
    stored as ``kmeans-<k>`` for each k asked for ("auto": every k from 2 to the suggestion); HDBSCAN and DBSCAN
    (scikit-learn, on request) on the same rows with k the suggested number, stored as ``hdbscan-<found>`` /
-   ``dbscan-<found>`` (noise is -1). Each clustering gets its silhouette in the pooled features (step 1, the same
-   space for every clustering, computed without any ground truth on a seeded subset of at most
-   ``SILHOUETTE_SAMPLE``): the k-means clustering with the highest is the **chosen** one, the one reports open on.
-   It is how far apart the clusters are against how spread each is; a mark against the rest can score above the
-   eigengap's finer split of the same samples, which an eigengap cannot tell.
+   ``dbscan-<found>`` (noise is -1). Each clustering gets its **conductance** on the kNN graph of step 2 (the same
+   graph for every clustering, no ground truth): per cluster C, the edges leaving C over min(vol C, vol rest), vol
+   the sum of degrees, i.e. the share of its neighbour links that cross to other clusters; averaged over the
+   clusters. The k-means clustering with the lowest is the **chosen** one, the one reports open on: the most
+   separated (on a tie, the larger k: splitting further cost no crossing edge). A mark against the rest can cross
+   fewer edges than the eigengap's finer split of the same samples, which an eigengap cannot tell.
 7. **Embeddings** in 2-D: ``spectral`` (eigenvectors 2 and 3), ``tsne`` (scikit-learn's Barnes-Hut t-SNE on the
    m-dimensional spectral embedding) and ``umap`` (umap-learn, where installed).
 
@@ -51,7 +55,6 @@ from . import store as stores
 EMBEDDINGS = ("spectral", "tsne", "umap")
 TSNE_AUTO_LIMIT = 5_000  # embeddings="auto" adds t-SNE up to this many samples (10k took 9 min on one busy core)
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
-SILHOUETTE_SAMPLE = 4000  # samples the silhouette is computed on: its cost grows with the square of this
 DENSITY_NEIGHBORS = 20  # HDBSCAN's min_samples
 DENSITY_SAMPLE = 10_000  # HDBSCAN clusters at most this many samples and labels the rest by their nearest
 KNN_WORKING_MIB = 128  # the exact neighbour search's distance blocks (scikit-learn's default, 1 GiB, was the peak)
@@ -258,34 +261,35 @@ class Analysis:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was left out and why, for the output and the report
-    silhouettes: dict[str, float] = field(default_factory=dict)  # per clustering, step 6
+    conductance: dict[str, float] = field(default_factory=dict)  # per clustering, step 6
 
     @property
     def chosen(self) -> str:
-        """The clustering reports open on: the k-means one with the highest silhouette (the smaller k on a tie);
-        without silhouettes (older stores), the one whose k is closest to the eigengap's suggestion."""
+        """The clustering reports open on: the k-means one with the lowest conductance (the larger k on a tie);
+        without conductances (older stores), the one whose k is closest to the eigengap's suggestion."""
         ks = {name: int(name.split("-")[1]) for name in self.clusters if name.startswith("kmeans-")}
         if not ks:
             return next(iter(self.clusters))
-        scored = {name: self.silhouettes[name] for name in ks if np.isfinite(self.silhouettes.get(name, np.nan))}
+        scored = {name: self.conductance[name] for name in ks if np.isfinite(self.conductance.get(name, np.nan))}
         if scored:
-            return max(scored, key=lambda name: (round(scored[name], 6), -ks[name]))
+            return min(scored, key=lambda name: (round(scored[name], 6), -ks[name]))
         return min(ks, key=lambda name: (abs(ks[name] - self.suggested), ks[name]))
 
 
-def silhouette(features: np.ndarray, labels: np.ndarray, seed: int = 0, sample: int = SILHOUETTE_SAMPLE) -> float:
-    """Mean silhouette of a clustering in the pooled-feature space (noise, -1, left out), on a seeded subset of at most
-    ``sample`` samples: (b - a) / max(a, b) per sample, a the mean distance to its own cluster, b to the nearest
-    other. In [-1, 1]; near 0 when the clusters are not apart. NaN where it is undefined (one cluster)."""
-    from sklearn.metrics import silhouette_score
-
-    kept = np.flatnonzero(labels >= 0)
-    if len(kept) > sample:
-        kept = np.sort(np.random.default_rng(seed).choice(kept, sample, replace=False))
-    found = len(np.unique(labels[kept]))
-    if not 2 <= found <= len(kept) - 1:
+def conductance(affinity, labels: np.ndarray) -> float:
+    """Mean conductance of a clustering on the kNN graph (step 6): per cluster, its edges to other samples (noise
+    included) over min(its volume, the rest's); NaN where undefined (fewer than two clusters)."""
+    labels = np.asarray(labels)
+    rows, columns = affinity.nonzero()
+    found = np.unique(labels[labels >= 0])
+    if len(found) < 2:
         return float("nan")
-    return float(silhouette_score(features[kept], labels[kept]))
+    shift = labels + 1  # noise (-1) gets bin 0
+    volume = np.bincount(shift[rows], minlength=shift.max() + 1).astype(np.float64)
+    inside = np.bincount(shift[rows][shift[rows] == shift[columns]], minlength=len(volume)).astype(np.float64)
+    bins = found + 1
+    smaller = np.minimum(volume[bins], volume.sum() - volume[bins])
+    return float(np.mean((volume[bins] - inside[bins]) / np.where(smaller > 0, smaller, np.nan)))
 
 
 def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto", neighbors: int = 10,
@@ -320,7 +324,7 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
             continue
         labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=min_size, seed=seed)
         result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
-    result.silhouettes = {name: silhouette(features, labels, seed) for name, labels in result.clusters.items()}
+    result.conductance = {name: conductance(affinity, labels) for name, labels in result.clusters.items()}
     for method in embeddings:
         result.embeddings[method] = embed(values, vectors, method, seed)
     return result
@@ -377,7 +381,7 @@ def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
 
 
 def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
-        embeddings="auto", algorithms=("kmeans",), size: int = 8, power: float = 0.5,
+        embeddings="auto", algorithms=("kmeans",), size: int = 3, power: float = 0.5,
         max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
     """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
 
@@ -455,7 +459,7 @@ def write(store, result: Analysis) -> None:
         group.create_array(f"embedding/{name}", data=points.astype(np.float32))
     group.attrs.update(json.loads(json.dumps({
         "parameters": result.parameters, "suggested_clusters": result.suggested, "chosen": result.chosen,
-        "notes": result.notes, "silhouettes": _finite(result.silhouettes), "method": "spray"})))
+        "notes": result.notes, "conductance": _finite(result.conductance), "method": "spray"})))
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -480,7 +484,7 @@ def read(store, name: str) -> Analysis:
     return Analysis(name, np.asarray(group["index"][:]), np.asarray(group["eigenvalues"][:]),
                     np.asarray(group["eigenvectors"][:]), int(attrs["suggested_clusters"]), clusters, embeddings,
                     attrs.get("parameters", {}), list(attrs.get("notes", [])),
-                    {key: np.nan if value is None else float(value) for key, value in attrs.get("silhouettes", {}).items()})
+                    {key: np.nan if value is None else float(value) for key, value in attrs.get("conductance", {}).items()})
 
 
 def stored(store) -> list[str]:
@@ -490,6 +494,6 @@ def stored(store) -> list[str]:
 
 
 __all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
-           "kmeans", "density_clusters", "silhouette", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
+           "kmeans", "density_clusters", "conductance", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
            "select_sets", "store_features", "too_small", "skipped_sets", "skipped_message", "density_min_size",
            "DENSITY_NEIGHBORS", "DENSITY_SAMPLE", "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]
