@@ -62,8 +62,8 @@ def measure_command(store: Path, truth: np.ndarray, extra=()) -> dict:
 
     from relprop.analysis import spray
 
-    command = ["/usr/bin/time", "-f", "%e %U %S %M", sys.executable, "-m", "relprop", "spray", str(store), "--classes", "0",
-               *extra]
+    command = ["/usr/bin/time", "-f", "%e %U %S %M", sys.executable, "-m", "relprop", "spray", str(store),
+               "--classes", "0", *extra]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds, user, system, kib = done.stderr.strip().splitlines()[-1].split()
     result = spray.read(store, "class-0")

@@ -484,7 +484,8 @@ def read(store, name: str) -> Analysis:
     return Analysis(name, np.asarray(group["index"][:]), np.asarray(group["eigenvalues"][:]),
                     np.asarray(group["eigenvectors"][:]), int(attrs["suggested_clusters"]), clusters, embeddings,
                     attrs.get("parameters", {}), list(attrs.get("notes", [])),
-                    {key: np.nan if value is None else float(value) for key, value in attrs.get("conductance", {}).items()})
+                    {key: np.nan if value is None else float(value)
+                     for key, value in attrs.get("conductance", {}).items()})
 
 
 def stored(store) -> list[str]:
@@ -494,6 +495,7 @@ def stored(store) -> list[str]:
 
 
 __all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
-           "kmeans", "density_clusters", "conductance", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
+           "kmeans", "density_clusters", "conductance", "embed", "analyse", "Analysis", "run", "read", "write",
+           "stored",
            "select_sets", "store_features", "too_small", "skipped_sets", "skipped_message", "density_min_size",
            "DENSITY_NEIGHBORS", "DENSITY_SAMPLE", "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]

@@ -10,5 +10,5 @@ from .sources import SOURCES, Sample, Source, open_source
 from .store import Store, StoreError, open_store
 from .work import ModelSpec, RunError
 
-__all__ = ["run", "from_arrays", "Summary", "open_store", "Store", "StoreError", "RunError", "open_source", "Source", "Sample",
-           "SOURCES", "ModelSpec"]
+__all__ = ["run", "Summary", "open_store", "Store", "StoreError", "RunError", "open_source", "Source", "Sample",
+           "SOURCES", "ModelSpec", "from_arrays"]

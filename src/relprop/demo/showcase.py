@@ -134,7 +134,8 @@ bottom-right corner (and {ELSEWHERE:.0%} of the other images): a "Clever Hans" s
 horse images. The demo explained {found["samples"]} such images into an explanation store
 (<code>relprop run demo-watermark:{found["samples"]}</code>) and clustered the {found["explained"]} {kind} heatmaps
 by Spectral Relevance Analysis (<code>relprop spray</code>, its defaults). In the clustering it shows first
-({found["clustering"]}, the most separated), one cluster of {found["cluster_size"]} samples holds the marked images: <b>purity {found["purity"]:.0%}, recall {found["recall"]:.0%}</b> of the
+({found["clustering"]}, the most separated), one cluster of {found["cluster_size"]} samples holds the marked images:
+<b>purity {found["purity"]:.0%}, recall {found["recall"]:.0%}</b> of the
 {found["marked"]} marked {kind} images (checked against the known truth; the eigengap suggests
 {found["eigengap_suggests"]} strategies).</p>
 <p><a href="{html.escape(found["report"])}">Open the SpRAy report</a>: the spectrum, the embedding (click a point
@@ -156,7 +157,8 @@ def describe(result: dict) -> str:
     found = result.get("shortcut")
     if found is not None:
         text += (f"\nplanted shortcut: SpRAy put {found['cluster_size']} of {found['explained']} "
-                 f"{KINDS[found['class']]} heatmaps in a cluster of their own ({found['clustering']}): purity {found['purity']:.0%}, "
-                 f"recall {found['recall']:.0%} of the {found['marked']} watermarked ones; report in "
+                 f"{KINDS[found['class']]} heatmaps in a cluster of their own ({found['clustering']}): "
+                 f"purity {found['purity']:.0%}, recall {found['recall']:.0%} of the {found['marked']} watermarked "
+                 "ones; report in "
                  f"{found['report']}")
     return text
