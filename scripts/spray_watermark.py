@@ -34,16 +34,16 @@ def main():
     datasets.run("demo-watermark", f"demo-watermark:{args.count}", store, composite="epsilon_plus_flat",
                  target="label", overwrite=store.exists())
     explained = datasets.open_store(store)
-    result = spray.run(store, classes=[watermark.CLASS], clusters=range(2, 5), size=3, power=0.5,
-                       algorithms=("kmeans", "hdbscan"))
+    result = spray.run(store, classes=[watermark.CLASS])  # the defaults of `relprop spray`
     analysis = result[f"class-{watermark.CLASS}"]
     truth = np.asarray(explained["extra/watermark"][:], dtype=bool)[analysis.index]
     for name, clusters in analysis.clusters.items():
         shares = {int(c): f"{truth[clusters == c].mean():.2f}" for c in sorted(set(clusters.tolist()))}
         print(f"{name}: share of marked samples per cluster {shares}")
-    found, purity, recall = marked_cluster(analysis.clusters["kmeans-2"], truth)
-    print(f"kmeans-2: purity {purity:.3f}, recall {recall:.3f} "
-          f"({truth.sum()} of {len(truth)} crosses marked); eigengap suggests {analysis.suggested}")
+    found, purity, recall = marked_cluster(analysis.clusters[analysis.chosen], truth)
+    print(f"{analysis.chosen} (the most separated, conductance {analysis.conductance[analysis.chosen]:.3f}): purity "
+          f"{purity:.3f}, recall {recall:.3f} ({truth.sum()} of {len(truth)} crosses marked); eigengap suggests "
+          f"{analysis.suggested}")
     page = report.write(store, args.out / "report")
     print(f"wrote {page}")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -56,3 +56,52 @@ def test_commands_on_a_missing_store_say_how_to_make_one(tmp_path):
     for command in (["spray"], ["export", "virelay"]):
         result = relprop(*command, tmp_path / "nothing.zarr", "--out", tmp_path / "out")
         assert result.returncode == 2 and "relprop run" in result.stderr, result.stderr
+
+
+def test_spray_command_analyses_the_other_classes_and_names_small_and_skipped_ones(tmp_path):
+    from tests.analysis.test_spray import store_with_small_classes
+
+    store = store_with_small_classes(tmp_path / "run.zarr")
+    result = relprop("spray", store, "--embed", "spectral", "--density", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    assert "class-0: 40 samples" in result.stdout and "class-1: 4 samples" in result.stdout
+    assert "class-1: hdbscan skipped" in result.stdout
+    assert "fewer than 3 explained samples: class-2 (2)" in result.stdout
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "class-2 (2)" in page and "hdbscan skipped" in page
+
+
+def test_export_without_a_spray_analysis_is_refused_and_writes_nothing(store, tmp_path):
+    result = relprop("export", "virelay", store, "--out", tmp_path / "project")
+    assert result.returncode == 2 and f"relprop spray {store}" in result.stderr, result.stderr
+    assert not (tmp_path / "project").exists()
+
+
+def test_spray_command_writes_its_report_beside_the_store_and_says_where(store, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = relprop("spray", store, "--neighbors", "4", "--eigenvalues", "6", "--embed", "spectral")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run-spray" / "index.html").is_file() and not list(elsewhere.iterdir())
+    assert str(tmp_path / "run-spray" / "index.html") in result.stdout
+    assert "most separated: kmeans-2" in result.stdout and "crossing clusters: kmeans-2 0.000" in result.stdout
+
+
+def test_import_command_writes_a_store_spray_reads(tmp_path):
+    from tests.datasets.test_imported import planted
+
+    relevance, labels, images, _ = planted()
+    for name, array in (("r", relevance), ("y", labels), ("x", images)):
+        np.save(tmp_path / f"{name}.npy", array)
+    result = relprop("import", tmp_path / "run.zarr", "--relevance", tmp_path / "r.npy", "--labels",
+                     tmp_path / "y.npy", "--images", tmp_path / "x.npy", "--class-names", "cat,dog")
+    assert result.returncode == 0, result.stderr
+    assert "60 heatmaps of 2 classes" in result.stdout and "relprop spray" in result.stdout
+    sprayed = relprop("spray", tmp_path / "run.zarr", "--embed", "spectral")
+    assert sprayed.returncode == 0, sprayed.stderr
+    assert "class-0: 30 samples" in sprayed.stdout and "class-1: 30 samples" in sprayed.stdout
+    missing = relprop("import", tmp_path / "other.zarr", "--relevance", tmp_path / "r.npy")
+    assert missing.returncode == 2 and "--labels is required" in missing.stderr
+    again = relprop("import", tmp_path / "run.zarr", "--relevance", tmp_path / "r.npy", "--labels", tmp_path / "y.npy")
+    assert again.returncode == 2 and "--overwrite" in again.stderr

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import relprop
 from relprop.analysis import spray
 from relprop.demo import KINDS, normalize, watermark
+from relprop.demo.shortcut import marked_cluster
 from tests.analysis.stores import write_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,13 @@ def test_spray_puts_the_watermarked_samples_in_their_own_cluster(watermark_store
     found = clusters == mostly_marked
     purity, recall = marked[found].mean(), found[marked].mean()
     assert purity >= 0.9 and recall >= 0.9, (purity, recall)
+
+
+def test_spray_with_its_defaults_opens_on_a_clustering_that_separates_the_watermarked_samples(watermark_store):
+    store, marked = watermark_store
+    result = spray.run(store, classes=[watermark.CLASS], embeddings=())[f"class-{watermark.CLASS}"]
+    _, purity, recall = marked_cluster(result.clusters[result.chosen], marked)
+    assert purity >= 0.9 and recall >= 0.9, (result.chosen, purity, recall)
 
 
 def test_training_script_trains_the_watermark_model_deterministically(tmp_path):

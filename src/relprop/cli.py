@@ -878,20 +878,23 @@ def _cluster_counts(text: str):
 @click.option("--classes", default=None, help="comma-separated class indices (default: every class with samples)")
 @click.option("--all", "over_all", is_flag=True, help="analyse all samples together instead of per class")
 @click.option("--clusters", default="auto", show_default=True,
-              help="auto (the eigengap's suggestion), a number, or a range 2..K (k-means for each)")
+              help="auto (every k from 2 to the eigengap's suggestion), a number, or a range 2..K (k-means for "
+                   "each; the report opens on the most separated, the lowest conductance)")
 @click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True,
               help="k of the k-nearest-neighbour graph")
 @click.option("--eigenvalues", type=click.IntRange(min=2), default=32, show_default=True,
               help="how many of the Laplacian's smallest eigenpairs to compute")
 @click.option("--embed", "embeddings", multiple=True, type=click.Choice(["tsne", "umap", "spectral"]),
-              help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 20,000 samples)")
-@click.option("--size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="heatmaps are average-pooled to SIZE x SIZE before comparing")
-@click.option("--power", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="pooled relevance is raised to POWER, signs kept (0.5 lets weaker, spread-out relevance count)")
-@click.option("--density/--no-density", default=True, show_default=True, help="also cluster with HDBSCAN")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
-              help="folder for the HTML report (index.html)")
+              help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 5,000 samples)")
+@click.option("--size", type=click.IntRange(min=1), default=3, show_default=True,
+              help="heatmaps are average-pooled to SIZE x SIZE before comparing (3: centre, edges, corners apart)")
+@click.option("--power", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="pooled relevance is raised to POWER, signs kept (0.5 lets a small mark count beside the object; "
+                   "1: relevance as it is)")
+@click.option("--density/--no-density", default=False, show_default=True,
+              help="also cluster with HDBSCAN (a second opinion with noise; subsampled above 10,000 samples)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for the HTML report (index.html); default: STORE-spray beside the store")
 @click.option("--max-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="samples per class the report shows with pictures")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -917,12 +920,83 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
         raise Failure(str(error)) from None
     for name, result in results.items():
         sizes = np.bincount(result.clusters[result.chosen][result.clusters[result.chosen] >= 0])
+        scores = ", ".join(f"{clustering} {score:.3f}" for clustering, score in result.conductance.items()
+                           if np.isfinite(score))
         click.echo(f"{name}: {len(result.index)} samples, eigengap suggests {result.suggested} cluster(s); "
-                   f"{result.chosen} sizes {sizes.tolist()}")
+                   f"most separated: {result.chosen} sizes {sizes.tolist()} (conductance, the share of neighbour "
+                   f"links crossing clusters: {scores or 'undefined'})")
+        for note in result.notes:
+            click.echo(f"{name}: {note}")
+    skipped = spray_analysis.skipped_sets(store)
+    if skipped:
+        click.echo(spray_analysis.skipped_message(skipped))
+    out = out or report_folder(store)
     with Staging(out) as staging:
         report.write(store, staging.path, list(results), max_samples=max_samples, seed=seed)
         staging.commit()
-    click.echo(f"wrote {store}/analysis and {out / 'index.html'}")
+    click.echo(f"wrote {store}/analysis and the report {out / 'index.html'}")
+
+
+def report_folder(store: Path) -> Path:
+    """Where `relprop spray` writes its report unless told: beside the store, named after it (run.zarr: run-spray)."""
+    store = Path(store)
+    return store.parent / f"{store.name.removesuffix('.zarr')}-spray"
+
+
+@main.command(name="import")
+@click.argument("store", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--relevance", "relevance_file", required=True, type=click.Path(dir_okay=False, exists=True,
+              path_type=Path), help="heatmaps: .npy (N, C, H, W), (N, H, W) or (N, D); or an .h5 of CoRelAy/ViRelAy "
+              "layout (attribution, label, optional prediction and index)")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help=".npy of N integer labels (-1: unknown); required with a .npy --relevance")
+@click.option("--images", "images_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="inputs for previews: .npy (N, C, H, W) in [0, 1] or uint8, or ViRelAy's input.h5 (data)")
+@click.option("--output", "output_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help=".npy of the model's outputs (N, classes)")
+@click.option("--ids", "ids_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="text file of N sample ids, one a line")
+@click.option("--class-names", default=None, help="comma-separated class names, in class order")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, help="samples per store chunk (default: ~4 MiB)")
+@click.option("--overwrite", is_flag=True, help="replace an existing store at STORE")
+def import_heatmaps(store, relevance_file, labels_file, images_file, output_file, ids_file, class_names, chunk,
+                    overwrite):
+    """Write pre-computed heatmaps into a store, for `relprop spray` and `relprop export virelay`."""
+    import numpy as np
+
+    from . import datasets
+    from .datasets import imported
+
+    def npy(path):
+        if path is None:
+            return None
+        if path.suffix != ".npy":
+            raise Failure(f"{path}: give a .npy file (numpy.save) here")
+        return np.load(path, mmap_mode="r", allow_pickle=False)  # read chunk by chunk, never whole
+
+    try:
+        if relevance_file.suffix in (".h5", ".hdf5"):
+            images_h5 = images_file if images_file is not None and images_file.suffix in (".h5", ".hdf5") else None
+            arrays = imported.read_h5(relevance_file, images_h5)
+            if images_file is not None and images_h5 is None:
+                arrays["images"] = npy(images_file)
+        else:
+            if labels_file is None:
+                raise Failure("--labels is required with a .npy --relevance (an .h5 file carries its own)")
+            arrays = {"relevance": npy(relevance_file), "images": npy(images_file)}
+        if labels_file is not None:
+            arrays["labels"] = npy(labels_file)
+        if output_file is not None:
+            arrays["output"] = npy(output_file)
+        if ids_file is not None:
+            arrays["ids"] = ids_file.read_text().splitlines()
+        names = None if class_names is None else [name.strip() for name in class_names.split(",")]
+        result = datasets.from_arrays(store, class_names=names, chunk=chunk, overwrite=overwrite,
+                                      data=str(relevance_file), **arrays)
+    except (ValueError, OSError, datasets.StoreError) as error:
+        raise Failure(" ".join(str(error).split())) from None
+    click.echo(f"wrote {store}: {result.count} heatmaps of {result.attrs['classes']} classes; next: relprop spray "
+               f"{store}")
 
 
 @main.group()

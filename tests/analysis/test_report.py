@@ -113,3 +113,15 @@ def test_clicking_a_point_in_headless_chromium_shows_that_sample(analysed):
                            (out / "index.html").as_uri() + f"#sample={index}"],
                           capture_output=True, text=True, timeout=60).stdout
     assert f'src="samples/{index}.png"' in page and f"sample {index} (demo:{index})" in page
+
+
+def test_samples_without_model_outputs_show_an_unknown_prediction(tmp_path):
+    rng = np.random.default_rng(3)
+    relevance = rng.uniform(0, 0.05, (20, 1, 8, 8)).astype(np.float32)
+    relevance[:10, :, :4] += 1
+    relevance[10:, :, 4:] += 1
+    store = write_store(tmp_path / "run.zarr", relevance, np.zeros(20), np.full((20, 2), np.nan))
+    spray.run(store, clusters=[2], neighbors=4, embeddings=("spectral",))
+    page = report.write(store, tmp_path / "report").read_text()
+    sets = json.loads(re.search(r"const SETS = (.*);\n", page).group(1))
+    assert set(sets[0]["predicted"]) == {"?"}

@@ -68,11 +68,36 @@ def test_sparse_eigenpairs_match_a_dense_eigendecomposition_on_50_points():
             assert abs(reference_vectors[:, i] @ vectors[:, i]) == pytest.approx(1, abs=1e-6)
 
 
-def test_eigengap_counts_the_eigenvalues_before_the_largest_gap():
-    assert spray.eigengap(np.array([0.0, 0.0, 0.01, 0.6, 0.65, 0.7])) == 3
-    assert spray.eigengap(np.array([0.0, 0.5, 0.55, 0.6])) == 1
-    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95])) == 4
-    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95]), max_clusters=3) == 2  # the gap after 4: too far
+def test_eigengap_counts_connected_components_before_any_later_gap():
+    # the issue's spectrum at 10,000 maps: 4 components, then a larger absolute gap further on
+    spectrum = np.array([0, 0, 0, 0, 0.00119, 0.00228, 0.004, 0.006, 0.05, 0.3])
+    assert spray.eigengap(spectrum) == 4
+    assert spray.eigengap(np.array([0.0, 0.0, 0.01, 0.6, 0.65, 0.7])) == 2
+    assert spray.eigengap(np.zeros(12), max_clusters=10) == 10  # more components than clusters allowed
+
+
+def test_eigengap_in_a_connected_graph_takes_the_largest_relative_gap():
+    # absolute gaps: 0.29 after 2, 0.64 after 4; relative: 0.97 after 2, 0.67 after 4
+    assert spray.eigengap(np.array([0.0, 0.01, 0.3, 0.31, 0.95])) == 2
+    # a jump from 0.001 to 0.02 after 3 beats the absolute 0.1 from 0.2 to 0.3 (relative 0.33)
+    assert spray.eigengap(np.array([0.0, 0.0008, 0.001, 0.02, 0.2, 0.3])) == 3
+    assert spray.eigengap(np.array([0.0, 0.0008, 0.001, 0.02, 0.2, 0.3]), max_clusters=2) == 2
+    assert spray.eigengap(np.array([0.0, 0.5])) == 1  # two eigenvalues: no gap to compare
+
+
+@pytest.mark.parametrize("count, strategies", [(300, 2), (1000, 3), (3000, 4), (2000, 6),
+                                              pytest.param(10000, 4, marks=pytest.mark.slow)])
+def test_planted_strategies_are_suggested_and_found_by_the_chosen_clustering(count, strategies):
+    from sklearn.metrics import adjusted_rand_score
+
+    from .planted import CENTRES, strategy_maps
+
+    shares = np.arange(strategies, 0, -1)  # e.g. 40/30/20/10% for four
+    maps, truth = strategy_maps(count, CENTRES[:strategies], shares, seed=count + strategies)
+    result = spray.analyse(spray.pool(maps, 3, 0.5), np.arange(count), "class-0", embeddings=(),
+                           algorithms=("kmeans",))  # the features of `relprop spray`'s defaults
+    assert result.suggested == strategies
+    assert adjusted_rand_score(truth, result.clusters[result.chosen]) >= 0.9
 
 
 def test_separate_groups_give_zero_eigenvalues_and_kmeans_finds_them():
@@ -171,3 +196,99 @@ def test_bad_input_names_the_problem(tmp_path):
         spray.run(store, embeddings=("pca",))
     with pytest.raises(KeyError, match="relprop spray"):
         spray.read(store, "class-1")
+
+
+def store_with_small_classes(path):
+    """Class 0: 40 samples in two strategies; class 1: 4 samples; class 2: 2 samples; class 3: none."""
+    rng = np.random.default_rng(8)
+    labels = np.array([0] * 40 + [1] * 4 + [2] * 2)
+    relevance = rng.uniform(0, 0.1, (46, 1, 8, 8)).astype(np.float32)
+    relevance[:20, :, :3, :3] += 1
+    relevance[20:, :, 5:, 5:] += 1
+    return write_store(path, relevance, labels, np.eye(4, dtype=np.float32)[labels], chunk=8)
+
+
+def test_a_class_of_four_samples_is_analysed_without_density_clustering_and_says_so(tmp_path):
+    store = store_with_small_classes(tmp_path / "run.zarr")
+    results = spray.run(store, embeddings=("spectral",), algorithms=("kmeans", "hdbscan"))
+    assert sorted(results) == ["class-0", "class-1"]
+    assert any(name.startswith("hdbscan-") for name in results["class-0"].clusters)
+    assert not any(name.startswith("hdbscan-") for name in results["class-1"].clusters)
+    assert results["class-1"].notes and "hdbscan skipped: 4 samples" in results["class-1"].notes[0]
+    assert spray.read(store, "class-1").notes == results["class-1"].notes  # stored for the report
+
+
+def test_classes_with_too_few_samples_are_named_as_skipped(tmp_path):
+    store = store_with_small_classes(tmp_path / "run.zarr")
+    spray.run(store, embeddings=(), algorithms=("kmeans",))
+    assert spray.skipped_sets(store) == {"class-2": 2}  # class 3 has no samples at all: nothing to skip
+    assert "class-2 (2)" in spray.skipped_message(spray.skipped_sets(store))
+    spray.run(store, classes=[0], embeddings=(), algorithms=("kmeans",))  # classes asked for by name: none skipped
+    assert spray.skipped_sets(store) == {}
+
+
+@pytest.mark.parametrize("mark", ["checkerboard 6x6 bottom-right", "square 3x3 top-left", "bar 2x9 left edge",
+                                  "ring 5x5 top middle", "dot 2x2 right edge"])
+def test_defaults_find_a_small_local_mark_on_a_third_of_the_class_and_open_on_it(mark, tmp_path):
+    """A mark holding 40% of the object's relevance on 35% of the maps: the clustering the report opens on (with
+    the defaults of `relprop spray`) holds the marked maps in one cluster, with few others (3x3 pooling shares an
+    edge's middle cell with the tail of an object off centre: purity 0.86 for the bar, 1.00 in a corner)."""
+    from relprop.demo.shortcut import marked_cluster
+
+    from .planted import MARKS, shortcut_maps
+
+    maps, marked = shortcut_maps(400, *MARKS[mark], mark_fraction=0.4, seed=1)
+    store = write_store(tmp_path / "run.zarr", maps[:, None], np.zeros(400), np.ones((400, 2)), chunk=100)
+    result = spray.run(store, embeddings=())["class-0"]
+    _, purity, recall = marked_cluster(result.clusters[result.chosen], marked)
+    assert purity >= 0.85 and recall >= 0.95, (result.chosen, purity, recall)
+
+
+def test_conductance_equals_its_dense_formula_and_the_chosen_clustering_has_the_lowest():
+    points, truth = blobs([40, 40, 20], seed=9)
+    points[truth == 1] = points[truth == 0][:40] + 0.4 * (points[truth == 1] - points[truth == 1].mean(0))
+    result = spray.analyse(points, np.arange(100), "all", clusters=[2, 3, 4], neighbors=5, eigenvalues=8,
+                           embeddings=())
+    adjacency = dense_affinity(points, 5)
+    for name, labels in result.clusters.items():
+        shares = []
+        for cluster in np.unique(labels):
+            inside = labels == cluster
+            leaving = adjacency[inside][:, ~inside].sum()
+            shares.append(leaving / min(adjacency[inside].sum(), adjacency[~inside].sum()))
+        assert result.conductance[name] == pytest.approx(np.mean(shares), abs=1e-12)
+    assert result.chosen == min(result.conductance, key=result.conductance.get)
+    result.conductance = {"kmeans-2": 0.0, "kmeans-3": 0.0, "kmeans-4": 0.1}
+    assert result.chosen == "kmeans-3"  # a tie goes to the larger k: the finer split crossed no more edges
+    labels = np.array([0] * 50 + [-1] * 50)
+    assert np.isnan(spray.conductance(spray.knn_affinity(points, 5), labels))  # one cluster: undefined
+
+
+def test_hdbscan_does_not_split_a_small_class_into_many_clusters():
+    """305 maps in 2 strategies with a mark as in the demo: HDBSCAN on them finds the 2, not tens of splinters."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from .planted import MARKS, shortcut_maps
+
+    maps, marked = shortcut_maps(305, *MARKS["checkerboard 6x6 bottom-right"], mark_fraction=0.4, seed=3)
+    result = spray.analyse(spray.pool(maps, 3, 0.5), np.arange(305), "class-0", embeddings=(),
+                           algorithms=("kmeans", "hdbscan"))
+    density = next(labels for name, labels in result.clusters.items() if name.startswith("hdbscan-"))
+    assert len(set(density.tolist()) - {-1}) <= 3
+    kept = density >= 0
+    assert kept.mean() >= 0.8 and adjusted_rand_score(marked[kept], density[kept]) >= 0.7
+
+
+def test_hdbscan_above_its_sample_limit_clusters_a_subset_and_labels_the_rest_by_their_nearest(monkeypatch):
+    from sklearn.cluster import HDBSCAN
+    from sklearn.neighbors import NearestNeighbors
+
+    points, _ = blobs([150, 100, 50], dim=3, spread=0.3, seed=10)
+    monkeypatch.setattr(spray, "DENSITY_SAMPLE", 120)
+    labels = spray.density_clusters(points, 3, "hdbscan", min_size=10, seed=4)
+    rows = spray.spectral_rows(points, 3)
+    subset = np.sort(np.random.default_rng(4).choice(300, 120, replace=False))
+    expected = HDBSCAN(min_cluster_size=4, min_samples=20, copy=True).fit_predict(rows[subset])  # 4 = 10 * 120 / 300
+    np.testing.assert_array_equal(labels[subset], expected)
+    nearest = NearestNeighbors(n_neighbors=1).fit(rows[subset]).kneighbors(rows, return_distance=False)[:, 0]
+    np.testing.assert_array_equal(labels, expected[nearest])

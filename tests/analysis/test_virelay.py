@@ -103,3 +103,26 @@ def test_export_of_a_store_without_previews_says_why(tmp_path):
     store = write_store(tmp_path / "run.zarr", np.ones((4, 5)), np.zeros(4), np.ones((4, 2)))
     with pytest.raises(ValueError, match="preview"):
         virelay.export(store, tmp_path / "out")
+
+
+def test_export_of_a_store_without_a_spray_analysis_is_refused_with_the_fix(tmp_path):
+    rng = np.random.default_rng(1)
+    store = write_store(tmp_path / "run.zarr", rng.normal(size=(6, 3, 8, 8)), np.zeros(6), np.ones((6, 2)),
+                        preview=rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"no SpRAy analysis.*relprop spray .*run\.zarr"):
+        virelay.export(store, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_classes_the_store_has_no_name_for_are_named_by_index(tmp_path):
+    """A folder of a/ and b/ explained by a model with three outputs: the third class is class-2."""
+    rng = np.random.default_rng(2)
+    labels = np.array([0, 1] * 6)
+    relevance = rng.normal(size=(12, 3, 8, 8)).astype(np.float32)
+    store = write_store(tmp_path / "run.zarr", relevance, labels, rng.normal(size=(12, 3)), class_names=["a", "b"],
+                        preview=rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8))
+    spray.run(store, clusters=[2], neighbors=3, eigenvalues=4, embeddings=(), algorithms=("kmeans",))
+    path = virelay.export(store, tmp_path / "project")
+    names = [entry["name"] for entry in json.loads((path.parent / "label-map.json").read_text())]
+    assert names == ["a", "b", "class-2"]
+    assert virelay.class_names(None, 2) == ["class-0", "class-1"]

@@ -77,7 +77,9 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
     results = [spray.read(store, name) for name in names]
     class_names = stores.class_names(root)
     labels = np.asarray(root["label"][:])
-    predicted = np.asarray(root["output"][:]).argmax(1)
+    outputs = np.asarray(root["output"][:])
+    known = ~np.isnan(outputs).all(1)  # imported heatmaps may come without the model's outputs
+    predicted = np.where(known, np.nan_to_num(outputs, nan=-np.inf).argmax(1), -1)
     ids = np.asarray(root["id"][:]) if "id" in root else np.arange(len(labels)).astype(str)
     previews = root["preview"] if "preview" in root else None
     relevance = root["relevance"]
@@ -142,7 +144,7 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
             "eigenvalues": [round(float(v), 6) for v in result.eigenvalues], "chosen": chosen,
             "index": index.tolist(), "id": [str(ids[i]) for i in index],
             "label": [name_of(labels[i]) if labels[i] >= 0 else "?" for i in index],
-            "predicted": [name_of(predicted[i]) for i in index],
+            "predicted": [name_of(predicted[i]) if predicted[i] >= 0 else "?" for i in index],
             "clusters": {name: result.clusters[name][visible].tolist() for name in result.clusters},
             "sizes": {name: {str(c): int((labels_ == c).sum()) for c in sorted(set(labels_.tolist()))}
                       for name, labels_ in result.clusters.items()},
@@ -150,11 +152,14 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
             "means": {str(c): p for c, p in means.items()},
             "apart": apart_maps, "apart_note": apart_note,
             "typical": {str(c): [int(result.index[p]) for p in members] for c, members in best.items()},
-            "parameters": result.parameters,
+            "parameters": result.parameters, "notes": result.notes,
+            "conductance": {name: round(float(score), 4) for name, score in result.conductance.items()
+                            if np.isfinite(score)},
         })
     page = out / "index.html"
     viz.save_text(_PAGE.replace("__TITLE__", html.escape(f"SpRAy: {Path(store).name}"))
                   .replace("__IMAGES__", "true" if images else "false")
+                  .replace("__SKIPPED__", json.dumps(_skipped_line(store)).replace("</", "<\\/"))
                   .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/")), page)
     return page
 
@@ -179,6 +184,11 @@ def _apart(root, result, chosen, out, cmap):
     return paths, f"{apart.NOTE}; {evidence.agreement:.0%} of samples keep their SpRAy cluster in that k-means"
 
 
+def _skipped_line(store) -> str:
+    skipped = spray.skipped_sets(store)
+    return f"Not analysed: {spray.skipped_message(skipped)}." if skipped else ""
+
+
 _PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -197,9 +207,11 @@ small { color: #666; }
 <p><small>Spectral Relevance Analysis: samples whose heatmaps look alike sit together; a cluster apart from the rest is
 a strategy of the model (maybe a shortcut). Hover or click a point; <code>#sample=INDEX</code> in the address opens
 one.</small></p>
+<p id="skipped"></p>
 <div id="sets"></div>
 <script>
 const SETS = __DATA__;
+const SKIPPED = __SKIPPED__;
 const IMAGES = __IMAGES__;
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#bcbd22", "#7f7f7f"];
@@ -303,6 +315,11 @@ function build(set) {
   const section = element("section", {id: set.name});
   section.append(element("h2", {}, `${set.title}: ${set.count} samples, eigengap suggests ${set.suggested} ` +
                                      `cluster${set.suggested == 1 ? "" : "s"}`));
+  const scores = Object.entries(set.conductance).map(([name, score]) => `${name} ${score.toFixed(3)}`).join(", ");
+  section.append(element("p", {class: "separation"}, `Shown first: ${set.chosen}, the most separated clustering ` +
+    `(lowest conductance: the share of neighbour links that cross to another cluster; 0: apart). ` +
+    `Conductance: ${scores || "none"}.`));
+  set.notes.forEach(note => section.append(element("p", {class: "note"}, note)));
   const spectrum = element("canvas", {width: 360, height: 140, class: "spectrum"});
   const choices = element("p", {});
   [["clustering", Object.keys(set.clusters)], ["embedding", Object.keys(set.embeddings)]].forEach(([what, names]) => {
@@ -342,6 +359,7 @@ window.spray = {
   },
 };
 
+document.getElementById("skipped").textContent = SKIPPED;
 SETS.forEach(build);
 function fromAddress() {
   const match = /sample=(\d+)/.exec(location.hash);

@@ -4,10 +4,14 @@ For each analysed set S of n heatmaps (one class, or all samples):
 
 1. **Features.** Each heatmap is summed over channels, average-pooled to ``size`` x ``size`` cells
    (``F.adaptive_avg_pool2d``; inputs smaller than ``size`` keep their size), raised to ``power`` keeping signs
-   (sign(v) |v|^power: 0.5 lets a mark with a third of the relevance count beside a peak on the object, where
-   1 lets the peak decide distances) and scaled to unit L2 norm, so two samples compare by where relevance lies,
-   not by how much there is. Read from the store chunk by chunk. An odd ``size`` puts a centred object inside
-   one cell instead of across four.
+   (sign(v) |v|^power; the default 0.5 lets a small mark with a third of the relevance count beside a peak on the
+   object, where 1 lets the peak decide distances: with 1, no pooling size from 3 to 8 found the watermark demo's
+   mark) and scaled to unit L2 norm, so two samples compare by where relevance lies, not by how much there is.
+   Read from the store chunk by chunk. An odd ``size`` puts a centred object inside one cell instead of across
+   four; the default 3 keeps an object near the centre in the middle cell whatever its exact place, and a mark by
+   an edge or in a corner in a cell of its own: on the watermark demo's crosses, k = 2 held the marked ones at
+   every data-set size tried (123 to 299 crosses, recall >= 0.99), where 8 split them by where the object lies
+   (recall 0.2-0.4 below 299).
 2. **Affinity.** A symmetric k-nearest-neighbour graph: a_ij = 1 when j is among the ``neighbors`` nearest
    (Euclidean) features of i or i among those of j, else 0. Sparse: n * neighbors entries at most per direction.
 3. **Laplacian.** L = I - D^{-1/2} A D^{-1/2} with d_i = sum_j a_ij (every node has neighbours, so d_i > 0).
@@ -16,11 +20,21 @@ For each analysed set S of n heatmaps (one class, or all samples):
 4. **Eigenpairs.** The ``eigenvalues`` smallest of L: 0 once per connected component (eigenvector D^{1/2} 1_C),
    the others as the largest of M = D^{-1/2} A D^{-1/2} (lambda = 1 - mu) away from those, by a sparse Lanczos
    solver (scipy's ``eigsh``): nothing of size n x n is ever formed.
-5. **Eigengap.** With lambda_1 <= ... <= lambda_m, the suggested number of clusters is the k in [1, max_k - 1]
-   (max_k = min(m, ``max_clusters``)) that maximises lambda_{k+1} - lambda_k.
+5. **Eigengap.** With lambda_1 <= ... <= lambda_m: when c >= 2 of them are 0 (below ``ZERO``), the kNN graph has
+   c connected components, groups with no edge between them, and c is the suggestion (at most ``max_clusters``);
+   the first gap after the zeros is the one that counts, however large later ones are. In a connected graph, the
+   k in [2, min(m - 1, ``max_clusters``)] with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1}:
+   a jump from 0.001 to 0.01 says more than one from 0.30 to 0.33, which an absolute gap would rank higher.
+   Never 1: a split is always shown, and its conductance (step 6) says whether it is real (high: it is not).
 6. **Clusters.** k-means on the rows of the first k eigenvectors scaled to unit length (Ng, Jordan and Weiss 2001),
-   stored as ``kmeans-<k>`` for each k asked for; HDBSCAN and DBSCAN (scikit-learn) on the same rows with k the
-   suggested number, stored as ``hdbscan-<found>`` / ``dbscan-<found>`` (noise is -1).
+   stored as ``kmeans-<k>`` for each k asked for ("auto": every k from 2 to the suggestion); HDBSCAN and DBSCAN
+   (scikit-learn, on request) on the same rows with k the suggested number, stored as ``hdbscan-<found>`` /
+   ``dbscan-<found>`` (noise is -1). Each clustering gets its **conductance** on the kNN graph of step 2 (the same
+   graph for every clustering, no ground truth): per cluster C, the edges leaving C over min(vol C, vol rest), vol
+   the sum of degrees, i.e. the share of its neighbour links that cross to other clusters; averaged over the
+   clusters. The k-means clustering with the lowest is the **chosen** one, the one reports open on: the most
+   separated (on a tie, the larger k: splitting further cost no crossing edge). A mark against the rest can cross
+   fewer edges than the eigengap's finer split of the same samples, which an eigengap cannot tell.
 7. **Embeddings** in 2-D: ``spectral`` (eigenvectors 2 and 3), ``tsne`` (scikit-learn's Barnes-Hut t-SNE on the
    m-dimensional spectral embedding) and ``umap`` (umap-learn, where installed).
 
@@ -39,8 +53,13 @@ import numpy as np
 from . import store as stores
 
 EMBEDDINGS = ("spectral", "tsne", "umap")
-TSNE_AUTO_LIMIT = 20_000  # embeddings="auto" adds t-SNE up to this many samples (it took 9 min for 10k on one core)
+TSNE_AUTO_LIMIT = 5_000  # embeddings="auto" adds t-SNE up to this many samples (10k took 9 min on one busy core)
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
+DENSITY_NEIGHBORS = 20  # HDBSCAN's min_samples
+DENSITY_SAMPLE = 10_000  # HDBSCAN clusters at most this many samples and labels the rest by their nearest
+KNN_WORKING_MIB = 128  # the exact neighbour search's distance blocks (scikit-learn's default, 1 GiB, was the peak)
+ZERO = 1e-8  # an eigenvalue below this counts as 0: one per connected component of the kNN graph
+MIN_SAMPLES = 3  # the least a set needs for a kNN graph with an eigengap; fewer are skipped and named
 
 
 # ---- the steps, each on plain arrays ------------------------------------------------------------------------------
@@ -65,6 +84,7 @@ def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
 
 def knn_affinity(features: np.ndarray, neighbors: int):
     """Sparse symmetric 0/1 affinity (scipy CSR) of the k-nearest-neighbour graph, self-loops excluded."""
+    import sklearn
     from scipy import sparse
     from sklearn.neighbors import NearestNeighbors
 
@@ -72,7 +92,8 @@ def knn_affinity(features: np.ndarray, neighbors: int):
     if not 1 <= neighbors < n:
         raise ValueError(f"neighbors must be between 1 and n - 1 = {n - 1} for {n} samples, got {neighbors}")
     search = NearestNeighbors(n_neighbors=neighbors + 1).fit(features)
-    _, found = search.kneighbors(features)
+    with sklearn.config_context(working_memory=KNN_WORKING_MIB):
+        _, found = search.kneighbors(features)
     rows = np.repeat(np.arange(n), neighbors + 1)
     graph = sparse.csr_matrix((np.ones(rows.size, dtype=np.float64), (rows, found.ravel())), shape=(n, n))
     graph.setdiag(0)  # a point is its own nearest neighbour (or ties with a duplicate): never an edge to itself
@@ -138,13 +159,19 @@ def smallest_eigenpairs(affinity, count: int, seed: int = 0):
 
 
 def eigengap(eigenvalues: np.ndarray, max_clusters: int | None = None) -> int:
-    """The number of clusters the largest gap between consecutive smallest eigenvalues suggests (>= 1)."""
-    values = np.sort(np.asarray(eigenvalues))
-    limit = len(values) if max_clusters is None else min(len(values), max_clusters + 1)
-    if limit < 2:
+    """The number of clusters the spectrum suggests: the connected components where there are several, else the
+    k >= 2 with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1} (step 5)."""
+    values = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    cap = len(values) if max_clusters is None else min(len(values), max_clusters)
+    components = int((values < ZERO).sum())
+    if components >= 2:
+        return min(components, max(cap, 2))
+    limit = min(len(values), cap + 1)
+    if limit < 3:
         return 1
-    gaps = np.diff(values[:limit])
-    return int(np.argmax(gaps)) + 1
+    above = values[1:limit]  # lambda_2 .. lambda_limit, all > 0 in a connected graph
+    relative = (above[1:] - above[:-1]) / above[1:]
+    return int(np.argmax(relative)) + 2
 
 
 def spectral_rows(eigenvectors: np.ndarray, k: int) -> np.ndarray:
@@ -162,13 +189,32 @@ def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows).astype(np.int64)
 
 
-def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int) -> np.ndarray:
-    """Cluster labels (n,) int64 by HDBSCAN or DBSCAN on the spectral rows (noise -1)."""
+def density_min_size(n: int) -> int:
+    """The least cluster size HDBSCAN and DBSCAN are given for a set of n samples: 5% of them, at least 10 (5 let
+    HDBSCAN cut 299 heatmaps of the watermark demo into 12 clusters; 5% with 20 neighbours made it 3)."""
+    return max(10, n // 20)
+
+
+def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size: int, seed: int = 0) -> np.ndarray:
+    """Cluster labels (n,) int64 by HDBSCAN or DBSCAN on the spectral rows (noise -1).
+
+    HDBSCAN's density is that of the ``DENSITY_NEIGHBORS``-th neighbour (scikit-learn takes it from min_size
+    otherwise: 1,000-neighbour distances at 100,000 samples); its spanning tree costs time quadratic in the samples,
+    so above ``DENSITY_SAMPLE`` it clusters a seeded subset and each other sample takes the label of its nearest
+    subset member in the spectral rows."""
     rows = spectral_rows(eigenvectors, max(k, 2))
     if algorithm == "hdbscan":
         from sklearn.cluster import HDBSCAN
+        from sklearn.neighbors import NearestNeighbors
 
-        return HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(rows).astype(np.int64)
+        density = HDBSCAN(min_cluster_size=min_size, min_samples=DENSITY_NEIGHBORS, copy=True)
+        if len(rows) <= DENSITY_SAMPLE:
+            return density.fit_predict(rows).astype(np.int64)
+        subset = np.sort(np.random.default_rng(seed).choice(len(rows), DENSITY_SAMPLE, replace=False))
+        density.min_cluster_size = max(2, round(min_size * DENSITY_SAMPLE / len(rows)))
+        found = density.fit_predict(rows[subset]).astype(np.int64)
+        nearest = NearestNeighbors(n_neighbors=1).fit(rows[subset]).kneighbors(rows, return_distance=False)
+        return found[nearest[:, 0]]
     if algorithm == "dbscan":
         from sklearn.cluster import DBSCAN
         from sklearn.neighbors import NearestNeighbors
@@ -214,18 +260,40 @@ class Analysis:
     clusters: dict[str, np.ndarray] = field(default_factory=dict)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was left out and why, for the output and the report
+    conductance: dict[str, float] = field(default_factory=dict)  # per clustering, step 6
 
     @property
     def chosen(self) -> str:
-        """The k-means clustering whose k is closest to the eigengap's suggestion (the one reports show first)."""
+        """The clustering reports open on: the k-means one with the lowest conductance (the larger k on a tie);
+        without conductances (older stores), the one whose k is closest to the eigengap's suggestion."""
         ks = {name: int(name.split("-")[1]) for name in self.clusters if name.startswith("kmeans-")}
         if not ks:
             return next(iter(self.clusters))
+        scored = {name: self.conductance[name] for name in ks if np.isfinite(self.conductance.get(name, np.nan))}
+        if scored:
+            return min(scored, key=lambda name: (round(scored[name], 6), -ks[name]))
         return min(ks, key=lambda name: (abs(ks[name] - self.suggested), ks[name]))
 
 
+def conductance(affinity, labels: np.ndarray) -> float:
+    """Mean conductance of a clustering on the kNN graph (step 6): per cluster, its edges to other samples (noise
+    included) over min(its volume, the rest's); NaN where undefined (fewer than two clusters)."""
+    labels = np.asarray(labels)
+    rows, columns = affinity.nonzero()
+    found = np.unique(labels[labels >= 0])
+    if len(found) < 2:
+        return float("nan")
+    shift = labels + 1  # noise (-1) gets bin 0
+    volume = np.bincount(shift[rows], minlength=shift.max() + 1).astype(np.float64)
+    inside = np.bincount(shift[rows][shift[rows] == shift[columns]], minlength=len(volume)).astype(np.float64)
+    bins = found + 1
+    smaller = np.minimum(volume[bins], volume.sum() - volume[bins])
+    return float(np.mean((volume[bins] - inside[bins]) / np.where(smaller > 0, smaller, np.nan)))
+
+
 def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto", neighbors: int = 10,
-            eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans", "hdbscan"),
+            eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans",),
             max_clusters: int = 10, seed: int = 0, parameters: dict | None = None) -> Analysis:
     """Steps 2 to 7 on pooled features (n, d) of one set; ``clusters`` is "auto" or a sequence of k."""
     n = len(features)
@@ -235,7 +303,8 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
     affinity = knn_affinity(features, neighbors)
     values, vectors = smallest_eigenpairs(affinity, eigenvalues, seed)
     suggested = eigengap(values, max_clusters)
-    ks = [max(2, suggested)] if clusters == "auto" else sorted({int(k) for k in clusters})
+    # auto: every k up to the suggestion, so a coarser split (the mark against the rest) can be chosen over a finer one
+    ks = list(range(2, max(2, suggested) + 1)) if clusters == "auto" else sorted({int(k) for k in clusters})
     ks = [k for k in ks if 2 <= k <= min(n - 1, vectors.shape[1])]
     if not ks:
         raise ValueError(f"{name}: no number of clusters in {clusters!r} fits {n} samples and "
@@ -247,9 +316,15 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
         if algorithm == "kmeans":
             for k in ks:
                 result.clusters[f"kmeans-{k}"] = kmeans(vectors, k, seed)
-        else:
-            labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=max(5, n // 100))
-            result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
+            continue
+        min_size = density_min_size(n)
+        if n < 2 * min_size:  # not even two clusters of the least size fit: nothing to find, and HDBSCAN refuses
+            result.notes.append(f"{algorithm} skipped: {n} samples are fewer than two clusters of its least size "
+                                f"({min_size})")
+            continue
+        labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=min_size, seed=seed)
+        result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
+    result.conductance = {name: conductance(affinity, labels) for name, labels in result.clusters.items()}
     for method in embeddings:
         result.embeddings[method] = embed(values, vectors, method, seed)
     return result
@@ -270,13 +345,13 @@ def store_features(root, sets: dict[str, np.ndarray], size: int, power: float = 
     return {name: pooled[np.searchsorted(wanted, members)] for name, members in sets.items()}
 
 
-def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3) -> dict[str, np.ndarray]:
+def select_sets(root, classes=None, over_all: bool = False, min_samples: int = MIN_SAMPLES) -> dict[str, np.ndarray]:
     """{set name: store positions}: each class with enough explained samples (or the given ones), or all."""
     ready = stores.explained(root)
     if over_all:
         return {"all": np.flatnonzero(ready)}
     of_class = stores.classes_of(root)
-    count = int(root.attrs.get("classes") or (of_class.max() + 1 if len(of_class) else 0))
+    count = _class_count(root, of_class)
     if classes is None:
         classes = [k for k in range(count) if (ready & (of_class == k)).sum() >= min_samples]
     sets = {}
@@ -293,8 +368,20 @@ def select_sets(root, classes=None, over_all: bool = False, min_samples: int = 3
     return sets
 
 
+def _class_count(root, of_class: np.ndarray) -> int:
+    return int(root.attrs.get("classes") or (of_class.max() + 1 if len(of_class) else 0))
+
+
+def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
+    """{class-<k>: explained samples} of the classes with some explained samples but fewer than SpRAy needs."""
+    ready = stores.explained(root)
+    of_class = stores.classes_of(root)
+    counts = np.bincount(of_class[ready & (of_class >= 0)], minlength=_class_count(root, of_class))
+    return {f"class-{k}": int(counts[k]) for k in np.flatnonzero((counts > 0) & (counts < min_samples))}
+
+
 def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
-        embeddings="auto", algorithms=("kmeans", "hdbscan"), size: int = 8, power: float = 1.0,
+        embeddings="auto", algorithms=("kmeans",), size: int = 3, power: float = 0.5,
         max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
     """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
 
@@ -312,6 +399,7 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
             raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
     root = stores.open_store(store, mode="r+")
     sets = select_sets(root, classes, over_all)
+    skipped = too_small(root) if classes is None and not over_all else {}
     if power <= 0:
         raise ValueError(f"power must be positive (1: relevance as it is, 0.5: square roots), got {power}")
     features = store_features(root, sets, size, power)
@@ -325,7 +413,28 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
                                 "channel sum, adaptive average pool, signed power, unit L2 norm",
                                 "affinity": "symmetric kNN, 0/1"})
         write(store, results[name])
+    _record_skipped(store, skipped)
     return results
+
+
+def skipped_message(skipped: dict[str, int]) -> str:
+    """One line naming the classes left out for having too few explained samples."""
+    listed = ", ".join(f"{name} ({count})" for name, count in skipped.items())
+    return f"skipped, fewer than {MIN_SAMPLES} explained samples: {listed}"
+
+
+def _record_skipped(store, skipped: dict[str, int]) -> None:
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    group = root["analysis"] if "analysis" in root else root.create_group("analysis")
+    group.attrs["skipped"] = skipped
+
+
+def skipped_sets(store) -> dict[str, int]:
+    """{class-<k>: explained samples} the last `run` over every class left out for having too few."""
+    root = stores.open_store(store)
+    return dict(root["analysis"].attrs.get("skipped", {})) if "analysis" in root else {}
 
 
 def write(store, result: Analysis) -> None:
@@ -350,10 +459,15 @@ def write(store, result: Analysis) -> None:
         group.create_array(f"embedding/{name}", data=points.astype(np.float32))
     group.attrs.update(json.loads(json.dumps({
         "parameters": result.parameters, "suggested_clusters": result.suggested, "chosen": result.chosen,
-        "method": "spray"})))
+        "notes": result.notes, "conductance": _finite(result.conductance), "method": "spray"})))
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
+
+
+def _finite(scores: dict[str, float]) -> dict:
+    """Scores for JSON attributes: NaN (undefined) as null."""
+    return {key: (round(float(value), 6) if np.isfinite(value) else None) for key, value in scores.items()}
 
 
 def read(store, name: str) -> Analysis:
@@ -369,7 +483,9 @@ def read(store, name: str) -> Analysis:
     attrs = dict(group.attrs)
     return Analysis(name, np.asarray(group["index"][:]), np.asarray(group["eigenvalues"][:]),
                     np.asarray(group["eigenvectors"][:]), int(attrs["suggested_clusters"]), clusters, embeddings,
-                    attrs.get("parameters", {}))
+                    attrs.get("parameters", {}), list(attrs.get("notes", [])),
+                    {key: np.nan if value is None else float(value)
+                     for key, value in attrs.get("conductance", {}).items()})
 
 
 def stored(store) -> list[str]:
@@ -379,5 +495,7 @@ def stored(store) -> list[str]:
 
 
 __all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
-           "kmeans", "density_clusters", "embed", "analyse", "Analysis", "run", "read", "write", "stored",
-           "select_sets", "store_features", "EMBEDDINGS", "ALGORITHMS"]
+           "kmeans", "density_clusters", "conductance", "embed", "analyse", "Analysis", "run", "read", "write",
+           "stored",
+           "select_sets", "store_features", "too_small", "skipped_sets", "skipped_message", "density_min_size",
+           "DENSITY_NEIGHBORS", "DENSITY_SAMPLE", "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]

@@ -46,6 +46,13 @@ def _pooled(block: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return values.numpy()
 
 
+def class_names(known: list[str] | None, classes: int) -> list[str]:
+    """A name for each of the model's classes: the store's, then ``class-<k>`` for those it has none for (a folder
+    of two class sub-folders explained by a model with more outputs)."""
+    known = list(known or [])[:classes]
+    return known + [f"class-{k}" for k in range(len(known), classes)]
+
+
 def _quoted(text: str) -> str:
     return json.dumps(str(text))  # a JSON string is a valid double-quoted YAML scalar
 
@@ -55,18 +62,20 @@ def export(store, out) -> Path:
     import h5py
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     root = stores.open_store(store)
     if "preview" not in root:
         raise ValueError(f"{store} has no `preview` array (not image data); ViRelAy shows images only")
+    analyses = spray.stored(store)
+    if not analyses:  # ViRelAy opens a project without analyses as an empty page: refuse before writing anything
+        raise ValueError(f"{store} holds no SpRAy analysis for ViRelAy to show; run `relprop spray {store}` first")
+    out.mkdir(parents=True, exist_ok=True)
     previews, relevance = root["preview"], root["relevance"]
     count, chunk = previews.shape[0], stores.chunk_size(root)
     size = tuple(previews.shape[2:])
     labels = np.asarray(root["label"][:], dtype=np.int64)
     classes = int(root.attrs.get("classes") or root["output"].shape[1])
-    names = stores.class_names(root) or [str(k) for k in range(classes)]
+    names = class_names(stores.class_names(root), classes)
     ready = np.flatnonzero(stores.explained(root))
-    analyses = spray.stored(store)
 
     with h5py.File(out / "input.h5", "w") as file:
         data = file.create_dataset("data", shape=(count, *previews.shape[1:]), dtype="float32",
@@ -124,4 +133,4 @@ def export(store, out) -> Path:
     return out / "project.yaml"
 
 
-__all__ = ["export"]
+__all__ = ["export", "class_names"]

@@ -4,10 +4,11 @@
 (arrays, attributes, done/failed, chunk by chunk). Sources (image folders, ``demo[:N]``, ``file.py:factory``) live
 in :mod:`relprop.datasets.sources`; the store layout in :mod:`relprop.datasets.store`.
 """
+from .imported import from_arrays
 from .runner import Summary, run
 from .sources import SOURCES, Sample, Source, open_source
 from .store import Store, StoreError, open_store
 from .work import ModelSpec, RunError
 
 __all__ = ["run", "Summary", "open_store", "Store", "StoreError", "RunError", "open_source", "Source", "Sample",
-           "SOURCES", "ModelSpec"]
+           "SOURCES", "ModelSpec", "from_arrays"]

@@ -134,8 +134,9 @@ def _shortcut_section(found: dict | None) -> str:
 bottom-right corner (and {ELSEWHERE:.0%} of the other images): a "Clever Hans" shortcut, like the copyright tag on PASCAL VOC's
 horse images. The demo explained {found["samples"]} such images into an explanation store
 (<code>relprop run demo-watermark:{found["samples"]}</code>) and clustered the {found["explained"]} {kind} heatmaps
-by Spectral Relevance Analysis (<code>relprop spray</code>). Split in two, one cluster of {found["cluster_size"]}
-samples holds the marked images: <b>purity {found["purity"]:.0%}, recall {found["recall"]:.0%}</b> of the
+by Spectral Relevance Analysis (<code>relprop spray</code>, its defaults). In the clustering it shows first
+({found["clustering"]}, the most separated), one cluster of {found["cluster_size"]} samples holds the marked images:
+<b>purity {found["purity"]:.0%}, recall {found["recall"]:.0%}</b> of the
 {found["marked"]} marked {kind} images (checked against the known truth; the eigengap suggests
 {found["eigengap_suggests"]} strategies).</p>
 <p><a href="{html.escape(found["report"])}">Open the SpRAy report</a>: the spectrum, the embedding (click a point
@@ -157,8 +158,9 @@ def describe(result: dict) -> str:
     found = result.get("shortcut")
     if found is not None:
         text += (f"\nplanted shortcut: SpRAy put {found['cluster_size']} of {found['explained']} "
-                 f"{KINDS[found['class']]} heatmaps in a cluster of their own (k = 2): purity {found['purity']:.0%}, "
-                 f"recall {found['recall']:.0%} of the {found['marked']} watermarked ones; report in "
+                 f"{KINDS[found['class']]} heatmaps in a cluster of their own ({found['clustering']}): "
+                 f"purity {found['purity']:.0%}, recall {found['recall']:.0%} of the {found['marked']} watermarked "
+                 "ones; report in "
                  f"{found['report']}")
         if found.get("correction"):
             text += "\n" + correction.describe(found["correction"])
