@@ -91,3 +91,18 @@ def test_virelay_layout_hdf5_files_are_read_chunk_by_chunk_with_their_index(tmp_
     np.testing.assert_array_equal(store["relevance"][:], relevance)
     np.testing.assert_array_equal(store["preview"][:], np.round(images * 255).astype(np.uint8))
     assert list(store["id"][:]) == [str(i) for i in index] and list(store["label"][:]) == list(labels)
+
+
+def test_an_imported_store_carries_a_checksum_row_per_chunk_that_verify_and_readers_accept(tmp_path):
+    import zarr
+
+    from relprop.datasets import store as stores
+
+    relevance, labels, images, _ = planted()
+    datasets.from_arrays(tmp_path / "run.zarr", relevance, labels, images=images, chunk=16)
+    group = zarr.open_group(str(tmp_path / "run.zarr"), mode="r")
+    assert stores.verify(group) == []
+    assert np.asarray(group["checksum"][:]).any(axis=1).all()  # every chunk's row was written, not left at 0
+    chunks = list(datasets.open_store(tmp_path / "run.zarr").chunks(("relevance", "label")))  # checked reads
+    assert [start for start, _, _ in chunks] == [0, 16, 32, 48]
+    np.testing.assert_array_equal(np.concatenate([arrays["relevance"] for _, _, arrays in chunks]), relevance)

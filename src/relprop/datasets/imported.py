@@ -114,6 +114,10 @@ def _fill(path: Path, count: int, chunk: int, relevance, labels, images, ids, ou
             group["explained"][start:stop] = explained
         if images is not None:
             group["preview"][start:stop] = previews(np.asarray(images[start:stop]), group["preview"].shape[2:])
+        if "checksum" in group:  # each chunk proves its values, as relprop run's chunks do (read back as stored)
+            names = stores.checked_names(group)
+            group["checksum"][start // chunk] = stores.chunk_checksums(
+                group, {name: group[name][start:stop] for name in names})
     group["done"][:] = True
 
 
