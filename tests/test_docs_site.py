@@ -24,7 +24,7 @@ def site(tmp_path_factory):
 
 def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
     for page in ["index.html", "getting-started.html", "coming-from.html", "notebooks/image-classifier.html",
-                 "notebooks/tokens.html",
+                 "notebooks/tokens.html", "notebooks/audit.html",
                  "reference/lrp.html",
                  "reference/rules.html", "reference/composites.html", "reference/attribution.html",
                  "reference/clusters-graphs-language.html",

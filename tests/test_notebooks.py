@@ -34,6 +34,12 @@ def test_the_notebook_runs_without_errors_and_its_explanations_draw_themselves(n
     if notebook.stem == "image-classifier":
         assert any(page.count("<img") == 6 for page in pages)  # the Explanation drew its six heatmaps
         assert any("relevance in" in page and "<table>" in page for page in pages)  # and the report its table
+    if notebook.stem == "audit":  # SpRAy isolates the marked crosses, and P-ClArC removes the mark's effect
+        text = "".join(output.get("text", "") for output in outputs)
+        assert re.search(r"cluster \d: +\d+ crosses, 100% of them marked", text), text
+        rises = [float(value) for value in re.findall(r"raises the cross logit by (-?[\d.]+)", text)]
+        accuracies = [float(value) for value in re.findall(r"clean accuracy ([\d.]+)%", text)]
+        assert rises[1] <= 0.2 * rises[0] and accuracies[1] >= accuracies[0] - 1, text
     if notebook.stem == "tokens":  # the markers that decide the toy language's class get most of the relevance
         text = "".join(output.get("text", "") for output in outputs)
         share = re.search(r"markers are (\d+)% of the tokens and get (\d+)% of the relevance", text)
