@@ -57,23 +57,34 @@ class Incremental:
         self.followable = True
         self.row_bytes: int | None = None  # what the base keeps per input row, once a base was kept
         self.passes = {"full": 0, "incremental": 0}
+        self.journal = None  # (kept, base input, writes, [bytes written]) since the checkpoint, see checkpoint()
 
     def reset(self):
-        """Forget the base pass."""
-        self.base_input, self.kept = None, []
+        """Forget the base pass (and any checkpoint)."""
+        self.base_input, self.kept, self.journal = None, [], None
 
     def kept_bytes(self) -> int:
         """What the base pass keeps, in bytes."""
         outputs = {id(output): output for _, output in self.kept if output is not None}
         return sum(output.numel() * output.element_size() for output in outputs.values())
 
-    def snapshot(self):
-        """A copy of the base pass, to return to with ``restore`` after later passes moved the base on."""
-        return _copied(self.kept, self.base_input)
+    def checkpoint(self):
+        """Remember the present base: later kept passes log what they overwrite (no copy of the base now), so that
+        ``rollback`` can return to it. The log is dropped once it holds more than the base itself."""
+        self.journal = (list(self.kept), self.base_input, [], [0])
 
-    def restore(self, snapshot):
-        """Make a snapshot's pass the base again (copied: the passes after it write into the base)."""
-        self.kept, self.base_input = _copied(*snapshot)
+    def rollback(self) -> bool:
+        """Make the checkpoint's pass the base again; False when there is none (reset, or the log grew too large)."""
+        if self.journal is None:
+            return False
+        kept, base_input, writes, _ = self.journal
+        with torch.inference_mode():  # the kept outputs are inference tensors
+            for buffer, index, values in reversed(writes):
+                buffer[index] = values
+        writes.clear()
+        self.journal[3][0] = 0
+        self.kept, self.base_input = list(kept), base_input
+        return True
 
     def __call__(self, x: torch.Tensor, keep: bool = True):
         with torch.inference_mode():
@@ -127,7 +138,7 @@ class Incremental:
             return self.model(x)
 
     def _run(self, x, boxes, keep):
-        mode = _Pass(self.kept, x, boxes, keep)
+        mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None)
         try:
             with mode:
                 out = self.model(x)
@@ -143,19 +154,14 @@ class Incremental:
         if keep:
             self.kept, self.base_input = mode.fresh, x.clone()
             size = self.kept_bytes()
+            if self.journal is not None and self.journal[3][0] > size:
+                self.journal = None  # rolling back would cost more than the pass it saves
             self.row_bytes = -(-size // len(x))
             if size > self.max_bytes:
                 self.reset()
         else:
             mode.undo()
         return _detached(out)
-
-
-def _copied(kept, base_input):
-    """(kept, base input) with every tensor cloned once: outputs that were one tensor stay one tensor."""
-    copies = {id(output): output.clone() for _, output in kept if output is not None}
-    return ([(signature, None if output is None else copies[id(output)]) for signature, output in kept],
-            None if base_input is None else base_input.clone())
 
 
 def _detached(out):
@@ -180,9 +186,9 @@ def _tensors(args, kwargs):
 class _Pass(TorchFunctionMode):
     """One pass: which tensors came from the input and which of their positions changed (boxes per row, FULL)."""
 
-    def __init__(self, kept, x, boxes, keep):
+    def __init__(self, kept, x, boxes, keep, journal=None):
         super().__init__()
-        self.kept, self.keep = kept, keep
+        self.kept, self.keep, self.journal = kept, keep, journal
         self.regions = {id(x): (x, boxes)}
         self.fresh: list = []  # this pass's ((name, argument shapes), output) per op, the next base when keep
         self.written: list = []  # (buffer, index, values before) to restore when not keep
@@ -236,9 +242,13 @@ class _Pass(TorchFunctionMode):
                 self._mark(item, FULL)
 
     def write(self, buffer, index, values):
-        """buffer[index] = values, remembering what was there when this pass is not kept."""
+        """buffer[index] = values, remembering what was there when this pass is not kept or a checkpoint is set."""
         if not self.keep:
             self.written.append((buffer, index, buffer[index].clone()))
+        elif self.journal is not None:
+            before = buffer[index].clone()
+            self.journal[2].append((buffer, index, before))
+            self.journal[3][0] += before.numel() * before.element_size()
         buffer[index] = values
 
     def undo(self):

@@ -213,7 +213,8 @@ class Plan:
         if device is not None:
             batch.x = batch.x.to(device)
             batch.mask = None if batch.mask is None else batch.mask.to(device)
-        runner = Runner(model, batch.x, batch_size=self.batch_size)
+        chains = any(metric in ("aopc", "aopc_lerf", "selectivity", "irof") for metric in self.metrics)
+        runner = Runner(model, batch.x, "predicted", batch_size=self.batch_size, chains=chains)
         if self.target == "label" and batch.label is not None:
             labels = batch.label.to(runner.target.device)
             runner.target = torch.where(labels >= 0, labels, runner.target)
