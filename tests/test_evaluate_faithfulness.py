@@ -112,6 +112,24 @@ def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_
     assert len(engine_passes) == 1 + 3  # the clean pass, kept as the base of the chain, and one pass per step
 
 
+def test_chains_whose_patches_reach_most_of_the_model_switch_to_plain_passes():
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 15, padding=7), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 8 * 8, 4)).double().eval()  # every output reads every pixel
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    runner = evaluate.Runner(wide, x, 1, batch_size=64, chains=True)
+    curve = evaluate.region_perturbation(runner, x, relevance, patch_size=2).curves["morf"]
+    # the kept clean pass and one incremental step, which computed all the work: the 15 other steps in one pass
+    assert runner.incremental.passes == {"full": 1, "incremental": 1} and runner.forward_passes == 1 + 1 + 1
+    plain = evaluate.Runner(wide, x, 1, batch_size=64, incremental=False)
+    torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2).curves["morf"],
+                               rtol=0, atol=1e-12)
+    forced = evaluate.Runner(wide, x, 1, batch_size=64, incremental=True, chains=True)
+    evaluate.region_perturbation(forced, x, relevance, patch_size=2)
+    assert forced.incremental.passes == {"full": 1, "incremental": 16}
+
+
 def test_chains_run_fewer_samples_per_pass_when_their_activations_would_pass_the_memory_limit():
     model = small_cnn(size=16)
     x = torch.randn(5, 3, 16, 16, dtype=torch.float64)

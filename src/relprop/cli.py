@@ -897,6 +897,10 @@ DEMO_METRICS = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_
                 "randomisation_last")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _names(values, default):
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
     return names or list(default)
@@ -928,8 +932,11 @@ def _names(values, default):
               "(default: one per GPU, else one per CPU)")
 @click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT (default: start "
               "Ray on this machine)")
+@click.option("--randomisation-layers", type=click.Choice(["all", "blocks"]), default="all", show_default=True,
+              help="randomisation metrics: randomise every layer with parameters in turn (one explanation each), "
+                   "or the model's top-level blocks (a coarser cascade, several times cheaper on deep models)")
 def evaluate_command(data, model_spec, weights, method_names, metric_names, count, patch_size, out, batch_size,
-                     device, size, engine, workers, address):
+                     device, size, engine, workers, address, randomisation_layers):
     """Measure explanations: DATA is demo (generated images with object masks) or image files/folders."""
     from . import composites
     from .evaluate import benchmark, methods as evaluate_methods
@@ -972,7 +979,11 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
                                device=torch_device, method_options=method_options, engine=engine, workers=workers,
                                address=address,
                                options={"aopc": {"patch_size": patch_size}, "aopc_lerf": {"patch_size": patch_size},
-                                        "selectivity": {"patch_size": patch_size}})
+                                        "selectivity": {"patch_size": patch_size},
+                                        **({name: {"layers": "blocks"} for name in ("randomisation",
+                                                                                    "randomisation_last",
+                                                                                    "randomisation_independent")}
+                                           if randomisation_layers == "blocks" else {})})
         except (ValueError, TypeError, RuntimeError, RunError) as error:
             raise Failure(" ".join(str(error).split())) from None
         result.save(staging.path)
@@ -983,8 +994,13 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     failed = getattr(source, "failed", [])
     for failure in failed:
         click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
-    click.echo(f"evaluated {len(methods)} methods by {len(metrics)} metrics on {len(source) - len(failed)} samples; "
-               f"wrote {out}")
+    if result.seconds:
+        spent = sorted(result.seconds.items(), key=lambda item: -item[1])
+        click.echo("time per metric (all methods): " + ", ".join(f"{metric} {seconds:.1f} s"
+                                                                  for metric, seconds in spent), err=True)
+    samples = len(source) - len(failed)
+    click.echo(f"evaluated {_count(len(methods), 'method')} by {_count(len(metrics), 'metric')} on "
+               f"{_count(samples, 'sample')}; wrote {out}")
     if failed:
         sys.exit(EXIT_SOME_FAILED)
 

@@ -100,3 +100,14 @@ def test_clicking_a_point_in_headless_chromium_shows_that_sample(analysed):
                            (out / "index.html").as_uri() + f"#sample={index}"],
                           capture_output=True, text=True, timeout=60).stdout
     assert f'src="samples/{index}.png"' in page and f"sample {index} (demo:{index})" in page
+
+
+def test_an_address_naming_a_sample_in_no_analysed_set_says_so_on_the_page(analysed):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium); the page check needs a browser")
+    _, out, _, _ = analysed
+    page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                           "--virtual-time-budget=3000", "--dump-dom", (out / "index.html").as_uri() + "#sample=987654"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "sample 987654 is in no analysed set" in page

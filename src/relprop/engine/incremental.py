@@ -58,6 +58,7 @@ class Incremental:
         self.row_bytes: int | None = None  # what the base keeps per input row, once a base was kept
         self.passes = {"full": 0, "incremental": 0}
         self.journal = None  # (kept, base input, writes, [bytes written]) since the checkpoint, see checkpoint()
+        self.work = None  # the last pass's multiply-adds in convolutions and linear layers: (computed, a plain pass's)
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
@@ -151,6 +152,7 @@ class Incremental:
             if keep:
                 self.reset()
             raise
+        self.work = tuple(mode.work)
         if keep:
             self.kept, self.base_input = mode.fresh, x.clone()
             size = self.kept_bytes()
@@ -192,6 +194,7 @@ class _Pass(TorchFunctionMode):
         self.regions = {id(x): (x, boxes)}
         self.fresh: list = []  # this pass's ((name, argument shapes), output) per op, the next base when keep
         self.written: list = []  # (buffer, index, values before) to restore when not keep
+        self.work = [0, 0]  # multiply-adds of convolutions and linear layers: computed, and in a plain pass
 
     def region(self, tensor):
         entry = self.regions.get(id(tensor))
@@ -227,6 +230,11 @@ class _Pass(TorchFunctionMode):
             out, boxes = func(*args, **kwargs), FULL
         else:
             out, boxes = result
+        per_output = _multiply_adds(short, args, kwargs)
+        if per_output and isinstance(out, torch.Tensor):
+            self.work[1] += out.numel() * per_output
+            if result is None:
+                self.work[0] += out.numel() * per_output
         if target is not None:
             self.regions[id(target)] = (target, STALE)
         self._mark(out, boxes)
@@ -364,8 +372,21 @@ def _window(state, name, func, args, kwargs, base):
             crop = source[tuple(index)].unsqueeze(0)
             flat_pads = [amount for pair in reversed(pads) for amount in pair]
             crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
-        _write_rows(state, base, group, func(torch.cat(crops), **crop_args))
+        values = func(torch.cat(crops), **crop_args)
+        if names is _CONV:
+            state.work[0] += values.numel() * op["weight"][0].numel()
+        _write_rows(state, base, group, values)
     return base, rows
+
+
+def _multiply_adds(short, args, kwargs) -> int:
+    """Multiply-adds per output value of a convolution or linear layer (0 for other ops: they cost little)."""
+    if not (short.startswith("conv") or short == "linear"):
+        return 0
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return 0
+    return weight[0].numel() if short.startswith("conv") else weight.shape[-1]
 
 
 def _same_sizes(rows):

@@ -25,6 +25,7 @@ import torch
 from ..engine.incremental import Incremental
 from .inputs import check_input
 
+CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most this share of a plain pass's work
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
@@ -37,7 +38,7 @@ class Runner:
     softmax: score copies by the target's softmax probability instead of its logit.
     output: picks the class scores from whatever the model returns (e.g. ``lambda out: out.logits``).
     incremental: run chains of local perturbations through ``engine.incremental``, which keeps one pass's
-    activations (None: on a CPU).
+    activations. None: on a CPU, and only while the chain's passes save enough work (see _chains_pay); True: always.
     chains: chains of local perturbations will run on this runner, so the clean pass keeps its activations as the
     base of their first steps; otherwise it is one plain forward pass and the first chain builds its own base.
     """
@@ -51,9 +52,11 @@ class Runner:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
+        self.chains_forced = incremental is True
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
+        self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
         self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
         self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
@@ -180,31 +183,41 @@ class Runner:
         samples = torch.arange(len(self.x)) if samples is None else samples
         result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.output.device)
         predicted = torch.empty(len(samples), steps, dtype=torch.long, device=self.output.device)
-        if chain and self.incremental is not None:
-            size = self._chain_rows()
-            chunks = [(group, torch.full_like(group, step), slice(start, start + len(group)), step)
-                      for start, group in zip(range(0, len(samples), size), samples.split(size))
-                      for step in range(steps)]
-        else:
-            pairs_sample = samples.repeat_interleave(steps)
-            pairs_step = torch.arange(steps).repeat(len(samples))
-            chunks = [(pairs_sample[start:start + self.batch_size], pairs_step[start:start + self.batch_size], None,
-                       start) for start in range(0, len(pairs_sample), self.batch_size)]
-        flat_result, flat_predicted = result.view(-1), predicted.view(-1)
+        plain = []  # flat (sample position * steps + step) indices of the pairs left to plain passes
         with torch.inference_mode():
-            for rows, step_of, positions, where in chunks:
-                if positions is None:
-                    score, classes_of = self.score_copies(rows, perturb(rows, step_of))
-                    flat_result[where:where + len(rows)], flat_predicted[where:where + len(rows)] = score, classes_of
-                else:
-                    if where == 0:
-                        self._start_chain(rows)
-                    score, classes_of = self.score_copies(rows, perturb(rows, step_of), chained=True)
-                    if self.start_pending is not None and self.incremental.base_input is not None:
-                        self._checkpoint(self.start_pending)  # the first step's kept pass
-                        self.start_pending = None
-                    result[positions, where], predicted[positions, where] = score, classes_of
+            if chain and self._chains_pay():
+                size = self._chain_rows()
+                for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
+                    for step in range(steps):
+                        if not self._chains_pay():  # the rest of the chains run as plain passes
+                            plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
+                            break
+                        if step == 0:
+                            self._start_chain(group)
+                        score, classes_of = self.score_copies(group, perturb(group, torch.full_like(group, step)),
+                                                              chained=True)
+                        if self.start_pending is not None and self.incremental.base_input is not None:
+                            self._checkpoint(self.start_pending)  # the first step's kept pass
+                            self.start_pending = None
+                        result[places, step], predicted[places, step] = score, classes_of
+            else:
+                plain.append(torch.arange(len(samples) * steps))
+            flat_result, flat_predicted = result.view(-1), predicted.view(-1)
+            for chunk in (torch.cat(plain).split(self.batch_size) if plain else ()):
+                rows = samples[chunk // steps]
+                score, classes_of = self.score_copies(rows, perturb(rows, chunk % steps))
+                where = chunk.to(flat_result.device)
+                flat_result[where], flat_predicted[where] = score, classes_of
         return (result, predicted) if classes else result
+
+    def _chains_pay(self) -> bool:
+        """Whether chains run incrementally: asked for (incremental=True), or, by default, while the incremental
+        passes so far computed at most CHAIN_WORK of a plain pass's multiply-adds. Above that, one step costs about
+        as much as running its copies in plain passes of batch_size, which stack many steps and need no crops."""
+        if self.incremental is None:
+            return False
+        done, full = self.chain_work
+        return self.chains_forced or not full or done <= CHAIN_WORK * full
 
     def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
@@ -218,7 +231,10 @@ class Runner:
         if todo:
             index = torch.tensor(todo, device=copies.device)
             if chained:
+                before = self.incremental.passes["incremental"]
                 fresh = self.run(copies, self.incremental)[index.to(self.output.device)]
+                if self.incremental.passes["incremental"] > before and self.incremental.work is not None:
+                    self.chain_work = [a + b for a, b in zip(self.chain_work, self.incremental.work)]
             else:
                 fresh = self.outputs(copies[index])
             index = index.to(score.device)
