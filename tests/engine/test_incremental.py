@@ -278,3 +278,24 @@ def test_a_checkpoint_brings_the_base_back_after_later_passes_without_copying_it
     incremental.reset()
     assert not incremental.rollback()
     assert incremental.passes == {"full": 1, "incremental": 3}
+
+
+def test_small_cropped_ops_run_on_one_thread_and_the_thread_count_comes_back(monkeypatch):
+    model, shape = models()["windows"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        incremental(x)
+        seen = []
+        plain_set = torch.set_num_threads
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or plain_set(n))
+        moved = patched(x, 0)
+        with torch.inference_mode():
+            torch.testing.assert_close(incremental(moved), model(moved), rtol=1e-5, atol=1e-6)
+        assert incremental.passes["incremental"] == 1
+        assert seen and seen[0::2] == [1] * (len(seen) // 2) and seen[1::2] == [2] * (len(seen) // 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

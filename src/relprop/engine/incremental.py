@@ -372,11 +372,35 @@ def _window(state, name, func, args, kwargs, base):
             crop = source[tuple(index)].unsqueeze(0)
             flat_pads = [amount for pair in reversed(pads) for amount in pair]
             crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
-        values = func(torch.cat(crops), **crop_args)
+        batch = torch.cat(crops)
+        work = math.prod(high - low for low, high in group[0][1]) * len(group) * (
+            op["weight"].numel() if names is _CONV else batch.shape[1] * math.prod(kernel))
+        with _threads(work):
+            values = func(batch, **crop_args)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()
         _write_rows(state, base, group, values)
     return base, rows
+
+
+SMALL_WORK = 2 ** 23  # multiply-adds under which a cropped op runs on one thread
+
+
+class _threads:
+    """One torch thread for a small op: on a busy machine every parallel region of a tiny op waits for its other
+    threads' turn on a core, which cost incremental passes (many small ops) far more than plain ones."""
+
+    def __init__(self, work: int):
+        self.single = work < SMALL_WORK and torch.get_num_threads() > 1
+
+    def __enter__(self):
+        if self.single:
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.single:
+            torch.set_num_threads(self.threads)
 
 
 def _multiply_adds(short, args, kwargs) -> int:
@@ -432,8 +456,9 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
 
     rows = _row_union([state.region(t) for t in tracked])
     for group in _same_sizes(rows):
-        out = func(*[batched(value, group) for value in args],
-                   **{key: batched(value, group) for key, value in kwargs.items()})
+        with _threads(0):  # position by position: little work per crop
+            out = func(*[batched(value, group) for value in args],
+                       **{key: batched(value, group) for key, value in kwargs.items()})
         _write_rows(state, base, group, out)
     return base, rows
 
