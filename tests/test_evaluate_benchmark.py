@@ -189,6 +189,7 @@ def test_cli_evaluate_reads_image_folders_and_lists_unreadable_files(tmp_path):
                       "--out", tmp_path / "out")
     assert run.returncode == 1, run.stderr
     assert "skipped" in run.stderr and "broken.png" in run.stderr and "on 2 samples" in run.stdout
+    assert "aopc: regions of 16x16 pixels (--patch-size)" in run.stderr  # 4x4 is the demo's: 3136 steps at 224x224
     assert (tmp_path / "out" / "scores.csv").read_text().count("\n") == 1 + 2 * 2  # header, 2 metrics x 2 images
 
 

@@ -918,8 +918,9 @@ def _names(values, default):
               help="comma-separated metrics (default: mass and rank accuracy, pointing game, AOPC, randomisation)")
 @click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
               help="how many generated images when DATA is demo")
-@click.option("--patch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="AOPC's region size in pixels")
+@click.option("--patch-size", type=click.IntRange(min=1), default=None,
+              help="AOPC's and selectivity's region size in pixels (default: 4 on demo's 32x32 images, else 16: one "
+                   "step per region, so 4x4 regions of a 224x224 image would be 3136 steps per method)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-evaluation"),
               show_default=True, help="folder for table.md, table.csv, ranking.csv, scores.csv and report.html")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -959,6 +960,8 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
         raise Failure("localisation metrics need object masks, which only DATA=demo has; pass --metrics without them")
     if (address is not None or workers is not None) and engine != "ray":
         raise Failure("--address and --workers go with --engine ray; add it")
+    if patch_size is None:
+        patch_size = 4 if data == "demo" else 16
     torch_device = resolve_device(device)
     loaded = load_for_command(model_spec, weights, size)
     try:
@@ -994,6 +997,9 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     failed = getattr(source, "failed", [])
     for failure in failed:
         click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
+    removing = [name for name in ("aopc", "aopc_lerf", "selectivity") if name in metrics]
+    if removing:
+        click.echo(f"{', '.join(removing)}: regions of {patch_size}x{patch_size} pixels (--patch-size)", err=True)
     if result.seconds:
         spent = sorted(result.seconds.items(), key=lambda item: -item[1])
         click.echo("time per metric (all methods): " + ", ".join(f"{metric} {seconds:.1f} s"
