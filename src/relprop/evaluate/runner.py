@@ -13,7 +13,8 @@ the same regions, the all-removed end of the MoRF and LeRF curves) takes that sc
 Metrics that remove one local region per step (region perturbation with patches, selectivity, IROF) ask for a chain:
 the runner then passes one step of up to ``batch_size`` samples at a time, each pass differing from the one before
 in a patch per sample, and runs it through ``engine.incremental``, which recomputes only what that patch reaches
-(the numbers of a plain forward pass, to float rounding).
+(the numbers of a plain forward pass, to float rounding). Once those passes compute more than CHAIN_WORK of a plain
+pass's multiply-adds (small images, deep models), the rest of the chain runs as plain passes of stacked copies.
 """
 from __future__ import annotations
 
