@@ -1,17 +1,22 @@
-"""relprop.evaluate against Quantus 0.6: the same metric on the same model, inputs and relevance, in one process.
+"""relprop.evaluate against Quantus 0.6: the same metric on the same model, inputs and relevance, in one process,
+each library timed as a user calls it: from model, inputs and relevance to scores.
 
-    .venv-quantus/bin/python benchmarks/bench_evaluate.py            # vgg16 and resnet50, 8 images, 224x224, CPU
-    .venv-quantus/bin/python benchmarks/bench_evaluate.py --quick    # resnet18 at 64x64, for a smoke run
+    .venv-quantus/bin/python benchmarks/bench_evaluate.py                     # vgg16, resnet50: 4 images, 224x224
+    .venv-quantus/bin/python benchmarks/bench_evaluate.py --quick             # resnet18 at 64x64, a smoke run
+    .venv-quantus/bin/python benchmarks/bench_evaluate.py --device cuda       # both libraries on a GPU
 
-Runs in .venv-quantus (scripts/quantus_venv.sh), which holds both libraries. Models are torchvision's, randomly
-initialised with non-zero biases, in eval mode; relevance is relprop's epsilon-LRP (flat rules would give ties, which
-the libraries order differently), pooled over channels for
-Quantus (which broadcasts it over the channels), and Quantus is called with normalise=False, abs=False. Each
-metric's numbers are compared (largest absolute difference) and timed as the median over --rounds. Perturbation
-metrics run a few steps only (--steps; 4 regions for region perturbation and selectivity), since each step is one
-forward pass of the whole batch in both libraries and Quantus takes minutes per metric at 224x224 on two shared
-cores. Metrics under a second get at least five rounds. Each relprop metric is timed with the runner's memory of
-scored copies cleared, except the row of selectivity run again on the same runner (the copies it remembers).
+Runs in .venv-quantus (scripts/quantus_venv.sh), which holds both libraries (PYTHONPATH=src to time a checkout).
+Models are torchvision's, randomly initialised with non-zero biases, in eval mode; relevance is relprop's
+epsilon-LRP (flat rules would give ties, which the libraries order differently), pooled over channels for Quantus
+(which broadcasts it over the channels), and Quantus is called with normalise=False, abs=False. Each metric's
+numbers are compared (largest absolute difference) and both whole calls are timed alternately, --rounds times
+(median). relprop's whole call builds its own Runner (the clean forward pass inside the timer, as Quantus's is);
+rows named "Runner reused" time the metric on a Runner built beforehand, as benchmark() shares one per batch.
+
+Patch-wise metrics (region perturbation, selectivity) are printed beside their floor: one plain forward pass (timed
+here, in the same process) for the clean pass, plus per step the share of a plain pass's multiply-adds that the
+step's patch reaches in each layer (counted by the incremental engine). Perturbation metrics run a few steps only
+(--steps; --regions for region perturbation), since each step is one forward pass of the batch in both libraries.
 """
 from __future__ import annotations
 
@@ -45,89 +50,100 @@ def setup(name, size, count, seed=0):
     return model, x, target, relevance, masks
 
 
-def metrics(model, x, target, relevance, masks, steps, batch_size, runner, patch, regions, selectivity_patch):
-    """name -> (relprop call returning numbers, Quantus call returning the same numbers).
-
-    relprop's perturbation metrics share one Runner (its clean forward pass is timed separately, once); Quantus
-    has no such sharing, and its region perturbation and faithfulness estimate run the clean pass each time."""
+def metrics(model, x, target, relevance, masks, steps, batch_size, patch, regions, selectivity_patch, device):
+    """name -> (relprop whole call returning numbers, Quantus whole call returning the same numbers, chain metric
+    run on a given Runner or None)."""
     import quantus
 
     n, channels, height, width = x.shape
     locations = height * width
     pooled = relevance.sum(1, keepdim=True)
-    x_np, y_np, a_np = x.numpy(), target.numpy(), pooled.numpy()
-    s_np = masks[:, None].numpy().astype(np.float32)
+    x_np, y_np, a_np = x.cpu().numpy(), target.cpu().numpy(), pooled.cpu().numpy()
+    s_np = masks[:, None].cpu().numpy().astype(np.float32)
     common = dict(normalise=False, abs=False, disable_warnings=True)
     # Quantus wants features_in_step to divide H*W; with relevance per value (channels apart, relprop's
     # channel_dim=None) a step of H*W*C/steps values is whole when steps is a multiple of the channels
     per_step = locations * channels // steps
-    full = relevance.numpy()
+    full = relevance.cpu().numpy()
     quadrants = [[int(q == n % 4 or q == (n + 1) % 4 and n % 2) for q in range(4)] for n in range(n)]  # Focus
 
     def q(metric, softmax=False, a=a_np):
         return lambda: np.asarray(metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a, s_batch=s_np,
-                                         device="cpu", channel_first=True, softmax=softmax), dtype=np.float64)
+                                         device=device, channel_first=True, softmax=softmax), dtype=np.float64)
 
-    def r(call, pick, remember=False):
-        def timed():
-            if not remember:
-                runner.seen.clear()  # each metric's own forward passes, not those of the metric before it
-            return pick(call()).numpy()
-        return timed
+    def r(call, pick):
+        return lambda: pick(call()).cpu().numpy()
 
+    def region(source):
+        return evaluate.region_perturbation(source, x, relevance, target, patch_size=patch, steps=regions,
+                                            softmax=True, batch_size=batch_size)
+
+    def selectivity(source):
+        return evaluate.selectivity(source, x, relevance, target, patch_size=selectivity_patch, softmax=True,
+                                    batch_size=batch_size)
+
+    drops = lambda res: res.curves["morf"][:, :1] - res.curves["morf"][:, 1:]  # noqa: E731  (Quantus's numbers)
+    after = lambda res: res.curves["morf"][:, 1:]  # noqa: E731
+    scores = lambda res: res.scores  # noqa: E731
     return {
         f"pixel_flipping ({steps} steps)": (
-            r(lambda: evaluate.pixel_flipping(runner, x, relevance, regions_per_step=per_step, softmax=True,
-                                              channel_dim=None, batch_size=batch_size),
-              lambda res: res.curves["morf"][:, 1:]),
-            q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full)),
+            r(lambda: evaluate.pixel_flipping(model, x, relevance, target, regions_per_step=per_step, softmax=True,
+                                              channel_dim=None, batch_size=batch_size), after),
+            q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
+            None),
         f"region_perturbation ({patch}px patches, {regions} regions)": (
-            r(lambda: evaluate.region_perturbation(runner, x, relevance, patch_size=patch, steps=regions, softmax=True,
-                                                   batch_size=batch_size),
-              lambda res: res.curves["morf"][:, :1] - res.curves["morf"][:, 1:]),
+            r(lambda: region(model), drops),
             q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline="black",
-                                         **common), True)),
+                                         **common), True),
+            region),
         f"selectivity ({selectivity_patch}px patches, all {(height // selectivity_patch) ** 2})": (
-            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=selectivity_patch, softmax=True,
-                                           batch_size=batch_size), lambda res: res.curves["morf"][:, 1:]),
-            q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True)),
-        f"selectivity ({selectivity_patch}px patches) again on the same runner (its scored copies remembered)": (
-            r(lambda: evaluate.selectivity(runner, x, relevance, patch_size=selectivity_patch, softmax=True,
-                                           batch_size=batch_size), lambda res: res.curves["morf"][:, 1:], True),
-            q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True)),
+            r(lambda: selectivity(model), after),
+            q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True),
+            selectivity),
         f"faithfulness_estimate ({steps} steps)": (
-            r(lambda: evaluate.faithfulness_estimate(runner, x, relevance, features_in_step=per_step,
-                                                     channel_dim=None, batch_size=batch_size),
-              lambda res: res.scores),
+            r(lambda: evaluate.faithfulness_estimate(model, x, relevance, target, features_in_step=per_step,
+                                                     channel_dim=None, softmax=True, batch_size=batch_size), scores),
             q(quantus.FaithfulnessEstimate(features_in_step=per_step, perturb_baseline="black", **common), True,
-              full)),
+              full), None),
         "relevance_mass_accuracy": (
-            r(lambda: evaluate.relevance_mass_accuracy(x, relevance, masks, pooling="sum"), lambda res: res.scores),
-            q(quantus.RelevanceMassAccuracy(**common))),
+            r(lambda: evaluate.relevance_mass_accuracy(x, relevance, masks, pooling="sum"), scores),
+            q(quantus.RelevanceMassAccuracy(**common)), None),
         "relevance_rank_accuracy": (
-            r(lambda: evaluate.relevance_rank_accuracy(x, relevance, masks, pooling="sum"), lambda res: res.scores),
-            q(quantus.RelevanceRankAccuracy(**common))),
-        "pointing_game": (r(lambda: evaluate.pointing_game(x, relevance, masks), lambda res: res.scores),
-                          q(quantus.PointingGame(**common))),
+            r(lambda: evaluate.relevance_rank_accuracy(x, relevance, masks, pooling="sum"), scores),
+            q(quantus.RelevanceRankAccuracy(**common)), None),
+        "pointing_game": (r(lambda: evaluate.pointing_game(x, relevance, masks), scores),
+                          q(quantus.PointingGame(**common)), None),
         "attribution_localisation": (
-            r(lambda: evaluate.attribution_localisation(x, relevance, masks), lambda res: res.scores),
-            q(quantus.AttributionLocalisation(positive_attributions=True, **common))),
-        "top_k_intersection": (r(lambda: evaluate.top_k_intersection(x, relevance, masks), lambda res: res.scores),
-                               q(quantus.TopKIntersection(**common))),
-        "auc": (r(lambda: evaluate.auc(x, relevance, masks), lambda res: res.scores), q(quantus.AUC(**common))),
-        "focus": (r(lambda: evaluate.focus(x, relevance, quadrants), lambda res: res.scores),
+            r(lambda: evaluate.attribution_localisation(x, relevance, masks), scores),
+            q(quantus.AttributionLocalisation(positive_attributions=True, **common)), None),
+        "top_k_intersection": (r(lambda: evaluate.top_k_intersection(x, relevance, masks), scores),
+                               q(quantus.TopKIntersection(**common)), None),
+        "auc": (r(lambda: evaluate.auc(x, relevance, masks), scores), q(quantus.AUC(**common)), None),
+        "focus": (r(lambda: evaluate.focus(x, relevance, quadrants), scores),
                   lambda: np.asarray(quantus.Focus(**common)(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np,
-                                                             device="cpu", channel_first=True, custom_batch=quadrants),
-                                     dtype=np.float64)),
-        "sparseness": (r(lambda: evaluate.sparseness(pooled.abs() + 1e-7, pooled.abs() + 1e-7),
-                         lambda res: res.scores),
-                       q(quantus.Sparseness(normalise=False, abs=True, disable_warnings=True))),
-        "complexity": (r(lambda: evaluate.complexity(x, relevance), lambda res: res.scores),
-                       q(quantus.Complexity(normalise=False, abs=True, disable_warnings=True))),
+                                                             device=device, channel_first=True,
+                                                             custom_batch=quadrants), dtype=np.float64), None),
+        "sparseness": (r(lambda: evaluate.sparseness(pooled.abs() + 1e-7, pooled.abs() + 1e-7), scores),
+                       q(quantus.Sparseness(normalise=False, abs=True, disable_warnings=True)), None),
+        "complexity": (r(lambda: evaluate.complexity(x, relevance), scores),
+                       q(quantus.Complexity(normalise=False, abs=True, disable_warnings=True)), None),
         "effective_complexity": (
-            r(lambda: evaluate.effective_complexity(x, relevance, eps=1e-5), lambda res: res.scores),
-            q(quantus.EffectiveComplexity(eps=1e-5, normalise=False, abs=True, disable_warnings=True))),
+            r(lambda: evaluate.effective_complexity(x, relevance, eps=1e-5), scores),
+            q(quantus.EffectiveComplexity(eps=1e-5, normalise=False, abs=True, disable_warnings=True)), None),
     }
+
+
+def floor(model, x, target, batch_size, chain_metric, forward_seconds):
+    """(floor in seconds, seconds on a reused Runner). The floor: the clean pass as one plain forward, plus per step
+    the share of a plain pass's multiply-adds that the step's patch reaches, counted on a runner whose chains run
+    incrementally throughout. The reused Runner is one as benchmark() builds it, outside the timer."""
+    counting = evaluate.Runner(model, x, target, batch_size=batch_size, softmax=True, chains=True, incremental=True)
+    chain_metric(counting)
+    done, full = counting.chain_work
+    lowest = forward_seconds * (1 + counting.incremental.passes["incremental"] * done / full) if full else None
+    runner = evaluate.Runner(model, x, target, batch_size=batch_size, softmax=True, chains=True)
+    elapsed, _ = timed(lambda: chain_metric(runner))
+    return lowest, elapsed
 
 
 def timed(call):
@@ -136,41 +152,51 @@ def timed(call):
     return time.perf_counter() - start, value
 
 
+def plain_forward(model, x, rounds):
+    """Seconds of one plain forward pass of x (the least of rounds: the floor's unit)."""
+    with torch.inference_mode():
+        model(x)
+        return min(timed(lambda: model(x))[0] for _ in range(rounds))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="a multiple of 3 (see per_step)")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--patch", type=int, default=16, help="region perturbation's patch size")
     parser.add_argument("--regions", type=int, default=8, help="region perturbation's regions removed one by one")
     parser.add_argument("--selectivity-patch", type=int, default=32,
                         help="selectivity's patch size (Quantus removes every patch)")
-    parser.add_argument("--plain", action="store_true",
-                        help="relprop without incremental passes (each perturbed copy runs the whole model)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="relprop's copies per forward pass (8: as many as Quantus's pass of the batch per step; "
-                             "on a CPU ResNet-50 runs 0.11 s per image in passes of 8, 0.16 s in passes of 32)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="relprop's copies per forward pass (default: --count, the size of Quantus's passes)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: both libraries run there")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", default=None, metavar="METRIC",
                         help="run only the metrics whose names start with these (e.g. auc sparseness)")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.size, args.count, args.patch, args.selectivity_patch = ["resnet18"], 64, 4, 8, 16
+        args.models, args.size, args.patch, args.selectivity_patch = ["resnet18"], 64, 8, 16
+    batch_size = args.batch_size or args.count
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"| model | metric | relprop (s) | Quantus (s) | speed-up | largest difference |")
-    print("|---|---|---|---|---|---|")
+    print(f"torch threads {args.threads}, device {args.device}, {args.count} images at {args.size}x{args.size}, "
+          f"{args.rounds} rounds (median)")
+    print("| model | metric | relprop whole call (s) | Quantus whole call (s) | speed-up | floor (s) | call / floor "
+          "| largest difference |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model, x, target, relevance, masks = setup(name, args.size, args.count)
-        elapsed, runner = timed(lambda: evaluate.Runner(model, x, target, batch_size=args.batch_size, softmax=True,
-                                                             incremental=not args.plain))
-        print(f"| {name} | relprop's clean forward pass, shared by its perturbation metrics | {elapsed:.3f} | - | - "
-              "| - |", flush=True)
-        for metric, (ours, theirs) in metrics(model, x, target, relevance, masks, args.steps, args.batch_size,
-                                              runner, args.patch, args.regions, args.selectivity_patch).items():
+        model, x, target, relevance, masks = (t.to(args.device) for t in (model, x, target, relevance, masks))
+        forward = plain_forward(model, x, args.rounds)
+        print(f"| {name} | one plain forward pass of the {args.count} images | {forward:.3f} | - | - | - | - | - |",
+              flush=True)
+        for metric, (ours, theirs, chain) in metrics(model, x, target, relevance, masks, args.steps, batch_size,
+                                                     args.patch, args.regions, args.selectivity_patch,
+                                                     args.device).items():
             if args.only and not any(metric.startswith(prefix) for prefix in args.only):
                 continue
             times = {"relprop": [], "quantus": []}
@@ -184,8 +210,14 @@ def main():
                     rounds = max(rounds, 5)  # quick metrics get more rounds: their times are small and noisy
             ours_s, theirs_s = statistics.median(times["relprop"]), statistics.median(times["quantus"])
             difference = float(np.max(np.abs(np.asarray(mine, dtype=np.float64) - reference)))
-            print(f"| {name} | {metric} | {ours_s:.3f} | {theirs_s:.3f} | {theirs_s / ours_s:.1f}x | "
-                  f"{difference:.1e} |", flush=True)
+            lowest, reused = floor(model, x, target, batch_size, chain, forward) if chain else (None, None)
+            bound = "-" if lowest is None else f"{lowest:.3f}"
+            ratio = "-" if lowest is None else f"{ours_s / lowest:.2f}"
+            print(f"| {name} | {metric} | {ours_s:.3f} | {theirs_s:.3f} | {theirs_s / ours_s:.1f}x | {bound} | {ratio} "
+                  f"| {difference:.1e} |", flush=True)
+            if reused is not None:
+                print(f"| {name} | {metric}, Runner reused (its clean pass outside the timer) | {reused:.3f} | "
+                      f"{theirs_s:.3f} | {theirs_s / reused:.1f}x | - | - | - |", flush=True)
 
 
 if __name__ == "__main__":

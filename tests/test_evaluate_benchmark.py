@@ -110,6 +110,46 @@ def test_cli_evaluate_writes_the_table_and_report_for_the_demo(tmp_path):
     assert (out / "report.html").exists() and (out / "table.md").read_text().count("\n") == 4
 
 
+def test_benchmark_reports_each_method_and_metric_as_it_goes_and_the_seconds_per_metric(data):
+    from relprop.evaluate.benchmark import Plan
+
+    plan = Plan({"gxi": gradient_x_input}, ["sparseness", "aopc"], "label", 5, {"aopc": {"patch_size": 4}}, {})
+    calls = []
+    plan.evaluate(small_cnn(), plan.explainers(), Batch(*data), on_pair=lambda *call: calls.append(call))
+    assert [(m, k, s is None) for m, k, s in calls] == [("gxi", "sparseness", True), ("gxi", "sparseness", False),
+                                                         ("gxi", "aopc", True), ("gxi", "aopc", False)]
+    result = evaluate.benchmark(small_cnn(), data, {"gxi": gradient_x_input}, ["sparseness", "aopc"], batch_size=2)
+    assert set(result.seconds) == {"sparseness", "aopc"} and all(s >= 0 for s in result.seconds.values())
+
+
+def test_cli_evaluate_says_counts_in_words_and_the_time_per_metric(tmp_path):
+    run = relprop_cli("evaluate", "demo", "--model", "demo", "--count", "1", "--methods", "gradient",
+                      "--metrics", "sparseness", "--out", tmp_path / "one")
+    assert run.returncode == 0, run.stderr
+    assert "evaluated 1 method by 1 metric on 1 sample;" in run.stdout
+    assert "time per metric (all methods): sparseness " in run.stderr
+
+
+def test_the_report_tables_mark_better_directions_in_one_header_row_and_render_in_chromium(data, tmp_path):
+    import re
+
+    from tests.browser import rendered
+
+    result = evaluate.benchmark(small_cnn(), data, {"gxi": gradient_x_input, "gradient": "gradient"},
+                                ["sparseness", "aopc", "selectivity"], batch_size=5,
+                                options={"aopc": {"patch_size": 4}, "selectivity": {"patch_size": 4}})
+    result.save(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    tables = re.findall(r"<table>(.*?)</table>", page, re.S)
+    assert len(tables) == 2
+    for table in tables:
+        assert table.count("<th>method</th>") == 1 and table.count("</tr>") == 1 + 2  # one header row, 2 methods
+        assert "<th>sparseness ↑</th>" in table and "<th>aopc ↑</th>" in table and "<th>selectivity ↓</th>" in table
+    assert "<th>mean rank</th>" in tables[1]
+    images, _, rows = rendered(tmp_path, "report.html")
+    assert rows == 2 * 3 and images == 2  # the curves of aopc and selectivity
+
+
 def test_cli_evaluate_refuses_unknown_metrics_and_localisation_without_masks(tmp_path):
     run = relprop_cli("evaluate", "demo", "--model", "demo", "--metrics", "accuracy", "--out", tmp_path / "a")
     assert run.returncode == 2 and "unknown metric 'accuracy'" in run.stderr
@@ -149,6 +189,7 @@ def test_cli_evaluate_reads_image_folders_and_lists_unreadable_files(tmp_path):
                       "--out", tmp_path / "out")
     assert run.returncode == 1, run.stderr
     assert "skipped" in run.stderr and "broken.png" in run.stderr and "on 2 samples" in run.stdout
+    assert "aopc: regions of 16x16 pixels (--patch-size)" in run.stderr  # 4x4 is the demo's: 3136 steps at 224x224
     assert (tmp_path / "out" / "scores.csv").read_text().count("\n") == 1 + 2 * 2  # header, 2 metrics x 2 images
 
 

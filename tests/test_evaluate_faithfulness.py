@@ -68,8 +68,8 @@ def test_region_perturbation_results_do_not_depend_on_batch_size_and_leave_input
     relevance = torch.randn_like(x)
     kept_x, kept_r = x.clone(), relevance.clone()
     parameters = [p.clone() for p in model.parameters()]
-    one = evaluate.region_perturbation(model, x, relevance, patch_size=2, baseline="uniform", batch_size=1)
-    many = evaluate.region_perturbation(model, x, relevance, patch_size=2, baseline="uniform", batch_size=1000)
+    one = evaluate.region_perturbation(model, x, relevance, 1, patch_size=2, baseline="uniform", batch_size=1)
+    many = evaluate.region_perturbation(model, x, relevance, 1, patch_size=2, baseline="uniform", batch_size=1000)
     assert torch.allclose(one.curves["morf"], many.curves["morf"], rtol=0, atol=1e-12)  # same copies; only summation order differs
     assert torch.equal(x, kept_x) and torch.equal(relevance, kept_r)
     assert all(torch.equal(a, b) for a, b in zip(parameters, model.parameters()))
@@ -82,23 +82,58 @@ def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
     bands = (torch.arange(16) // 2).view(16, 1).expand(5, 16, 16)  # IROF segments: 8 bands of 2 rows
     curves, passes = {}, {}
     for incremental, batch_size in ((False, 2), (True, 2), (True, 8)):
-        runner = evaluate.Runner(model, x, batch_size=batch_size, incremental=incremental)
+        runner = evaluate.Runner(model, x, 0, batch_size=batch_size, incremental=incremental)
         curves[incremental, batch_size] = (
             evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=6).curves["morf"],
             evaluate.irof(runner, x, relevance, segments=bands).curves["morf"])
         passes[batch_size] = runner.incremental.passes if incremental else None
-    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the clean pass is the base of each
-    # chain's first step (IROF's goes back to it after region perturbation's last step)
-    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 1, "incremental": 6 + 8}}
+    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the first chain's first step is the
+    # base (this runner's clean pass was a plain one), and IROF's chain rolls back to it
+    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 1, "incremental": 5 + 8}}
     for key in ((True, 2), (True, 8)):
         for ours, plain in zip(curves[key], curves[False, 2]):
             torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
 
 
+def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_chains_keep_nothing(monkeypatch):
+    from relprop.engine.incremental import Incremental
+
+    engine_passes = []
+    plain_call = Incremental.__call__
+    monkeypatch.setattr(Incremental, "__call__", lambda self, *a, **k: engine_passes.append(1) or plain_call(self, *a, **k))
+    model = small_cnn(size=16)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 0, batch_size=8)
+    assert runner.incremental.base_input is None and runner.incremental.kept == [] and engine_passes == []
+    evaluate.pixel_flipping(model, x, torch.randn_like(x), 0, regions_per_step=64, steps=3)
+    evaluate.faithfulness_estimate(model, x, torch.randn_like(x), 0, features_in_step=64)
+    assert engine_passes == []  # single locations spread over the image: no kept pass, no activation copy
+    evaluate.region_perturbation(model, x, torch.randn_like(x), 0, patch_size=4, steps=3)
+    assert len(engine_passes) == 1 + 3  # the clean pass, kept as the base of the chain, and one pass per step
+
+
+def test_chains_whose_patches_reach_most_of_the_model_switch_to_plain_passes():
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 15, padding=7), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 8 * 8, 4)).double().eval()  # every output reads every pixel
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    runner = evaluate.Runner(wide, x, 1, batch_size=64, chains=True)
+    curve = evaluate.region_perturbation(runner, x, relevance, patch_size=2).curves["morf"]
+    # the kept clean pass and one incremental step, which computed all the work: the 15 other steps in one pass
+    assert runner.incremental.passes == {"full": 1, "incremental": 1} and runner.forward_passes == 1 + 1 + 1
+    plain = evaluate.Runner(wide, x, 1, batch_size=64, incremental=False)
+    torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2).curves["morf"],
+                               rtol=0, atol=1e-12)
+    forced = evaluate.Runner(wide, x, 1, batch_size=64, incremental=True, chains=True)
+    evaluate.region_perturbation(forced, x, relevance, patch_size=2)
+    assert forced.incremental.passes == {"full": 1, "incremental": 16}
+
+
 def test_chains_run_fewer_samples_per_pass_when_their_activations_would_pass_the_memory_limit():
     model = small_cnn(size=16)
     x = torch.randn(5, 3, 16, 16, dtype=torch.float64)
-    runner = evaluate.Runner(model, x, batch_size=8)  # the clean pass is kept: how much a sample keeps is known
+    runner = evaluate.Runner(model, x, 0, batch_size=8, chains=True)  # the clean pass is kept: a sample's size is known
     runner.incremental.max_bytes = 2 * runner.incremental.row_bytes
     rows = []
     model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
@@ -111,7 +146,7 @@ def test_runner_streams_copies_in_chunks_of_batch_size():
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    evaluate.pixel_flipping(model, x, torch.randn_like(x), regions_per_step=8, batch_size=3)
+    evaluate.pixel_flipping(model, x, torch.randn_like(x), 0, regions_per_step=8, batch_size=3)
     assert max(seen) <= 3 and sum(seen[1:]) == 2 * 8  # 64 pixels, 8 per step: 8 copies per sample
 
 
@@ -265,7 +300,7 @@ def test_road_accuracy_per_percentage_uses_the_imputed_copies():
     model = small_cnn()
     x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
     relevance = torch.randn_like(x)
-    result = evaluate.road(model, x, relevance, percentages=(25, 50), noise=0.0)
+    result = evaluate.road(model, x, relevance, "predicted", percentages=(25, 50), noise=0.0)
     predicted = model(x).argmax(1)
     pooled = relevance.sum(1).flatten(1)
     for j, p in enumerate((25, 50)):
@@ -283,8 +318,8 @@ def test_road_noise_is_seeded_and_independent_of_batch_size():
     model = small_cnn()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     relevance = torch.randn_like(x)
-    one = evaluate.road(model, x, relevance, percentages=(30, 60), noise=0.05, batch_size=1, seed=3)
-    all_ = evaluate.road(model, x, relevance, percentages=(30, 60), noise=0.05, batch_size=64, seed=3)
+    one = evaluate.road(model, x, relevance, "predicted", percentages=(30, 60), noise=0.05, batch_size=1, seed=3)
+    all_ = evaluate.road(model, x, relevance, "predicted", percentages=(30, 60), noise=0.05, batch_size=64, seed=3)
     assert torch.allclose(one.curves["score"], all_.curves["score"], rtol=0, atol=1e-12)
 
 

@@ -11,7 +11,7 @@ def test_relevance_of_another_shape_is_refused_with_the_fix():
     model = small_cnn()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"relevance has shape \(2, 8, 8\) but the input x has shape \(2, 3, 8, 8\)"):
-        evaluate.pixel_flipping(model, x, torch.randn(2, 8, 8))
+        evaluate.pixel_flipping(model, x, torch.randn(2, 8, 8), 0)
 
 
 def test_nan_relevance_is_refused_naming_the_samples():
@@ -29,26 +29,26 @@ def test_a_model_whose_output_shape_changes_is_refused():
 
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="returned 4 classes for perturbed inputs but 3 for x"):
-        evaluate.pixel_flipping(Moody(), x, torch.randn_like(x), batch_size=5)
+        evaluate.pixel_flipping(Moody(), x, torch.randn_like(x), 0, batch_size=5)
 
 
 def test_a_model_without_class_scores_is_refused():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"class scores shaped \(batch, classes\)"):
-        evaluate.pixel_flipping(torch.nn.Identity(), x, torch.randn_like(x))
+        evaluate.pixel_flipping(torch.nn.Identity(), x, torch.randn_like(x), 0)
 
 
 def test_patches_and_steps_that_do_not_fit_are_refused():
     model = small_cnn()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="does not tile locations shaped"):
-        evaluate.region_perturbation(model, x, torch.randn_like(x), patch_size=3)
+        evaluate.region_perturbation(model, x, torch.randn_like(x), 0, patch_size=3)
     with pytest.raises(ValueError, match=r"steps must be an int from 1 to 4"):
-        evaluate.region_perturbation(model, x, torch.randn_like(x), patch_size=4, steps=5)
+        evaluate.region_perturbation(model, x, torch.randn_like(x), 0, patch_size=4, steps=5)
     with pytest.raises(ValueError, match="features_in_step must be a positive int dividing"):
-        evaluate.monotonicity(model, x, torch.randn_like(x), features_in_step=5)
+        evaluate.monotonicity(model, x, torch.randn_like(x), 0, features_in_step=5)
     with pytest.raises(ValueError, match="subset_size must be an int from 1 to 63"):
-        evaluate.faithfulness_correlation(model, x, torch.randn_like(x), subset_size=64)
+        evaluate.faithfulness_correlation(model, x, torch.randn_like(x), 0, subset_size=64)
 
 
 def test_an_explanation_supplies_relevance_and_its_target():
@@ -58,6 +58,37 @@ def test_an_explanation_supplies_relevance_and_its_target():
     from_explanation = evaluate.pixel_flipping(model, x, explanation, regions_per_step=16)
     from_tensor = evaluate.pixel_flipping(model, x, explanation.relevance, [2, 1], regions_per_step=16)
     assert torch.equal(from_explanation.curves["morf"], from_tensor.curves["morf"])
+
+
+def test_relevance_without_a_target_is_refused_until_the_target_is_said():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    explanation = relprop.explain(model, x, target=0, composite="epsilon")
+    with pytest.raises(ValueError, match=r"does not say which class it explains; pass target="):
+        evaluate.region_perturbation(model, x, explanation.relevance, patch_size=4)
+    from_explanation = evaluate.region_perturbation(model, x, explanation, patch_size=4)
+    from_tensor = evaluate.region_perturbation(model, x, explanation.relevance, 0, patch_size=4)
+    torch.testing.assert_close(from_tensor.scores, from_explanation.scores, rtol=0, atol=1e-12)
+    predicted = evaluate.region_perturbation(model, x, explanation.relevance, "predicted", patch_size=4)
+    by_hand = evaluate.region_perturbation(model, x, explanation.relevance, model(x).argmax(1), patch_size=4)
+    torch.testing.assert_close(predicted.scores, by_hand.scores, rtol=0, atol=1e-12)
+    assert evaluate.sparseness(x, explanation.relevance).scores.shape == (2,)  # no target needed: nothing scored
+    with pytest.raises(ValueError, match=r"target must be an int, one int per sample or \"predicted\""):
+        evaluate.pixel_flipping(model, x, explanation.relevance, "label")
+
+
+def test_a_runner_refuses_relevance_of_other_classes_or_of_none_said():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    explanation = relprop.explain(model, x, target=0, composite="epsilon")
+    with pytest.raises(ValueError, match=r"the explanation explains classes \[0, 0\] but this runner scores \[1, 1\]"):
+        evaluate.pixel_flipping(evaluate.Runner(model, x, 1), x, explanation, regions_per_step=32)
+    with pytest.raises(ValueError, match="does not say which class it explains"):
+        evaluate.pixel_flipping(evaluate.Runner(model, x), x, explanation.relevance, regions_per_step=32)
+    with pytest.raises(ValueError, match=r"explains classes \[0, 0\] but this runner scores"):
+        evaluate.pixel_flipping(evaluate.Runner(model, x), x, explanation, regions_per_step=32)  # it predicts [0, 1]
+    evaluate.pixel_flipping(evaluate.Runner(model, x, explanation.target), x, explanation, regions_per_step=32)
+    evaluate.pixel_flipping(evaluate.Runner(model, x, "predicted"), x, explanation.relevance, regions_per_step=32)
 
 
 def test_a_shared_runner_runs_the_clean_forward_pass_once():

@@ -78,3 +78,26 @@ def test_random_logit_explains_another_class_than_the_target():
     assert torch.equal(result.details["other_class"].long(), seen[1])
     a, b = gradient_x_input(model, x, seen[0]).sum(1), gradient_x_input(model, x, seen[1]).sum(1)
     assert torch.allclose(result.scores, similarity.spearman(a, b))
+
+
+def test_randomisation_by_blocks_randomises_each_top_level_block_whole_from_the_output_down():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                                    torch.nn.Conv2d(4, 4, 3, padding=1)),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    seen = []
+
+    def explain(m, inputs, target):
+        seen.append(copy.deepcopy(m.state_dict()))
+        return gradient_x_input(m, inputs, target)
+
+    result = evaluate.model_parameter_randomisation(model, x, 0, explain, layers="blocks", seed=1)
+    assert result.parameters["layers"] == ["2", "0"] and result.details["per_layer"].shape == (2, 2)
+    assert len(seen) == 1 + 2  # the original, then one explanation per block instead of one per layer (3)
+    original, after_head, after_all = seen
+    changed = lambda state: {k for k in original if not torch.equal(original[k], state[k])}  # noqa: E731
+    assert changed(after_head) == {"2.weight", "2.bias"}
+    assert changed(after_all) == set(original)  # both convolutions of block 0 at once, the head still random
+    with pytest.raises(ValueError, match='layers must be None .* "blocks" or a list of names'):
+        evaluate.model_parameter_randomisation(model, x, 0, explain, layers="all")

@@ -1029,6 +1029,10 @@ DEMO_METRICS = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_
                 "randomisation_last")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _names(values, default):
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
     return names or list(default)
@@ -1046,8 +1050,9 @@ def _names(values, default):
               help="comma-separated metrics (default: mass and rank accuracy, pointing game, AOPC, randomisation)")
 @click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
               help="how many generated images when DATA is demo")
-@click.option("--patch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="AOPC's region size in pixels")
+@click.option("--patch-size", type=click.IntRange(min=1), default=None,
+              help="AOPC's and selectivity's region size in pixels (default: 4 on demo's 32x32 images, else 16: one "
+                   "step per region, so 4x4 regions of a 224x224 image would be 3136 steps per method)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-evaluation"),
               show_default=True, help="folder for table.md, table.csv, ranking.csv, scores.csv and report.html")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -1060,8 +1065,11 @@ def _names(values, default):
               "(default: one per GPU, else one per CPU)")
 @click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT (default: start "
               "Ray on this machine)")
+@click.option("--randomisation-layers", type=click.Choice(["all", "blocks"]), default="all", show_default=True,
+              help="randomisation metrics: randomise every layer with parameters in turn (one explanation each), "
+                   "or the model's top-level blocks (a coarser cascade, several times cheaper on deep models)")
 def evaluate_command(data, model_spec, weights, method_names, metric_names, count, patch_size, out, batch_size,
-                     device, size, engine, workers, address):
+                     device, size, engine, workers, address, randomisation_layers):
     """Measure explanations: DATA is demo (generated images with object masks) or image files/folders."""
     from . import composites
     from .evaluate import benchmark, methods as evaluate_methods
@@ -1084,6 +1092,8 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
         raise Failure("localisation metrics need object masks, which only DATA=demo has; pass --metrics without them")
     if (address is not None or workers is not None) and engine != "ray":
         raise Failure("--address and --workers go with --engine ray; add it")
+    if patch_size is None:
+        patch_size = 4 if data == "demo" else 16
     torch_device = resolve_device(device)
     loaded = load_for_command(model_spec, weights, size)
     try:
@@ -1104,7 +1114,11 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
                                device=torch_device, method_options=method_options, engine=engine, workers=workers,
                                address=address,
                                options={"aopc": {"patch_size": patch_size}, "aopc_lerf": {"patch_size": patch_size},
-                                        "selectivity": {"patch_size": patch_size}})
+                                        "selectivity": {"patch_size": patch_size},
+                                        **({name: {"layers": "blocks"} for name in ("randomisation",
+                                                                                    "randomisation_last",
+                                                                                    "randomisation_independent")}
+                                           if randomisation_layers == "blocks" else {})})
         except (ValueError, TypeError, RuntimeError, RunError) as error:
             raise Failure(" ".join(str(error).split())) from None
         result.save(staging.path)
@@ -1115,8 +1129,16 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     failed = getattr(source, "failed", [])
     for failure in failed:
         click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
-    click.echo(f"evaluated {len(methods)} methods by {len(metrics)} metrics on {len(source) - len(failed)} samples; "
-               f"wrote {out}")
+    removing = [name for name in ("aopc", "aopc_lerf", "selectivity") if name in metrics]
+    if removing:
+        click.echo(f"{', '.join(removing)}: regions of {patch_size}x{patch_size} pixels (--patch-size)", err=True)
+    if result.seconds:
+        spent = sorted(result.seconds.items(), key=lambda item: -item[1])
+        click.echo("time per metric (all methods): " + ", ".join(f"{metric} {seconds:.1f} s"
+                                                                  for metric, seconds in spent), err=True)
+    samples = len(source) - len(failed)
+    click.echo(f"evaluated {_count(len(methods), 'method')} by {_count(len(metrics), 'metric')} on "
+               f"{_count(samples, 'sample')}; wrote {out}")
     if failed:
         sys.exit(EXIT_SOME_FAILED)
 

@@ -125,3 +125,14 @@ def test_samples_without_model_outputs_show_an_unknown_prediction(tmp_path):
     page = report.write(store, tmp_path / "report").read_text()
     sets = json.loads(re.search(r"const SETS = (.*);\n", page).group(1))
     assert set(sets[0]["predicted"]) == {"?"}
+
+
+def test_an_address_naming_a_sample_in_no_analysed_set_says_so_on_the_page(analysed):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium); the page check needs a browser")
+    _, out, _, _ = analysed
+    page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                           "--virtual-time-budget=3000", "--dump-dom", (out / "index.html").as_uri() + "#sample=987654"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "sample 987654 is in no analysed set" in page

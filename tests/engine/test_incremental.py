@@ -258,19 +258,44 @@ def test_torchvision_architectures_give_plain_outputs_in_chains_and_copies(name)
     assert incremental.passes == {"full": 1, "incremental": 4}
 
 
-def test_a_snapshot_of_the_base_brings_it_back_after_later_passes():
+def test_a_checkpoint_brings_the_base_back_after_later_passes_without_copying_it():
     model, shape = models()["windows"]
     x = torch.rand(shape)
     incremental = Incremental(model)
     incremental(x)
-    snapshot = incremental.snapshot()
+    incremental.checkpoint()
+    kept = [output.clone() for _, output in incremental.kept if output is not None]
     moved = patched(patched(x, 0), 1)
     incremental(moved)
-    incremental.restore(snapshot)
+    assert incremental.rollback()
+    assert all(torch.equal(a, b) for a, b in zip(kept, [o for _, o in incremental.kept if o is not None]))
     copy = patched(x, 2)
     with torch.inference_mode():
         torch.testing.assert_close(incremental(copy), model(copy), rtol=1e-5, atol=1e-6)
-    incremental.restore(snapshot)  # the snapshot itself was not written by the pass after restore
+    assert incremental.rollback()  # the pass after the rollback was logged too
     with torch.inference_mode():
         torch.testing.assert_close(incremental(x.clone()), model(x), rtol=1e-5, atol=1e-6)
+    incremental.reset()
+    assert not incremental.rollback()
     assert incremental.passes == {"full": 1, "incremental": 3}
+
+
+def test_small_cropped_ops_run_on_one_thread_and_the_thread_count_comes_back(monkeypatch):
+    model, shape = models()["windows"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        incremental(x)
+        seen = []
+        plain_set = torch.set_num_threads
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or plain_set(n))
+        moved = patched(x, 0)
+        with torch.inference_mode():
+            torch.testing.assert_close(incremental(moved), model(moved), rtol=1e-5, atol=1e-6)
+        assert incremental.passes["incremental"] == 1
+        assert seen and seen[0::2] == [1] * (len(seen) // 2) and seen[1::2] == [2] * (len(seen) // 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -69,6 +69,16 @@ def test_overlay_accepts_uint8_images_and_checks_sizes():
         viz.overlay(images, torch.ones(3, 8, 8))
 
 
+def test_overlay_refuses_a_normalised_image_outside_zero_to_one_naming_the_fix():
+    torch.manual_seed(0)
+    pixels = torch.rand(1, 3, 4, 4)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with pytest.raises(ValueError, match=r"overlay draws float images in \[0, 1\].*x \* std \+ mean"):
+        viz.overlay((pixels - mean) / std, torch.ones(1, 3, 4, 4))
+    restored = (pixels - mean) / std * std + mean  # back to pixels, up to float rounding past [0, 1]
+    assert viz.overlay(restored, torch.ones(1, 3, 4, 4)).shape == (1, 4, 4, 3)
+
+
 def test_grid_lays_out_samples_by_methods_and_saves_png_atomically(tmp_path):
     cells = [[np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)] for _ in range(3)]
     titles = [["input", "epsilon"]] * 3

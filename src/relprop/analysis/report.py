@@ -208,6 +208,7 @@ small { color: #666; }
 a strategy of the model (maybe a shortcut). Hover or click a point; <code>#sample=INDEX</code> in the address opens
 one.</small></p>
 <p id="skipped"></p>
+<p id="address" role="status"></p>
 <div id="sets"></div>
 <script>
 const SETS = __DATA__;
@@ -363,7 +364,11 @@ document.getElementById("skipped").textContent = SKIPPED;
 SETS.forEach(build);
 function fromAddress() {
   const match = /sample=(\d+)/.exec(location.hash);
-  if (match) SETS.some(set => select(set.name, +match[1]));
+  const note = document.getElementById("address");
+  note.textContent = "";
+  if (match && !SETS.some(set => select(set.name, +match[1])))
+    note.textContent = "sample " + match[1] + " is in no analysed set (its class was skipped or not analysed, or the " +
+      "index is past the store's samples), so no sample is shown for it.";
 }
 window.addEventListener("hashchange", fromAddress);
 fromAddress();

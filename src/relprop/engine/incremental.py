@@ -57,23 +57,35 @@ class Incremental:
         self.followable = True
         self.row_bytes: int | None = None  # what the base keeps per input row, once a base was kept
         self.passes = {"full": 0, "incremental": 0}
+        self.journal = None  # (kept, base input, writes, [bytes written]) since the checkpoint, see checkpoint()
+        self.work = None  # the last pass's multiply-adds in convolutions and linear layers: (computed, a plain pass's)
 
     def reset(self):
-        """Forget the base pass."""
-        self.base_input, self.kept = None, []
+        """Forget the base pass (and any checkpoint)."""
+        self.base_input, self.kept, self.journal = None, [], None
 
     def kept_bytes(self) -> int:
         """What the base pass keeps, in bytes."""
         outputs = {id(output): output for _, output in self.kept if output is not None}
         return sum(output.numel() * output.element_size() for output in outputs.values())
 
-    def snapshot(self):
-        """A copy of the base pass, to return to with ``restore`` after later passes moved the base on."""
-        return _copied(self.kept, self.base_input)
+    def checkpoint(self):
+        """Remember the present base: later kept passes log what they overwrite (no copy of the base now), so that
+        ``rollback`` can return to it. The log is dropped once it holds more than the base itself."""
+        self.journal = (list(self.kept), self.base_input, [], [0])
 
-    def restore(self, snapshot):
-        """Make a snapshot's pass the base again (copied: the passes after it write into the base)."""
-        self.kept, self.base_input = _copied(*snapshot)
+    def rollback(self) -> bool:
+        """Make the checkpoint's pass the base again; False when there is none (reset, or the log grew too large)."""
+        if self.journal is None:
+            return False
+        kept, base_input, writes, _ = self.journal
+        with torch.inference_mode():  # the kept outputs are inference tensors
+            for buffer, index, values in reversed(writes):
+                buffer[index] = values
+        writes.clear()
+        self.journal[3][0] = 0
+        self.kept, self.base_input = list(kept), base_input
+        return True
 
     def __call__(self, x: torch.Tensor, keep: bool = True):
         with torch.inference_mode():
@@ -127,7 +139,7 @@ class Incremental:
             return self.model(x)
 
     def _run(self, x, boxes, keep):
-        mode = _Pass(self.kept, x, boxes, keep)
+        mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None)
         try:
             with mode:
                 out = self.model(x)
@@ -140,22 +152,18 @@ class Incremental:
             if keep:
                 self.reset()
             raise
+        self.work = tuple(mode.work)
         if keep:
             self.kept, self.base_input = mode.fresh, x.clone()
             size = self.kept_bytes()
+            if self.journal is not None and self.journal[3][0] > size:
+                self.journal = None  # rolling back would cost more than the pass it saves
             self.row_bytes = -(-size // len(x))
             if size > self.max_bytes:
                 self.reset()
         else:
             mode.undo()
         return _detached(out)
-
-
-def _copied(kept, base_input):
-    """(kept, base input) with every tensor cloned once: outputs that were one tensor stay one tensor."""
-    copies = {id(output): output.clone() for _, output in kept if output is not None}
-    return ([(signature, None if output is None else copies[id(output)]) for signature, output in kept],
-            None if base_input is None else base_input.clone())
 
 
 def _detached(out):
@@ -180,12 +188,13 @@ def _tensors(args, kwargs):
 class _Pass(TorchFunctionMode):
     """One pass: which tensors came from the input and which of their positions changed (boxes per row, FULL)."""
 
-    def __init__(self, kept, x, boxes, keep):
+    def __init__(self, kept, x, boxes, keep, journal=None):
         super().__init__()
-        self.kept, self.keep = kept, keep
+        self.kept, self.keep, self.journal = kept, keep, journal
         self.regions = {id(x): (x, boxes)}
         self.fresh: list = []  # this pass's ((name, argument shapes), output) per op, the next base when keep
         self.written: list = []  # (buffer, index, values before) to restore when not keep
+        self.work = [0, 0]  # multiply-adds of convolutions and linear layers: computed, and in a plain pass
 
     def region(self, tensor):
         entry = self.regions.get(id(tensor))
@@ -221,6 +230,11 @@ class _Pass(TorchFunctionMode):
             out, boxes = func(*args, **kwargs), FULL
         else:
             out, boxes = result
+        per_output = _multiply_adds(short, args, kwargs)
+        if per_output and isinstance(out, torch.Tensor):
+            self.work[1] += out.numel() * per_output
+            if result is None:
+                self.work[0] += out.numel() * per_output
         if target is not None:
             self.regions[id(target)] = (target, STALE)
         self._mark(out, boxes)
@@ -236,9 +250,13 @@ class _Pass(TorchFunctionMode):
                 self._mark(item, FULL)
 
     def write(self, buffer, index, values):
-        """buffer[index] = values, remembering what was there when this pass is not kept."""
+        """buffer[index] = values, remembering what was there when this pass is not kept or a checkpoint is set."""
         if not self.keep:
             self.written.append((buffer, index, buffer[index].clone()))
+        elif self.journal is not None:
+            before = buffer[index].clone()
+            self.journal[2].append((buffer, index, before))
+            self.journal[3][0] += before.numel() * before.element_size()
         buffer[index] = values
 
     def undo(self):
@@ -354,8 +372,45 @@ def _window(state, name, func, args, kwargs, base):
             crop = source[tuple(index)].unsqueeze(0)
             flat_pads = [amount for pair in reversed(pads) for amount in pair]
             crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
-        _write_rows(state, base, group, func(torch.cat(crops), **crop_args))
+        batch = torch.cat(crops)
+        work = math.prod(high - low for low, high in group[0][1]) * len(group) * (
+            op["weight"].numel() if names is _CONV else batch.shape[1] * math.prod(kernel))
+        with _threads(work):
+            values = func(batch, **crop_args)
+        if names is _CONV:
+            state.work[0] += values.numel() * op["weight"][0].numel()
+        _write_rows(state, base, group, values)
     return base, rows
+
+
+SMALL_WORK = 2 ** 23  # multiply-adds under which a cropped op runs on one thread
+
+
+class _threads:
+    """One torch thread for a small op: on a busy machine every parallel region of a tiny op waits for its other
+    threads' turn on a core, which cost incremental passes (many small ops) far more than plain ones."""
+
+    def __init__(self, work: int):
+        self.single = work < SMALL_WORK and torch.get_num_threads() > 1
+
+    def __enter__(self):
+        if self.single:
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.single:
+            torch.set_num_threads(self.threads)
+
+
+def _multiply_adds(short, args, kwargs) -> int:
+    """Multiply-adds per output value of a convolution or linear layer (0 for other ops: they cost little)."""
+    if not (short.startswith("conv") or short == "linear"):
+        return 0
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return 0
+    return weight[0].numel() if short.startswith("conv") else weight.shape[-1]
 
 
 def _same_sizes(rows):
@@ -401,8 +456,9 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
 
     rows = _row_union([state.region(t) for t in tracked])
     for group in _same_sizes(rows):
-        out = func(*[batched(value, group) for value in args],
-                   **{key: batched(value, group) for key, value in kwargs.items()})
+        with _threads(0):  # position by position: little work per crop
+            out = func(*[batched(value, group) for value in args],
+                       **{key: batched(value, group) for key, value in kwargs.items()})
         _write_rows(state, base, group, out)
     return base, rows
 

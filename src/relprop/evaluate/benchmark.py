@@ -208,12 +208,17 @@ class Plan:
     def explainers(self) -> dict:
         return {label: explainer(spec, **self.method_options.get(label, {})) for label, spec in self.methods.items()}
 
-    def evaluate(self, model, explainers: dict, batch: Batch, device=None, skip=()) -> dict:
-        """(method, metric) -> Result, or the message of why it could not be computed, for one batch."""
+    def evaluate(self, model, explainers: dict, batch: Batch, device=None, skip=(), on_pair=None) -> dict:
+        """(method, metric) -> Result, or the message of why it could not be computed, for one batch.
+
+        on_pair(method, metric, seconds): called after each pair (``None`` seconds: before it starts)."""
+        import time
+
         if device is not None:
             batch.x = batch.x.to(device)
             batch.mask = None if batch.mask is None else batch.mask.to(device)
-        runner = Runner(model, batch.x, batch_size=self.batch_size)
+        chains = any(metric in ("aopc", "aopc_lerf", "selectivity", "irof") for metric in self.metrics)
+        runner = Runner(model, batch.x, "predicted", batch_size=self.batch_size, chains=chains)
         if self.target == "label" and batch.label is not None:
             labels = batch.label.to(runner.target.device)
             runner.target = torch.where(labels >= 0, labels, runner.target)
@@ -230,10 +235,15 @@ class Plan:
             for metric in self.metrics:
                 if (label, metric) in skip:
                     continue
+                if on_pair is not None:
+                    on_pair(label, metric, None)
+                start = time.perf_counter()
                 try:
                     outcomes[label, metric] = METRICS[metric](context, metric)
                 except (ValueError, TypeError, ImportError) as error:  # e.g. no masks, a method without delta
                     outcomes[label, metric] = " ".join(str(error).split())
+                if on_pair is not None:
+                    on_pair(label, metric, time.perf_counter() - start)
         return outcomes
 
 
@@ -273,6 +283,7 @@ class BenchmarkResult:
     curves: dict  # (method, metric) -> {curve name: mean curve}
     higher_is_better: dict  # metric -> bool
     errors: dict  # (method, metric) -> message, where a metric could not be computed
+    seconds: dict = field(default_factory=dict)  # metric -> seconds spent on it, all methods (local engine)
 
     def table(self):
         """A pandas DataFrame of mean scores: one row per method, one column per metric."""
@@ -325,8 +336,9 @@ class BenchmarkResult:
                  "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
                  "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
                  "<h1>Evaluating explanations</h1>", "<h2>Mean scores</h2>",
-                 self.table().to_html(float_format=lambda v: f"{v:.4g}"), "<h2>Ranking (1 is best)</h2>",
-                 self.ranking().to_html(float_format=lambda v: f"{v:.3g}")]
+                 "<p>↑: higher is better, ↓: lower is better.</p>",
+                 self._html_table(self.table(), "{:.4g}"), "<h2>Ranking (1 is best)</h2>",
+                 self._html_table(self.ranking(), "{:.3g}")]
         for metric in self.metrics:
             figure = self._curve_figure(metric)
             if figure is not None:
@@ -336,6 +348,19 @@ class BenchmarkResult:
                 f"<li>{html.escape(m)} / {html.escape(k)}: {html.escape(e)}</li>"
                 for (m, k), e in self.errors.items()) + "</ul>")
         return "\n".join(parts)
+
+    def _html_table(self, frame, number: str) -> str:
+        """A frame as one HTML table with a single header row: method, then each column (metrics with ↑/↓)."""
+        def head(column):
+            if column not in self.metrics:
+                return html.escape(str(column))
+            return f"{html.escape(column)} {'↑' if self.higher_is_better.get(column, True) else '↓'}"
+
+        rows = ["<tr><th>method</th>" + "".join(f"<th>{head(c)}</th>" for c in frame.columns) + "</tr>"]
+        for method, values in frame.iterrows():
+            cells = "".join(f"<td>{'-' if v != v else number.format(v)}</td>" for v in values.tolist())
+            rows.append(f"<tr><th>{html.escape(str(method))}</th>{cells}</tr>")
+        return "<table>" + "".join(rows) + "</table>"
 
     def _curve_figure(self, metric):
         curves = {method: self.curves.get((method, metric), {}) for method in self.methods}
@@ -395,25 +420,39 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
     plan = Plan(methods, metrics, target, batch_size, options or {}, method_options or {})
     accumulators = {(m, k): _Accumulator() for m in methods for k in metrics}
     errors = {}
+    seconds = {}
     bar = None
     if progress:
         import sys
 
         from tqdm import tqdm
 
-        bar = tqdm(unit="batch", file=sys.stderr, disable=None, leave=False)
+        count = data.batch_count(batch_size) if hasattr(data, "batch_count") else None
+        bar = tqdm(total=None if count is None else count * len(methods) * len(metrics), unit="metric",
+                   file=sys.stderr, disable=None, leave=False)
+
+    def on_pair(label, metric, elapsed):
+        if elapsed is None:
+            if bar is not None:
+                bar.set_description(f"{label} / {metric}", refresh=True)
+            return
+        seconds[metric] = seconds.get(metric, 0.0) + elapsed
+        if bar is not None:
+            bar.update(1)
+
     if engine == "ray":
         from .sharded import evaluate_on_ray
 
-        for outcomes in evaluate_on_ray(model, data, plan, workers, address, bar.update if bar is not None else lambda: None):
+        pairs = len(methods) * len(metrics)
+        for outcomes in evaluate_on_ray(model, data, plan, workers, address,
+                                        (lambda: bar.update(pairs)) if bar is not None else lambda: None):
             _merge(outcomes, accumulators, errors)
     else:
         model = model.load() if hasattr(model, "load") else model  # a model spec, as relprop run takes
         explainers = plan.explainers()
         for batch in batches(data, batch_size):
-            _merge(plan.evaluate(model, explainers, batch, device, skip=errors), accumulators, errors)
-            if bar is not None:
-                bar.update(1)
+            _merge(plan.evaluate(model, explainers, batch, device, skip=errors, on_pair=on_pair), accumulators,
+                   errors)
     if bar is not None:
         bar.close()
     scores = {key: torch.cat(acc.scores) for key, acc in accumulators.items() if acc.scores}
@@ -423,4 +462,4 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
     for (label, metric), acc in accumulators.items():
         if acc.scores:
             directions[metric] = acc.higher_is_better
-    return BenchmarkResult(list(methods), metrics, scores, curves, directions, errors)
+    return BenchmarkResult(list(methods), metrics, scores, curves, directions, errors, seconds)

@@ -51,9 +51,9 @@ class _Setup:
     """What every perturbation metric starts from: the runner, the pooled relevance and the baseline."""
 
     def __init__(self, model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed=0,
-                 output=None, blur_sigma=2.0):
+                 output=None, blur_sigma=2.0, chains=False):
         self.runner = Runner.of(model, x, target, batch_size=batch_size, softmax=softmax, output=output,
-                                relevance=relevance)
+                                relevance=relevance, chains=chains)
         self.x = self.runner.x
         self.axis = channel_axis(self.x, channel_dim)
         self.relevance = relevance_of(relevance, self.x)
@@ -98,7 +98,9 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
                         steps=None, baseline="black", batch_size=64, softmax=None, channel_dim="auto",
                         blur_sigma=2.0, seed=0, output=None) -> Result:
     """Region perturbation (Samek et al. 2017): AOPC per sample; curves and AUC in the result."""
-    setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output, blur_sigma)
+    patches = any(size != 1 for size in ((patch_size,) if isinstance(patch_size, int) else patch_size))
+    setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output, blur_sigma,
+                   chains=patches)
     labels = patch_labels(setup.locations, patch_size)
     regions = int(labels.max()) + 1
     scores = region_relevance(setup.map, labels.expand((len(setup.x),) + setup.locations), regions)
@@ -249,7 +251,7 @@ def superpixels(x: torch.Tensor, **slic_options) -> torch.Tensor:
 def irof(model, x, relevance, target=None, *, segments=None, baseline="mean", batch_size=64, softmax=None,
          channel_dim="auto", output=None, **slic_options) -> Result:
     """IROF (Rieger & Hansen 2020): 1 - AUC of f(x^(k)) / f(x) as superpixels go, most relevant (mean) first."""
-    setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output)
+    setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output, chains=True)
     labels = superpixels(setup.x, **slic_options) if segments is None else torch.as_tensor(segments).long()
     if tuple(labels.shape) != (len(setup.x),) + setup.locations:
         raise ValueError(f"segments must be shaped {(len(setup.x),) + setup.locations} (one label map per sample), "
@@ -370,7 +372,7 @@ def infidelity(model, x, relevance, target=None, *, n_perturb_samples=10, noise_
 def sufficiency(model, x, relevance, target=None, *, threshold=0.6, distance="euclidean", batch_size=64,
                 output=None) -> Result:
     """Sufficiency (Dasgupta et al. 2022): agreement of predictions among samples with nearby explanations."""
-    runner = Runner.of(model, x, target, batch_size=batch_size, output=output, relevance=relevance)
+    runner = Runner.of(model, x, target, batch_size=batch_size, output=output, relevance=relevance, scored=False)
     a = relevance_of(relevance, runner.x).flatten(1).double()
     if distance == "seuclidean":  # each feature scaled by its variance over the batch, as scipy's cdist does
         a = a / a.var(0, unbiased=True).sqrt()

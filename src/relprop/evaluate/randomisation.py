@@ -27,11 +27,16 @@ def parameter_layers(model: torch.nn.Module) -> list[str]:
             if any(True for _ in module.parameters(recurse=False))]
 
 
-def _randomise(module: torch.nn.Module, generator: torch.Generator):
-    """New values for a module's own parameters: weights uniform with variance 1 / fan-in (LeCun), one-dimensional
-    parameters (biases, norm scales) Gaussian with the old values' spread."""
+def blocks(model: torch.nn.Module) -> list[str]:
+    """Names of the model's top-level children that hold parameters: MPRT's cheap setting, a cascade by block."""
+    return [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+
+
+def _randomise(module: torch.nn.Module, generator: torch.Generator, recurse: bool = False):
+    """New values for a module's own parameters (recurse: and those of its children): weights uniform with variance
+    1 / fan-in (LeCun), one-dimensional parameters (biases, norm scales) Gaussian with the old values' spread."""
     with torch.no_grad():
-        for name, parameter in module.named_parameters(recurse=False):
+        for name, parameter in module.named_parameters(recurse=recurse):
             if parameter.dim() > 1:
                 fan_in = parameter[0].numel()
                 bound = 1 / fan_in ** 0.5
@@ -57,7 +62,11 @@ def _similar(name, a, b, k):
 def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_flat", *, mode="cascading",
                                   similarity="spearman", layers=None, seed=0, k=100, absolute=True, batch_size=64,
                                   channel_dim="auto") -> Result:
-    """MPRT (Adebayo et al. 2018): mean similarity over layers of original and randomised-model explanations."""
+    """MPRT (Adebayo et al. 2018): mean similarity over layers of original and randomised-model explanations.
+
+    layers: None (every module with parameters: one explanation per layer, the costly part), "blocks" (the model's
+    top-level children, each randomised whole: a coarser cascade, which also ends with every layer random), or
+    a list of module names."""
     x = check_input(x)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
@@ -66,7 +75,11 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
     with torch.no_grad():
         output = torch.cat([model(chunk) for chunk in x.split(batch_size)])
     target = output.argmax(1) if target is None else torch.as_tensor(target).long().expand(len(x))
-    names = parameter_layers(model) if layers is None else list(layers)
+    by_block = isinstance(layers, str) and layers == "blocks"
+    if isinstance(layers, str) and not by_block:
+        raise ValueError(f"layers must be None (every layer with parameters), \"blocks\" or a list of names, got "
+                         f"{layers!r}")
+    names = parameter_layers(model) if layers is None else blocks(model) if by_block else list(layers)
     modules = dict(model.named_modules())
     missing = [name for name in names if name not in modules]
     if missing:
@@ -79,7 +92,7 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
     for name in reversed(names):  # from the output towards the input
         if mode == "independent":
             randomised = copy.deepcopy(model)
-        _randomise(dict(randomised.named_modules())[name], generator)
+        _randomise(dict(randomised.named_modules())[name], generator, recurse=by_block)
         changed = transform(_maps(explain, randomised, x, target, axis, batch_size))
         per_layer.append(_similar(similarity, original, changed, k))
     per_layer = torch.stack(per_layer, 1)

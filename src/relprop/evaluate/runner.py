@@ -13,7 +13,8 @@ the same regions, the all-removed end of the MoRF and LeRF curves) takes that sc
 Metrics that remove one local region per step (region perturbation with patches, selectivity, IROF) ask for a chain:
 the runner then passes one step of up to ``batch_size`` samples at a time, each pass differing from the one before
 in a patch per sample, and runs it through ``engine.incremental``, which recomputes only what that patch reaches
-(the numbers of a plain forward pass, to float rounding).
+(the numbers of a plain forward pass, to float rounding). Once those passes compute more than CHAIN_WORK of a plain
+pass's multiply-adds (small images, deep models), the rest of the chain runs as plain passes of stacked copies.
 """
 from __future__ import annotations
 
@@ -25,61 +26,89 @@ import torch
 from ..engine.incremental import Incremental
 from .inputs import check_input
 
+CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most this share of a plain pass's work
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
 class Runner:
     """A model, a batch x, its targets and how many copies one forward pass may hold.
 
-    target: None (the class the explanation explained, else the predicted class), an int, or one int per sample.
+    target: an int, one int per sample, or "predicted" (the class the model predicts for x); None takes the class
+    an explanation explained (explained_target) and otherwise leaves the target unsaid, which a metric given
+    relevance without a target refuses (it would silently score the predicted class).
     softmax: score copies by the target's softmax probability instead of its logit.
     output: picks the class scores from whatever the model returns (e.g. ``lambda out: out.logits``).
     incremental: run chains of local perturbations through ``engine.incremental``, which keeps one pass's
-    activations (None: on a CPU).
+    activations. None: on a CPU, and only while the chain's passes save enough work (see _chains_pay); True: always.
+    chains: chains of local perturbations will run on this runner, so the clean pass keeps its activations as the
+    base of their first steps; otherwise it is one plain forward pass and the first chain builds its own base.
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
-                 incremental: bool | None = None):
+                 incremental: bool | None = None, chains: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
+        self.chains_forced = incremental is True
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
+        self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
-        self.clean_base = None  # the clean pass's activations, where a chain after the first can start from them
-        if self.incremental is not None and len(self.x) <= batch_size:
-            with torch.inference_mode():  # the clean pass is the base of the first step of a chain
+        self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
+        self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
+        if self.incremental is not None and chains and len(self.x) <= batch_size:
+            with torch.inference_mode():  # kept: the base of each chain's first step
                 self.output = self.run(self.x, self.incremental)
-                if 0 < 2 * self.incremental.kept_bytes() <= self.incremental.max_bytes:
-                    self.clean_base = self.incremental.snapshot()
+            self._checkpoint(torch.arange(len(self.x)))
         else:
             self.output = self.outputs(self.x)
         self.classes = self.output.shape[1]
         if target is None:
             target = explained_target
-        self.target = self.output.argmax(1) if target is None else self._targets(target)
+        self.target_said = target is not None  # False: the predicted class, by default rather than by request
+        self.target = self.output.argmax(1) if target is None or _is_predicted(target) else self._targets(target)
         self.clean = self.pick(self.output, self.target)
 
     @classmethod
-    def of(cls, model, x, target=None, *, batch_size=64, softmax=None, output=None, relevance=None) -> "Runner":
-        """A runner for (model, x), or the given runner itself (so metrics share its forward passes)."""
+    def of(cls, model, x, target=None, *, batch_size=64, softmax=None, output=None, relevance=None,
+           scored: bool = True, chains: bool = False) -> "Runner":
+        """A runner for (model, x), or the given runner itself (so metrics share its forward passes).
+
+        scored: the metric scores the target, so relevance without a target (a plain tensor) needs target= or a
+        runner built with one. chains: the metric runs chains of local perturbations (see the class).
+        """
         explained = getattr(relevance, "target", None)
         if isinstance(model, Runner):
             if x is not None and x is not model.x and (x.shape != model.x.shape or not torch.equal(x, model.x)):
                 raise ValueError("this runner was built for another input x; build a Runner for this x")
-            if target is not None and not torch.equal(model._targets(target), model.target):
+            if target is not None and not torch.equal(model._targets_or_predicted(target), model.target):
                 raise ValueError("this runner explains other targets; build a Runner with these targets")
+            if scored and target is None and explained is not None and not torch.equal(
+                    model._targets(explained), model.target):
+                raise ValueError(f"the explanation explains classes {explained.flatten().tolist()[:10]} but this "
+                                 f"runner scores {model.target.tolist()[:10]}; build the Runner with the "
+                                 "explanation's target (Runner(model, x, explanation.target))")
+            if scored and target is None and explained is None and not model.target_said:
+                raise ValueError(_NO_TARGET)
             if softmax is not None and bool(softmax) != model.softmax:
                 raise ValueError(f"this runner scores with softmax={model.softmax}; build a Runner with "
                                  f"softmax={bool(softmax)} or leave softmax out")
             return model
+        if scored and target is None and explained is None:
+            raise ValueError(_NO_TARGET)
         return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
-                   explained_target=explained)
+                   explained_target=explained, chains=chains)
+
+    def _checkpoint(self, rows: torch.Tensor) -> None:
+        """Let the chains of these samples return to the engine's present base (see Incremental.checkpoint)."""
+        if self.incremental.base_input is not None and len(self.incremental.base_input) == len(rows):
+            self.incremental.checkpoint()
+            self.checkpoint_rows = rows.cpu()
 
     def _chain_rows(self) -> int:
         """Samples per pass of a chain: batch_size, or fewer once a kept base showed that the activations of
@@ -89,12 +118,22 @@ class Runner:
             return self.batch_size
         return max(1, min(self.batch_size, engine.max_bytes // engine.row_bytes))
 
-    def _is_base(self, rows) -> bool:
-        """Whether the incremental engine's base pass is the clean pass of these rows."""
-        base = self.incremental.base_input
-        return base is not None and len(base) == len(rows) and torch.equal(base, self.x[rows.to(self.x.device)])
+    def _start_chain(self, rows: torch.Tensor) -> None:
+        """Before a chain's first step: back to the checkpoint of these samples, else a fresh base (the first step
+        runs in full and is kept), which later chains of the same samples return to."""
+        engine = self.incremental
+        if self.checkpoint_rows is not None and torch.equal(rows.cpu(), self.checkpoint_rows) and engine.rollback():
+            return
+        engine.reset()
+        self.checkpoint_rows = None
+        self.start_pending = rows
+
+    def _targets_or_predicted(self, target) -> torch.Tensor:
+        return self.output.argmax(1) if _is_predicted(target) else self._targets(target)
 
     def _targets(self, target) -> torch.Tensor:
+        if isinstance(target, str):
+            raise ValueError(f"target must be an int, one int per sample or \"predicted\", got {target!r}")
         index = torch.as_tensor(target, device=self.output.device).long()
         if index.dim() == 0:
             index = index.expand(len(self.x))
@@ -145,31 +184,41 @@ class Runner:
         samples = torch.arange(len(self.x)) if samples is None else samples
         result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.output.device)
         predicted = torch.empty(len(samples), steps, dtype=torch.long, device=self.output.device)
-        if chain and self.incremental is not None:
-            size = self._chain_rows()
-            chunks = [(group, torch.full_like(group, step), slice(start, start + len(group)), step)
-                      for start, group in zip(range(0, len(samples), size), samples.split(size))
-                      for step in range(steps)]
-        else:
-            pairs_sample = samples.repeat_interleave(steps)
-            pairs_step = torch.arange(steps).repeat(len(samples))
-            chunks = [(pairs_sample[start:start + self.batch_size], pairs_step[start:start + self.batch_size], None,
-                       start) for start in range(0, len(pairs_sample), self.batch_size)]
-        flat_result, flat_predicted = result.view(-1), predicted.view(-1)
+        plain = []  # flat (sample position * steps + step) indices of the pairs left to plain passes
         with torch.inference_mode():
-            for rows, step_of, positions, where in chunks:
-                if positions is None:
-                    score, classes_of = self.score_copies(rows, perturb(rows, step_of))
-                    flat_result[where:where + len(rows)], flat_predicted[where:where + len(rows)] = score, classes_of
-                else:
-                    if where == 0 and not self._is_base(rows):
-                        if self.clean_base is not None and torch.equal(rows.cpu(), torch.arange(len(self.x))):
-                            self.incremental.restore(self.clean_base)  # back to the clean pass: no full pass
-                        else:
-                            self.incremental.reset()  # a new group of samples: its first step is the base
-                    score, classes_of = self.score_copies(rows, perturb(rows, step_of), chained=True)
-                    result[positions, where], predicted[positions, where] = score, classes_of
+            if chain and self._chains_pay():
+                size = self._chain_rows()
+                for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
+                    for step in range(steps):
+                        if not self._chains_pay():  # the rest of the chains run as plain passes
+                            plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
+                            break
+                        if step == 0:
+                            self._start_chain(group)
+                        score, classes_of = self.score_copies(group, perturb(group, torch.full_like(group, step)),
+                                                              chained=True)
+                        if self.start_pending is not None and self.incremental.base_input is not None:
+                            self._checkpoint(self.start_pending)  # the first step's kept pass
+                            self.start_pending = None
+                        result[places, step], predicted[places, step] = score, classes_of
+            else:
+                plain.append(torch.arange(len(samples) * steps))
+            flat_result, flat_predicted = result.view(-1), predicted.view(-1)
+            for chunk in (torch.cat(plain).split(self.batch_size) if plain else ()):
+                rows = samples[chunk // steps]
+                score, classes_of = self.score_copies(rows, perturb(rows, chunk % steps))
+                where = chunk.to(flat_result.device)
+                flat_result[where], flat_predicted[where] = score, classes_of
         return (result, predicted) if classes else result
+
+    def _chains_pay(self) -> bool:
+        """Whether chains run incrementally: asked for (incremental=True), or, by default, while the incremental
+        passes so far computed at most CHAIN_WORK of a plain pass's multiply-adds. Above that, one step costs about
+        as much as running its copies in plain passes of batch_size, which stack many steps and need no crops."""
+        if self.incremental is None:
+            return False
+        done, full = self.chain_work
+        return self.chains_forced or not full or done <= CHAIN_WORK * full
 
     def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
@@ -183,7 +232,10 @@ class Runner:
         if todo:
             index = torch.tensor(todo, device=copies.device)
             if chained:
+                before = self.incremental.passes["incremental"]
                 fresh = self.run(copies, self.incremental)[index.to(self.output.device)]
+                if self.incremental.passes["incremental"] > before and self.incremental.work is not None:
+                    self.chain_work = [a + b for a, b in zip(self.chain_work, self.incremental.work)]
             else:
                 fresh = self.outputs(copies[index])
             index = index.to(score.device)
@@ -197,6 +249,15 @@ class Runner:
             elif len(self.seen) < SEEN_LIMIT:
                 self.seen[key] = (score[i].item(), int(predicted[i]))
         return score, predicted
+
+
+_NO_TARGET = ("relevance given as a plain tensor does not say which class it explains; pass target= (the class "
+              "per sample the relevance explains, e.g. the labels), target=\"predicted\" to score the class the model "
+              "predicts, or an Explanation, whose target is used")
+
+
+def _is_predicted(target) -> bool:
+    return isinstance(target, str) and target == "predicted"
 
 
 def _digests(rows: torch.Tensor, copies: torch.Tensor) -> list:

@@ -11,6 +11,7 @@ from . import colormaps
 from .save import save_figure
 
 REDUCTIONS = ("sum", "positive", "absolute")
+IMAGE_SLACK = 1e-4  # float images may pass [0, 1] by this much (rounding of x * std + mean), and are clipped
 
 
 def as_array(values) -> np.ndarray:
@@ -89,6 +90,11 @@ def _as_images(images) -> np.ndarray:
     if array.ndim != 4 or array.shape[1] not in (1, 3):
         raise ValueError(f"expected images shaped (N, C, H, W) or (C, H, W) with 1 or 3 channels (floats in [0, 1]),"
                          f" or uint8 (..., H, W, C); got {array.shape}")
+    low, high = float(array.min()), float(array.max())
+    if low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK:
+        raise ValueError(f"images hold values in [{low:.3g}, {high:.3g}], but overlay draws float images in [0, 1] "
+                         "(a normalised input?); pass the pixels before normalisation (x * std + mean) or uint8 "
+                         "pixels")
     if array.shape[1] == 1:
         array = np.repeat(array, 3, axis=1)
     return np.clip(np.moveaxis(array, 1, -1), 0.0, 1.0)
