@@ -122,13 +122,13 @@ def _fill(path: Path, count: int, chunk: int, relevance, labels, images, ids, ou
 
 
 def previews(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n, C, P, P) uint8 from images in [0, 1] (floats) or 0..255 (uint8), average-pooled to at most 64 a side."""
+    """(n, C, P, P) uint8 from images in [0, 1] (floats) or 0..255 (uint8): relprop run's previews (work.preview)."""
     import torch
 
-    values = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
-    if tuple(values.shape[2:]) != tuple(size):
-        values = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(values), tuple(size)).numpy()
-    return np.clip(np.round(values * 255), 0, 255).astype(np.uint8)
+    from .work import preview
+
+    values = torch.from_numpy(images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0))
+    return np.stack([preview(image, size[0]) for image in values])
 
 
 def read_h5(relevance_file, images_file=None) -> dict:
