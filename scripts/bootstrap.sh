@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 if venv_stale .venv pyproject.toml scripts/bootstrap.sh; then
-    venv_pip "torch==2.14.1" "torchvision==0.29.1"
+    venv_torch "torch==2.14.1" "torchvision==0.29.1"
     venv_pip -e ".[test,peers,cluster,analysis,export,evaluate,graph,docs,s3]"
     # zennit 1.0.0 declares Python >= 3.11.11 while these machines run 3.11.7; it works, so ask pip not to check.
     venv_pip --no-deps --ignore-requires-python "zennit==1.0.0"

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 if venv_stale .venv-explainiverse pyproject.toml scripts/explainiverse_venv.sh; then
+    venv_torch "torch==2.14.1"
     venv_pip "torch==2.14.1" "explainiverse==0.8.1" "shap<0.49" "scikit-learn<1.6"
     # relprop without its dependencies: explainiverse pins numpy < 2, which zarr 3 (a relprop dependency the
     # oracle never touches) refuses; everything relprop imports at `import relprop` is there already.

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/venv.sh
 if venv_stale .venv-lxt pyproject.toml scripts/lxt_venv.sh; then
     # torchvision: LXT imports it for its ViT patches, even when they are not used
+    venv_torch "torch==2.14.1" "torchvision==0.29.1"
     venv_pip "torch==2.14.1" "torchvision==0.29.1" "transformers==4.57.6"
     venv_pip -e .
     # LXT declares bitsandbytes, open_clip and accelerate, which its efficient engine does not use.

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 if venv_stale .venv-oldest pyproject.toml scripts/oldest_venv.sh; then
+    venv_torch "torch==2.4.1" "torchvision==0.19.1"
     venv_pip "torch==2.4.1" "torchvision==0.19.1" pytest
     # relprop's own dependencies as pyproject.toml declares them (the packaging test checks that nothing is missing)
     "$VENV/bin/python" - <<'PY' > "$VENV/requirements.txt"

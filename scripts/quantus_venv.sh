@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 if venv_stale .venv-quantus pyproject.toml scripts/quantus_venv.sh; then
+    venv_torch "torch==2.14.1" "torchvision==0.29.1"
     venv_pip "torch==2.14.1" "torchvision==0.29.1" "numpy<2.4"
     venv_pip -e ".[evaluate]" "numpy<2.4"
     venv_pip "quantus==0.6.0" "numpy<2.4"

@@ -2,7 +2,7 @@
 # idempotently. A stamp in the environment holds the hash of the files that decide what it holds; it is rebuilt
 # only when they changed.
 #   source scripts/venv.sh
-#   if venv_stale .venv-x pyproject.toml "$0"; then venv_pip torch==...; ...; venv_check "import x"; venv_done; fi
+#   if venv_stale .venv-x pyproject.toml "$0"; then venv_torch torch==...; venv_pip ...; venv_check "import x"; venv_done; fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 venv_stale() {  # venv_stale DIR FILE...: create DIR if missing; true when it must be (re)installed
@@ -17,6 +17,27 @@ venv_stale() {  # venv_stale DIR FILE...: create DIR if missing; true when it mu
 
 venv_pip() {  # pip install -q into the environment, without pip's noise about install locations
     "$VENV/bin/python" -m pip install -q "$@" 2>&1 | grep -v "^WARNING: Location" || true
+}
+
+venv_torch() {  # install torch (and torchvision) with uv, whose files are hard links into uv's cache: the four
+    # environments on torch 2.14.1 (with its 3 GB of CUDA libraries) then hold it once on disk, and a fresh clone
+    # on a machine that built them before adds almost nothing. The other packages still go through pip (venv_pip),
+    # which finds torch installed.
+    local uv=.cache/uv-env/bin/uv
+    if [ ! -x "$uv" ]; then
+        "${PYTHON:-python3}" -m venv .cache/uv-env
+        .cache/uv-env/bin/python -m pip install -q "uv==0.13.9" 2>&1 | grep -v "^WARNING: Location" || true
+    fi
+    # the machine's pip configuration (local mirrors of the registry) holds for uv too
+    local args=() url
+    for url in $("$VENV/bin/python" -m pip config get global.extra-index-url 2>/dev/null || true); do
+        args+=(--extra-index-url "$url")
+    done
+    for url in ${PIP_FIND_LINKS:-$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)}; do
+        args+=(--find-links "$url")
+    done
+    [ ${#args[@]} -eq 0 ] || args+=(--index-strategy unsafe-best-match)
+    "$uv" pip install -q --python "$VENV/bin/python" --link-mode hardlink "${args[@]}" "$@"
 }
 
 venv_check() {  # fail unless the environment imports what it was built for
