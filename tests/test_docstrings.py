@@ -118,6 +118,22 @@ def relprop_members(cls):
     return seen.items()
 
 
+def inherits_docstring(cls, key: str, member) -> bool:
+    """Whether member, written without a docstring, overrides a documented relprop method of the same signature
+    (what it does is said once, on the base, as inspect.getdoc and the reference read it)."""
+    function = member.fget if isinstance(member, property) else member
+    if (function.__doc__ or "").strip():
+        return False
+    for base in cls.__mro__[1:]:
+        original = base.__dict__.get(key)
+        if original is None or not base.__module__.startswith("relprop"):
+            continue
+        original = original.fget if isinstance(original, property) else getattr(original, "__func__", original)
+        return bool((original.__doc__ or "").strip()) and (
+            isinstance(member, property) or parameters(original) == parameters(function))
+    return False
+
+
 def check_class(name: str, cls, seen: set | None = None) -> list[str]:
     """Problems of one class: its docstring, its constructor's parameters, and its public members (those not in
     seen, the ids of members already checked on another class; seen gets this class's)."""
@@ -134,7 +150,7 @@ def check_class(name: str, cls, seen: set | None = None) -> list[str]:
         problems = [f"{name}: constructor parameter {parameter!r} not in Args" for parameter in constructor(cls) or []
                     if parameter not in written]
     for key, member in relprop_members(cls):
-        if id(member) in seen:
+        if id(member) in seen or inherits_docstring(cls, key, member):
             continue
         seen.add(id(member))
         if isinstance(member, property):
@@ -280,15 +296,15 @@ def test_every_public_module_has_a_reference_page_in_the_site_navigation():
 
 
 def _examples():
-    finder, found = doctest.DocTestFinder(exclude_empty=True), []
+    """The doctests of the public modules and names, each docstring once (re-exported names are found twice)."""
+    finder, found = doctest.DocTestFinder(exclude_empty=True), {}
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
-        objects = [module] + [value for _, value in public_names(module)]
-        for value in objects:
-            for test in finder.find(value, module=False, globs={}):
-                if test.examples and test.name not in {t.name for t in found}:
-                    found.append(test)
-    return found
+        for value in [module] + [value for _, value in public_names(module)]:
+            for test in finder.find(value, f"{module_name}.{getattr(value, '__name__', '')}", module=False, globs={}):
+                if test.examples:
+                    found.setdefault(test.docstring, test)
+    return list(found.values())
 
 
 @pytest.mark.parametrize("example", _examples(), ids=lambda test: test.name)
