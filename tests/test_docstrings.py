@@ -26,7 +26,7 @@ PUBLIC_MODULES = [
     "relprop", "relprop.lrp", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
     "relprop.canonizers", "relprop.neuralize", "relprop.graph", "relprop.language", "relprop.memory",
     "relprop.attribution",
-    "relprop.datasets", "relprop.datasets.sources", "relprop.datasets.store",
+    "relprop.datasets", "relprop.datasets.sources",
     "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.report", "relprop.analysis.virelay",
     "relprop.analysis.apart",
     "relprop.evaluate",
@@ -124,7 +124,8 @@ def inherits_docstring(cls, key: str, member) -> bool:
     function = member.fget if isinstance(member, property) else member
     if (function.__doc__ or "").strip():
         return False
-    for base in cls.__mro__[1:]:
+    owner = next(base for base in cls.__mro__ if key in base.__dict__)  # the class that defines member
+    for base in cls.__mro__[cls.__mro__.index(owner) + 1:]:
         original = base.__dict__.get(key)
         if original is None or not base.__module__.startswith("relprop"):
             continue
@@ -301,7 +302,7 @@ def _examples():
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
         for value in [module] + [value for _, value in public_names(module)]:
-            for test in finder.find(value, f"{module_name}.{getattr(value, '__name__', '')}", module=False, globs={}):
+            for test in finder.find(value, getattr(value, "__name__", module_name), module=False, globs={}):
                 if test.examples:
                     found.setdefault(test.docstring, test)
     return list(found.values())
