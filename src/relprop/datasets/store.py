@@ -331,7 +331,7 @@ class Store:
         return list(self.attrs.get("skipped", []))
 
     def __getitem__(self, name: str):
-        """The Zarr array by name, e.g. store["relevance"][10:20] or store["extra/mask"]."""
+        """The Zarr array by name, e.g. ``store["relevance"][10:20]`` or ``store["extra/mask"]``."""
         try:
             return self.group[name]
         except KeyError:
