@@ -174,7 +174,7 @@ def public_names(module) -> list[tuple[str, object]]:
 
 def check_modules(names: list[str]) -> tuple[list[str], int]:
     """Problems of the given modules and everything public in them, and how many names were checked (each once)."""
-    problems, seen, members, count = [], set(), set(), 0
+    problems, seen, members, counted, count = [], set(), set(), set(), 0
     for module_name in names:
         module = importlib.import_module(module_name)
         count += 1
@@ -184,8 +184,9 @@ def check_modules(names: list[str]) -> tuple[list[str], int]:
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            count += 1 + (len({id(member) for _, member in relprop_members(value)} - members)
-                          if inspect.isclass(value) else 0)
+            own = {id(member) for _, member in relprop_members(value)} if inspect.isclass(value) else set()
+            count += 1 + len(own - counted)
+            counted |= own
             full = f"{module_name}.{name}"
             problems += check_class(full, value, members) if inspect.isclass(value) else check_function(full, value)
     return problems, count
