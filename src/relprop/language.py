@@ -130,7 +130,8 @@ def explain_tokens(model: torch.nn.Module, input_ids: torch.Tensor, target=None,
         A TokenExplanation.
 
     Raises:
-        ValueError: for input_ids that are not (batch, tokens) integers, or an unknown embedding name.
+        ValueError: for input_ids that are not (batch, tokens) integers, an unknown embedding name, or an
+            attention_mask given twice.
         TypeError: for a model output without logits, or model_inputs that is not a dict.
     """
     model = diagnose.model_to_explain(model)

@@ -118,7 +118,8 @@ class Attribution:
             The output, one row per input.
 
         Raises:
-            RuntimeError: from a failing forward, with the likely user error and its fix.
+            ValueError: for a forward that fails (RuntimeError from the model), naming the likely user error and its
+            fix, or an output without one row per input.
         """
         try:
             with gradients_through(self.model):  # no cuDNN recurrent kernel, whose backward needs training mode

@@ -42,7 +42,7 @@ def masked(lrp: LRP, x: torch.Tensor, target=None, masks=None) -> Masked:
         A Masked.
 
     Raises:
-        ValueError: for empty masks, an unknown layer, or channels out of range.
+        ValueError: for empty masks, an unknown layer, channels out of range, or a masked layer no relevance reaches.
     """
     if not isinstance(masks, dict) or not masks:
         raise ValueError("masks must be a non-empty dict of layer name -> channels to keep (ints) or per-channel "

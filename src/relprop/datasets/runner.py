@@ -109,6 +109,8 @@ def run(model, dataset, store, composite=None, method: str = "lrp", target="labe
 
     Raises:
         ValueError: for an unknown engine, keep or target, or workers or chunk of the wrong kind.
+        RunError: when the model, data or store do not fit (e.g. an empty data set, classes that differ from the
+            model's).
         StoreError: for a store path that cannot be written, or an existing store made with other settings (without
             overwrite).
     """
