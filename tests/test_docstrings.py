@@ -20,6 +20,9 @@ import types
 
 import pytest
 
+# griffe parses the docstrings as the reference does; it comes with the docs extra (mkdocstrings-python)
+griffe = pytest.importorskip("griffe", reason="the docs extra (pip install -e .[docs]) parses the docstrings")
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC_MODULES = [
@@ -45,8 +48,6 @@ FIELD_SECTIONS = {"parameters", "other_parameters", "attributes"}
 
 def documented(docstring: str | None, sections: set[str]) -> set[str] | None:
     """Names in the given sections of a Google-style docstring (None when there is no docstring)."""
-    import griffe
-
     if not docstring:
         return None
     logging.getLogger("griffe").setLevel(logging.ERROR)  # a malformed section shows up as undocumented names
@@ -322,6 +323,11 @@ def _examples():
                 if test.examples:
                     found.setdefault(test.docstring, test)
     return list(found.values())
+
+
+def test_the_examples_are_found_where_they_are_written():
+    names = {test.name.rsplit(".", 1)[-1] for test in _examples()}
+    assert {"explain", "region_perturbation", "conditional", "get", "heatmap"} <= names, sorted(names)
 
 
 @pytest.mark.parametrize("example", _examples(), ids=lambda test: test.name)
