@@ -42,11 +42,28 @@ _REGISTRY = {"merge_batch_norm": MergeBatchNorm}
 
 
 def names() -> list[str]:
+    """The canonizer names resolve() accepts (besides "auto").
+
+    Returns:
+        The sorted names.
+    """
     return sorted(_REGISTRY)
 
 
 def resolve(spec) -> tuple[Canonizer, ...]:
-    """canonizers= argument -> canonizer objects: "auto", None, a name, a Canonizer, or a list of those."""
+    """The canonizer objects a ``canonizers=`` argument names.
+
+    Args:
+        spec: "auto" (batch norm merged into the layer before it), None or False (none), a name, a Canonizer, or a
+            list of names and Canonizers.
+
+    Returns:
+        A tuple of Canonizer.
+
+    Raises:
+        TypeError: for a spec of another type.
+        ValueError: for an unknown name.
+    """
     if spec is None or spec is False:
         return ()
     if isinstance(spec, str):

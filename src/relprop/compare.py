@@ -18,9 +18,15 @@ COINCIDE = 1e-4
 
 
 class Comparison:
-    """Rows (dicts) of composite, the composites coinciding with it (same_as), sample, target, class, explained
-    output, relevance sum, residual, top features and, for table rows, each feature's relevance under its name;
-    ``explanations`` holds the full results of every composite, ``groups`` the composites that coincide."""
+    """The results of compare(): one row per (composite, sample), and every composite's full Explanation.
+
+    Args:
+        rows: Dicts of composite, the composites coinciding with it (same_as), sample, target, class, explained
+            output, relevance sum, residual, top features and, for table rows, each feature's relevance under its
+            name.
+        explanations: Composite label -> its Explanation.
+        groups: The composites that coincide, each group a list of labels (default: each on its own).
+    """
 
     def __init__(self, rows: list[dict], explanations: dict[str, Explanation], groups: list[list[str]] | None = None):
         self.rows = rows
@@ -77,13 +83,28 @@ def _labelled(composites) -> dict:
 
 def compare(model: torch.nn.Module, x: torch.Tensor, composites=None, target=None, feature_names=None, k: int = 5,
             canonizers="auto", absolute: bool = False, class_names=None, merge: bool = True) -> Comparison:
-    """Explain x with each composite (names, Composite objects, or a dict label -> composite; default: all
-    registered but the other libraries' presets, and for models whose first linear-like layer is dense not those
-    whose first-layer rule ignores the input's values: flat and z^B belong to images, the default's choice first)
-    and tabulate the results; k is how many top features each row lists (by |relevance| if absolute); class_names
-    name the explained class in each row's "class". Composites whose relevance coincides on this model (within
-    COINCIDE of each sample's largest) get one block of rows, the first given standing for the others (its rows'
-    "same_as"); merge=False lists every composite."""
+    """Explain x with each composite and tabulate the results.
+
+    Composites whose relevance coincides on this model (within COINCIDE of each sample's largest) get one block of
+    rows, the first given standing for the others (its rows' "same_as").
+
+    Args:
+        model: The model.
+        x: The input batch.
+        composites: Names, Composite objects, or a dict label -> composite; None: all registered but the other
+            libraries' presets, and for models whose first linear-like layer is dense not those whose first-layer
+            rule ignores the input's values (flat and z^B belong to images), the default's choice first.
+        target: The target, as LRP takes it.
+        feature_names: Names of the input's features.
+        k: How many top features each row lists.
+        canonizers: As LRP takes them.
+        absolute: Rank top features by |relevance|.
+        class_names: Names the explained class in each row's "class".
+        merge: List coinciding composites once; False lists every composite.
+
+    Returns:
+        A Comparison (``.to_dataframe()``, ``str()`` for a table).
+    """
     done = {}
     if composites is None:
         # The default composite tells what the first linear-like layer run is, and is one of the composites listed.

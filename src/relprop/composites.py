@@ -37,7 +37,15 @@ EXPLICIT_KINDS: dict[str, tuple[type, ...]] = {"max_pool": (torch.nn.modules.poo
 
 @dataclass(frozen=True)
 class Site:
-    """Where a linear-like op runs."""
+    """Where a linear-like op runs.
+
+    Attributes:
+        kind: One of KINDS.
+        op: The torch function's name, e.g. "torch.nn.functional.conv2d".
+        module: The innermost module running when the op ran.
+        name: Its qualified name ("" for the root model).
+        index: Its position among linear-like ops in execution order; -1 for pooling and cluster sites.
+    """
 
     kind: str  # one of KINDS
     op: str  # torch function name, e.g. "torch.nn.functional.conv2d"
@@ -51,7 +59,28 @@ def _matches_kind(key: str, kind: str) -> bool:
 
 
 class Composite:
-    """Rules by name, position and layer type; see the module docstring for precedence."""
+    """Rules by name, position and layer type; see the module docstring for precedence.
+
+    Args:
+        layer_map: Rules by module type (e.g. torch.nn.Conv2d) or kind name ("linear", "conv", "conv_transpose",
+            "avg_pool", "max_pool", "min_pool", "discriminant").
+        name_map: Rules by qualified module name, exact or a glob such as "features.*".
+        index_map: Rules by position among linear-like layers in execution order (0: the first one run).
+        first: The rule of the first linear-like layer (index 0), unless index_map names it.
+        default: The rule of every other linear-like layer; None: the plain gradient (LRP-0).
+
+    Raises:
+        TypeError: for keys of the wrong type or a rule that is neither a Rule nor a rule name.
+        ValueError: for an unknown kind or rule name.
+
+    Example:
+        >>> import torch
+        >>> from relprop import composites, rules
+        >>> composite = composites.Composite(layer_map={torch.nn.Conv2d: rules.Gamma(0.25)}, first="flat",
+        ...                                  default=rules.Epsilon(1e-3))
+        >>> composite.index_map[0]
+        Flat(stabilizer=1e-06, zero_bias=True)
+    """
 
     # Ops without rules of their own follow the engine's defaults, with two choices a composite makes:
     softmax = "gradient"  # softmax by its gradient x input (AttnLRP), or "constant": attention weights get none
@@ -91,6 +120,14 @@ class Composite:
         self.default = None if default is None else _rule(default, "default")
 
     def rule_for(self, site: Site) -> Rule | None:
+        """The rule for a site, by the precedence of the module docstring.
+
+        Args:
+            site: Where the op runs.
+
+        Returns:
+            The rule, or None for the engine's default.
+        """
         if site.kind in EXPLICIT_KINDS:
             return self._mapped_rule_for(site)
         if site.name in self.name_map:
@@ -119,7 +156,11 @@ class Composite:
         return None
 
     def summary(self) -> dict:
-        """Name and parameters of this composite, as recorded on each Explanation (parameters where known)."""
+        """Name and parameters of this composite, as recorded on each Explanation (parameters where known).
+
+        Returns:
+            A dict with the composite's name and parameters.
+        """
         names = [key for key, factory in _REGISTRY.items() if factory is type(self)]
         return {"name": getattr(self, "label", names[0] if names else type(self).__name__),
                 "parameters": dict(getattr(self, "parameters", {}))}
@@ -151,7 +192,15 @@ def _extend(own: Mapping | None, base: Mapping) -> dict:
 
 
 class Epsilon(Composite):
-    """LRP-epsilon on every linear and convolutional layer."""
+    """LRP-epsilon on every linear and convolutional layer.
+
+    Args:
+        epsilon: The epsilon of every linear-like layer.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False, layer_map=None, name_map=None, index_map=None):
         rule = rules.Epsilon(epsilon, zero_bias=zero_bias)
@@ -159,7 +208,16 @@ class Epsilon(Composite):
 
 
 class EpsilonPlus(Composite):
-    """z+ on convolutions, epsilon on dense layers."""
+    """z+ on convolutions, epsilon on dense layers.
+
+    Args:
+        epsilon: The epsilon of the dense layers' rule.
+        stabilizer: The stabilizer of the convolutions' rule.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
                  layer_map=None, name_map=None, index_map=None):
@@ -169,7 +227,16 @@ class EpsilonPlus(Composite):
 
 
 class EpsilonPlusFlat(Composite):
-    """EpsilonPlus, with the flat rule on the first linear-like layer."""
+    """EpsilonPlus, with the flat rule on the first linear-like layer.
+
+    Args:
+        epsilon: The epsilon of the dense layers' rule.
+        stabilizer: The stabilizer of the convolutions' rule.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
                  layer_map=None, name_map=None, index_map=None):
@@ -179,7 +246,19 @@ class EpsilonPlusFlat(Composite):
 
 
 class EpsilonGammaBox(Composite):
-    """gamma on convolutions, epsilon on dense layers, z^B with input bounds [low, high] on the first layer."""
+    """gamma on convolutions, epsilon on dense layers, z^B with input bounds [low, high] on the first layer.
+
+    Args:
+        low: The smallest input value (a number or a tensor broadcastable to one sample), for z^B.
+        high: The largest input value, likewise.
+        epsilon: The epsilon of the dense layers' rule.
+        gamma: The gamma of the convolutions.
+        stabilizer: The stabilizer of the gamma and z^B rules.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, low=-3.0, high=3.0, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
                  zero_bias: bool = False, layer_map=None, name_map=None, index_map=None):
@@ -189,7 +268,16 @@ class EpsilonGammaBox(Composite):
 
 
 class EpsilonAlpha2Beta1(Composite):
-    """alpha=2, beta=1 on convolutions, epsilon on dense layers."""
+    """alpha=2, beta=1 on convolutions, epsilon on dense layers.
+
+    Args:
+        epsilon: The epsilon of the dense layers' rule.
+        stabilizer: The stabilizer of the convolutions' rule.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
                  layer_map=None, name_map=None, index_map=None):
@@ -199,7 +287,16 @@ class EpsilonAlpha2Beta1(Composite):
 
 
 class EpsilonAlpha2Beta1Flat(Composite):
-    """EpsilonAlpha2Beta1, with the flat rule on the first linear-like layer."""
+    """EpsilonAlpha2Beta1, with the flat rule on the first linear-like layer.
+
+    Args:
+        epsilon: The epsilon of the dense layers' rule.
+        stabilizer: The stabilizer of the convolutions' rule.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False,
                  layer_map=None, name_map=None, index_map=None):
@@ -213,7 +310,16 @@ class AttnLRP(Composite):
     uniformly, norms and element-wise activations pass relevance through (std as a constant).
 
     Linear layers: LRP-0 by default, which is their plain gradient, as the authors' efficient implementation (LXT)
-    computes it; epsilon > 0 gives the epsilon rule, gamma the gamma rule (stabilised by epsilon, or 1e-6)."""
+    computes it; epsilon > 0 gives the epsilon rule, gamma the gamma rule (stabilised by epsilon, or 1e-6).
+
+    Args:
+        epsilon: 0 (LRP-0) or the epsilon of the linear layers' rule.
+        gamma: With a value, the gamma rule on linear layers.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     softmax = "gradient"
 
@@ -231,7 +337,16 @@ class AttnLRP(Composite):
 class CPLRP(AttnLRP):
     """CP-LRP (Ali et al. 2022): AttnLRP's rules, but attention weights and gates are constants: relevance flows
     through the values only, in a gated MLP through the ungated branch only (as LXT does), and is conserved exactly
-    when biases are zero."""
+    when biases are zero.
+
+    Args:
+        epsilon: 0 (LRP-0) or the epsilon of the linear layers' rule.
+        gamma: With a value, the gamma rule on linear layers.
+        zero_bias: Leave biases out of the contributions.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     softmax = "constant"
     gates = "activation"
@@ -245,7 +360,20 @@ class PytorchLRP(Composite):
     Max-pooling (non-overlapping windows), ReLU, dropout and flattening follow relprop's defaults, which equal its
     own; its batch norm passes relevance through unchanged, which relprop does not offer. A softmax or
     log-softmax at the output starts relevance at the target's probability there, not its logit: pass
-    ``target=lambda logits: torch.softmax(logits, 1) * one_hot`` for its numbers (docs/coming-from.md)."""
+    ``target=lambda logits: torch.softmax(logits, 1) * one_hot`` for its numbers (docs/coming-from.md).
+
+    Args:
+        lrp_exponent: The e-rule's power.
+        beta: The b-rule's beta (alpha = 1 + beta).
+        method: "e-rule" or "b-rule".
+        epsilon: The stabilizer of either rule.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+
+    Raises:
+        ValueError: for another method, or a negative beta with the b-rule.
+    """
 
     METHODS = ("e-rule", "b-rule")
 
@@ -270,7 +398,19 @@ class Explainiverse(Composite):
     (w + gamma w+ and b + gamma b+ whatever the signs); "z_plus" ZPlus(inputs="positive") (x+ w+ and b+ only);
     "alpha_beta" AlphaBeta(inputs="positive") on dense layers and epsilon on convolutions (explainiverse's own
     fallback). "composite" takes layer_rules {position in the top-level nn.Sequential, activations counted: rule}
-    and gives epsilon to the other layers."""
+    and gives epsilon to the other layers.
+
+    Args:
+        rule: One of RULES.
+        epsilon: The stabilizer of every rule.
+        gamma: The gamma rule's gamma.
+        alpha: The alpha-beta rule's alpha.
+        beta: Its beta.
+        layer_rules: With rule="composite": position in the top-level nn.Sequential -> rule name.
+
+    Raises:
+        ValueError: for an unknown rule name, or layer_rules without rule="composite".
+    """
 
     RULES = ("epsilon", "gamma", "alpha_beta", "z_plus", "composite")
 
@@ -290,6 +430,14 @@ class Explainiverse(Composite):
         super().__init__()
 
     def rule_for(self, site: Site) -> Rule | None:
+        """The rule for a site, by explainiverse's conventions (see the class).
+
+        Args:
+            site: Where the op runs.
+
+        Returns:
+            The rule, or None.
+        """
         if site.kind not in ("linear", "conv"):
             return None  # explainiverse knows no other linear-like layer with a rule (pooling: see the guide)
         name = self.rule
@@ -308,7 +456,16 @@ class Neon(Composite):
     """NEON (Kauffmann et al. 2022) for relprop.neuralize's k-means: soft-min over competitors with stiffness beta,
     the midpoint rule on the discriminants; a feature extractor below gets epsilon_plus's rules.
 
-    beta > 0: beta -> infinity gives each f_c's relevance to its nearest competitor, beta = 0 shares it evenly."""
+    beta > 0: beta -> infinity gives each f_c's relevance to its nearest competitor, beta = 0 shares it evenly.
+
+    Args:
+        beta: The soft-min's stiffness.
+        epsilon: The epsilon of dense layers below.
+        stabilizer: The z+ stabilizer of convolutions below.
+        layer_map: More rules by module type or kind, taking precedence over the composite's own.
+        name_map: Rules by qualified module name (exact or glob).
+        index_map: Rules by position among the linear-like layers in execution order.
+    """
 
     def __init__(self, beta: float = 1.0, epsilon: float = 1e-6, stabilizer: float = 1e-6, layer_map=None,
                  name_map=None, index_map=None):
@@ -338,7 +495,11 @@ PRESETS = ("explainiverse", "pytorch_lrp", "neon")
 class Auto(Composite):
     """The default: epsilon_plus_flat when the first linear-like layer run is a convolution (images), epsilon when
     it is dense (tables, embeddings), chosen afresh in each run; the flat and z^B first-layer rules ignore input
-    values, which suits pixels but gives every feature of a table row the same relevance."""
+    values, which suits pixels but gives every feature of a table row the same relevance.
+
+    Args:
+        **params: Parameters of both choices (epsilon, zero_bias, ...), each given only the ones it takes.
+    """
 
     def __init__(self, **params):
         super().__init__()
@@ -354,6 +515,14 @@ class Auto(Composite):
         self.given = chosen.given
 
     def rule_for(self, site: Site) -> Rule | None:
+        """The rule for a site, choosing the composite at the first linear-like layer of each run.
+
+        Args:
+            site: Where the op runs.
+
+        Returns:
+            The rule, or None.
+        """
         if site.index == 0:
             kind = "linear" if site.kind == "linear" else "conv"
             shape = "dense" if kind == "linear" else "a convolution"
@@ -361,6 +530,11 @@ class Auto(Composite):
         return self.choices[self.chosen].rule_for(site)
 
     def summary(self) -> dict:
+        """The chosen composite's summary, with why it was chosen.
+
+        Returns:
+            A dict.
+        """
         return dict(self.choices[self.chosen].summary(), chosen=f"by default: {self.why}")
 
 
@@ -369,22 +543,50 @@ IMAGE_FIRST_RULES = (rules.Flat, rules.WSquare, rules.ZBox)
 
 
 def suits_dense_input(composite: Composite) -> bool:
-    """Whether a composite's first-layer rule reads input values (not flat, w^2 or z^B), as table rows need."""
+    """Whether a composite's first-layer rule reads input values (not flat, w^2 or z^B), as table rows need.
+
+    Args:
+        composite: The composite.
+
+    Returns:
+        True or False.
+    """
     return not isinstance(composite.index_map.get(0), IMAGE_FIRST_RULES)
 
 
 def names() -> list[str]:
-    """Names accepted by :func:`get` and by ``composite=`` wherever a composite is taken."""
+    """Names accepted by :func:`get` and by ``composite=`` wherever a composite is taken.
+
+    Returns:
+        The sorted names ("auto" is accepted as well).
+    """
     return sorted(_REGISTRY)
 
 
 def register(name: str, factory) -> None:
-    """Make a composite class (or factory) available by name."""
+    """Make a composite class (or factory) available by name.
+
+    Args:
+        name: The name.
+        factory: A Composite subclass, or a function of keyword parameters returning a Composite.
+    """
     _REGISTRY[name] = factory
 
 
 def get(name, **params) -> Composite:
-    """A composite by name with its parameters, e.g. ``get("epsilon_gamma_box", low=0.0, high=1.0)``."""
+    """A composite by name with its parameters, e.g. ``get("epsilon_gamma_box", low=0.0, high=1.0)``.
+
+    Args:
+        name: A name (see names(), or "auto"), or a Composite, returned as it is.
+        **params: The composite's parameters.
+
+    Returns:
+        The composite.
+
+    Raises:
+        TypeError: when name is neither, or for a parameter the composite does not have (with the closest one).
+        ValueError: for an unknown name, or parameters given with a Composite object.
+    """
     if isinstance(name, Composite):
         if params:
             raise ValueError("parameters can only be given with a composite name, not with a Composite object")
@@ -423,7 +625,11 @@ def _plain(value):
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(name, parameters with defaults, one-line summary) for each registered composite."""
+    """(name, parameters with defaults, one-line summary) for each registered composite.
+
+    Returns:
+        A list of (name, signature, summary) tuples.
+    """
     import inspect
 
     rows = []

@@ -26,6 +26,25 @@ def _png(picture: np.ndarray) -> str:
 
 @dataclass
 class Explanation:
+    """What an explainer returns: relevance, the output it explains, and how well relevance was conserved.
+    Indexing (``explanation[i]``) gives some samples; in a notebook it shows itself as a table with heatmaps.
+
+    Attributes:
+        relevance: Relevance shaped like the input.
+        output: The model's output, detached.
+        explained: Per sample: the output relevance that was explained (e.g. the target logit).
+        delta: Per sample: explained - relevance.sum(); what biases and stabilizers absorbed (NaN for methods that
+            do not conserve).
+        target: The class index per sample (per location for per-location outputs), or None when the target was not
+            a class.
+        layers: Module name -> relevance at its output (see record=).
+        explained_logits: True when a softmax at the output was skipped and the logits explained.
+        gradient: The (modified) gradient at the input: relevance = input * gradient.
+        feature_names: Names of the input's last dimension (tabular data).
+        composite: LRP: the composite used, {"name", "parameters"} (and "chosen" when by default).
+        details: Method-specific extras, e.g. DeepLiftShap's delta_per_baseline.
+        class_names: Names of the output's classes, for target_names.
+    """
     relevance: torch.Tensor  # shaped like the input
     output: torch.Tensor  # the model's output, detached
     explained: torch.Tensor  # per sample: the output relevance that was explained (e.g. the target logit)
@@ -55,6 +74,7 @@ class Explanation:
 
     @property
     def relevance_sum(self) -> torch.Tensor:
+        """Per sample: the relevance summed over the input."""
         return self.relevance.flatten(1).sum(1)
 
     # ---- per sample: expl[i], expl[2:5], for sample in expl ---------------------------------------------------
@@ -94,7 +114,14 @@ class Explanation:
     # ---- features: names, top-k, tables, charts ---------------------------------------------------------------
     def feature_labels(self, positions=None) -> list[str]:
         """A name for each entry of a flattened sample (or for the given flat positions): its feature name, with
-        its position when the names cover the last dimension only (e.g. "ecg[12]"), else "x[0, 3, 4]"."""
+        its position when the names cover the last dimension only (e.g. "ecg[12]"), else "x[0, 3, 4]".
+
+        Args:
+            positions: Flat positions to name; None: all.
+
+        Returns:
+            A list of names.
+        """
         shape = tuple(self.relevance.shape[1:])
         size = math.prod(shape)
         positions = range(size) if positions is None else positions
@@ -114,7 +141,15 @@ class Explanation:
         return labels
 
     def top(self, k: int = 5, absolute: bool = False) -> list[list[tuple[str, float]]]:
-        """Per sample, the k features of highest relevance (of highest |relevance| if absolute) as (name, value)."""
+        """Per sample, the k features of highest relevance (of highest |relevance| if absolute) as (name, value).
+
+        Args:
+            k: How many features per sample.
+            absolute: Rank by |relevance|.
+
+        Returns:
+            Per sample, a list of (name, value).
+        """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         flat = self.relevance.detach().flatten(1).cpu()
@@ -136,8 +171,19 @@ class Explanation:
     def plot(self, sample: int = 0, kind: str = "auto", top: int | None = None, ax=None, **options):
         """Draw one sample's relevance and return the matplotlib Axes.
 
-        kind "auto" picks "bar" for table rows (named features, or at most 64 values), "line" for longer 1-D
-        signals (channels summed), "heatmap" for images; options go to the relprop.viz function that draws.
+        Args:
+            sample: The sample's index.
+            kind: "auto" ("bar" for table rows: named features, or at most 64 values; "line" for longer 1-D signals,
+                channels summed; "heatmap" for images), "bar", "line" or "heatmap".
+            top: Bars: show only the top features by |relevance|.
+            ax: The matplotlib Axes to draw into; None: a new figure.
+            **options: Passed to the relprop.viz function that draws.
+
+        Returns:
+            The Axes.
+
+        Raises:
+            ValueError: for an unknown kind.
         """
         from . import viz
 
@@ -192,7 +238,12 @@ class Explanation:
 
 @dataclass
 class Report:
-    """Every op that ran while explaining, in order, with its rule and the relevance in and out of it."""
+    """Every op that ran while explaining, in order, with its rule and the relevance in and out of it.
+
+    Attributes:
+        rows: One row per op: module, op, rule, relevance out of it and into its inputs.
+        explanation: The Explanation of the same call.
+    """
 
     rows: list
     explanation: Explanation
@@ -204,7 +255,14 @@ class Report:
         return len(self.rows)
 
     def leaks(self, tolerance: float = 1e-3) -> list:
-        """Rows whose relevance in differs from relevance out by more than tolerance (relative)."""
+        """Rows whose relevance in differs from relevance out by more than tolerance (relative).
+
+        Args:
+            tolerance: The relative difference allowed.
+
+        Returns:
+            The leaking rows.
+        """
         return [row for row in self.rows if row.backward_seen
                 and abs(row.relevance_in - row.relevance_out) > tolerance * max(1e-12, abs(row.relevance_out))]
 

@@ -36,17 +36,37 @@ from .lrp import LRP
 
 @dataclass
 class Walks:
-    """Walks (rows v_0..v_L) and their relevance, most relevant first."""
+    """Walks (rows v_0..v_L) and their relevance, most relevant first.
+
+    Attributes:
+        walks: (W, L + 1) node ids, one walk per row.
+        relevance: (W,) their relevance.
+    """
     walks: torch.Tensor  # (W, L + 1) node ids
     relevance: torch.Tensor  # (W,)
 
     def top(self, k: int) -> list[tuple[tuple[int, ...], float]]:
-        """The k most relevant walks as (nodes, relevance)."""
+        """The k most relevant walks as (nodes, relevance).
+
+        Args:
+            k: How many walks.
+
+        Returns:
+            A list of (nodes, relevance).
+        """
         return [(tuple(w.tolist()), float(r)) for w, r in zip(self.walks[:k], self.relevance[:k])]
 
 
 def check_graph(x: torch.Tensor, edge_index: torch.Tensor):
-    """Node features (N, F) and edges (2, E) of node ids below N, or a clear error."""
+    """Check node features (N, F) and edges (2, E) of node ids below N.
+
+    Args:
+        x: Node features (N, F).
+        edge_index: Edges (2, E) of node ids: sources in row 0, targets in row 1.
+
+    Raises:
+        ValueError: for x or edge_index of the wrong shape or type, or node ids out of range.
+    """
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"x must be node features shaped (nodes, features), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -68,12 +88,28 @@ def _call_with_edges(model, x, edge_index, edge_attr):
 
 def explain_graph(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor, edge_attr=None, target=None, *,
                   node: int | None = None, composite="auto", forward: Callable | None = None, **options):
-    """LRP relevance of node features and edge features for one graph: (node relevance, edge relevance or None,
-    Explanation). The output explained is node's row, or the sum over all nodes (node=None) for graph-level
-    readouts; forward: callable(model, x, edge_index, edge_attr) -> node outputs (default model(x, edge_index,
-    edge_attr), or model(x, edge_index) without edge_attr); options go to LRP.
+    """LRP relevance of node features and edge features for one graph.
 
-    Both feature sets are explained as one sample: packed side by side into one (1, N + E, width) input."""
+    Both feature sets are explained as one sample: packed side by side into one (1, N + E, width) input.
+
+    Args:
+        model: The graph network.
+        x: Node features (N, F).
+        edge_index: Edges (2, E) of node ids: sources in row 0, targets in row 1.
+        edge_attr: Edge features (E, F_e), or None.
+        target: The class explained: an int, or None (the predicted class).
+        node: The node whose output row is explained; None: the sum over all nodes, for graph-level readouts.
+        composite: The composite (name or object), as LRP takes it.
+        forward: callable(model, x, edge_index, edge_attr) -> node outputs (default model(x, edge_index, edge_attr),
+            or model(x, edge_index) without edge_attr).
+        **options: Passed to LRP (strict, canonizers, composite parameters).
+
+    Returns:
+        A triple (node relevance (N, F), edge relevance (E, F_e) or None, Explanation).
+
+    Raises:
+        ValueError: for a graph or edge_attr of the wrong shape.
+    """
     check_graph(x, edge_index)
     num_nodes, node_width = x.shape[0], x.shape[1]
     if edge_attr is None:
@@ -103,7 +139,15 @@ def explain_graph(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Ten
 
 
 def predecessors(edge_index: torch.Tensor, num_nodes: int) -> list[list[int]]:
-    """For each node, the nodes a message reaches it from in one layer: its in-neighbours and itself."""
+    """For each node, the nodes a message reaches it from in one layer: its in-neighbours and itself.
+
+    Args:
+        edge_index: Edges (2, E) of node ids: sources in row 0, targets in row 1.
+        num_nodes: The number of nodes.
+
+    Returns:
+        A sorted list of node ids per node.
+    """
     before = [{node} for node in range(num_nodes)]
     for source, target in edge_index.t().tolist():
         before[target].add(source)
@@ -111,7 +155,16 @@ def predecessors(edge_index: torch.Tensor, num_nodes: int) -> list[list[int]]:
 
 
 def suffixes(before: list[list[int]], node: int, length: int) -> list[tuple[int, ...]]:
-    """Every (v_1, ..., v_L) with v_L = node and each v_{l-1} a predecessor of v_l."""
+    """Every (v_1, ..., v_L) with v_L = node and each v_{l-1} a predecessor of v_l.
+
+    Args:
+        before: The predecessors of each node (predecessors()).
+        node: The walk's last node.
+        length: The walk's length L.
+
+    Returns:
+        A list of node-id tuples.
+    """
     found = [(node,)]
     for _ in range(length - 1):
         found = [(previous,) + suffix for suffix in found for previous in before[suffix[0]]]
@@ -119,7 +172,16 @@ def suffixes(before: list[list[int]], node: int, length: int) -> list[tuple[int,
 
 
 def replicate(x: torch.Tensor, edge_index: torch.Tensor, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """copies disjoint copies of the graph: node features stacked, edges shifted by N per copy."""
+    """Disjoint copies of the graph: node features stacked, edges shifted by N per copy.
+
+    Args:
+        x: Node features (N, F).
+        edge_index: Edges (2, E) of node ids: sources in row 0, targets in row 1.
+        copies: How many copies.
+
+    Returns:
+        A pair (x, edge_index) of the copies.
+    """
     num_nodes = x.shape[0]
     shift = torch.arange(copies, device=edge_index.device).repeat_interleave(edge_index.shape[1]) * num_nodes
     return x.repeat(copies, *([1] * (x.dim() - 1))), edge_index.repeat(1, copies) + shift
@@ -127,7 +189,16 @@ def replicate(x: torch.Tensor, edge_index: torch.Tensor, copies: int) -> tuple[t
 
 class LayerMasks:
     """Forward hooks that keep the gradient leaving layer l at the rows masks[l] (a context manager), and check
-    that each layer ran once per forward, in the order given, on one row per node."""
+    that each layer ran once per forward, in the order given, on one row per node.
+
+    Args:
+        model: The graph network.
+        layers: Module names, in the order they run.
+        masks: Per layer, the rows (nodes) whose gradient is kept.
+
+    Raises:
+        ValueError: for a layer the model does not have, or one named twice.
+    """
 
     def __init__(self, model, layers, masks):
         modules = dict(model.named_modules())
@@ -217,16 +288,32 @@ def _targets(target, ends: list[int]):
 def relevant_walks(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor, layers, node=None,
                    target=None, *, level: str = "node", composite="auto", forward: Callable | None = None,
                    batch_size: int = 64, **options) -> Walks:
-    """Relevance of every walk through layers (module names, in the order they run) ending at node (an int or a
-    list of nodes), for the target class; ceil(#suffixes / batch_size) forward and backward passes.
+    """Relevance of every walk through layers ending at node, for the target class.
 
-    level "node": the model returns one row per node; a walk explains its end node's row. forward: callable(model,
-    x, edge_index) -> node outputs (default model(x, edge_index)).
-    level "graph": the model pools its nodes into one row per graph (global_add/mean/max_pool over the batch
-    vector); a walk explains the graph's row, and node=None takes the walks ending at every node. forward:
-    callable(model, x, edge_index, batch) -> graph outputs (default model(x, edge_index, batch)).
-    target: a class int, None (the predicted class) or one class per end node. options go to LRP (strict,
-    canonizers, composite parameters). Each layer must run once per forward (no shared layers).
+    It takes ceil(#suffixes / batch_size) forward and backward passes. Each layer must run once per forward (no
+    shared layers).
+
+    Args:
+        model: The graph network.
+        x: Node features (N, F).
+        edge_index: Edges (2, E) of node ids: sources in row 0, targets in row 1.
+        layers: Module names, in the order they run.
+        node: The end node: an int or a list of nodes; None (level "graph"): the walks ending at every node.
+        target: A class int, None (the predicted class) or one class per end node.
+        level: "node": the model returns one row per node and a walk explains its end node's row; "graph": the model
+            pools its nodes into one row per graph and a walk explains the graph's row.
+        composite: The composite (name or object), as LRP takes it.
+        forward: callable(model, x, edge_index) -> node outputs (level "node"; default model(x, edge_index)), or
+            callable(model, x, edge_index, batch) -> graph outputs (level "graph").
+        batch_size: Walk suffixes per pass.
+        **options: Passed to LRP (strict, canonizers, composite parameters).
+
+    Returns:
+        The Walks, most relevant first.
+
+    Raises:
+        ValueError: for an unknown level, no layers, a layer that does not run exactly once per forward, or a graph
+            of the wrong shape.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be 'node' (one output row per node) or 'graph' (a pooled output per graph), "

@@ -20,13 +20,29 @@ from .lrp import LRP
 
 @dataclass
 class TokenExplanation:
+    """Relevance per input token, with the full explanation behind it.
+
+    Attributes:
+        tokens: (N, T) token ids.
+        relevance: (N, T) relevance per token (the embedding's relevance summed).
+        explanation: The full Explanation; its relevance is (N, T, D), per embedding dimension.
+        target: (N,) the explained token id, or class index.
+    """
     tokens: torch.Tensor  # (N, T) token ids
     relevance: torch.Tensor  # (N, T): relevance per token (the embedding's relevance summed)
     explanation: Explanation  # the full explanation; .relevance is (N, T, D), per embedding dimension
     target: torch.Tensor  # (N,) explained token id, or class index
 
     def html(self, tokenizer=None, **options) -> str:
-        """The tokens coloured by relevance, as an HTML page (relprop.viz.text)."""
+        """The tokens coloured by relevance, as an HTML page (relprop.viz.text).
+
+        Args:
+            tokenizer: Decodes token ids into text (a Hugging Face tokenizer); None shows the ids.
+            **options: Passed to relprop.viz.text.html.
+
+        Returns:
+            The page's HTML.
+        """
         from .viz import text
 
         words = [[tokenizer.decode([int(t)]) if tokenizer is not None else str(int(t)) for t in row]
@@ -92,12 +108,31 @@ def _substituting(layer: torch.nn.Module, name: str, input_ids, extra: dict):
 def explain_tokens(model: torch.nn.Module, input_ids: torch.Tensor, target=None, position: int = -1,
                    composite="attnlrp", attention_mask: torch.Tensor | None = None, *, embedding=None,
                    model_inputs: dict | None = None, **lrp_options) -> TokenExplanation:
-    """Relevance of each input token for one output: for a causal LM the logit of token ``target`` (an id, one id
-    per sample, or None for the predicted one) at ``position``; for a sequence classifier the class ``target``.
+    """Relevance of each input token for one output.
 
-    embedding: for models without ``get_input_embeddings`` (not Hugging Face), the nn.Embedding whose output is
-    explained, or its qualified name. model_inputs: further keyword inputs passed to every model call, e.g.
-    ``{"token_type_ids": ..., "position_ids": ...}``.
+    For a causal LM the logit of token ``target`` at ``position``; for a sequence classifier the class ``target``.
+
+    Args:
+        model: A language model: a Hugging Face model, or any model with embedding= named.
+        input_ids: (batch, tokens) integer token ids.
+        target: The token id explained (one id, one per sample, or None for the predicted one), or the class of a
+            sequence classifier.
+        position: The position whose next-token logit is explained (causal LMs).
+        composite: The composite, as LRP takes it (default AttnLRP).
+        attention_mask: (batch, tokens) mask passed to the model.
+        embedding: For models without ``get_input_embeddings`` (not Hugging Face), the nn.Embedding whose output is
+            explained, or its qualified name.
+        model_inputs: Further keyword inputs passed to every model call, e.g. ``{"token_type_ids": ...,
+            "position_ids": ...}``.
+        **lrp_options: Passed to LRP (strict, canonizers, composite parameters).
+
+    Returns:
+        A TokenExplanation.
+
+    Raises:
+        ValueError: for input_ids that are not (batch, tokens) integers, an unknown embedding name, or an
+            attention_mask given twice.
+        TypeError: for a model output without logits, or model_inputs that is not a dict.
     """
     model = diagnose.model_to_explain(model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dim() != 2:

@@ -28,18 +28,37 @@ from .stabilize import divide_or_zero
 class LRP:
     """Layer-wise Relevance Propagation for a model, with a composite choosing the rule of each layer.
 
-    composite: a name from ``relprop.composites.names()``, a Composite, or "auto" (the default): epsilon_plus_flat
-    when the first linear-like layer run is a convolution, epsilon when it is dense (see ``Explanation.composite``);
-    extra keyword arguments are that composite's parameters. canonizers: "auto", None, or a list (see
-    relprop.canonizers). strict: raise on ops without a rule instead of warning. record: module names whose output
-    relevance is kept in ``layers``.
-    output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
-    feature_names: names of the input's features (tabular data), kept on each Explanation.
-    class_names: names of the output's classes, kept on each Explanation (``target_names`` names the explained ones).
-    forward: callable(model, x) -> output, for models not called as model(x), e.g.
-    ``lambda model, embeddings: model(inputs_embeds=embeddings)``.
-    elementwise: extra module types to explain as one element-wise op (relevance passes through), for activations
-    or RMS norms written from ops without rules; *RMSNorm and *GELU/SiLU...Activation classes are recognised.
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        composite: A name from ``relprop.composites.names()``, a Composite, or "auto" (the default):
+            epsilon_plus_flat when the first linear-like layer run is a convolution, epsilon when it is dense (see
+            ``Explanation.composite``).
+        canonizers: "auto" (batch norm merged into the layer before it), None, or a list (see relprop.canonizers).
+        strict: Raise on ops without a rule instead of warning.
+        record: Module names whose output relevance is kept in ``Explanation.layers``.
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        elementwise: Extra module types to explain as one element-wise op (relevance passes through), for
+            activations or RMS norms written from ops without rules; *RMSNorm and *GELU/SiLU...Activation classes
+            are recognised.
+        class_names: Names of the output's classes, kept on each Explanation.
+        **composite_params: The composite's parameters, e.g. epsilon=0.25.
+
+    Raises:
+        TypeError: for a model that is not an nn.Module, or arguments of the wrong type.
+        ValueError: for an unknown composite or canonizer, or a recorded module the model does not have.
+
+    Example:
+        >>> import torch
+        >>> import relprop
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> lrp = relprop.LRP(model, "epsilon")
+        >>> explanation = lrp(torch.rand(2, 4), target=0)
+        >>> explanation.relevance.shape
+        torch.Size([2, 4])
     """
 
     # What memory.needed_bytes reads (as for relprop.attribution's methods): one pass of the inputs themselves,
@@ -68,14 +87,51 @@ class LRP:
         self._warned: set = set()
 
     def copies_per_input(self, sample_shape: tuple) -> int:
+        """How many model inputs explaining one sample takes: one.
+
+        Args:
+            sample_shape: One sample's shape (without the batch dimension).
+
+        Returns:
+            1.
+        """
         return 1
 
     def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False, record=None) -> Explanation:
+        """Explain x: relevance of every input value for the target.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+            create_graph: Keep the graph of the relevance, so it can be differentiated (e.g. to train on
+                explanations).
+            record: Module names whose output relevance is kept for this call (default: the explainer's).
+
+        Returns:
+            An Explanation: relevance shaped like x, the explained output, the conservation residual delta, and
+            more.
+
+        Raises:
+            TypeError: for an x or target of the wrong type.
+            ValueError: for an input or target that does not fit the model (the message names the fix).
+        """
         explanation, _ = self._explain(x, target, create_graph=create_graph, record=record, report=False)
         return explanation
 
     def report(self, x: torch.Tensor, target=None) -> Report:
-        """Explain x and list every op that ran: module, rule, relevance out of it and into its inputs."""
+        """Explain x and list every op that ran: module, rule, relevance out of it and into its inputs.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            A Report (``.table()``, ``.leaks()``).
+        """
         explanation, rows = self._explain(x, target, create_graph=False, record=None, report=True)
         return Report(rows, explanation)
 
@@ -162,7 +218,47 @@ class LRP:
 def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="auto", *,
             canonizers="auto", strict: bool = False, record=(), create_graph: bool = False, output=None,
             feature_names=None, forward=None, elementwise=(), class_names=None, **composite_params) -> Explanation:
-    """One call: LRP(model, composite, ...)(x, target)."""
+    """One call: LRP(model, composite, ...)(x, target).
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        x: The input batch, samples first.
+        target: What to explain: None (the predicted class; per location for outputs such as segmentation maps), a
+            class int, one class int per sample, a bool mask or float tensor shaped like the output (the output
+            relevance), or a callable(output) -> output relevance.
+        composite: A name from ``relprop.composites.names()``, a Composite, or "auto" (the default):
+            epsilon_plus_flat when the first linear-like layer run is a convolution, epsilon when it is dense (see
+            ``Explanation.composite``).
+        canonizers: "auto" (batch norm merged into the layer before it), None, or a list (see relprop.canonizers).
+        strict: Raise on ops without a rule instead of warning.
+        record: Module names whose output relevance is kept in ``Explanation.layers``.
+        create_graph: Keep the graph of the relevance, so it can be differentiated.
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        elementwise: Extra module types to explain as one element-wise op (relevance passes through), for
+            activations or RMS norms written from ops without rules; *RMSNorm and *GELU/SiLU...Activation classes
+            are recognised.
+        class_names: Names of the output's classes, kept on each Explanation.
+        **composite_params: The composite's parameters, e.g. epsilon=0.25.
+
+    Returns:
+        An Explanation.
+
+    Raises:
+        TypeError: for arguments of the wrong type.
+        ValueError: for an input or target that does not fit the model (the message names the fix).
+
+    Example:
+        >>> import torch
+        >>> import relprop
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> explanation = relprop.explain(model, torch.rand(2, 4), target=1, composite="epsilon")
+        >>> explanation.relevance.shape, explanation.target.tolist()
+        (torch.Size([2, 4]), [1, 1])
+    """
     attributor = LRP(model, composite, canonizers=canonizers, strict=strict, record=record, output=output,
                      feature_names=feature_names, forward=forward, elementwise=elementwise, class_names=class_names,
                      **composite_params)
@@ -171,6 +267,17 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target=None, composite="aut
 
 # ---- checks -------------------------------------------------------------------------------------------------------
 def check_input(model, x):
+    """Refuse an input the model cannot be explained on, naming the fix.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        x: The input batch, samples first.
+
+    Raises:
+        TypeError: for an x that is not a tensor, or token ids for a model that embeds them.
+        ValueError: for a scalar, an empty batch, NaN or infinite values, a missing batch dimension, or a shape the
+            convolutions do not take.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}; convert it with "
                         "torch.as_tensor(x, dtype=torch.float32)")
@@ -201,7 +308,19 @@ TARGETS = ("None (the predicted class; per location for outputs such as segmenta
 
 
 def check_target_type(target):
-    """The target as relprop takes it: numpy integers and arrays become ints and tensors; anything else refused."""
+    """The target as relprop takes it: numpy integers and arrays become ints and tensors; anything else refused.
+
+    Args:
+        target: What to explain: None (the predicted class; per location for outputs such as segmentation maps), a
+            class int, one class int per sample, a bool mask or float tensor shaped like the output (the output
+            relevance), or a callable(output) -> output relevance.
+
+    Returns:
+        An int, a list of ints, a tensor, a callable or None.
+
+    Raises:
+        TypeError: for a target of another type.
+    """
     if isinstance(target, np.ndarray):
         if target.dtype.kind not in "iubf":
             raise TypeError(f"a numpy target must hold class indices or output relevance, got dtype {target.dtype}")
@@ -266,7 +385,20 @@ def _logits_policy(output):
 
 
 def output_gradient(output, target):
-    """g at the output (relevance = output * g) for a target, and the class indices when the target names classes."""
+    """g at the output (relevance = output * g) for a target, and the class indices when the target names classes.
+
+    Args:
+        output: The model's output.
+        target: What to explain: None (the predicted class; per location for outputs such as segmentation maps), a
+            class int, one class int per sample, a bool mask or float tensor shaped like the output (the output
+            relevance), or a callable(output) -> output relevance.
+
+    Returns:
+        A pair (g shaped like output, class indices or None).
+
+    Raises:
+        ValueError: for a target that does not fit the output.
+    """
     batch = output.shape[0] if output.dim() else 1
     if callable(target) and not isinstance(target, torch.Tensor):
         relevance = target(output)

@@ -28,7 +28,12 @@ IMAGE_COPIES = 10  # input-sized float arrays held per image besides the model's
 
 @dataclass(frozen=True)
 class Footprint:
-    """What one sample's forward pass creates: all new tensors together, and the largest one (bytes)."""
+    """What one sample's forward pass creates: all new tensors together, and the largest one (bytes).
+
+    Attributes:
+        total: Bytes of all new tensors together.
+        largest: Bytes of the largest one.
+    """
 
     total: int
     largest: int
@@ -54,7 +59,17 @@ class _Tally(TorchFunctionMode):
 
 def footprint(model: torch.nn.Module, sample_shape: tuple, dtype=torch.float32, output=None) -> Footprint | None:
     """The activations one sample creates in a forward pass, from a run on meta tensors; None when the model cannot
-    run on them (data-dependent control flow, tensors made on a fixed device)."""
+    run on them (data-dependent control flow, tensors made on a fixed device).
+
+    Args:
+        model: The model (not run on real data, nothing allocated).
+        sample_shape: One sample's shape.
+        dtype: The input's dtype.
+        output: Picks the tensor to explain from the model's output, run too.
+
+    Returns:
+        A Footprint, or None.
+    """
     state = {name: torch.empty_like(value, device="meta")
              for name, value in [*model.named_parameters(), *model.named_buffers()]}
     x = torch.empty((1, *sample_shape), dtype=dtype, device="meta")
@@ -71,7 +86,16 @@ def footprint(model: torch.nn.Module, sample_shape: tuple, dtype=torch.float32, 
 
 def rows_per_pass(attributor, images: int, sample_shape: tuple) -> tuple[int, bool]:
     """How many inputs one forward pass of ``attributor`` holds when explaining ``images`` samples shaped
-    ``sample_shape``, and whether it keeps a graph for a backward pass."""
+    ``sample_shape``, and whether it keeps a graph for a backward pass.
+
+    Args:
+        attributor: An explainer (LRP or a relprop.attribution method).
+        images: How many samples are explained at once.
+        sample_shape: One sample's shape.
+
+    Returns:
+        A pair (rows, keeps a graph).
+    """
     rows = images * attributor.copies_per_input(tuple(sample_shape))
     if attributor.copies_in_passes:
         rows = min(rows, attributor.rows_per_pass(torch.empty((1, *sample_shape), device="meta")))
@@ -79,7 +103,18 @@ def rows_per_pass(attributor, images: int, sample_shape: tuple) -> tuple[int, bo
 
 
 def needed_bytes(attributor, per_sample: Footprint, images: int, sample_shape: tuple, itemsize: int = 4) -> int:
-    """About how many bytes explaining ``images`` samples at once takes (see the module's docstring)."""
+    """About how many bytes explaining ``images`` samples at once takes (see the module's docstring).
+
+    Args:
+        attributor: An explainer (LRP or a relprop.attribution method).
+        per_sample: One sample's Footprint.
+        images: How many samples are explained at once.
+        sample_shape: One sample's shape.
+        itemsize: Bytes per input value.
+
+    Returns:
+        A number of bytes.
+    """
     rows, backward = rows_per_pass(attributor, images, sample_shape)
     if backward:
         model = rows * (attributor.saved_per_activation * per_sample.total + 2 * per_sample.largest)
@@ -90,7 +125,14 @@ def needed_bytes(attributor, per_sample: Footprint, images: int, sample_shape: t
 
 def available(device: torch.device) -> int | None:
     """Bytes that can still be allocated on the device (None when unknown): free GPU memory, or on the CPU the
-    smaller of the system's available memory and what the cgroup (container) limit leaves."""
+    smaller of the system's available memory and what the cgroup (container) limit leaves.
+
+    Args:
+        device: The device.
+
+    Returns:
+        A number of bytes, or None.
+    """
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type != "cpu":
@@ -113,6 +155,19 @@ def available(device: torch.device) -> int | None:
 
 
 def gib(size: int) -> str:
+    """A size in bytes as text: GiB from a quarter GiB up, else MiB.
+
+    Args:
+        size: The size in bytes.
+
+    Returns:
+        E.g. "1.5 GiB".
+
+    Example:
+        >>> from relprop import memory
+        >>> memory.gib(3 * 2 ** 29), memory.gib(5 * 2 ** 20)
+        ('1.5 GiB', '5 MiB')
+    """
     return f"{size / 2 ** 30:.1f} GiB" if size >= 2 ** 28 else f"{size / 2 ** 20:.0f} MiB"
 
 

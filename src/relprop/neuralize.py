@@ -24,7 +24,14 @@ from torch.overrides import TorchFunctionMode
 
 
 class Discriminants(nn.Module):
-    """h_ck(x) = w_ck . x + b_ck for every cluster c and competitor k != c: output (..., K, K - 1)."""
+    """h_ck(x) = w_ck . x + b_ck for every cluster c and competitor k != c: output (..., K, K - 1).
+
+    Args:
+        centroids: (K, D) cluster centroids.
+
+    Raises:
+        ValueError: for centroids k-means cannot be neuralized from (see check_centroids).
+    """
 
     def __init__(self, centroids: torch.Tensor):
         super().__init__()
@@ -41,9 +48,22 @@ class Discriminants(nn.Module):
 
     @property
     def clusters(self) -> int:
+        """The number of clusters K."""
         return self.centroids.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every discriminant of x.
+
+        Args:
+            x: Inputs (..., D).
+
+        Returns:
+            (..., K, K - 1).
+
+        Raises:
+            ValueError: for another number of features.
+            TypeError: for a dtype other than the centroids'.
+        """
         features = self.centroids.shape[1]
         if x.dim() < 1 or x.shape[-1] != features:
             raise ValueError(f"neuralized k-means: the input has {x.shape[-1] if x.dim() else 0} features (shape "
@@ -60,6 +80,14 @@ class MinPool(nn.Module):
     maps rules.SoftMin to it."""
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """The minimum over competitors.
+
+        Args:
+            s: Discriminants (..., K, K - 1).
+
+        Returns:
+            (..., K).
+        """
         return s.amin(-1)
 
     def extra_repr(self) -> str:
@@ -68,7 +96,14 @@ class MinPool(nn.Module):
 
 class LogMeanExpPool(nn.Module):
     """beta^-1 log mean_k exp(beta s_k) over the last dimension: a smooth min for beta < 0 (the min as beta -> -inf,
-    the mean at beta -> 0), a smooth max for beta > 0. Its gradient is the soft-min weights softmax(beta s)."""
+    the mean at beta -> 0), a smooth max for beta > 0. Its gradient is the soft-min weights softmax(beta s).
+
+    Args:
+        beta: The stiffness: negative for a soft min.
+
+    Raises:
+        ValueError: for a beta that is zero or not finite.
+    """
 
     def __init__(self, beta: float = -1.0):
         super().__init__()
@@ -78,6 +113,14 @@ class LogMeanExpPool(nn.Module):
         self.beta = float(beta)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """The smooth min (or max) over competitors.
+
+        Args:
+            s: Discriminants (..., K, K - 1).
+
+        Returns:
+            (..., K).
+        """
         return (torch.logsumexp(self.beta * s, -1) - math.log(s.shape[-1])) / self.beta
 
     def extra_repr(self) -> str:
@@ -85,22 +128,46 @@ class LogMeanExpPool(nn.Module):
 
 
 class NeuralizedKMeans(nn.Sequential):
-    """f_c(x) for each cluster c: Discriminants then MinPool (or LogMeanExpPool(beta) when beta is given)."""
+    """f_c(x) for each cluster c: Discriminants then MinPool (or LogMeanExpPool(beta) when beta is given).
+
+    Args:
+        centroids: (K, D) cluster centroids.
+        beta: None for the exact min (MinPool), a negative number for LogMeanExpPool(beta).
+    """
 
     def __init__(self, centroids, beta: float | None = None):
         super().__init__(Discriminants(centroids), MinPool() if beta is None else LogMeanExpPool(beta))
 
     @property
     def centroids(self) -> torch.Tensor:
+        """The (K, D) centroids, read back from the discriminants."""
         return self[0].centroids
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
-        """The k-means assignment argmin_k ||x - mu_k||, for checks (argmax of this module's output equals it)."""
+        """The k-means assignment argmin_k ||x - mu_k||, for checks (argmax of this module's output equals it).
+
+        Args:
+            x: Inputs (N, D).
+
+        Returns:
+            (N,) cluster indices.
+        """
         return torch.cdist(x.to(self.centroids.dtype), self.centroids).argmin(-1)
 
 
 def check_centroids(centroids) -> torch.Tensor:
-    """Centroids as a (K, D) floating-point tensor, with a clear error for what k-means cannot be neuralized from."""
+    """Centroids as a (K, D) floating-point tensor, or an error naming what k-means cannot be neuralized from.
+
+    Args:
+        centroids: A (K, D) array or tensor.
+
+    Returns:
+        A floating-point tensor.
+
+    Raises:
+        ValueError: for another shape, fewer than two clusters, centroids that are not finite, or identical
+            centroids.
+    """
     tensor = torch.as_tensor(centroids)
     if not tensor.is_floating_point():
         tensor = tensor.double()
@@ -171,7 +238,14 @@ class _Swap(TorchFunctionMode):
 
 class NeuralizedModel(nn.Module):
     """A model whose forward returns torch.cdist(features, centroids).argmin(), with that assignment replaced by
-    the K discriminants f_c of its features; the model itself runs unchanged (it is not modified)."""
+    the K discriminants f_c of its features; the model itself runs unchanged (it is not modified).
+
+    Args:
+        model: The model (run unchanged).
+        position: Which torch.cdist call of its forward is the assignment.
+        centroids: (K, D) cluster centroids.
+        beta: As NeuralizedKMeans takes it.
+    """
 
     def __init__(self, model: nn.Module, position: int, centroids: torch.Tensor, beta: float | None = None):
         super().__init__()
@@ -179,6 +253,17 @@ class NeuralizedModel(nn.Module):
         self.kmeans = NeuralizedKMeans(centroids, beta)
 
     def forward(self, x):
+        """The model's forward with the assignment replaced by the discriminants.
+
+        Args:
+            x: The model's input.
+
+        Returns:
+            (N, K) discriminants.
+
+        Raises:
+            RuntimeError: when the forward no longer makes the traced cdist call.
+        """
         swap = _Swap(self.position, self.kmeans)
         with swap:
             output = self.model(x)
@@ -240,8 +325,28 @@ def neuralize(kmeans, beta: float | None = None, example: torch.Tensor | None = 
     """The neuralized k-means of a fitted scikit-learn KMeans / MiniBatchKMeans or a (K, D) centroid tensor, or of
     a model returning torch.cdist(features, centroids).argmin() (found from ``example``, the model left unchanged).
 
-    Its outputs are the K discriminants f_c, whose argmax is the k-means assignment on every input. beta: None for
-    the exact min over competitors (MinPool), a negative number for LogMeanExpPool(beta)."""
+    Its outputs are the K discriminants f_c, whose argmax is the k-means assignment on every input.
+
+    Args:
+        kmeans: A fitted KMeans / MiniBatchKMeans, (K, D) centroids, or a model as above.
+        beta: None for the exact min over competitors (MinPool), a negative number for LogMeanExpPool(beta).
+        example: An input of the model, to trace (models only).
+
+    Returns:
+        An nn.Module whose output is (N, K).
+
+    Raises:
+        ValueError: for an unfitted estimator, bad centroids, or a model that does not return such an assignment.
+        TypeError: for a model without example.
+
+    Example:
+        >>> import torch
+        >>> from relprop.neuralize import neuralize
+        >>> centroids = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+        >>> kmeans = neuralize(centroids)
+        >>> kmeans(torch.tensor([[1.0, 0.0], [3.0, 1.0]])).argmax(1).tolist()
+        [0, 1]
+    """
     if isinstance(kmeans, nn.Module):
         return _neuralize_model(kmeans, example, beta)
     if hasattr(kmeans, "n_clusters") and hasattr(kmeans, "fit"):  # a scikit-learn estimator

@@ -31,22 +31,62 @@ INPUTS = PROPORTIONAL_INPUTS + ("ones", "low", "high", "pow")
 
 
 def keep(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as it is (w).
+
+    Args:
+        weight: A layer's weight (or bias).
+
+    Returns:
+        The weight itself.
+    """
     return weight
 
 
 def positive(weight: torch.Tensor) -> torch.Tensor:
+    """The positive part of the weight, w+ = max(w, 0).
+
+    Args:
+        weight: A layer's weight (or bias).
+
+    Returns:
+        A new tensor.
+    """
     return weight.clamp(min=0)
 
 
 def negative(weight: torch.Tensor) -> torch.Tensor:
+    """The negative part of the weight, w- = min(w, 0).
+
+    Args:
+        weight: A layer's weight (or bias).
+
+    Returns:
+        A new tensor.
+    """
     return weight.clamp(max=0)
 
 
 def ones(weight: torch.Tensor) -> torch.Tensor:
+    """Ones shaped like the weight (the flat rule's modifier).
+
+    Args:
+        weight: A layer's weight (or bias).
+
+    Returns:
+        A new tensor.
+    """
     return torch.ones_like(weight)
 
 
 def square(weight: torch.Tensor) -> torch.Tensor:
+    """The squared weight, w^2 (the w^2 rule's modifier).
+
+    Args:
+        weight: A layer's weight (or bias).
+
+    Returns:
+        A new tensor.
+    """
     return weight * weight
 
 
@@ -84,6 +124,19 @@ keep.parts, positive.parts, negative.parts = (1.0, 1.0), (1.0, 0.0), (0.0, 1.0)
 
 @dataclass(frozen=True)
 class Term:
+    """One term of a rule's contributions: sign * modified input * modified weight.
+
+    Attributes:
+        input: Which input the term sees: "x", "x+", "x-" (the input or its positive or negative part), "ones",
+            "low", "high" (z^B's bounds) or "pow" (the input to a power, Exponent).
+        weight: The weight modifier, a function of the weight (keep, positive, negative, ones, square, ...).
+        bias: Whether the weight modifier is applied to the bias too and the bias joins the term (False: the term
+            has no bias).
+        sign: The sign (or factor) the term enters with.
+
+    Raises:
+        ValueError: for an unknown input.
+    """
     input: str
     weight: WeightModifier = keep
     bias: bool = True  # the weight modifier is applied to the bias too, unless False
@@ -96,6 +149,13 @@ class Term:
 
 @dataclass(frozen=True)
 class Group:
+    """Terms whose sum is one set of contributions z_ij, normalised by its own denominator.
+
+    Attributes:
+        terms: The terms, summed.
+        coefficient: The group's share of the output's relevance (alpha, -beta; 1 for most rules).
+        where: None (every output), "positive" or "negative": which outputs, by the sign of z, this group explains.
+    """
     terms: tuple[Term, ...]
     coefficient: float = 1.0
     where: str | None = None  # None, "positive" or "negative": which outputs (by sign of z) this group explains
@@ -117,9 +177,15 @@ class Rule:
 
     @property
     def name(self) -> str:
+        """The rule's name in reports and listings (its class name)."""
         return type(self).__name__
 
     def parameters(self) -> dict:
+        """The rule's parameters by name, as its repr shows them.
+
+        Returns:
+            A dict.
+        """
         return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
     def __repr__(self) -> str:
@@ -143,9 +209,23 @@ class LinearRule(Rule):
     conserve_one_sided: bool = False
 
     def groups(self) -> tuple[Group, ...]:
+        """The groups of terms that define the rule's contributions (each subclass says its formula).
+
+        Returns:
+            A tuple of Group.
+        """
         raise NotImplementedError
 
     def stabilize(self, denominator: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """A denominator pushed away from zero by the rule's stabilizer, keeping its sign.
+
+        Args:
+            denominator: The denominators.
+            inplace: Write into denominator when nothing needs its old values.
+
+        Returns:
+            The stabilized denominators.
+        """
         return stabilize(denominator, self.stabilizer, inplace)
 
     @property
@@ -160,7 +240,18 @@ class LinearRule(Rule):
         return self.groups() == PLAIN_CONTRIBUTIONS
 
     def term_input(self, kind: str, x: torch.Tensor) -> torch.Tensor:
-        """The input a term of this kind sees; rules with inputs of their own (bounds, powers) extend this."""
+        """The input a term of this kind sees; rules with inputs of their own (bounds, powers) extend this.
+
+        Args:
+            kind: The term's input: "x", "x+", "x-" or "ones".
+            x: The layer's input.
+
+        Returns:
+            A tensor shaped like x.
+
+        Raises:
+            ValueError: for a kind the rule has no input for.
+        """
         if kind == "x":
             return x
         if kind == "x+":
@@ -173,7 +264,11 @@ class LinearRule(Rule):
 
 
 class Zero(LinearRule):
-    """LRP-0: relevance split in proportion to each input's contribution z_ij = x_i w_ij (bias absorbs its part)."""
+    """LRP-0: relevance split in proportion to each input's contribution z_ij = x_i w_ij (bias absorbs its part).
+
+    Args:
+        zero_bias: Leave the bias out of the contributions (it then takes no relevance).
+    """
 
     def __init__(self, zero_bias: bool = False):
         self.zero_bias = flag("zero_bias", zero_bias)
@@ -188,7 +283,21 @@ class Zero(LinearRule):
 
 
 class Epsilon(LinearRule):
-    """LRP-epsilon: LRP-0 with epsilon added to each denominator (sign kept), absorbing weak or contradictory parts."""
+    """LRP-epsilon: LRP-0 with epsilon added to each denominator (sign kept), absorbing weak or contradictory parts.
+
+    Args:
+        epsilon: Added to each denominator with its sign; 0 is LRP-0.
+        zero_bias: Leave the bias out of the contributions (it then takes no relevance).
+
+    Raises:
+        TypeError: for a parameter of the wrong type.
+        ValueError: for a negative or non-finite epsilon.
+
+    Example:
+        >>> from relprop import rules
+        >>> rules.Epsilon(0.25)
+        Epsilon(epsilon=0.25, zero_bias=False)
+    """
 
     def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False):
         self.epsilon = number("epsilon", epsilon, minimum=0)
@@ -196,6 +305,7 @@ class Epsilon(LinearRule):
 
     @property
     def stabilizer(self):
+        """The stabilizer of the denominators: epsilon."""
         return self.epsilon
 
     def groups(self):
@@ -228,6 +338,16 @@ class Gamma(LinearRule):
     the opposite, so negative inputs (e.g. after a leaky activation) are handled too. With non-negative inputs
     this is Montavon et al.'s gamma rule. ``signed=False`` uses w + gamma w+ (bias b + gamma b+) for every input
     and output whatever their signs, the formula as Montavon et al. write it and as explainiverse computes it.
+
+    Args:
+        gamma: How much the contributions that agree with the output's sign are boosted (0: LRP-0).
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+        zero_bias: Leave the bias out of the contributions (it then takes no relevance).
+        signed: Treat negative inputs and outputs by their signs (see above); False: w + gamma w+ everywhere.
+
+    Raises:
+        TypeError: for a parameter of the wrong type.
+        ValueError: for a negative gamma or stabilizer.
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False, signed: bool = True):
@@ -255,6 +375,17 @@ class AlphaBeta(LinearRule):
     times it (all positive) or -beta times it (all negative); the stabilizer then acts on alpha z+ (or -beta z-).
     ``inputs="positive"`` counts only the positive part of the inputs (x+ w+ and x+ w-, explainiverse's
     convention); the default "signed" also counts negative inputs (x- w- is positive, x- w+ negative), as zennit.
+
+    Args:
+        alpha: The weight of the positive contributions.
+        beta: The weight of the negative contributions; alpha - beta must be 1.
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+        zero_bias: Leave the bias out of the contributions (it then takes no relevance).
+        conserve_one_sided: Hand all relevance of a one-sided output to the part that exists (see above).
+        inputs: "signed" or "positive" (see above).
+
+    Raises:
+        ValueError: when alpha - beta is not 1, or for another inputs value.
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False,
@@ -283,6 +414,11 @@ class ZPlus(LinearRule):
     """LRP-z+: only positive contributions (x+ w+ and x- w-) carry relevance; alpha=1, beta=0.
 
     ``inputs="positive"``: only x+ w+ (and b+), explainiverse's z+; negative inputs then get no relevance.
+
+    Args:
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+        zero_bias: Leave the bias out of the contributions (it then takes no relevance).
+        inputs: "signed" or "positive" (see above).
     """
 
     def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False, inputs: str = "signed"):
@@ -301,6 +437,22 @@ class ZBox(LinearRule):
 
     ``low`` and ``high`` are the smallest and largest possible input values: scalars or tensors broadcastable to
     one input sample (e.g. shape (3, 1, 1) for per-channel image bounds).
+
+    Args:
+        low: The smallest possible input value: a number or a tensor broadcastable to one sample.
+        high: The largest possible input value, likewise.
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+
+    Raises:
+        ValueError: when low exceeds high anywhere or their shapes do not broadcast.
+
+    Example:
+        >>> import torch
+        >>> from relprop import rules
+        >>> mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+        >>> box = rules.ZBox(low=((0 - mean) / std).view(3, 1, 1), high=((1 - mean) / std).view(3, 1, 1))
+        >>> box.name
+        'ZBox'
     """
 
     def __init__(self, low=-3.0, high=3.0, stabilizer: float = 1e-6):
@@ -338,7 +490,11 @@ class ZBox(LinearRule):
 
 
 class Flat(LinearRule):
-    """LRP-flat: each output's relevance spread evenly over the inputs it sees, whatever their values."""
+    """LRP-flat: each output's relevance spread evenly over the inputs it sees, whatever their values.
+
+    Args:
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
@@ -349,7 +505,11 @@ class Flat(LinearRule):
 
 
 class WSquare(LinearRule):
-    """LRP-w^2: relevance spread in proportion to squared weights, whatever the input values."""
+    """LRP-w^2: relevance spread in proportion to squared weights, whatever the input values.
+
+    Args:
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
@@ -364,6 +524,10 @@ class Exponent(LinearRule):
 
     R_i = sum_j x_i^p w_ij^p / (sum_i x_i^p w_ij^p + eps) R_j; p=1 is LRP-epsilon without bias. Meant for
     non-negative inputs or integer p (a negative number to a fractional power is NaN).
+
+    Args:
+        p: The power inputs and weights are raised to.
+        epsilon: Added to every denominator with its sign (zero counts as positive), so none is zero.
     """
 
     def __init__(self, p: float = 1.0, epsilon: float = 1e-6):
@@ -373,6 +537,7 @@ class Exponent(LinearRule):
 
     @property
     def stabilizer(self):
+        """The stabilizer of the denominators: epsilon."""
         return self.epsilon
 
     def groups(self):
@@ -384,7 +549,11 @@ class Exponent(LinearRule):
 
 
 class Norm(LinearRule):
-    """LRP-0 with only a tiny stabilizer, for parameter-free linear maps (sums, average pooling)."""
+    """LRP-0 with only a tiny stabilizer, for parameter-free linear maps (sums, average pooling).
+
+    Args:
+        stabilizer: Added to every denominator with its sign (zero counts as positive), so none is zero.
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
@@ -412,7 +581,11 @@ class WinnerTakeAll(Rule):
 class SmoothMax(Rule):
     """Pooling: each window's relevance spread over its inputs in proportion to their values, R_i = x_i R / sum x.
 
-    What average pooling's LRP-0 does, for max-pooling; the stabilizer is added to the window's sum (sign kept)."""
+    What average pooling's LRP-0 does, for max-pooling; the stabilizer is added to the window's sum (sign kept).
+
+    Args:
+        stabilizer: Added to each window's sum with its sign.
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = number("stabilizer", stabilizer, minimum=0)
@@ -422,7 +595,11 @@ class SoftMin(Rule):
     """Min-pooling over competitors (neuralized k-means): relevance shared in proportion to exp(-beta s_k).
 
     Kauffmann et al. (2022): beta is the stiffness; beta -> infinity gives the winner (the min) all, beta = 0
-    shares evenly."""
+    shares evenly.
+
+    Args:
+        beta: The stiffness, at least 0.
+    """
 
     def __init__(self, beta: float = 1.0):
         self.beta = number("beta", beta, minimum=0)
@@ -454,12 +631,33 @@ _RULES = {
 
 
 def names() -> list[str]:
-    """Names accepted by :func:`get`."""
+    """Names accepted by :func:`get`.
+
+    Returns:
+        The sorted rule names.
+    """
     return sorted(_RULES)
 
 
 def get(name: str, **params) -> Rule:
-    """A rule by name, e.g. ``get("epsilon", epsilon=0.25)``."""
+    """A rule by name, e.g. ``get("epsilon", epsilon=0.25)``.
+
+    Args:
+        name: A rule name (see names()), or a Rule, returned as it is.
+        **params: The rule's parameters.
+
+    Returns:
+        The rule.
+
+    Raises:
+        TypeError: when name is neither a name nor a Rule.
+        ValueError: for an unknown name (with the closest one), or parameters given with a Rule object.
+
+    Example:
+        >>> from relprop import rules
+        >>> rules.get("gamma", gamma=0.5)
+        Gamma(gamma=0.5, stabilizer=1e-06, zero_bias=False, signed=True)
+    """
     if isinstance(name, Rule):
         if params:
             raise ValueError("parameters can only be given with a rule name, not with a Rule object")
@@ -476,7 +674,11 @@ def get(name: str, **params) -> Rule:
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(name, parameters with defaults, one-line summary) for each rule, for listings."""
+    """(name, parameters with defaults, one-line summary) for each rule, for listings.
+
+    Returns:
+        A list of (name, signature, summary) tuples.
+    """
     import inspect
 
     rows = []

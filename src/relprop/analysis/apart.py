@@ -26,7 +26,14 @@ NOTE = ("what sets it apart: mean NEON relevance of membership in the cluster, o
 
 @dataclass
 class ClusterEvidence:
-    """Per SpRAy cluster (noise left out), the mean relevance of its k-means membership over the pooled cells."""
+    """Per SpRAy cluster (noise left out), the mean relevance of its k-means membership over the pooled cells.
+
+    Attributes:
+        clusters: The SpRAy cluster labels.
+        maps: (clusters, *cells) mean relevance of f_c over the samples refined into cluster c.
+        members: Samples in each refined cluster.
+        agreement: Share of samples whose refined cluster is their SpRAy cluster.
+    """
 
     clusters: list[int]
     maps: np.ndarray  # (clusters, *cells): mean relevance of f_c over the samples refined into cluster c
@@ -36,7 +43,21 @@ class ClusterEvidence:
 
 def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int, ...], beta: float = 1.0,
                      seed: int = 0) -> ClusterEvidence:
-    """NEON on k-means over pooled heatmaps (n, d), started from the clusters in labels (-1: noise, left out)."""
+    """NEON on k-means over pooled heatmaps (n, d), started from the clusters in labels (-1: noise, left out).
+
+    Args:
+        features: (n, d) pooled heatmaps (spray.pool).
+        labels: (n,) SpRAy cluster labels, -1 for noise.
+        cells: The shape of one sample's pooled features (pooled_cells).
+        beta: NEON's stiffness.
+        seed: Seeds k-means.
+
+    Returns:
+        A ClusterEvidence.
+
+    Raises:
+        ValueError: for fewer than two clusters outside noise.
+    """
     import torch
     from sklearn.cluster import KMeans
 
@@ -67,7 +88,15 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
 
 
 def pooled_cells(relevance_shape: tuple[int, ...], size: int) -> tuple[int, ...]:
-    """The shape of one sample's pooled features (spray.pool): size x size cells of an image, or the vector."""
+    """The shape of one sample's pooled features (spray.pool): size x size cells of an image, or the vector.
+
+    Args:
+        relevance_shape: One sample's relevance shape.
+        size: The pooling size (spray.pool).
+
+    Returns:
+        A shape tuple.
+    """
     if len(relevance_shape) >= 2:
         height, width = relevance_shape[-2:]
         return (min(size, height), min(size, width))

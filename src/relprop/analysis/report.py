@@ -53,7 +53,16 @@ def _picture(preview: np.ndarray | None, heatmap: np.ndarray, cmap: str) -> np.n
 
 
 def typical_samples(result: spray.Analysis, clustering: str, count: int) -> dict[int, list[int]]:
-    """{cluster: positions in result.index}, nearest first to the cluster's mean in the spectral rows."""
+    """{cluster: positions in result.index}, nearest first to the cluster's mean in the spectral rows.
+
+    Args:
+        result: A SpRAy Analysis.
+        clustering: The clustering's name.
+        count: Samples per cluster.
+
+    Returns:
+        Cluster -> positions.
+    """
     labels = result.clusters[clustering]
     k = max(2, len(set(labels.tolist()) - {-1}))
     rows = spray.spectral_rows(result.eigenvectors, min(k, result.eigenvectors.shape[1]))
@@ -66,7 +75,23 @@ def typical_samples(result: spray.Analysis, clustering: str, count: int) -> dict
 
 
 def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cmap: str = "bwr", seed: int = 0) -> Path:
-    """Write ``out/index.html`` with ``out/samples/*.png`` and ``out/means/*.png``; returns the page's path."""
+    """Write ``out/index.html`` with ``out/samples/*.png`` and ``out/means/*.png``; returns the page's path.
+
+    Args:
+        store: The store's path.
+        out: The report's folder.
+        names: The analyses to show ("class-<k>", "all"); None: every stored one.
+        max_samples: The most samples drawn per analysis.
+        typical: Typical samples shown per cluster.
+        cmap: The heatmaps' colour map.
+        seed: Seeds which samples are drawn when there are more than max_samples.
+
+    Returns:
+        The page's path.
+
+    Raises:
+        ValueError: for a store without SpRAy analyses.
+    """
     from .. import viz
 
     out = Path(out)

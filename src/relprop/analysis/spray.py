@@ -64,7 +64,19 @@ MIN_SAMPLES = 3  # the least a set needs for a kNN graph with an eigengap; fewer
 
 # ---- the steps, each on plain arrays ------------------------------------------------------------------------------
 def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
-    """(n, features) float32: heatmaps (n, C, H, W), (n, H, W) or vectors (n, D) reduced as step 1 says."""
+    """(n, features) float32: heatmaps (n, C, H, W), (n, H, W) or vectors (n, D) reduced as step 1 says.
+
+    Args:
+        relevance: Heatmaps (n, C, H, W), (n, H, W) or vectors (n, D).
+        size: The side of the pooled grid (step 1).
+        power: The power applied to pooled values, signs kept (step 1).
+
+    Returns:
+        (n, features) float32, rows of unit L2 norm (zero rows stay zero).
+
+    Raises:
+        ValueError: for relevance of another shape.
+    """
     import torch
 
     values = torch.from_numpy(np.asarray(relevance, dtype=np.float32))
@@ -83,7 +95,18 @@ def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
 
 
 def knn_affinity(features: np.ndarray, neighbors: int):
-    """Sparse symmetric 0/1 affinity (scipy CSR) of the k-nearest-neighbour graph, self-loops excluded."""
+    """Sparse symmetric 0/1 affinity (scipy CSR) of the k-nearest-neighbour graph, self-loops excluded.
+
+    Args:
+        features: (n, d) features.
+        neighbors: How many nearest neighbours each sample links to.
+
+    Returns:
+        A scipy CSR matrix (n, n).
+
+    Raises:
+        ValueError: when neighbors is not between 1 and n - 1.
+    """
     import sklearn
     from scipy import sparse
     from sklearn.neighbors import NearestNeighbors
@@ -103,7 +126,17 @@ def knn_affinity(features: np.ndarray, neighbors: int):
 
 
 def normalized_laplacian(affinity):
-    """L = I - D^{-1/2} A D^{-1/2} as a sparse matrix."""
+    """L = I - D^{-1/2} A D^{-1/2} as a sparse matrix.
+
+    Args:
+        affinity: The kNN graph's sparse 0/1 affinity (knn_affinity).
+
+    Returns:
+        A scipy sparse matrix (n, n).
+
+    Raises:
+        ValueError: when a sample has no neighbour.
+    """
     from scipy import sparse
 
     scale = _inverse_sqrt_degree(affinity)
@@ -124,6 +157,14 @@ def smallest_eigenpairs(affinity, count: int, seed: int = 0):
     Each connected component C gives eigenvalue 0 with eigenvector D^{1/2} 1_C (normalised); those are set
     directly, because a Lanczos solver started from one vector can miss copies of a repeated eigenvalue. The rest
     are the largest eigenpairs of P (M + I) P, with P the projection away from those vectors.
+
+    Args:
+        affinity: The kNN graph's sparse 0/1 affinity (knn_affinity).
+        count: How many eigenpairs are wanted.
+        seed: Seeds every random choice, so results repeat.
+
+    Returns:
+        A pair (eigenvalues, eigenvectors).
     """
     from scipy import sparse
     from scipy.sparse.csgraph import connected_components
@@ -160,7 +201,15 @@ def smallest_eigenpairs(affinity, count: int, seed: int = 0):
 
 def eigengap(eigenvalues: np.ndarray, max_clusters: int | None = None) -> int:
     """The number of clusters the spectrum suggests: the connected components where there are several, else the
-    k >= 2 with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1} (step 5)."""
+    k >= 2 with the largest relative gap (lambda_{k+1} - lambda_k) / lambda_{k+1} (step 5).
+
+    Args:
+        eigenvalues: The eigenvalues, ascending.
+        max_clusters: The most clusters the eigengap may suggest.
+
+    Returns:
+        The suggested k (at least 2 when there are three or more eigenvalues).
+    """
     values = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     cap = len(values) if max_clusters is None else min(len(values), max_clusters)
     components = int((values < ZERO).sum())
@@ -175,14 +224,31 @@ def eigengap(eigenvalues: np.ndarray, max_clusters: int | None = None) -> int:
 
 
 def spectral_rows(eigenvectors: np.ndarray, k: int) -> np.ndarray:
-    """The first k eigenvectors' rows scaled to unit length: the space the clusterings work in."""
+    """The first k eigenvectors' rows scaled to unit length: the space the clusterings work in.
+
+    Args:
+        eigenvectors: (n, m) eigenvectors of the Laplacian, columns by ascending eigenvalue.
+        k: The number of clusters.
+
+    Returns:
+        (n, k) float64 rows.
+    """
     rows = np.asarray(eigenvectors[:, :k], dtype=np.float64)
     norm = np.linalg.norm(rows, axis=1, keepdims=True)
     return rows / np.where(norm > 0, norm, 1.0)
 
 
 def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Cluster labels (n,) int64 by k-means on the spectral rows."""
+    """Cluster labels (n,) int64 by k-means on the spectral rows.
+
+    Args:
+        eigenvectors: (n, m) eigenvectors of the Laplacian, columns by ascending eigenvalue.
+        k: The number of clusters.
+        seed: Seeds every random choice, so results repeat.
+
+    Returns:
+        (n,) int64 labels.
+    """
     from sklearn.cluster import KMeans
 
     rows = spectral_rows(eigenvectors, k)
@@ -191,7 +257,14 @@ def kmeans(eigenvectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 def density_min_size(n: int) -> int:
     """The least cluster size HDBSCAN and DBSCAN are given for a set of n samples: 5% of them, at least 10 (5 let
-    HDBSCAN cut 299 heatmaps of the watermark demo into 12 clusters; 5% with 20 neighbours made it 3)."""
+    HDBSCAN cut 299 heatmaps of the watermark demo into 12 clusters; 5% with 20 neighbours made it 3).
+
+    Args:
+        n: The number of samples.
+
+    Returns:
+        The least cluster size.
+    """
     return max(10, n // 20)
 
 
@@ -201,7 +274,18 @@ def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size:
     HDBSCAN's density is that of the ``DENSITY_NEIGHBORS``-th neighbour (scikit-learn takes it from min_size
     otherwise: 1,000-neighbour distances at 100,000 samples); its spanning tree costs time quadratic in the samples,
     so above ``DENSITY_SAMPLE`` it clusters a seeded subset and each other sample takes the label of its nearest
-    subset member in the spectral rows."""
+    subset member in the spectral rows.
+
+    Args:
+        eigenvectors: (n, m) eigenvectors of the Laplacian, columns by ascending eigenvalue.
+        k: The number of clusters.
+        algorithm: "hdbscan" or "dbscan".
+        min_size: The least cluster size (density_min_size).
+        seed: Seeds every random choice, so results repeat.
+
+    Returns:
+        (n,) int64 labels, -1 for noise.
+    """
     rows = spectral_rows(eigenvectors, max(k, 2))
     if algorithm == "hdbscan":
         from sklearn.cluster import HDBSCAN
@@ -227,7 +311,20 @@ def density_clusters(eigenvectors: np.ndarray, k: int, algorithm: str, min_size:
 
 
 def embed(eigenvalues: np.ndarray, eigenvectors: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """(n, 2) float32: a 2-D picture of the samples from their spectral embedding."""
+    """(n, 2) float32: a 2-D picture of the samples from their spectral embedding.
+
+    Args:
+        eigenvalues: The eigenvalues, ascending.
+        eigenvectors: (n, m) eigenvectors of the Laplacian, columns by ascending eigenvalue.
+        method: "spectral", "tsne" or "umap".
+        seed: Seeds every random choice, so results repeat.
+
+    Returns:
+        (n, 2) float32 coordinates.
+
+    Raises:
+        ValueError: for an unknown method, or umap without umap-learn.
+    """
     n, m = eigenvectors.shape
     if method == "spectral":
         columns = [1, 2] if m >= 3 else [0, min(1, m - 1)]
@@ -250,7 +347,20 @@ def embed(eigenvalues: np.ndarray, eigenvectors: np.ndarray, method: str, seed: 
 # ---- one analysed set ------------------------------------------------------------------------------------------
 @dataclass
 class Analysis:
-    """SpRAy's result for one set of samples (store positions in ``index``)."""
+    """SpRAy's result for one set of samples (store positions in ``index``).
+
+    Attributes:
+        name: The set: "class-<k>" or "all".
+        index: The store positions of its samples.
+        eigenvalues: The smallest eigenvalues of the Laplacian, ascending.
+        eigenvectors: Their eigenvectors (n, m).
+        suggested: The eigengap's number of clusters.
+        clusters: Clustering name ("kmeans-3", "hdbscan-4") -> (n,) labels.
+        embeddings: Method -> (n, 2) coordinates.
+        parameters: The settings the analysis ran with.
+        notes: What was left out and why, for the output and the report.
+        conductance: Clustering name -> mean conductance (step 6).
+    """
 
     name: str
     index: np.ndarray
@@ -278,7 +388,15 @@ class Analysis:
 
 def conductance(affinity, labels: np.ndarray) -> float:
     """Mean conductance of a clustering on the kNN graph (step 6): per cluster, its edges to other samples (noise
-    included) over min(its volume, the rest's); NaN where undefined (fewer than two clusters)."""
+    included) over min(its volume, the rest's); NaN where undefined (fewer than two clusters).
+
+    Args:
+        affinity: The kNN graph's sparse 0/1 affinity (knn_affinity).
+        labels: (n,) cluster labels, -1 for noise.
+
+    Returns:
+        The mean conductance, or NaN.
+    """
     labels = np.asarray(labels)
     rows, columns = affinity.nonzero()
     found = np.unique(labels[labels >= 0])
@@ -295,7 +413,27 @@ def conductance(affinity, labels: np.ndarray) -> float:
 def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto", neighbors: int = 10,
             eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans",),
             max_clusters: int = 10, seed: int = 0, parameters: dict | None = None) -> Analysis:
-    """Steps 2 to 7 on pooled features (n, d) of one set; ``clusters`` is "auto" or a sequence of k."""
+    """Steps 2 to 7 on pooled features (n, d) of one set; ``clusters`` is "auto" or a sequence of k.
+
+    Args:
+        features: (n, d) pooled features of one set (pool).
+        index: The store positions of its samples.
+        name: The set's name.
+        clusters: "auto" (every k from 2 to the eigengap's suggestion) or a sequence of k.
+        neighbors: The neighbours per sample in the kNN graph (step 2).
+        eigenvalues: How many of the smallest eigenpairs are computed.
+        embeddings: 2-D pictures to make: "spectral", "tsne", "umap".
+        algorithms: Clusterings to run: "kmeans", "hdbscan", "dbscan".
+        max_clusters: The most clusters the eigengap may suggest.
+        seed: Seeds every random choice, so results repeat.
+        parameters: More settings to record with the result.
+
+    Returns:
+        An Analysis.
+
+    Raises:
+        ValueError: for an unknown clustering or embedding, or too few samples.
+    """
     n = len(features)
     if n < 3:
         raise ValueError(f"{name}: {n} explained samples; SpRAy needs at least 3 (better hundreds)")
@@ -332,7 +470,17 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
 
 # ---- over a store --------------------------------------------------------------------------------------------------
 def store_features(root, sets: dict[str, np.ndarray], size: int, power: float = 1.0) -> dict[str, np.ndarray]:
-    """Pooled features per set, reading relevance one stored chunk at a time (never all heatmaps at once)."""
+    """Pooled features per set, reading relevance one stored chunk at a time (never all heatmaps at once).
+
+    Args:
+        root: The opened store (a zarr group).
+        sets: Set name -> store positions.
+        size: The side of the pooled grid (step 1).
+        power: The power applied to pooled values, signs kept (step 1).
+
+    Returns:
+        Set name -> (n, features) pooled features.
+    """
     wanted = np.unique(np.concatenate(list(sets.values()))) if sets else np.empty(0, np.int64)
     pooled = None
     for positions, block in stores.read_chunks(root["relevance"], wanted, stores.chunk_size(root)):
@@ -346,7 +494,20 @@ def store_features(root, sets: dict[str, np.ndarray], size: int, power: float = 
 
 
 def select_sets(root, classes=None, over_all: bool = False, min_samples: int = MIN_SAMPLES) -> dict[str, np.ndarray]:
-    """{set name: store positions}: each class with enough explained samples (or the given ones), or all."""
+    """{set name: store positions}: each class with enough explained samples (or the given ones), or all.
+
+    Args:
+        root: The opened store (a zarr group).
+        classes: The class indices to analyse; None: each class with at least min_samples explained samples.
+        over_all: Analyse all explained samples as one set instead of by class.
+        min_samples: The least explained samples a class needs.
+
+    Returns:
+        Set name -> store positions.
+
+    Raises:
+        ValueError: when a class asked for has fewer than min_samples explained samples.
+    """
     ready = stores.explained(root)
     if over_all:
         return {"all": np.flatnonzero(ready)}
@@ -373,7 +534,15 @@ def _class_count(root, of_class: np.ndarray) -> int:
 
 
 def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
-    """{class-<k>: explained samples} of the classes with some explained samples but fewer than SpRAy needs."""
+    """{class-<k>: explained samples} of the classes with some explained samples but fewer than SpRAy needs.
+
+    Args:
+        root: The opened store (a zarr group).
+        min_samples: The least explained samples a class needs.
+
+    Returns:
+        Set name -> its count of explained samples.
+    """
     ready = stores.explained(root)
     of_class = stores.classes_of(root)
     counts = np.bincount(of_class[ready & (of_class >= 0)], minlength=_class_count(root, of_class))
@@ -385,7 +554,28 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
         max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
     """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
 
-    embeddings "auto": the spectral picture, and t-SNE for sets of up to TSNE_AUTO_LIMIT samples.
+    Args:
+        store: The store's path.
+        classes: The class indices to analyse; None: each class with enough explained samples.
+        over_all: Analyse all explained samples as one set.
+        clusters: "auto" (every k from 2 to the eigengap's suggestion) or a sequence of k.
+        neighbors: The neighbours per sample in the kNN graph (step 2).
+        eigenvalues: How many of the smallest eigenpairs are computed.
+        embeddings: "auto" (the spectral picture, and t-SNE for sets of up to TSNE_AUTO_LIMIT samples) or a sequence
+            of "spectral", "tsne", "umap".
+        algorithms: Clusterings to run: "kmeans", "hdbscan", "dbscan".
+        size: The side of the pooled grid (step 1).
+        power: The power applied to pooled values, signs kept (step 1).
+        max_clusters: The most clusters the eigengap may suggest.
+        seed: Seeds every random choice, so results repeat.
+        progress: A function called with a line per set, or None.
+
+    Returns:
+        Set name -> Analysis.
+
+    Raises:
+        ValueError: for an unknown embedding or clustering, none asked for, a power that is not positive, or a
+            class asked for without enough explained samples.
     """
     automatic = embeddings == "auto"
     embeddings = ("spectral", "tsne") if automatic else tuple(embeddings)
@@ -418,7 +608,14 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
 
 
 def skipped_message(skipped: dict[str, int]) -> str:
-    """One line naming the classes left out for having too few explained samples."""
+    """One line naming the classes left out for having too few explained samples.
+
+    Args:
+        skipped: Set name -> its count of explained samples (too_small).
+
+    Returns:
+        The line.
+    """
     listed = ", ".join(f"{name} ({count})" for name, count in skipped.items())
     return f"skipped, fewer than {MIN_SAMPLES} explained samples: {listed}"
 
@@ -432,13 +629,25 @@ def _record_skipped(store, skipped: dict[str, int]) -> None:
 
 
 def skipped_sets(store) -> dict[str, int]:
-    """{class-<k>: explained samples} the last `run` over every class left out for having too few."""
+    """{class-<k>: explained samples} the last `run` over every class left out for having too few.
+
+    Args:
+        store: The store's path.
+
+    Returns:
+        Set name -> its count of explained samples.
+    """
     root = stores.open_store(store)
     return dict(root["analysis"].attrs.get("skipped", {})) if "analysis" in root else {}
 
 
 def write(store, result: Analysis) -> None:
-    """Write one analysis into ``analysis/<name>``, replacing an older one only once the new one is complete."""
+    """Write one analysis into ``analysis/<name>``, replacing an older one only once the new one is complete.
+
+    Args:
+        store: The store's path.
+        result: The analysis.
+    """
     import zarr
 
     folder = Path(store) / "analysis"
@@ -471,7 +680,18 @@ def _finite(scores: dict[str, float]) -> dict:
 
 
 def read(store, name: str) -> Analysis:
-    """One stored analysis back (``class-<k>`` or ``all``)."""
+    """One stored analysis back (``class-<k>`` or ``all``).
+
+    Args:
+        store: The store's path.
+        name: "class-<k>" or "all".
+
+    Returns:
+        The Analysis.
+
+    Raises:
+        KeyError: when the store has no such analysis (the message lists those it has).
+    """
     root = stores.open_store(store)
     if f"analysis/{name}" not in root:
         stored = sorted(root["analysis"].group_keys()) if "analysis" in root else []
@@ -489,7 +709,14 @@ def read(store, name: str) -> Analysis:
 
 
 def stored(store) -> list[str]:
-    """Names of the analyses in a store."""
+    """Names of the analyses in a store.
+
+    Args:
+        store: The store's path.
+
+    Returns:
+        The sorted names.
+    """
     root = stores.open_store(store)
     return sorted(root["analysis"].group_keys()) if "analysis" in root else []
 

@@ -48,7 +48,15 @@ def _pooled(block: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def class_names(known: list[str] | None, classes: int) -> list[str]:
     """A name for each of the model's classes: the store's, then ``class-<k>`` for those it has none for (a folder
-    of two class sub-folders explained by a model with more outputs)."""
+    of two class sub-folders explained by a model with more outputs).
+
+    Args:
+        known: The store's class names, or None.
+        classes: The model's number of classes.
+
+    Returns:
+        A list of names.
+    """
     known = list(known or [])[:classes]
     return known + [f"class-{k}" for k in range(len(known), classes)]
 
@@ -58,7 +66,18 @@ def _quoted(text: str) -> str:
 
 
 def export(store, out) -> Path:
-    """Write the ViRelAy project for ``store`` into the folder ``out``; returns the path of project.yaml."""
+    """Write the ViRelAy project for ``store`` into the folder ``out``; returns the path of project.yaml.
+
+    Args:
+        store: The store's path.
+        out: The project's folder.
+
+    Returns:
+        The path of project.yaml.
+
+    Raises:
+        ValueError: for a store without previews (not image data) or without SpRAy analyses.
+    """
     import h5py
 
     out = Path(out)

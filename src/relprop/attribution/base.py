@@ -24,10 +24,18 @@ VALUES_PER_PASS = 2 ** 21
 class Attribution:
     """A model, how to read the tensor to explain from its output, and how many inputs a forward pass may hold.
 
-    output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
-    batch_size: the most model inputs in one forward pass (None: about two million input values per pass).
-    forward: callable(model, x) -> output, for models not called as model(x) (as for LRP).
-    feature_names: names of the input's features, kept on each Explanation (``top()`` shows them).
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        batch_size: The most model inputs in one forward pass (None: about two million input values per pass).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+
+    Raises:
+        TypeError: for output or forward that is not callable.
+        ValueError: for a batch_size that is not a positive int.
     """
 
     # What memory.needed_bytes reads to estimate a pass (and copies_per_input below): a new method sets its own
@@ -52,16 +60,45 @@ class Attribution:
         self.feature_names = list(feature_names) if feature_names is not None else None
 
     def copies_per_input(self, sample_shape: tuple) -> int:
-        """How many model inputs explaining one sample shaped ``sample_shape`` takes."""
+        """How many model inputs explaining one sample shaped ``sample_shape`` takes.
+
+        Args:
+            sample_shape: One sample's shape (without the batch dimension).
+
+        Returns:
+            The count.
+        """
         return 1
 
     def rows_per_pass(self, x: torch.Tensor) -> int:
+        """The most model inputs one forward pass holds for a batch like x.
+
+        Args:
+            x: The batch.
+
+        Returns:
+            The count.
+        """
         if self.batch_size is not None:
             return self.batch_size
         return max(1, VALUES_PER_PASS // max(1, x[0].numel()))
 
     def check(self, x, target):
-        """x and target checked; returns the target as relprop takes it (numpy values converted)."""
+        """x and target checked; returns the target as relprop takes it (numpy values converted).
+
+        Args:
+            x: The input batch.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            The target.
+
+        Raises:
+            TypeError: for an x or target of the wrong type.
+            ValueError: for a target whose length is not the batch's.
+        """
         check_input(self.model, x)
         target = check_target_type(target)
         if isinstance(target, (list, tuple)) or isinstance(target, torch.Tensor) and target.dim() > 0:
@@ -72,7 +109,18 @@ class Attribution:
 
     def run(self, inputs: torch.Tensor) -> torch.Tensor:
         """The tensor to explain for a batch of inputs: the model (or forward=) run on them, checked to give one
-        output per input; a failing forward gets the likely user error and its fix."""
+        output per input; a failing forward gets the likely user error and its fix.
+
+        Args:
+            inputs: A batch of model inputs.
+
+        Returns:
+            The output, one row per input.
+
+        Raises:
+            ValueError: for a forward that fails (RuntimeError from the model), naming the likely user error and its
+            fix, or an output without one row per input.
+        """
         try:
             with gradients_through(self.model):  # no cuDNN recurrent kernel, whose backward needs training mode
                 output = self.model(inputs) if self.forward is None else self.forward(self.model, inputs)
@@ -85,7 +133,17 @@ class Attribution:
         return output
 
     def select(self, output) -> torch.Tensor:
-        """The tensor to explain from whatever the model returned."""
+        """The tensor to explain from whatever the model returned.
+
+        Args:
+            output: What the model returned.
+
+        Returns:
+            A tensor.
+
+        Raises:
+            TypeError: when no tensor can be picked.
+        """
         if self.output is not None:
             output = self.output(output)
         if not isinstance(output, torch.Tensor):
@@ -94,19 +152,44 @@ class Attribution:
         return output
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output for x without gradients, in passes of at most rows_per_pass inputs."""
+        """The model's output for x without gradients, in passes of at most rows_per_pass inputs.
+
+        Args:
+            x: The input batch, samples first.
+
+        Returns:
+            The output for every row of x.
+        """
         size = self.rows_per_pass(x)
         with torch.no_grad():
             return torch.cat([self.run(chunk) for chunk in x.split(size)])
 
     def resolve(self, x: torch.Tensor, target):
-        """(output, g, class index or None) at x: relevance at the output is output * g."""
+        """(output, g, class index or None) at x: relevance at the output is output * g.
+
+        Args:
+            x: The input batch.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            A triple (output, g, class index or None).
+        """
         output = self.outputs(x)
         g, index = output_gradient(output, target)
         return output, g, index
 
     def gradient(self, inputs: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gradient of (output * g).sum() at inputs, and the output."""
+        """The gradient of (output * g).sum() at inputs, and the output.
+
+        Args:
+            inputs: A batch of model inputs.
+            g: The output gradient (relevance at the output is output * g).
+
+        Returns:
+            A pair (gradient shaped like inputs, output).
+        """
         leaf = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
             output = self.run(leaf)
@@ -114,7 +197,19 @@ class Attribution:
 
 
 class Hybrid(Attribution):
-    """A method that reads gradients either plainly or, given a composite, as LRP's modified gradient."""
+    """A method that reads gradients either plainly or, given a composite, as LRP's modified gradient.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        composite: A relprop composite (name or object) to use LRP's modified gradient instead of the plain one;
+            None: the plain gradient.
+        batch_size: The most model inputs in one forward pass (None: about two million input values per pass).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+    """
 
     def __init__(self, model, composite=None, batch_size=None, output=None, forward=None, feature_names=None):
         super().__init__(model, batch_size, output, forward, feature_names)
@@ -143,7 +238,15 @@ class Hybrid(Attribution):
         return torch.cat(outputs), torch.cat(gs), index
 
     def explain_rows(self, inputs, g):
-        """LRP of inputs explaining (output * g).sum(): its Explanation (relevance, gradient, explained, delta)."""
+        """LRP of inputs explaining (output * g).sum(): its Explanation (relevance, gradient, explained, delta).
+
+        Args:
+            inputs: A batch of model inputs.
+            g: The output gradient.
+
+        Returns:
+            An Explanation.
+        """
         return self.lrp(inputs, lambda output: output * g)
 
 

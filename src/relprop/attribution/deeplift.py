@@ -108,15 +108,29 @@ class _Interceptor(OpMode):
 class DeepLift(Attribution):
     """DeepLift with the Rescale rule: attributions add up to f(x) - f(baseline) for the target.
 
-    baseline: a number, one sample (shared by the batch) or one baseline per sample; can be overridden per call.
-    multiply_by_inputs: attributions are (x - baseline) * multipliers (global); False gives the multipliers alone.
-    custom_attribution_func: f(multipliers), f(multipliers, inputs) or f(multipliers, inputs, baselines) returning
-    the attributions (tensors shaped like x), replacing the default.
-    eps: below this |x - x0| an element-wise op uses its gradient. batch_size: the most model inputs in one pass
-    (each input runs with its baseline, so a pass holds batch_size / 2 pairs). forward, feature_names: as for LRP.
-    explain_logits: when the output comes straight from a softmax or log-softmax, explain the logits before it
-    (``explained_logits`` says so).
     ``gradient`` holds the multipliers.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        baseline: A number, one sample (shared by the batch) or one baseline per sample; can be overridden per call.
+        multiply_by_inputs: Attributions are (x - baseline) * multipliers (global); False gives the multipliers
+            alone.
+        custom_attribution_func: f(multipliers), f(multipliers, inputs) or f(multipliers, inputs, baselines)
+            returning the attributions (tensors shaped like x), replacing the default.
+        eps: Below this |x - x0| an element-wise op uses its gradient.
+        batch_size: The most model inputs in one pass (each input runs with its baseline, so a pass holds batch_size
+            / 2 pairs).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+        explain_logits: When the output comes straight from a softmax or log-softmax, explain the logits before it
+            (``explained_logits`` says so).
+
+    Raises:
+        TypeError: for a custom_attribution_func that is not callable or explain_logits that is not a bool.
+        ValueError: for a custom_attribution_func that does not take 1 to 3 arguments.
     """
 
     def __init__(self, model, baseline=0.0, multiply_by_inputs: bool = True,
@@ -143,10 +157,29 @@ class DeepLift(Attribution):
 
     def copies_per_input(self, sample_shape):
         """Each input runs beside its reference: counted as whole pairs at once (an upper bound, since a pass holds
-        at most rows_per_pass rows)."""
+        at most rows_per_pass rows).
+
+        Args:
+            sample_shape: One sample's shape (without the batch dimension).
+
+        Returns:
+            2 (an input and its reference).
+        """
         return 2
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
+        """Explain x against the baseline.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+            baseline: Overrides the explainer's baseline for this call.
+
+        Returns:
+            An Explanation whose relevance sums to f(x) - f(baseline) per sample, up to delta.
+        """
         target = self.check(x, target)
         x = x.detach()
         baseline = self.baseline if baseline is None else baseline
@@ -160,7 +193,19 @@ class DeepLift(Attribution):
         return explanation
 
     def attribute(self, x: torch.Tensor, target, bank: torch.Tensor, which: torch.Tensor) -> Explanation:
-        """Attributions of x against baselines bank[which[n, b]] for each sample n and each b, averaged over b."""
+        """Attributions of x against baselines bank[which[n, b]] for each sample n and each b, averaged over b.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+            bank: The baselines (B, *sample).
+            which: (N, b) indices into bank: the baselines of each sample.
+
+        Returns:
+            An Explanation.
+        """
         samples, count = which.shape
         multipliers = x.new_empty((samples, count) + x.shape[1:])
         change = x.new_empty(samples, count)
@@ -191,6 +236,17 @@ class DeepLift(Attribution):
                            details={"delta_per_baseline": pair_delta})
 
     def combine(self, multipliers, inputs, baselines):
+        """The attributions from multipliers: the custom function's, else (x - x0) * multipliers (or the multipliers
+        alone).
+
+        Args:
+            multipliers: The multipliers, shaped like inputs.
+            inputs: The inputs.
+            baselines: Their baselines.
+
+        Returns:
+            A tensor shaped like inputs.
+        """
         custom = self.custom_attribution_func
         if custom is None:
             return (inputs - baselines) * multipliers if self.multiply_by_inputs else multipliers
@@ -205,7 +261,19 @@ class DeepLift(Attribution):
 
     def multipliers(self, inputs, references, pick, target):
         """One pass over [inputs; references], input i paired with references[pick[i]] (pick None: aligned or
-        one shared): (multipliers, output at inputs, f(x) - f(x0), class index or None, logits explained)."""
+        one shared): (multipliers, output at inputs, f(x) - f(x0), class index or None, logits explained).
+
+        Args:
+            inputs: A batch of model inputs.
+            references: The baselines.
+            pick: The reference index of each input (None: aligned, or one shared).
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            A tuple (multipliers, output at inputs, f(x) - f(x0), class index or None, logits explained).
+        """
         pairing = Pairing(len(inputs), len(references), pick)
         leaf = inputs.detach().requires_grad_(True)
         batch = torch.cat([leaf, references])
@@ -239,11 +307,33 @@ def _shared(x: torch.Tensor, baseline) -> bool:
 class DeepLiftShap(DeepLift):
     """DeepLift against each baseline of a distribution, averaged: an approximation of SHAP values.
 
-    baselines: a tensor of B >= 1 baseline samples (shape (B, *sample)), or a callable(x) returning one; can be
-    overridden per call. ``explained`` is f(x) minus the mean of f over the baselines; ``delta`` is per sample,
-    ``explained - relevance.sum()`` as for every method, which is the mean of the pairs' residuals;
+    ``explained`` is f(x) minus the mean of f over the baselines; ``delta`` is per sample, ``explained -
+    relevance.sum()`` as for every method, which is the mean of the pairs' residuals;
     ``details["delta_per_baseline"]`` (N, B) keeps the residual of each input x baseline pair (captum's convergence
-    delta with the opposite sign, which captum lists flat, input by input).
+    delta with the opposite sign).
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        baselines: A tensor of B >= 1 baseline samples (shape (B, *sample)), or a callable(x) returning one; can be
+            overridden per call.
+        multiply_by_inputs: Attributions are (x - baseline) * multipliers (global); False gives the multipliers
+            alone.
+        custom_attribution_func: f(multipliers), f(multipliers, inputs) or f(multipliers, inputs, baselines)
+            returning the attributions (tensors shaped like x), replacing the default.
+        eps: Below this |x - x0| an element-wise op uses its gradient.
+        batch_size: The most model inputs in one pass (each input runs with its baseline, so a pass holds batch_size
+            / 2 pairs).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+        explain_logits: When the output comes straight from a softmax or log-softmax, explain the logits before it
+            (``explained_logits`` says so).
+
+    Raises:
+        TypeError: for a custom_attribution_func that is not callable or explain_logits that is not a bool.
+        ValueError: for a custom_attribution_func that does not take 1 to 3 arguments.
     """
 
     def __init__(self, model, baselines, multiply_by_inputs: bool = True,
@@ -254,6 +344,18 @@ class DeepLiftShap(DeepLift):
         self.baselines = baselines
 
     def __call__(self, x: torch.Tensor, target=None, *, baselines=None) -> Explanation:
+        """Explain x against each baseline, averaged.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+            baselines: Overrides the explainer's baselines for this call.
+
+        Returns:
+            An Explanation.
+        """
         target = self.check(x, target)
         x = x.detach()
         baselines = self.baselines if baselines is None else baselines

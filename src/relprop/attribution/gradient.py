@@ -25,14 +25,42 @@ from .base import (Attribution, Hybrid, baseline_like, batched, explained, input
 class Gradient(Attribution):
     """The gradient of the target output with respect to the input (saliency without the absolute value).
 
-    output: picks the tensor to explain when the model returns a tuple, dict or model-output object.
-    forward: callable(model, x) -> output; feature_names: names kept on each Explanation (see Attribution).
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+
+    Example:
+        >>> import torch
+        >>> from relprop.attribution import Gradient
+        >>> model = torch.nn.Linear(3, 2)
+        >>> explanation = Gradient(model)(torch.rand(4, 3), target=1)
+        >>> torch.equal(explanation.relevance, model.weight[1].detach().expand(4, 3))
+        True
     """
 
     def __init__(self, model, output=None, forward=None, feature_names=None):
         super().__init__(model, None, output, forward, feature_names)
 
     def __call__(self, x: torch.Tensor, target=None) -> Explanation:
+        """Explain x for the target.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            An Explanation (relevance shaped like x).
+
+        Raises:
+            TypeError: for an x or target of the wrong type.
+            ValueError: for a target that does not fit the output.
+        """
         target = self.check(x, target)
         leaf = x.detach().requires_grad_(True)
         with torch.enable_grad(), self.intercept():
@@ -45,12 +73,33 @@ class Gradient(Attribution):
         return contextlib.nullcontext()
 
     def explanation(self, x, grad, output, g, index):
+        """The Explanation made from one pass's gradient.
+
+        Args:
+            x: The input batch.
+            grad: The gradient at x.
+            output: The model's output.
+            g: The output gradient.
+            index: The explained class indices, or None.
+
+        Returns:
+            An Explanation.
+        """
         return Explanation(grad, output, explained(output, g), undefined(x), index, gradient=grad,
                            feature_names=self.feature_names)
 
 
 class GradientXInput(Gradient):
-    """Input times gradient: exact LRP-0 for ReLU networks; ``delta`` is what the biases absorbed."""
+    """Input times gradient: exact LRP-0 for ReLU networks; ``delta`` is what the biases absorbed.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+    """
 
     def explanation(self, x, grad, output, g, index):
         relevance = x.detach() * grad
@@ -62,12 +111,30 @@ class GradientXInput(Gradient):
 class SmoothGrad(Hybrid):
     """The gradient averaged over noisy copies of the input (Smilkov et al. 2017).
 
-    noise_level: the noise's standard deviation as a fraction of each sample's value range (max - min), as in the
-    paper; in captum's terms, ``NoiseTunnel(Saliency(model))`` with ``nt_type="smoothgrad"``, ``abs=False`` and, for
-    a sample s, ``stdevs = noise_level * (s.max() - s.min())``. seed: an int makes the noise reproducible (the
-    global random state is left alone); None draws from torch's global generator. composite: a relprop composite
-    (name or object) to average LRP relevance over the noisy copies instead of gradients ("SmoothGrad x LRP");
-    ``delta`` is then the average residual of those explanations.
+    In captum's terms, ``NoiseTunnel(Saliency(model))`` with ``nt_type="smoothgrad"``, ``abs=False`` and, for a
+    sample s, ``stdevs = noise_level * (s.max() - s.min())``. With a composite, LRP relevance is averaged over the
+    noisy copies instead of gradients ("SmoothGrad x LRP"); ``delta`` is then the average residual of those
+    explanations.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        noise_level: The noise's standard deviation as a fraction of each sample's value range (max - min), as in
+            the paper.
+        n_samples: How many noisy copies are averaged.
+        seed: An int makes the noise reproducible (the global random state is left alone); None draws from torch's
+            global generator.
+        composite: A relprop composite (name or object) to use LRP's modified gradient instead of the plain one;
+            None: the plain gradient.
+        batch_size: The most model inputs in one forward pass (None: about two million input values per pass).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+
+    Raises:
+        TypeError: for a seed that is not an int or None.
+        ValueError: for a negative noise_level or n_samples below 1.
     """
 
     copies_in_passes = True
@@ -90,7 +157,14 @@ class SmoothGrad(Hybrid):
         return self.n_samples
 
     def noisy_copies(self, x: torch.Tensor):
-        """n_samples noisy copies of x, one after the other (each one draw of the whole batch)."""
+        """n_samples noisy copies of x, one after the other (each one draw of the whole batch).
+
+        Args:
+            x: The input batch.
+
+        Yields:
+            The copies, one batch at a time.
+        """
         dims = tuple(range(1, x.dim()))
         spread = (x.amax(dim=dims) - x.amin(dim=dims)) if dims else torch.zeros_like(x)
         sigma = (self.noise_level * spread).reshape((len(x),) + (1,) * (x.dim() - 1))
@@ -102,6 +176,21 @@ class SmoothGrad(Hybrid):
             yield (x + sigma * noise,)
 
     def __call__(self, x: torch.Tensor, target=None) -> Explanation:
+        """Explain x for the target.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            An Explanation (relevance shaped like x).
+
+        Raises:
+            TypeError: for an x or target of the wrong type.
+            ValueError: for a target that does not fit the output.
+        """
         target = self.check(x, target)
         x = x.detach()
         output, g, index = self.resolve(x, target)
@@ -126,7 +215,19 @@ class SmoothGrad(Hybrid):
 
 
 def path_points(steps: int, method: str) -> tuple[list[float], list[float]]:
-    """Points alpha in [0, 1] along the straight path and their quadrature weights (they sum to 1)."""
+    """Points alpha in [0, 1] along the straight path and their quadrature weights (they sum to 1).
+
+    Args:
+        steps: How many points.
+        method: "gausslegendre", "riemann_left", "riemann_right", "riemann_middle" or "riemann_trapezoid" (captum's
+            names).
+
+    Returns:
+        A pair (points, weights).
+
+    Raises:
+        ValueError: for riemann_trapezoid with fewer than 2 steps.
+    """
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return list(0.5 * (nodes + 1)), list(0.5 * weights)
@@ -147,10 +248,25 @@ METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle
 class IntegratedGradients(Hybrid):
     """(x - baseline) times the gradient averaged along the straight path from the baseline (Sundararajan 2017).
 
-    baseline: a number, one sample (shared by the batch) or one baseline per sample; can be overridden per call.
-    steps, method: the quadrature along the path, with captum's method names (default as captum's).
-    composite: a relprop composite (name or object) to integrate LRP's modified gradient instead of the plain one.
     ``explained`` is the target output at x minus at the baseline; ``delta`` is the completeness residual.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        baseline: A number, one sample (shared by the batch) or one baseline per sample; can be overridden per call.
+        steps: The number of points along the path.
+        method: The quadrature, with captum's names: "gausslegendre" (the default, as captum's), "riemann_left",
+            "riemann_right", "riemann_middle", "riemann_trapezoid".
+        composite: A relprop composite (name or object) to integrate LRP's modified gradient instead of the plain
+            one.
+        batch_size: The most model inputs in one forward pass (None: about two million input values per pass).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+
+    Raises:
+        ValueError: for steps below 1 or an unknown method.
     """
 
     copies_in_passes = True
@@ -171,6 +287,22 @@ class IntegratedGradients(Hybrid):
         return self.steps
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
+        """Explain x for the target.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+            baseline: Overrides the explainer's baseline for this call.
+
+        Returns:
+            An Explanation (relevance shaped like x).
+
+        Raises:
+            TypeError: for an x or target of the wrong type.
+            ValueError: for a target that does not fit the output.
+        """
         target = self.check(x, target)
         x = x.detach()
         start = baseline_like(x, self.baseline if baseline is None else baseline)
@@ -237,16 +369,39 @@ class _ReplaceReLU(OpMode):
 
 
 class GuidedBackprop(Gradient):
-    """Guided backpropagation (Springenberg et al. 2015): through each ReLU only positive gradient where x > 0."""
+    """Guided backpropagation (Springenberg et al. 2015): through each ReLU only positive gradient where x > 0.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+    """
 
     relu_backward = _GuidedReLU
 
     def intercept(self):
+        """The context in which every ReLU uses this method's backward.
+
+        Returns:
+            A context manager.
+        """
         return _ReplaceReLU(self.relu_backward)
 
 
 class Deconvnet(GuidedBackprop):
-    """Deconvnet (Zeiler & Fergus 2014): each ReLU passes the positive part of the gradient, whatever its input."""
+    """Deconvnet (Zeiler & Fergus 2014): each ReLU passes the positive part of the gradient, whatever its input.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+    """
 
     relu_backward = _DeconvReLU
 
@@ -257,6 +412,18 @@ class ExcitationBackprop(Attribution):
     On ReLU networks this is LRP-z+ with biases ignored on every linear and convolutional layer, started from the
     target's probability 1 (a class target) or from the given output relevance (a tensor or callable target), so
     relevance sums to 1 per sample for a class target; ``delta`` is what was lost where no input excites.
+
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        canonizers: "auto" (batch norm merged into the layer before it), None, or a list (see relprop.canonizers).
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+
+    Raises:
+        ValueError: for an unknown canonizer.
     """
 
     saved_per_activation = LRP.saved_per_activation  # it runs LRP
@@ -268,6 +435,21 @@ class ExcitationBackprop(Attribution):
                        output=output, forward=forward, feature_names=feature_names)
 
     def __call__(self, x: torch.Tensor, target=None) -> Explanation:
+        """Explain x for the target.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+
+        Returns:
+            An Explanation (relevance shaped like x).
+
+        Raises:
+            TypeError: for an x or target of the wrong type.
+            ValueError: for a target that does not fit the output.
+        """
         target = self.check(x, target)
         caught = {}
 

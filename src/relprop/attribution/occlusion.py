@@ -31,12 +31,25 @@ def _sizes(value, name: str) -> tuple[int, ...]:
 class Occlusion(Attribution):
     """Average drop of the target output when windows covering each input value are replaced by the baseline.
 
-    window: the window's size over a sample's last dimensions, e.g. (8, 8) for images (all channels at once) or
-    (1, 8, 8) (one channel at a time); a shorter tuple than the sample's shape covers its leading dimensions whole.
-    stride: steps between windows, an int or one per window dimension (default: the window, so windows tile).
-    baseline: what covers the window: a number, one sample (shared) or one per sample; can be overridden per call.
-    incremental: run each window's copies as an incremental pass (None: on a CPU, for windows of at most a quarter
-    of a sample's positions, when the batch fits one pass and the model is called as model(x)).
+    Args:
+        model: The torch.nn.Module to explain (a torch.compile'd one is explained through the module it wraps).
+        window: The window's size over a sample's last dimensions, e.g. (8, 8) for images (all channels at once) or
+            (1, 8, 8) (one channel at a time); a shorter tuple than the sample's shape covers its leading dimensions
+            whole.
+        stride: Steps between windows, an int or one per window dimension (default: the window, so windows tile).
+        baseline: What covers the window: a number, one sample (shared) or one per sample; can be overridden per
+            call.
+        batch_size: The most model inputs in one forward pass (None: about two million input values per pass).
+        output: Picks the tensor to explain when the model returns a tuple, dict or model-output object, e.g.
+            ``lambda out: out.logits``.
+        forward: callable(model, x) -> output, for models not called as model(x), e.g. ``lambda model, embeddings:
+            model(inputs_embeds=embeddings)``.
+        feature_names: Names of the input's features (tabular data), kept on each Explanation.
+        incremental: Run each window's copies as an incremental pass (None: on a CPU, for windows of at most a
+            quarter of a sample's positions, when the batch fits one pass and the model is called as model(x)).
+
+    Raises:
+        ValueError: for a window or stride that is not positive ints, or a stride larger than the window.
     """
 
     keeps_graph = False  # forward passes only
@@ -60,7 +73,17 @@ class Occlusion(Attribution):
         self.baseline = baseline
 
     def geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Window and stride over every dimension of a sample shaped ``shape``."""
+        """Window and stride over every dimension of a sample shaped ``shape``.
+
+        Args:
+            shape: The sample's shape.
+
+        Returns:
+            A pair (window, stride), one entry per dimension.
+
+        Raises:
+            ValueError: for a window longer than the sample's dimensions.
+        """
         if len(self.window) > len(shape):
             raise ValueError(f"window {self.window} has {len(self.window)} dimensions but a sample has only "
                              f"{len(shape)} (shape {shape}); give at most one size per sample dimension")
@@ -73,12 +96,31 @@ class Occlusion(Attribution):
         return window, stride
 
     def copies_per_input(self, sample_shape):
-        """One occluded copy per window position."""
+        """One occluded copy per window position.
+
+        Args:
+            sample_shape: One sample's shape (without the batch dimension).
+
+        Returns:
+            The number of window positions.
+        """
         window, stride = self.geometry(tuple(sample_shape))
         return math.prod(math.ceil((extent - size) / step) + 1
                          for extent, size, step in zip(sample_shape, window, stride))
 
     def __call__(self, x: torch.Tensor, target=None, *, baseline=None) -> Explanation:
+        """Explain x by occluding it window by window.
+
+        Args:
+            x: The input batch, samples first.
+            target: What to explain: None (the predicted class; per location for outputs such as segmentation maps),
+                a class int, one class int per sample, a bool mask or float tensor shaped like the output (the
+                output relevance), or a callable(output) -> output relevance.
+            baseline: Overrides the explainer's baseline for this call.
+
+        Returns:
+            An Explanation (delta undefined: NaN).
+        """
         target = self.check(x, target)
         if x.dim() < 2:
             raise ValueError(f"x has shape {tuple(x.shape)}: occlusion needs samples with at least one dimension")
@@ -128,7 +170,15 @@ class Occlusion(Attribution):
         return Explanation(relevance, output, clean, undefined(x), index, feature_names=self.feature_names)
 
     def incremental_passes(self, x: torch.Tensor, window) -> Incremental | None:
-        """The incremental engine for occluding x, or None where plain batched passes are the better choice."""
+        """The incremental engine for occluding x, or None where plain batched passes are the better choice.
+
+        Args:
+            x: The input batch.
+            window: The window over every dimension.
+
+        Returns:
+            An Incremental engine, or None.
+        """
         usable = self.forward is None and x.dim() >= 3 and x.is_floating_point() and len(x) <= self.rows_per_pass(x)
         if self.incremental is None:
             small = math.prod(window[1:]) * 4 <= math.prod(x.shape[2:])

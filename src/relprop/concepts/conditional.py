@@ -37,9 +37,15 @@ class Held(Recorded):
 
 @dataclass
 class Conditional:
-    """Heatmaps of conditions: ``relevance`` (condition, sample, *input shape); ``explained`` the relevance let through
-    at each condition's lowest masked layer (at the output for a target alone); ``delta`` explained minus the
-    heatmap's sum (what biases and stabilisers absorbed below it)."""
+    """The heatmaps of conditions, as conditional() returns them.
+
+    Attributes:
+        relevance: (condition, sample, *input shape) heatmaps.
+        conditions: The conditions, as given.
+        explained: (condition, sample) the relevance let through at each condition's lowest masked layer (at the
+            output for a target alone).
+        delta: Explained minus the heatmap's sum (what biases and stabilisers absorbed below it).
+    """
 
     relevance: torch.Tensor
     conditions: list
@@ -48,7 +54,34 @@ class Conditional:
 
 
 def conditional(lrp: LRP, x: torch.Tensor, target=None, conditions=(), *, batch: int = 64) -> Conditional:
-    """One heatmap per condition for x, from one forward pass and a batched backward (``batch`` conditions at once)."""
+    """One heatmap per condition for x, from one forward pass and a batched backward (``batch`` conditions at once).
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        x: The input batch.
+        target: The class explained, as LRP takes it (None: the predicted class).
+        conditions: A condition (a dict of layer name -> channels: an int, a list of ints or a 1-d float tensor of
+            weights; optionally "y" -> class; "layer:input" names a layer's first input) or a list of them.
+        batch: Conditions per backward pass.
+
+    Returns:
+        A Conditional.
+
+    Raises:
+        TypeError: when lrp is not an LRP explainer or a condition not a dict.
+        ValueError: for no conditions, an unknown layer, channels out of range, or layers that do not run once on
+            one path.
+
+    Example:
+        >>> import torch
+        >>> import relprop
+        >>> from relprop import concepts
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> lrp = relprop.LRP(model, "epsilon")
+        >>> result = concepts.conditional(lrp, torch.rand(3, 4), target=0, conditions=[{"0": [0, 1]}, {"0": [2]}])
+        >>> result.relevance.shape  # (condition, sample, *input shape)
+        torch.Size([2, 3, 4])
+    """
     if not isinstance(lrp, LRP):
         raise TypeError(f"conditional takes an LRP attributor, e.g. relprop.LRP(model), got {type(lrp).__name__}")
     if isinstance(conditions, dict):
@@ -110,7 +143,20 @@ def module_name(name: str) -> str:
 
 
 def heads(indices, head_dim: int) -> list[int]:
-    """The channels of attention heads in their concatenated output (what an output projection's input holds)."""
+    """The channels of attention heads in their concatenated output (what an output projection's input holds).
+
+    Args:
+        indices: A head index or a list of them.
+        head_dim: Channels per head.
+
+    Returns:
+        The channel indices.
+
+    Example:
+        >>> from relprop.concepts import heads
+        >>> heads([0, 2], head_dim=2)
+        [0, 1, 4, 5]
+    """
     indices = [indices] if isinstance(indices, numbers.Integral) else list(indices)
     return [head * head_dim + offset for head in indices for offset in range(head_dim)]
 

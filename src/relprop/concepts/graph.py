@@ -20,7 +20,16 @@ POSITIVE, NEGATIVE = "#d62728", "#1f77b4"  # as relprop.viz: red for the target,
 
 @dataclass
 class Graph:
-    """upper_channels (U,) with their relevance; table (U, lower channels): R_{j|c}; top (U, k) lower channels."""
+    """An attribution graph: how much of each upper concept's relevance each lower concept gives.
+
+    Attributes:
+        upper: The upper layer's name.
+        lower: The lower layer's name.
+        upper_channels: (U,) the upper channels.
+        upper_relevance: Their relevance.
+        table: (U, lower channels): R_{j|c}, the relevance of lower channel j that flows through upper channel c.
+        top: (U, k) the top lower channels of each upper one.
+    """
 
     upper: str
     lower: str
@@ -41,7 +50,14 @@ class Graph:
         return rows
 
     def svg(self, width: int = 640) -> str:
-        """The graph as an SVG picture: upper concepts on top, their top lower concepts below, edge width ~ |R|."""
+        """The graph as an SVG picture: upper concepts on top, their top lower concepts below, edge width ~ |R|.
+
+        Args:
+            width: The picture's width in pixels.
+
+        Returns:
+            The SVG markup.
+        """
         lowers = list(dict.fromkeys(j for row in self.top.tolist() for j in row))
         span = max(float(self.table.abs().max()), 1e-30)
         def x_of(index, count):
@@ -68,8 +84,23 @@ class Graph:
 
 def attribution_graph(lrp: LRP, x: torch.Tensor, target=None, upper: str = "", lower: str = "", channels=None,
                       top: int = 5) -> Graph:
-    """For one sample, the relevance of every channel of lower that flows through each chosen channel of upper
-    (default: upper's top concepts), and the top lower channels of each."""
+    """For one sample, the relevance of every channel of lower that flows through each chosen channel of upper.
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        x: One sample, as a batch of one.
+        target: The class explained, as LRP takes it (None: the predicted class).
+        upper: The upper layer's name.
+        lower: The lower layer's name (it runs before upper).
+        channels: The upper channels; None: upper's top concepts.
+        top: How many upper concepts (when channels is None) and lower channels per upper one are kept.
+
+    Returns:
+        A Graph.
+
+    Raises:
+        ValueError: for a batch of more than one sample, or a lower layer that runs after upper.
+    """
     if len(x) != 1:
         raise ValueError(f"an attribution graph explains one sample; got a batch of {len(x)} (pass x[i:i + 1])")
     if channels is None:

@@ -16,8 +16,13 @@ from .conditional import Run, channel_dim, channel_mask, parse
 
 @dataclass
 class Masked:
-    """relevance: the input heatmap; explained: relevance at the output; remaining: per masked layer, the relevance
-    (per sample) that its mask let through."""
+    """What masked() returns.
+
+    Attributes:
+        relevance: The input heatmap.
+        explained: The relevance at the output.
+        remaining: Per masked layer, the relevance (per sample) that its mask let through.
+    """
 
     relevance: torch.Tensor
     explained: torch.Tensor
@@ -25,7 +30,20 @@ class Masked:
 
 
 def masked(lrp: LRP, x: torch.Tensor, target=None, masks=None) -> Masked:
-    """LRP of x where masks (layer name -> kept channels, or per-channel float weights) act on the way down."""
+    """LRP of x where masks (layer name -> kept channels, or per-channel float weights) act on the way down.
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        x: The input batch.
+        target: The class explained, as LRP takes it (None: the predicted class).
+        masks: Layer name -> kept channels (ints), or per-channel float weights.
+
+    Returns:
+        A Masked.
+
+    Raises:
+        ValueError: for empty masks, an unknown layer, channels out of range, or a masked layer no relevance reaches.
+    """
     if not isinstance(masks, dict) or not masks:
         raise ValueError("masks must be a non-empty dict of layer name -> channels to keep (ints) or per-channel "
                          "weights (a float tensor), e.g. {'features.6': [3, 7]}")

@@ -23,8 +23,17 @@ GROUP = "concepts"
 
 @dataclass
 class References:
-    """One layer's reference samples: (channel, k) sample indices and values, most relevant (or active) first;
-    class_relevance (class, channel) mean relevance per explained class, class_count samples per class."""
+    """One layer's reference samples, most relevant (or active) first.
+
+    Attributes:
+        layer: The layer's name.
+        relevance_index: (channel, k) store positions of the samples where each channel is most relevant.
+        relevance_value: (channel, k) that relevance.
+        activation_index: (channel, k) store positions of the samples where each channel is most active.
+        activation_value: (channel, k) that activation.
+        class_relevance: (class, channel) mean relevance per explained class.
+        class_count: (class,) samples per class.
+    """
 
     layer: str
     relevance_index: np.ndarray
@@ -39,8 +48,28 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
              workers: int | None = None, address: str | None = None) -> dict[str, References]:
     """Per layer, the top-k reference samples of every channel over the explained samples of a relprop run store.
 
-    engine: "local" (this process) or "ray" (a pool of actors, each writing its own chunks, as ``relprop run``
-    does; workers: actors, address: a Ray cluster to join)."""
+    The results are written into the store as well, so reports and later calls read them.
+
+    Args:
+        store: The path of a ``relprop run`` store (LRP).
+        layers: Layer names.
+        k: Reference samples per channel.
+        model: The model; None: loaded from the store's model spec.
+        source: The data set the store was made from (a relprop.datasets Source); None: opened from the store's data
+            spec.
+        batch_size: Samples per forward pass.
+        engine: "local" (this process) or "ray" (a pool of actors, each writing its own chunks, as ``relprop run``
+            does).
+        workers: How many Ray actors.
+        address: A Ray cluster to join; None: a local Ray.
+
+    Returns:
+        Layer name -> References.
+
+    Raises:
+        ValueError: for no layers, a k that is not positive, an unknown engine, a store without explained samples or
+            not made by LRP, or a data set of another length.
+    """
     from ..datasets import open_store
     from ..datasets.store import writing
 
@@ -278,9 +307,24 @@ def _write(group, field, value):
 
 
 def reference_heatmaps(lrp, source, layer: str, channel: int, samples, targets, crop: bool = False):
-    """Conditional heatmaps (sample, *input shape) of one channel on its reference samples (exact: one conditional
-    backward over the samples as a batch, each for its own explained class). crop: a list of each heatmap cut to the
-    receptive field of the channel's most relevant position instead (see receptive_field)."""
+    """Conditional heatmaps of one channel on its reference samples.
+
+    Exact: one conditional backward over the samples as a batch, each for its own explained class.
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        source: The data set the store was made from (a relprop.datasets Source); None: opened from the store's data
+            spec.
+        layer: The layer's qualified module name.
+        channel: The channel.
+        samples: Store positions of the reference samples.
+        targets: The class explained for each sample.
+        crop: Return a list of each heatmap cut to the receptive field of the channel's most relevant position
+            instead.
+
+    Returns:
+        (sample, *input shape) heatmaps, or with crop a list of cut ones.
+    """
     if crop:
         return [heatmap for _, heatmap in reference_views(lrp, source, layer, channel, samples, targets)]
     return _conditional_on(lrp, [source.read(int(i)) for i in samples], layer, channel, targets)[1]

@@ -19,7 +19,20 @@ def channel_sums(relevance: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def concept_relevance(lrp: LRP, x: torch.Tensor, target=None, layers=()) -> dict[str, torch.Tensor]:
-    """Per layer name, the (sample, channel) relevance of every channel for the explained output."""
+    """Per layer name, the (sample, channel) relevance of every channel for the explained output.
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        x: The input batch.
+        target: The class explained, as LRP takes it (None: the predicted class).
+        layers: A layer name or a list of them.
+
+    Returns:
+        Layer name -> (sample, channel) relevance.
+
+    Raises:
+        ValueError: for a layer that does not run, or runs more than once.
+    """
     layers = [layers] if isinstance(layers, str) else list(layers)
     modules = dict(lrp.model.named_modules())
     for name in layers:
@@ -39,7 +52,25 @@ def concept_relevance(lrp: LRP, x: torch.Tensor, target=None, layers=()) -> dict
 
 
 def top_concepts(sums: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k most relevant channels per sample: (relevance, channel index), each (sample, k)."""
+    """The k most relevant channels per sample: (relevance, channel index), each (sample, k).
+
+    Args:
+        sums: (sample, channel) relevance, e.g. from concept_relevance.
+        k: How many channels.
+
+    Returns:
+        A pair (relevance, channel index), each (sample, k).
+
+    Raises:
+        ValueError: for sums of another shape.
+
+    Example:
+        >>> import torch
+        >>> from relprop.concepts import top_concepts
+        >>> values, channels = top_concepts(torch.tensor([[0.1, 0.7, -0.2, 0.4]]), k=2)
+        >>> channels.tolist()
+        [[1, 3]]
+    """
     if sums.dim() != 2:
         raise ValueError(f"top_concepts takes (sample, channel) sums, got shape {tuple(sums.shape)}")
     k = min(int(k), sums.shape[1])
@@ -48,7 +79,21 @@ def top_concepts(sums: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, torch.Te
 
 def token_relevance(lrp: LRP, x: torch.Tensor, target, layer: str, channels) -> torch.Tensor:
     """(sample, token) relevance of a concept (channels of a token layer, e.g. MLP neurons or attention heads) at
-    that layer, per token position: where in the sequence the concept is relevant."""
+    that layer, per token position: where in the sequence the concept is relevant.
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        x: The input batch.
+        target: The class explained, as LRP takes it (None: the predicted class).
+        layer: A token layer (output (sample, token, feature)).
+        channels: The concept's channels: an int, a list of ints or per-channel weights.
+
+    Returns:
+        (sample, token) relevance.
+
+    Raises:
+        ValueError: for a layer whose output is not (sample, token, feature).
+    """
     explained, selected = parse({layer: channels}, lrp.model, target)
     run = Run(lrp, x, [layer])
     try:

@@ -44,7 +44,17 @@ def _pixels_image(pixels) -> np.ndarray:
 
 class ReferenceDrawer:
     """Draws a store's reference samples of a layer's channels: each cut to the channel's receptive field beside the
-    channel's conditional heatmap there (cut=True and heatmaps), or the store's preview."""
+    channel's conditional heatmap there (cut=True and heatmaps), or the store's preview.
+
+    Args:
+        opened: The opened store (relprop.datasets.Store).
+        layer: The layer's qualified module name.
+        heatmaps: Draw conditional heatmaps beside the cut samples.
+        model: The model; None: loaded from the store's model spec.
+        source: The data set the store was made from (a relprop.datasets Source); None: opened from the store's data
+            spec.
+        cmap: The colormap of the heatmaps.
+    """
 
     def __init__(self, opened, layer: str, heatmaps: bool, model=None, source=None, cmap: str = "bwr"):
         if "preview" not in opened.group:
@@ -56,7 +66,18 @@ class ReferenceDrawer:
             self.lrp, self.targets = store_attributor(opened, model), np.asarray(opened["target"][:])
 
     def tags(self, channel: int, samples: list[int], folder: Path, stem: str, cut: bool = True) -> list[str]:
-        """One <img> tag (or a crop and heatmap pair) per sample, files named stem-channel-sample."""
+        """One <img> tag (or a crop and heatmap pair) per sample, files named stem-channel-sample.
+
+        Args:
+            channel: The channel.
+            samples: Store positions.
+            folder: Where the image files go.
+            stem: The files' name prefix.
+            cut: Cut each sample to the channel's receptive field.
+
+        Returns:
+            HTML tags.
+        """
         if cut and self.heatmaps and samples:
             views = reference_views(self.lrp, self.source, self.layer, channel, samples, self.targets[samples])
             return [_view(pixels, heatmap, folder, f"{stem}-{channel}-{i}", self.cmap)
@@ -82,9 +103,26 @@ def _references(store, layer: str, heatmaps: bool):
 def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, top: int = 8, store=None,
                cmap: str = "bwr", title: str = "relprop concepts", lower: str | None = None,
                reference_heatmaps: bool = True) -> dict:
-    """Write out/index.html for one image (x: a batch of one); returns what it shows (target, concepts). lower: a
-    layer below, whose concepts feeding each top concept are drawn as the attribution graph; reference_heatmaps: draw
-    the store's reference samples as the atlas does (cut, beside their heatmaps), else its previews."""
+    """Write out/index.html for one image: its top concepts at a layer, each with its conditional heatmap.
+
+    Args:
+        lrp: The LRP explainer (relprop.LRP) of the model; its composite gives the rules.
+        x: The image, as a batch of one.
+        pixels: The image in display space (C, H, W) in [0, 1].
+        layer: The layer's qualified module name.
+        out: The folder the page is written into.
+        target: The class explained, as LRP takes it (None: the predicted class).
+        top: How many concepts.
+        store: A store with relevance maximisation results for layer, whose reference samples are shown; None: none.
+        cmap: The colormap of the heatmaps.
+        title: The page's title.
+        lower: A lower layer: each concept then shows its attribution graph to it.
+        reference_heatmaps: Show the store's reference samples as the atlas does (cut, beside their heatmaps), else
+            its previews.
+
+    Returns:
+        What the page shows (target, concepts), as a dict.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     references = _references(store, layer, reference_heatmaps)
@@ -128,9 +166,23 @@ def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, 
 
 def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas", model=None, source=None,
                heatmaps: bool = True, cmap: str = "bwr") -> Path:
-    """Write out/index.html: per channel of the layer, its reference samples by relevance, each as its picture and
-    its conditional heatmap cut to the channel's receptive field (heatmaps=False: the store's previews only), and by
-    activation. model, source: the store's model and data set, loaded from its attributes when not given."""
+    """Write out/index.html: per channel of the layer, its reference samples by relevance and by activation.
+
+    Args:
+        store: The path of a ``relprop run`` store (LRP).
+        layer: The layer's qualified module name.
+        out: The folder the page is written into.
+        references: The layer's References (maximise).
+        title: The page's title.
+        model: The model; None: loaded from the store's model spec.
+        source: The data set the store was made from (a relprop.datasets Source); None: opened from the store's data
+            spec.
+        heatmaps: Show each reference sample cut to the channel's receptive field beside its conditional heatmap.
+        cmap: The colormap of the heatmaps.
+
+    Returns:
+        The page's path.
+    """
     from ..datasets import open_store
 
     out = Path(out)

@@ -31,7 +31,18 @@ MIN_SAMPLES = 2  # per group; a direction from fewer is noise (tens of samples p
 
 @dataclass
 class CAV:
-    """A unit direction in a layer's activation space, with the mean activations of both groups."""
+    """A unit direction in a layer's activation space, with the mean activations of both groups.
+
+    Attributes:
+        layer: The layer's qualified name.
+        direction: (features,) unit vector.
+        clean_mean: (features,) mean of the samples without the artifact.
+        artifact_mean: (features,) mean of the samples with it.
+        shape: One sample's activation shape at the layer (without the batch dimension).
+        pooling: "none" or "mean" (see the module docstring).
+        kind: "pattern", "filter" or "concept".
+        counts: (artifact samples, clean samples) it was computed from.
+    """
 
     layer: str
     direction: torch.Tensor  # (features,) unit length
@@ -44,31 +55,65 @@ class CAV:
 
     @property
     def clean_level(self) -> torch.Tensor:
+        """The clean samples' mean position along the CAV, v . mean(clean): where P-ClArC moves activations."""
         return self.direction @ self.clean_mean
 
     @property
     def artifact_level(self) -> torch.Tensor:
+        """The artifact samples' mean position along the CAV, v . mean(artifact): where A-ClArC moves activations."""
         return self.direction @ self.artifact_mean
 
     def features(self, activation: torch.Tensor) -> torch.Tensor:
-        """(N, features): activations of the layer in the CAV's space; ValueError if their shape does not fit."""
+        """(N, features): activations of the layer in the CAV's space.
+
+        Args:
+            activation: The layer's activations (N, *shape).
+
+        Returns:
+            A tensor.
+
+        Raises:
+            ValueError: when their shape does not fit the CAV.
+        """
         self.check(activation)
         return to_features(activation, self.pooling)
 
     def coordinate(self, activation: torch.Tensor) -> torch.Tensor:
-        """(N,): each sample's position along the CAV, v . features(h)."""
+        """(N,): each sample's position along the CAV, v . features(h).
+
+        Args:
+            activation: The layer's activations (N, *shape).
+
+        Returns:
+            (N,) coordinates.
+        """
         return self.features(activation) @ self.direction.to(activation)
 
     def spread(self, activation: torch.Tensor) -> torch.Tensor:
         """The CAV as a change of the layer's activation (broadcast over positions when pooled by mean), so that
-        features(h + t * spread) = features(h) + t * v."""
+        features(h + t * spread) = features(h) + t * v.
+
+        Args:
+            activation: The layer's activations (N, *shape).
+
+        Returns:
+            A tensor shaped like one sample's activation.
+        """
         direction = self.direction.to(activation)
         if self.pooling == "none":
             return direction.reshape(activation.shape[1:])
         return direction.reshape(-1, *([1] * (activation.dim() - 2)))
 
     def check(self, activation: torch.Tensor) -> None:
-        """Refuse activations of another shape than the CAV's (a layer whose output changes shape with the input)."""
+        """Refuse activations of another shape than the CAV's (a layer whose output changes shape with the input).
+
+        Args:
+            activation: The layer's activations (N, *shape).
+
+        Raises:
+            TypeError: when the layer returns something other than a tensor.
+            ValueError: for another shape.
+        """
         if not isinstance(activation, torch.Tensor):
             raise TypeError(f"layer {self.layer!r} returns a {type(activation).__name__}, not a tensor; pick a "
                             "module whose output is one tensor")
@@ -82,7 +127,14 @@ class CAV:
                              f"{self.shape[0]}; the model or the layer is not the one the CAV was computed for")
 
     def save(self, path) -> Path:
-        """Write the CAV as a safetensors file (its settings in the file's metadata)."""
+        """Write the CAV as a safetensors file (its settings in the file's metadata).
+
+        Args:
+            path: The file's path.
+
+        Returns:
+            The path written.
+        """
         from safetensors.torch import save_file
 
         from ..viz.save import atomic_path
@@ -97,7 +149,17 @@ class CAV:
 
     @classmethod
     def load(cls, path) -> CAV:
-        """A CAV written by :meth:`save`."""
+        """A CAV written by :meth:`save`.
+
+        Args:
+            path: The file's path.
+
+        Returns:
+            The CAV.
+
+        Raises:
+            ValueError: for a file relprop did not write.
+        """
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as handle:
@@ -111,7 +173,19 @@ class CAV:
 
 
 def to_features(activation: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(N, features): flattened activations, or their mean over every dimension after the channels."""
+    """(N, features): flattened activations, or their mean over every dimension after the channels.
+
+    Args:
+        activation: The layer's activations (N, *shape).
+        pooling: "none" (flattened activations: a direction per channel and position) or "mean" (mean over
+            positions: a direction over channels).
+
+    Returns:
+        (N, features).
+
+    Raises:
+        ValueError: for an unknown pooling.
+    """
     if pooling == "none":
         return activation.flatten(1)
     if pooling == "mean":
@@ -122,7 +196,32 @@ def to_features(activation: torch.Tensor, pooling: str) -> torch.Tensor:
 # ---- the CAV from activations -----------------------------------------------------------------------------------
 def from_activations(artifact: torch.Tensor, clean: torch.Tensor, layer: str = "", kind: str = "pattern",
                      pooling: str = "none", seed: int = 0) -> CAV:
-    """The CAV separating activations with the artifact (N_a, *shape) from those without (N_c, *shape)."""
+    """The CAV separating activations with the artifact (N_a, *shape) from those without (N_c, *shape).
+
+    Args:
+        artifact: Activations of samples with the artifact (N_a, *shape).
+        clean: Activations of samples without it (N_c, *shape).
+        layer: The layer's name, recorded on the CAV.
+        kind: "pattern" (difference of means) or "filter" (a logistic regression's weights).
+        pooling: "none" (flattened activations: a direction per channel and position) or "mean" (mean over
+            positions: a direction over channels).
+        seed: Seeds the logistic regression of a filter CAV.
+
+    Returns:
+        The CAV.
+
+    Raises:
+        ValueError: for an unknown kind or pooling, fewer than two samples per group, shapes that differ, or groups
+            with the same mean.
+
+    Example:
+        >>> import torch
+        >>> from relprop import correct
+        >>> clean = torch.zeros(4, 3)
+        >>> artifact = torch.tensor([[0.0, 2.0, 0.0]]).repeat(4, 1)
+        >>> correct.from_activations(artifact, clean).direction
+        tensor([0., 1., 0.])
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown CAV kind {kind!r}; choose from {', '.join(KINDS)}")
     artifact, clean = torch.as_tensor(artifact).float(), torch.as_tensor(clean).float()
@@ -173,8 +272,14 @@ def _filter_direction(artifact: torch.Tensor, clean: torch.Tensor, seed: int) ->
 # ---- activations of samples -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module):
-    """The model in eval mode for the block (a measurement must not update batch-norm statistics), each module's
-    mode restored after."""
+    """The model in eval mode for the block (a measurement must not update batch-norm statistics), each module's mode restored after.
+
+    Args:
+        model: The model.
+
+    Returns:
+        A context manager.
+    """
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
@@ -185,7 +290,18 @@ def evaluating(model: torch.nn.Module):
 
 
 def layer_module(model: torch.nn.Module, layer: str) -> torch.nn.Module:
-    """The module named layer, or ValueError suggesting the closest names."""
+    """The module named layer.
+
+    Args:
+        model: The model (left unchanged).
+        layer: The qualified name of the module whose output is read (as model.named_modules() names it).
+
+    Returns:
+        The module.
+
+    Raises:
+        ValueError: for an unknown name (with the closest names).
+    """
     from ..concepts.conditional import check_layer
 
     modules = dict(model.named_modules())
@@ -194,7 +310,21 @@ def layer_module(model: torch.nn.Module, layer: str) -> torch.nn.Module:
 
 
 def activations(model: torch.nn.Module, inputs: torch.Tensor, layer: str, batch_size: int = 64) -> torch.Tensor:
-    """(N, *shape) output of the layer for the inputs, in batches, without gradients; the model is not changed."""
+    """(N, *shape) output of the layer for the inputs, in batches, without gradients; the model is not changed.
+
+    Args:
+        model: The model (left unchanged).
+        inputs: The inputs, samples first.
+        layer: The qualified name of the module whose output is read (as model.named_modules() names it).
+        batch_size: Samples per forward pass.
+
+    Returns:
+        (N, *shape) activations.
+
+    Raises:
+        TypeError: when the layer returns something other than a tensor.
+        ValueError: when the layer does not run or gives activations of different shapes.
+    """
     module = layer_module(model, layer)
     captured: list = []
 
@@ -226,7 +356,25 @@ def activations(model: torch.nn.Module, inputs: torch.Tensor, layer: str, batch_
 
 def from_inputs(model: torch.nn.Module, artifact: torch.Tensor, clean: torch.Tensor, layer: str,
                 kind: str = "pattern", pooling: str = "none", batch_size: int = 64, seed: int = 0) -> CAV:
-    """The CAV of the layer from model inputs with the artifact and without it."""
+    """The CAV of the layer from model inputs with the artifact and without it.
+
+    Args:
+        model: The model (left unchanged).
+        artifact: Inputs with the artifact.
+        clean: Inputs without it.
+        layer: The qualified name of the module whose output is read (as model.named_modules() names it).
+        kind: "pattern" (difference of means) or "filter" (a logistic regression's weights).
+        pooling: "none" (flattened activations: a direction per channel and position) or "mean" (mean over
+            positions: a direction over channels).
+        batch_size: Samples per forward pass.
+        seed: Seeds the logistic regression of a filter CAV.
+
+    Returns:
+        The CAV.
+
+    Raises:
+        ValueError: as from_activations, or for inputs that cannot be batched together.
+    """
     _check_counts(artifact, clean)
     layer_module(model, layer)
     try:
@@ -239,7 +387,22 @@ def from_inputs(model: torch.nn.Module, artifact: torch.Tensor, clean: torch.Ten
 def from_concept(model: torch.nn.Module, layer: str, channels, artifact: torch.Tensor, clean: torch.Tensor,
                  batch_size: int = 64) -> CAV:
     """A CAV along a CRP concept: the unit vector over the layer's channels (pooling "mean"), with the levels of
-    samples with and without the artifact the concept carries."""
+    samples with and without the artifact the concept carries.
+
+    Args:
+        model: The model (left unchanged).
+        layer: The qualified name of the module whose output is read (as model.named_modules() names it).
+        channels: The channel indices the concept names.
+        artifact: Inputs with the artifact.
+        clean: Inputs without it.
+        batch_size: Samples per forward pass.
+
+    Returns:
+        The CAV (kind "concept").
+
+    Raises:
+        ValueError: for channels the layer does not have.
+    """
     _check_counts(artifact, clean)
     raw = activations(model, torch.cat([artifact, clean]), layer, batch_size)
     joined = to_features(raw, "mean")
@@ -254,7 +417,18 @@ def from_concept(model: torch.nn.Module, layer: str, channels, artifact: torch.T
 
 
 def read_inputs(source, indices) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs (N, ...), labels (N,)) of the source's samples at indices (a relprop.datasets Source)."""
+    """(inputs (N, ...), labels (N,)) of the source's samples at indices (a relprop.datasets Source).
+
+    Args:
+        source: A relprop.datasets Source.
+        indices: Sample indices.
+
+    Returns:
+        A pair (inputs, labels).
+
+    Raises:
+        ValueError: when the samples differ in shape.
+    """
     samples = [source.read(int(index)) for index in indices]
     if not samples:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
@@ -266,7 +440,22 @@ def read_inputs(source, indices) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def from_ids(model, source, artifact_ids, clean_ids, layer: str, **options) -> CAV:
-    """The CAV from a data set's sample ids (as the source names them, or indices) with and without the artifact."""
+    """The CAV from a data set's sample ids (as the source names them, or indices) with and without the artifact.
+
+    Args:
+        model: The model (left unchanged).
+        source: A relprop.datasets Source.
+        artifact_ids: Ids (or indices) of samples with the artifact.
+        clean_ids: Ids (or indices) of samples without it.
+        layer: The qualified name of the module whose output is read (as model.named_modules() names it).
+        **options: kind, pooling, batch_size, seed, as from_inputs takes them.
+
+    Returns:
+        The CAV.
+
+    Raises:
+        ValueError: for an unknown id or an index out of range.
+    """
     positions = {source.id(i): i for i in range(len(source))}
 
     def index(sample):
@@ -286,7 +475,13 @@ def from_ids(model, source, artifact_ids, clean_ids, layer: str, **options) -> C
 # ---- the CAV from a SpRAy cluster --------------------------------------------------------------------------------
 @dataclass
 class ClusterSamples:
-    """Store positions of a SpRAy cluster (the artifact) and of the rest of its class (clean)."""
+    """Store positions of a SpRAy cluster (the artifact) and of the rest of its class (clean).
+
+    Attributes:
+        artifact: Store positions of the cluster's members.
+        clean: Store positions of the class's other clustered samples.
+        clustering: The clustering they come from.
+    """
 
     artifact: np.ndarray
     clean: np.ndarray
@@ -294,7 +489,20 @@ class ClusterSamples:
 
 
 def cluster_samples(store, class_index: int, cluster: int, clustering: str | None = None) -> ClusterSamples:
-    """The members of a stored SpRAy cluster of a class, and the class's other clustered samples (noise left out)."""
+    """The members of a stored SpRAy cluster of a class, and the class's other clustered samples (noise left out).
+
+    Args:
+        store: The path of a ``relprop run`` store with SpRAy results.
+        class_index: The class whose SpRAy analysis holds the cluster.
+        cluster: The cluster's label.
+        clustering: The clustering's name (e.g. "kmeans-3"); None: the analysis's chosen one.
+
+    Returns:
+        A ClusterSamples.
+
+    Raises:
+        ValueError: when the store has no analysis of the class, no such clustering or no such cluster.
+    """
     from ..analysis import spray
 
     stored = spray.stored(store)
@@ -319,8 +527,21 @@ def cluster_samples(store, class_index: int, cluster: int, clustering: str | Non
 
 def from_spray(store, class_index: int, cluster: int, layer: str, model=None, source=None,
                clustering: str | None = None, **options) -> CAV:
-    """The CAV of a SpRAy cluster: its members carry the artifact, the rest of the class does not. model and
-    source default to the store's own (its model spec and data spec)."""
+    """The CAV of a SpRAy cluster: its members carry the artifact, the rest of the class does not.
+
+    Args:
+        store: The path of a ``relprop run`` store with SpRAy results.
+        class_index: The class whose SpRAy analysis holds the cluster.
+        cluster: The cluster's label.
+        layer: The qualified name of the module whose output is read (as model.named_modules() names it).
+        model: The model; None: the store's own model spec.
+        source: The data set (a relprop.datasets Source, or a data spec); None: the store's own.
+        clustering: The clustering's name (e.g. "kmeans-3"); None: the analysis's chosen one.
+        **options: kind, pooling, batch_size, seed, as from_inputs takes them.
+
+    Returns:
+        The CAV.
+    """
     samples = cluster_samples(store, class_index, cluster, clustering)
     model, source = store_model_and_source(store, model, source)
     artifact, _ = read_inputs(source, samples.artifact)
@@ -329,7 +550,20 @@ def from_spray(store, class_index: int, cluster: int, layer: str, model=None, so
 
 
 def store_model_and_source(store, model=None, source=None):
-    """(model, source): the ones given, else those the store's run recorded (its --model spec and DATA spec)."""
+    """(model, source): the ones given, else those the store's run recorded (its --model spec and DATA spec).
+
+    Args:
+        store: The path of a ``relprop run`` store with SpRAy results.
+        model: The model; None: the one the store's run recorded.
+        source: The data set (a relprop.datasets Source, or a data spec); None: the store's own.
+
+    Returns:
+        A pair (model, source).
+
+    Raises:
+        ValueError: when the store was made with a Python model or data set and none is given, or the data set's
+            length differs.
+    """
     from ..analysis.store import open_store
 
     attrs = open_store(store).attrs

@@ -43,8 +43,33 @@ def finetune(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, cav:
              epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, share: float = 0.5, penalty: float = 1.0,
              seed: int = 0, train: str | None = None,
              progress: Callable[[dict], None] | None = None) -> torch.nn.Module:
-    """A fine-tuned copy of the model (its weights also in out/weights.safetensors), resumed from out/checkpoint
-    when an interrupted run with the same settings left one there. progress gets a dict after each epoch."""
+    """A fine-tuned copy of the model (its weights also in out/weights.safetensors).
+
+    An interrupted run with the same settings is resumed from out/checkpoint.
+
+    Args:
+        model: The model (not changed).
+        x: The training inputs.
+        labels: Their labels.
+        cav: The artifact's CAV.
+        method: "a-clarc" or "rr-clarc".
+        out: The folder for weights and checkpoints.
+        epochs: Passes over the samples.
+        lr: SGD's learning rate.
+        batch_size: Samples per step.
+        share: A-ClArC: the share of each batch given the artifact, in (0, 1].
+        penalty: RR-ClArC: the weight of the sensitivity penalty.
+        seed: Seeds sample order and A-ClArC's choice of samples.
+        train: "after" (the layers after the CAV's) or "all"; None: the method's default.
+        progress: Called with a dict after each epoch.
+
+    Returns:
+        The fine-tuned model.
+
+    Raises:
+        ValueError: for an unknown method or train, labels that do not match the samples, settings out of range, or
+            no parameters after the layer.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown fine-tuning method {method!r}; choose from {', '.join(METHODS)}")
     if len(x) != len(labels) or len(x) == 0:

@@ -27,8 +27,28 @@ def from_arrays(store, relevance, labels, *, images=None, ids=None, class_names=
                 method: str = "imported", data: str = "imported") -> stores.Store:
     """Write a store at ``store`` holding these heatmaps (every sample done); returns it opened for reading.
 
-    images: (N, C, H, W) floats in [0, 1] or uint8, shown as previews (at most 64 pixels a side). output: the model's
-    outputs (N, classes), for the predicted class in reports; without it they are NaN. class_names: one per class.
+    The store then feeds SpRAy, the reports and ViRelAy as one that ``relprop run`` wrote.
+
+    Args:
+        store: The new store's folder.
+        relevance: Heatmaps (N, C, H, W), (N, H, W) or vectors (N, D).
+        labels: One int per heatmap (-1 for unknown), or (N, classes) one-hot or scores.
+        images: (N, C, H, W) floats in [0, 1] or uint8, shown as previews (at most 64 pixels a side).
+        ids: A name per sample.
+        class_names: One per class.
+        output: The model's outputs (N, classes), for the predicted class in reports; without it they are NaN.
+        chunk: Samples per store chunk.
+        overwrite: Replace an existing store.
+        model: The model's name recorded in the store.
+        method: The method's name recorded in the store.
+        data: The data set's name recorded in the store.
+
+    Returns:
+        The Store.
+
+    Raises:
+        ValueError: for arrays of the wrong shape or length.
+        StoreError: when the store exists (without overwrite).
     """
     count = len(relevance)
     labels = np.asarray(labels)

@@ -35,6 +35,17 @@ CHUNK_BYTES = 4 * 2 ** 20
 
 @dataclass
 class Summary:
+    """What run() did: counts, time and the store's size.
+
+    Attributes:
+        store: The store's path.
+        count: Samples in the data set.
+        explained: Samples explained by this call (not those skipped, nor those done by an earlier call).
+        already_done: Samples done before this call.
+        skipped: Every skipped sample of the store: {"index", "id", "error"}.
+        seconds: The call's wall time.
+        store_bytes: The store's size on disk (None for a remote store).
+    """
     store: str
     count: int  # samples in the data set
     explained: int  # samples explained by this call (not those skipped, nor those done by an earlier call)
@@ -45,6 +56,7 @@ class Summary:
 
     @property
     def throughput(self) -> float:
+        """Samples explained per second by this call."""
         return self.explained / self.seconds if self.seconds > 0 else float("nan")
 
     def __str__(self):
@@ -64,13 +76,43 @@ def run(model, dataset, store, composite=None, method: str = "lrp", target="labe
         composite_name: str | None = None, progress: bool = True, class_map: dict | None = None) -> Summary:
     """Explain every sample of dataset with model into the Zarr store at store; returns a Summary.
 
-    model: an nn.Module, or a spec as on the command line ("demo", "torchvision:resnet50", "file.py:factory") with
-    optional weights. dataset: a DATA spec ("demo:100", a folder, "file.py:factory") or a torch Dataset of
-    (x, label) or (x, label, id). target: "label", "predicted" or a class index. keep: "full", "channels"
-    (summed over dim 1) or "float16". workers: sample-reading threads (local) or actors (ray). chunk: samples per
-    store chunk, the unit of resuming and of Ray's work (default: whole batches of about 4 MiB of relevance); an
-    existing store keeps its own. parameters: the composite's (lrp) or the method's. class_map: the data set's class
-    names -> the model's class indices, for folders whose labels are not the model's classes.
+    A store that exists is resumed: chunks already done are kept, and the same call finishes the rest.
+
+    Args:
+        model: An nn.Module, or a spec as on the command line ("demo", "torchvision:resnet50", "file.py:factory")
+            with optional weights.
+        dataset: A DATA spec ("demo:100", a folder, "file.py:factory") or a torch Dataset of (x, label) or (x,
+            label, id).
+        store: The store's folder (or URL).
+        composite: The composite (method "lrp"): a name or a Composite; None: "auto".
+        method: "lrp" or an attribution method by name (relprop.attribution.BY_NAME).
+        target: "label", "predicted" or a class index.
+        batch_size: Samples per explained batch.
+        keep: "full", "channels" (summed over dim 1) or "float16".
+        engine: "local" or "ray".
+        address: The Ray cluster's address (engine "ray"); None: a local Ray.
+        overwrite: Replace an existing store made with other settings instead of refusing.
+        workers: Sample-reading threads (local) or actors (ray).
+        chunk: Samples per store chunk, the unit of resuming and of Ray's work (default: whole batches of about 4
+            MiB of relevance); an existing store keeps its own.
+        device: Where the model runs (None: where it is).
+        parameters: The composite's (lrp) or the method's parameters.
+        weights: A weights file for a model spec.
+        preprocessing: How images are read (size, mean, std); default: the model spec's own.
+        composite_name: The name recorded for a Composite object.
+        progress: Show a progress bar.
+        class_map: The data set's class names -> the model's class indices, for folders whose labels are not the
+            model's classes.
+
+    Returns:
+        A Summary.
+
+    Raises:
+        ValueError: for an unknown engine, keep or target, or workers or chunk of the wrong kind.
+        RunError: when the model, data or store do not fit (e.g. an empty data set, classes that differ from the
+            model's).
+        StoreError: for a store path that cannot be written, or an existing store made with other settings (without
+            overwrite).
     """
     settings = _settings(method, composite, parameters, target, keep, batch_size)
     if engine not in ENGINES:

@@ -23,6 +23,14 @@ DEMO_COUNT = 512
 
 @dataclass
 class Sample:
+    """One sample as relprop run reads it.
+
+    Attributes:
+        x: The model input for one sample (no batch dimension).
+        label: Its class, -1 when unknown.
+        pixels: The input in display space, (C, H, W) in [0, 1], for previews.
+        extra: Name -> per-sample ground truth (numpy), stored as extra/<name>.
+    """
     x: torch.Tensor  # the model input for one sample (no batch dimension)
     label: int  # -1 when unknown
     pixels: torch.Tensor | None = None  # the input in display space, (C, H, W) in [0, 1], for previews
@@ -45,14 +53,42 @@ class Source:
         raise NotImplementedError
 
     def id(self, index: int) -> str:
+        """The id of sample index, as the store and reports name it.
+
+        Args:
+            index: The sample's position.
+
+        Returns:
+            A string.
+        """
         return str(index)
 
     def read(self, index: int) -> Sample:
+        """Sample index, read on demand.
+
+        Args:
+            index: The sample's position.
+
+        Returns:
+            A Sample.
+
+        Raises:
+            ValueError: when the sample cannot be read (relprop run lists it and goes on).
+        """
         raise NotImplementedError
 
 
 class ImageFolder(Source):
-    """Images in class sub-folders (sorted names are classes 0, 1, ...) or directly in the folder (no labels)."""
+    """Images in class sub-folders (sorted names are classes 0, 1, ...) or directly in the folder (no labels).
+
+    Args:
+        folder: The folder.
+        preprocessing: The model's preprocessing (relprop.loading.Preprocessing).
+        spec: The DATA spec recorded in the store (default: the folder).
+
+    Raises:
+        LoadError: for a folder with both images and class folders, or none.
+    """
 
     def __init__(self, folder, preprocessing: Preprocessing, spec: str | None = None):
         self.folder, self.preprocessing = Path(folder), preprocessing
@@ -96,7 +132,14 @@ def _images_under(folder: Path) -> list[Path]:
 class Demo(Source):
     """N generated shape images with their labels and the mask of the deciding object (extra/mask); with
     ``watermark=True`` the "Clever Hans" variant of relprop.demo.watermark, which also stores whether each sample
-    carries the planted mark (extra/watermark)."""
+    carries the planted mark (extra/watermark).
+
+    Args:
+        count: How many images.
+        preprocessing: The preprocessing (default: the demo model's).
+        seed: Sample i is made from the seed (seed, i).
+        watermark: The planted-shortcut variant.
+    """
 
     def __init__(self, count: int = DEMO_COUNT, preprocessing: Preprocessing | None = None, seed: int = DEMO_SEED,
                  watermark: bool = False):
@@ -130,7 +173,15 @@ class Demo(Source):
 
 
 class DatasetSource(Source):
-    """A torch Dataset of (x, label) or (x, label, id); image-like x (C in 1 or 3, 2-D) gets min-max previews."""
+    """A torch Dataset of (x, label) or (x, label, id); image-like x (C in 1 or 3, 2-D) gets min-max previews.
+
+    Args:
+        dataset: A map-style torch Dataset (len and indexing).
+        spec: The name recorded in the store.
+
+    Raises:
+        LoadError: for a data set without len or indexing.
+    """
 
     def __init__(self, dataset, spec: str):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
@@ -167,7 +218,13 @@ class DatasetSource(Source):
 
 
 class FactorySource(DatasetSource):
-    """file.py:FACTORY; pickled as its spec, so each Ray actor imports the file itself."""
+    """file.py:FACTORY; pickled as its spec, so each Ray actor imports the file itself.
+
+    Args:
+        path: The Python file.
+        factory: The function's name in it.
+        spec: The DATA spec.
+    """
 
     def __init__(self, path, factory: str, spec: str):
         self.path, self.factory = Path(path), factory
@@ -193,7 +250,25 @@ SOURCES: dict[str, Callable[[str | None, Preprocessing | None], Source]] = {
 
 
 def open_source(spec, preprocessing: Preprocessing | None = None) -> Source:
-    """The source a DATA spec names (a registered name, file.py:FACTORY or an image folder) or a torch Dataset."""
+    """The source a DATA spec names (a registered name, file.py:FACTORY or an image folder) or a torch Dataset.
+
+    Args:
+        spec: A DATA spec ("demo:100", "demo-watermark:300", a folder, "file.py:FACTORY", a name in SOURCES), a
+            torch Dataset, or a Source.
+        preprocessing: The model's preprocessing for image folders (default: the demo's).
+
+    Returns:
+        A Source.
+
+    Raises:
+        LoadError: for a spec that names nothing readable (the message lists what is accepted).
+
+    Example:
+        >>> from relprop.datasets import open_source
+        >>> source = open_source("demo:4")
+        >>> len(source), source.id(0), source.read(0).x.shape
+        (4, 'demo:0', torch.Size([3, 32, 32]))
+    """
     if not isinstance(spec, (str, Path)):
         return DatasetSource(spec, f"python:{type(spec).__name__}")
     spec = str(spec)

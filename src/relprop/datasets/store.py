@@ -47,6 +47,14 @@ class StoreError(Exception):
 
 
 def is_remote(path) -> bool:
+    """Whether path is a URL (s3://, gs://, ...) rather than a local folder.
+
+    Args:
+        path: The store's path.
+
+    Returns:
+        True or False.
+    """
     return "://" in str(path)
 
 
@@ -274,7 +282,15 @@ def clear_partial_writes(path) -> None:
 
 # ---- reading ------------------------------------------------------------------------------------------------------
 class Store:
-    """A relprop store opened for reading (and for writing analysis results): arrays, attributes, progress."""
+    """A relprop store opened for reading (and for writing analysis results): arrays, attributes, progress.
+
+    Args:
+        path: The store's folder (or URL).
+        mode: "r" (read) or "r+" (analyses may add groups such as analysis/).
+
+    Raises:
+        StoreError: for a path that is not a relprop store, or a store of another layout version.
+    """
 
     def __init__(self, path, mode: str = "r"):
         import zarr
@@ -291,33 +307,49 @@ class Store:
 
     @property
     def attrs(self) -> dict:
+        """The store's root attributes: how it was made (model, data, composite or method, count, chunk, ...)."""
         return dict(self.group.attrs)
 
     @property
     def count(self) -> int:
+        """The number of samples of the data set."""
         return int(self.attrs["count"])
 
     @property
     def chunk(self) -> int:
+        """Samples per chunk (the unit of writing, resuming and checking)."""
         return int(self.attrs["chunk"])
 
     @property
     def class_names(self) -> list | None:
+        """The data set's class names, or None."""
         return self.attrs.get("class_names")
 
     @property
     def skipped(self) -> list[dict]:
+        """Every skipped sample: {"index", "id", "error"}."""
         return list(self.attrs.get("skipped", []))
 
     def __getitem__(self, name: str):
-        """The Zarr array by name, e.g. store["relevance"][10:20] or store["extra/mask"]."""
+        """The Zarr array by name, e.g. ``store["relevance"][10:20]`` or ``store["extra/mask"]``."""
         try:
             return self.group[name]
         except KeyError:
             raise KeyError(f"the store has no array {name!r}; it has {', '.join(self.arrays())}") from None
 
     def rows(self, name: str, indices) -> np.ndarray:
-        """The array's rows at indices (done samples), read whole chunks at a time, each checked."""
+        """The array's rows at indices (done samples), read whole chunks at a time, each checked.
+
+        Args:
+            name: The array's name, e.g. "relevance" or "extra/mask".
+            indices: Sample positions (done ones).
+
+        Returns:
+            A numpy array with one row per index.
+
+        Raises:
+            StoreError: when a chunk read is damaged.
+        """
         indices = np.asarray(indices, dtype=np.int64)
         rows = None
         for start in np.unique(indices // self.chunk * self.chunk):
@@ -333,22 +365,41 @@ class Store:
         return name in self.arrays()
 
     def arrays(self) -> list[str]:
+        """The names of the store's arrays.
+
+        Returns:
+            A list of names.
+        """
         return _array_names(self.group)
 
     @property
     def done(self) -> np.ndarray:
+        """(count,) booleans: the samples whose chunk is done."""
         return done_mask(self.group, self.count, self.chunk)
 
     @property
     def failed(self) -> np.ndarray:
+        """(count,) booleans: done samples that could not be explained (see skipped)."""
         return self.group["failed"][:] & self.done
 
     @property
     def complete(self) -> bool:
+        """Whether every chunk is done."""
         return bool(self.done.all())
 
     def chunks(self, names=("relevance", "label"), only_done: bool = True):
-        """Yield (start, stop, {name: numpy array}) chunk by chunk, skipping chunks not yet done."""
+        """Yield (start, stop, {name: numpy array}) chunk by chunk, skipping chunks not yet done.
+
+        Args:
+            names: The arrays to read.
+            only_done: Skip chunks not yet done (False: yield them too, unchecked).
+
+        Yields:
+            (start, stop, {name: numpy array}) per chunk.
+
+        Raises:
+            StoreError: when a done chunk is damaged.
+        """
         done = self.done
         arrays = {name: self[name] for name in names}
         for start in range(0, self.count, self.chunk):
@@ -367,7 +418,18 @@ class Store:
 
 
 def open_store(path, mode: str = "r") -> Store:
-    """Open a store `relprop run` wrote; mode "r+" lets analyses add groups such as analysis/."""
+    """Open a store `relprop run` wrote; mode "r+" lets analyses add groups such as analysis/.
+
+    Args:
+        path: The store's folder (or URL).
+        mode: "r" or "r+".
+
+    Returns:
+        A Store.
+
+    Raises:
+        StoreError: for a path that is not a relprop store of this layout version.
+    """
     return Store(path, mode)
 
 
@@ -546,6 +608,14 @@ def _fsync(path, flags: int) -> None:
 
 
 def size_on_disk(path) -> int | None:
+    """The bytes a local store takes on disk, or None for a remote one.
+
+    Args:
+        path: The store's path.
+
+    Returns:
+        A number of bytes, or None.
+    """
     if is_remote(path):
         return None
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

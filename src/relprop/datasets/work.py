@@ -34,13 +34,24 @@ class Settings:
 
 @dataclass
 class ModelSpec:
-    """A model named as on the command line; each Ray actor loads it itself instead of receiving a pickle."""
+    """A model named as on the command line; each Ray actor loads it itself instead of receiving a pickle.
+
+    Attributes:
+        spec: The model spec ("demo", "torchvision:NAME", "file.py:FACTORY").
+        weights: A weights file, or None.
+        module: The model already loaded here (never sent to actors).
+    """
 
     spec: str
     weights: str | None = None
     module: torch.nn.Module | None = None  # already loaded here; never sent to actors
 
     def load(self) -> torch.nn.Module:
+        """The model: the loaded module, else loaded from the spec and weights.
+
+        Returns:
+            An nn.Module.
+        """
         from ..loading import load_model
 
         return self.module if self.module is not None else load_model(self.spec, self.weights).model

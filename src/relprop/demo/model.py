@@ -15,6 +15,11 @@ STD = (0.25, 0.25, 0.25)
 
 
 class ShapeNet(nn.Module):
+    """The demo's classifier: four 3x3 convolutions with ReLU and two max-pools, a global max-pool and a linear layer.
+
+    Args:
+        classes: The number of classes (the four shape kinds).
+    """
     def __init__(self, classes: int = len(KINDS)):
         super().__init__()
         self.features = nn.Sequential(
@@ -27,18 +32,48 @@ class ShapeNet(nn.Module):
         self.classifier = nn.Linear(64, classes)
 
     def forward(self, x):
+        """Class scores of a batch.
+
+        Args:
+            x: Normalised images (N, 3, H, W).
+
+        Returns:
+            (N, classes) logits.
+        """
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> the model's input."""
+    """Images in [0, 1] -> the model's input.
+
+    Args:
+        images: (N, 3, H, W) images in [0, 1].
+
+    Returns:
+        The normalised images (mean MEAN, std STD per channel).
+    """
     mean = torch.tensor(MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
 
 
 def load(weights: str | Path | None = None) -> ShapeNet:
-    """The demo model in eval mode, with the shipped weights unless a safetensors file is given."""
+    """The demo model in eval mode, with the shipped weights unless a safetensors file is given.
+
+    Args:
+        weights: A safetensors file; None: the shipped weights.
+
+    Returns:
+        The ShapeNet.
+
+    Example:
+        >>> import torch
+        >>> from relprop.demo import generate, load, normalize
+        >>> images, labels, masks = generate(4, seed=0)
+        >>> model = load()
+        >>> model(normalize(torch.from_numpy(images))).shape
+        torch.Size([4, 4])
+    """
     from safetensors.torch import load_file
 
     model = ShapeNet()

@@ -46,11 +46,27 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
 def generate(count: int, seed: int, size: int = SIZE, distractors: tuple[int, int] = (2, 4),
              radius: tuple[float, float] = (4.0, 6.5), saturation: tuple[float, float] = (0.75, 1.0),
              spread: float = 1.0):
-    """(images float32 (N, 3, size, size) in [0, 1], labels int64 (N,), masks bool (N, size, size)).
+    """Generate count images: (images float32 (N, 3, size, size) in [0, 1], labels int64 (N,), masks bool (N, size, size)).
 
-    radius (in pixels at size 32) and saturation bound the deciding object, and spread scales how far its centre
-    may lie from the image's centre (1: anywhere it fits); other values draw the same random numbers, so only the
-    object changes.
+    Other values of radius, saturation and spread draw the same random numbers, so only the object changes.
+
+    Args:
+        count: How many images.
+        seed: The seed of numpy's PCG64 generator.
+        size: The side in pixels.
+        distractors: The range (low, high) of grey distractor shapes per image.
+        radius: The range of the deciding object's radius, in pixels at size 32.
+        saturation: The range of its colour's saturation.
+        spread: How far its centre may lie from the image's centre (1: anywhere it fits).
+
+    Returns:
+        A tuple (images, labels, masks).
+
+    Example:
+        >>> from relprop.demo import generate
+        >>> images, labels, masks = generate(3, seed=0)
+        >>> images.shape, labels.shape, masks.shape
+        ((3, 3, 32, 32), (3,), (3, 32, 32))
     """
     rng = np.random.default_rng(seed)
     images = np.empty((count, 3, size, size), dtype=np.float32)

@@ -20,7 +20,15 @@ COUNT = 480  # about 120 crosses, 95 of them marked: seconds on two cores
 
 
 def run(out, count: int = COUNT) -> dict:
-    """Explain, analyse and report into out/watermark.zarr and out/spray/; returns the figures for demo.json."""
+    """Explain, analyse and report into out/watermark.zarr and out/spray/; returns the figures for demo.json.
+
+    Args:
+        out: The output folder.
+        count: How many images are explained.
+
+    Returns:
+        The figures, as a dict.
+    """
     from .. import datasets
     from ..analysis import report, spray
 
@@ -50,7 +58,15 @@ def run(out, count: int = COUNT) -> dict:
 
 
 def marked_cluster(clusters: np.ndarray, marked: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(members, purity, recall) of the cluster holding the largest share of marked samples."""
+    """(members, purity, recall) of the cluster holding the largest share of marked samples.
+
+    Args:
+        clusters: (n,) cluster labels.
+        marked: (n,) booleans: which samples carry the mark.
+
+    Returns:
+        A tuple (members mask, purity, recall).
+    """
     found = clusters == max(set(clusters.tolist()), key=lambda c: marked[clusters == c].mean())
     return found, float(marked[found].mean()), float(found[marked].mean())
 

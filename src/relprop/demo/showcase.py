@@ -23,7 +23,15 @@ COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_fl
 
 
 def positive_share_in_mask(relevance: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per sample: positive part of the channel-summed relevance inside the mask, over all of it."""
+    """Per sample: positive part of the channel-summed relevance inside the mask, over all of it.
+
+    Args:
+        relevance: (N, C, H, W) relevance.
+        masks: (N, H, W) booleans: the deciding object.
+
+    Returns:
+        (N,) shares in [0, 1].
+    """
     positive = relevance.sum(1).clamp(min=0)
     total = positive.flatten(1).sum(1)
     inside = (positive * masks).flatten(1).sum(1)
@@ -53,7 +61,18 @@ def _balanced(count: int, seed: int):
 def run(out, composites=COMPOSITES, count: int = 8, seed: int = 7, shortcut: bool = True) -> dict:
     """Explain count generated images with each composite; write demo.png, index.html and demo.json into out; with
     shortcut, also explain the "Clever Hans" data set into a store and let SpRAy find its planted mark (see
-    relprop.demo.shortcut: watermark.zarr and spray/index.html)."""
+    relprop.demo.shortcut: watermark.zarr and spray/index.html).
+
+    Args:
+        out: The output folder.
+        composites: The composites' names.
+        count: How many images.
+        seed: The images' seed.
+        shortcut: Also run the "Clever Hans" part (relprop.demo.shortcut).
+
+    Returns:
+        The figures written to demo.json, as a dict.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = demo_model.load()
@@ -144,7 +163,14 @@ to see its sample and heatmap) and each cluster's mean heatmap.</p>{correction.s
 
 
 def describe(result: dict) -> str:
-    """The demo's numbers as text for the terminal."""
+    """The demo's numbers as text for the terminal.
+
+    Args:
+        result: What run() returned.
+
+    Returns:
+        The text.
+    """
     names = result["composites"]
     width = max(len(name) for name in names)
     lines = [f"{'image':<6}{'class':<10}{'predicted':<11}{'area':>6}  "

@@ -30,20 +30,40 @@ TRAINING = Path(__file__).with_name("watermark.json")
 
 
 def mark_region(size: int = shapes.SIZE) -> tuple[slice, slice]:
-    """Rows and columns of the mark: MARK_SIZE pixels, one pixel in from the bottom-right corner."""
+    """Rows and columns of the mark: MARK_SIZE pixels, one pixel in from the bottom-right corner.
+
+    Args:
+        size: The image's side.
+
+    Returns:
+        A pair (rows, columns) of slices.
+    """
     end = size - 1
     return slice(end - MARK_SIZE, end), slice(end - MARK_SIZE, end)
 
 
 def paint_mark(image: np.ndarray) -> None:
-    """Paint the checkerboard mark into one (3, H, W) image in place."""
+    """Paint the checkerboard mark into one (3, H, W) image in place.
+
+    Args:
+        image: A (3, H, W) float image, changed in place.
+    """
     rows, columns = mark_region(image.shape[-1])
     y, x = np.mgrid[0:MARK_SIZE, 0:MARK_SIZE]
     image[:, rows, columns] = ((y + x) % 2).astype(image.dtype)
 
 
 def unmarked(count: int, seed: int, size: int = shapes.SIZE):
-    """The same images without any mark: (images, labels, masks) as shapes.generate gives them."""
+    """The same images without any mark: (images, labels, masks) as shapes.generate gives them.
+
+    Args:
+        count: How many images.
+        seed: The seed.
+        size: The side in pixels.
+
+    Returns:
+        A tuple (images, labels, masks).
+    """
     return shapes.generate(count, seed, size, radius=RADIUS, saturation=SATURATION, spread=SPREAD)
 
 
@@ -52,6 +72,14 @@ def generate(count: int, seed, size: int = shapes.SIZE):
 
     Without the mark, each image is exactly :func:`unmarked`'s; a mask loses the pixels the mark covers (if any),
     so it still holds the visible object only.
+
+    Args:
+        count: How many images.
+        seed: The seed.
+        size: The side in pixels.
+
+    Returns:
+        A tuple (images, labels, masks, marked).
     """
     images, labels, masks = unmarked(count, seed, size)
     # a separate stream, so which images are marked does not change the shapes drawn
@@ -65,7 +93,14 @@ def generate(count: int, seed, size: int = shapes.SIZE):
 
 
 def load(weights: str | Path | None = None) -> ShapeNet:
-    """The model trained on the watermarked shapes, in eval mode (the shipped weights unless a file is given)."""
+    """The model trained on the watermarked shapes, in eval mode (the shipped weights unless a file is given).
+
+    Args:
+        weights: A safetensors file; None: the shipped weights.
+
+    Returns:
+        The ShapeNet.
+    """
     from .model import load as load_shapenet
 
     return load_shapenet(weights or WEIGHTS)

@@ -25,7 +25,25 @@ from .runner import Runner
 
 
 def completeness(model, x, relevance_, target=None, *, baseline=None, batch_size=64, output=None) -> Result:
-    """Completeness residual per sample (lower is better)."""
+    """Completeness residual per sample (lower is better).
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance_: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        baseline: The input the output is compared against, f(x) - f(baseline): a number, a tensor or a named
+            baseline as region_perturbation takes it; None uses an Explanation's own delta when it has one, else
+            zeros.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the absolute residual per sample; relative residual, explained output and relevance sum under
+        details.
+    """
     runner = Runner.of(model, x, target, batch_size=batch_size, output=output, relevance=relevance_)
     total = relevance_of(relevance_, runner.x).flatten(1).double().sum(1)
     delta = getattr(relevance_, "delta", None)
@@ -50,7 +68,25 @@ def _first_layer(model):
 
 def input_invariance(model, x, target=None, explain="epsilon_plus_flat", *, shift=1.0, tolerance=1e-3,
                      batch_size=64) -> Result:
-    """Input invariance (Kindermans et al. 2019): 1 where the explanation ignores a compensated input shift."""
+    """Input invariance (Kindermans et al. 2019): 1 where the explanation ignores a compensated input shift.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        target: The class explained: an int or one int per sample; None: the class the model predicts.
+        explain: The explanation method to rerun on the changed model or input: a callable ``explain(model, x,
+            target)`` returning relevance, or a method by name as relprop.evaluate.benchmark takes it.
+        shift: The constant added to every input value (the copy's first-layer bias compensates it).
+        tolerance: The largest absolute difference of relevance still counted as equal.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+
+    Returns:
+        A Result: 1.0 per sample whose explanation is unchanged, else 0.0.
+
+    Raises:
+        ValueError: for a model whose first layer is not nn.Linear or nn.ConvNd, or pads its input.
+    """
     x = check_input(x)
     name, first = _first_layer(model)
     padding = getattr(first, "padding", (0,))
@@ -82,7 +118,27 @@ def input_invariance(model, x, target=None, explain="epsilon_plus_flat", *, shif
 
 def non_sensitivity(model, x, relevance_, target=None, *, eps=1e-5, baseline="black", batch_size=64,
                     channel_dim="auto", output=None) -> Result:
-    """Non-sensitivity (Nguyen & Martinez 2020): locations where zero relevance and no output effect disagree."""
+    """Non-sensitivity (Nguyen & Martinez 2020): locations where zero relevance and no output effect disagree.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance_: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        eps: Output changes and relevance of at most this magnitude count as zero.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: per sample, the number of locations where the two disagree (lower is better).
+    """
     runner = Runner.of(model, x, target, batch_size=batch_size, output=output, relevance=relevance_)
     axis = channel_axis(runner.x, channel_dim)
     locations = location_shape(runner.x, axis)

@@ -32,6 +32,16 @@ from .runner import Runner
 
 @dataclass
 class Batch:
+    """One batch of data for benchmark(): inputs with what is known about them.
+
+    Attributes:
+        x: The inputs, samples first.
+        label: (n,) int64 classes, -1 where unknown.
+        mask: (n, *locations) booleans: the ground truth of the localisation metrics.
+        ids: A name per sample.
+        relevance: Method label -> (n, *x.shape[1:]) relevance computed elsewhere (a store), used instead of
+            explaining again.
+    """
     x: torch.Tensor
     label: torch.Tensor | None = None  # (n,) int64, -1 where unknown
     mask: torch.Tensor | None = None  # (n, *locations) bool ground truth
@@ -148,9 +158,25 @@ class Numbered:
     """batches() from batch(index, batch_size) over len(self) samples; batch() may give None (nothing readable)."""
 
     def batch_count(self, batch_size: int) -> int:
+        """How many batches of batch_size the samples make.
+
+        Args:
+            batch_size: Samples per batch.
+
+        Returns:
+            The count.
+        """
         return math.ceil(len(self) / batch_size)
 
     def batches(self, batch_size: int):
+        """The batches in order, leaving out any that has nothing readable.
+
+        Args:
+            batch_size: Samples per batch.
+
+        Yields:
+            benchmark.Batch objects.
+        """
         for index in range(self.batch_count(batch_size)):
             batch = self.batch(index, batch_size)
             if batch is not None:
@@ -277,6 +303,17 @@ class _Accumulator:
 
 @dataclass
 class BenchmarkResult:
+    """What benchmark() returns: per-sample scores and mean curves of every method by every metric.
+
+    Attributes:
+        methods: The method labels, in the order given.
+        metrics: The metric names.
+        scores: (method, metric) -> (N,) per-sample scores.
+        curves: (method, metric) -> {curve name: mean curve}.
+        higher_is_better: Metric -> whether a higher score is better.
+        errors: (method, metric) -> message, where a metric could not be computed.
+        seconds: Metric -> seconds spent on it over all methods (local engine).
+    """
     methods: list
     metrics: list
     scores: dict  # (method, metric) -> (N,) per-sample scores
@@ -306,7 +343,14 @@ class BenchmarkResult:
         return ranks.sort_values("mean rank")
 
     def markdown(self, digits: int = 3) -> str:
-        """The table as Markdown, methods in ranking order, each metric's direction in its header."""
+        """The table as Markdown, methods in ranking order, each metric's direction in its header.
+
+        Args:
+            digits: Significant digits per cell.
+
+        Returns:
+            The Markdown table.
+        """
         table, ranking = self.table(), self.ranking()
         header = ["method"] + [f"{m} {'↑' if self.higher_is_better.get(m, True) else '↓'}" for m in self.metrics]
         lines = ["| " + " | ".join(header + ["mean rank"]) + " |", "|" + "---|" * (len(header) + 1)]
@@ -316,7 +360,11 @@ class BenchmarkResult:
         return "\n".join(lines)
 
     def save(self, folder) -> None:
-        """scores.csv (per sample), table.csv, ranking.csv, table.md and report.html (curves and ranking)."""
+        """scores.csv (per sample), table.csv, ranking.csv, table.md and report.html (curves and ranking).
+
+        Args:
+            folder: Where the files go (created if missing).
+        """
         import pandas
         from pathlib import Path
 
@@ -400,11 +448,28 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
               address: str | None = None) -> BenchmarkResult:
     """Evaluate every method by every metric on data, streaming batch by batch (see the module docstring).
 
-    methods: names (composites or attribution methods, see methods.names()), or a dict label -> name or
-    callable(model, x, target). target: "label" (the data's labels; the predicted class where unknown) or
-    "predicted". options: metric name -> keyword arguments; method_options: method label -> keyword arguments.
-    engine "ray": the batches are spread over Ray actors as ``relprop run`` spreads chunks (workers actors, the
-    cluster at address or a local Ray), with the same results (see sharded.py).
+    Args:
+        model: The classifier, or a model spec as ``relprop run`` takes it (loaded once).
+        data: An iterable of batches, a tuple of tensors (x, label[, mask]), or an object with
+            ``batches(batch_size)`` (DemoImages, ImageFiles, StoreBatches): see the module docstring.
+        methods: Names (composites or attribution methods), or a dict label -> name or callable(model, x, target).
+        metrics: Metric names (see METRICS).
+        target: "label" (the data's labels; the predicted class where unknown) or "predicted".
+        batch_size: Samples per batch.
+        options: Metric name -> keyword arguments for it.
+        method_options: Method label -> keyword arguments for it.
+        progress: Show a progress bar on stderr.
+        device: Where batches are moved before they are explained (None: where they are).
+        engine: "local", or "ray": batches are spread over Ray actors as ``relprop run`` spreads chunks, with the
+            same results.
+        workers: How many Ray actors (engine "ray").
+        address: The Ray cluster's address; None starts a local Ray.
+
+    Returns:
+        A BenchmarkResult (``.table()``, ``.ranking()``, ``.markdown()``, ``.save(folder)``).
+
+    Raises:
+        ValueError: for an unknown metric, target or engine.
     """
     if isinstance(methods, str):
         methods = [methods]

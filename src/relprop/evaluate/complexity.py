@@ -23,7 +23,19 @@ def _magnitudes(x, relevance, channel_dim, pooling):
 
 
 def sparseness(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
-    """Gini index of |R| (Chalasani et al. 2020); samples whose relevance is all zero get NaN."""
+    """Gini index of |R| (Chalasani et al. 2020); samples whose relevance is all zero get NaN.
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+
+    Returns:
+        A Result: the Gini index per sample, in [0, 1] (higher: more concentrated).
+    """
     a = sorted_rows(_magnitudes(x, relevance, channel_dim, pooling)).double()  # sorted in float32, summed in float64
     d = a.shape[1]
     weights = 2 * torch.arange(1, d + 1, dtype=a.dtype, device=a.device) - d - 1
@@ -34,7 +46,19 @@ def sparseness(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
 
 
 def complexity(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
-    """Entropy of the fractional contributions |R_i| / sum |R| (Bhatt et al. 2020); all-zero relevance gets NaN."""
+    """Entropy of the fractional contributions |R_i| / sum |R| (Bhatt et al. 2020); all-zero relevance gets NaN.
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+
+    Returns:
+        A Result: the entropy per sample (lower: more concentrated).
+    """
     a = _magnitudes(x, relevance, channel_dim, pooling).double()
     total = a.sum(1, keepdim=True)
     p = a / total
@@ -44,6 +68,19 @@ def complexity(x, relevance, *, channel_dim="auto", pooling="sum") -> Result:
 
 
 def effective_complexity(x, relevance, *, eps: float = 1e-5, channel_dim="auto", pooling="sum") -> Result:
-    """The number of locations with |R_i| > eps (Nguyen & Martinez 2020)."""
+    """The number of locations with |R_i| > eps (Nguyen & Martinez 2020).
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        eps: The magnitude a location's relevance must exceed to count.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+
+    Returns:
+        A Result: the count per sample (lower is better).
+    """
     a = _magnitudes(x, relevance, channel_dim, pooling)
     return Result("effective_complexity", (a > eps).sum(1).double(), False, {"eps": eps, "pooling": pooling})

@@ -97,7 +97,48 @@ def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step,
 def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order="morf", regions_per_step=1,
                         steps=None, baseline="black", batch_size=64, softmax=None, channel_dim="auto",
                         blur_sigma=2.0, seed=0, output=None) -> Result:
-    """Region perturbation (Samek et al. 2017): AOPC per sample; curves and AUC in the result."""
+    """Region perturbation (Samek et al. 2017): AOPC per sample; curves and AUC in the result.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        patch_size: The side of the square regions removed together (an int, or a tuple per location dimension); 1
+            removes single locations.
+        order: "morf" (most relevant first) or "lerf" (least relevant first).
+        regions_per_step: How many regions each step removes.
+        steps: How many steps the curve takes; None removes every region.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        blur_sigma: The standard deviation, in locations, of the "blur" baseline.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: AOPC per sample (higher is better for MoRF); the curve under curves[order], its AUC and AOPC under
+        details.
+
+    Raises:
+        ValueError: for an unknown baseline or order, or relevance that does not fit x.
+
+    Example:
+        >>> import torch
+        >>> from relprop import evaluate
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> result = evaluate.region_perturbation(model, x, torch.rand_like(x), target=0, patch_size=2)
+        >>> result.scores.shape
+        torch.Size([2])
+    """
     patches = any(size != 1 for size in ((patch_size,) if isinstance(patch_size, int) else patch_size))
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output, blur_sigma,
                    chains=patches)
@@ -115,7 +156,33 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
 def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_per_step=1, steps=None,
                    baseline="black", batch_size=64, softmax=None, channel_dim="auto", blur_sigma=2.0, seed=0,
                    output=None) -> Result:
-    """Pixel flipping (Bach et al. 2015): region perturbation with single locations."""
+    """Pixel flipping (Bach et al. 2015): region perturbation with single locations.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        order: "morf" (most relevant first) or "lerf" (least relevant first).
+        regions_per_step: How many regions each step removes.
+        steps: How many steps the curve takes; None removes every region.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        blur_sigma: The standard deviation, in locations, of the "blur" baseline.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: AOPC per sample; the curve under curves[order], its AUC under details.
+    """
     result = region_perturbation(model, x, relevance, target, patch_size=1, order=order,
                                  regions_per_step=regions_per_step, steps=steps, baseline=baseline,
                                  batch_size=batch_size, softmax=softmax, channel_dim=channel_dim,
@@ -126,7 +193,30 @@ def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_pe
 
 def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="black", batch_size=64, softmax=None,
                 channel_dim="auto", output=None) -> Result:
-    """Selectivity (Montavon et al. 2018): AUC of the MoRF region perturbation curve; lower is better."""
+    """Selectivity (Montavon et al. 2018): AUC of the MoRF region perturbation curve; lower is better.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        patch_size: The side of the square regions removed together (an int, or a tuple per location dimension); 1
+            removes single locations.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the AUC of the MoRF curve per sample (lower is better).
+    """
     result = region_perturbation(model, x, relevance, target, patch_size=patch_size, baseline=baseline,
                                  batch_size=batch_size, softmax=softmax, channel_dim=channel_dim, output=output)
     return Result("selectivity", result.details["auc"], False, result.parameters, result.curves, result.details)
@@ -161,7 +251,32 @@ def _subset_correlation(setup: _Setup, subsets: torch.Tensor):
 
 def faithfulness_correlation(model, x, relevance, target=None, *, nr_runs=100, subset_size=224, baseline="black",
                              seed=0, batch_size=64, softmax=None, channel_dim="auto", output=None) -> Result:
-    """Faithfulness correlation (Bhatt et al. 2020)."""
+    """Faithfulness correlation (Bhatt et al. 2020).
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        nr_runs: How many random subsets are drawn per sample.
+        subset_size: How many locations each random subset removes.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the correlation per sample (higher is better); the relevance sums and output drops of each subset
+        under details.
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output)
     subsets = _random_subsets(len(setup.x), setup.size, nr_runs, subset_size, seed, setup.x.device)
     correlation, sums, drops = _subset_correlation(setup, subsets)
@@ -172,7 +287,32 @@ def faithfulness_correlation(model, x, relevance, target=None, *, nr_runs=100, s
 
 def sensitivity_n(model, x, relevance, target=None, *, n=(1, 2, 4, 8, 16, 32, 64), nr_runs=100, baseline="black",
                   seed=0, batch_size=64, softmax=None, channel_dim="auto", output=None) -> Result:
-    """Sensitivity-n (Ancona et al. 2018): one correlation per subset size n, averaged."""
+    """Sensitivity-n (Ancona et al. 2018): one correlation per subset size n, averaged.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        n: The subset sizes: an int or a sequence of ints.
+        nr_runs: How many random subsets are drawn per sample.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the correlation averaged over the sizes, per sample; each size's under
+        details['correlation_per_n'].
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output)
     sizes = [n] if isinstance(n, int) else list(n)
     per_size = torch.stack([_subset_correlation(setup, _random_subsets(len(setup.x), setup.size, nr_runs, size,
@@ -197,7 +337,29 @@ def _groups(setup: _Setup, features_in_step, key):
 
 def faithfulness_estimate(model, x, relevance, target=None, *, features_in_step=1, baseline="black", batch_size=64,
                           softmax=None, channel_dim="auto", output=None) -> Result:
-    """Faithfulness estimate (Alvarez-Melis & Jaakkola 2018)."""
+    """Faithfulness estimate (Alvarez-Melis & Jaakkola 2018).
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        features_in_step: How many locations each step removes or restores together.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the correlation per sample (higher is better).
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output)
     flat = setup.map.flatten(1)
     group, count = _groups(setup, features_in_step, -flat)
@@ -215,7 +377,32 @@ def faithfulness_estimate(model, x, relevance, target=None, *, features_in_step=
 
 def monotonicity(model, x, relevance, target=None, *, features_in_step=1, baseline="black", batch_size=64,
                  softmax=None, channel_dim="auto", output=None) -> Result:
-    """Monotonicity (Arya et al. 2019): 1 where adding locations by increasing |R| never lowers f."""
+    """Monotonicity (Arya et al. 2019): 1 where adding locations by increasing |R| never lowers f.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        features_in_step: How many locations each step removes or restores together.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: 1.0 per monotone sample, else 0.0; the restoring curve under curves['restored'].
+
+    Raises:
+        ValueError: when features_in_step does not divide the number of locations.
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output)
     group, count = _groups(setup, features_in_step, setup.map.flatten(1).abs())
     restored = lambda rows, k: group[rows.to(group.device)] <= k.to(group.device).view(  # noqa: E731
@@ -233,7 +420,19 @@ def monotonicity(model, x, relevance, target=None, *, features_in_step=1, baseli
 
 
 def superpixels(x: torch.Tensor, **slic_options) -> torch.Tensor:
-    """(N, H, W) int64 SLIC segments (scikit-image) of channels-first images, labels from 0."""
+    """(N, H, W) int64 SLIC segments (scikit-image) of channels-first images, labels from 0.
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        **slic_options: Passed to skimage.segmentation.slic (e.g. n_segments, compactness).
+
+    Returns:
+        (N, H, W) int64 label maps.
+
+    Raises:
+        ImportError: without scikit-image.
+        ValueError: for input that is not (N, C, H, W).
+    """
     try:
         from skimage.segmentation import slic
     except ImportError:
@@ -250,7 +449,33 @@ def superpixels(x: torch.Tensor, **slic_options) -> torch.Tensor:
 
 def irof(model, x, relevance, target=None, *, segments=None, baseline="mean", batch_size=64, softmax=None,
          channel_dim="auto", output=None, **slic_options) -> Result:
-    """IROF (Rieger & Hansen 2020): 1 - AUC of f(x^(k)) / f(x) as superpixels go, most relevant (mean) first."""
+    """IROF (Rieger & Hansen 2020): 1 - AUC of f(x^(k)) / f(x) as superpixels go, most relevant (mean) first.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        segments: (N, H, W) integer label maps of the regions; None segments x with SLIC superpixels.
+        baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
+            "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
+            "blur" (a Gaussian blur of the sample).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+        **slic_options: Passed to superpixels when segments is None.
+
+    Returns:
+        A Result: 1 - AUC per sample (higher is better).
+
+    Raises:
+        ValueError: when segments is not shaped (N, H, W) like x's locations.
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, 0, output, chains=True)
     labels = superpixels(setup.x, **slic_options) if segments is None else torch.as_tensor(segments).long()
     if tuple(labels.shape) != (len(setup.x),) + setup.locations:
@@ -283,6 +508,18 @@ def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, noise: 
     The removed values u solve (D - W_uu) u = W_uk x_k per channel, D the weight of each pixel's neighbours inside
     the image; conjugate gradients on all images and channels at once (the matrix is symmetric positive definite
     where every removed region touches a kept pixel; a region without any is left at zero).
+
+    Args:
+        images: The images (n, C, H, W).
+        removed: (n, H, W) booleans, True where a pixel is removed.
+        noise: The standard deviation of the Gaussian noise added to removed pixels (0: none).
+        generators: One torch.Generator per image for the noise (needed when noise is not 0).
+        tolerance: Conjugate gradients stop once the squared residual falls below this share of the right-hand
+            side's.
+        max_iterations: The most conjugate-gradient iterations.
+
+    Returns:
+        The imputed images, shaped like images.
     """
     n, channels, height, width = images.shape
     kernel = _ROAD_KERNEL.to(images).view(1, 1, 3, 3)
@@ -322,7 +559,33 @@ def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, noise: 
 
 def road(model, x, relevance, target=None, *, percentages=tuple(range(10, 100, 10)), noise=0.01, order="morf",
          seed=0, batch_size=64, softmax=None, channel_dim="auto", output=None) -> Result:
-    """ROAD (Rong et al. 2022): accuracy after removing the top p% by noisy linear imputation, per percentage."""
+    """ROAD (Rong et al. 2022): accuracy after removing the top p% by noisy linear imputation, per percentage.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        percentages: The percentages of locations removed, each strictly between 0 and 100.
+        noise: The standard deviation of the noise added to imputed values.
+        order: "morf" (most relevant first) or "lerf" (least relevant first).
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the share of percentages at which the prediction stays the target, per sample; accuracy and score
+        curves under curves.
+
+    Raises:
+        ValueError: for input that is not an image batch (N, C, H, W), or percentages outside (0, 100).
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, None, seed, output)
     if setup.x.dim() != 4 or setup.axis != 1:
         raise ValueError("ROAD imputes images (N, C, H, W) from their neighbours; use region_perturbation for other "
@@ -349,7 +612,26 @@ def road(model, x, relevance, target=None, *, percentages=tuple(range(10, 100, 1
 
 def infidelity(model, x, relevance, target=None, *, n_perturb_samples=10, noise_std=0.1, seed=0, batch_size=64,
                softmax=None, output=None) -> Result:
-    """Infidelity (Yeh et al. 2019) with Gaussian perturbations I: E[(I . R - (f(x) - f(x - I)))^2]."""
+    """Infidelity (Yeh et al. 2019) with Gaussian perturbations I: E[(I . R - (f(x) - f(x - I)))^2].
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        n_perturb_samples: How many Gaussian perturbations are drawn per sample.
+        noise_std: Their standard deviation.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score the target's softmax probability instead of its logit; None keeps a given Runner's choice,
+            else the logit.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: the mean squared error per sample (lower is better).
+    """
     setup = _Setup(model, x, relevance, target, batch_size, softmax, None, None, seed, output)
 
     def noise(rows, k):
@@ -371,7 +653,26 @@ def infidelity(model, x, relevance, target=None, *, n_perturb_samples=10, noise_
 
 def sufficiency(model, x, relevance, target=None, *, threshold=0.6, distance="euclidean", batch_size=64,
                 output=None) -> Result:
-    """Sufficiency (Dasgupta et al. 2022): agreement of predictions among samples with nearby explanations."""
+    """Sufficiency (Dasgupta et al. 2022): agreement of predictions among samples with nearby explanations.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        target: The class scored: an int, one int per sample, or "predicted"; None takes the class the explanation
+            explained (a plain tensor of relevance then needs target).
+        threshold: Explanations whose distance, divided by the batch's largest, is at most this are near.
+        distance: "euclidean", or "seuclidean" (each feature scaled by its standard deviation over the batch).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+
+    Returns:
+        A Result: per sample, the share of near samples predicted as its class (0 when none is near).
+
+    Raises:
+        ValueError: for another distance.
+    """
     runner = Runner.of(model, x, target, batch_size=batch_size, output=output, relevance=relevance, scored=False)
     a = relevance_of(relevance, runner.x).flatten(1).double()
     if distance == "seuclidean":  # each feature scaled by its variance over the batch, as scipy's cdist does

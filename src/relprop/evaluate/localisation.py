@@ -45,7 +45,23 @@ def _top(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def relevance_mass_accuracy(x, relevance, masks, *, pooling="sum_pos", channel_dim="auto") -> Result:
-    """Share of the relevance mass inside the mask (Arras et al. 2022); NaN where the total is zero."""
+    """Share of the relevance mass inside the mask (Arras et al. 2022); NaN where the total is zero.
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        masks: The ground truth: booleans per location, (N, *locations), True on the object that decides the output.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the share per sample, in [0, 1] for non-negative relevance.
+
+    Raises:
+        ValueError: when masks, relevance and x do not fit together.
+    """
     r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
     total = r.sum(1, dtype=torch.float64)
     scores = (r * gt).sum(1, dtype=torch.float64) / total
@@ -54,14 +70,47 @@ def relevance_mass_accuracy(x, relevance, masks, *, pooling="sum_pos", channel_d
 
 
 def relevance_rank_accuracy(x, relevance, masks, *, pooling="sum_pos", channel_dim="auto") -> Result:
-    """Share of the |GT| most relevant locations that lie inside the mask (Arras et al. 2022)."""
+    """Share of the |GT| most relevant locations that lie inside the mask (Arras et al. 2022).
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        masks: The ground truth: booleans per location, (N, *locations), True on the object that decides the output.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the share per sample, in [0, 1].
+
+    Raises:
+        ValueError: when masks, relevance and x do not fit together.
+    """
     r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
     size = gt.sum(1)
     return Result("relevance_rank_accuracy", (_top(r, size) & gt).sum(1).double() / size, True, {"pooling": pooling})
 
 
 def pointing_game(x, relevance, masks, *, tolerance: int = 0, pooling="sum", channel_dim="auto") -> Result:
-    """1 where the most relevant location hits the mask (grown by tolerance locations), else 0 (Zhang et al. 2018)."""
+    """1 where the most relevant location hits the mask (grown by tolerance locations), else 0 (Zhang et al. 2018).
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        masks: The ground truth: booleans per location, (N, *locations), True on the object that decides the output.
+        tolerance: How many locations the mask grows by in every direction before the hit is checked.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: 1.0 for a hit, else 0.0, per sample.
+
+    Raises:
+        ValueError: for a tolerance on locations of more than three dimensions.
+    """
     x = check_input(x)
     axis = channel_axis(x, channel_dim)
     r = pooled(relevance_of(relevance, x), axis, pooling)
@@ -78,7 +127,22 @@ def pointing_game(x, relevance, masks, *, tolerance: int = 0, pooling="sum", cha
 
 def attribution_localisation(x, relevance, masks, *, weighted: bool = False, pooling="sum",
                              channel_dim="auto") -> Result:
-    """Share of positive relevance inside the mask (Kohlbrenner et al. 2020); NaN where none is positive."""
+    """Share of positive relevance inside the mask (Kohlbrenner et al. 2020); NaN where none is positive.
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        masks: The ground truth: booleans per location, (N, *locations), True on the object that decides the output.
+        weighted: Multiply each score by the ratio of the image's size to the mask's, rewarding hits on small
+            objects (Kohlbrenner et al.'s weighted variant).
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the share per sample.
+    """
     r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
     positive = r.clamp(min=0)
     total = positive.sum(1, dtype=torch.float64)
@@ -93,7 +157,19 @@ QUADRANTS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 
 def quadrant_masks(quadrants, height: int, width: int) -> torch.Tensor:
-    """(N, height, width) bool: the union of each sample's marked quadrants (QUADRANTS order)."""
+    """(N, height, width) bool: the union of each sample's marked quadrants (QUADRANTS order).
+
+    Args:
+        quadrants: (N, 4) flags in QUADRANTS order, True for each quadrant to mark.
+        height: The mask's height.
+        width: The mask's width.
+
+    Returns:
+        (N, height, width) booleans.
+
+    Raises:
+        ValueError: when quadrants is not (N, 4).
+    """
     marks = torch.as_tensor(quadrants).bool()
     if marks.dim() != 2 or marks.shape[1] != 4:
         raise ValueError(f"quadrants must be (N, 4) flags in the order {', '.join(QUADRANTS)}, got shape "
@@ -105,7 +181,17 @@ def quadrant_masks(quadrants, height: int, width: int) -> torch.Tensor:
 
 
 def mosaic(tiles: torch.Tensor) -> torch.Tensor:
-    """(N, C, 2H, 2W) mosaics from tiles (N, 4, C, H, W) laid out in QUADRANTS order."""
+    """(N, C, 2H, 2W) mosaics from tiles (N, 4, C, H, W) laid out in QUADRANTS order.
+
+    Args:
+        tiles: (N, 4, C, H, W): four images per mosaic, in QUADRANTS order.
+
+    Returns:
+        (N, C, 2H, 2W) images.
+
+    Raises:
+        ValueError: when tiles is not (N, 4, C, H, W).
+    """
     if tiles.dim() != 5 or tiles.shape[1] != 4:
         raise ValueError(f"tiles must be (N, 4, C, H, W): four images per mosaic, got shape {tuple(tiles.shape)}")
     top = torch.cat([tiles[:, 0], tiles[:, 1]], -1)
@@ -113,7 +199,24 @@ def mosaic(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def focus(x, relevance, quadrants, *, pooling="sum", channel_dim="auto") -> Result:
-    """Share of positive relevance in the quadrants of the target class on mosaics (Arias-Duart et al. 2022)."""
+    """Share of positive relevance in the quadrants of the target class on mosaics (Arias-Duart et al. 2022).
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        quadrants: (N, 4) flags in QUADRANTS order, True where a quadrant's tile shows the target class.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the share per mosaic (higher is better).
+
+    Raises:
+        ValueError: for inputs that are not images, a row count that differs from x's, or a row with no or all four
+            quadrants set.
+    """
     x = check_input(x)
     axis = channel_axis(x, channel_dim)
     locations = location_shape(x, axis)
@@ -136,7 +239,25 @@ def focus(x, relevance, quadrants, *, pooling="sum", channel_dim="auto") -> Resu
 
 def top_k_intersection(x, relevance, masks, *, k: int = 1000, concept_influence: bool = False, pooling="sum",
                        channel_dim="auto") -> Result:
-    """Share of the k most relevant locations inside the mask (Theiner et al. 2022)."""
+    """Share of the k most relevant locations inside the mask (Theiner et al. 2022).
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        masks: The ground truth: booleans per location, (N, *locations), True on the object that decides the output.
+        k: How many of the most relevant locations are counted.
+        concept_influence: Divide by the mask's share of the image, so a small object found scores higher.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the share per sample.
+
+    Raises:
+        ValueError: when k is not between 1 and the number of locations.
+    """
     r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
     if not isinstance(k, int) or not 1 <= k <= r.shape[1]:
         raise ValueError(f"k must be an int between 1 and the number of locations ({r.shape[1]}), got {k!r}")
@@ -148,7 +269,20 @@ def top_k_intersection(x, relevance, masks, *, k: int = 1000, concept_influence:
 
 
 def auc(x, relevance, masks, *, pooling="sum", channel_dim="auto") -> Result:
-    """Area under the ROC curve of relevance as a detector of the mask (Fawcett 2006); ties count half."""
+    """Area under the ROC curve of relevance as a detector of the mask (Fawcett 2006); ties count half.
+
+    Args:
+        x: The input batch, samples first (N, ...).
+        relevance: The relevance of x: a relprop Explanation or a tensor shaped like x.
+        masks: The ground truth: booleans per location, (N, *locations), True on the object that decides the output.
+        pooling: How channels are pooled into one value per location: "sum", "sum_abs", "sum_pos", "max_norm", "l1",
+            "l2" or "l2_squared".
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the ROC AUC per sample (0.5: chance).
+    """
     r, gt = _prepare(x, relevance, masks, channel_dim, pooling)
     scores = torch.empty(len(r), dtype=torch.float64, device=r.device)
     for n in range(len(r)):  # masks differ in size, so one sample at a time

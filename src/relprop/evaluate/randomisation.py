@@ -22,13 +22,27 @@ from .similarity import SIMILARITIES
 
 
 def parameter_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the modules that own parameters directly, in registration order."""
+    """Names of the modules that own parameters directly, in registration order.
+
+    Args:
+        model: The model.
+
+    Returns:
+        A list of module names.
+    """
     return [name for name, module in model.named_modules()
             if any(True for _ in module.parameters(recurse=False))]
 
 
 def blocks(model: torch.nn.Module) -> list[str]:
-    """Names of the model's top-level children that hold parameters: MPRT's cheap setting, a cascade by block."""
+    """Names of the model's top-level children that hold parameters: MPRT's cheap setting, a cascade by block.
+
+    Args:
+        model: The model.
+
+    Returns:
+        A list of child names.
+    """
     return [name for name, child in model.named_children() if any(True for _ in child.parameters())]
 
 
@@ -64,9 +78,33 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
                                   channel_dim="auto") -> Result:
     """MPRT (Adebayo et al. 2018): mean similarity over layers of original and randomised-model explanations.
 
-    layers: None (every module with parameters: one explanation per layer, the costly part), "blocks" (the model's
-    top-level children, each randomised whole: a coarser cascade, which also ends with every layer random), or
-    a list of module names."""
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        target: The class explained: an int or one int per sample; None: the class the model predicts.
+        explain: The explanation method to rerun on the changed model or input: a callable ``explain(model, x,
+            target)`` returning relevance, or a method by name as relprop.evaluate.benchmark takes it.
+        mode: "cascading" (each layer randomised on top of the ones after it) or "independent" (one layer at a
+            time).
+        similarity: How two explanations are compared: "spearman" (rank correlation), "ssim" or "top_k" (the overlap
+            of their k most relevant locations).
+        layers: None (every module with parameters: one explanation per layer, the costly part), "blocks" (the
+            model's top-level children, each randomised whole: a coarser cascade, which also ends with every layer
+            random), or a list of module names.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        k: The number of most relevant locations the "top_k" similarity compares.
+        absolute: Compare magnitudes |R| instead of signed relevance.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the mean similarity per sample (lower is better); each layer's under details.
+
+    Raises:
+        ValueError: for an unknown mode, similarity or layer name.
+    """
     x = check_input(x)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
@@ -103,7 +141,29 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
 
 def random_logit(model, x, target=None, explain="epsilon_plus_flat", *, similarity="ssim", seed=0, k=100,
                  batch_size=64, channel_dim="auto") -> Result:
-    """Random logit (Sixt et al. 2020): similarity of the target's explanation and a random other class's."""
+    """Random logit (Sixt et al. 2020): similarity of the target's explanation and a random other class's.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        target: The class explained: an int or one int per sample; None: the class the model predicts.
+        explain: The explanation method to rerun on the changed model or input: a callable ``explain(model, x,
+            target)`` returning relevance, or a method by name as relprop.evaluate.benchmark takes it.
+        similarity: How two explanations are compared: "spearman" (rank correlation), "ssim" or "top_k" (the overlap
+            of their k most relevant locations).
+        seed: Seeds every random draw of the metric, so its score repeats.
+        k: The number of most relevant locations the "top_k" similarity compares.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
+            T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+
+    Returns:
+        A Result: the similarity per sample (lower is better).
+
+    Raises:
+        ValueError: for a model with fewer than two classes or an unknown similarity.
+    """
     x = check_input(x)
     explain = explainer(explain)
     axis = channel_axis(x, channel_dim)

@@ -8,6 +8,16 @@ import torch
 
 @dataclass
 class Result:
+    """What a metric returns: one score per sample, the curves behind it where there are any, and a summary.
+
+    Attributes:
+        metric: The metric's name.
+        scores: (N,) float64, one score per sample (NaN where a sample has no score).
+        higher_is_better: The metric's direction.
+        parameters: The settings the metric ran with.
+        curves: Name -> (N, points) tensor, e.g. "morf": model scores per step.
+        details: Name -> (N, ...) tensor, e.g. per-layer similarities.
+    """
     metric: str
     scores: torch.Tensor  # (N,) float64, one score per sample (NaN where a sample has no score, with the reason)
     higher_is_better: bool
@@ -30,6 +40,7 @@ class Result:
 
     @property
     def mean(self) -> float:
+        """The mean score over samples, NaNs left out."""
         return self.summary()["mean"]
 
     def to_dataframe(self):

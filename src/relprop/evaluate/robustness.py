@@ -53,7 +53,23 @@ def _sensitivity(model, x, target, explain, nr_samples, lower_bound, seed, batch
 
 def max_sensitivity(model, x, target=None, explain="epsilon_plus_flat", *, nr_samples=200, lower_bound=0.2, seed=0,
                     batch_size=64) -> Result:
-    """Max-sensitivity (Yeh et al. 2019); lower is better."""
+    """Max-sensitivity (Yeh et al. 2019); lower is better.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        target: The class explained: an int or one int per sample; None: the class the model predicts.
+        explain: The explanation method to rerun on the changed model or input: a callable ``explain(model, x,
+            target)`` returning relevance, or a method by name as relprop.evaluate.benchmark takes it.
+        nr_samples: How many perturbed copies of each sample are explained.
+        lower_bound: The half-width of the uniform noise added to every input value.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+
+    Returns:
+        A Result: the largest relative change of the explanation per sample.
+    """
     ratios = _sensitivity(model, x, target, explain, nr_samples, lower_bound, seed, batch_size)
     return Result("max_sensitivity", ratios.amax(1), False, {"nr_samples": nr_samples, "lower_bound": lower_bound,
                                                              "seed": seed})
@@ -61,7 +77,23 @@ def max_sensitivity(model, x, target=None, explain="epsilon_plus_flat", *, nr_sa
 
 def avg_sensitivity(model, x, target=None, explain="epsilon_plus_flat", *, nr_samples=200, lower_bound=0.2, seed=0,
                     batch_size=64) -> Result:
-    """Average sensitivity (Yeh et al. 2019); lower is better."""
+    """Average sensitivity (Yeh et al. 2019); lower is better.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        target: The class explained: an int or one int per sample; None: the class the model predicts.
+        explain: The explanation method to rerun on the changed model or input: a callable ``explain(model, x,
+            target)`` returning relevance, or a method by name as relprop.evaluate.benchmark takes it.
+        nr_samples: How many perturbed copies of each sample are explained.
+        lower_bound: The half-width of the uniform noise added to every input value.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+
+    Returns:
+        A Result: the mean relative change of the explanation per sample.
+    """
     ratios = _sensitivity(model, x, target, explain, nr_samples, lower_bound, seed, batch_size)
     return Result("avg_sensitivity", ratios.mean(1), False, {"nr_samples": nr_samples, "lower_bound": lower_bound,
                                                              "seed": seed})
@@ -69,7 +101,23 @@ def avg_sensitivity(model, x, target=None, explain="epsilon_plus_flat", *, nr_sa
 
 def local_lipschitz_estimate(model, x, target=None, explain="epsilon_plus_flat", *, nr_samples=200, perturb_std=0.1,
                              seed=0, batch_size=64) -> Result:
-    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018); lower is better."""
+    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018); lower is better.
+
+    Args:
+        model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its forward
+            passes between metrics.
+        x: The input batch, samples first (N, ...).
+        target: The class explained: an int or one int per sample; None: the class the model predicts.
+        explain: The explanation method to rerun on the changed model or input: a callable ``explain(model, x,
+            target)`` returning relevance, or a method by name as relprop.evaluate.benchmark takes it.
+        nr_samples: How many perturbed copies of each sample are explained.
+        perturb_std: The standard deviation of the Gaussian noise added.
+        seed: Seeds every random draw of the metric, so its score repeats.
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+
+    Returns:
+        A Result: the largest ratio of explanation change to input change per sample.
+    """
     x = check_input(x)
     target = _targets(model, x, target, batch_size)
     gaussian = lambda g, shape: torch.randn(shape, generator=g, dtype=x.dtype) * perturb_std  # noqa: E731

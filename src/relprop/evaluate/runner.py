@@ -33,15 +33,37 @@ SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes 
 class Runner:
     """A model, a batch x, its targets and how many copies one forward pass may hold.
 
-    target: an int, one int per sample, or "predicted" (the class the model predicts for x); None takes the class
-    an explanation explained (explained_target) and otherwise leaves the target unsaid, which a metric given
-    relevance without a target refuses (it would silently score the predicted class).
-    softmax: score copies by the target's softmax probability instead of its logit.
-    output: picks the class scores from whatever the model returns (e.g. ``lambda out: out.logits``).
-    incremental: run chains of local perturbations through ``engine.incremental``, which keeps one pass's
-    activations. None: on a CPU, and only while the chain's passes save enough work (see _chains_pay); True: always.
-    chains: chains of local perturbations will run on this runner, so the clean pass keeps its activations as the
-    base of their first steps; otherwise it is one plain forward pass and the first chain builds its own base.
+    Build one and pass it as the model of several metrics: they then share its unperturbed forward pass and the
+    scores of copies it has seen.
+
+    Args:
+        model: The classifier.
+        x: The input batch, samples first.
+        target: An int, one int per sample, or "predicted" (the class the model predicts for x); None takes the
+            class an explanation explained (explained_target) and otherwise leaves the target unsaid, which a metric
+            given relevance without a target refuses (it would silently score the predicted class).
+        batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
+        softmax: Score copies by the target's softmax probability instead of its logit.
+        output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+        explained_target: The class an explanation explained, used when target is None.
+        incremental: Run chains of local perturbations through ``engine.incremental``, which keeps one pass's
+            activations. None: on a CPU, and only while the chain's passes save enough work; True: always.
+        chains: Chains of local perturbations will run on this runner, so the clean pass keeps its activations as
+            the base of their first steps; otherwise it is one plain forward pass and the first chain builds its own
+            base.
+
+    Raises:
+        TypeError: when model is not a torch.nn.Module or x not a tensor.
+        ValueError: for a batch_size that is not a positive int, or targets outside the model's classes.
+
+    Example:
+        >>> import torch
+        >>> from relprop import evaluate
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> runner = evaluate.Runner(model, x, target=0)
+        >>> runner.clean.shape  # the target's score on the unperturbed batch
+        torch.Size([2])
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
@@ -79,8 +101,27 @@ class Runner:
            scored: bool = True, chains: bool = False) -> "Runner":
         """A runner for (model, x), or the given runner itself (so metrics share its forward passes).
 
-        scored: the metric scores the target, so relevance without a target (a plain tensor) needs target= or a
-        runner built with one. chains: the metric runs chains of local perturbations (see the class).
+        Args:
+            model: The classifier (a torch.nn.Module), or a relprop.evaluate.Runner built for x, to share its
+                forward passes between metrics.
+            x: The input batch, samples first (N, ...).
+            target: The class scored: an int, one int per sample, or "predicted"; None takes the class the
+                explanation explained (a plain tensor of relevance then needs target).
+            batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of
+                steps).
+            softmax: Score the softmax probability; None: the runner's choice, else the logit.
+            output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
+            relevance: The relevance the metric evaluates; an Explanation's target is used when target is None.
+            scored: The metric scores the target, so relevance without a target (a plain tensor) needs target= or a
+                runner built with one.
+            chains: The metric runs chains of local perturbations (see the class).
+
+        Returns:
+            A Runner.
+
+        Raises:
+            ValueError: when a given runner was built for another x, other targets or another softmax setting, or
+                when no target can be known.
         """
         explained = getattr(relevance, "target", None)
         if isinstance(model, Runner):
@@ -145,12 +186,31 @@ class Runner:
         return index
 
     def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's class scores for inputs, in forward passes of at most batch_size rows, checked for shape."""
+        """The model's class scores for inputs, in forward passes of at most batch_size rows, checked for shape.
+
+        Args:
+            inputs: Rows shaped like x's.
+
+        Returns:
+            (rows, classes) scores.
+        """
         with torch.inference_mode():
             return torch.cat([self.run(chunk) for chunk in inputs.split(self.batch_size)])
 
     def run(self, chunk: torch.Tensor, forward: Callable | None = None) -> torch.Tensor:
-        """One forward pass; the output must be (rows, classes) and keep the shape it had on x."""
+        """One forward pass; the output must be (rows, classes) and keep the shape it had on x.
+
+        Args:
+            chunk: Rows shaped like x's.
+            forward: What runs the chunk instead of the model (an incremental engine); None: the model.
+
+        Returns:
+            (rows, classes) scores.
+
+        Raises:
+            TypeError: when the model returns something other than a tensor and no output= picks it.
+            ValueError: when the output is not (rows, classes) or changes shape.
+        """
         out = (forward or self.model)(chunk)
         if self.select is not None:
             out = self.select(out)
@@ -168,6 +228,15 @@ class Runner:
         return out.detach().double()
 
     def pick(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The target's score in each row of output: its logit, or its softmax probability.
+
+        Args:
+            output: (rows, classes) scores.
+            target: (rows,) class indices.
+
+        Returns:
+            (rows,) scores.
+        """
         if self.softmax:
             output = output.softmax(1)
         return output.gather(1, target.view(-1, 1)).squeeze(1)
@@ -176,10 +245,17 @@ class Runner:
                chain: bool = False):
         """(N, steps): the target's score on perturb(sample indices, step indices) for every (sample, step) pair.
 
-        perturb builds one chunk of copies, shaped like x rows; it is called with at most batch_size pairs at once.
-        classes: also return each copy's predicted class, (N, steps) int64.
-        chain: step k of a sample differs from its step k-1 in a small region (cumulative removal of patches):
-        passes hold one step of up to batch_size samples, in step order, and run incrementally.
+        Args:
+            steps: How many copies each sample has.
+            perturb: Builds one chunk of copies, shaped like x rows, from (sample indices, step indices); it is
+                called with at most batch_size pairs at once.
+            samples: The sample indices to score (default: all of x).
+            classes: Also return each copy's predicted class, (N, steps) int64.
+            chain: Step k of a sample differs from its step k-1 in a small region (cumulative removal of patches):
+                passes hold one step of up to batch_size samples, in step order, and run incrementally.
+
+        Returns:
+            (len(samples), steps) float64 scores; with classes, a pair (scores, predicted classes).
         """
         samples = torch.arange(len(self.x)) if samples is None else samples
         result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.output.device)
@@ -223,7 +299,16 @@ class Runner:
     def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
         equals its sample), this runner's earlier score of the same copy (CPU inputs), a forward pass (of the whole
-        chunk, incremental from the chunk before, when chained)."""
+        chunk, incremental from the chunk before, when chained).
+
+        Args:
+            rows: The sample index of each copy.
+            copies: The copies, shaped like x[rows].
+            chained: The copies continue the chunk scored before (one chain step), so they can run incrementally.
+
+        Returns:
+            A pair of (len(rows),) tensors: target scores and predicted classes.
+        """
         unchanged = (copies == self.x[rows.to(self.x.device)]).flatten(1).all(1).cpu()
         out = self.output[rows.to(self.output.device)]
         score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)

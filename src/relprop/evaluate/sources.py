@@ -16,7 +16,12 @@ DEMO_SEED = 2026
 
 
 class DemoImages(Numbered):
-    """count generated images (relprop.demo.generate) with labels and the deciding object's mask, normalised."""
+    """Generated demo images (relprop.demo.generate) with labels and the deciding object's mask, normalised.
+
+    Args:
+        count: How many images.
+        seed: The generator's seed (by default one the demo model was not trained on).
+    """
 
     def __init__(self, count: int = 64, seed: int = DEMO_SEED):
         from ..demo import generate, normalize
@@ -30,12 +35,27 @@ class DemoImages(Numbered):
         return len(self.x)
 
     def batch(self, index: int, batch_size: int) -> Batch:
+        """The batch of the given number.
+
+        Args:
+            index: The batch number, from 0.
+            batch_size: Samples per batch.
+
+        Returns:
+            A benchmark.Batch.
+        """
         start, end = index * batch_size, (index + 1) * batch_size
         return Batch(self.x[start:end], self.labels[start:end], self.masks[start:end], self.ids[start:end])
 
 
 class ImageFiles(Numbered):
-    """Image files read batch by batch through a model's preprocessing; no labels or masks (target: predicted)."""
+    """Image files read batch by batch through a model's preprocessing; no labels or masks (target: predicted).
+
+    Args:
+        files: The image paths.
+        preprocessing: The model's preprocessing (relprop.loading.Preprocessing: pixels from an image, then
+            normalisation).
+    """
 
     def __init__(self, files, preprocessing):
         self.files, self.preprocessing, self.failed = list(files), preprocessing, []
@@ -44,6 +64,19 @@ class ImageFiles(Numbered):
         return len(self.files)
 
     def batch(self, index: int, batch_size: int) -> Batch | None:
+        """The batch of the given number.
+
+        Args:
+            index: The batch number, from 0.
+            batch_size: Samples per batch.
+
+        Returns:
+            A benchmark.Batch, or None when no file of the batch could be read (failed files are listed in
+            self.failed).
+
+        Raises:
+            ValueError: when the images differ in size.
+        """
         from ..loading import open_image
 
         pixels, ids = [], []
@@ -63,7 +96,19 @@ class StoreBatches(Numbered):
     """The explained samples of a ``relprop run`` store, read chunk by chunk: inputs from the store's data set (its
     ``data`` spec, or the source given), labels and object masks (``extra/mask``) from the store, and the stored
     relevance under ``label`` (default: the store's composite, or its method), so that benchmark() evaluates what
-    was stored for that method and explains only what the metrics must explain again (randomisation)."""
+    was stored for that method and explains only what the metrics must explain again (randomisation).
+
+    Args:
+        store: The store's path (or URL).
+        label: The method label the stored relevance is reported under (default: the store's composite, or its
+            method).
+        source: The data set the store was written from, when its own ``data`` spec cannot be opened again (a Python
+            data set).
+
+    Raises:
+        ValueError: for a store that keeps relevance summed over channels, a Python data set without source=, or a
+            data set of another length.
+    """
 
     def __init__(self, store, label: str | None = None, source=None):
         from ..datasets import open_source, open_store
@@ -94,6 +139,15 @@ class StoreBatches(Numbered):
         self.__init__(*state["arguments"])
 
     def batch(self, index: int, batch_size: int) -> Batch:
+        """The batch of the given number.
+
+        Args:
+            index: The batch number, from 0.
+            batch_size: Samples per batch.
+
+        Returns:
+            A benchmark.Batch with the stored relevance.
+        """
         import numpy as np
 
         chosen = self.positions[index * batch_size:(index + 1) * batch_size]

@@ -27,8 +27,18 @@ _REGISTRY: dict[type, object] = {}
 
 
 def register_function(function: type, rule: str | Callable | None):
-    """Give a custom autograd Function a relevance rule: "pass", "gradient", a surrogate callable, or None to forget
-    the rule registered before."""
+    """Give a custom autograd Function a relevance rule.
+
+    Args:
+        function: The torch.autograd.Function subclass.
+        rule: "pass" (relevance passes through, for element-wise functions), "gradient" (gradient x input, for
+            linear ones), a surrogate callable f(*inputs) whose gradient gives the rule, or None to forget the rule
+            registered before.
+
+    Raises:
+        TypeError: for a function that is not an autograd Function subclass.
+        ValueError: for another rule.
+    """
     if not (isinstance(function, type) and issubclass(function, torch.autograd.Function)):
         raise TypeError(f"register_function needs a torch.autograd.Function subclass, got {function!r}")
     if rule is None:

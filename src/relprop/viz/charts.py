@@ -15,7 +15,21 @@ def _new_axes(width: float, height: float):
 
 
 def bars(relevance, names=None, top: int | None = None, ax=None, title: str | None = None):
-    """Horizontal bars, largest at the top; top=k keeps the k features of largest |relevance|. Returns the Axes."""
+    """Horizontal bars, largest at the top; top=k keeps the k features of largest |relevance|. Returns the Axes.
+
+    Args:
+        relevance: 1-D relevance (a tensor or array; flattened).
+        names: A name per feature; None: x[i].
+        top: Keep the k features of largest |relevance|.
+        ax: The matplotlib Axes to draw into; None: a new figure.
+        title: The chart's title.
+
+    Returns:
+        The Axes.
+
+    Raises:
+        ValueError: when names and relevance differ in length.
+    """
     values = as_array(relevance).reshape(-1)
     labels = [str(name) for name in names] if names is not None else [f"x[{i}]" for i in range(len(values))]
     if len(labels) != len(values):
@@ -36,7 +50,17 @@ def bars(relevance, names=None, top: int | None = None, ax=None, title: str | No
 
 
 def line(relevance, ax=None, title: str | None = None, x=None):
-    """Relevance along a signal, filled red above zero and blue below. Returns the Axes."""
+    """Relevance along a signal, filled red above zero and blue below. Returns the Axes.
+
+    Args:
+        relevance: 1-D relevance (a tensor or array; flattened).
+        ax: The matplotlib Axes to draw into; None: a new figure.
+        title: The chart's title.
+        x: The positions of the values; None: 0, 1, ...
+
+    Returns:
+        The Axes.
+    """
     values = as_array(relevance).reshape(-1)
     positions = np.arange(len(values)) if x is None else as_array(x).reshape(-1)
     if ax is None:

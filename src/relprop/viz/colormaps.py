@@ -24,7 +24,18 @@ def _register() -> None:
 
 
 def get(cmap: str | Colormap) -> Colormap:
-    """A colour map by name (``coldnhot`` or any of matplotlib's, e.g. ``bwr``, ``seismic``), or as given."""
+    """A colour map by name (``coldnhot`` or any of matplotlib's, e.g. ``bwr``, ``seismic``), or as given.
+
+    Args:
+        cmap: A name or a matplotlib Colormap.
+
+    Returns:
+        The Colormap.
+
+    Raises:
+        TypeError: for another type.
+        ValueError: for an unknown name (with the closest one).
+    """
     if not isinstance(cmap, (str, Colormap)):
         raise TypeError(f"cmap must be a colour map name or a matplotlib Colormap, got {type(cmap).__name__}")
     if isinstance(cmap, Colormap):

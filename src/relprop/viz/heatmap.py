@@ -34,7 +34,18 @@ def _as_batch(relevance) -> np.ndarray:
 
 
 def reduce_channels(relevance, how: str = "sum") -> np.ndarray:
-    """(N, H, W) maps: the channel sum, its positive part, or the sum of absolute values over channels."""
+    """(N, H, W) maps: the channel sum, its positive part, or the sum of absolute values over channels.
+
+    Args:
+        relevance: Relevance: a batch (N, C, H, W), one image (C, H, W) or one map (H, W); a tensor or array.
+        how: "sum", "positive" or "absolute".
+
+    Returns:
+        (N, H, W) float64 maps.
+
+    Raises:
+        ValueError: for another how.
+    """
     values = _as_batch(relevance)
     if how == "sum":
         return values.sum(1)
@@ -50,6 +61,19 @@ def normalize(maps, per_sample: bool = True, percentile: float = 100.0) -> np.nd
 
     Symmetric: zero stays zero and +v and -v get colours equally far from the middle of a diverging map.
     A map of zeros stays zeros.
+
+    Args:
+        maps: (N, H, W) or (H, W) maps.
+        per_sample: Normalise each sample by its own largest |value| (False: by the batch's).
+        percentile: Normalise by this percentile of |value| instead of the largest (values beyond it saturate).
+
+    Returns:
+        Maps in [-1, 1], shaped (N, H, W).
+
+    Example:
+        >>> from relprop import viz
+        >>> viz.normalize([[2.0, -1.0], [0.0, 0.5]]).tolist()
+        [[[1.0, -0.5], [0.0, 0.25]]]
     """
     maps = as_array(maps)
     if maps.ndim == 2:
@@ -63,14 +87,40 @@ def normalize(maps, per_sample: bool = True, percentile: float = 100.0) -> np.nd
 
 
 def colorize(normalized, cmap="bwr") -> np.ndarray:
-    """Values in [-1, 1] -> uint8 RGB through a diverging colour map (0 -> its middle colour)."""
+    """Values in [-1, 1] -> uint8 RGB through a diverging colour map (0 -> its middle colour).
+
+    Args:
+        normalized: Values in [-1, 1].
+        cmap: A diverging colour map: a name ("bwr", "coldnhot", "seismic", ...) or a matplotlib Colormap.
+
+    Returns:
+        uint8 RGB, shaped (..., 3).
+    """
     colours = colormaps.get(cmap)(0.5 + 0.5 * as_array(normalized))[..., :3]
     return np.round(colours * 255).astype(np.uint8)
 
 
 def heatmap(relevance, cmap="bwr", reduce: str = "sum", per_sample: bool = True,
             percentile: float = 100.0) -> np.ndarray:
-    """(N, H, W, 3) uint8 heatmaps of relevance."""
+    """(N, H, W, 3) uint8 heatmaps of relevance.
+
+    Args:
+        relevance: Relevance: a batch (N, C, H, W), one image (C, H, W) or one map (H, W); a tensor or array.
+        cmap: A diverging colour map: a name ("bwr", "coldnhot", "seismic", ...) or a matplotlib Colormap.
+        reduce: How channels become one map: "sum", "positive" (the sum's positive part) or "absolute" (the sum of absolute
+            values).
+        per_sample: Normalise each sample by its own largest |value| (False: by the batch's).
+        percentile: Normalise by this percentile of |value| instead of the largest (values beyond it saturate).
+
+    Returns:
+        (N, H, W, 3) uint8 images.
+
+    Example:
+        >>> import torch
+        >>> from relprop import viz
+        >>> viz.heatmap(torch.randn(2, 3, 8, 8)).shape
+        (2, 8, 8, 3)
+    """
     return colorize(normalize(reduce_channels(relevance, reduce), per_sample, percentile), cmap)
 
 
@@ -105,8 +155,25 @@ def overlay(images, relevance, alpha: float = 0.6, cmap="bwr", reduce: str = "su
     """(N, H, W, 3) uint8: the heatmap blended over the images.
 
     Each pixel is (1 - a) * image + a * colour with a = alpha, scaled by the pixel's normalised |relevance| when
-    by_magnitude (so pixels without relevance show the image unchanged). grayscale greys the image first, so
-    the heatmap's colours stand out.
+    by_magnitude (so pixels without relevance show the image unchanged).
+
+    Args:
+        images: The images: uint8 arrays (..., H, W, C), or floats (..., C, H, W) in [0, 1].
+        relevance: Relevance: a batch (N, C, H, W), one image (C, H, W) or one map (H, W); a tensor or array.
+        alpha: The heatmap's opacity, in [0, 1].
+        cmap: A diverging colour map: a name ("bwr", "coldnhot", "seismic", ...) or a matplotlib Colormap.
+        reduce: How channels become one map: "sum", "positive" (the sum's positive part) or "absolute" (the sum of absolute
+            values).
+        per_sample: Normalise each sample by its own largest |value| (False: by the batch's).
+        percentile: Normalise by this percentile of |value| instead of the largest (values beyond it saturate).
+        by_magnitude: Scale the opacity by each pixel's normalised |relevance|.
+        grayscale: Grey the image first, so the heatmap's colours stand out.
+
+    Returns:
+        (N, H, W, 3) uint8 images.
+
+    Raises:
+        ValueError: for alpha outside [0, 1], or images and relevance of different sizes.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -127,8 +194,17 @@ def grid(cells, titles=None, row_titles=None, column_titles=None, path=None, cel
          suptitle: str | None = None):
     """A matplotlib Figure laying out images in rows (samples) and columns (e.g. input, then one per method).
 
-    cells: rows of (H, W, 3) uint8 images (None leaves a cell empty). titles: the same layout of strings, shown
-    above each cell. row_titles / column_titles label the rows (left) and columns (top). path: also save as PNG.
+    Args:
+        cells: Rows of (H, W, 3) uint8 images (None leaves a cell empty).
+        titles: The same layout of strings, shown above each cell.
+        row_titles: Labels of the rows (left).
+        column_titles: Labels of the columns (top).
+        path: Also save the figure as PNG there.
+        cell_size: Each cell's size in inches.
+        suptitle: A title over the whole figure.
+
+    Returns:
+        The Figure.
     """
     from matplotlib.figure import Figure
 

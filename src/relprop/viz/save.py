@@ -17,7 +17,14 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the target's folder; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path in the target's folder; on success it replaces ``path``, on error it is removed.
+
+    Args:
+        path: The file to write.
+
+    Yields:
+        The temporary path to write to.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
@@ -32,7 +39,16 @@ def atomic_path(path):
 
 
 def save_image(image: np.ndarray, path, scale: int = 1) -> Path:
-    """Save an (H, W, 3) uint8 image as PNG; scale > 1 enlarges it with sharp pixels (for tiny inputs)."""
+    """Save an (H, W, 3) uint8 image as PNG; scale > 1 enlarges it with sharp pixels (for tiny inputs).
+
+    Args:
+        image: (H, W, 3) uint8.
+        path: The file to write.
+        scale: Enlarge by this integer factor.
+
+    Returns:
+        The path.
+    """
     from PIL import Image
 
     picture = Image.fromarray(np.ascontiguousarray(image))
@@ -44,13 +60,31 @@ def save_image(image: np.ndarray, path, scale: int = 1) -> Path:
 
 
 def save_figure(figure, path, dpi: int = 100) -> Path:
-    """Save a matplotlib figure as PNG."""
+    """Save a matplotlib figure as PNG.
+
+    Args:
+        figure: The matplotlib Figure.
+        path: The file to write.
+        dpi: Dots per inch.
+
+    Returns:
+        The path.
+    """
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
 
 
 def save_text(text: str, path) -> Path:
+    """Save text as a UTF-8 file, whole or not at all.
+
+    Args:
+        text: The text.
+        path: The file to write.
+
+    Returns:
+        The path.
+    """
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)

@@ -15,7 +15,26 @@ def _span(token: str, value: float, rgb) -> str:
 
 
 def html(tokens, relevance, cmap="bwr", percentile: float = 100.0, separator: str = " ") -> str:
-    """An HTML fragment: the tokens (escaped) in order, coloured by relevance normalised symmetrically."""
+    """An HTML fragment: the tokens (escaped) in order, coloured by relevance normalised symmetrically.
+
+    Args:
+        tokens: The tokens, in order.
+        relevance: One value per token.
+        cmap: A diverging colour map: a name ("bwr", "coldnhot", "seismic", ...) or a matplotlib Colormap.
+        percentile: Normalise by this percentile of |value| instead of the largest (values beyond it saturate).
+        separator: What goes between tokens.
+
+    Returns:
+        The HTML fragment.
+
+    Raises:
+        ValueError: when tokens and relevance differ in length.
+
+    Example:
+        >>> from relprop import viz
+        >>> "&lt;b&gt;" in viz.html(["<b>", "word"], [1.0, -1.0])
+        True
+    """
     tokens = [str(token) for token in tokens]
     values = as_array(relevance).reshape(-1)
     if len(tokens) != len(values):
@@ -26,6 +45,14 @@ def html(tokens, relevance, cmap="bwr", percentile: float = 100.0, separator: st
 
 
 def page(body: str, title: str = "relprop") -> str:
-    """A complete HTML document around a body fragment."""
+    """A complete HTML document around a body fragment.
+
+    Args:
+        body: The HTML fragment.
+        title: The page's title.
+
+    Returns:
+        The document.
+    """
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html_escape.escape(title)}</title>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
