@@ -1,6 +1,7 @@
 """The documentation site builds with `mkdocs build --strict` (what scripts/docs.sh runs) and opens from file://."""
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -55,3 +56,19 @@ def test_how_to_pages_one_folder_down_load_their_pictures_from_file_urls(site):
     decoded, images, rows = rendered(site, "how-to/concepts.html")
     assert images >= 2 and decoded == images  # ../concepts-atlas.png, ../concepts-page.png
     assert rendered(site, "how-to/composites.html")[2] > 20  # the composites' and rules' tables
+
+
+def test_every_link_to_a_section_of_a_page_finds_that_section(site):
+    # mkdocs --strict checks that linked pages exist, not the #section after them
+    checked = 0
+    for page in site.rglob("*.html"):
+        if "assets" in page.parts:
+            continue
+        text = page.read_text()
+        for target, anchor in re.findall(r'href="([\w./-]*\.html)?#([\w-]+)"', text):
+            linked = (page.parent / target).resolve() if target else page
+            if not linked.is_file() or linked.parent == site / "assets":
+                continue
+            assert f'id="{anchor}"' in linked.read_text(), f"{page.relative_to(site)} links to {target}#{anchor}"
+            checked += bool(target)
+    assert checked > 10  # links into other pages' sections (the how-to guides, benchmarks, the command line)
