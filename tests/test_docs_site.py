@@ -33,7 +33,7 @@ def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
                  "how-to/transformers.html", "how-to/recurrent.html", "how-to/graphs.html", "how-to/attribution.html",
                  "how-to/concepts.html", "how-to/clusters.html", "how-to/clarc.html",
                  "install.html", "cli.html", "benchmarks.html", "architecture.html", "how-to/explain.html",
-                 "how-to/op-family.html", "how-to/datasets.html", "how-to/evaluate.html"]:
+                 "how-to/op-family.html", "how-to/canonizers.html", "how-to/datasets.html", "how-to/evaluate.html"]:
         assert (site / page).is_file(), page
 
 
