@@ -202,7 +202,7 @@ def ray_nodes(count, batch_size, folder):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.datasets.helpers import Node, free_port, wait_for_cpus
 
-    os.environ["RAY_AUTH_MODE"] = "token"  # the nodes and this driver alike (README, Ray section)
+    os.environ["RAY_AUTH_MODE"] = "token"  # the nodes and this driver alike (docs/how-to/datasets.md, Ray and S3)
     env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
     address, temp = f"127.0.0.1:{free_port()}", tempfile.mkdtemp(prefix="relprop-ray-", dir="/tmp")
     nodes = [Node(["--head", "--port", address.rsplit(":", 1)[1], "--temp-dir", temp, "--include-dashboard=false"],

@@ -11,7 +11,8 @@ With --corelay PYTHON (an environment with CoRelAy, e.g. `python3.11 -m venv .ve
 .venv-corelay/bin/pip install corelay`), CoRelAy's SpectralClustering pipeline with its defaults (SciPyPDist,
 SparseKNN(10), SymmetricNormalLaplacian, EigenDecomposition(32)) and KMeans(3) (marked as its output) runs on
 the same pooled features as relprop's analysis alone (features -> k-means, k = 3), both in fresh processes, at
---corelay-sizes (on the earlier three strategies, 60/30/10%, which its README table was measured on).
+--corelay-sizes (on the earlier three strategies, 60/30/10%, which the CoRelAy table of docs/benchmarks.md was
+measured on).
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_spray.py [--sizes 10000,30000,100000]
         [--corelay .venv-corelay/bin/python --corelay-sizes 10000,20000]
 """

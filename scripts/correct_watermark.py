@@ -1,11 +1,11 @@
-"""What each ClArC method gives on the demo's watermark model (README, "Removing the shortcut").
+"""What each ClArC method gives on the demo's watermark model (docs/how-to/clarc.md).
 
 The CAV comes from the marked and unmarked crosses of ``demo-watermark`` images (seed 11; the cluster SpRAy finds
 holds exactly the marked ones); the corrections are measured on 1000 other images (seed 5) with the known truth:
 clean accuracy on the images without any mark, and artifact sensitivity as the rise of the cross logit when the
 mark is painted into the same images. Usage: ``python scripts/correct_watermark.py [METHOD[:LAYER[:OPTION=VALUE,...]]]
-...`` (default: every method with the settings the README reports; ``--sweep``: P-ClArC at several layers with
-both CAV kinds and poolings).
+...`` (default: every method with the settings docs/how-to/clarc.md reports; ``--sweep``: P-ClArC at several
+layers with both CAV kinds and poolings).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Explain the watermark class of the "Clever Hans" demo data into a store, run SpRAy on it, and take the report's
-picture for README (docs/spray-report.png); the store is written as `relprop run demo-watermark:COUNT --model
-demo-watermark` writes it. (`relprop demo` does the same at a smaller count.)
+picture for docs/how-to/datasets.md (docs/spray-report.png); the store is written as `relprop run
+demo-watermark:COUNT --model demo-watermark` writes it. (`relprop demo` does the same at a smaller count.)
     OMP_NUM_THREADS=1 .venv/bin/python scripts/spray_watermark.py [--count 1200] [--out DIR]
 """
 from __future__ import annotations

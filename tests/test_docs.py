@@ -29,3 +29,12 @@ def test_every_test_file_and_test_a_how_to_guide_cites_exists():
                 defined = re.findall(r"^def (test_\w+)", (ROOT / path).read_text(), flags=re.MULTILINE)
                 assert name in defined, f"{page.name} cites {path}::{name}, which does not exist"
     assert cited > 5
+
+
+def test_every_file_the_readme_links_to_exists():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert len(local) > 15  # the picture, the site's pages, CHANGELOG.md, CONTRIBUTING.md
+    missing = [link for link in local if not (ROOT / link).is_file()]
+    assert not missing, missing

@@ -1,6 +1,7 @@
 """The documentation site builds with `mkdocs build --strict` (what scripts/docs.sh runs) and opens from file://."""
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,9 @@ def test_every_page_in_the_navigation_is_built_as_an_html_file(site):
                  "reference/clusters-graphs-language.html",
                  "reference/viz.html", "how-to/composites.html", "how-to/custom-rule.html",
                  "how-to/transformers.html", "how-to/recurrent.html", "how-to/graphs.html", "how-to/attribution.html",
-                 "how-to/concepts.html", "how-to/clusters.html", "how-to/clarc.html"]:
+                 "how-to/concepts.html", "how-to/clusters.html", "how-to/clarc.html",
+                 "install.html", "cli.html", "benchmarks.html", "architecture.html", "how-to/explain.html",
+                 "how-to/op-family.html", "how-to/canonizers.html", "how-to/datasets.html", "how-to/evaluate.html"]:
         assert (site / page).is_file(), page
 
 
@@ -71,3 +74,19 @@ def test_every_public_name_has_an_entry_in_the_reference(site):
             paths.setdefault(id(value), {f"{value.__module__}.{value.__qualname__}"}).add(f"{module}.{name}")
     missing = sorted(min(names) for names in paths.values() if not names & ids)
     assert not missing, missing
+
+
+def test_every_link_to_a_section_of_a_page_finds_that_section(site):
+    # mkdocs --strict checks that linked pages exist, not the #section after them
+    checked = 0
+    for page in site.rglob("*.html"):
+        if "assets" in page.parts:
+            continue
+        text = page.read_text()
+        for target, anchor in re.findall(r'href="([\w./-]*\.html)?#([\w-]+)"', text):
+            linked = (page.parent / target).resolve() if target else page
+            if not linked.is_file() or linked.parent == site / "assets":
+                continue
+            assert f'id="{anchor}"' in linked.read_text(), f"{page.relative_to(site)} links to {target}#{anchor}"
+            checked += bool(target)
+    assert checked > 10  # links into other pages' sections (the how-to guides, benchmarks, the command line)
