@@ -748,7 +748,7 @@ def demo(out, composite_names, count, seed):
 @click.option("--std", default=None, help="image folders: per-channel std, e.g. 0.229,0.224,0.225")
 def run(data, model_spec, store_path, weights, method, composite, params, target, class_map, batch_size, chunk,
         workers, keep, engine, address, overwrite, device, size, mean, std):
-    """Explain every sample of a data set into a resumable Zarr store (see README, "Data sets")."""
+    """Explain every sample of a data set into a resumable Zarr store (see docs/how-to/datasets.md)."""
     from . import datasets
 
     if target not in ("label", "predicted") and not target.isdigit():
@@ -1021,7 +1021,7 @@ def export_virelay(store, out):
     click.echo(f"wrote {out / 'project.yaml'}; open it with: virelay {out / 'project.yaml'}")
 
 
-# The ground-truth benchmark of the README: every composite that fits a CNN and the attribution methods beside it.
+# The ground-truth benchmark of docs/how-to/evaluate.md: every composite that fits a CNN and the attribution methods beside it.
 DEMO_METHODS = ("epsilon", "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
                 "epsilon_alpha2_beta1_flat", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients",
                 "deeplift", "occlusion", "guided_backprop")

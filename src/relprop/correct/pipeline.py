@@ -24,8 +24,8 @@ from .localise import localise
 from .verify import METRICS, Probe, measure, report
 
 METHODS = ("p-clarc", "a-clarc", "rr-clarc")
-# Fine-tuning settings where none are given: those measured on the demo's watermark model (README, "Removing a
-# shortcut"); a model of its own may need others.
+# Fine-tuning settings where none are given: those measured on the demo's watermark model (docs/how-to/clarc.md);
+# a model of its own may need others.
 TRAINING_DEFAULTS = {"a-clarc": {"epochs": 5, "lr": 1e-2, "penalty": 0.0},
                      "rr-clarc": {"epochs": 3, "lr": 1e-3, "penalty": 100.0}}
 

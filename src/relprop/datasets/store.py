@@ -1,6 +1,6 @@
 """The explanation store: one Zarr v3 group per run, every per-sample array chunked by ``chunk`` samples.
 
-Layout version 1 (README, "Data sets"): root attributes describe the run (model, weights hashes, dtype, method,
+Layout version 1 (docs/how-to/datasets.md): root attributes describe the run (model, weights hashes, dtype, method,
 composite, parameters, target, keep, data, count, size, mean, std, class map, chunk, input shape, classes, class
 names, skipped samples); arrays
 ``relevance``, ``output``, ``label``, ``target``, ``explained``, ``delta``, ``id``, ``preview``, ``done``, ``failed``

@@ -33,7 +33,7 @@ from .sources import DemoImages, ImageFiles, StoreBatches  # noqa: E402
 
 __all__ += ["DemoImages", "ImageFiles", "StoreBatches"]
 
-# a model's dependence on an artifact, before and after a correction (relprop.correct, README "Removing a shortcut")
+# a model's dependence on an artifact, before and after a correction (relprop.correct, docs/how-to/clarc.md)
 from ..correct.metrics import artifact_relevance, artifact_sensitivity, poisoned_accuracy, tcav_score  # noqa: E402
 
 __all__ += ["artifact_relevance", "artifact_sensitivity", "poisoned_accuracy", "tcav_score"]
