@@ -1,4 +1,4 @@
-"""Reading an explanation store (layout version 1, see README "The explanation store") for the analyses.
+"""Reading an explanation store (layout version 1, see docs/how-to/datasets.md) for the analyses.
 
 Only what SpRAy, its report and the ViRelAy export need: open and check a store, find the explained samples of
 each class, and read relevance chunk by chunk so that no analysis holds all full-size heatmaps at once.
