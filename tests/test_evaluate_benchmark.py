@@ -235,3 +235,21 @@ def test_a_store_of_channel_sums_is_refused_with_the_fix(tmp_path):
     datasets.run(load(), "demo:4", tmp_path / "run.zarr", composite="epsilon", keep="channels", progress=False)
     with pytest.raises(ValueError, match="--keep full or float16"):
         evaluate.StoreBatches(tmp_path / "run.zarr")
+
+
+def test_results_display_themselves_in_a_notebook(data):
+    # Jupyter shows _repr_html_: a metric's summary table, and the benchmark's tables without the page around them
+    x, labels, masks = data
+    result = evaluate.sparseness(x, torch.rand_like(x))
+    shown = result._repr_html_()
+    assert shown.startswith("<table>") and "sparseness" in shown and f"{result.mean:.4g}" in shown
+    assert f"{len(result)} of {len(result)}" in shown
+    bench = evaluate.benchmark(small_cnn(), data, {"gxi": gradient_x_input}, ["sparseness", "pointing_game"])
+    page, shown = bench.html(), bench._repr_html_()
+    assert "<!doctype" in page and "<!doctype" not in shown and "<title>" not in shown
+    assert "Mean scores" in shown and "gxi" in shown and "pointing_game" in shown
+    assert f"{bench.table().loc['gxi', 'sparseness']:.4g}" in shown
+    curve = evaluate.region_perturbation(small_cnn(), x, torch.rand_like(x), labels.clamp(min=0), patch_size=4)
+    assert "curve: morf" in curve._repr_html_() and "2 samples" not in curve._repr_html_()
+    odd = evaluate.Result("m<1>", torch.tensor([1.0, float("nan")]), False, parameters={"mask": "<b>"})
+    assert "m&lt;1&gt;" in odd._repr_html_() and "&lt;b&gt;" in odd._repr_html_() and "1 of 2" in odd._repr_html_()

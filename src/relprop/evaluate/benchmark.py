@@ -380,11 +380,17 @@ class BenchmarkResult:
 
     def html(self) -> str:
         """A self-contained HTML page: the table, the ranking, the curves (PNG, inline) and any errors."""
-        parts = ["<!doctype html><meta charset='utf-8'><title>relprop evaluation</title>",
-                 "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
-                 "<h1>Evaluating explanations</h1>", "<h2>Mean scores</h2>",
-                 "<p>↑: higher is better, ↓: lower is better.</p>",
+        return "\n".join(["<!doctype html><meta charset='utf-8'><title>relprop evaluation</title>",
+                          "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+                          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
+                          "<h1>Evaluating explanations</h1>"] + self._sections())
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the page's tables, curves and errors, without the page around them."""
+        return "<div>" + "\n".join(self._sections()) + "</div>"
+
+    def _sections(self) -> list:
+        parts = ["<h2>Mean scores</h2>", "<p>↑: higher is better, ↓: lower is better.</p>",
                  self._html_table(self.table(), "{:.4g}"), "<h2>Ranking (1 is best)</h2>",
                  self._html_table(self.ranking(), "{:.3g}")]
         for metric in self.metrics:
@@ -395,7 +401,7 @@ class BenchmarkResult:
             parts.append("<h2>Not computed</h2><ul>" + "".join(
                 f"<li>{html.escape(m)} / {html.escape(k)}: {html.escape(e)}</li>"
                 for (m, k), e in self.errors.items()) + "</ul>")
-        return "\n".join(parts)
+        return parts
 
     def _html_table(self, frame, number: str) -> str:
         """A frame as one HTML table with a single header row: method, then each column (metrics with ↑/↓)."""

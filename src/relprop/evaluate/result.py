@@ -62,6 +62,22 @@ class Result:
         frame.insert(0, "metric", self.metric)
         return frame
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the metric and its direction, the summary of the scores, the settings and curves."""
+        from html import escape
+
+        summary = self.summary()
+        rows = [("metric", self.metric), ("better", "higher" if self.higher_is_better else "lower"),
+                ("samples with a score", f"{summary['count']} of {len(self)}"),
+                ("mean ± std", f"{summary['mean']:.4g} ± {summary['std']:.4g}"), ("median", f"{summary['median']:.4g}"),
+                ("min … max", f"{summary['min']:.4g} … {summary['max']:.4g}")]
+        rows += [(f"setting: {name}", repr(value)) for name, value in self.parameters.items()]
+        rows += [(f"curve: {name}", f"{tuple(curve.shape)[0]} samples × {tuple(curve.shape)[-1]} points")
+                 for name, curve in self.curves.items()]
+        body = "".join(f"<tr><th style='text-align:left'>{escape(str(key))}</th><td style='text-align:left'>"
+                       f"{escape(str(value))}</td></tr>" for key, value in rows)
+        return f"<table>{body}</table>"
+
     def __repr__(self):
         summary = self.summary()
         better = "higher" if self.higher_is_better else "lower"
