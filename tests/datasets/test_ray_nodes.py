@@ -312,3 +312,27 @@ def test_a_driver_with_no_token_or_a_wrong_one_is_refused_saying_what_to_set_and
         assert f"asks for a token (Ray's token authentication) and this process gave {said}" in refused.stderr
         assert "set RAY_AUTH_MODE=token" in refused.stderr
         assert not (tmp_path / "refused.zarr").exists()
+
+
+@pytest.mark.slow  # a maximisation pass on the cluster, its driver killed, and the resume: about a minute here
+def test_relevance_maximisation_with_its_driver_killed_mid_write_resumes_to_the_local_arrays(
+        nodes, local_store, tmp_path):
+    from relprop.concepts import maximise
+
+    layer = "features.6"
+    local, on_cluster = tmp_path / "local.zarr", tmp_path / "cluster.zarr"
+    shutil.copytree(local_store, local)
+    shutil.copytree(local_store, on_cluster)
+    maximise(local, [layer], k=3)
+    arguments = ["concepts", "--store", on_cluster, "--layer", layer, "--top", "3", "--no-heatmaps", "--engine",
+                 "ray", "--address", nodes.address, "--out", tmp_path / "atlas"]
+    (nodes.control / "hold-write").write_text(f"concepts/{layer}/activation/c/3/0")  # relevance written, held
+    kill_once(nodes.relprop(*arguments), lambda: int((nodes.control / "held-write").exists()), 1, timeout=300)
+    group = datasets.open_store(on_cluster)
+    assert list((on_cluster / "concepts" / layer / "relevance" / "c" / "3").rglob("*"))
+    assert not np.asarray(group[f"concepts/{layer}/done"][12:16]).any()
+    code, stderr = finish(nodes.relprop(*arguments))
+    assert code == 0, stderr[-3000:]
+    for name in ("relevance", "activation", "done"):
+        found = np.asarray(datasets.open_store(on_cluster)[f"concepts/{layer}/{name}"][:])
+        assert found.tobytes() == np.asarray(datasets.open_store(local)[f"concepts/{layer}/{name}"][:]).tobytes()
