@@ -29,8 +29,8 @@ from .work import ChunkWorker, RunError, Settings
 CONNECT_TIMEOUT_S = 5
 OBJECT_STORE_BYTES = 128 * 2 ** 20  # a local run passes only chunk numbers and failures through the object store
 # Ray Data keeps each actor's constructor arguments in the object store, from which Ray cannot reliably rebuild a
-# restarted actor (ray-project/ray#53727; with restarts on, Ray logs an error line on every run). A lost actor fails
-# the run instead, and the same command resumes the chunks it had not finished.
+# restarted actor (ray-project/ray#53727; with restarts on, Ray logs an error line on every run), and a restarted
+# actor waits for room on the nodes left. A lost actor's items are mapped again by map_on_actors instead.
 NO_RESTARTS = {"max_restarts": 0, "max_task_retries": 0}
 PASSES_AFTER_LOSS = 3  # new pools after lost actors (a node each, typically) before the run gives up
 LOST_NODE_WAIT_S = 300  # how long a pool after a loss waits for its first actor (a node may be joining)
@@ -131,7 +131,8 @@ def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after
                 except ray.exceptions.RayError as error:
                     if attempt == PASSES_AFTER_LOSS or not _lost_actor(error):
                         raise
-                    # a pool after a loss fails (Ray's GetTimeoutError) when no node left can start one actor
+                    # a pool after a loss fails (Ray Data's GetTimeoutError, not retried) when no node left
+                    # starts one actor within LOST_NODE_WAIT_S
                     context.wait_for_min_actors_s = LOST_NODE_WAIT_S
                     _say_lost(error, len(items) - len(delivered), len(items), key, attempt)
         finally:
@@ -199,7 +200,7 @@ def _connect(ray, address: str | None, workers) -> bool:
                                "the address (`ray status` on the head node shows it) and that the Ray versions "
                                "match") from None
             raise RunError(f"the Ray cluster at {address} asks for a token (Ray's token authentication) and this "
-                           f"process gave {'a wrong one' if token_mode() else 'none'}: set RAY_AUTH_MODE=token here "
+                           f"process gave {'a wrong one' if _token_mode() else 'none'}: set RAY_AUTH_MODE=token here "
                            "and give the cluster's token (`ray get-auth-token` on the head node prints it) in "
                            "~/.ray/auth_token or RAY_AUTH_TOKEN. Ray turns tokens on for `ray start --head` by "
                            "itself when ~/.ray/auth_token exists, but never for a driver or node given an address"
@@ -210,7 +211,7 @@ def _connect(ray, address: str | None, workers) -> bool:
     return True
 
 
-def token_mode() -> bool:
+def _token_mode() -> bool:
     return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
