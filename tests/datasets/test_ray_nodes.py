@@ -101,6 +101,7 @@ class Cluster:
         self.address = f"127.0.0.1:{self.port}"
         self.temp = tempfile.mkdtemp(prefix="relprop-ray-", dir="/tmp")  # Ray's socket paths stay under 108 chars
         self.nodes = {}
+        self.drivers = []  # relprop processes of the running test, killed after it if still running
 
     def start(self):
         self.nodes["head"] = Node(["--head", "--port", str(self.port), "--temp-dir", self.temp,
@@ -130,8 +131,17 @@ class Cluster:
 
     def relprop(self, *args, **popen):
         """relprop as a driver process on this machine, joined to the cluster where its arguments say so."""
-        return subprocess.Popen([sys.executable, "-m", "relprop", *map(str, args)], env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+        driver = subprocess.Popen([sys.executable, "-m", "relprop", *map(str, args)], env=self.env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+        self.drivers.append(driver)
+        return driver
+
+    def end_drivers(self):
+        for driver in self.drivers:
+            if driver.poll() is None:  # a test that failed before its driver ended
+                driver.kill()
+            driver.communicate()
+        self.drivers.clear()
 
 
 def s3_server(folder: Path):
@@ -167,6 +177,7 @@ def cluster(tmp_path_factory):
         made.start()
         yield made
     finally:
+        made.end_drivers()
         made.stop()
         if server is not None:
             server.kill()
@@ -176,7 +187,10 @@ def cluster(tmp_path_factory):
 @pytest.fixture
 def nodes(cluster):
     cluster.ready()
-    return cluster
+    try:
+        yield cluster
+    finally:
+        cluster.end_drivers()
 
 
 @pytest.fixture(scope="module")
