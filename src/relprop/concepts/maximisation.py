@@ -204,7 +204,7 @@ def _on_ray(work: Pass, starts, workers, address):
     from ..datasets.ray_engine import map_on_actors
 
     map_on_actors(_RayChunks, work, [{"start": start} for start in starts], workers, address, lambda row: None,
-                  "chunks finished so far are kept, so the same call resumes")
+                  "chunks finished so far are kept, so the same call resumes", gpus=False)  # a pass runs on the CPU
 
 
 def _arrays(opened, name, channels):

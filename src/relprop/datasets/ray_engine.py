@@ -102,13 +102,14 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
                   "chunks finished so far are kept, so the same command resumes")
 
 
-def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after_failure: str) -> None:
+def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after_failure: str,
+                  gpus: bool = True) -> None:
     """Each item (a small dict) through actor(job) on a pool of Ray actors; on_row(row) on the driver per result.
 
     One actor per GPU when the cluster has GPUs, else one per CPU slot, never more than items; workers overrides.
     Rows come back in the order they finish, each once; a row names its item by the item's first key. When actors
     are lost (a node died), the items without a row go to a new pool on the nodes left, up to PASSES_AFTER_LOSS
-    times. after_failure completes the message of a failed run."""
+    times. after_failure completes the message of a failed run; gpus=False for actors that compute on the CPU."""
     import ray
     import ray.data
 
@@ -124,7 +125,7 @@ def map_on_actors(actor, job, items: list[dict], workers, address, on_row, after
                 if not left:
                     return
                 try:
-                    for row in _one_pool(ray, actor, job, left, workers, after_loss=attempt > 0).iter_rows():
+                    for row in _one_pool(ray, actor, job, left, workers, gpus, after_loss=attempt > 0).iter_rows():
                         delivered.add(row[key].item() if hasattr(row[key], "item") else row[key])
                         on_row(row)
                     return
@@ -145,11 +146,11 @@ def _say_lost(error, missing: int, total: int, key, attempt: int) -> None:
           f"(pass {attempt + 2} of at most {PASSES_AFTER_LOSS + 1})", file=sys.stderr, flush=True)
 
 
-def _one_pool(ray, actor, job, items: list[dict], workers, after_loss: bool):
+def _one_pool(ray, actor, job, items: list[dict], workers, use_gpus: bool, after_loss: bool):
     """The lazily mapped data set of items on one actor pool. After a loss the pool starts with what fits (one
     actor) and grows to its size as the nodes left allow, instead of waiting for the dead node's slots."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus = int(resources.get("GPU", 0)) if use_gpus else 0
     actors = workers or gpus or max(1, int(resources.get("CPU", 1)))
     actors = max(1, min(actors, len(items)))
     compute = (ray.data.ActorPoolStrategy(min_size=1, max_size=actors) if after_loss
