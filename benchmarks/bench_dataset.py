@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 import statistics
@@ -202,7 +203,9 @@ def ray_nodes(count, batch_size, folder):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.datasets.helpers import Node, free_port, wait_for_cpus
 
-    os.environ["RAY_AUTH_MODE"] = "token"  # the nodes and this driver alike (docs/how-to/datasets.md, Ray and S3)
+    # token authentication said explicitly, with a token of its own, for the nodes and this driver alike
+    # (docs/how-to/cluster-runs.md, "Token authentication")
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
     address, temp = f"127.0.0.1:{free_port()}", tempfile.mkdtemp(prefix="relprop-ray-", dir="/tmp")
     nodes = [Node(["--head", "--port", address.rsplit(":", 1)[1], "--temp-dir", temp, "--include-dashboard=false"],

@@ -14,15 +14,15 @@ pytest.importorskip("moto.server")
 from tests.datasets.helpers import assert_same_store  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """An empty bucket on a moto server this module starts on a free loopback port (and stops)."""
+def start_s3(folder):
+    """A moto server on a free loopback port with an empty bucket: (the environment that reaches it, its process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    log = open(folder / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     try:
@@ -34,18 +34,32 @@ def s3(tmp_path_factory):
                 time.sleep(0.1)
         else:
             raise AssertionError("the moto server did not start")
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"], key="test", secret="test",
+                          skip_instance_cache=True).mkdir("bucket")
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return env, server
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An empty bucket on a moto server this module starts on a free loopback port (and stops)."""
+    env, server = start_s3(tmp_path_factory.mktemp("moto"))
+    try:
         with pytest.MonkeyPatch.context() as patch:
             for name, value in env.items():
                 patch.setenv(name, value)
             import s3fs
 
             s3fs.S3FileSystem.clear_instance_cache()
-            s3fs.S3FileSystem().mkdir("bucket")
             yield env
     finally:
         server.kill()
         server.wait()
-        log.close()
 
 
 def relprop(*args):

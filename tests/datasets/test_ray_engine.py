@@ -64,3 +64,34 @@ def test_a_ray_cluster_that_is_not_there_leaves_nothing_on_disk(tmp_path, monkey
 def test_ray_address_without_host_and_port_is_refused(address):
     with pytest.raises(RunError, match="is not HOST:PORT"):
         check_reachable(address)
+
+
+def test_a_lost_actor_or_node_is_told_from_work_that_failed_through_the_causes_ray_data_wraps_it_in():
+    import ray.exceptions as errors
+
+    from relprop.datasets.ray_engine import _lost_actor
+
+    assert _lost_actor(errors.ActorDiedError())
+    assert _lost_actor(errors.NodeDiedError("node 1 died"))
+    try:  # Ray Data raises its own error from the one the actor's task ended with
+        try:
+            raise errors.ActorUnavailableError("The actor is temporarily unavailable: Socket closed", b"\0" * 16)
+        except errors.RayError as lost:
+            raise errors.RayError("the operator failed") from lost
+    except errors.RayError as wrapped:
+        assert _lost_actor(wrapped)
+    assert not _lost_actor(errors.RayTaskError("__call__", "Traceback ...", RunError("label 9, 4 classes")))
+    assert not _lost_actor(errors.GetTimeoutError("Timed out while starting actors"))
+
+
+def test_a_token_the_cluster_refuses_is_told_from_other_failures_to_join():
+    from relprop.datasets.ray_engine import _refused_token
+
+    try:  # what Ray 2.60's ray.init(address=...) raises when the GCS refuses the token
+        try:
+            raise RuntimeError("Failed to connect to GCS: RpcError: InvalidAuthToken: Authentication token is missing")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as error:
+        assert _refused_token(error)
+    assert not _refused_token(ConnectionError("Could not find any running Ray instance"))

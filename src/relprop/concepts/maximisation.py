@@ -218,8 +218,8 @@ class Pass:
 class _RayChunks:
     """Ray Data's callable class: one Pass per actor, called with batches of chunk starts."""
 
-    def __init__(self, work: Pass):
-        self.work = work
+    def __init__(self, job: Pass):
+        self.work = job
 
     def __call__(self, batch: dict) -> dict:
         for start in batch["start"]:
@@ -228,19 +228,12 @@ class _RayChunks:
 
 
 def _on_ray(work: Pass, starts, workers, address):
-    """The chunks on a pool of Ray actors (joined or started as relprop run does), each writing its own chunks."""
-    import ray
-    import ray.data
+    """The chunks on a pool of Ray actors (joined or started as relprop run does, and mapped again on the nodes
+    left when a node dies), each writing its own chunks."""
+    from ..datasets.ray_engine import map_on_actors
 
-    from ..datasets.ray_engine import pass_on_ray
-
-    with pass_on_ray(address, workers, "chunks finished so far are kept, so the same call resumes"):
-        actors = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)), len(starts)))
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        chunks = ray.data.from_items([{"start": start} for start in starts], override_num_blocks=len(starts))
-        for _ in chunks.map_batches(_RayChunks, fn_constructor_kwargs={"work": work}, batch_size=1,
-                                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1).iter_rows():
-            pass
+    map_on_actors(_RayChunks, work, [{"start": start} for start in starts], workers, address, lambda row: None,
+                  "chunks finished so far are kept, so the same call resumes", gpus=False)  # a pass runs on the CPU
 
 
 def _arrays(opened, name, channels):
