@@ -61,12 +61,13 @@ def _similar(name, a, b, k):
 
 def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_flat", *, mode="cascading",
                                   similarity="spearman", layers=None, seed=0, k=100, absolute=True, batch_size=64,
-                                  channel_dim="auto") -> Result:
+                                  channel_dim="auto", original=None) -> Result:
     """MPRT (Adebayo et al. 2018): mean similarity over layers of original and randomised-model explanations.
 
     layers: None (every module with parameters: one explanation per layer, the costly part), "blocks" (the model's
     top-level children, each randomised whole: a coarser cascade, which also ends with every layer random), or
-    a list of module names."""
+    a list of module names. original: the relevance explain gives on the model itself, when already computed (it
+    is then not explained again)."""
     x = check_input(x)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
@@ -85,7 +86,14 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
     if missing:
         raise ValueError(f"no module named {missing[0]!r}; layers with parameters: {parameter_layers(model)}")
     transform = (lambda m: m.abs()) if absolute else (lambda m: m)  # noqa: E731
-    original = transform(_maps(explain, model, x, target, axis, batch_size))
+    if original is None:
+        original = _maps(explain, model, x, target, axis, batch_size)
+    else:
+        if original.shape != x.shape:
+            raise ValueError(f"original relevance is shaped {tuple(original.shape)}, not like x {tuple(x.shape)}; "
+                             "give the relevance of x for these targets, or leave original out")
+        original = pooled(original.detach(), axis, "sum")
+    original = transform(original)
     generator = torch.Generator().manual_seed(seed)
     randomised = copy.deepcopy(model)
     per_layer = []
