@@ -405,7 +405,7 @@ def _cell(value, digits):
 
 
 class _ProgressLines:
-    """Progress as plain lines: which method and metric runs (the pair's number of all, where known), then its seconds."""
+    """Progress as plain lines: which method and metric runs (its number of all, where known), then its seconds."""
 
     def __init__(self, total, stream):
         self.total, self.stream, self.done = total, stream, 0

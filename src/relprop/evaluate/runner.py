@@ -266,11 +266,11 @@ _NO_TARGET = ("relevance given as a plain tensor does not say which class it exp
 
 def _explained_output(relevance, x, output) -> torch.Tensor | None:
     """The class scores an Explanation of x holds (its forward pass on x), where they are what this runner's clean
-    pass would give: (N, classes), on x's device, and no output= selector that the explanation's output may predate."""
+    pass would give: (N, classes) of x's dtype on x's device, and no output= selector that they may predate."""
     scores = getattr(relevance, "output", None)
     if output is not None or not isinstance(scores, torch.Tensor) or not isinstance(x, torch.Tensor):
         return None
-    if scores.dim() != 2 or scores.shape[0] != len(x) or scores.device != x.device or not scores.is_floating_point():
+    if scores.dim() != 2 or scores.shape[0] != len(x) or scores.device != x.device or scores.dtype != x.dtype:
         return None
     return scores
 
