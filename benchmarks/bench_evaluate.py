@@ -12,6 +12,9 @@ epsilon-LRP (flat rules would give ties, which the libraries order differently),
 numbers are compared (largest absolute difference) and both whole calls are timed alternately, --rounds times
 (median). relprop's whole call builds its own Runner (the clean forward pass inside the timer, as Quantus's is);
 rows named "Runner reused" time the metric on a Runner built beforehand, as benchmark() shares one per batch.
+relprop's perturbation metrics are given the Explanation (as a user who just explained calls them), whose output is
+the model's output on x, so they make no clean pass where their steps do not need its activations; the row "relevance
+as a tensor" times pixel flipping given the relevance tensor alone, with its clean pass.
 
 Patch-wise metrics (region perturbation, selectivity) are printed beside their floor: one plain forward pass (timed
 here, in the same process) for the clean pass, plus per step the share of a plain pass's multiply-adds that the
@@ -42,21 +45,22 @@ def setup(name, size, count, seed=0):
                 module.bias.normal_(0, 0.05)
     x = torch.rand(count, 3, size, size)
     target = model(x).argmax(1)
-    relevance = relprop.explain(model, x, target=target, composite="epsilon").relevance.detach()  # no ties (flat rules make them)
+    explanation = relprop.explain(model, x, target=target, composite="epsilon")  # no ties (flat rules make them)
     masks = torch.zeros(count, size, size, dtype=torch.bool)
     for n in range(count):
         top = (n * size // (2 * count)) % (size // 2)
         masks[n, top:top + size // 3, size // 4:size // 2 + n] = True
-    return model, x, target, relevance, masks
+    return model, x, target, explanation, masks
 
 
-def metrics(model, x, target, relevance, masks, steps, batch_size, patch, regions, selectivity_patch, device):
+def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regions, selectivity_patch, device):
     """name -> (relprop whole call returning numbers, Quantus whole call returning the same numbers, chain metric
     run on a given Runner or None)."""
     import quantus
 
     n, channels, height, width = x.shape
     locations = height * width
+    relevance = explanation.relevance.detach()
     pooled = relevance.sum(1, keepdim=True)
     x_np, y_np, a_np = x.cpu().numpy(), target.cpu().numpy(), pooled.cpu().numpy()
     s_np = masks[:, None].cpu().numpy().astype(np.float32)
@@ -75,11 +79,11 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, patch, region
         return lambda: pick(call()).cpu().numpy()
 
     def region(source):
-        return evaluate.region_perturbation(source, x, relevance, target, patch_size=patch, steps=regions,
+        return evaluate.region_perturbation(source, x, explanation, target, patch_size=patch, steps=regions,
                                             softmax=True, batch_size=batch_size)
 
     def selectivity(source):
-        return evaluate.selectivity(source, x, relevance, target, patch_size=selectivity_patch, softmax=True,
+        return evaluate.selectivity(source, x, explanation, target, patch_size=selectivity_patch, softmax=True,
                                     batch_size=batch_size)
 
     drops = lambda res: res.curves["morf"][:, :1] - res.curves["morf"][:, 1:]  # noqa: E731  (Quantus's numbers)
@@ -87,6 +91,11 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, patch, region
     scores = lambda res: res.scores  # noqa: E731
     return {
         f"pixel_flipping ({steps} steps)": (
+            r(lambda: evaluate.pixel_flipping(model, x, explanation, target, regions_per_step=per_step, softmax=True,
+                                              channel_dim=None, batch_size=batch_size), after),
+            q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
+            None),
+        f"pixel_flipping ({steps} steps), relevance as a tensor (a clean pass)": (
             r(lambda: evaluate.pixel_flipping(model, x, relevance, target, regions_per_step=per_step, softmax=True,
                                               channel_dim=None, batch_size=batch_size), after),
             q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
@@ -101,7 +110,7 @@ def metrics(model, x, target, relevance, masks, steps, batch_size, patch, region
             q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True),
             selectivity),
         f"faithfulness_estimate ({steps} steps)": (
-            r(lambda: evaluate.faithfulness_estimate(model, x, relevance, target, features_in_step=per_step,
+            r(lambda: evaluate.faithfulness_estimate(model, x, explanation, target, features_in_step=per_step,
                                                      channel_dim=None, softmax=True, batch_size=batch_size), scores),
             q(quantus.FaithfulnessEstimate(features_in_step=per_step, perturb_baseline="black", **common), True,
               full), None),
@@ -144,6 +153,14 @@ def floor(model, x, target, batch_size, chain_metric, forward_seconds):
     runner = evaluate.Runner(model, x, target, batch_size=batch_size, softmax=True, chains=True)
     elapsed, _ = timed(lambda: chain_metric(runner))
     return lowest, elapsed
+
+
+def _to(explanation, device):
+    """The explanation with its tensors on the device (its relevance, output and target are what metrics read)."""
+    import dataclasses
+
+    return dataclasses.replace(explanation, relevance=explanation.relevance.to(device),
+                               output=explanation.output.to(device), target=explanation.target.to(device))
 
 
 def timed(call):
@@ -189,12 +206,13 @@ def main():
           "| largest difference |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model, x, target, relevance, masks = setup(name, args.size, args.count)
-        model, x, target, relevance, masks = (t.to(args.device) for t in (model, x, target, relevance, masks))
+        model, x, target, explanation, masks = setup(name, args.size, args.count)
+        model, x, target, masks = (t.to(args.device) for t in (model, x, target, masks))
+        explanation = _to(explanation, args.device)
         forward = plain_forward(model, x, args.rounds)
         print(f"| {name} | one plain forward pass of the {args.count} images | {forward:.3f} | - | - | - | - | - |",
               flush=True)
-        for metric, (ours, theirs, chain) in metrics(model, x, target, relevance, masks, args.steps, batch_size,
+        for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, batch_size,
                                                      args.patch, args.regions, args.selectivity_patch,
                                                      args.device).items():
             if args.only and not any(metric.startswith(prefix) for prefix in args.only):

@@ -130,6 +130,23 @@ def test_cli_evaluate_says_counts_in_words_and_the_time_per_metric(tmp_path):
     assert "time per metric (all methods): sparseness " in run.stderr
 
 
+def test_cli_evaluate_prints_each_method_and_metric_as_it_starts_and_ends_when_stderr_is_not_a_terminal(tmp_path):
+    run = relprop_cli("evaluate", "demo", "--model", "demo", "--count", "2", "--methods", "epsilon,gradient",
+                      "--metrics", "aopc,randomisation,sparseness", "--out", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("relprop: ")]
+    pairs = [(method, metric) for method in ("epsilon", "gradient") for metric in ("aopc", "randomisation",
+                                                                                   "sparseness")]
+    expected = []
+    for number, (method, metric) in enumerate(pairs, 1):
+        expected += [f"relprop: evaluating {method} / {metric} ({number} of 6)", f"relprop: {method} / {metric} took"]
+    assert [line if "evaluating" in line else line[:line.index(" took") + 5] for line in lines] == expected
+    assert "aopc: regions of 4x4 pixels (--patch-size), removed in at most 16 steps (--steps)" in run.stderr
+    table = run.stdout.splitlines()
+    assert table[0] == "| method | aopc ↑ | randomisation ↓ | sparseness ↑ | mean rank |"
+    assert all(len(row.split("|")) == 7 and "nan" not in row for row in table[2:4])  # scores for both methods
+
+
 def test_the_report_tables_mark_better_directions_in_one_header_row_and_render_in_chromium(data, tmp_path):
     import re
 
@@ -167,7 +184,7 @@ def test_both_randomisation_metrics_share_one_cascade(data):
         return gradient_x_input(m, inputs, target)
 
     result = evaluate.benchmark(model, data, {"gxi": explain}, ["randomisation", "randomisation_last"], batch_size=5)
-    assert len(calls) == 1 + 1 + 2  # the explanation, the original map in the cascade, one per randomised layer
+    assert len(calls) == 1 + 2  # the explanation (also the cascade's original map), one per randomised layer
     per_layer = evaluate.model_parameter_randomisation(model, data[0], torch.where(
         data[1] >= 0, data[1], model(data[0]).argmax(1)), gradient_x_input).details["per_layer"]
     assert torch.allclose(result.scores["gxi", "randomisation_last"], per_layer[:, -1])

@@ -52,6 +52,25 @@ def test_pixel_flipping_removes_several_pixels_per_step_and_stops_after_steps():
     assert torch.allclose(result.curves["morf"], torch.from_numpy(reference[:, :6]), atol=1e-10)
 
 
+def test_max_steps_removes_as_many_regions_per_step_as_it_takes_to_cover_them_all():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    coarse = evaluate.region_perturbation(model, x, relevance, 1, patch_size=2, max_steps=5)  # 16 patches: 4 a step
+    reference = morf_curve_reference(model, x.numpy(), relevance.sum(1).numpy(), [1, 1], 2, x.flatten(1).amin(1),
+                                     per_step=4)
+    assert coarse.parameters["regions_per_step"] == 4 and coarse.parameters["steps"] == 4
+    assert torch.allclose(coarse.curves["morf"], torch.from_numpy(reference), atol=1e-10)
+    fine = evaluate.region_perturbation(model, x, relevance, 1, patch_size=2, max_steps=16)  # enough steps: one each
+    assert torch.allclose(fine.curves["morf"], evaluate.region_perturbation(model, x, relevance, 1,
+                                                                            patch_size=2).curves["morf"], atol=1e-12)
+    chosen = evaluate.selectivity(model, x, relevance, 1, patch_size=2, max_steps=5)
+    assert torch.allclose(chosen.scores, coarse.details["auc"], atol=1e-12)
+    for wrong in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_steps must be a positive int"):
+            evaluate.region_perturbation(model, x, relevance, 1, patch_size=2, max_steps=wrong)
+
+
 def test_selectivity_is_the_area_under_the_morf_curve_lower_is_better():
     model = small_cnn()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)

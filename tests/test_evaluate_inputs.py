@@ -60,6 +60,20 @@ def test_an_explanation_supplies_relevance_and_its_target():
     assert torch.equal(from_explanation.curves["morf"], from_tensor.curves["morf"])
 
 
+def test_an_explanation_brings_the_clean_output_so_metrics_make_no_clean_pass():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    explanation = relprop.explain(model, x, target=[2, 1], composite="epsilon")
+    from_explanation = evaluate.Runner.of(model, x, relevance=explanation)
+    from_tensor = evaluate.Runner.of(model, x, [2, 1], relevance=explanation.relevance)
+    assert from_explanation.forward_passes == 0 and from_tensor.forward_passes == 1
+    assert torch.allclose(from_explanation.output, from_tensor.output, rtol=1e-12, atol=0)
+    picked = evaluate.Runner.of(model, x, relevance=explanation, output=lambda out: out[:, :3])  # a selector: a pass
+    assert picked.forward_passes == 1 and picked.output.shape == (2, 3)
+    with pytest.raises(ValueError, match=r"clean_output is shaped \(2,\); give the model's class scores"):
+        evaluate.Runner(model, x, 0, clean_output=torch.zeros(2))
+
+
 def test_relevance_without_a_target_is_refused_until_the_target_is_said():
     model = small_cnn()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)

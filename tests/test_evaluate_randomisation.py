@@ -55,6 +55,25 @@ def test_model_parameter_randomisation_compares_each_randomised_copy_and_leaves_
     assert torch.allclose(result.scores, result.details["per_layer"].mean(1))
 
 
+def test_randomisation_takes_the_original_relevance_instead_of_explaining_it_again():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    target = model(x).argmax(1)
+    calls = []
+
+    def explain(m, inputs, t):
+        calls.append(1)
+        return gradient_x_input(m, inputs, t)
+
+    again = evaluate.model_parameter_randomisation(model, x, target, explain, seed=2)
+    given = evaluate.model_parameter_randomisation(model, x, target, explain, seed=2,
+                                                   original=gradient_x_input(model, x, target))
+    assert len(calls) == (1 + 2) + 2  # the second call explains the two randomised models only
+    assert torch.equal(again.details["per_layer"], given.details["per_layer"])
+    with pytest.raises(ValueError, match="not like x"):
+        evaluate.model_parameter_randomisation(model, x, target, explain, original=torch.ones(2, 8, 8))
+
+
 def test_randomisation_without_change_gives_similarity_one():
     model = small_cnn()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)

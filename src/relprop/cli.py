@@ -1051,8 +1051,12 @@ def _names(values, default):
 @click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
               help="how many generated images when DATA is demo")
 @click.option("--patch-size", type=click.IntRange(min=1), default=None,
-              help="AOPC's and selectivity's region size in pixels (default: 4 on demo's 32x32 images, else 16: one "
-                   "step per region, so 4x4 regions of a 224x224 image would be 3136 steps per method)")
+              help="AOPC's and selectivity's region size in pixels (default: 4 on demo's 32x32 images, else 16; "
+                   "a 224x224 image has 196 regions of 16x16, 3136 of 4x4: see --steps)")
+@click.option("--steps", type=click.IntRange(min=0), default=16, show_default=True,
+              help="AOPC's and selectivity's curve: the regions removed in at most this many steps, several regions a "
+                   "step where there are more (each step is a forward pass of every image); 0: one region per step, "
+                   "the full curve (196 steps for 16x16 regions of a 224x224 image)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("relprop-evaluation"),
               show_default=True, help="folder for table.md, table.csv, ranking.csv, scores.csv and report.html")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -1065,10 +1069,11 @@ def _names(values, default):
               "(default: one per GPU, else one per CPU)")
 @click.option("--address", default=None, help="--engine ray: join the Ray cluster at HOST:PORT (default: start "
               "Ray on this machine)")
-@click.option("--randomisation-layers", type=click.Choice(["all", "blocks"]), default="all", show_default=True,
-              help="randomisation metrics: randomise every layer with parameters in turn (one explanation each), "
-                   "or the model's top-level blocks (a coarser cascade, several times cheaper on deep models)")
-def evaluate_command(data, model_spec, weights, method_names, metric_names, count, patch_size, out, batch_size,
+@click.option("--randomisation-layers", type=click.Choice(["all", "blocks"]), default="blocks", show_default=True,
+              help="randomisation metrics: the model's top-level blocks, each randomised whole (a coarser cascade, "
+                   "one explanation per block), or every layer with parameters in turn (one explanation each: "
+                   "42 on a ResNet-18, several times slower)")
+def evaluate_command(data, model_spec, weights, method_names, metric_names, count, patch_size, steps, out, batch_size,
                      device, size, engine, workers, address, randomisation_layers):
     """Measure explanations: DATA is demo (generated images with object masks) or image files/folders."""
     from . import composites
@@ -1113,8 +1118,8 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
             result = benchmark(model, source, methods, metrics, batch_size=batch_size, progress=True,
                                device=torch_device, method_options=method_options, engine=engine, workers=workers,
                                address=address,
-                               options={"aopc": {"patch_size": patch_size}, "aopc_lerf": {"patch_size": patch_size},
-                                        "selectivity": {"patch_size": patch_size},
+                               options={**{name: {"patch_size": patch_size, "max_steps": steps or None}
+                                           for name in ("aopc", "aopc_lerf", "selectivity")},
                                         **({name: {"layers": "blocks"} for name in ("randomisation",
                                                                                     "randomisation_last",
                                                                                     "randomisation_independent")}
@@ -1131,7 +1136,8 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
         click.echo(f"relprop: skipped {failure['file']}: {failure['error']}", err=True)
     removing = [name for name in ("aopc", "aopc_lerf", "selectivity") if name in metrics]
     if removing:
-        click.echo(f"{', '.join(removing)}: regions of {patch_size}x{patch_size} pixels (--patch-size)", err=True)
+        click.echo(f"{', '.join(removing)}: regions of {patch_size}x{patch_size} pixels (--patch-size), "
+                   + (f"removed in at most {steps} steps (--steps)" if steps else "one per step (--steps 0)"), err=True)
     if result.seconds:
         spent = sorted(result.seconds.items(), key=lambda item: -item[1])
         click.echo("time per metric (all methods): " + ", ".join(f"{metric} {seconds:.1f} s"

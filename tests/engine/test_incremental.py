@@ -280,7 +280,7 @@ def test_a_checkpoint_brings_the_base_back_after_later_passes_without_copying_it
     assert incremental.passes == {"full": 1, "incremental": 3}
 
 
-def test_small_cropped_ops_run_on_one_thread_and_the_thread_count_comes_back(monkeypatch):
+def test_incremental_passes_run_on_one_thread_whole_ops_on_all_and_the_thread_count_comes_back(monkeypatch):
     model, shape = models()["windows"]
     x = torch.rand(shape)
     incremental = Incremental(model)
@@ -295,7 +295,13 @@ def test_small_cropped_ops_run_on_one_thread_and_the_thread_count_comes_back(mon
         with torch.inference_mode():
             torch.testing.assert_close(incremental(moved), model(moved), rtol=1e-5, atol=1e-6)
         assert incremental.passes["incremental"] == 1
-        assert seen and seen[0::2] == [1] * (len(seen) // 2) and seen[1::2] == [2] * (len(seen) // 2)
+        assert seen[0] == 1 and seen[-1] == 2  # the pass starts on one thread and gives the count back at its end
+        assert 2 in seen[1:-1]  # the ops after the flatten run whole, with both threads
+        assert all(a != b for a, b in zip(seen, seen[1:]))  # each switch changes the count: no idle calls
         assert torch.get_num_threads() == 2
+        seen.clear()
+        incremental.reset()
+        incremental(x)  # a full pass (a new base) runs as torch is set
+        assert 1 not in seen and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

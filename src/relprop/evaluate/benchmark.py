@@ -62,6 +62,7 @@ class Context:
     options: dict
     explanation: object = None  # what the method returned (an Explanation carries delta for completeness)
     cache: dict = field(default_factory=dict)  # results metrics of this batch and method share (randomisation)
+    explained: bool = True  # relevance is the method's output on this batch here (False: read from a store)
 
     def masks(self, metric):
         if self.batch.mask is None:
@@ -127,13 +128,21 @@ METRICS = {
 }
 
 
+def _one_patch_per_step(options: dict) -> bool:
+    """Whether a region metric with these options removes one patch per step (a chain of incremental passes)."""
+    return options.get("patch_size", 8) != 1 and options.get("regions_per_step", 1) == 1 and \
+        options.get("max_steps") is None
+
+
 def _cascade(c: Context, name: str):
     """MPRT (cascading) for this batch and method, computed once for both randomisation metrics."""
     options = c.options.get(name, {})
     key = ("randomisation", repr(sorted(options.items())))
     if key not in c.cache:
+        original = c.relevance if c.explained else None  # the cascade's first map: this method's relevance
         c.cache[key] = randomisation.model_parameter_randomisation(c.model, c.batch.x, c.runner.target, c.explain,
-                                                                   batch_size=c.batch_size, **options)
+                                                                   batch_size=c.batch_size, original=original,
+                                                                   **options)
     return c.cache[key]
 
 
@@ -243,7 +252,8 @@ class Plan:
         if device is not None:
             batch.x = batch.x.to(device)
             batch.mask = None if batch.mask is None else batch.mask.to(device)
-        chains = any(metric in ("aopc", "aopc_lerf", "selectivity", "irof") for metric in self.metrics)
+        chains = any(metric == "irof" or metric in ("aopc", "aopc_lerf", "selectivity") and _one_patch_per_step(
+            self.options.get(metric, {})) for metric in self.metrics)
         runner = Runner(model, batch.x, "predicted", batch_size=self.batch_size, chains=chains)
         if self.target == "label" and batch.label is not None:
             labels = batch.label.to(runner.target.device)
@@ -257,7 +267,8 @@ class Plan:
             else:
                 explanation = explain(model, batch.x, runner.target)
                 relevance = getattr(explanation, "relevance", explanation).detach()
-            context = Context(model, runner, batch, relevance, explain, self.batch_size, self.options, explanation)
+            context = Context(model, runner, batch, relevance, explain, self.batch_size, self.options, explanation,
+                              explained=label not in batch.relevance)
             for metric in self.metrics:
                 if (label, metric) in skip:
                     continue
@@ -447,6 +458,26 @@ def _cell(value, digits):
     return "-" if value != value else f"{value:.{digits}f}"
 
 
+class _ProgressLines:
+    """Progress as plain lines: which method and metric runs (its number of all, where known), then its seconds."""
+
+    def __init__(self, total, stream):
+        self.total, self.stream, self.done = total, stream, 0
+
+    def start(self, method, metric):
+        of = "" if self.total is None else f" of {self.total}"
+        print(f"relprop: evaluating {method} / {metric} ({self.done + 1}{of})", file=self.stream, flush=True)
+
+    def batch(self, pairs):
+        self.done += pairs
+        of = "" if self.total is None else f" of {self.total}"
+        print(f"relprop: a batch is done ({self.done}{of} method-metric pairs)", file=self.stream, flush=True)
+
+    def end(self, method, metric, seconds):
+        self.done += 1
+        print(f"relprop: {method} / {metric} took {seconds:.1f} s", file=self.stream, flush=True)
+
+
 def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game",
                                              "aopc", "randomisation"),
               *, target="label", batch_size: int = 32, options: dict | None = None, method_options: dict | None = None,
@@ -492,31 +523,44 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
     accumulators = {(m, k): _Accumulator() for m in methods for k in metrics}
     errors = {}
     seconds = {}
-    bar = None
+    bar = lines = None
+    count = data.batch_count(batch_size) if hasattr(data, "batch_count") else None
+    total = None if count is None else count * len(methods) * len(metrics)
     if progress:
         import sys
 
-        from tqdm import tqdm
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-        count = data.batch_count(batch_size) if hasattr(data, "batch_count") else None
-        bar = tqdm(total=None if count is None else count * len(methods) * len(metrics), unit="metric",
-                   file=sys.stderr, disable=None, leave=False)
+            bar = tqdm(total=total, unit="metric", file=sys.stderr, leave=False)
+        else:  # a log or a pipe: one line as each pair starts and ends, so a long metric is never silent
+            lines = _ProgressLines(total, sys.stderr)
 
     def on_pair(label, metric, elapsed):
         if elapsed is None:
             if bar is not None:
                 bar.set_description(f"{label} / {metric}", refresh=True)
+            if lines is not None:
+                lines.start(label, metric)
             return
         seconds[metric] = seconds.get(metric, 0.0) + elapsed
         if bar is not None:
             bar.update(1)
+        if lines is not None:
+            lines.end(label, metric, elapsed)
 
     if engine == "ray":
         from .sharded import evaluate_on_ray
 
         pairs = len(methods) * len(metrics)
-        for outcomes in evaluate_on_ray(model, data, plan, workers, address,
-                                        (lambda: bar.update(pairs)) if bar is not None else lambda: None):
+
+        def batch_done():
+            if bar is not None:
+                bar.update(pairs)
+            if lines is not None:
+                lines.batch(pairs)
+
+        for outcomes in evaluate_on_ray(model, data, plan, workers, address, batch_done):
             _merge(outcomes, accumulators, errors)
     else:
         model = model.load() if hasattr(model, "load") else model  # a model spec, as relprop run takes

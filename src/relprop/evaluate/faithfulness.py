@@ -77,10 +77,15 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step, steps):
+def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step, steps, max_steps=None):
     regions = region_scores.shape[1]
     if isinstance(regions_per_step, bool) or not isinstance(regions_per_step, int) or regions_per_step < 1:
         raise ValueError(f"regions_per_step must be a positive int, got {regions_per_step!r}")
+    if max_steps is not None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive int or None (one step per regions_per_step regions), got "
+                             f"{max_steps!r}")
+        regions_per_step = max(regions_per_step, math.ceil(regions / max_steps))
     most = math.ceil(regions / regions_per_step)
     steps = most if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
@@ -88,15 +93,16 @@ def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step,
                          f"got {steps!r}")
     counts = torch.arange(steps + 1) * regions_per_step
     removal = Removal(setup.x, setup.baseline, setup.axis, labels, ranks(region_scores, order), counts)
-    # patches removed one by one change a small region per step: incremental passes (single pixels are scattered)
-    chain = regions < setup.size
+    # patches removed one by one change a small region per step: incremental passes (single pixels are scattered,
+    # and so are several patches per step: their steps run as plain passes of stacked copies)
+    chain = regions < setup.size and regions_per_step == 1
     perturbed = setup.runner.scores(steps, lambda rows, k: removal(rows, k + 1), chain=chain)
-    return torch.cat([setup.runner.clean.view(-1, 1), perturbed], 1)
+    return torch.cat([setup.runner.clean.view(-1, 1), perturbed], 1), regions_per_step
 
 
 def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order="morf", regions_per_step=1,
-                        steps=None, baseline="black", batch_size=64, softmax=None, channel_dim="auto",
-                        blur_sigma=2.0, seed=0, output=None) -> Result:
+                        steps=None, max_steps=None, baseline="black", batch_size=64, softmax=None,
+                        channel_dim="auto", blur_sigma=2.0, seed=0, output=None) -> Result:
     """Region perturbation (Samek et al. 2017): AOPC per sample; curves and AUC in the result.
 
     Args:
@@ -111,6 +117,9 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
         order: "morf" (most relevant first) or "lerf" (least relevant first).
         regions_per_step: How many regions each step removes.
         steps: How many steps the curve takes; None removes every region.
+        max_steps: Remove the regions in at most this many steps (ceil(regions / max_steps) per step, when that is
+            more than regions_per_step): a coarser curve over the whole removal, each step one forward pass of the
+            batch; None: regions_per_step regions a step.
         baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
             "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
             "blur" (a Gaussian blur of the sample).
@@ -141,11 +150,11 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
     """
     patches = any(size != 1 for size in ((patch_size,) if isinstance(patch_size, int) else patch_size))
     setup = _Setup(model, x, relevance, target, batch_size, softmax, channel_dim, baseline, seed, output, blur_sigma,
-                   chains=patches)
+                   chains=patches and regions_per_step == 1 and max_steps is None)
     labels = patch_labels(setup.locations, patch_size)
     regions = int(labels.max()) + 1
     scores = region_relevance(setup.map, labels.expand((len(setup.x),) + setup.locations), regions)
-    curve = _region_curve(setup, labels, scores, order, regions_per_step, steps)
+    curve, regions_per_step = _region_curve(setup, labels, scores, order, regions_per_step, steps, max_steps)
     aopc = (curve[:, :1] - curve).mean(1)
     return Result(f"region_perturbation_{order}", aopc, order == "morf",
                   {"patch_size": patch_size, "order": order, "regions_per_step": regions_per_step,
@@ -191,8 +200,8 @@ def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_pe
     return result
 
 
-def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="black", batch_size=64, softmax=None,
-                channel_dim="auto", output=None) -> Result:
+def selectivity(model, x, relevance, target=None, *, patch_size=8, max_steps=None, baseline="black", batch_size=64,
+                softmax=None, channel_dim="auto", output=None) -> Result:
     """Selectivity (Montavon et al. 2018): AUC of the MoRF region perturbation curve; lower is better.
 
     Args:
@@ -204,6 +213,7 @@ def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="bla
             explained (a plain tensor of relevance then needs target).
         patch_size: The side of the square regions removed together (an int, or a tuple per location dimension); 1
             removes single locations.
+        max_steps: As region_perturbation's: the patches removed in at most this many steps (a coarser curve).
         baseline: What removed locations become: a number, a tensor shaped like one sample or like x, or one of
             "black" (each sample's minimum), "white" (its maximum), "mean", "uniform" (seeded noise between them) or
             "blur" (a Gaussian blur of the sample).
@@ -217,8 +227,9 @@ def selectivity(model, x, relevance, target=None, *, patch_size=8, baseline="bla
     Returns:
         A Result: the AUC of the MoRF curve per sample (lower is better).
     """
-    result = region_perturbation(model, x, relevance, target, patch_size=patch_size, baseline=baseline,
-                                 batch_size=batch_size, softmax=softmax, channel_dim=channel_dim, output=output)
+    result = region_perturbation(model, x, relevance, target, patch_size=patch_size, max_steps=max_steps,
+                                 baseline=baseline, batch_size=batch_size, softmax=softmax, channel_dim=channel_dim,
+                                 output=output)
     return Result("selectivity", result.details["auc"], False, result.parameters, result.curves, result.details)
 
 

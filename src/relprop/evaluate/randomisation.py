@@ -75,7 +75,7 @@ def _similar(name, a, b, k):
 
 def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_flat", *, mode="cascading",
                                   similarity="spearman", layers=None, seed=0, k=100, absolute=True, batch_size=64,
-                                  channel_dim="auto") -> Result:
+                                  channel_dim="auto", original=None) -> Result:
     """MPRT (Adebayo et al. 2018): mean similarity over layers of original and randomised-model explanations.
 
     Args:
@@ -98,6 +98,8 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
         batch_size: The most perturbed copies one forward pass holds (bounds memory whatever the number of steps).
         channel_dim: The dimension of x holding channels, pooled into one location: "auto" (1 for images, 2 for (N,
             T, C) sequences, none for (N, F)), an int, or None for no channel dimension.
+        original: The relevance explain gives on the model itself, when already computed (it is then not explained
+            again); None explains it.
 
     Returns:
         A Result: the mean similarity per sample (lower is better); each layer's under details.
@@ -123,7 +125,14 @@ def model_parameter_randomisation(model, x, target=None, explain="epsilon_plus_f
     if missing:
         raise ValueError(f"no module named {missing[0]!r}; layers with parameters: {parameter_layers(model)}")
     transform = (lambda m: m.abs()) if absolute else (lambda m: m)  # noqa: E731
-    original = transform(_maps(explain, model, x, target, axis, batch_size))
+    if original is None:
+        original = _maps(explain, model, x, target, axis, batch_size)
+    else:
+        if original.shape != x.shape:
+            raise ValueError(f"original relevance is shaped {tuple(original.shape)}, not like x {tuple(x.shape)}; "
+                             "give the relevance of x for these targets, or leave original out")
+        original = pooled(original.detach(), axis, "sum")
+    original = transform(original)
     generator = torch.Generator().manual_seed(seed)
     randomised = copy.deepcopy(model)
     per_layer = []

@@ -47,10 +47,13 @@ class Runner:
         output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
         explained_target: The class an explanation explained, used when target is None.
         incremental: Run chains of local perturbations through ``engine.incremental``, which keeps one pass's
-            activations. None: on a CPU, and only while the chain's passes save enough work; True: always.
+            activations. None: on a CPU, and only while the chain's passes save enough work (see _chains_pay);
+            True: always.
         chains: Chains of local perturbations will run on this runner, so the clean pass keeps its activations as
             the base of their first steps; otherwise it is one plain forward pass and the first chain builds its own
             base.
+        clean_output: The model's output on x, already computed (an Explanation's output): then there is no clean
+            pass unless chains need its activations.
 
     Raises:
         TypeError: when model is not a torch.nn.Module or x not a tensor.
@@ -68,7 +71,7 @@ class Runner:
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
-                 incremental: bool | None = None, chains: bool = False):
+                 incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -87,6 +90,11 @@ class Runner:
             with torch.inference_mode():  # kept: the base of each chain's first step
                 self.output = self.run(self.x, self.incremental)
             self._checkpoint(torch.arange(len(self.x)))
+        elif clean_output is not None:
+            if clean_output.dim() != 2 or clean_output.shape[0] != len(self.x):
+                raise ValueError(f"clean_output is shaped {tuple(clean_output.shape)}; give the model's class scores "
+                                 f"on x, shaped ({len(self.x)}, classes), or leave it out")
+            self.output = clean_output.detach().double()
         else:
             self.output = self.outputs(self.x)
         self.classes = self.output.shape[1]
@@ -111,7 +119,9 @@ class Runner:
                 steps).
             softmax: Score the softmax probability; None: the runner's choice, else the logit.
             output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
-            relevance: The relevance the metric evaluates; an Explanation's target is used when target is None.
+            relevance: The relevance the metric evaluates; an Explanation's target is used when target is None,
+                and an Explanation of x brings the model's output on x (explanation.output), which is then not
+                computed again.
             scored: The metric scores the target, so relevance without a target (a plain tensor) needs target= or a
                 runner built with one.
             chains: The metric runs chains of local perturbations (see the class).
@@ -143,7 +153,7 @@ class Runner:
         if scored and target is None and explained is None:
             raise ValueError(_NO_TARGET)
         return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
-                   explained_target=explained, chains=chains)
+                   explained_target=explained, chains=chains, clean_output=_explained_output(relevance, x, output))
 
     def _checkpoint(self, rows: torch.Tensor) -> None:
         """Let the chains of these samples return to the engine's present base (see Incremental.checkpoint)."""
@@ -339,6 +349,17 @@ class Runner:
 _NO_TARGET = ("relevance given as a plain tensor does not say which class it explains; pass target= (the class "
               "per sample the relevance explains, e.g. the labels), target=\"predicted\" to score the class the model "
               "predicts, or an Explanation, whose target is used")
+
+
+def _explained_output(relevance, x, output) -> torch.Tensor | None:
+    """The class scores an Explanation of x holds (its forward pass on x), where they are what this runner's clean
+    pass would give: (N, classes) of x's dtype on x's device, and no output= selector that they may predate."""
+    scores = getattr(relevance, "output", None)
+    if output is not None or not isinstance(scores, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return None
+    if scores.dim() != 2 or scores.shape[0] != len(x) or scores.device != x.device or scores.dtype != x.dtype:
+        return None
+    return scores
 
 
 def _is_predicted(target) -> bool:
