@@ -7,12 +7,16 @@ VGG-16 is torchvision's, randomly initialised (non-zero biases), in eval mode; b
 (zennit's EpsilonPlusFlat) and explain the predicted class through one channel of --layer per condition.
 relprop: one forward pass, the conditions as batched backwards of --batch. zennit-crp: ``CondAttribution.generate``
 (one forward of --batch copies of the image, a backward per batch) and ``CondAttribution.__call__`` (all
-conditions in one batch). The time of a method is its median over --rounds interleaved rounds; peak memory is
-measured in a child process per method, as in bench_lrp.py.
+conditions in one batch). The floor: one forward of the plain model (a copy with out-of-place ReLUs), the gradient
+of the target logit down to --layer, then the conditions' backward from the layer down as one batched plain gradient
+(``torch.autograd.grad`` with ``is_grads_batched``, as relprop batches its conditions) with no LRP rule: what any
+CRP must at least do. The time of a method is its median over --rounds interleaved rounds; peak memory is measured
+in a child process per method (--no-memory skips it), as in bench_lrp.py.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -38,7 +42,8 @@ def build_methods(size, count, layer, batch):
         target = int(model(x).argmax(1))
     ours = [{"y": target, layer: [c]} for c in range(count)]
     lrp = relprop.LRP(model, "epsilon_plus_flat")
-    methods = {f"relprop conditional (batch {batch})": lambda: conditional(lrp, x, None, ours, batch=batch).relevance}
+    methods = {f"relprop conditional (batch {batch})": lambda: conditional(lrp, x, None, ours, batch=batch).relevance,
+               f"floor: plain batched gradient ({count})": plain_floor(model, x, target, layer, count)}
     try:
         from crp.attribution import CondAttribution
         from zennit.composites import EpsilonPlusFlat
@@ -59,11 +64,40 @@ def build_methods(size, count, layer, batch):
     return methods
 
 
+def plain_floor(model, x, target, layer, count):
+    """One forward, the target's gradient down to ``layer``, then ``count`` channel conditions' gradients from the
+    layer to the input as one batched backward: no LRP rule, nothing but the convolutions' own backward."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False  # keep the layer's output as it came out (relprop's rules read it unrectified)
+    chosen = dict(plain.named_modules())[layer]
+
+    def floor():
+        held = {}
+        handle = chosen.register_forward_hook(lambda module, args, output: held.setdefault("output", output))
+        inputs = x.clone().requires_grad_(True)
+        try:
+            output = plain(inputs)
+        finally:
+            handle.remove()
+        activation = held["output"]
+        (above,) = torch.autograd.grad(output[0, target], activation, retain_graph=True)
+        masks = torch.zeros((count, *activation.shape), dtype=activation.dtype)
+        masks[torch.arange(count), :, torch.arange(count)] = 1  # condition c keeps channel c
+        (heatmaps,) = torch.autograd.grad(activation, inputs, grad_outputs=above * masks, is_grads_batched=True)
+        return heatmaps
+
+    return floor
+
+
 def check_agreement(methods):
     """The libraries' heatmaps (summed over colour channels) agree, so that the timing compares like with like."""
     results = [fn() for fn in methods.values()]
     ours = results[0].sum(2)[:, 0]
     for name, theirs in zip(list(methods)[1:], results[1:]):
+        if name.startswith("floor"):
+            continue  # a plain gradient, no heatmap to agree with
         scale = theirs.abs().max()
         print(f"  max |relprop - {name}| / max |{name}| = {float((ours - theirs).abs().max() / scale):.2e}")
 
@@ -87,6 +121,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64, help="conditions per backward (both libraries)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children (time only)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,10 +139,12 @@ def main():
         for name, fn in methods.items():
             times[name].append(measure(fn)[0])
     ours = statistics.median(next(iter(times.values())))
-    print(f"{'method':40s} {'seconds':>8s} {'x relprop':>10s} {'peak MiB':>9s}")
+    floor = statistics.median(next(values for name, values in times.items() if name.startswith("floor")))
+    print(f"{'method':40s} {'seconds':>8s} {'x relprop':>10s} {'x floor':>8s} {'peak MiB':>9s}")
     for name, values in times.items():
         seconds = statistics.median(values)
-        print(f"{name:40s} {seconds:8.2f} {seconds / ours:10.1f} {memory_in_child(args, name):9.0f}")
+        memory = float("nan") if args.no_memory else memory_in_child(args, name)
+        print(f"{name:40s} {seconds:8.2f} {seconds / ours:10.2f} {seconds / floor:8.2f} {memory:9.0f}")
 
 
 if __name__ == "__main__":

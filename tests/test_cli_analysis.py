@@ -31,6 +31,7 @@ def test_spray_command_writes_analysis_and_report(store, tmp_path):
                      "--embed", "spectral", "--no-density", "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
     assert "class-0: 24 samples" in result.stdout and "kmeans-2 sizes [12, 12]" in result.stdout
+    assert "class-0: kNN graph of 24 samples: exact neighbour search (auto: exact below 200,000" in result.stdout
     assert (tmp_path / "report" / "index.html").is_file()
     assert sorted(spray.read(store, "class-0").clusters) == ["kmeans-2", "kmeans-3"]
     exported = relprop("export", "virelay", store, "--out", tmp_path / "project")
@@ -45,6 +46,7 @@ def test_spray_command_writes_analysis_and_report(store, tmp_path):
     (["--clusters", "many"], "--clusters takes auto"),
     (["--classes", "7"], "class 7 is out of range"),
     (["--classes", "a"], "--classes takes comma-separated"),
+    (["--neighbor-search", "fast"], "'fast' is not one of 'auto', 'exact', 'approximate'"),
 ])
 def test_spray_command_refuses_bad_arguments_with_the_fix(store, tmp_path, arguments, message):
     result = relprop("spray", store, *arguments, "--out", tmp_path / "report")

@@ -882,8 +882,12 @@ def _cluster_counts(text: str):
                    "each; the report opens on the most separated, the lowest conductance)")
 @click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True,
               help="k of the k-nearest-neighbour graph")
-@click.option("--eigenvalues", type=click.IntRange(min=2), default=32, show_default=True,
-              help="how many of the Laplacian's smallest eigenpairs to compute")
+@click.option("--neighbor-search", "search", type=click.Choice(["auto", "exact", "approximate"]), default="auto",
+              show_default=True, help="the kNN graph's neighbour search: auto is exact below 200,000 samples and "
+                                      "approximate (faiss-cpu) from there")
+@click.option("--eigenvalues", type=click.IntRange(min=2), default=None,
+              help="how many of the Laplacian's smallest eigenpairs to compute (default: 32; from 200,000 samples "
+                   "the 12 the eigengap needs)")
 @click.option("--embed", "embeddings", multiple=True, type=click.Choice(["tsne", "umap", "spectral"]),
               help="2-D embeddings (repeatable; default: spectral, and tsne for classes of up to 5,000 samples)")
 @click.option("--size", type=click.IntRange(min=1), default=3, show_default=True,
@@ -898,7 +902,7 @@ def _cluster_counts(text: str):
 @click.option("--max-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="samples per class the report shows with pictures")
 @click.option("--seed", type=int, default=0, show_default=True)
-def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings, size, power, density, out,
+def spray(store, classes, over_all, clusters, neighbors, search, eigenvalues, embeddings, size, power, density, out,
           max_samples, seed):
     """Spectral Relevance Analysis of a store: clusters of similar heatmaps (the model's strategies) per class."""
     import numpy as np
@@ -913,9 +917,9 @@ def spray(store, classes, over_all, clusters, neighbors, eigenvalues, embeddings
         raise Failure(f"--classes takes comma-separated class indices such as 0,3; got {classes!r}") from None
     algorithms = ("kmeans", "hdbscan") if density else ("kmeans",)
     try:
-        results = spray_analysis.run(store, chosen, over_all, ks, neighbors, eigenvalues,
+        results = spray_analysis.run(store, chosen, over_all, ks, neighbors, eigenvalues or "auto",
                                      tuple(embeddings) or "auto", algorithms, size, power, seed=seed,
-                                     progress=lambda text: click.echo(f"spray: {text}", err=True))
+                                     progress=lambda text: click.echo(f"spray: {text}", err=True), search=search)
     except (FileNotFoundError, ValueError) as error:
         raise Failure(str(error)) from None
     for name, result in results.items():

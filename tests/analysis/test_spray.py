@@ -100,6 +100,63 @@ def test_planted_strategies_are_suggested_and_found_by_the_chosen_clustering(cou
     assert adjusted_rand_score(truth, result.clusters[result.chosen]) >= 0.9
 
 
+@pytest.mark.parametrize("count, strategies", [(2000, 4), (3000, 6)])
+def test_the_approximate_neighbour_graph_recovers_planted_strategies(count, strategies):
+    from sklearn.metrics import adjusted_rand_score
+
+    from .planted import CENTRES, strategy_maps
+
+    maps, truth = strategy_maps(count, CENTRES[:strategies], np.arange(strategies, 0, -1), seed=count + 7)
+    result = spray.analyse(spray.pool(maps, 3, 0.5), np.arange(count), "class-0", embeddings=(),
+                           search="approximate")
+    assert result.parameters["neighbor_search"] == "approximate"
+    assert "approximate neighbour search (as asked" in result.notes[-1]
+    assert adjusted_rand_score(truth, result.clusters[result.chosen]) >= 0.9
+
+
+def test_approximate_neighbours_are_nearly_the_exact_ones():
+    from .planted import CENTRES, strategy_maps
+
+    maps, _ = strategy_maps(4000, CENTRES[:4], (4, 3, 2, 1), seed=11)
+    features = spray.pool(maps, 3, 0.5)
+    exact = spray.nearest_neighbors(features, 11, "exact")
+    approximate = spray.nearest_neighbors(features, 11, "approximate")
+    assert approximate.shape == exact.shape and approximate.min() >= 0
+    recall = np.mean([len(set(a) & set(b)) / 11 for a, b in zip(exact, approximate)])
+    assert recall >= 0.95
+    np.testing.assert_array_equal(approximate, spray.nearest_neighbors(features, 11, "approximate"))  # seeded
+    graph = spray.knn_affinity(features, 10, "approximate")
+    assert graph.diagonal().sum() == 0 and (graph != graph.T).nnz == 0 and graph.getnnz(axis=1).min() >= 10
+
+
+def test_auto_searches_exactly_below_the_threshold_and_approximately_from_it(monkeypatch):
+    assert spray.neighbor_search(spray.APPROXIMATE_FROM - 1) == "exact"
+    assert spray.neighbor_search(spray.APPROXIMATE_FROM) == "approximate"
+    assert spray.neighbor_search(10, "approximate") == "approximate"
+    assert spray.neighbor_search(10 ** 7, "exact") == "exact"
+    assert spray.eigenpair_count(spray.APPROXIMATE_FROM - 1) == 32
+    assert spray.eigenpair_count(spray.APPROXIMATE_FROM, max_clusters=10) == 12
+    monkeypatch.setattr(spray, "APPROXIMATE_FROM", 300)  # the switch as `analyse` applies it, on small sets
+    points, truth = blobs([150, 100, 50], seed=9)
+    below = spray.analyse(points[:299], np.arange(299), "all", embeddings=())
+    at = spray.analyse(points, np.arange(300), "all", embeddings=())
+    assert below.parameters["neighbor_search"] == "exact" and len(below.eigenvalues) == 32
+    assert at.parameters["neighbor_search"] == "approximate" and len(at.eigenvalues) == 12
+    assert "exact neighbour search (auto: exact below 300 samples" in below.notes[-1]
+    assert at.suggested == 3 and len({(a, b) for a, b in zip(at.clusters[at.chosen], truth)}) == 3
+
+
+def test_a_bad_neighbour_search_or_a_missing_faiss_names_the_fix(monkeypatch):
+    points, _ = blobs([20, 20], seed=10)
+    with pytest.raises(ValueError, match="unknown neighbour search 'fast'; choose from auto, exact, approximate"):
+        spray.analyse(points, np.arange(40), "all", search="fast")
+    with pytest.raises(ValueError, match="eigenvalues must be"):
+        spray.analyse(points, np.arange(40), "all", eigenvalues=1)
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # as if faiss-cpu were not installed
+    with pytest.raises(ValueError, match=r"needs faiss-cpu \(pip install 'relprop\[analysis\]'"):
+        spray.knn_affinity(points, 5, "approximate")
+
+
 def test_separate_groups_give_zero_eigenvalues_and_kmeans_finds_them():
     points, truth = blobs([40, 30, 30], seed=4)
     result = spray.analyse(points, np.arange(100), "all", neighbors=5, eigenvalues=8, embeddings=("spectral",),

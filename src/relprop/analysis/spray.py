@@ -14,12 +14,17 @@ For each analysed set S of n heatmaps (one class, or all samples):
    (recall 0.2-0.4 below 299).
 2. **Affinity.** A symmetric k-nearest-neighbour graph: a_ij = 1 when j is among the ``neighbors`` nearest
    (Euclidean) features of i or i among those of j, else 0. Sparse: n * neighbors entries at most per direction.
+   The neighbours are exact below ``APPROXIMATE_FROM`` samples (200,000) and approximate from there (faiss's
+   inverted-file search, ~99% of the exact neighbours at 100k to 1M maps); ``search`` forces either, and the
+   output and the report say which was used.
 3. **Laplacian.** L = I - D^{-1/2} A D^{-1/2} with d_i = sum_j a_ij (every node has neighbours, so d_i > 0).
    Its eigenvalues lie in [0, 2]; as many are 0 as the graph has connected components, and small ones that stand
    apart mark groups of samples that are well connected inside and weakly to the rest: distinct strategies.
-4. **Eigenpairs.** The ``eigenvalues`` smallest of L: 0 once per connected component (eigenvector D^{1/2} 1_C),
-   the others as the largest of M = D^{-1/2} A D^{-1/2} (lambda = 1 - mu) away from those, by a sparse Lanczos
-   solver (scipy's ``eigsh``): nothing of size n x n is ever formed.
+4. **Eigenpairs.** The ``eigenvalues`` smallest of L (default 32; from ``APPROXIMATE_FROM`` samples the
+   max_clusters + 2 the eigengap needs, as the solver's restarts cost n times the square of the count): 0 once
+   per connected component (eigenvector D^{1/2} 1_C), the others as the largest of M = D^{-1/2} A D^{-1/2}
+   (lambda = 1 - mu) away from those, by a sparse Lanczos solver (scipy's ``eigsh``): nothing of size n x n is
+   ever formed.
 5. **Eigengap.** With lambda_1 <= ... <= lambda_m: when c >= 2 of them are 0 (below ``ZERO``), the kNN graph has
    c connected components, groups with no edge between them, and c is the suggestion (at most ``max_clusters``);
    the first gap after the zeros is the one that counts, however large later ones are. In a connected graph, the
@@ -60,6 +65,13 @@ DENSITY_SAMPLE = 10_000  # HDBSCAN clusters at most this many samples and labels
 KNN_WORKING_MIB = 128  # the exact neighbour search's distance blocks (scikit-learn's default, 1 GiB, was the peak)
 ZERO = 1e-8  # an eigenvalue below this counts as 0: one per connected component of the kNN graph
 MIN_SAMPLES = 3  # the least a set needs for a kNN graph with an eigengap; fewer are skipped and named
+SEARCHES = ("auto", "exact", "approximate")
+# "auto" searches neighbours approximately from this many samples: on pooled planted maps (one thread, loaded
+# machine) the exact search took 10 s of CPU at 100k, 26 s at 200k, 51 s at 300k and 1,293 s of wall time at 1M;
+# the approximate one 1.1, 3.2, 4.6 and ~40 s of CPU, finding 99% of the exact neighbours
+# (docs/benchmarks-spray-crp.md)
+APPROXIMATE_FROM = 200_000
+APPROXIMATE_PROBES = 8  # cells the approximate search looks into: recall 0.988 at 100k and 0.995 at 1M maps
 
 
 # ---- the steps, each on plain arrays ------------------------------------------------------------------------------
@@ -94,12 +106,94 @@ def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
     return (flat / torch.where(norm > 0, norm, torch.ones_like(norm))).numpy()
 
 
-def knn_affinity(features: np.ndarray, neighbors: int):
+def neighbor_search(n: int, search: str = "auto") -> str:
+    """The neighbour search SpRAy's kNN graph of n samples uses.
+
+    Args:
+        n: The number of samples.
+        search: "exact" or "approximate" (taken as asked), or "auto": exact below ``APPROXIMATE_FROM`` samples and
+            approximate from there.
+
+    Returns:
+        "exact" or "approximate".
+
+    Raises:
+        ValueError: for an unknown search.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"unknown neighbour search {search!r}; choose from {', '.join(SEARCHES)}")
+    if search != "auto":
+        return search
+    return "approximate" if n >= APPROXIMATE_FROM else "exact"
+
+
+def search_note(searched: str, asked: str, n: int) -> str:
+    """The line the output and the report give on the neighbour search a set's graph was built with.
+
+    Args:
+        searched: The search used, "exact" or "approximate".
+        asked: The search asked for ("auto", "exact" or "approximate").
+        n: The number of samples in the graph.
+
+    Returns:
+        One line of text.
+    """
+    why = (f"auto: exact below {APPROXIMATE_FROM:,} samples, approximate from there" if asked == "auto"
+           else "as asked")
+    other = "approximate" if searched == "exact" else "exact"
+    return f"kNN graph of {n:,} samples: {searched} neighbour search ({why}; --neighbor-search {other} for the other)"
+
+
+def nearest_neighbors(features: np.ndarray, count: int, search: str = "exact") -> np.ndarray:
+    """Each row's nearest rows (Euclidean), itself usually first.
+
+    Args:
+        features: (n, d) features.
+        count: How many neighbours to find per row.
+        search: "exact" (scikit-learn's tree search) or "approximate" (faiss's inverted file, ``IndexIVFFlat``:
+            4 sqrt(n) cells trained by k-means on a seeded sample, the nearest ``APPROXIMATE_PROBES`` cells
+            searched).
+
+    Returns:
+        (n, count) indices; -1 where an approximate search found fewer.
+
+    Raises:
+        ValueError: for an unknown search, or an approximate one without faiss installed.
+    """
+    if search == "exact":
+        import sklearn
+        from sklearn.neighbors import NearestNeighbors
+
+        with sklearn.config_context(working_memory=KNN_WORKING_MIB):
+            return NearestNeighbors(n_neighbors=count).fit(features).kneighbors(features, return_distance=False)
+    if search != "approximate":
+        raise ValueError(f"unknown neighbour search {search!r}; choose exact or approximate")
+    try:
+        import faiss
+    except ImportError:
+        raise ValueError("the approximate neighbour search needs faiss-cpu (pip install 'relprop[analysis]' or "
+                         "pip install faiss-cpu); or ask for the exact one (--neighbor-search exact)") from None
+    values = np.ascontiguousarray(features, dtype=np.float32)
+    n, dimensions = values.shape
+    cells = int(max(1, min(4 * np.sqrt(n), n // 39)))  # faiss's k-means wants at least 39 points per cell
+    quantizer = faiss.IndexFlatL2(dimensions)
+    index = faiss.IndexIVFFlat(quantizer, dimensions, cells)
+    index.cp.seed = 0
+    sample = np.random.default_rng(0).choice(n, min(n, 50 * cells), replace=False)
+    index.train(values[np.sort(sample)])
+    index.add(values)
+    index.nprobe = min(APPROXIMATE_PROBES, cells)
+    _, found = index.search(values, count)
+    return found
+
+
+def knn_affinity(features: np.ndarray, neighbors: int, search: str = "exact"):
     """Sparse symmetric 0/1 affinity (scipy CSR) of the k-nearest-neighbour graph, self-loops excluded.
 
     Args:
         features: (n, d) features.
         neighbors: How many nearest neighbours each sample links to.
+        search: "exact" or "approximate" (see ``nearest_neighbors``).
 
     Returns:
         A scipy CSR matrix (n, n).
@@ -107,18 +201,17 @@ def knn_affinity(features: np.ndarray, neighbors: int):
     Raises:
         ValueError: when neighbors is not between 1 and n - 1.
     """
-    import sklearn
     from scipy import sparse
-    from sklearn.neighbors import NearestNeighbors
 
     n = len(features)
     if not 1 <= neighbors < n:
         raise ValueError(f"neighbors must be between 1 and n - 1 = {n - 1} for {n} samples, got {neighbors}")
-    search = NearestNeighbors(n_neighbors=neighbors + 1).fit(features)
-    with sklearn.config_context(working_memory=KNN_WORKING_MIB):
-        _, found = search.kneighbors(features)
+    found = nearest_neighbors(features, neighbors + 1, search)
     rows = np.repeat(np.arange(n), neighbors + 1)
-    graph = sparse.csr_matrix((np.ones(rows.size, dtype=np.float64), (rows, found.ravel())), shape=(n, n))
+    columns = found.ravel()
+    kept = columns >= 0  # an approximate search marks missing neighbours with -1
+    graph = sparse.csr_matrix((np.ones(int(kept.sum()), dtype=np.float64), (rows[kept], columns[kept])),
+                              shape=(n, n))
     graph.setdiag(0)  # a point is its own nearest neighbour (or ties with a duplicate): never an edge to itself
     graph.eliminate_zeros()
     graph.data[:] = 1.0
@@ -410,9 +503,26 @@ def conductance(affinity, labels: np.ndarray) -> float:
     return float(np.mean((volume[bins] - inside[bins]) / np.where(smaller > 0, smaller, np.nan)))
 
 
+def eigenpair_count(n: int, max_clusters: int = 10) -> int:
+    """How many eigenpairs "auto" computes for n samples.
+
+    32 (the spectrum the report plots), or from ``APPROXIMATE_FROM`` samples the max_clusters + 2 the eigengap needs:
+    the Lanczos solver's restarts cost n x (2 count)^2, and 32 took 84 s of CPU at 300,000 maps where 12 took 21 s.
+
+    Args:
+        n: The number of samples.
+        max_clusters: The most clusters the eigengap may suggest.
+
+    Returns:
+        The number of eigenpairs.
+    """
+    return max(max_clusters + 2, 3) if n >= APPROXIMATE_FROM else 32
+
+
 def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto", neighbors: int = 10,
-            eigenvalues: int = 32, embeddings=("spectral", "tsne"), algorithms=("kmeans",),
-            max_clusters: int = 10, seed: int = 0, parameters: dict | None = None) -> Analysis:
+            eigenvalues: int | str = "auto", embeddings=("spectral", "tsne"), algorithms=("kmeans",),
+            max_clusters: int = 10, seed: int = 0, parameters: dict | None = None,
+            search: str = "auto") -> Analysis:
     """Steps 2 to 7 on pooled features (n, d) of one set; ``clusters`` is "auto" or a sequence of k.
 
     Args:
@@ -421,12 +531,14 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
         name: The set's name.
         clusters: "auto" (every k from 2 to the eigengap's suggestion) or a sequence of k.
         neighbors: The neighbours per sample in the kNN graph (step 2).
-        eigenvalues: How many of the smallest eigenpairs are computed.
+        eigenvalues: How many of the smallest eigenpairs are computed, or "auto" (``eigenpair_count``: fewer on
+            large sets).
         embeddings: 2-D pictures to make: "spectral", "tsne", "umap".
         algorithms: Clusterings to run: "kmeans", "hdbscan", "dbscan".
         max_clusters: The most clusters the eigengap may suggest.
         seed: Seeds every random choice, so results repeat.
         parameters: More settings to record with the result.
+        search: The neighbour search: "auto", "exact" or "approximate" (``neighbor_search``).
 
     Returns:
         An Analysis.
@@ -438,7 +550,12 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
     if n < 3:
         raise ValueError(f"{name}: {n} explained samples; SpRAy needs at least 3 (better hundreds)")
     neighbors = min(neighbors, n - 1)
-    affinity = knn_affinity(features, neighbors)
+    searched = neighbor_search(n, search)
+    if eigenvalues == "auto":
+        eigenvalues = eigenpair_count(n, max_clusters)
+    elif isinstance(eigenvalues, bool) or not isinstance(eigenvalues, int) or eigenvalues < 2:
+        raise ValueError(f"eigenvalues must be \"auto\" or a count of at least 2, got {eigenvalues!r}")
+    affinity = knn_affinity(features, neighbors, searched)
     values, vectors = smallest_eigenpairs(affinity, eigenvalues, seed)
     suggested = eigengap(values, max_clusters)
     # auto: every k up to the suggestion, so a coarser split (the mark against the rest) can be chosen over a finer one
@@ -448,7 +565,8 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
         raise ValueError(f"{name}: no number of clusters in {clusters!r} fits {n} samples and "
                          f"{vectors.shape[1]} eigenvectors")
     result = Analysis(name, np.asarray(index, dtype=np.int64), values, vectors, suggested,
-                      parameters=dict(parameters or {}, neighbors=neighbors, eigenvalues=len(values), seed=seed,
+                      parameters=dict(parameters or {}, neighbors=neighbors, neighbor_search=searched,
+                                      eigenvalues=len(values), seed=seed,
                                       max_clusters=max_clusters))
     for algorithm in algorithms:
         if algorithm == "kmeans":
@@ -463,6 +581,7 @@ def analyse(features: np.ndarray, index: np.ndarray, name: str, clusters="auto",
         labels = density_clusters(vectors, max(2, suggested), algorithm, min_size=min_size, seed=seed)
         result.clusters[f"{algorithm}-{len(set(labels.tolist()) - {-1})}"] = labels
     result.conductance = {name: conductance(affinity, labels) for name, labels in result.clusters.items()}
+    result.notes.append(search_note(searched, search, n))
     for method in embeddings:
         result.embeddings[method] = embed(values, vectors, method, seed)
     return result
@@ -549,9 +668,9 @@ def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
     return {f"class-{k}": int(counts[k]) for k in np.flatnonzero((counts > 0) & (counts < min_samples))}
 
 
-def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10, eigenvalues: int = 32,
-        embeddings="auto", algorithms=("kmeans",), size: int = 3, power: float = 0.5,
-        max_clusters: int = 10, seed: int = 0, progress=None) -> dict[str, Analysis]:
+def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors: int = 10,
+        eigenvalues: int | str = "auto", embeddings="auto", algorithms=("kmeans",), size: int = 3, power: float = 0.5,
+        max_clusters: int = 10, seed: int = 0, progress=None, search: str = "auto") -> dict[str, Analysis]:
     """Analyse the store's classes (or all samples) and write each result into ``analysis/<set>``.
 
     Args:
@@ -560,7 +679,7 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
         over_all: Analyse all explained samples as one set.
         clusters: "auto" (every k from 2 to the eigengap's suggestion) or a sequence of k.
         neighbors: The neighbours per sample in the kNN graph (step 2).
-        eigenvalues: How many of the smallest eigenpairs are computed.
+        eigenvalues: How many of the smallest eigenpairs are computed, or "auto" (``eigenpair_count``).
         embeddings: "auto" (the spectral picture, and t-SNE for sets of up to TSNE_AUTO_LIMIT samples) or a sequence
             of "spectral", "tsne", "umap".
         algorithms: Clusterings to run: "kmeans", "hdbscan", "dbscan".
@@ -569,6 +688,8 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
         max_clusters: The most clusters the eigengap may suggest.
         seed: Seeds every random choice, so results repeat.
         progress: A function called with a line per set, or None.
+        search: The neighbour search of the kNN graph: "auto" (exact below ``APPROXIMATE_FROM`` samples, approximate
+            from there), "exact" or "approximate".
 
     Returns:
         Set name -> Analysis.
@@ -587,6 +708,8 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
     for algorithm in algorithms:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+    if search not in SEARCHES:
+        raise ValueError(f"unknown neighbour search {search!r}; choose from {', '.join(SEARCHES)}")
     root = stores.open_store(store, mode="r+")
     sets = select_sets(root, classes, over_all)
     skipped = too_small(root) if classes is None and not over_all else {}
@@ -601,7 +724,7 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
         results[name] = analyse(features[name], members, name, clusters, neighbors, eigenvalues, chosen,
                                 algorithms, max_clusters, seed, parameters={"size": size, "power": power, "features":
                                 "channel sum, adaptive average pool, signed power, unit L2 norm",
-                                "affinity": "symmetric kNN, 0/1"})
+                                "affinity": "symmetric kNN, 0/1"}, search=search)
         write(store, results[name])
     _record_skipped(store, skipped)
     return results
@@ -724,5 +847,6 @@ def stored(store) -> list[str]:
 __all__ = ["pool", "knn_affinity", "normalized_laplacian", "smallest_eigenpairs", "eigengap", "spectral_rows",
            "kmeans", "density_clusters", "conductance", "embed", "analyse", "Analysis", "run", "read", "write",
            "stored",
-           "select_sets", "store_features", "too_small", "skipped_sets", "skipped_message", "density_min_size",
+           "select_sets", "store_features", "neighbor_search", "nearest_neighbors", "eigenpair_count", "search_note",
+           "SEARCHES", "APPROXIMATE_FROM", "too_small", "skipped_sets", "skipped_message", "density_min_size",
            "DENSITY_NEIGHBORS", "DENSITY_SAMPLE", "EMBEDDINGS", "ALGORITHMS", "MIN_SAMPLES"]
