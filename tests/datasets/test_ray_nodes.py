@@ -350,3 +350,44 @@ def test_relevance_maximisation_with_its_driver_killed_mid_write_resumes_to_the_
     for name in ("relevance", "activation", "done"):
         found = np.asarray(datasets.open_store(on_cluster)[f"concepts/{layer}/{name}"][:])
         assert found.tobytes() == np.asarray(datasets.open_store(local)[f"concepts/{layer}/{name}"][:]).tobytes()
+
+
+# evaluate.benchmark on a store's batches (the actors read each batch's inputs from the store's data set, so node b's
+# readers hold as in a run), on the cluster or locally; the per-sample scores go to a JSON file
+EVALUATE_STORE = '''
+import json, sys
+from relprop import evaluate
+from relprop.demo import load
+
+store, out, address = sys.argv[1:4]
+ray = {} if address == "local" else {"engine": "ray", "address": address}
+result = evaluate.benchmark(load(), evaluate.StoreBatches(store), ["gradient"], ["sparseness", "aopc"],
+                            batch_size=4, options={"aopc": {"patch_size": 8}}, **ray)
+json.dump({f"{method}/{metric}": values.tolist() for (method, metric), values in result.scores.items()},
+          open(out, "w"))
+'''
+
+
+@pytest.mark.slow  # evaluation on the cluster with node b killed midway, and locally: about a minute here
+def test_evaluation_with_a_worker_node_killed_mid_pass_gives_the_local_scores(nodes, local_store, tmp_path):
+    import json
+
+    script = tmp_path / "evaluate_store.py"
+    script.write_text(EVALUATE_STORE)
+    local = subprocess.run([sys.executable, script, local_store, tmp_path / "local.json", "local"], env=nodes.env,
+                           capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    (nodes.control / "hold-b").touch()  # node b's actor holds at its first sample
+    (nodes.control / "wait-a").write_text("held-b")  # node a reads 8 samples, then waits until b holds
+    driver = subprocess.Popen([sys.executable, script, local_store, tmp_path / "ray.json", nodes.address],
+                              env=nodes.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    nodes.drivers.append(driver)
+    kill_once(driver, lambda: int((nodes.control / "held-b").exists()), 1, timeout=300, kill=False)
+    nodes.nodes["b"].stop()  # SIGKILL to the node's raylet, its actors and every other process it started
+    code, stderr = finish(driver)
+    assert code == 0 and "a Ray actor was lost" in stderr, stderr[-3000:]
+    expected, found = (json.loads((tmp_path / name).read_text()) for name in ("local.json", "ray.json"))
+    assert sorted(found) == sorted(expected) == ["gradient/aopc", "gradient/sparseness"]
+    for key, values in expected.items():
+        assert len(values) == 47  # every done sample of the store (sample 5 failed in the run)
+        np.testing.assert_allclose(found[key], values, rtol=1e-9, atol=1e-12)
