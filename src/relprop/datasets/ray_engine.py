@@ -23,7 +23,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 
-from .store import Shapes
+from .store import Shapes, record_failures
 from .work import ChunkWorker, RunError, Settings
 
 CONNECT_TIMEOUT_S = 5
@@ -88,7 +88,6 @@ def explain_chunks(model, source, settings: Settings, store, shapes: Shapes, sta
     """Explain the chunks starting at starts with a pool of actors; progress comes chunk by chunk."""
     if not starts:
         return
-    from .runner import record_failures
 
     def finished(row):
         start, count = int(row["start"]), int(row["count"])

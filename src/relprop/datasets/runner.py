@@ -454,17 +454,8 @@ def _failure_recorder(worker: ChunkWorker):
     """Before a chunk is marked done, its failures replace whatever an interrupted attempt recorded for it."""
     def record(chunk):
         stop = chunk.start + len(chunk.arrays["id"])
-        record_failures(worker.group, chunk.failures, chunk.start, stop)
+        store_module.record_failures(worker.group, chunk.failures, chunk.start, stop)
     return record
-
-
-def record_failures(group, failures: list, start: int, stop: int) -> None:
-    """Set the chunk's entries of the skipped list (rewriting zarr.json only when they change)."""
-    listed = list(group.attrs.get("skipped", []))
-    kept = [entry for entry in listed if not start <= entry["index"] < stop]
-    if not failures and len(kept) == len(listed):
-        return
-    group.attrs["skipped"] = sorted(kept + list(failures), key=lambda entry: entry["index"])
 
 
 def _recover_messages(worker: ChunkWorker, done):

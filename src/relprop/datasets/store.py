@@ -619,3 +619,19 @@ def size_on_disk(path) -> int | None:
     if is_remote(path):
         return None
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def record_failures(group, failures: list, start: int, stop: int) -> None:
+    """Set the entries of samples start..stop-1 in the store's skipped list (rewriting zarr.json only when they change).
+
+    Args:
+        group: The store's root group.
+        failures: The chunk's failed samples: {"index", "id", "error"} each.
+        start: The chunk's first sample.
+        stop: One past its last sample.
+    """
+    listed = list(group.attrs.get("skipped", []))
+    kept = [entry for entry in listed if not start <= entry["index"] < stop]
+    if not failures and len(kept) == len(listed):
+        return
+    group.attrs["skipped"] = sorted(kept + list(failures), key=lambda entry: entry["index"])

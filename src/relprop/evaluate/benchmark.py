@@ -560,6 +560,7 @@ def benchmark(model, data, methods, metrics=("relevance_mass_accuracy", "relevan
             if lines is not None:
                 lines.batch(pairs)
 
+        data = TensorBatches(data) if isinstance(data, tuple) else data
         for outcomes in evaluate_on_ray(model, data, plan, workers, address, batch_done):
             _merge(outcomes, accumulators, errors)
     else:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .benchmark import Plan, TensorBatches
 from .result import Result
+
+if TYPE_CHECKING:  # benchmark() imports this module when it runs on Ray: no import back at run time
+    from .benchmark import Plan
 
 
 @dataclass
@@ -57,11 +60,12 @@ def _compact(outcome):
 
 
 def evaluate_on_ray(model, data, plan: Plan, workers, address, on_batch):
-    """Each batch's outcomes ((method, metric) -> Result or message), in batch order, computed by Ray actors."""
+    """Each batch's outcomes ((method, metric) -> Result or message), in batch order, computed by Ray actors.
+
+    data offers batch(index, batch_size) and batch_count(batch_size) (benchmark() wraps a tuple of tensors in
+    TensorBatches before it calls this)."""
     from ..datasets.ray_engine import check_reachable, map_on_actors
 
-    if isinstance(data, tuple):
-        data = TensorBatches(data)
     if not (hasattr(data, "batch") and hasattr(data, "batch_count")):
         raise ValueError(f"engine='ray' needs data whose batches the actors can read by number (batch(index, "
                          f"batch_size)): a tuple of tensors, DemoImages, ImageFiles or StoreBatches; "
