@@ -17,14 +17,14 @@ KNOWN = {
 }
 
 
-def module_name(path: pathlib.Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+def module_name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported(path: pathlib.Path, modules: set[str]) -> set[str]:
+def imported(path: pathlib.Path, modules: set[str], root: pathlib.Path = ROOT) -> set[str]:
     """The package's modules that a file imports (a name imported from a package counts when it is a module)."""
-    name = module_name(path)
+    name = module_name(path, root)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     tree = ast.parse(path.read_text())
     skipped = {id(node) for top in ast.walk(tree)
@@ -58,11 +58,6 @@ def test_the_checker_finds_a_pair_and_ignores_annotation_only_imports(tmp_path):
     (package / "b.py").write_text("from . import a\n")
     (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import x\n")
     modules = {"relprop", "relprop.a", "relprop.b", "relprop.c"}
-    global ROOT
-    saved, ROOT = ROOT, package
-    try:
-        assert imported(package / "a.py", modules) == {"relprop.b"}
-        assert imported(package / "b.py", modules) == {"relprop", "relprop.a"}  # the package itself and a
-        assert imported(package / "c.py", modules) == set()
-    finally:
-        ROOT = saved
+    assert imported(package / "a.py", modules, package) == {"relprop.b"}
+    assert imported(package / "b.py", modules, package) == {"relprop", "relprop.a"}  # the package itself and a
+    assert imported(package / "c.py", modules, package) == set()
