@@ -22,7 +22,9 @@ venv_pip() {  # pip install -q into the environment, without pip's noise about i
 venv_torch() {  # install torch (and torchvision) with uv, whose files are hard links into uv's cache: the four
     # environments on torch 2.14.1 (with its 3 GB of CUDA libraries) then hold it once on disk, and a fresh clone
     # on a machine that built them before adds almost nothing. The other packages still go through pip (venv_pip),
-    # which finds torch installed.
+    # which finds torch installed. --compile-bytecode: uv leaves .pyc files out by default, and where a process may
+    # not write them (PYTHONDONTWRITEBYTECODE, a read-only install) every start would compile torch, numpy and
+    # sympy from source again: 7 of the 8 s of a first LRP call, which imports sympy through autograd.
     local uv=.cache/uv-env/bin/uv
     if [ ! -x "$uv" ]; then
         "${PYTHON:-python3}" -m venv .cache/uv-env
@@ -37,7 +39,7 @@ venv_torch() {  # install torch (and torchvision) with uv, whose files are hard 
         args+=(--find-links "$url")
     done
     [ ${#args[@]} -eq 0 ] || args+=(--index-strategy unsafe-best-match)
-    "$uv" pip install -q --python "$VENV/bin/python" --link-mode hardlink "${args[@]}" "$@"
+    "$uv" pip install -q --python "$VENV/bin/python" --link-mode hardlink --compile-bytecode "${args[@]}" "$@"
 }
 
 venv_check() {  # fail unless the environment imports what it was built for
