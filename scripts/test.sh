@@ -9,13 +9,13 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
         || echo "test: could not install chromium; the demo page test will be skipped" >&2
 fi
-scripts/lxt_venv.sh  # the LXT oracle runs there (tests/test_oracle_lxt.py)
+scripts/lxt_venv.sh  # the LXT oracle runs there (tests/oracles/test_lxt.py)
 export RELPROP_LXT_PYTHON="$PWD/.venv-lxt/bin/python"
-scripts/explainiverse_venv.sh  # the explainiverse oracle runs there (tests/test_oracle_explainiverse.py)
+scripts/explainiverse_venv.sh  # the explainiverse oracle runs there (tests/oracles/test_explainiverse.py)
 export RELPROP_EXPLAINIVERSE_PYTHON="$PWD/.venv-explainiverse/bin/python"
 scripts/virelay_venv.sh  # ViRelAy's loader opens an exported project there (tests/analysis/test_virelay.py)
 export RELPROP_VIRELAY_PYTHON="$PWD/.venv-virelay/bin/python"
-scripts/quantus_venv.sh  # the Quantus oracle runs there (tests/test_oracle_quantus.py)
+scripts/quantus_venv.sh  # the Quantus oracle runs there (tests/oracles/test_quantus.py)
 export RELPROP_QUANTUS_PYTHON="$PWD/.venv-quantus/bin/python"
 scripts/oldest_venv.sh  # the oldest torch relprop supports, for the packaging test (tests/test_packaging.py)
 export RELPROP_OLDEST_PYTHON="$PWD/.venv-oldest/bin/python"

@@ -1,7 +1,7 @@
 """Regenerate the demo's image set and retrain its model, deterministically on CPU (seeded, fixed threads).
 
 Writes src/relprop/demo/weights.safetensors and training.json (seeds, sizes and the accuracy reached on a test
-set generated from its own seed; tests/test_demo.py checks the shipped weights still reach it). With
+set generated from its own seed; tests/demo/test_showcase.py checks the shipped weights still reach it). With
 ``--data watermark`` it trains on the "Clever Hans" variant (relprop.demo.watermark) instead and writes
 watermark.safetensors and watermark.json; no mirroring then, since the mark sits in one corner.
     .venv/bin/python scripts/train_demo.py [--data shapes|watermark] [--epochs N] [--out DIR]

@@ -15,7 +15,7 @@ OLDEST_PYTHON = os.environ.get("RELPROP_OLDEST_PYTHON")
 pytestmark = pytest.mark.skipif(not OLDEST_PYTHON, reason="set RELPROP_OLDEST_PYTHON to .venv-oldest/bin/python, "
                                 "built by scripts/oldest_venv.sh (the test command does both)")
 # the core of the engine: rules, composites, conservation on torchvision architectures, canonizers, the op families
-CORE = ["test_rules.py", "test_composites.py", "test_lrp.py", "test_canonizers.py", "test_engine.py",
+CORE = ["test_rules.py", "test_composites.py", "test_lrp.py", "test_canonizers.py", "engine/test_session.py",
         "test_architectures.py", "test_explanation.py", "ops/test_elementwise.py", "ops/test_recurrent.py",
         "ops/test_custom.py", "ops/test_kept.py", "ops/test_table.py"]
 

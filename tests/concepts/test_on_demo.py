@@ -1,4 +1,4 @@
-"""The demo CNN's concepts for the deciding object are found: measured like the demo's share (test_demo.py)."""
+"""The demo CNN's concepts for the deciding object are found: measured like the demo's share (demo/test_showcase.py)."""
 import pytest
 import torch
 

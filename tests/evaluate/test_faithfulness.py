@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from relprop import evaluate
-from tests.evaluate_models import linear_rows, scores, small_cnn
+from .models import linear_rows, scores, small_cnn
 
 
 def morf_curve_reference(model, x, relevance_map, target, patch, baseline_value, per_step=1, order="morf"):

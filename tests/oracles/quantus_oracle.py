@@ -2,7 +2,7 @@
 relprop.evaluate both define on the same model, inputs, relevance and baseline, and print how far apart they are
 (JSON: metric -> largest absolute difference), plus what Quantus's ROAD returns.
 
-    .venv-quantus/bin/python -m tests.quantus_oracle      # from the repository root
+    .venv-quantus/bin/python -m tests.oracles.quantus_oracle      # from the repository root
 
 Quantus is called with normalise=False and abs=False (relprop never rescales relevance behind the user's back) and
 with relevance pooled over channels to (N, 1, H, W), which Quantus broadcasts over the channels; steps of C values

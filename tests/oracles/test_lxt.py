@@ -1,7 +1,7 @@
 """AttnLRP and CP-LRP against LXT, the AttnLRP authors' efficient implementation, on LLaMA, GPT-2, BERT and ViT.
 
 LXT 2.1 needs transformers 4.x, so the comparison runs in its own environment (scripts/lxt_venv.sh, which the test
-command builds) through tests/lxt_oracle.py."""
+command builds) through tests/oracles/lxt_oracle.py."""
 import json
 import os
 import subprocess
@@ -9,14 +9,14 @@ import subprocess
 import pytest
 
 LXT_PYTHON = os.environ.get("RELPROP_LXT_PYTHON")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.skipif(not LXT_PYTHON, reason="set RELPROP_LXT_PYTHON to .venv-lxt/bin/python, built by "
                                                        "scripts/lxt_venv.sh (scripts/test.sh does both)")
 
 
 def lxt_differences(composite):
-    result = subprocess.run([LXT_PYTHON, "-m", "tests.lxt_oracle", composite], capture_output=True, text=True,
+    result = subprocess.run([LXT_PYTHON, "-m", "tests.oracles.lxt_oracle", composite], capture_output=True, text=True,
                             timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -7,7 +7,7 @@ import torch
 
 from relprop import evaluate
 from relprop.evaluate import randomisation, similarity
-from tests.evaluate_models import small_cnn
+from .models import small_cnn
 
 
 def gradient_x_input(model, x, target):

@@ -2,7 +2,7 @@
 relprop and with LXT, the AttnLRP authors' efficient implementation, and print how far apart the input relevances
 are (JSON).
 
-    .venv-lxt/bin/python -m tests.lxt_oracle attnlrp|cp_lrp     # from the repository root
+    .venv-lxt/bin/python -m tests.oracles.lxt_oracle attnlrp|cp_lrp     # from the repository root
 
 Everything runs in float64, so that what remains is the rules, not rounding. relprop runs first, on unpatched
 models; LXT's patches are global, so its models are built afterwards, from the same seeds. LXT has AttnLRP maps for

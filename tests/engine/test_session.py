@@ -363,3 +363,76 @@ def test_functional_model_with_batch_norm_is_merged_by_data_flow():
     got = relprop.explain(Functional(), x, target=0, composite=composite).relevance
     expected = relprop.explain(Merged(), x, target=0, composite=composite).relevance
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+# ---- the session itself (engine/session.py): sites, hooks, element-wise modules, a forward of the caller's --------
+def test_linear_like_sites_are_numbered_in_the_order_they_run_with_pooling_at_minus_one_and_a_shared_layer_per_call():
+    from relprop.engine.session import Session
+
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.AvgPool1d(2), nn.Flatten(), shared, nn.ReLU(), shared)
+    session = Session(model, Composite(layer_map={"linear": rules.Zero(), "conv": rules.Zero()}))
+    session.run(torch.randn(2, 1, 10))
+    assert [(site.kind, site.name, site.index) for site in session.sites] == [
+        ("conv", "0", 0), ("avg_pool", "2", -1), ("linear", "4", 1), ("linear", "4", 2)]
+
+
+class Odd(nn.Module):
+    """An element-wise odd function built from an op without a rule: h + erfinv(tanh(h)) / 10."""
+
+    def forward(self, h):
+        return h + torch.erfinv(torch.tanh(h)) / 10
+
+
+def test_a_forward_failing_inside_an_element_wise_module_leaves_no_hook_no_stack_and_no_suspended_module():
+    from relprop.engine.session import Session
+
+    class Failing(nn.Module):
+        def forward(self, h):
+            assert not torch.is_grad_enabled()  # an element-wise module runs without a graph of its inner ops
+            raise ValueError("broken on purpose")
+
+    model = nn.Sequential(nn.Linear(3, 3), Odd(), Failing())
+    session = Session(model, Composite(layer_map={"linear": rules.Zero()}), elementwise=(Odd, Failing))
+    with pytest.raises(ValueError, match="broken on purpose"):
+        session.run(torch.randn(2, 3))
+    assert not session.stack and session.suspended is None
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch.is_grad_enabled()
+    model[:2](torch.randn(2, 3)).sum().backward()  # the model works as before
+
+
+def test_a_module_type_named_element_wise_passes_relevance_through_as_a_whole_even_in_strict_mode():
+    torch.manual_seed(15)
+    model = nn.Sequential(nn.Linear(4, 3), Odd(), nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[0].bias.uniform_(0.5, 1.0)
+        model[2].bias.uniform_(0.5, 1.0)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    composite = Composite(layer_map={"linear": rules.Zero()})
+    with pytest.raises(relprop.UnsupportedOperation, match="torch.erfinv"):
+        relprop.explain(model, x, target=1, composite=composite, strict=True)
+    relevance = relprop.explain(model, x, target=1, composite=composite, strict=True, elementwise=(Odd,)).relevance
+    W1, b1 = model[0].weight.detach().numpy(), model[0].bias.detach().numpy()
+    w = model[2].weight.detach().numpy()[1]
+    for sample, row in enumerate(x.numpy()):
+        h = W1 @ row + b1
+        y = Odd()(torch.from_numpy(h)).numpy()
+        # LRP-0 at the head gives y_j w_j; the module hands it to h_j unchanged; LRP-0 on the first layer x_i W_ji / h_j
+        np.testing.assert_allclose(relevance[sample].numpy(), row * (W1.T @ (w * y / h)), rtol=1e-10, atol=1e-12)
+
+
+def test_a_forward_of_the_callers_runs_the_model_instead_of_calling_it_on_x():
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 2).double()
+
+        def forward(self, inputs):
+            return self.layer(inputs["pixels"])
+
+    model = Keyed()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    relevance = relprop.explain(model, x, target=0, composite=Composite(layer_map={"linear": rules.Zero()}),
+                                forward=lambda m, t: m({"pixels": t})).relevance
+    torch.testing.assert_close(relevance, x * model.layer.weight.detach()[0], rtol=1e-12, atol=1e-12)  # LRP-0: x_i w_i

@@ -2,7 +2,7 @@
 explainiverse 0.8.1's LRPExplainer and with relprop's "explainiverse" composite, feature by feature, and print
 how far apart they are (JSON: name -> relative L2 difference, or a bool for names and labels).
 
-    .venv-explainiverse/bin/python -m tests.explainiverse_oracle     # from the repository root
+    .venv-explainiverse/bin/python -m tests.oracles.explainiverse_oracle     # from the repository root
 
 explainiverse computes in float32 (it casts every instance), so relprop runs on the same float32 model; what is
 left is float32 rounding.

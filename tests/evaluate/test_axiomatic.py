@@ -4,7 +4,7 @@ import torch
 
 import relprop
 from relprop import evaluate
-from tests.evaluate_models import linear_rows
+from .models import linear_rows
 
 
 def test_completeness_residual_from_a_baseline_and_from_delta():

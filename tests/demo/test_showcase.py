@@ -14,7 +14,7 @@ from relprop.demo import KINDS, generate, load, normalize, showcase
 from relprop.demo.model import TRAINING, WEIGHTS
 from tests.browser import rendered
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_images_are_the_same_for_the_same_seed():

@@ -2,9 +2,9 @@
 with leaky activations (negative inputs to inner layers) and a CNN with max-pooling.
 
 explainiverse pins numpy < 2, shap < 0.49 and scikit-learn < 1.6, so the comparison runs in its own environment
-(scripts/explainiverse_venv.sh, which the test command builds) through tests/explainiverse_oracle.py. It computes in
-float32; relprop runs on the same float32 model, so the differences left are float32 rounding (relprop's own
-float32 and float64 results differ by up to 1.3e-5 on the CNN's gamma case, whose denominators come near zero).
+(scripts/explainiverse_venv.sh, which the test command builds) through tests/oracles/explainiverse_oracle.py. It
+computes in float32; relprop runs on the same float32 model, so the differences left are float32 rounding (relprop's
+own float32 and float64 results differ by up to 1.3e-5 on the CNN's gamma case, whose denominators come near zero).
 """
 import json
 import os
@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 EXPLAINIVERSE_PYTHON = os.environ.get("RELPROP_EXPLAINIVERSE_PYTHON")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RULES = ("epsilon", "gamma", "z_plus", "alpha_beta", "composite")
 MODELS = ("mlp", "cnn")
 FLOAT32 = 1e-4
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not EXPLAINIVERSE_PYTHON, reason="set RELPROP_EX
 
 @pytest.fixture(scope="module")
 def results():
-    result = subprocess.run([EXPLAINIVERSE_PYTHON, "-m", "tests.explainiverse_oracle"], capture_output=True,
+    result = subprocess.run([EXPLAINIVERSE_PYTHON, "-m", "tests.oracles.explainiverse_oracle"], capture_output=True,
                             text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

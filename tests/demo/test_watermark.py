@@ -15,7 +15,7 @@ from relprop.demo import KINDS, normalize, watermark
 from relprop.demo.shortcut import marked_cluster
 from tests.analysis.stores import write_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

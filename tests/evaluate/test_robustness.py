@@ -4,7 +4,7 @@ import torch
 
 from relprop import evaluate
 from relprop.evaluate.runner import pair_generator
-from tests.evaluate_models import linear_rows
+from .models import linear_rows
 
 
 def gradient_x_input(model, x, target):

@@ -1,8 +1,8 @@
 """relprop.evaluate against Quantus 0.6 on the same model, inputs, relevance and baseline.
 
 Quantus needs NumPy below 2.4 (it calls np.trapz), so the comparison runs in its own environment
-(scripts/quantus_venv.sh, which the test command builds) through tests/quantus_oracle.py. Where Quantus is wrong,
-the test says so; relprop's own value is checked against the formula in tests/test_evaluate_*.py."""
+(scripts/quantus_venv.sh, which the test command builds) through tests/oracles/quantus_oracle.py. Where Quantus is
+wrong, the test says so; relprop's own value is checked against the formula in tests/evaluate/."""
 import functools
 import json
 import os
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 QUANTUS_PYTHON = os.environ.get("RELPROP_QUANTUS_PYTHON")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.skipif(not QUANTUS_PYTHON, reason="set RELPROP_QUANTUS_PYTHON to .venv-quantus/bin/python, "
                                                            "built by scripts/quantus_venv.sh (scripts/test.sh does both)")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not QUANTUS_PYTHON, reason="set RELPROP_QUANTUS_
 
 @functools.lru_cache(maxsize=1)
 def oracle():
-    result = subprocess.run([QUANTUS_PYTHON, "-m", "tests.quantus_oracle"], capture_output=True, text=True,
+    result = subprocess.run([QUANTUS_PYTHON, "-m", "tests.oracles.quantus_oracle"], capture_output=True, text=True,
                             timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -45,6 +45,6 @@ def test_road_equals_quantus_on_single_channel_images_where_quantus_runs():
 def test_quantus_monotonicity_never_restores_the_input_so_every_sample_passes():
     notes = oracle()["notes"]
     # Quantus 0.6 writes the baseline into the all-baseline input instead of x's values: its curve is flat and it
-    # reports True for every sample; relprop restores x (checked against the formula in test_evaluate_faithfulness)
+    # reports True for every sample; relprop restores x (checked against the formula in evaluate/test_faithfulness)
     assert notes["quantus_monotonicity"] == [1.0] * 4
     assert notes["relprop_monotonicity"] == [0.0] * 4

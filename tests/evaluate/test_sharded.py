@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from relprop import evaluate
-from tests.evaluate_models import small_cnn
+from .models import small_cnn
 
 ray = pytest.importorskip("ray")
 
@@ -57,7 +57,7 @@ def test_ray_engine_refuses_data_its_actors_cannot_read_by_batch_number():
 
 def test_cli_evaluate_with_the_ray_engine_writes_the_local_engines_scores(tmp_path):
     # the CLI hands the actors a model spec (each loads the demo model) and DemoImages (each reads its batches)
-    from tests.test_evaluate_benchmark import relprop_cli
+    from .test_benchmark import relprop_cli
 
     arguments = ["evaluate", "demo", "--model", "demo", "--count", "5", "--batch-size", "2", "--methods",
                  "epsilon,gradient", "--metrics", "relevance_mass_accuracy,aopc", "--patch-size", "8"]

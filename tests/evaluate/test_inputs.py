@@ -4,7 +4,7 @@ import torch
 
 import relprop
 from relprop import evaluate
-from tests.evaluate_models import small_cnn
+from .models import small_cnn
 
 
 def test_relevance_of_another_shape_is_refused_with_the_fix():

@@ -1,0 +1,132 @@
+"""Linear-like ops (ops/linear.py): the transposes its rules apply, batch-norm merging of weights, rules on a
+convolution whose input is known to be non-negative, average pooling as a linear map, and DeepLift of a convolution
+over many baselines, against references written here from the formulas (explicit weight matrices, float64, non-zero
+biases)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import relprop
+from relprop import rules
+from relprop.attribution import DeepLiftShap
+from relprop.composites import Composite
+from relprop.ops import linear
+
+
+@pytest.mark.parametrize("dims, transposed, options", [
+    (1, False, dict(stride=2, padding=1, dilation=2, groups=2)),
+    (2, False, dict(stride=(2, 1), padding=(1, 0), dilation=1, groups=1)),
+    (2, False, dict(stride=1, padding="same", dilation=2, groups=2)),
+    (3, False, dict(stride=1, padding=1, dilation=1, groups=1)),
+    (2, True, dict(stride=2, padding=1, dilation=1, groups=2, output_padding=1)),
+])
+def test_the_transpose_of_a_convolution_map_is_the_vector_jacobian_product_of_the_convolution(dims, transposed,
+                                                                                                options):
+    lmap = linear.conv_map(dims, transposed, **options)
+    x = torch.randn((2, 4) + (7,) * dims, dtype=torch.float64, requires_grad=True)
+    weight_shape = (4, 6 // options["groups"]) if transposed else (6, 4 // options["groups"])
+    weight = torch.randn(weight_shape + (3,) * dims, dtype=torch.float64)
+    bias = torch.randn(6, dtype=torch.float64)
+    out = lmap.forward(x, weight, bias)
+    v = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, v)  # W^T v by autograd; the bias does not enter it
+    torch.testing.assert_close(lmap.transpose(v, weight, x.detach()), expected, rtol=1e-12, atol=1e-12)
+    assert lmap.out_channel_dim == (1 if transposed else 0)
+
+
+def test_scaling_the_output_channels_of_a_grouped_transposed_convolution_scales_its_output_channels():
+    lmap = linear.conv_map(2, True, stride=2, groups=2)
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    weight = torch.randn(4, 3, 2, 2, dtype=torch.float64)  # 2 groups of 2 inputs -> 3 outputs: 6 output channels
+    scale = torch.linspace(0.5, 3.0, 6, dtype=torch.float64)
+    scaled = lmap.forward(x, linear.scale_output_channels(weight, scale, lmap), None)
+    torch.testing.assert_close(scaled, lmap.forward(x, weight, None) * scale.view(1, 6, 1, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_merged_parameters_of_a_layer_and_a_following_affine_map_compute_the_layer_then_the_map():
+    lmap = linear.dense_map()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    weight, bias = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    scale, shift = torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)
+    merged_weight, merged_bias = linear.merged_parameters(weight, bias, (scale, shift), lmap)
+    torch.testing.assert_close(x @ merged_weight.T + merged_bias, (x @ weight.T + bias) * scale + shift, rtol=1e-12,
+                               atol=1e-12)
+
+
+def explicit(conv, shape):
+    """The convolution as a matrix M (outputs x inputs) and a bias per output, from its answers to unit inputs."""
+    size = int(np.prod(shape))
+    with torch.no_grad():
+        bias = conv(torch.zeros((1,) + shape, dtype=torch.float64)).flatten()
+        columns = conv(torch.eye(size, dtype=torch.float64).view((size,) + shape)).flatten(1) - bias
+    return columns.T.numpy(), bias.numpy()
+
+
+def gamma_reference(M, b, a, R, gamma):
+    """Signed LRP-gamma on a >= 0: an output of z > 0 uses w + gamma w+ (b + gamma b+), one of z < 0 w + gamma w-."""
+    z = M @ a + b
+    up = np.where(z[:, None] > 0, M + gamma * np.clip(M, 0, None), M + gamma * np.clip(M, None, 0))
+    up_bias = np.where(z > 0, b + gamma * np.clip(b, 0, None), b + gamma * np.clip(b, None, 0))
+    return a * (up.T @ (R / (up @ a + up_bias)))
+
+
+def alpha_beta_reference(M, b, a, R, alpha, beta):
+    """LRP-alpha-beta on a >= 0: positive and negative parts (each bias in its sign's part) normalised apart; a part
+    that is empty (a window of zeros after the ReLU and a bias of the other sign) passes nothing."""
+    Mp, Mn, bp, bn = np.clip(M, 0, None), np.clip(M, None, 0), np.clip(b, 0, None), np.clip(b, None, 0)
+
+    def share(part, part_bias):
+        denominator = part @ a + part_bias
+        return part.T @ np.divide(R, denominator, out=np.zeros_like(R), where=denominator != 0)
+
+    return a * (alpha * share(Mp, bp) - beta * share(Mn, bn))
+
+
+@pytest.mark.parametrize("rule, reference", [
+    (rules.Gamma(0.25, stabilizer=0.0), lambda M, b, a, R: gamma_reference(M, b, a, R, 0.25)),
+    (rules.AlphaBeta(2, 1, stabilizer=0.0), lambda M, b, a, R: alpha_beta_reference(M, b, a, R, 2, 1)),
+])
+def test_rules_on_a_convolution_after_a_relu_equal_their_formula_and_the_same_input_given_directly(rule, reference):
+    torch.manual_seed(13)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    with torch.no_grad():
+        conv.bias.copy_(torch.tensor([0.5, -0.4, 0.3], dtype=torch.float64))
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    R = torch.randn(1, 3, 3, 3, dtype=torch.float64)  # the output relevance, of both signs
+    composite = Composite(layer_map={"conv": rule})
+    after_relu = relprop.explain(nn.Sequential(nn.ReLU(), conv), x, target=R, composite=composite).relevance
+    direct = relprop.explain(conv, F.relu(x), target=R, composite=composite).relevance
+    M, b = explicit(conv, (2, 5, 5))
+    expected = reference(M, b, F.relu(x).flatten().numpy(), R.flatten().numpy())
+    np.testing.assert_allclose(after_relu.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(direct.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_average_pooling_under_a_layer_rule_is_the_linear_map_with_one_over_the_window_size_per_input():
+    pool = nn.AvgPool2d(2, stride=1)
+    x = torch.randn(1, 1, 3, 4, dtype=torch.float64)
+    R = torch.randn(1, 1, 2, 3, dtype=torch.float64)
+    eps = 0.5
+    relevance = relprop.explain(pool, x, target=R, composite=Composite(layer_map={"avg_pool": rules.Epsilon(eps)}))
+    expected = np.zeros((3, 4))
+    for i in range(2):
+        for j in range(3):
+            window = x[0, 0, i:i + 2, j:j + 2].numpy()
+            z = window.mean()
+            expected[i:i + 2, j:j + 2] += window / 4 * R[0, 0, i, j].item() / (z + eps * np.sign(z))
+    np.testing.assert_allclose(relevance.relevance[0, 0].numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_deeplift_of_a_convolution_against_several_baselines_is_the_mean_of_weight_times_difference():
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).double().eval()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    baselines = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    relevance = DeepLiftShap(model, baselines)(x, target=1).relevance
+    # the model is linear: its gradient g is the same everywhere, and DeepLift gives (x - b) g for each baseline
+    probe = torch.zeros(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(model(probe)[0, 1], probe)
+    expected = torch.stack([((row - baselines) * g).mean(0) for row in x])
+    torch.testing.assert_close(relevance, expected, rtol=1e-10, atol=1e-12)
