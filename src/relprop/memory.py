@@ -12,6 +12,9 @@ the benchmarks); a pass without gradients (occlusion) holds only a few activatio
 many copies of each input (SmoothGrad, integrated gradients, occlusion) run them in passes of a bounded number of
 rows, so their need grows with the sample size, not with the number of copies. Each image also costs about ten
 input-sized float arrays (pixels, input, relevance, gradient, heatmap and overlay).
+
+:class:`Budget` applies the estimate to a device: how many samples of a shape fit at once in the memory left there
+(`relprop explain` splits its batches by it, and refuses a batch that will not fit before reading any image).
 """
 from __future__ import annotations
 
