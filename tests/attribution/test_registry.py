@@ -71,3 +71,21 @@ def test_each_method_states_what_the_memory_estimate_reads():
 def test_defaults_cannot_be_changed_by_a_caller():
     with pytest.raises(TypeError):
         registry.get("occlusion").defaults["window"] = (2, 2)
+
+
+def test_relprop_evaluate_keeps_its_4x4_occlusion_windows_and_says_so_to_the_benchmark(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from relprop import evaluate
+    from relprop.cli import main
+
+    given = {}
+
+    def benchmark(model, source, methods, metrics, **options):
+        given.update(options["method_options"])
+        raise RuntimeError("stopped here")
+    monkeypatch.setattr(evaluate, "benchmark", benchmark)
+    result = CliRunner().invoke(main, ["evaluate", "demo", "--model", "demo", "--methods", "occlusion,gradient",
+                                       "--metrics", "aopc", "--count", "2", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "stopped here" in result.stderr
+    assert given == {"occlusion": {"window": (4, 4)}}
