@@ -384,7 +384,7 @@ def test_batches_that_will_not_fit_in_memory_are_refused_before_running(images, 
 
 def test_a_failing_batch_is_explained_image_by_image_to_find_the_culprit_and_a_working_one_at_once():
     from relprop.attribution import Gradient
-    from relprop.cli import explain_images
+    from relprop.datasets.images import explain_images
 
     class Picky(torch.nn.Module):
         """Refuses black images; counts its calls."""
@@ -415,9 +415,9 @@ def test_a_failing_batch_is_explained_image_by_image_to_find_the_culprit_and_a_w
 
 
 def test_without_an_atomic_exchange_the_folder_is_still_replaced_whole(images, tmp_path, monkeypatch):
-    from relprop import cli
+    from relprop import outputs
 
-    monkeypatch.setattr(cli, "_exchange", lambda first, second: False)  # a system without renameat2
+    monkeypatch.setattr(outputs, "_exchange", lambda first, second: False)  # a system without renameat2
     files = sorted(images.glob("shape*.png"))
     out = tmp_path / "out"
     assert invoke("explain", files[0], "--model", "demo", "--out", out).returncode == 0

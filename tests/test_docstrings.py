@@ -28,8 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = [
     "relprop", "relprop.lrp", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
     "relprop.canonizers", "relprop.neuralize", "relprop.graph", "relprop.language", "relprop.memory",
-    "relprop.attribution",
-    "relprop.datasets", "relprop.datasets.sources",
+    "relprop.outputs", "relprop.progress",
+    "relprop.attribution", "relprop.attribution.registry",
+    "relprop.datasets", "relprop.datasets.sources", "relprop.datasets.images",
     "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.report", "relprop.analysis.virelay",
     "relprop.analysis.apart",
     "relprop.evaluate",

@@ -85,3 +85,20 @@ def test_a_3000_pixel_image_batch_on_resnet50_is_estimated_far_beyond_a_machine(
     assert 50 * 2 ** 20 < at_224.total < 200 * 2 ** 20  # resnet50 creates about 86 MiB per 224x224 image
     assert 150 < at_3000.total / at_224.total < 200  # activations grow with the pixels: (3000 / 224) ** 2 = 179
     assert memory.needed_bytes(LRP(model), at_3000, 16, (3, 3000, 3000)) > 256 * 2 ** 30
+
+
+def test_a_budget_splits_batches_to_what_fits_and_its_refusal_names_the_callers_knobs(monkeypatch):
+    model = small_model()
+    monkeypatch.setattr(memory, "available", lambda device: None)
+    assert memory.Budget(Gradient(model), model, "cpu").fitting((3, 8, 8), 7) == 7  # unknown memory: all at once
+    attributor = Gradient(model)
+    one = memory.needed_bytes(attributor, memory.footprint(model, (3, 8, 8)), 1, (3, 8, 8))
+    two = memory.needed_bytes(attributor, memory.footprint(model, (3, 8, 8)), 2, (3, 8, 8))
+    monkeypatch.setattr(memory, "available", lambda device: two)
+    budget = memory.Budget(attributor, model, "cpu", knobs=("--batch-size", "--size"))
+    assert budget.fitting((3, 8, 8), 5) == 2
+    assert budget.refusal((3, 8, 8), 5).endswith("are available on cpu; use --batch-size 2 or a smaller --size")
+    assert "use batch_size 2 or a smaller size" in memory.Budget(attributor, model, "cpu").refusal((3, 8, 8), 5)
+    monkeypatch.setattr(memory, "available", lambda device: 1)
+    assert memory.Budget(attributor, model, "cpu").refusal((3, 8, 8), 1).endswith(
+        "use a smaller size (or explain on a device with more memory)")

@@ -12,6 +12,9 @@ the benchmarks); a pass without gradients (occlusion) holds only a few activatio
 many copies of each input (SmoothGrad, integrated gradients, occlusion) run them in passes of a bounded number of
 rows, so their need grows with the sample size, not with the number of copies. Each image also costs about ten
 input-sized float arrays (pixels, input, relevance, gradient, heatmap and overlay).
+
+:class:`Budget` applies the estimate to a device: how many samples of a shape fit at once in the memory left there
+(`relprop explain` splits its batches by it, and refuses a batch that will not fit before reading any image).
 """
 from __future__ import annotations
 
@@ -154,6 +157,81 @@ def available(device: torch.device) -> int | None:
     return max(0, min(limits)) if limits else None
 
 
+class Budget:
+    """How many samples of a shape fit at once in the memory left on a device, from :func:`needed_bytes`' estimate
+    (each shape's :func:`footprint` is measured once).
+
+    Args:
+        attributor: The explainer (LRP or a relprop.attribution method).
+        model: The model it explains.
+        device: The device it runs on (its free memory is read once, here).
+        output: Picks the tensor to explain from the model's output, as the attributor does.
+        knobs: The names a refusal's advice gives the batch size and the input size (the command line passes
+            its options, ``("--batch-size", "--size")``).
+    """
+
+    def __init__(self, attributor, model, device, output=None, knobs=("batch_size", "size")):
+        self.attributor, self.model, self.device, self.output = attributor, model, device, output
+        self.knobs = knobs
+        self.free = available(torch.device(device))
+        self.footprints = {}
+
+    def need(self, shape: tuple, images: int) -> int | None:
+        """About how many bytes explaining ``images`` samples shaped ``shape`` (C, H, W) takes.
+
+        Args:
+            shape: One sample's shape.
+            images: How many samples at once.
+
+        Returns:
+            A number of bytes, or None when unknown.
+        """
+        if shape not in self.footprints:
+            self.footprints[shape] = footprint(self.model, shape, output=self.output)
+        per_sample = self.footprints[shape]
+        if per_sample is None:
+            return None
+        try:
+            return needed_bytes(self.attributor, per_sample, images, shape)
+        except ValueError:  # e.g. an occlusion window larger than the image: the image fails on its own later
+            return None
+
+    def fitting(self, shape: tuple, wanted: int) -> int:
+        """The most samples (up to ``wanted``) of this shape that fit at once.
+
+        Args:
+            shape: One sample's shape.
+            wanted: How many samples the caller would like at once.
+
+        Returns:
+            A count; 0 when not even one fits.
+        """
+        if self.free is None:
+            return wanted
+        count = wanted
+        while count > 0 and (self.need(shape, count) or 0) > self.free:
+            count -= 1
+        return count
+
+    def refusal(self, shape: tuple, images: int) -> str:
+        """Why ``images`` images shaped ``shape`` (C, H, W) do not fit, naming the batch size and the size to set.
+
+        Args:
+            shape: One image's shape.
+            images: How many images at once.
+
+        Returns:
+            One line of text.
+        """
+        batch_size, size = self.knobs
+        fit = self.fitting(shape, images)
+        advice = (f"use {batch_size} {fit} or a smaller {size}" if fit else
+                  f"use a smaller {size} (or explain on a device with more memory)")
+        return (f"explaining {images} image{'s' if images > 1 else ''} of {shape[1]}x{shape[2]} pixels at once "
+                f"needs about {gib(self.need(shape, images))} but {gib(self.free)} are available on "
+                f"{self.device}; {advice}")
+
+
 def gib(size: int) -> str:
     """A size in bytes as text: GiB from a quarter GiB up, else MiB.
 
@@ -171,4 +249,4 @@ def gib(size: int) -> str:
     return f"{size / 2 ** 30:.1f} GiB" if size >= 2 ** 28 else f"{size / 2 ** 20:.0f} MiB"
 
 
-__all__ = ["Footprint", "footprint", "rows_per_pass", "needed_bytes", "available", "gib"]
+__all__ = ["Footprint", "footprint", "rows_per_pass", "needed_bytes", "available", "gib", "Budget"]

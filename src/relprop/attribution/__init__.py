@@ -1,15 +1,17 @@
-"""The attribution family users compare LRP against; each returns a relprop.Explanation, as LRP does."""
+"""The attribution family users compare LRP against; each returns a relprop.Explanation, as LRP does.
+
+The methods by name (``lrp`` and each of these, with their defaults and parameters) are in
+:mod:`relprop.attribution.registry`.
+"""
+from . import registry
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient import (Deconvnet, ExcitationBackprop, Gradient, GradientXInput, GuidedBackprop, IntegratedGradients,
                        SmoothGrad)
 from .occlusion import Occlusion
 
-# The methods by the names the command line and relprop run use (LRP itself is "lrp"), and the parameters they get
-# by name where the class has no default (occlusion's window).
-BY_NAME = {"gradient": Gradient, "gradient_x_input": GradientXInput, "smoothgrad": SmoothGrad,
-           "integrated_gradients": IntegratedGradients, "occlusion": Occlusion, "guided_backprop": GuidedBackprop,
-           "deconvnet": Deconvnet, "excitation_backprop": ExcitationBackprop, "deeplift": DeepLift}
-DEFAULTS_BY_NAME = {"occlusion": {"window": (8, 8)}}
+# The classes of the methods besides LRP by their names (a view of the registry, which also holds their defaults)
+BY_NAME = {name: registry.get(name).constructor for name in registry.names(lrp=False)}
 
-__all__ = ["BY_NAME", "DEFAULTS_BY_NAME", "Gradient", "GradientXInput", "SmoothGrad", "IntegratedGradients", "GuidedBackprop", "Deconvnet",
-           "ExcitationBackprop", "Occlusion", "DeepLift", "DeepLiftShap"]
+__all__ = ["BY_NAME", "registry", "Gradient", "GradientXInput", "SmoothGrad",
+           "IntegratedGradients", "GuidedBackprop", "Deconvnet", "ExcitationBackprop", "Occlusion", "DeepLift",
+           "DeepLiftShap"]

@@ -179,7 +179,7 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     if already and starts and progress:
         print(f"relprop: resuming {store}: {already} of {shapes.count} samples were done; explaining the rest",
               file=sys.stderr, flush=True)
-    meter = Progress(shapes.count, already, enabled=progress)
+    meter = _meter(shapes.count, already, progress)
     began = time.perf_counter()
     explained = 0
 
@@ -476,38 +476,22 @@ def _recover_messages(worker: ChunkWorker, done):
     worker.group.attrs["skipped"] = sorted(kept + entries, key=lambda entry: entry["index"])
 
 
-class Progress:
+def _meter(total: int, done: int, enabled: bool):
     """A bar with samples/s and ETA on a terminal; elsewhere (logs, CI) one line per batch (per chunk with Ray).
 
-    Skipped samples are counted here and listed by the caller at the end (the CLI prints each with its reason).
+    Skipped samples are counted on it (``skipped``) and listed by the caller at the end (the CLI prints each with its
+    reason).
     """
+    from ..progress import Progress
 
-    def __init__(self, total: int, done: int, enabled: bool = True, stream=None):
-        self.total, self.done, self.enabled = total, done, enabled
-        self.stream = stream or sys.stderr
-        self.began, self.new, self.skipped = time.perf_counter(), 0, 0
-        self.bar = None
-        if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
+    return Progress(total, done, unit="sample", line=_sample_line, enabled=enabled, dynamic_ncols=True)
 
-            self.bar = tqdm(total=total, initial=done, unit="sample", file=self.stream, leave=False,
-                            dynamic_ncols=True)
 
-    def update(self, count: int):
-        self.done += count
-        self.new += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif self.enabled:
-            elapsed = time.perf_counter() - self.began
-            rate = self.new / elapsed if elapsed > 0 else float("nan")
-            left = (self.total - self.done) / rate if rate > 0 else float("nan")
-            eta = "?" if left != left else f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
-            skipped = f", {self.skipped} skipped" if self.skipped else ""
-            print(f"{self.done}/{self.total} samples, {rate:.1f} samples/s, ETA {eta}{skipped}", file=self.stream,
-                  flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+def _sample_line(meter) -> str:
+    elapsed = meter.elapsed()
+    rate = meter.new / elapsed if elapsed > 0 else float("nan")
+    left = (meter.total - meter.done) / rate if rate > 0 else float("nan")
+    eta = "?" if left != left else f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+    skipped = f", {meter.skipped} skipped" if meter.skipped else ""
+    return f"{meter.done}/{meter.total} samples, {rate:.1f} samples/s, ETA {eta}{skipped}"
 

@@ -61,20 +61,17 @@ class ModelSpec:
 
 
 def build_attributor(model: torch.nn.Module, settings: Settings):
+    from ..attribution import registry  # the one table of methods by name, as `relprop explain` reads it
+
     if settings.method == "lrp":
-        from ..lrp import LRP
-
         if isinstance(settings.composite, str):
-            return LRP(model, settings.composite, **settings.parameters)
-        return LRP(model, settings.composite)
-    from .. import attribution  # the one table of methods by name, as `relprop explain` reads it
-
-    if settings.method not in attribution.BY_NAME:
+            return registry.build("lrp", model, composite=settings.composite, **settings.parameters)
+        return registry.build("lrp", model, composite=settings.composite)
+    if settings.method not in registry.names(lrp=False):
         raise RunError(f"unknown method {settings.method!r}; choose lrp or one of "
-                       f"{', '.join(sorted(attribution.BY_NAME))}")
-    values = {**attribution.DEFAULTS_BY_NAME.get(settings.method, {}), **settings.parameters}
+                       f"{', '.join(sorted(registry.names(lrp=False)))}")
     try:
-        return attribution.BY_NAME[settings.method](model, **values)
+        return registry.build(settings.method, model, **settings.parameters)
     except (TypeError, ValueError) as error:
         raise RunError(f"method {settings.method}: {' '.join(str(error).split())}") from None
 
