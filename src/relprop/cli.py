@@ -156,7 +156,7 @@ def _composite(name: str, parameters: dict[str, str], preprocessing):
 
 def build_method(method: str, composite: str, parameters: dict[str, str], model, preprocessing, output=None):
     """The attributor for --method with its --param texts (the composite's for lrp), and its parameters as used."""
-    from .lrp import LRP
+    from .attribution.lrp import LRP
 
     if method == "lrp":
         built, used = _composite(composite, parameters, preprocessing)
@@ -1183,7 +1183,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
     store: each channel's reference samples, found by relevance maximisation (--store alone)."""
     from .concepts import maximise, report
     from .datasets import RunError, StoreError
-    from .lrp import LRP
+    from .attribution.lrp import LRP
 
     if image is None and store_path is None:
         raise Failure("give an IMAGE with --model for its concepts, or --store STORE for the concept atlas")

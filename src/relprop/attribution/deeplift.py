@@ -40,7 +40,7 @@ import torch
 
 from ..engine import DataFlow, OpMode, UnsupportedOpWarning, caller_level
 from ..explanation import Explanation
-from ..lrp import output_gradient
+from .targets import output_gradient
 from ..ops import custom, load_families
 from ..ops.reference import Pairing, path_averaged
 from ..ops.table import deeplift_handler

@@ -15,11 +15,12 @@ import torch
 from ..composites import Composite
 from ..engine import OpMode, out_of_place
 from ..explanation import Explanation
-from ..lrp import LRP, output_gradient
 from ..ops.table import RECTIFIERS, is_inplace
 from ..rules import ZPlus
 from .base import (Attribution, Hybrid, baseline_like, batched, explained, input_gradient, per_sample_sum,
                    undefined)
+from .lrp import LRP
+from .targets import output_gradient
 
 
 class Gradient(Attribution):

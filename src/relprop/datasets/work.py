@@ -62,7 +62,7 @@ class ModelSpec:
 
 def build_attributor(model: torch.nn.Module, settings: Settings):
     if settings.method == "lrp":
-        from ..lrp import LRP
+        from ..attribution.lrp import LRP
 
         if isinstance(settings.composite, str):
             return LRP(model, settings.composite, **settings.parameters)

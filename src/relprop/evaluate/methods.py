@@ -20,7 +20,7 @@ def explainer(method, **options):
     if callable(method):
         return method
     from .. import attribution, composites
-    from ..lrp import LRP
+    from ..attribution.lrp import LRP
 
     if method in composites.names():
         composite = composites.get(method, **options)
