@@ -13,7 +13,7 @@ import torch
 
 from .. import diagnose
 from ..engine import UnsupportedOperation
-from ..ops.recurrent import gradients_through
+from ..engine.steps import gradients_through
 from .lrp import LRP
 from .targets import check_input, check_target_type, output_gradient, tensor_output
 
