@@ -81,14 +81,12 @@ class OpMode(TorchFunctionMode):
 
 
 class Interceptor(OpMode):
-    """Hands every torch function call made while it is active to ``session.handle``."""
+    """Hands every torch function call made while it is active to ``session.handle`` (LRP's session, DeepLift's)."""
 
     def __init__(self, session):
         super().__init__()
         self.session = session
-
-    def op(self, func, name, family, args, kwargs):
-        return self.session.handle(func, name, family, args, kwargs)
+        self.op = session.handle  # OpMode's op is the session's dispatch itself: no call in between, per op
 
 
 _INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (os.path.dirname(__file__), torch.__file__))
