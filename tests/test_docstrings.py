@@ -26,10 +26,10 @@ griffe = pytest.importorskip("griffe", reason="the docs extra (pip install -e .[
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC_MODULES = [
-    "relprop", "relprop.lrp", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
+    "relprop", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
     "relprop.canonizers", "relprop.neuralize", "relprop.graph", "relprop.language", "relprop.memory",
     "relprop.outputs", "relprop.progress",
-    "relprop.attribution", "relprop.attribution.registry",
+    "relprop.attribution", "relprop.attribution.registry", "relprop.attribution.lrp", "relprop.attribution.targets",
     "relprop.datasets", "relprop.datasets.sources", "relprop.datasets.images",
     "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.report", "relprop.analysis.virelay",
     "relprop.analysis.apart",

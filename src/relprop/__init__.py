@@ -4,7 +4,7 @@ from .engine import UnsupportedOperation, UnsupportedOpWarning
 from .engine.batch import BatchMixingWarning
 from .ops.custom import register_function
 from .explanation import Explanation, Report
-from .lrp import LRP, explain
+from .attribution.lrp import LRP, explain
 from .compare import Comparison, compare
 
 __version__ = "0.1.0"

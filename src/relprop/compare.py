@@ -9,7 +9,7 @@ import torch
 
 from . import composites as composites_module
 from .explanation import Explanation
-from .lrp import LRP
+from .attribution.lrp import LRP
 
 COLUMNS = ("composite", "same_as", "sample", "target", "class", "explained", "relevance_sum", "residual", "top")
 # Relevances closer than this, relative to a sample's largest |relevance|, print alike (the table shows 3-4 digits):

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from .engine.batch import BatchMixingWarning
-from .lrp import LRP
+from .attribution.lrp import LRP
 
 
 @dataclass

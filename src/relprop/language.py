@@ -15,7 +15,7 @@ import torch
 
 from . import diagnose
 from .explanation import Explanation
-from .lrp import LRP
+from .attribution.lrp import LRP
 
 
 @dataclass

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from .engine.intercept import OpMode
 
 IMAGE_COPIES = 10  # input-sized float arrays held per image besides the model's activations
 
@@ -42,15 +43,17 @@ class Footprint:
     largest: int
 
 
-class _Tally(TorchFunctionMode):
-    """Counts the bytes of the new tensors each op returns."""
+class _Tally(OpMode):
+    """Counts the bytes of the new tensors each op returns (quiet ops too: ``new_zeros`` and the like allocate)."""
+
+    sees_quiet = True
 
     def __init__(self):
         super().__init__()
         self.total = self.largest = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
+    def op(self, func, name, family, args, kwargs):
+        result = func(*args, **kwargs)
         given = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(result):
             if isinstance(tensor, torch.Tensor) and id(tensor) not in given and tensor._base is None:

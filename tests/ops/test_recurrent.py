@@ -11,6 +11,7 @@ import relprop
 from relprop import rules
 from relprop.attribution import DeepLift, Gradient, IntegratedGradients
 from relprop.composites import Composite, Epsilon
+from relprop.engine.steps import StepsOnGPU, gradients_through
 from relprop.ops import recurrent
 
 torch.set_num_threads(1)
@@ -534,12 +535,12 @@ def test_steps_give_the_fused_ops_gradient_to_input_and_parameters():
     model = Classifier(nn.LSTM).double().eval()
     x = torch.randn(2, 6, 3, dtype=torch.double)
     fused = torch.autograd.grad(model(x.requires_grad_(True))[:, 1].sum(), [x, *model.parameters()])
-    with recurrent.StepsOnGPU(everywhere=True):
+    with StepsOnGPU(everywhere=True):
         steps = torch.autograd.grad(model(x)[:, 1].sum(), [x, *model.parameters()])
     for want, have in zip(fused, steps):
         torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-12)
-    assert isinstance(recurrent.gradients_through(model), recurrent.StepsOnGPU)
-    assert not isinstance(recurrent.gradients_through(nn.Linear(2, 2)), recurrent.StepsOnGPU)
+    assert isinstance(gradients_through(model), StepsOnGPU)
+    assert not isinstance(gradients_through(nn.Linear(2, 2)), StepsOnGPU)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN needs a GPU")

@@ -61,7 +61,7 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
     import torch
     from sklearn.cluster import KMeans
 
-    from .. import lrp
+    from ..attribution import lrp
     from ..neuralize import neuralize
 
     labels = np.asarray(labels)

@@ -13,8 +13,9 @@ import torch
 
 from .. import diagnose
 from ..engine import UnsupportedOperation
-from ..lrp import LRP, check_input, check_target_type, output_gradient
-from ..ops.recurrent import gradients_through
+from ..engine.steps import gradients_through
+from .lrp import LRP
+from .targets import check_input, check_target_type, output_gradient, tensor_output
 
 # Default number of model inputs per forward pass: about this many input values, so a pass over 224x224 images
 # holds 13 of them and one over 32x32 images 680.
@@ -146,10 +147,7 @@ class Attribution:
         """
         if self.output is not None:
             output = self.output(output)
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"the model returned {type(output).__name__}, not a tensor; pass output=... to pick the "
-                            "tensor to explain, e.g. output=lambda out: out.logits or output=lambda out: out[0]")
-        return output
+        return tensor_output(output)
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for x without gradients, in passes of at most rows_per_pass inputs.

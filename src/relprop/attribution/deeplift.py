@@ -1,4 +1,5 @@
-"""DeepLift with the Rescale rule (Shrikumar et al. 2017) and DeepLiftShap, by op interception.
+"""DeepLift with the Rescale rule (Shrikumar et al. 2017) and DeepLiftShap, by op interception: the method (its
+parameters, checks and result); the pass itself is ``engine.deeplift_session``.
 
 The model runs once on the batch [inputs; baselines] while a TorchFunctionMode watches every torch function, so
 ops written in ``forward`` (``torch.relu``, ``F.gelu``, ``x * gate``), modules used more than once and in-place ops
@@ -33,76 +34,15 @@ the target's output difference f(x) - f(baseline): captum's convergence delta wi
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 
-from ..engine import DataFlow, OpMode, UnsupportedOpWarning, caller_level
+from ..engine.deeplift_session import DeepLiftSession
 from ..explanation import Explanation
-from ..lrp import output_gradient
-from ..ops import custom, load_families
-from ..ops.reference import Pairing, path_averaged
-from ..ops.table import deeplift_handler
+from ..ops.reference import Pairing
 from .base import Attribution, baseline_like, batched, input_gradient, per_sample_sum, positional_count, rows_of
-
-load_families()
-
-
-class _Interceptor(OpMode):
-    """Routes each op that touches the input to its family's DeepLift handler while the model runs; it is also the
-    handlers' narrow context (see ops/reference.py)."""
-
-    def __init__(self, pairing: Pairing, eps: float, warned: set, explain_logits: bool = False):
-        super().__init__()
-        self.pairing, self.eps, self.warned = pairing, eps, warned
-        self.softmax_inputs = {} if explain_logits else None  # id(softmax output) -> (output, its input)
-        self.flow = DataFlow("_relprop_deeplift")
-        self.mark, self.active = self.flow.mark, self.flow.active
-
-    def op(self, func, name, family, args, kwargs):
-        active = self.flow.touched(args, kwargs)
-        if not active:
-            return func(*args, **kwargs)
-        handler = deeplift_handler(family)  # the table is an allow-list: unknown ops are averaged, with a warning
-        if handler is None:
-            self.warn(name, "DeepLift knows no rule for it; its Jacobian averaged along the path from baseline to "
-                            "input is used (exact in sum, but check that the op acts on each sample alone)")
-            handler = path_averaged
-        out = handler(self, func, name, args, kwargs, active)
-        self.mark(out)
-        return out
-
-    def intercept(self):
-        """Interception on again inside a handler: a decomposition's ops get their own multipliers."""
-        return self
-
-    def remember_softmax(self, out, logits):
-        if self.softmax_inputs is not None:
-            self.softmax_inputs[id(out)] = (out, logits)
-
-    def fallback(self, func, name, args, kwargs, why):
-        out = func(*args, **kwargs)
-        if any(isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-               for t in (out if isinstance(out, (tuple, list)) else (out,))):
-            self.warn(name, f"it is nonlinear and {why}; its gradient is used there, so the attributions may not add "
-                            "up to the output difference (see Explanation.delta)")
-        return out
-
-    def warn(self, name, why):
-        if name not in self.warned:
-            self.warned.add(name)
-            warnings.warn(f"relprop DeepLift: {name}: {why}", UnsupportedOpWarning, stacklevel=caller_level())
-
-    def check_custom_functions(self, output: torch.Tensor):
-        """Custom autograd Functions never reach the interceptor: find them in the graph, and warn unless the user
-        registered them as linear ("gradient"), for which their own backward is exact."""
-        for function in custom.functions_in_graph(output):
-            if custom.rule_for(function) != "gradient":
-                self.warn(custom.name_of(function), "DeepLift cannot see inside it; its own backward is used, so the "
-                                                    "attributions may not add up to the output difference (see "
-                                                    "Explanation.delta). If it is linear, say so with "
-                                                    f"relprop.register_function({function.__name__}, \"gradient\")")
+from .targets import output_gradient
 
 
 class DeepLift(Attribution):
@@ -276,20 +216,13 @@ class DeepLift(Attribution):
         """
         pairing = Pairing(len(inputs), len(references), pick)
         leaf = inputs.detach().requires_grad_(True)
-        batch = torch.cat([leaf, references])
-        interceptor = _Interceptor(pairing, self.eps, self._warned, self.explain_logits)
-        interceptor.mark(batch)
-        with torch.enable_grad(), interceptor:
-            output = self.run(batch)
-        interceptor.check_custom_functions(output)
+        session = DeepLiftSession(pairing, self.eps, self._warned, self.explain_logits)
+        output = session.run(self.run, leaf, references)
         if not pairing.fits(output):
             raise ValueError(f"the model's output has shape {tuple(output.shape)}, but DeepLift runs inputs and "
                              f"baselines as one batch of {pairing.total} and needs one output per sample along the "
                              "first dimension")
-        explained, logits = output, False
-        softmax = interceptor.softmax_inputs.get(id(output)) if interceptor.softmax_inputs is not None else None
-        if softmax is not None and softmax[0] is output and softmax[1].shape == output.shape:
-            explained, logits = softmax[1], True
+        explained, logits = session.explained(output)
         at_input, at_reference = explained[:pairing.rows], pairing.reference(explained)
         g, index = output_gradient(at_input.detach(), target)
         multipliers = input_gradient(at_input, leaf, g)

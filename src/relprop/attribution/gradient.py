@@ -15,11 +15,12 @@ import torch
 from ..composites import Composite
 from ..engine import OpMode, out_of_place
 from ..explanation import Explanation
-from ..lrp import LRP, output_gradient
-from ..ops.table import RECTIFIERS, is_inplace
+from ..ops.table import RECTIFIERS
 from ..rules import ZPlus
 from .base import (Attribution, Hybrid, baseline_like, batched, explained, input_gradient, per_sample_sum,
                    undefined)
+from .lrp import LRP
+from .targets import output_gradient
 
 
 class Gradient(Attribution):
@@ -363,7 +364,7 @@ class _ReplaceReLU(OpMode):
             return func(*args, **kwargs)
         x = args[0]
         out = self.function.apply(x, out_of_place(func, name, args, kwargs))
-        if is_inplace(name) or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
+        if self.in_place(func, name, args, kwargs):
             return x.copy_(out)  # keep in-place semantics: callers may read x afterwards
         return out
 

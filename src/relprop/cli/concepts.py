@@ -38,7 +38,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
     store: each channel's reference samples, found by relevance maximisation (--store alone)."""
     from ..concepts import maximise, report
     from ..datasets import RunError, StoreError
-    from ..lrp import LRP
+    from ..attribution.lrp import LRP
 
     if image is None and store_path is None:
         raise Failure("give an IMAGE with --model for its concepts, or --store STORE for the concept atlas")

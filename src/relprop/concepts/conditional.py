@@ -22,7 +22,8 @@ import torch
 from .. import diagnose
 from ..engine import Session
 from ..engine.report import Recorded
-from ..lrp import LRP, _buffers_if_training, _logits_policy, _restore_buffers, check_input, output_gradient
+from ..attribution.lrp import LRP, _buffers_if_training, _logits_policy, _restore_buffers
+from ..attribution.targets import check_input, output_gradient
 
 TARGET = "y"
 INPUT = ":input"

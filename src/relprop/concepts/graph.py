@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lrp import LRP
+from ..attribution.lrp import LRP
 from .conditional import Run, channel_dim, check_layer, parse
 from .relevance import channel_sums, concept_relevance
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lrp import LRP
+from ..attribution.lrp import LRP
 from .conditional import Run, channel_dim, channel_mask, parse
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lrp import LRP
+from ..attribution.lrp import LRP
 from .conditional import Run, channel_dim, check_layer, parse
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..lrp import LRP
+from ..attribution.lrp import LRP
 from .conditional import conditional
 from .graph import attribution_graph
 from .maximisation import reference_views, store_attributor, store_recipe

@@ -36,7 +36,7 @@ class AlongCAV(torch.nn.Module):
 def cav_relevance(model: torch.nn.Module, x: torch.Tensor, cav: CAV, composite="epsilon_plus_flat",
                   batch_size: int = 32) -> torch.Tensor:
     """Relevance (shaped like x) of each sample's coordinate along the CAV, by LRP."""
-    from ..lrp import LRP
+    from ..attribution.lrp import LRP
 
     lrp = LRP(AlongCAV(model, cav), composite)
     return torch.cat([lrp(x[start:start + batch_size], 0).relevance for start in range(0, len(x), batch_size)])

@@ -51,7 +51,7 @@ class Probe:
 
 def measure(model: torch.nn.Module, probe: Probe, composite="epsilon_plus_flat", batch_size: int = 64) -> dict:
     """{metric: value} of one model (METRICS), and its relevance of the donors under "heatmaps"."""
-    from ..lrp import LRP
+    from ..attribution.lrp import LRP
 
     recipients, pasted, labels = probe.poisoned()
     target = probe.artifact_class

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..lrp import LRP
+from ..attribution.lrp import LRP
 from . import correction
 from . import model as demo_model
 from .shapes import KINDS, generate

@@ -23,10 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from ..ops.signatures import bind, classify, plain_variant, writes_first_argument
+from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
+from .intercept import OpMode
 
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass
@@ -186,8 +186,11 @@ def _tensors(args, kwargs):
             yield from (item for item in value if isinstance(item, torch.Tensor))
 
 
-class _Pass(TorchFunctionMode):
-    """One pass: which tensors came from the input and which of their positions changed (boxes per row, FULL)."""
+class _Pass(OpMode):
+    """One pass: which tensors came from the input and which of their positions changed (boxes per row, FULL).
+    It sees quiet calls too: a value read (item, argmax) of a tensor written in place must stop the pass."""
+
+    sees_quiet = True
 
     def __init__(self, kept, x, boxes, keep, journal=None):
         super().__init__()
@@ -205,14 +208,12 @@ class _Pass(TorchFunctionMode):
     def is_stale(self, out):
         return any(self.region(item) is STALE for item in _tensors((out,), {}))
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+    def op(self, func, name, family, args, kwargs):
         regions = [self.region(t) for t in _tensors(args, kwargs)]
         if not any(region is not None for region in regions):
             return func(*args, **kwargs)
         if STALE in regions:
             raise _Unfollowable
-        name, _ = classify(func)
         if name in QUIET:
             return func(*args, **kwargs)
         index = len(self.fresh)

@@ -1,6 +1,11 @@
-"""Interception: which tensors carry relevance, the TorchFunctionMode base that routes ops (``OpMode``: the LRP
-session's ``Interceptor``, DeepLift's, guided backprop's), and where a warning should point; what an op is (its
-family, its arguments) is read by ``ops.signatures``.
+"""Interception: which tensors carry relevance, the one TorchFunctionMode base every mode shares (``OpMode``), and
+where a warning should point; what an op is (its family, its arguments) is read by ``ops.signatures``.
+
+The modes on ``OpMode``: ``Interceptor`` (hands each call to a session: LRP's ``session.Session``, DeepLift's
+``deeplift_session.DeepLiftSession``), guided backprop's ReLU swap (``attribution.gradient``), recurrent layers as
+time steps for plain gradients (``steps.StepsOnGPU``), incremental passes (``incremental``) and the memory tally
+(``relprop.memory``). ``relprop.neuralize``'s two modes stay plain TorchFunctionModes: neuralize sits below ops (the
+op family ``ops/clusters.py`` imports its modules), and they match two functions by identity, needing no names.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..ops.signatures import classify
+from ..ops.signatures import classify, writes_first_argument
 
 
 class UnsupportedOperation(RuntimeError):
@@ -50,30 +55,38 @@ class DataFlow:
 
 
 class OpMode(TorchFunctionMode):
-    """The base of the modes that route a model's torch calls (LRP's session, DeepLift, guided backprop's ReLU swap):
-    each call is named once (``classify``), quiet ones (shape and attribute reads) run as they are, and every other
-    goes to ``op(func, name, family, args, kwargs)``."""
+    """The base of every mode that watches a model's torch calls: each call is named once (``classify``: its torch
+    name and op family, cached per function) and goes to ``op(func, name, family, args, kwargs)``, kwargs always a
+    dict. Quiet calls (shape and attribute reads, comparisons: ``ops.table.QUIET``) run as they are, unless the mode
+    sets ``sees_quiet`` (the memory tally counts what ``new_zeros`` allocates; an incremental pass must stop a value
+    read of a tensor it could not keep up to date)."""
+
+    sees_quiet = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name, family = classify(func)
-        if family == "quiet":
+        if family == "quiet" and not self.sees_quiet:
             return func(*args, **kwargs)
         return self.op(func, name, family, args, kwargs)
 
     def op(self, func, name: str, family: str | None, args, kwargs):
         raise NotImplementedError
 
+    @staticmethod
+    def in_place(func, name: str, args, kwargs) -> bool:
+        """Whether the call writes into its first argument (``x.relu_()``, ``x += y``, ``F.relu(x, inplace=True)``):
+        a mode that runs it otherwise must write its result there too, since the model may read x afterwards."""
+        return writes_first_argument(func, name, args, kwargs)
+
 
 class Interceptor(OpMode):
-    """Hands every torch function call made while it is active to ``session.handle``."""
+    """Hands every torch function call made while it is active to ``session.handle`` (LRP's session, DeepLift's)."""
 
     def __init__(self, session):
         super().__init__()
         self.session = session
-
-    def op(self, func, name, family, args, kwargs):
-        return self.session.handle(func, name, family, args, kwargs)
+        self.op = session.handle  # OpMode's op is the session's dispatch itself: no call in between, per op
 
 
 _INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (os.path.dirname(__file__), torch.__file__))

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from ..attribution.targets import tensor_output
 from ..engine.incremental import Incremental
 from .inputs import check_input
 
@@ -224,9 +225,7 @@ class Runner:
         out = (forward or self.model)(chunk)
         if self.select is not None:
             out = self.select(out)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model returned {type(out).__name__}, not a tensor; pass output=... to pick the class "
-                            "scores, e.g. output=lambda out: out.logits")
+        tensor_output(out, "the class scores")
         self.forward_passes += 1
         if out.dim() != 2 or out.shape[0] != chunk.shape[0]:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for {chunk.shape[0]} inputs; metrics need "

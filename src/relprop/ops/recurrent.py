@@ -31,19 +31,16 @@ Under the gradient x input convention all of this is a plain backward pass with 
 changes: a stabilised sum s multiplies the gradient reaching it by s / (s' + eps sign s') (s' = s without biases,
 or s), and tanh hands back g tanh(a) / a (relevance passes through). The relevance of a time step's input is then
 x W_x^T of what reaches its pre-activation: exactly the epsilon rule over [x, h]. DeepLift and the gradient methods
-run the same steps with nothing changed, so no cuDNN kernel (whose backward needs training mode) is involved.
+(``engine.steps.StepsOnGPU``) run the same steps with nothing changed, so no cuDNN kernel (whose backward needs
+training mode) is involved.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from ..stabilize import stabilize
 from .elementwise import pass_through
-from .signatures import classify
 from .table import FAMILIES, register
 
 _LAYERS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -257,30 +254,6 @@ def _gru(policy, projected, h, w_hh, b_hh, b_ih, bias):
 def _rnn(policy, projected, h, w_hh, b_hh, bias, kind):
     total = policy.stabilized(projected + F.linear(h, w_hh, b_hh), None if bias is None else bias[0])
     return policy.squash(total, torch.tanh if kind == "rnn_tanh" else torch.relu)
-
-
-class StepsOnGPU(TorchFunctionMode):
-    """Recurrent ops on a GPU (or anywhere, with ``everywhere``) run as their time steps, other ops as they are:
-    cuDNN's fused recurrent backward refuses models in eval mode ("cudnn RNN backward can only be called in training
-    mode"), so gradients through it fail where the steps' plain ops do not."""
-
-    def __init__(self, everywhere: bool = False):
-        super().__init__()
-        self.everywhere = everywhere
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name, family = classify(func)
-        if family == "recurrent" and (self.everywhere or args[0].is_cuda):
-            return run(bind_call(name, args, kwargs))
-        return func(*args, **kwargs)
-
-
-def gradients_through(model: torch.nn.Module):
-    """The context a gradient method runs model in: StepsOnGPU where it has recurrent layers, else none."""
-    if any(isinstance(module, torch.nn.RNNBase) for module in model.modules()):
-        return StepsOnGPU()
-    return contextlib.nullcontext()
 
 
 # ---- DeepLift and LRP handlers ------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 DeepLift runs the model once on [inputs; references]. Each family registers a DeepLift handler next to its LRP
 handler (``@register(family, deeplift=handler)``), called as ``handler(dl, func, name, args, kwargs, active)``
-where ``dl`` is the run's narrow context: ``pairing`` (which rows pair up), ``eps``, ``active(value)``,
-``fallback(func, name, args, kwargs, why)`` (the plain op, with a warning), ``warn(name, why)``, ``intercept()``
-(interception on again, for a decomposition) and ``remember_softmax(out, logits)``.
+where ``dl`` is the run's narrow context (the engine's ``DeepLiftSession``): ``pairing`` (which rows pair up),
+``eps``, ``active(value)``, ``fallback(func, name, args, kwargs, why)`` (the plain op, with a warning),
+``warn(name, why)``, ``intercept()`` (interception on again, for a decomposition) and
+``remember_softmax(out, logits)``.
 
 The generic multiplier, for any nonlinear op of several inputs (softmax, norms, division by an activation, max over
 a dimension), is the op's Jacobian averaged along the straight path from reference to input,

@@ -57,6 +57,22 @@ def _signature(func):
     return _SIGNATURES[func]
 
 
+_INPLACE_POSITIONS: dict = {}
+
+
+def _inplace_position(func) -> int | None:
+    """Where a functional op takes ``inplace`` among its positional arguments (None: it takes none)."""
+    try:
+        return _INPLACE_POSITIONS[func]
+    except KeyError:
+        signature = _signature(func)
+        position = None
+        if signature is not None and "inplace" in signature.parameters:
+            position = list(signature.parameters).index("inplace")
+        _INPLACE_POSITIONS[func] = position
+        return position
+
+
 def writes_first_argument(func, name, args, kwargs) -> bool:
     """Whether this call changes its first argument in place (``x.mul_``, ``x *= y``, ``F.relu(x, inplace=True)``)."""
     if is_inplace(name):
@@ -65,11 +81,8 @@ def writes_first_argument(func, name, args, kwargs) -> bool:
         return False
     if kwargs.get("inplace") is True:
         return True
-    signature = _signature(func)
-    if signature is None or "inplace" not in signature.parameters:
-        return False
-    position = list(signature.parameters).index("inplace")
-    return len(args) > position and args[position] is True
+    position = _inplace_position(func)
+    return position is not None and len(args) > position and args[position] is True
 
 
 def plain_variant(name: str):
