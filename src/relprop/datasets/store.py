@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import StoreError
+
 LAYOUT_VERSION = 1
 # What makes two runs the same run: every argument that changes a stored number. A store is resumed only when all
 # of these agree; each is named by the argument that sets it. --batch-size and --device change only rounding (the
@@ -41,9 +43,6 @@ IDENTITY = {"model": "--model", "weights_sha256": "--weights", "model_sha256": "
 # Why a value may differ although the command is the same.
 HINTS = {"model_sha256": " (a torchvision model without --weights has new random weights in every run: pass "
                          "--weights FILE)"}
-
-class StoreError(Exception):
-    """The store path or its contents cannot be used as asked; the message names the fix."""
 
 
 def is_remote(path) -> bool:
