@@ -27,13 +27,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC_MODULES = [
     "relprop", "relprop.lrp", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
-    "relprop.canonizers", "relprop.neuralize", "relprop.graph", "relprop.language", "relprop.memory",
+    "relprop.canonizers", "relprop.neuralize", "relprop.gnn", "relprop.language", "relprop.memory",
     "relprop.attribution",
     "relprop.datasets", "relprop.datasets.sources",
-    "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.report", "relprop.analysis.virelay",
+    "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.pages", "relprop.analysis.virelay",
     "relprop.analysis.apart",
     "relprop.evaluate",
-    "relprop.concepts", "relprop.concepts.report",
+    "relprop.concepts", "relprop.concepts.pages",
     "relprop.correct", "relprop.correct.cav", "relprop.correct.clarc", "relprop.correct.finetune",
     "relprop.correct.metrics",
     "relprop.viz", "relprop.viz.colormaps",

@@ -123,7 +123,7 @@ def _finite(text: str) -> float:
 
 def recorded(values: dict) -> dict:
     """Parameters as JSON values: tuples and tensors become lists."""
-    from .datasets.runner import recorded as as_json
+    from .datasets.pipeline import recorded as as_json
 
     return as_json(values)
 
@@ -907,7 +907,7 @@ def spray(store, classes, over_all, clusters, neighbors, search, eigenvalues, em
     """Spectral Relevance Analysis of a store: clusters of similar heatmaps (the model's strategies) per class."""
     import numpy as np
 
-    from .analysis import report
+    from .analysis import pages as report
     from .analysis import spray as spray_analysis
 
     ks = _cluster_counts(clusters)
@@ -1084,7 +1084,7 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     from .evaluate import benchmark, methods as evaluate_methods
     from .evaluate.benchmark import METRICS
     from .datasets.work import ModelSpec, RunError
-    from .evaluate.sources import DemoImages, ImageFiles
+    from .evaluate.batches import DemoImages, ImageFiles
     from .loading import collect_images
 
     methods = _names(method_names, DEMO_METHODS)
@@ -1181,7 +1181,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
              engine, workers, address, out):
     """The top concepts of one image with their conditional heatmaps (IMAGE --model), or the concept atlas of a
     store: each channel's reference samples, found by relevance maximisation (--store alone)."""
-    from .concepts import maximise, report
+    from .concepts import maximise, pages as report
     from .datasets import RunError, StoreError
     from .lrp import LRP
 

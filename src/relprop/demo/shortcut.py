@@ -30,7 +30,7 @@ def run(out, count: int = COUNT) -> dict:
         The figures, as a dict.
     """
     from .. import datasets
-    from ..analysis import report, spray
+    from ..analysis import pages, spray
 
     out = Path(out)
     started = time.perf_counter()
@@ -40,7 +40,7 @@ def run(out, count: int = COUNT) -> dict:
     explained = time.perf_counter()
     name = f"class-{watermark.CLASS}"
     analysis = spray.run(store, classes=[watermark.CLASS])[name]  # the defaults of `relprop spray`
-    page = report.write(store, out / "spray", names=[name])
+    page = pages.write(store, out / "spray", names=[name])
     marked = np.asarray(datasets.open_store(store)["extra/watermark"][:], dtype=bool)[analysis.index]
     found, purity, recall = marked_cluster(analysis.clusters[analysis.chosen], marked)
     analysed = time.perf_counter()
