@@ -4,7 +4,7 @@ import pytest
 import zarr
 
 from relprop.analysis import spray
-from relprop.analysis import store as stores
+from relprop.datasets import store as stores
 
 from .stores import write_store
 
@@ -194,7 +194,7 @@ def planted_store(path, chunk=7):
 
 def test_store_features_are_read_chunk_by_chunk_and_equal_pooling_everything(tmp_path, monkeypatch):
     store, relevance, labels, _ = planted_store(tmp_path / "run.zarr")
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     reads = []
     original = stores.read_chunks
 
