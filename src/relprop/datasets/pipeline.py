@@ -204,7 +204,7 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     finally:
         meter.close()
     seconds = time.perf_counter() - began
-    _recover_messages(worker, store_module.done_mask(worker.group, shapes.count, shapes.chunk))
+    _recover_messages(worker, opened.done)
     skipped = list(worker.group.attrs.get("skipped", []))
     return Summary(str(store), shapes.count, explained, already, skipped, seconds, store_module.size_on_disk(store))
 
