@@ -110,13 +110,13 @@ def measure_features(features: str, truth: str) -> dict:
 
 def compare_with_corelay(python: str, sizes: list[int], folder: Path) -> list[dict]:
     from relprop.analysis import spray
-    from relprop.analysis import store as stores
+    from relprop.datasets import store as stores
 
     rows = []
     for count in sizes:
         store = folder / f"c{count}.zarr"
         truth = write_store(store, count, strategies=CORELAY_STRATEGIES)
-        root = stores.open_store(store)
+        root = stores.open_store(store).group
         features = spray.store_features(root, {"all": np.arange(count)}, 8)["all"]
         np.save(folder / "features.npy", features)
         np.save(folder / "truth.npy", truth)

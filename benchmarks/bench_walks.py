@@ -54,7 +54,7 @@ def setup(nodes: int, degree: int, layers: int, width: int, readout: str | None 
 def per_walk(net, x, edge_index, node, layers, readout):
     """One LRP run per walk, with the walk's masks (the graph as one sample with a readout, else nodes as the batch)."""
     import relprop
-    from relprop.graph import LayerMasks, predecessors, suffixes
+    from relprop.gnn import LayerMasks, predecessors, suffixes
 
     before = predecessors(edge_index, x.shape[0])
     ends = [node] if readout is None else range(x.shape[0])
@@ -76,7 +76,7 @@ def per_walk(net, x, edge_index, node, layers, readout):
 
 
 def batched(net, x, edge_index, node, layers, batch_size, readout):
-    from relprop.graph import relevant_walks
+    from relprop.gnn import relevant_walks
 
     if readout is None:
         found = relevant_walks(net, x, edge_index, layers, node, 0, composite="epsilon", batch_size=batch_size)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from relprop import datasets
-from relprop.analysis import report, spray
+from relprop.analysis import pages, spray
 from relprop.demo import watermark
-from relprop.demo.shortcut import marked_cluster
+from relprop.demo.tour.shortcut import marked_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def main():
     print(f"{analysis.chosen} (the most separated, conductance {analysis.conductance[analysis.chosen]:.3f}): purity "
           f"{purity:.3f}, recall {recall:.3f} ({truth.sum()} of {len(truth)} crosses marked); eigengap suggests "
           f"{analysis.suggested}")
-    page = report.write(store, args.out / "report")
+    page = pages.write(store, args.out / "report")
     print(f"wrote {page}")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser:

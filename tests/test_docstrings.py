@@ -27,18 +27,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC_MODULES = [
     "relprop", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
-    "relprop.canonizers", "relprop.neuralize", "relprop.graph", "relprop.language", "relprop.memory",
+    "relprop.canonizers", "relprop.neuralize", "relprop.gnn", "relprop.language", "relprop.memory",
     "relprop.outputs", "relprop.progress",
     "relprop.attribution", "relprop.attribution.registry", "relprop.attribution.lrp", "relprop.attribution.targets",
     "relprop.datasets", "relprop.datasets.sources", "relprop.datasets.images",
-    "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.report", "relprop.analysis.virelay",
+    "relprop.analysis", "relprop.analysis.spray", "relprop.analysis.pages", "relprop.analysis.virelay",
     "relprop.analysis.apart",
     "relprop.evaluate",
-    "relprop.concepts", "relprop.concepts.report",
+    "relprop.concepts", "relprop.concepts.pages",
     "relprop.correct", "relprop.correct.cav", "relprop.correct.clarc", "relprop.correct.finetune",
     "relprop.correct.metrics",
     "relprop.viz", "relprop.viz.colormaps",
-    "relprop.demo", "relprop.demo.watermark", "relprop.demo.shortcut", "relprop.demo.showcase",
+    "relprop.demo", "relprop.demo.watermark", "relprop.demo.tour.shortcut", "relprop.demo.tour.showcase",
 ]
 
 # methods named by a convention of the base class they override, whose meaning that base documents

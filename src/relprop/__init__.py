@@ -6,6 +6,7 @@ from .ops.custom import register_function
 from .explanation import Explanation, Report
 from .attribution.lrp import LRP, explain
 from .compare import Comparison, compare
+from .correct import saved as _saved  # noqa: F401  registers a corrected model's model.json with load_model
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,9 @@
 Model specs: ``demo`` (the embedded shapes model), ``demo-watermark`` (the same network trained on shapes with a
 planted "Clever Hans" watermark, relprop.demo.watermark), ``torchvision:NAME`` (architecture only, random weights unless
 a weights file is given), ``path/to/file.py:FACTORY`` (a function of no arguments returning an nn.Module) and
-``path/to/model.json`` (a model corrected by ``relprop correct``, relprop.correct.saved).
+``path/to/model.json`` (a model corrected by ``relprop correct``). Model files that a part of relprop above this
+module knows how to read register their loader here (:func:`register_model_file`): relprop.correct.saved registers
+``.json``, and ``import relprop`` imports it, so this module stays below the tools whose files it opens.
 Every problem with what the user gave raises :class:`LoadError`, whose message names the problem and the fix.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -97,15 +100,25 @@ class LoadedModel:
 
 # ---- models -----------------------------------------------------------------------------------------------------
 DEMO_MODELS = {"demo": "model", "demo-watermark": "watermark"}  # spec -> module of relprop.demo with load()
+MODEL_FILES: dict[str, Callable] = {}  # suffix -> load(path, weights) -> LoadedModel, see register_model_file
+
+
+def register_model_file(suffix: str, load: Callable) -> None:
+    """Let load_model read model specs ending in suffix with load (how a module above this one adds its file kind).
+
+    Args:
+        suffix: The end of the spec, e.g. ".json".
+        load: A function (path, weights) -> LoadedModel; it may call load_model again for a base model.
+    """
+    MODEL_FILES[suffix] = load
 
 
 def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
     """The model a spec names, in eval mode, with the weights file applied when one is given."""
     is_factory = ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
-    if spec.endswith(".json"):  # a model corrected by `relprop correct` (relprop.correct.saved)
-        from .correct import saved
-
-        return saved.load(spec, weights)
+    for suffix, load_file in MODEL_FILES.items():  # e.g. a model corrected by `relprop correct` (model.json)
+        if spec.endswith(suffix):
+            return load_file(spec, weights)
     if spec not in DEMO_MODELS and not spec.startswith("torchvision:") and not is_factory:
         raise LoadError(f"unknown model spec {spec!r}; use demo, demo-watermark, torchvision:NAME (e.g. "
                         "torchvision:resnet50), path/to/file.py:FACTORY or a corrected model's model.json")

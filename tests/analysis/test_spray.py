@@ -4,7 +4,7 @@ import pytest
 import zarr
 
 from relprop.analysis import spray
-from relprop.analysis import store as stores
+from relprop.datasets import store as stores
 
 from .stores import write_store
 
@@ -194,7 +194,7 @@ def planted_store(path, chunk=7):
 
 def test_store_features_are_read_chunk_by_chunk_and_equal_pooling_everything(tmp_path, monkeypatch):
     store, relevance, labels, _ = planted_store(tmp_path / "run.zarr")
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     reads = []
     original = stores.read_chunks
 
@@ -290,7 +290,7 @@ def test_defaults_find_a_small_local_mark_on_a_third_of_the_class_and_open_on_it
     """A mark holding 40% of the object's relevance on 35% of the maps: the clustering the report opens on (with
     the defaults of `relprop spray`) holds the marked maps in one cluster, with few others (3x3 pooling shares an
     edge's middle cell with the tail of an object off centre: purity 0.86 for the bar, 1.00 in a corner)."""
-    from relprop.demo.shortcut import marked_cluster
+    from relprop.demo.tour.shortcut import marked_cluster
 
     from .planted import MARKS, shortcut_maps
 

@@ -106,7 +106,7 @@ def test_one_writer_holds_the_lease_a_second_is_refused_and_an_expired_one_is_ta
 def test_a_run_on_s3_killed_midway_is_refused_while_its_lease_lives_then_resumes_bit_identical(s3, dataset_file,
                                                                                                 tmp_path, monkeypatch):
     import relprop.datasets as datasets
-    from relprop.analysis import store as stores
+    from relprop.datasets import store as stores
     from relprop.datasets import lease
 
     from tests.datasets.helpers import kill_once
@@ -132,8 +132,8 @@ def test_a_run_on_s3_killed_midway_is_refused_while_its_lease_lives_then_resumes
     summary = datasets.run("demo", data, url, batch_size=4, chunk=8, progress=False)
     assert summary.already_done == 16 and summary.explained == 8  # the last chunk (5, unreadable, was done)
     assert_same_store(local, url)
-    root = stores.open_store(url)  # what SpRAy reads, chunk by chunk and checked
-    ready = stores.explained(root)
+    root = stores.open_store(url).group  # what SpRAy reads, chunk by chunk and checked
+    ready = stores.ready(root)
     assert ready.sum() == 23
     read = np.concatenate([block for _, block in stores.read_chunks(root["relevance"], np.flatnonzero(ready), 8)])
     assert read.tobytes() == datasets.open_store(local)["relevance"][:][ready].tobytes()

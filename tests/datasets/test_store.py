@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -146,3 +147,67 @@ def test_verify_names_each_flipped_truncated_or_missing_chunk_and_readers_refuse
     with pytest.raises(datasets.StoreError, match=r"samples 0..7, array label: its values do not match"):
         opened.rows("label", [1, 9])
     assert opened.rows("label", [10, 9]).tolist() == datasets.open_store(finished).rows("label", [10, 9]).tolist()
+
+
+def test_analyses_read_through_the_store_refusing_a_damaged_chunk_naming_it_and_reading_the_intact_ones(tmp_path):
+    from relprop.analysis import spray
+
+    finished, damaged = tmp_path / "finished.zarr", tmp_path / "damaged.zarr"
+    datasets.run("demo", "demo:20", finished, batch_size=4, chunk=8, progress=False)
+    shutil.copytree(finished, damaged)
+    damage_chunks(damaged)
+    opened = datasets.open_store(damaged)
+    # a StoreError is a ValueError: the analyses have always reported a damaged store as one
+    with pytest.raises(ValueError, match=r"samples 0..7, array label: its values do not match their checksum"):
+        store_module.classes_of(opened.group)
+    with pytest.raises(datasets.StoreError, match=r"samples 8..15, array relevance: unreadable .*relprop verify"):
+        list(opened.read_chunks("relevance", np.arange(20)))
+    with pytest.raises(ValueError, match=r"samples 0..7, array label"):
+        spray.run(damaged, [0], progress=lambda text: None)
+    intact = [block for _, block in opened.read_chunks("relevance", np.arange(16, 20))]
+    expected = datasets.open_store(finished)["relevance"][16:20]
+    assert np.asarray(intact[0]).tobytes() == np.asarray(expected).tobytes()
+    assert datasets.open_store(finished).ready.tolist() == [True] * 20
+
+
+def test_a_path_without_a_store_is_a_store_error_and_a_missing_file_for_every_reader(tmp_path):
+    from relprop.analysis import spray
+
+    for read in (datasets.open_store, spray.run):
+        with pytest.raises(datasets.StoreError, match="is not a relprop store .*`relprop run`") as caught:
+            read(tmp_path / "missing.zarr")
+        assert isinstance(caught.value, FileNotFoundError)
+
+
+def test_open_for_run_creates_then_resumes_with_what_is_left_and_refuses_other_arguments(tmp_path):
+    path = tmp_path / "s.zarr"
+    attributes = {"model": "demo", "weights_sha256": None, "model_sha256": "0" * 64, "dtype": "float32",
+                  "method": "lrp", "composite": "epsilon", "parameters": {}, "target": "label", "keep": "full",
+                  "data": "demo:10", "count": 10, "size": None, "mean": None, "std": None, "class_map": None,
+                  "input_shape": [3, 32, 32], "classes": 4, "class_names": None}
+    shapes = Shapes(10, 4, (3, 32, 32), 4, (3, 32, 32), {"mask": ((32, 32), "bool")})
+    opened, remaining = store_module.Store.open_for_run(path, attributes, shapes)
+    assert remaining == [0, 4, 8] and opened.shapes.chunk == 4 and list(opened.shapes.extras) == ["mask"]
+    (path / "relevance" / "c" / "0.partial").parent.mkdir(parents=True, exist_ok=True)
+    (path / "relevance" / "c" / "0.partial").write_bytes(b"cut short")
+    again, remaining = store_module.Store.open_for_run(path, attributes, replace(shapes, chunk=5))
+    assert remaining == [0, 4, 8] and again.chunk == 4  # resumed: its own chunking kept (done chunks: below)
+    assert not list(path.rglob("*.partial"))
+    with pytest.raises(datasets.StoreError, match=r"made with other arguments.*composite \(--composite\): the store "
+                                                  r"has 'epsilon', this run 'gamma'"):
+        store_module.Store.open_for_run(path, {**attributes, "composite": "gamma"}, shapes)
+    fresh, remaining = store_module.Store.open_for_run(path, {**attributes, "composite": "gamma"}, shapes,
+                                                       overwrite=True)
+    assert remaining == [0, 4, 8] and fresh.attrs["composite"] == "gamma"
+
+
+def test_open_for_run_marks_a_damaged_done_chunk_not_done_and_names_it(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:20", path, batch_size=4, chunk=8, progress=False)
+    (path / "label" / "c" / "0").unlink()  # Zarr alone would read samples 0..7's labels as fill values
+    attributes = dict(datasets.open_store(path).attrs)
+    notes = []
+    opened, remaining = store_module.Store.open_for_run(path, attributes, datasets.open_store(path).shapes,
+                                                        note=notes.append)
+    assert remaining == [0] and not opened.done[:8].any() and opened.done[8:].all()  # the intact ones kept
+    assert notes == [f"{path}: samples 0..7, array label: {store_module.MISMATCH}; explaining this chunk again"]

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import relprop
-from relprop.graph import explain_graph, relevant_walks
+from relprop.gnn import explain_graph, relevant_walks
 
 torch_geometric = pytest.importorskip("torch_geometric")
 from torch_geometric.nn import GATConv, GCNConv  # noqa: E402

@@ -21,7 +21,7 @@ def test_each_family_file_owns_its_deeplift_handler():
     owners = {family: entry.deeplift.__module__.rsplit(".", 1)[-1] for family, entry in table.HANDLERS.items()
               if entry.deeplift not in (reference.exact, reference.path_averaged)}
     assert owners["activation"] == owners["rectifier"] == owners["pointwise"] == "elementwise"
-    assert owners["selection"] == "gradient" and owners["product"] == "products" and owners["conv"] == "linear"
+    assert owners["selection"] == "plain" and owners["product"] == "products" and owners["conv"] == "linear"
     assert owners["batch_norm"] == "norms" and owners["multi_head_attention"] == "attention"
 
 

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store as stores
+from ..datasets import store as stores
 
 EMBEDDINGS = ("spectral", "tsne", "umap")
 TSNE_AUTO_LIMIT = 5_000  # embeddings="auto" adds t-SNE up to this many samples (10k took 9 min on one busy core)
@@ -627,7 +627,7 @@ def select_sets(root, classes=None, over_all: bool = False, min_samples: int = M
     Raises:
         ValueError: when a class asked for has fewer than min_samples explained samples.
     """
-    ready = stores.explained(root)
+    ready = stores.ready(root)
     if over_all:
         return {"all": np.flatnonzero(ready)}
     of_class = stores.classes_of(root)
@@ -662,7 +662,7 @@ def too_small(root, min_samples: int = MIN_SAMPLES) -> dict[str, int]:
     Returns:
         Set name -> its count of explained samples.
     """
-    ready = stores.explained(root)
+    ready = stores.ready(root)
     of_class = stores.classes_of(root)
     counts = np.bincount(of_class[ready & (of_class >= 0)], minlength=_class_count(root, of_class))
     return {f"class-{k}": int(counts[k]) for k in np.flatnonzero((counts > 0) & (counts < min_samples))}
@@ -710,7 +710,7 @@ def run(store, classes=None, over_all: bool = False, clusters="auto", neighbors:
             raise ValueError(f"unknown clustering {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
     if search not in SEARCHES:
         raise ValueError(f"unknown neighbour search {search!r}; choose from {', '.join(SEARCHES)}")
-    root = stores.open_store(store, mode="r+")
+    root = stores.open_store(store, mode="r+").group
     sets = select_sets(root, classes, over_all)
     skipped = too_small(root) if classes is None and not over_all else {}
     if power <= 0:
@@ -760,7 +760,7 @@ def skipped_sets(store) -> dict[str, int]:
     Returns:
         Set name -> its count of explained samples.
     """
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     return dict(root["analysis"].attrs.get("skipped", {})) if "analysis" in root else {}
 
 
@@ -815,7 +815,7 @@ def read(store, name: str) -> Analysis:
     Raises:
         KeyError: when the store has no such analysis (the message lists those it has).
     """
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     if f"analysis/{name}" not in root:
         stored = sorted(root["analysis"].group_keys()) if "analysis" in root else []
         raise KeyError(f"{store} has no analysis {name!r} (it has: {', '.join(stored) or 'none'}); "
@@ -840,7 +840,7 @@ def stored(store) -> list[str]:
     Returns:
         The sorted names.
     """
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     return sorted(root["analysis"].group_keys()) if "analysis" in root else []
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import store as stores
 from . import spray
-from . import store as stores
 
 
 def _pooled(block: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -81,7 +81,7 @@ def export(store, out) -> Path:
     import h5py
 
     out = Path(out)
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     if "preview" not in root:
         raise ValueError(f"{store} has no `preview` array (not image data); ViRelAy shows images only")
     analyses = spray.stored(store)
@@ -94,7 +94,7 @@ def export(store, out) -> Path:
     labels = np.asarray(root["label"][:], dtype=np.int64)
     classes = int(root.attrs.get("classes") or root["output"].shape[1])
     names = class_names(stores.class_names(root), classes)
-    ready = np.flatnonzero(stores.explained(root))
+    ready = np.flatnonzero(stores.ready(root))
 
     with h5py.File(out / "input.h5", "w") as file:
         data = file.create_dataset("data", shape=(count, *previews.shape[1:]), dtype="float32",

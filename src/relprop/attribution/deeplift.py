@@ -7,10 +7,10 @@ are all seen. Each op that touches the input goes to its op family's DeepLift ha
 handler lives in the family's file), whose backward carries DeepLift multipliers instead of gradients:
 
   element-wise ops (activations, rectifiers, exp, pow, ...)   Rescale: (f(x) - f(x0)) / (x - x0)   ops/elementwise.py
-  max-pooling                          each window's difference to the winning input of x or x0   ops/gradient.py
+  max-pooling                          each window's difference to the winning input of x or x0   ops/plain.py
   products of two activations          the gradient at the midpoint, exact for degree two         ops/products.py
   linear ops (convolutions, linear layers, sums, average pooling, batch norm in eval mode, reshapes, ...)
-                                       the gradient, exact for them                 ops/linear.py, ops/gradient.py
+                                       the gradient, exact for them                 ops/linear.py, ops/plain.py
   every other nonlinear op (softmax, log-softmax, layer/group/RMS norm, division by an activation, max over a
   dimension, products of three or more activations; fused attention runs as its decomposition)
                                        the op's Jacobian averaged along the path from reference to input, made

@@ -292,7 +292,7 @@ def _batch_mixing_message(what: str) -> str:
             "output depends on the others: row i of the relevance is then sample i's share of every explained "
             "output in the batch, not an explanation of explained[i] alone, and delta[i] is no conservation check "
             "for sample i (delta.sum() is, for the batch). For one node of a graph use "
-            "relprop.graph.explain_graph(model, x, edge_index, node=i); otherwise explain each sample on its own "
+            "relprop.gnn.explain_graph(model, x, edge_index, node=i); otherwise explain each sample on its own "
             "(x[i:i + 1]), or the whole batch as one sample (x.unsqueeze(0) with a forward that removes that dim).")
 
 

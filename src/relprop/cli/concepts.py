@@ -36,7 +36,7 @@ def concepts(image, model_spec, weights, layer, top, store_path, composite, targ
              engine, workers, address, out):
     """The top concepts of one image with their conditional heatmaps (IMAGE --model), or the concept atlas of a
     store: each channel's reference samples, found by relevance maximisation (--store alone)."""
-    from ..concepts import maximise, report
+    from ..concepts import maximise, pages as report
     from ..datasets import RunError, StoreError
     from ..attribution.lrp import LRP
 

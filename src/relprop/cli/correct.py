@@ -48,7 +48,7 @@ def correct(store, class_index, cluster, clustering, layer, method, out, model_s
     try:
         if model_spec is None and (weights is not None or data is not None):  # the store's model, to take the
             # weights, and whose preprocessing reads the data
-            from ..analysis.store import open_store
+            from ..datasets.store import open_store
 
             model_spec = str(open_store(store).attrs["model"])
         loaded = load_for_command(model_spec, weights) if model_spec is not None else None

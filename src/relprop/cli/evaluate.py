@@ -74,7 +74,7 @@ def evaluate_command(data, model_spec, weights, method_names, metric_names, coun
     from ..evaluate import benchmark, methods as evaluate_methods
     from ..evaluate.benchmark import METRICS
     from ..datasets.work import ModelSpec, RunError
-    from ..evaluate.sources import DemoImages, ImageFiles
+    from ..evaluate.batches import DemoImages, ImageFiles
     from ..loading import collect_images
 
     methods = _names(method_names, DEMO_METHODS)

@@ -115,7 +115,7 @@ def _finite(text: str) -> float:
 
 def recorded(values: dict) -> dict:
     """Parameters as JSON values: tuples and tensors become lists."""
-    from ..datasets.runner import recorded as as_json
+    from ..datasets.pipeline import recorded as as_json
 
     return as_json(values)
 

@@ -56,7 +56,7 @@ def spray(store, classes, over_all, clusters, neighbors, search, eigenvalues, em
     """Spectral Relevance Analysis of a store: clusters of similar heatmaps (the model's strategies) per class."""
     import numpy as np
 
-    from ..analysis import report
+    from ..analysis import pages as report
     from ..analysis import spray as spray_analysis
 
     ks = cluster_counts(clusters)

@@ -564,7 +564,7 @@ def store_model_and_source(store, model=None, source=None):
         ValueError: when the store was made with a Python model or data set and none is given, or the data set's
             length differs.
     """
-    from ..analysis.store import open_store
+    from ..datasets.store import open_store
 
     attrs = open_store(store).attrs
     preprocessing = None

@@ -39,7 +39,7 @@ def run(store, class_index: int, cluster: int, layer: str, method: str, out, mod
     keeps the fine-tuning checkpoint between interrupted runs (default out/training)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    from ..analysis.store import explained, open_store
+    from ..datasets.store import open_store
 
     say = progress or (lambda text: None)
     started = time.perf_counter()
@@ -56,7 +56,7 @@ def run(store, class_index: int, cluster: int, layer: str, method: str, out, mod
     cav = from_inputs(model, artifact, clean_of_class, layer, kind=kind, pooling=pooling, seed=seed)
     cav.save(out / "cav.safetensors")
 
-    usable = np.flatnonzero(explained(open_store(store)))
+    usable = np.flatnonzero(open_store(store).ready)
     outside = np.setdiff1d(usable, samples.artifact)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(outside, min(verify_samples, len(outside)), replace=False))

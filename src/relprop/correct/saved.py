@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..loading import LoadError, load_model, register_model_file
+
 MANIFEST = "model.json"
 FORMAT = 1
 
@@ -31,8 +33,6 @@ def is_manifest(spec: str) -> bool:
 def load(path, weights=None):
     """The corrected model a model.json describes, as relprop.loading.LoadedModel (weights, if given, replace the
     base model's)."""
-    from ..loading import LoadError, load_model
-
     path = Path(path)
     try:
         record = json.loads(path.read_text())
@@ -54,5 +54,7 @@ def load(path, weights=None):
     loaded.spec = str(path)
     return loaded
 
+
+register_model_file(".json", load)  # `--model path/model.json` anywhere a model spec is read
 
 __all__ = ["write", "load", "is_manifest", "MANIFEST"]

@@ -5,7 +5,7 @@
 in :mod:`relprop.datasets.sources`; the store layout in :mod:`relprop.datasets.store`.
 """
 from .imported import from_arrays
-from .runner import Summary, run
+from .pipeline import Summary, run
 from .sources import SOURCES, Sample, Source, open_source
 from .store import Store, StoreError, open_store
 from .work import ModelSpec, RunError

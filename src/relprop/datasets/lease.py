@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 
-from .store import StoreError
+from .errors import StoreError
 
 LEASE_SECONDS = 60.0  # a lease not renewed for this long is taken over
 ATTEMPTS = 3  # bounded: each attempt either takes the lease, meets a live holder, or lost a race to another taker

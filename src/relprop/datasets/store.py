@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import NotAStore, StoreError
+
 LAYOUT_VERSION = 1
+REQUIRED = ("relevance", "output", "label", "target", "done")  # arrays every store has (a reader relies on them)
 # What makes two runs the same run: every argument that changes a stored number. A store is resumed only when all
 # of these agree; each is named by the argument that sets it. --batch-size and --device change only rounding (the
 # same arithmetic in another order), --chunk the layout (kept), --workers, --engine and --address nothing stored.
@@ -41,9 +44,6 @@ IDENTITY = {"model": "--model", "weights_sha256": "--weights", "model_sha256": "
 # Why a value may differ although the command is the same.
 HINTS = {"model_sha256": " (a torchvision model without --weights has new random weights in every run: pass "
                          "--weights FILE)"}
-
-class StoreError(Exception):
-    """The store path or its contents cannot be used as asked; the message names the fix."""
 
 
 def is_remote(path) -> bool:
@@ -289,21 +289,84 @@ class Store:
         mode: "r" (read) or "r+" (analyses may add groups such as analysis/).
 
     Raises:
-        StoreError: for a path that is not a relprop store, or a store of another layout version.
+        NotAStore: for a path that is not a relprop store (a StoreError and a FileNotFoundError).
+        StoreError: for a store of another layout version, or one that lacks an array every store has.
     """
 
     def __init__(self, path, mode: str = "r"):
         import zarr
 
         if read_attributes(path) is None:
-            raise StoreError(f"{path} is not a relprop store (no zarr.json with relprop_store); give the --store "
-                             "path a `relprop run` wrote")
+            raise NotAStore(f"{path} is not a relprop store (no zarr.json with relprop_store); give the path of a "
+                            "store `relprop run` wrote")
         self.path = path
         self.group = zarr.open_group(str(path), mode=mode)
         version = self.attrs.get("relprop_store")
         if version != LAYOUT_VERSION:
             raise StoreError(f"{path} has store layout version {version}; this relprop reads version "
                              f"{LAYOUT_VERSION}; explain the data again with this version")
+        missing = [name for name in REQUIRED if name not in self.group]
+        if missing:
+            raise StoreError(f"{path}: the store lacks {', '.join(missing)}; it was not written completely, run "
+                             "`relprop run` again with the same arguments to finish it")
+
+    @classmethod
+    def open_for_run(cls, path, attributes: dict, shapes: Shapes, overwrite: bool = False,
+                     note=None) -> tuple[Store, list[int]]:
+        """The store a run writes into, and what is left to do: the first sample of each chunk not done.
+
+        A store that does not exist is made with attributes and shapes. One that exists is resumed when it was made
+        with the same arguments (every one in IDENTITY): writes cut short by a kill are removed, and every done chunk
+        is checked against its checksums; a damaged one is named (note) and marked not done before anything else is
+        written, so a kill now still leaves it to recompute. The caller holds the store's writer lock (writing).
+
+        Args:
+            path: The store's folder (or URL).
+            attributes: What the run records: its identity (IDENTITY's keys) and the rest of the root attributes.
+            shapes: The arrays of a new store; an existing store keeps its own (its chunk among them).
+            overwrite: Replace an existing store made with other arguments instead of refusing.
+            note: Called with one line per damaged chunk found (None: not told).
+
+        Returns:
+            (the Store, opened for writing; the first sample of each chunk left to explain, in order).
+
+        Raises:
+            StoreError: for an existing store made with other arguments (without overwrite).
+        """
+        existing = read_attributes(path)
+        if existing is not None and overwrite:
+            remove(path)
+            existing = None
+        if existing is not None:
+            found = differences(existing, attributes)
+            if found:
+                raise StoreError(f"the store {path} was made with other arguments, which would mix two kinds of "
+                                 f"numbers in it ({'; '.join(found)}); give the store's values to resume it (done "
+                                 "or not), another --store, or --overwrite to start over")
+        else:
+            described = {k: v for k, v in attributes.items() if k not in ("count", "input_shape", "classes")}
+            create(path, described, shapes, attributes["keep"])
+        clear_partial_writes(path)
+        store = cls(path, "r+")
+        done = store.done
+        damaged = verify(store.group, done)
+        for damage in damaged:
+            if note is not None:
+                note(f"{path}: {damage}; explaining this chunk again")
+        for start in sorted({damage.start for damage in damaged}):
+            stop = min(start + store.chunk, store.count)
+            store.group["done"][start:stop] = np.zeros(stop - start, dtype=bool)
+            done[start:stop] = False
+        return store, [start for start in range(0, store.count, store.chunk)
+                       if not done[start:start + store.chunk].all()]
+
+    @property
+    def shapes(self) -> Shapes:
+        """What the store's arrays look like (count, chunk, input shape, classes, preview, extras)."""
+        extras = {name.removeprefix("extra/"): (tuple(self[name].shape[1:]), self[name].dtype)
+                  for name in self.arrays() if name.startswith("extra/")}
+        return Shapes(self.count, self.chunk, tuple(self.attrs["input_shape"]), int(self.attrs["classes"]),
+                      tuple(self["preview"].shape[1:]) if "preview" in self else None, extras)
 
     @property
     def attrs(self) -> dict:
@@ -318,7 +381,7 @@ class Store:
     @property
     def chunk(self) -> int:
         """Samples per chunk (the unit of writing, resuming and checking)."""
-        return int(self.attrs["chunk"])
+        return chunk_size(self.group)
 
     @property
     def class_names(self) -> list | None:
@@ -387,6 +450,26 @@ class Store:
         """Whether every chunk is done."""
         return bool(self.done.all())
 
+    @property
+    def ready(self) -> np.ndarray:
+        """(count,) booleans: the samples whose chunk is done and that did not fail (the failed flags checked)."""
+        return ready(self.group)
+
+    def read_chunks(self, name: str, indices):
+        """Yield (positions into indices, rows of the array) one stored chunk at a time, each chunk checked.
+
+        Args:
+            name: The array's name, e.g. "relevance".
+            indices: Sample positions (done ones), in any order.
+
+        Yields:
+            (positions into indices, the rows at those positions).
+
+        Raises:
+            StoreError: when a chunk read is damaged.
+        """
+        yield from read_chunks(self[name], indices, self.chunk)
+
     def chunks(self, names=("relevance", "label"), only_done: bool = True):
         """Yield (start, stop, {name: numpy array}) chunk by chunk, skipping chunks not yet done.
 
@@ -446,6 +529,54 @@ def done_mask(group, count: int, chunk: int) -> np.ndarray:
             except Exception:
                 pass
         return mask
+
+
+# ---- reading a group: what the analyses (SpRAy, its pages, the ViRelAy export) read --------------------------------
+def chunk_size(group) -> int:
+    """Samples per chunk of the per-sample arrays (the store's `chunk`, else the relevance array's chunking)."""
+    return int(group.attrs.get("chunk") or group["relevance"].chunks[0])
+
+
+def ready(group) -> np.ndarray:
+    """Bool (N,): samples whose chunk is done and that did not fail."""
+    done = done_mask(group, int(group.attrs["count"]), chunk_size(group))
+    if "failed" in group:
+        done &= ~np.asarray(checked_whole(group, "failed", done), dtype=bool)
+    return done
+
+
+def classes_of(group) -> np.ndarray:
+    """(N,) the class each heatmap explains: the store's target, or the label where the target is not a class."""
+    done = done_mask(group, int(group.attrs["count"]), chunk_size(group))
+    target = np.asarray(checked_whole(group, "target", done), dtype=np.int64)
+    label = np.asarray(checked_whole(group, "label", done), dtype=np.int64)
+    return np.where(target >= 0, target, label)
+
+
+def read_chunks(array, indices, chunk: int):
+    """Yield (positions into indices, rows of array) for store indices, one stored chunk at a time, each checked
+    against its checksum (a StoreError names a damaged chunk instead of reading it as data)."""
+    import zarr
+
+    root = zarr.open_group(array.store, mode="r")
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        return
+    order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[order]
+    chunk_of = sorted_indices // chunk
+    boundaries = np.flatnonzero(np.diff(chunk_of)) + 1
+    for group in np.split(np.arange(len(sorted_indices)), boundaries):
+        wanted = sorted_indices[group]
+        start = int(chunk_of[group[0]]) * chunk
+        block = np.asarray(read_checked(root, array.path, start, min(start + chunk, array.shape[0])))
+        yield order[group], block[wanted - start]
+
+
+def class_names(group) -> list[str] | None:
+    """The data set's class names, or None when it has none."""
+    names = group.attrs.get("class_names")
+    return list(names) if names else None
 
 
 # ---- checksums ----------------------------------------------------------------------------------------------------

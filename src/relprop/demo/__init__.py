@@ -1,7 +1,10 @@
 """The embedded demo: a small CNN shipped with its weights, trained on procedurally generated shapes.
 
-``relprop demo`` (or :func:`relprop.demo.run`) explains a few images with several composites and shows, next to
-each heatmap, the share of positive relevance that lands inside the object that decides the class.
+These are the demo's assets (``model``, ``shapes``, the "Clever Hans" variant ``watermark``): they import no other
+part of relprop, so the tools below the command line (model loading, data-set sources, evaluation) may use them.
+``relprop demo`` (:func:`relprop.demo.tour.showcase.run`, the tour in :mod:`relprop.demo.tour`, above the tools it
+drives) explains a few images with several composites and shows, next to each heatmap, the share of positive
+relevance that lands inside the object that decides the class.
 """
 from .model import KINDS, MEAN, SIZE, STD, ShapeNet, load, normalize
 from .shapes import generate

@@ -29,7 +29,7 @@ from .benchmark import Batch, BenchmarkResult, benchmark  # noqa: E402  (after t
 
 __all__ += ["benchmark", "Batch", "BenchmarkResult"]
 
-from .sources import DemoImages, ImageFiles, StoreBatches  # noqa: E402
+from .batches import DemoImages, ImageFiles, StoreBatches  # noqa: E402
 
 __all__ += ["DemoImages", "ImageFiles", "StoreBatches"]
 

@@ -3,7 +3,7 @@
 The batches are numbered 0..B-1 and mapped like ``relprop run``'s chunks (datasets/ray_engine.map_on_actors): each
 actor loads the model once (a model spec loads itself; a module travels pickled) and reads its batches from the data
 itself, so only batch numbers and per-sample scores and curves pass through the driver. The data must therefore
-offer ``batch(index, batch_size)`` and ``batch_count(batch_size)``, as the sources of sources.py and a tuple of
+offer ``batch(index, batch_size)`` and ``batch_count(batch_size)``, as the sources of batches.py and a tuple of
 tensors do. The driver adds each batch's results in batch order, exactly as the local engine does, so both give
 the same table, curves and errors.
 """

@@ -1,7 +1,7 @@
 """Element-wise activations (GELU, SiLU, tanh, sigmoid, ...): relevance passes through unchanged.
 
 With relevance = tensor * g, passing R_out = y * g_out through means g_in = g_out * y / x. ReLU and LeakyReLU need
-nothing: their gradient already equals y / x (ops/gradient.py). Other element-wise maths (exp, log, sqrt, pow, ...)
+nothing: their gradient already equals y / x (ops/plain.py). Other element-wise maths (exp, log, sqrt, pow, ...)
 form the ``pointwise`` family, which has no LRP rule (it is reported as unsupported).
 
 DeepLift's Rescale rule, for every element-wise op y = f(x) (activations, rectifiers, pointwise maths): the

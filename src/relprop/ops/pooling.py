@@ -19,7 +19,7 @@ import torch
 
 from .. import rules
 from ..stabilize import divide_or_zero, stabilize
-from .gradient import selection_deeplift
+from .plain import selection_deeplift
 from .signatures import bind
 from .table import register
 

@@ -403,7 +403,7 @@ def test_local_runs_never_import_ray(tmp_path):
 
 
 def test_default_chunk_is_whole_batches_of_about_four_mebibytes_of_relevance():
-    from relprop.datasets.runner import default_chunk
+    from relprop.datasets.pipeline import default_chunk
 
     assert default_chunk(32, "full", (3, 32, 32)) == 32 * 11  # 12 KiB a sample: 341 samples, 10.7 batches
     assert default_chunk(32, "channels", (3, 32, 32)) == 32 * 32

@@ -6,7 +6,7 @@ from torch_geometric.nn import GATConv, GCNConv, GINConv, GINEConv, GraphConv, S
 
 import relprop
 from relprop.engine.intercept import UnsupportedOperation
-from relprop.graph import explain_graph
+from relprop.gnn import explain_graph
 
 NODES, EDGES, FEATURES = 7, 16, 4
 

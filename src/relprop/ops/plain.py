@@ -1,4 +1,4 @@
-"""Ops whose gradient x input already is their relevance rule, in three families:
+"""Ops whose gradient x input already is their relevance rule, so they take the plain gradient, in three families:
 
   gradient    linear and homogeneous maps (sums, means, shape and index ops, padding, interpolation): DeepLift takes
               their gradient too, which is exact for them

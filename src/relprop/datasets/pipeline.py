@@ -1,10 +1,11 @@
 """relprop.datasets.run: explain every sample of a data set into a store, resuming whatever is missing.
 
 Order of a run: check the store path; take the store's lock; start or join Ray (--engine ray); load the model and open
-the source; read the first readable sample and run the model once (input shape, number of classes); create the
-store, or check that the existing one was made with the same arguments (every one that changes a stored number,
-:data:`relprop.datasets.store.IDENTITY`); explain the chunks not yet done with the chosen engine; list skipped
-samples; summarise. Nothing is created on disk before the engine is up and the model has run once.
+the source; read the first readable sample and run the model once (input shape, number of classes); open the store
+for the run (:meth:`relprop.datasets.store.Store.open_for_run`: it creates the store, or checks that the existing one
+was made with the same arguments, every one that changes a stored number, and says which chunks are left); explain
+those chunks with the chosen engine, which streams them into the store; list skipped samples; summarise. Nothing is
+created on disk before the engine is up and the model has run once.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from ..loading import Preprocessing
 from . import store as store_module
 from .sources import Sample, Source, open_source
-from .store import Shapes, StoreError
+from .store import Shapes, Store
 from .work import ChunkWorker, ModelSpec, RunError, Settings, build_attributor
 
 ENGINES = ("local", "ray")
@@ -163,19 +164,20 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
                   "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
                   **_preprocessing_of(preprocessing), "class_map": None if class_map is None else dict(class_map),
                   "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
-    stored_chunk = chunk or default_chunk(settings.batch_size, settings.keep, input_shape)
-    shapes = _open_or_create(store, attributes, source, stored_chunk, has_pixels, overwrite)
+    side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
+    wanted = Shapes(len(source), chunk or default_chunk(settings.batch_size, settings.keep, input_shape),
+                    tuple(input_shape), classes, None if side is None else (input_shape[0], side, side),
+                    dict(source.extras))
+    opened, starts = Store.open_for_run(store, attributes, wanted, overwrite, note)
+    shapes = replace(opened.shapes, extras=wanted.extras)
     if chunk is not None and chunk != shapes.chunk:
         note(f"{store} keeps its chunking of {shapes.chunk} samples per chunk (a store's layout is fixed when it is "
              f"made); --chunk {chunk} applies to new stores (or with --overwrite)")
-    store_module.clear_partial_writes(store)
 
     worker = ChunkWorker(model, source, settings, store, shapes)
-    done = _without_damaged_chunks(worker.group, store, shapes)
+    done = opened.done
     already = int(done.sum())
     _recover_messages(worker, done)
-    starts = [start for start in range(0, shapes.count, shapes.chunk)
-              if not done[start:start + shapes.chunk].all()]
     if already and starts and progress:
         print(f"relprop: resuming {store}: {already} of {shapes.count} samples were done; explaining the rest",
               file=sys.stderr, flush=True)
@@ -202,23 +204,9 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     finally:
         meter.close()
     seconds = time.perf_counter() - began
-    _recover_messages(worker, store_module.done_mask(worker.group, shapes.count, shapes.chunk))
+    _recover_messages(worker, opened.done)
     skipped = list(worker.group.attrs.get("skipped", []))
     return Summary(str(store), shapes.count, explained, already, skipped, seconds, store_module.size_on_disk(store))
-
-
-def _without_damaged_chunks(group, store, shapes: Shapes) -> np.ndarray:
-    """The done flags after checking every done chunk against its checksums; a damaged chunk is named, marked not
-    done (before anything else is written, so a kill now still leaves it to recompute) and explained again."""
-    done = store_module.done_mask(group, shapes.count, shapes.chunk)
-    damaged = store_module.verify(group, done)
-    for damage in damaged:
-        note(f"{store}: {damage}; explaining this chunk again")
-    for start in sorted({damage.start for damage in damaged}):
-        stop = min(start + shapes.chunk, shapes.count)
-        group["done"][start:stop] = np.zeros(stop - start, dtype=bool)
-        done[start:stop] = False
-    return done
 
 
 def default_chunk(batch_size: int, keep: str, input_shape: tuple) -> int:
@@ -342,28 +330,6 @@ def _composite_label(settings: Settings, composite_name: str | None):
     return composite_name or type(settings.composite).__name__
 
 
-def _open_or_create(store, attributes: dict, source: Source, chunk: int, has_pixels: bool, overwrite: bool) -> Shapes:
-    """The shapes of the store to fill: a new one, or an existing one made with the same arguments."""
-    existing = store_module.read_attributes(store)
-    if existing is not None and overwrite:
-        store_module.remove(store)
-        existing = None
-    if existing is not None:
-        found = store_module.differences(existing, attributes)
-        if found:
-            raise StoreError(f"the store {store} was made with other arguments, which would mix two kinds of "
-                             f"numbers in it ({'; '.join(found)}); give the store's values to resume it (done or "
-                             "not), another --store, or --overwrite to start over")
-        return _shapes_of(store, existing, source)
-    input_shape = tuple(attributes["input_shape"])
-    side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
-    shapes = Shapes(len(source), chunk, input_shape, attributes["classes"],
-                    None if side is None else (input_shape[0], side, side), dict(source.extras))
-    described = {k: v for k, v in attributes.items() if k not in ("count", "input_shape", "classes")}
-    store_module.create(store, described, shapes, attributes["keep"])
-    return shapes
-
-
 def _settings(method, composite, parameters, target, keep, batch_size) -> Settings:
     if isinstance(target, bool) or not (target in ("label", "predicted") or isinstance(target, int)):
         raise ValueError(f"target must be 'label', 'predicted' or a class index, got {target!r}")
@@ -440,14 +406,6 @@ def _forward(model, sample: Sample) -> torch.Tensor:
         raise RunError(f"the model returned a {type(output).__name__}; relprop run needs a model returning a tensor "
                        "of class scores")
     return output
-
-
-def _shapes_of(path, attributes: dict, source: Source) -> Shapes:
-    store = store_module.open_store(path)
-    preview = tuple(store["preview"].shape[1:]) if "preview" in store else None
-    extras = {name: (shape, dtype) for name, (shape, dtype) in source.extras.items()}
-    return Shapes(int(attributes["count"]), int(attributes["chunk"]), tuple(attributes["input_shape"]),
-                  int(attributes["classes"]), preview, extras)
 
 
 def _failure_recorder(worker: ChunkWorker):

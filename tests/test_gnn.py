@@ -7,7 +7,7 @@ import torch
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, global_add_pool, global_max_pool, global_mean_pool
 
 import relprop
-from relprop.graph import Walks, explain_graph, relevant_walks
+from relprop.gnn import Walks, explain_graph, relevant_walks
 
 NODES, FEATURES = 6, 3
 

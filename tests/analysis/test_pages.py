@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from relprop.analysis import report, spray
+from relprop.analysis import pages, spray
 
 from .stores import write_store
 
@@ -27,7 +27,7 @@ def analysed(tmp_path_factory):
     spray.run(store, clusters=[2, 3], neighbors=5, eigenvalues=6, embeddings=("spectral", "tsne"),
               algorithms=("kmeans",))
     out = folder / "report"
-    report.write(store, out, max_samples=30, typical=3)
+    pages.write(store, out, max_samples=30, typical=3)
     return store, out, relevance, left
 
 
@@ -76,7 +76,7 @@ def test_mean_heatmap_is_the_mean_of_normalised_member_heatmaps(analysed):
 def test_report_without_analysis_says_to_run_spray(tmp_path):
     store = write_store(tmp_path / "run.zarr", np.ones((4, 1, 4, 4)), np.zeros(4), np.ones((4, 2)))
     with pytest.raises(ValueError, match="relprop spray"):
-        report.write(store, tmp_path / "out")
+        pages.write(store, tmp_path / "out")
 
 
 def test_clicking_a_point_in_headless_chromium_shows_that_sample(analysed):
@@ -122,7 +122,7 @@ def test_samples_without_model_outputs_show_an_unknown_prediction(tmp_path):
     relevance[10:, :, 4:] += 1
     store = write_store(tmp_path / "run.zarr", relevance, np.zeros(20), np.full((20, 2), np.nan))
     spray.run(store, clusters=[2], neighbors=4, embeddings=("spectral",))
-    page = report.write(store, tmp_path / "report").read_text()
+    page = pages.write(store, tmp_path / "report").read_text()
     sets = json.loads(re.search(r"const SETS = (.*);\n", page).group(1))
     assert set(sets[0]["predicted"]) == {"?"}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import store as stores
 from . import apart, spray
-from . import store as stores
 
 THUMBNAIL = 96  # pixels, the least height a sample's picture is shown at
 
@@ -95,7 +95,7 @@ def write(store, out, names=None, max_samples: int = 2000, typical: int = 8, cma
     from .. import viz
 
     out = Path(out)
-    root = stores.open_store(store)
+    root = stores.open_store(store).group
     names = list(names or spray.stored(store))
     if not names:
         raise ValueError(f"{store} holds no SpRAy analysis yet; run `relprop spray {store}` first")

@@ -17,7 +17,7 @@ import torch
 from .. import viz
 from ..attribution.lrp import LRP
 from .conditional import conditional
-from .graph import attribution_graph
+from .attribution_graph import attribution_graph
 from .maximisation import reference_views, store_attributor, store_recipe
 from .relevance import concept_relevance, top_concepts
 
