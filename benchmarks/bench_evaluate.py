@@ -14,7 +14,14 @@ numbers are compared (largest absolute difference) and both whole calls are time
 rows named "Runner reused" time the metric on a Runner built beforehand, as benchmark() shares one per batch.
 relprop's perturbation metrics are given the Explanation (as a user who just explained calls them), whose output is
 the model's output on x, so they make no clean pass where their steps do not need its activations; the row "relevance
-as a tensor" times pixel flipping given the relevance tensor alone, with its clean pass.
+as a tensor" times pixel flipping given the relevance tensor alone: its perturbed scores (details["perturbed"], the
+numbers Quantus returns) need no clean pass either. Metrics whose numbers differ from Quantus's by definition
+(Quantus 0.6's monotonicity never restores x; sensitivity-n there removes features cumulatively where relprop draws
+random subsets as Ancona et al.; random subsets and noise drawn differently) are timed with the same number of
+forward passes and printed as "differ by definition"; the oracle tests check the ones that can agree. Quantus 0.6's
+ROAD fails on 3-channel images (it indexes the channel-broadcast relevance as pixels): its row says so.
+--channels-last runs relprop's plain passes as channels-last copies (Runner(..., channels_last=True), off by default)
+to measure what that layout gives.
 
 Patch-wise metrics (region perturbation, selectivity) are printed beside their floor: one plain forward pass (timed
 here, in the same process) for the clean pass, plus per step the share of a plain pass's multiply-adds that the
@@ -102,7 +109,7 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
                                               channel_dim=None, batch_size=batch_size), after),
             q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
             None),
-        f"pixel_flipping ({steps} steps), relevance as a tensor (a clean pass)": (
+        f"pixel_flipping ({steps} steps), relevance as a tensor": (
             r(lambda: evaluate.pixel_flipping(model, x, relevance, target, regions_per_step=per_step, softmax=True,
                                               channel_dim=None, batch_size=batch_size), after),
             q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
@@ -137,9 +144,9 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
             q(quantus.ROAD(noise=0.01, percentages=list(road_percentages), **common), True), None),
         f"faithfulness_correlation ({steps} subsets)": (
             r(lambda: evaluate.faithfulness_correlation(model, x, explanation, target, nr_runs=steps,
-                                                        subset_size=per_step, channel_dim=None, softmax=True,
+                                                        subset_size=height, channel_dim=None, softmax=True,
                                                         batch_size=batch_size), unmatched),
-            q(quantus.FaithfulnessCorrelation(nr_runs=steps, subset_size=per_step, perturb_baseline="black",
+            q(quantus.FaithfulnessCorrelation(nr_runs=steps, subset_size=height, perturb_baseline="black",
                                               return_aggregate=False, **common), True, full), None),
         "sufficiency": (
             r(lambda: evaluate.sufficiency(model, x, spread, target, distance="seuclidean", batch_size=batch_size),
@@ -173,10 +180,12 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
     }
 
 
-def floor(model, x, target, batch_size, chain_metric, forward_seconds):
-    """(floor in seconds, seconds on a reused Runner). The floor: the clean pass as one plain forward, plus per step
-    the share of a plain pass's multiply-adds that the step's patch reaches, counted on a runner whose chains run
-    incrementally throughout. The reused Runner is one as benchmark() builds it, outside the timer."""
+def floor(model, x, target, batch_size, chain_metric, rounds):
+    """(floor in seconds, seconds on a reused Runner, its chain plan). The floor: the clean pass as one plain forward
+    (timed again here, beside the metric, as the load changes), plus per step the share of a plain pass's
+    multiply-adds that the step's patch reaches, counted on a runner whose chains run incrementally throughout. The
+    reused Runner is one as benchmark() builds it, its clean pass outside the timer."""
+    forward_seconds = plain_forward(model, x, rounds)
     counting = evaluate.Runner(model, x, target, batch_size=batch_size, softmax=True, chains=True, incremental=True)
     chain_metric(counting)
     done, full = counting.chain_work
@@ -224,17 +233,17 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: both libraries run there")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--contiguous", action="store_true",
-                        help="relprop's plain passes as given, not channels-last (to measure what channels-last gives)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="relprop's plain passes as channels-last copies (to measure what that layout gives)")
     parser.add_argument("--only", nargs="+", default=None, metavar="METRIC",
                         help="run only the metrics whose names start with these (e.g. auc sparseness)")
     args = parser.parse_args()
     if args.quick:
         args.models, args.size, args.patch, args.selectivity_patch = ["resnet18"], 64, 8, 16
     batch_size = args.batch_size or args.count
-    if args.contiguous:
+    if args.channels_last:
         build = evaluate.Runner.__init__
-        evaluate.Runner.__init__ = lambda self, *a, **k: build(self, *a, **{**k, "channels_last": False})
+        evaluate.Runner.__init__ = lambda self, *a, **k: build(self, *a, **{**k, "channels_last": True})
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch threads {args.threads}, device {args.device}, {args.count} images at {args.size}x{args.size}, "
@@ -275,7 +284,8 @@ def main():
             ours_s, theirs_s = statistics.median(times["relprop"]), statistics.median(times["quantus"])
             difference = "differ by definition" if mine is None else \
                 f"{float(np.max(np.abs(np.asarray(mine, dtype=np.float64) - reference))):.1e}"
-            lowest, reused, plan = floor(model, x, target, batch_size, chain, forward) if chain else (None, None, None)
+            lowest, reused, plan = floor(model, x, target, batch_size, chain, args.rounds) if chain else \
+                (None, None, None)
             bound = "-" if lowest is None else f"{lowest:.3f}"
             ratio = "-" if lowest is None else f"{ours_s / lowest:.2f}"
             print(f"| {name} | {metric} | {ours_s:.3f} | {theirs_s:.3f} | {theirs_s / ours_s:.2f}x | {bound} | "
