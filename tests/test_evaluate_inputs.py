@@ -230,3 +230,16 @@ def test_plain_passes_run_channels_last_and_fall_back_for_a_model_that_cannot_ta
     assert layouts == [False]  # one pass of 8 channels-last copies
     plain = evaluate.pixel_flipping(model, x, relevance, 1, regions_per_step=16)  # as given, by default
     torch.testing.assert_close(fast.curves["morf"], plain.curves["morf"], rtol=1e-12, atol=0)
+
+
+def test_a_target_outside_the_classes_is_refused_on_the_first_pass_that_tells_the_classes():
+    model = small_cnn()  # 4 classes
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 9)  # no pass yet: the number of classes is not known
+    with pytest.raises(ValueError, match=r"target \[9, 9\] out of range: the model has 4 classes"):
+        evaluate.pixel_flipping(runner, x, torch.randn_like(x), regions_per_step=16)
+    explanation = relprop.explain(model, x, target=0, composite="epsilon")
+    with pytest.raises(ValueError, match="out of range: the model has 4 classes"):  # known from the Explanation
+        evaluate.Runner.of(model, x, 7, relevance=explanation)
+    with pytest.raises(ValueError, match="class indices start at 0"):
+        evaluate.Runner(model, x, -1)

@@ -119,6 +119,8 @@ class Runner:
         self.target_said = target is not None  # False: the predicted class, by default rather than by request
         if target is not None and not _is_predicted(target):
             self._target = self._targets(target)
+            if self._classes is None:  # checked on the first forward pass, which tells the number of classes
+                self._unchecked = self._target
 
     @property
     def output(self) -> torch.Tensor:
@@ -252,9 +254,7 @@ class Runner:
                              "all samples or one per sample")
         if bool((index < 0).any()):
             raise ValueError(f"target {index.tolist()} out of range: class indices start at 0")
-        if self._classes is None:  # checked on the first forward pass, which tells the number of classes
-            self._unchecked = index
-        elif bool((index >= self._classes).any()):
+        if self._classes is not None and bool((index >= self._classes).any()):
             raise ValueError(f"target {index.tolist()} out of range: the model has {self._classes} classes")
         return index
 
