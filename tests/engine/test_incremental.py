@@ -305,3 +305,39 @@ def test_incremental_passes_run_on_one_thread_whole_ops_on_all_and_the_thread_co
         assert 1 not in seen and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["windows", "resnet", "unet", "dense"])
+def test_the_meta_estimate_of_a_step_is_the_share_a_real_incremental_pass_computes(name):
+    from relprop.engine.incremental import changed_boxes, step_share
+
+    model, shape = models()[name]
+    x = torch.randn(shape)
+    step = patched(x, 0)
+    engine = Incremental(model)
+    engine(x)
+    engine(step)
+    boxes = changed_boxes(step, x)
+    computed, plain = engine.work
+    # the estimate reads one row: rows whose boxes have the same size and place compute alike
+    one_row = Incremental(model)
+    one_row(x[:1])
+    one_row(step[:1])
+    assert step_share(model, x, boxes) == pytest.approx(one_row.work[0] / one_row.work[1], rel=1e-12)
+    assert 0 < step_share(model, x, boxes) <= 1 and computed < plain
+    assert all(not t.is_meta for t in list(model.parameters()) + list(model.buffers()))  # the model is untouched
+
+
+def test_no_meta_estimate_for_a_model_whose_control_flow_reads_the_data():
+    from relprop.engine.incremental import step_share
+
+    class Branching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) if bool(x.sum() > 0) else -self.conv(x)
+
+    x = torch.randn(2, 3, 8, 8)
+    assert step_share(Branching(), x, [((1, 3), (1, 3)), None]) is None

@@ -106,9 +106,9 @@ def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
             evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=6).curves["morf"],
             evaluate.irof(runner, x, relevance, segments=bands).curves["morf"])
         passes[batch_size] = runner.incremental.passes if incremental else None
-    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the first chain's first step is the
-    # base (this runner's clean pass was a plain one), and IROF's chain rolls back to it
-    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 1, "incremental": 5 + 8}}
+    # batches of 2: 3 groups, each chain starting with a full pass; one batch: the clean pass, still to be made when
+    # the first chain starts, is kept as its base, and IROF's chain rolls back to it
+    assert passes == {2: {"full": 6, "incremental": 3 * 5 + 3 * 7}, 8: {"full": 1, "incremental": 6 + 8}}
     for key in ((True, 2), (True, 8)):
         for ours, plain in zip(curves[key], curves[False, 2]):
             torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
@@ -131,7 +131,7 @@ def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_
     assert len(engine_passes) == 1 + 3  # the clean pass, kept as the base of the chain, and one pass per step
 
 
-def test_chains_whose_patches_reach_most_of_the_model_switch_to_plain_passes():
+def test_chains_whose_patches_reach_most_of_the_model_run_plain_passes_without_keeping_activations():
     torch.manual_seed(0)
     wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 15, padding=7), torch.nn.ReLU(), torch.nn.Flatten(),
                                torch.nn.Linear(4 * 8 * 8, 4)).double().eval()  # every output reads every pixel
@@ -139,8 +139,11 @@ def test_chains_whose_patches_reach_most_of_the_model_switch_to_plain_passes():
     relevance = torch.randn_like(x)
     runner = evaluate.Runner(wide, x, 1, batch_size=64, chains=True)
     curve = evaluate.region_perturbation(runner, x, relevance, patch_size=2).curves["morf"]
-    # the kept clean pass and one incremental step, which computed all the work: the 15 other steps in one pass
-    assert runner.incremental.passes == {"full": 1, "incremental": 1} and runner.forward_passes == 1 + 1 + 1
+    # decided before any pass: a step reaches all the work, so the 16 steps of 3 samples run in one plain pass, and
+    # the clean pass (the curve's start) is a plain one too; nothing was kept
+    assert runner.chain_plan["share"] == 1.0 and runner.chain_plan["choice"] == "plain"
+    assert runner.incremental.passes == {"full": 0, "incremental": 0} and runner.forward_passes == 1 + 1
+    assert runner.incremental.kept == []
     plain = evaluate.Runner(wide, x, 1, batch_size=64, incremental=False)
     torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2).curves["morf"],
                                rtol=0, atol=1e-12)
@@ -149,10 +152,26 @@ def test_chains_whose_patches_reach_most_of_the_model_switch_to_plain_passes():
     assert forced.incremental.passes == {"full": 1, "incremental": 16}
 
 
+def test_without_an_estimate_chains_switch_to_plain_passes_once_they_compute_most_of_the_work(monkeypatch):
+    from relprop.evaluate import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "step_share", lambda *args: None)  # e.g. a model the meta device cannot run
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 15, padding=7), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 8 * 8, 4)).double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(wide, x, 1, batch_size=64, chains=True)
+    evaluate.region_perturbation(runner, x, torch.randn_like(x), patch_size=2)
+    # the kept clean pass and one incremental step, which computed all the work: the 15 other steps in one pass
+    assert runner.chain_plan["choice"] == "incremental" and runner.chain_plan["share"] is None
+    assert runner.incremental.passes == {"full": 1, "incremental": 1} and runner.forward_passes == 1 + 1 + 1
+
+
 def test_chains_run_fewer_samples_per_pass_when_their_activations_would_pass_the_memory_limit():
     model = small_cnn(size=16)
     x = torch.randn(5, 3, 16, 16, dtype=torch.float64)
-    runner = evaluate.Runner(model, x, 0, batch_size=8, chains=True)  # the clean pass is kept: a sample's size is known
+    runner = evaluate.Runner(model, x, 0, batch_size=8, incremental=True)
+    evaluate.region_perturbation(runner, x, torch.randn_like(x), patch_size=4, steps=1)  # kept: a sample's size
     runner.incremental.max_bytes = 2 * runner.incremental.row_bytes
     rows = []
     model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
@@ -166,7 +185,7 @@ def test_runner_streams_copies_in_chunks_of_batch_size():
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     evaluate.pixel_flipping(model, x, torch.randn_like(x), 0, regions_per_step=8, batch_size=3)
-    assert max(seen) <= 3 and sum(seen[1:]) == 2 * 8  # 64 pixels, 8 per step: 8 copies per sample
+    assert max(seen) <= 3 and sum(seen) == 2 * 8  # 64 pixels, 8 per step: 8 copies per sample (no clean pass)
 
 
 def test_baselines_mean_blur_and_tensor_replace_removed_locations():
@@ -384,3 +403,42 @@ def test_metrics_work_on_token_sequences_with_channels_last():
     copy[0, order[0, :2]] = 0.0  # two tokens, whole embeddings
     assert result.curves["morf"].shape == (2, 6)
     assert result.curves["morf"][0, 2].item() == pytest.approx(model(copy)[0, 0].item())
+
+
+def test_a_chain_plan_decides_before_any_pass_and_both_choices_give_the_same_curve():
+    torch.manual_seed(0)
+    deep = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 3)).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    chosen = evaluate.Runner(deep, x, 1, chains=True)
+    incremental = evaluate.region_perturbation(chosen, x, relevance, patch_size=2, steps=8)
+    # a 2x2 patch reaches a few percent of the work: the chain pays, and the clean pass is kept as its base
+    assert chosen.chain_plan["choice"] == "incremental" and chosen.chain_plan["share"] < 0.1
+    assert chosen.incremental.passes == {"full": 1, "incremental": 8}
+    plain = evaluate.Runner(deep, x, 1, incremental=False)
+    torch.testing.assert_close(incremental.curves["morf"], evaluate.region_perturbation(
+        plain, x, relevance, patch_size=2, steps=8).curves["morf"], rtol=0, atol=1e-12)
+
+
+def test_metrics_whose_numbers_do_not_need_f_of_x_make_no_clean_pass():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    runner = evaluate.Runner(model, x, 1, batch_size=64)
+    flipped = evaluate.pixel_flipping(runner, x, relevance, regions_per_step=16)
+    assert runner.forward_passes == 1 and flipped.details["perturbed"].shape == (2, 4)  # 4 steps of 2: one pass
+    assert runner.forward_passes == 1
+    assert flipped.scores.shape == (2,) and runner.forward_passes == 2  # AOPC starts from f(x): read, then made
+    torch.testing.assert_close(flipped.curves["morf"][:, 1:], flipped.details["perturbed"], rtol=0, atol=0)
+    rows = []
+    model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    # monotonicity: 4 steps of 2 samples, the last of which restores x (that is the clean pass); ROAD: 2 steps
+    for metric, copies in ((lambda source: evaluate.monotonicity(source, x, relevance, 1, features_in_step=16), 8),
+                           (lambda source: evaluate.road(source, x, relevance, 1, percentages=(20, 60)), 4)):
+        rows.clear()
+        ours = metric(model)
+        assert sum(rows) == copies  # as many copies as Quantus passes, and no more
+        torch.testing.assert_close(ours.scores, metric(evaluate.Runner(model, x, 1)).scores, rtol=0, atol=0)

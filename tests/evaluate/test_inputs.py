@@ -28,7 +28,7 @@ def test_a_model_whose_output_shape_changes_is_refused():
             return torch.zeros(len(x), 3 if len(x) == 2 else 4, dtype=x.dtype) + x.flatten(1).sum(1, keepdim=True)
 
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="returned 4 classes for perturbed inputs but 3 for x"):
+    with pytest.raises(ValueError, match="returned 3 classes for 2 inputs but 4 on an earlier pass"):
         evaluate.pixel_flipping(Moody(), x, torch.randn_like(x), 0, batch_size=5)
 
 
@@ -66,10 +66,12 @@ def test_an_explanation_brings_the_clean_output_so_metrics_make_no_clean_pass():
     explanation = relprop.explain(model, x, target=[2, 1], composite="epsilon")
     from_explanation = evaluate.Runner.of(model, x, relevance=explanation)
     from_tensor = evaluate.Runner.of(model, x, [2, 1], relevance=explanation.relevance)
-    assert from_explanation.forward_passes == 0 and from_tensor.forward_passes == 1
+    assert from_explanation.forward_passes == 0 and from_tensor.forward_passes == 0  # the clean pass: when read
+    from_tensor.output
+    assert from_tensor.forward_passes == 1
     assert torch.allclose(from_explanation.output, from_tensor.output, rtol=1e-12, atol=0)
     picked = evaluate.Runner.of(model, x, relevance=explanation, output=lambda out: out[:, :3])  # a selector: a pass
-    assert picked.forward_passes == 1 and picked.output.shape == (2, 3)
+    assert picked.output.shape == (2, 3) and picked.forward_passes == 1
     with pytest.raises(ValueError, match=r"clean_output is shaped \(2,\); give the model's class scores"):
         evaluate.Runner(model, x, 0, clean_output=torch.zeros(2))
 
@@ -153,11 +155,14 @@ def test_a_copy_the_runner_scored_before_costs_no_second_forward_pass(incrementa
     relevance = torch.randn_like(x)
     shared = evaluate.Runner(model, x, 1, batch_size=64, incremental=incremental)
     aopc = evaluate.region_perturbation(shared, x, relevance, patch_size=4)
-    # x, then 4 regions removed one by one for 3 samples: in one pass, or (incremental) a pass per step
-    assert model.passes == ([3, 3, 3, 3, 3] if incremental else [3, 12])
+    # 4 regions removed one by one for 3 samples: in one pass (the clean pass waits until the curve is read), or
+    # (incremental) x kept, then a pass per step
+    assert model.passes == ([3, 3, 3, 3, 3] if incremental else [12])
     selectivity = evaluate.selectivity(shared, x, relevance, patch_size=4)  # the same copies: no pass at all
     lerf = evaluate.region_perturbation(shared, x, relevance, patch_size=4, order="lerf")
-    assert model.passes == ([3, 3, 3, 3, 3] + [3, 3, 3] if incremental else [3, 12, 9])  # LeRF's last copy is MoRF's
+    assert model.passes == ([3, 3, 3, 3, 3] + [3, 3, 3] if incremental else [12, 9])  # LeRF's last copy is MoRF's
+    aopc.scores
+    assert model.passes == ([3, 3, 3, 3, 3] + [3, 3, 3] if incremental else [12, 9, 3])  # AOPC starts from f(x)
     fresh = evaluate.Runner(small_cnn(), x, 1, incremental=incremental)
     assert torch.equal(selectivity.curves["morf"], evaluate.selectivity(fresh, x, relevance, patch_size=4).curves["morf"])
     assert torch.equal(selectivity.curves["morf"], aopc.curves["morf"])
@@ -193,3 +198,48 @@ def test_sorted_rows_equals_torch_sort_whichever_library_sorts(dtype):
     values = (torch.randn(3, 50) * 10).to(dtype)
     values[0, :5] = values[0, 5]  # ties
     assert torch.equal(sorted_rows(values), values.sort(-1).values)
+
+
+class Viewing(torch.nn.Module):
+    """A model that flattens with .view, which a channels-last activation refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3, padding=1).double(), torch.nn.Linear(4 * 64, 3).double()
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.is_contiguous())
+        return self.head(self.conv(x).view(len(x), -1))
+
+
+def test_plain_passes_run_channels_last_and_fall_back_for_a_model_that_cannot_take_it():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    viewing = Viewing()
+    runner = evaluate.Runner(viewing, x, 1, channels_last=True)
+    flipped = evaluate.pixel_flipping(runner, x, relevance, regions_per_step=16)
+    assert not runner.channels_last and viewing.calls == [False, True]  # tried channels-last once, then as given
+    as_given = evaluate.pixel_flipping(evaluate.Runner(viewing, x, 1, channels_last=False), x, relevance,
+                                       regions_per_step=16)
+    torch.testing.assert_close(flipped.curves["morf"], as_given.curves["morf"], rtol=0, atol=0)
+    model = small_cnn()
+    layouts = []
+    model.register_forward_pre_hook(lambda module, args: layouts.append(args[0].is_contiguous()))
+    fast = evaluate.pixel_flipping(evaluate.Runner(model, x, 1, channels_last=True), x, relevance, regions_per_step=16)
+    assert layouts == [False]  # one pass of 8 channels-last copies
+    plain = evaluate.pixel_flipping(model, x, relevance, 1, regions_per_step=16)  # as given, by default
+    torch.testing.assert_close(fast.curves["morf"], plain.curves["morf"], rtol=1e-12, atol=0)
+
+
+def test_a_target_outside_the_classes_is_refused_on_the_first_pass_that_tells_the_classes():
+    model = small_cnn()  # 4 classes
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 9)  # no pass yet: the number of classes is not known
+    with pytest.raises(ValueError, match=r"target \[9, 9\] out of range: the model has 4 classes"):
+        evaluate.pixel_flipping(runner, x, torch.randn_like(x), regions_per_step=16)
+    explanation = relprop.explain(model, x, target=0, composite="epsilon")
+    with pytest.raises(ValueError, match="out of range: the model has 4 classes"):  # known from the Explanation
+        evaluate.Runner.of(model, x, 7, relevance=explanation)
+    with pytest.raises(ValueError, match="class indices start at 0"):
+        evaluate.Runner(model, x, -1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
 from .intercept import OpMode
 
+_SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): step_share}: the share depends on shapes
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass
 STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
@@ -108,19 +110,9 @@ class Incremental:
         if (base is None or not self.followable or x.shape != base.shape or x.dtype != base.dtype
                 or x.device != base.device or x.dim() < 3 or not x.is_floating_point()):
             return None
-        differs = (x != base).any(1)  # (N, *positions)
-        extents = []
-        for dim in range(1, differs.dim()):
-            along = differs.any(dim=[d for d in range(1, differs.dim()) if d != dim]) if differs.dim() > 2 else differs
-            size = along.shape[1]
-            first = along.int().argmax(1)
-            last = size - along.flip(1).int().argmax(1)
-            extents.append(torch.stack([first, last], 1))
-        changed = differs.flatten(1).any(1).tolist()
-        extents = torch.stack(extents, 1).tolist()  # (N, dims, 2)
-        boxes = [tuple(map(tuple, extent)) if any_change else None for extent, any_change in zip(extents, changed)]
+        boxes = changed_boxes(x, base)
         volume = sum(math.prod(stop - start for start, stop in box) for box in boxes if box is not None)
-        if volume > self.threshold * math.prod(differs.shape):
+        if volume > self.threshold * math.prod(x.shape[2:]) * len(x):
             return None
         return boxes
 
@@ -165,6 +157,87 @@ class Incremental:
         else:
             mode.undo()
         return _detached(out)
+
+
+def changed_boxes(x: torch.Tensor, base: torch.Tensor) -> list:
+    """Per row, the box of spatial positions where x differs from base (channels-first batches shaped alike): a
+    (start, stop) pair per spatial dim, or None where the row is unchanged.
+
+    Args:
+        x: The new batch.
+        base: The batch it is compared with.
+
+    Returns:
+        One box (or None) per row.
+    """
+    differs = (x != base).any(1)  # (N, *positions)
+    extents = []
+    for dim in range(1, differs.dim()):
+        along = differs.any(dim=[d for d in range(1, differs.dim()) if d != dim]) if differs.dim() > 2 else differs
+        size = along.shape[1]
+        first = along.int().argmax(1)
+        last = size - along.flip(1).int().argmax(1)
+        extents.append(torch.stack([first, last], 1))
+    changed = differs.flatten(1).any(1).tolist()
+    extents = torch.stack(extents, 1).tolist()  # (N, dims, 2)
+    boxes = [tuple(map(tuple, extent)) if any_change else None for extent, any_change in zip(extents, changed)]
+    return boxes
+
+
+def step_share(model, x: torch.Tensor, boxes) -> float | None:
+    """The share of a plain pass's multiply-adds an incremental pass of ``model`` computes when row r of x changed in
+    boxes[r] (a tuple of (start, stop) per spatial dim, or None), from a pass on the meta device: shapes only,
+    nothing is computed and the model's parameters are not copied. None where the model cannot run there (data-
+    dependent control flow, tensors it holds outside its parameters and buffers) or the pass is not followable.
+
+    Args:
+        model: The model (an nn.Module).
+        x: An input batch like the ones the incremental passes will get (only its shape, dtype and layout are read).
+        boxes: Per row of x, the box that changes, as ``Incremental`` finds it; None for a row that does not change.
+
+    Returns:
+        The computed share, 0 to 1, or None.
+    """
+    from torch.func import functional_call
+
+    changed = [box for box in boxes if box is not None]
+    if not isinstance(model, torch.nn.Module) or x.dim() < 3 or not changed:
+        return None
+    known = _SHARES.setdefault(model, {})
+    key = (tuple(x.shape[1:]), x.dtype, changed[0])
+    if key not in known:
+        known[key] = _meta_share(model, x, changed[0], functional_call)
+    return known[key]
+
+
+def _meta_share(model, x, box, functional_call):
+    meta = {name: tensor.to("meta") for name, tensor in list(model.named_parameters()) + list(model.named_buffers())}
+    engine = Incremental(lambda batch: functional_call(model, meta, (batch,)))
+    shaped = torch.empty((1,) + tuple(x.shape[1:]), dtype=x.dtype, device="meta")  # one row: rows cost alike
+    try:
+        with torch.inference_mode(), _ShapesOnly():
+            engine._run(shaped, FULL, keep=True)
+            engine._run(shaped.clone(), [box], keep=False)
+    except Exception:  # noqa: BLE001 - any failure on the meta device only means no estimate
+        return None
+    done, full = engine.work
+    return done / full if full else None
+
+
+class _ShapesOnly(TorchFunctionMode):
+    """Element-wise ops and batch norm as an empty tensor of their output's shape: on the meta device torch works out
+    their shapes in Python (reference decompositions), which took step_share longer than a plain pass of ResNet-50."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        short = classify(func)[0].rsplit(".", 1)[-1]
+        handler = _LOCAL.get(short)
+        tensors = list(_tensors(args, kwargs))
+        if handler in (_elementwise, _batch_norm) and tensors and not short.endswith("_") \
+                and not short.startswith("__i"):
+            shape = tensors[0].shape if handler is _batch_norm else torch.broadcast_shapes(*(t.shape for t in tensors))
+            return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
+        return func(*args, **kwargs)
 
 
 def _detached(out):

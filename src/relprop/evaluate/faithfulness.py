@@ -43,7 +43,7 @@ import torch
 
 from .inputs import channel_axis, expand_locations, location_shape, pooled, relevance_of
 from .perturb import Removal, baseline_values, masked_copies, patch_labels, ranks, region_relevance
-from .result import Result
+from .result import Later, Result
 from .runner import Runner, pair_generator
 
 
@@ -97,7 +97,19 @@ def _region_curve(setup: _Setup, labels, region_scores, order, regions_per_step,
     # and so are several patches per step: their steps run as plain passes of stacked copies)
     chain = regions < setup.size and regions_per_step == 1
     perturbed = setup.runner.scores(steps, lambda rows, k: removal(rows, k + 1), chain=chain)
-    return torch.cat([setup.runner.clean.view(-1, 1), perturbed], 1), regions_per_step
+    return perturbed, regions_per_step
+
+
+def _region_result(setup: _Setup, perturbed: torch.Tensor, metric: str, score: str, higher_is_better: bool,
+                   order: str, parameters: dict) -> Result:
+    """A region curve's Result: the curve starts at f(x), and it, AOPC and AUC are computed when first read, so that
+    reading only details["perturbed"] needs no clean pass (Quantus's pixel flipping and selectivity make none)."""
+    runner = setup.runner
+    curve = Later(lambda: torch.cat([runner.clean.view(-1, 1), perturbed], 1))
+    aopc = Later(lambda: (curve()[:, :1] - curve()).mean(1))
+    auc = Later(lambda: _auc(curve()))
+    return Result(metric, aopc if score == "aopc" else auc, higher_is_better, parameters, curves={order: curve},
+                  details={"auc": auc, "aopc": aopc, "perturbed": perturbed})
 
 
 def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order="morf", regions_per_step=1,
@@ -134,7 +146,9 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
 
     Returns:
         A Result: AOPC per sample (higher is better for MoRF); the curve under curves[order], its AUC and AOPC under
-        details.
+        details, and the perturbed copies' scores alone (the curve without f(x)) under details["perturbed"]. The
+        curve, AOPC and AUC start from f(x): where no pass made it yet (relevance given as a tensor, without the
+        model's output), its forward pass runs when one of them is first read.
 
     Raises:
         ValueError: for an unknown baseline or order, or relevance that does not fit x.
@@ -154,12 +168,11 @@ def region_perturbation(model, x, relevance, target=None, *, patch_size=8, order
     labels = patch_labels(setup.locations, patch_size)
     regions = int(labels.max()) + 1
     scores = region_relevance(setup.map, labels.expand((len(setup.x),) + setup.locations), regions)
-    curve, regions_per_step = _region_curve(setup, labels, scores, order, regions_per_step, steps, max_steps)
-    aopc = (curve[:, :1] - curve).mean(1)
-    return Result(f"region_perturbation_{order}", aopc, order == "morf",
-                  {"patch_size": patch_size, "order": order, "regions_per_step": regions_per_step,
-                   "steps": curve.shape[1] - 1, "baseline": _name(baseline), "softmax": setup.runner.softmax},
-                  curves={order: curve}, details={"auc": _auc(curve), "aopc": aopc})
+    perturbed, regions_per_step = _region_curve(setup, labels, scores, order, regions_per_step, steps, max_steps)
+    return _region_result(setup, perturbed, f"region_perturbation_{order}", "aopc", order == "morf", order,
+                          {"patch_size": patch_size, "order": order, "regions_per_step": regions_per_step,
+                           "steps": perturbed.shape[1], "baseline": _name(baseline),
+                           "softmax": setup.runner.softmax})
 
 
 def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_per_step=1, steps=None,
@@ -190,7 +203,8 @@ def pixel_flipping(model, x, relevance, target=None, *, order="morf", regions_pe
         output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
 
     Returns:
-        A Result: AOPC per sample; the curve under curves[order], its AUC under details.
+        A Result: AOPC per sample; the curve under curves[order], its AUC under details, the perturbed copies'
+        scores alone under details["perturbed"] (reading only these makes no forward pass of the unperturbed x).
     """
     result = region_perturbation(model, x, relevance, target, patch_size=1, order=order,
                                  regions_per_step=regions_per_step, steps=steps, baseline=baseline,
@@ -230,7 +244,8 @@ def selectivity(model, x, relevance, target=None, *, patch_size=8, max_steps=Non
     result = region_perturbation(model, x, relevance, target, patch_size=patch_size, max_steps=max_steps,
                                  baseline=baseline, batch_size=batch_size, softmax=softmax, channel_dim=channel_dim,
                                  output=output)
-    return Result("selectivity", result.details["auc"], False, result.parameters, result.curves, result.details)
+    return Result("selectivity", Later(lambda: result.details["auc"]), False, result.parameters, result.curves,
+                  result.details)
 
 
 def _random_subsets(count: int, size: int, runs: int, subset_size: int, seed: int, device) -> torch.Tensor:

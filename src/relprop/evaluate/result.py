@@ -1,9 +1,68 @@
-"""What a metric returns: one score per sample, the curves behind it where there are any, and a summary."""
+"""What a metric returns: one score per sample, the curves behind it where there are any, and a summary.
+
+A value that needs a forward pass the metric's own numbers do not (pixel flipping's f(x), the start of its curve and
+of its AOPC, where the relevance came without the model's output) can be given as ``Later(compute)``: it is computed
+when first read, so a caller who reads only the perturbed scores (``details["perturbed"]``) makes no clean pass.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+
+
+class Later:
+    """A Result's value computed when first read (then kept).
+
+    Args:
+        compute: Called once, without arguments, for the value.
+    """
+
+    def __init__(self, compute: Callable):
+        self.compute = compute
+        self.value, self.done = None, False
+
+    def __call__(self):
+        if not self.done:
+            self.value, self.done = self.compute(), True
+        return self.value
+
+
+def _resolved(value):
+    return value() if isinstance(value, Later) else value
+
+
+class _Values(dict):
+    """A dict whose Later values are computed when read (by key, get, items, values or copying)."""
+
+    def __getitem__(self, key):
+        value = _resolved(super().__getitem__(key))
+        super().__setitem__(key, value)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __iter__(self):  # defined so that dict(values) and {**values} read through __getitem__
+        return super().__iter__()
+
+    def items(self):
+        return [(key, self[key]) for key in list(super().__iter__())]
+
+    def values(self):
+        return [self[key] for key in list(super().__iter__())]
+
+    def copy(self):
+        return dict(self.items())
+
+    def __eq__(self, other):
+        return dict(self.items()) == other
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(dict(self.items()))
 
 
 @dataclass
@@ -24,6 +83,18 @@ class Result:
     parameters: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)  # name -> (N, points) tensor, e.g. "morf": model scores per step
     details: dict = field(default_factory=dict)  # name -> (N, ...) tensor, e.g. per-layer similarities
+
+    def __post_init__(self):
+        # a _Values given (another Result's) is shared as it is: wrapping it again would compute its Later values
+        self.curves = self.curves if isinstance(self.curves, _Values) else _Values(self.curves)
+        self.details = self.details if isinstance(self.details, _Values) else _Values(self.details)
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        if type(value) is Later:  # scores given as Later: computed on first read
+            value = value()
+            object.__setattr__(self, name, value)
+        return value
 
     def __len__(self) -> int:
         return self.scores.shape[0]

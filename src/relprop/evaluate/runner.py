@@ -10,11 +10,20 @@ under a black baseline, or every location restored) takes that sample's clean ou
 a copy this runner has scored before (the same sample, the same values: selectivity after region perturbation with
 the same regions, the all-removed end of the MoRF and LeRF curves) takes that score: the same numbers, fewer passes.
 
+The unperturbed pass runs only when something reads its result (``output``, ``clean``, the predicted class as
+target): a metric whose numbers do not need f(x) (pixel flipping's perturbed curve, monotonicity, ROAD with a said
+target) makes no more forward passes than it has copies to score.
+
 Metrics that remove one local region per step (region perturbation with patches, selectivity, IROF) ask for a chain:
 the runner then passes one step of up to ``batch_size`` samples at a time, each pass differing from the one before
 in a patch per sample, and runs it through ``engine.incremental``, which recomputes only what that patch reaches
-(the numbers of a plain forward pass, to float rounding). Once those passes compute more than CHAIN_WORK of a plain
-pass's multiply-adds (small images, deep models), the rest of the chain runs as plain passes of stacked copies.
+(the numbers of a plain forward pass, to float rounding). Whether that pays is decided before any pass of the chain
+(``chain_plan``): the share of a plain pass's multiply-adds the first step's patch reaches is counted on the meta
+device (``engine.incremental.step_share``, shapes only), and the chain's cost, a kept pass (KEPT_COST plain passes)
+plus per step that share and STEP_OVERHEAD, is set against one plain pass per step. When it does not pay by
+CHAIN_MARGIN (ResNet-50 at 224x224 with 16 px patches: each step reaches 47% of the work), the steps run as plain
+passes of stacked copies and no activations are kept. Once incremental passes compute more than CHAIN_WORK of a
+plain pass's multiply-adds anyway, the rest of the chain runs as plain passes.
 """
 from __future__ import annotations
 
@@ -24,10 +33,16 @@ from typing import Callable
 import torch
 
 from ..attribution.targets import tensor_output
-from ..engine.incremental import Incremental
+from ..engine.incremental import Incremental, changed_boxes, step_share
 from .inputs import check_input
 
 CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most this share of a plain pass's work
+# The cost of a chain in plain forward passes, measured on a 2-core CPU, one thread, 4 images at 224x224: a pass that
+# keeps its activations took 1.5x (ResNet-50) to 1.8x (VGG-16) a plain one; an incremental step took its share of
+# the multiply-adds plus 0.2-0.3 of a plain pass (crops, writes, and layers that are memory-bound, such as VGG-16's
+# linear layers, which every step runs in full). Chains must save a fifth over plain passes (CHAIN_MARGIN): plain
+# passes of stacked copies lose less to a busy machine.
+KEPT_COST, STEP_OVERHEAD, CHAIN_MARGIN = 1.6, 0.3, 1.25
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
@@ -48,13 +63,16 @@ class Runner:
         output: Picks the class scores from what the model returns, e.g. ``lambda out: out.logits``.
         explained_target: The class an explanation explained, used when target is None.
         incremental: Run chains of local perturbations through ``engine.incremental``, which keeps one pass's
-            activations. None: on a CPU, and only while the chain's passes save enough work (see _chains_pay);
-            True: always.
-        chains: Chains of local perturbations will run on this runner, so the clean pass keeps its activations as
-            the base of their first steps; otherwise it is one plain forward pass and the first chain builds its own
-            base.
+            activations. None: on a CPU, where a chain's estimated cost says it pays (``chain_plan``) and while its
+            passes save enough work (see _chains_pay); True: always; False: never.
+        chains: Kept for callers that say chains will run on this runner; the clean pass is deferred in any case,
+            and a chain that runs incrementally makes it the base of its first step when it is still to be made.
         clean_output: The model's output on x, already computed (an Explanation's output): then there is no clean
             pass unless chains need its activations.
+        channels_last: Run plain passes of image batches (N, C, H, W) as channels-last copies (the numbers differ
+            from a contiguous pass's by float rounding); a model that cannot take them (``.view`` on an activation)
+            is run as given from its first failure on. Off by default: on a 2-core CPU it was 2.5x slower on
+            ResNet-18 at 64x64 and no faster on ResNet-50 at 224x224 (docs/benchmarks-evaluation.md).
 
     Raises:
         TypeError: when model is not a torch.nn.Module or x not a tensor.
@@ -72,7 +90,8 @@ class Runner:
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
-                 incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None):
+                 incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None,
+                 channels_last: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -80,30 +99,72 @@ class Runner:
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
         self.chains_forced = incremental is True
+        self.channels_last = bool(channels_last) and self.x.dim() == 4
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
         self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
+        self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
         self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
         self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
-        if self.incremental is not None and chains and len(self.x) <= batch_size:
-            with torch.inference_mode():  # kept: the base of each chain's first step
-                self.output = self.run(self.x, self.incremental)
-            self._checkpoint(torch.arange(len(self.x)))
-        elif clean_output is not None:
+        self._output = self._clean = self._target = self._classes = None  # made when first read
+        self._unchecked = None  # targets said before the number of classes was known, checked on the first pass
+        if clean_output is not None:
             if clean_output.dim() != 2 or clean_output.shape[0] != len(self.x):
                 raise ValueError(f"clean_output is shaped {tuple(clean_output.shape)}; give the model's class scores "
                                  f"on x, shaped ({len(self.x)}, classes), or leave it out")
-            self.output = clean_output.detach().double()
-        else:
-            self.output = self.outputs(self.x)
-        self.classes = self.output.shape[1]
+            self._set_output(clean_output.detach().double())
         if target is None:
             target = explained_target
         self.target_said = target is not None  # False: the predicted class, by default rather than by request
-        self.target = self.output.argmax(1) if target is None or _is_predicted(target) else self._targets(target)
-        self.clean = self.pick(self.output, self.target)
+        if target is not None and not _is_predicted(target):
+            self._target = self._targets(target)
+            if self._classes is None:  # checked on the first forward pass, which tells the number of classes
+                self._unchecked = self._target
+
+    @property
+    def output(self) -> torch.Tensor:
+        """(N, classes) float64: the model's class scores on x, from the clean forward pass (made when first read)."""
+        if self._output is None:
+            self._set_output(self.outputs(self.x))
+        return self._output
+
+    def _set_output(self, output: torch.Tensor) -> None:
+        self._output = output
+        self._classes = output.shape[1]
+        if self._unchecked is not None:
+            self._unchecked, said = None, self._unchecked
+            self._targets(said)
+
+    @property
+    def classes(self) -> int:
+        """How many classes the model scores (a forward pass tells)."""
+        if self._classes is None:
+            return self.output.shape[1]
+        return self._classes
+
+    @property
+    def target(self) -> torch.Tensor:
+        """(N,) int64: the class scored per sample (the predicted one needs the clean pass)."""
+        if self._target is None:
+            self._target = self.output.argmax(1)
+        return self._target
+
+    @target.setter
+    def target(self, value: torch.Tensor) -> None:
+        self._target, self._clean = value, None
+
+    @property
+    def clean(self) -> torch.Tensor:
+        """(N,) float64: the target's score on the unperturbed x."""
+        if self._clean is None:
+            self._clean = self.pick(self.output, self.target)
+        return self._clean
+
+    @clean.setter
+    def clean(self, value: torch.Tensor) -> None:
+        self._clean = value
 
     @classmethod
     def of(cls, model, x, target=None, *, batch_size=64, softmax=None, output=None, relevance=None,
@@ -186,14 +247,16 @@ class Runner:
     def _targets(self, target) -> torch.Tensor:
         if isinstance(target, str):
             raise ValueError(f"target must be an int, one int per sample or \"predicted\", got {target!r}")
-        index = torch.as_tensor(target, device=self.output.device).long()
+        index = torch.as_tensor(target, device=self.x.device).long()
         if index.dim() == 0:
             index = index.expand(len(self.x))
         if index.dim() != 1 or index.shape[0] != len(self.x):
             raise ValueError(f"target has {index.numel()} class indices for {len(self.x)} samples; give one int for "
                              "all samples or one per sample")
-        if bool(((index < 0) | (index >= self.classes)).any()):
-            raise ValueError(f"target {index.tolist()} out of range: the model has {self.classes} classes")
+        if bool((index < 0).any()):
+            raise ValueError(f"target {index.tolist()} out of range: class indices start at 0")
+        if self._classes is not None and bool((index >= self._classes).any()):
+            raise ValueError(f"target {index.tolist()} out of range: the model has {self._classes} classes")
         return index
 
     def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -206,7 +269,18 @@ class Runner:
             (rows, classes) scores.
         """
         with torch.inference_mode():
-            return torch.cat([self.run(chunk) for chunk in inputs.split(self.batch_size)])
+            return torch.cat([self._plain(chunk) for chunk in inputs.split(self.batch_size)])
+
+    def _plain(self, chunk: torch.Tensor) -> torch.Tensor:
+        """One plain forward pass, of a channels-last copy of the chunk where channels_last is on. A model that cannot
+        take one (``.view`` on an activation, which channels-last makes non-contiguous) raises; the runner then
+        turns channels_last off and runs this and every later chunk as given."""
+        if self.channels_last and chunk.dim() == 4:
+            try:
+                return self.run(chunk.contiguous(memory_format=torch.channels_last))
+            except RuntimeError:
+                self.channels_last = False
+        return self.run(chunk)
 
     def run(self, chunk: torch.Tensor, forward: Callable | None = None) -> torch.Tensor:
         """One forward pass; the output must be (rows, classes) and keep the shape it had on x.
@@ -230,10 +304,15 @@ class Runner:
         if out.dim() != 2 or out.shape[0] != chunk.shape[0]:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for {chunk.shape[0]} inputs; metrics need "
                              "class scores shaped (batch, classes): pass output=... to pick or flatten them")
-        expected = getattr(self, "output", None)
-        if expected is not None and out.shape[1] != expected.shape[1]:
-            raise ValueError(f"the model returned {out.shape[1]} classes for perturbed inputs but {expected.shape[1]} "
-                             "for x; its output shape must not depend on the input (or the batch size)")
+        if self._classes is None:
+            self._classes = out.shape[1]
+            if self._unchecked is not None:
+                self._unchecked, said = None, self._unchecked
+                self._targets(said)
+        elif out.shape[1] != self._classes:
+            raise ValueError(f"the model returned {out.shape[1]} classes for {chunk.shape[0]} inputs but "
+                             f"{self._classes} on an earlier pass; its output shape must not depend on the input "
+                             "(or the batch size)")
         return out.detach().double()
 
     def pick(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -267,12 +346,18 @@ class Runner:
             (len(samples), steps) float64 scores; with classes, a pair (scores, predicted classes).
         """
         samples = torch.arange(len(self.x)) if samples is None else samples
-        result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.output.device)
-        predicted = torch.empty(len(samples), steps, dtype=torch.long, device=self.output.device)
+        result = torch.empty(len(samples), steps, dtype=torch.float64, device=self.x.device)
+        predicted = torch.empty(len(samples), steps, dtype=torch.long, device=self.x.device)
         plain = []  # flat (sample position * steps + step) indices of the pairs left to plain passes
         with torch.inference_mode():
+            if chain and self.incremental is not None:
+                self._plan_chain(steps, perturb, samples)
             if chain and self._chains_pay():
                 size = self._chain_rows()
+                if self._output is None and len(samples) == len(self.x) <= size:
+                    # the clean pass is still to be made: keep it, the base of the chain's first step
+                    self._set_output(self.run(self.x, self.incremental))
+                    self._checkpoint(torch.arange(len(self.x)))
                 for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
                     for step in range(steps):
                         if not self._chains_pay():  # the rest of the chains run as plain passes
@@ -296,14 +381,38 @@ class Runner:
                 flat_result[where], flat_predicted[where] = score, classes_of
         return (result, predicted) if classes else result
 
+    def _plan_chain(self, steps: int, perturb: Callable, samples: torch.Tensor) -> None:
+        """Before a chain's first pass: estimate what it costs incrementally and in plain passes, in plain forward
+        passes, and record both and the choice in ``chain_plan`` (forced: incremental=True)."""
+        if self.chains_forced:
+            self.chain_plan = {"share": None, "incremental": None, "plain": None, "choice": "incremental"}
+            return
+        rows = samples[:self._chain_rows()]
+        first = perturb(rows, torch.zeros_like(rows))
+        share = step_share(self.model, first, changed_boxes(first, self.x[rows.to(self.x.device)]))
+        clean_pending = self._output is None
+        if share is None:
+            incremental = plain = None
+        else:  # the kept pass is the clean pass when that is still to be made, else the chain's first step
+            incremental = KEPT_COST + (steps - (0 if clean_pending else 1)) * (share + STEP_OVERHEAD)
+            plain = steps + clean_pending
+        pays = self.chains_forced or share is None or incremental * CHAIN_MARGIN <= plain
+        self.chain_plan = {"share": share, "incremental": incremental, "plain": plain,
+                           "choice": "incremental" if pays else "plain"}
+
     def _chains_pay(self) -> bool:
-        """Whether chains run incrementally: asked for (incremental=True), or, by default, while the incremental
-        passes so far computed at most CHAIN_WORK of a plain pass's multiply-adds. Above that, one step costs about
-        as much as running its copies in plain passes of batch_size, which stack many steps and need no crops."""
+        """Whether chains run incrementally: asked for (incremental=True), or, by default, where the chain's plan
+        chose it and while the incremental passes so far computed at most CHAIN_WORK of a plain pass's multiply-adds.
+        Above that, one step costs about as much as running its copies in plain passes of batch_size, which stack
+        many steps and need no crops."""
         if self.incremental is None:
             return False
+        if self.chains_forced:
+            return True
+        if self.chain_plan is not None and self.chain_plan["choice"] == "plain":
+            return False
         done, full = self.chain_work
-        return self.chains_forced or not full or done <= CHAIN_WORK * full
+        return not full or done <= CHAIN_WORK * full
 
     def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
@@ -319,15 +428,19 @@ class Runner:
             A pair of (len(rows),) tensors: target scores and predicted classes.
         """
         unchanged = (copies == self.x[rows.to(self.x.device)]).flatten(1).all(1).cpu()
-        out = self.output[rows.to(self.output.device)]
-        score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)
+        if self._output is not None or bool(unchanged.any()):  # copies equal to x: the clean pass, made once
+            out = self.output[rows.to(self.output.device)]
+            score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)
+        else:  # no clean pass needed so far
+            score = torch.empty(len(rows), dtype=torch.float64, device=self.x.device)
+            predicted = torch.empty(len(rows), dtype=torch.long, device=self.x.device)
         keys = _digests(rows, copies) if copies.device.type == "cpu" else [None] * len(rows)
         todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
         if todo:
             index = torch.tensor(todo, device=copies.device)
             if chained:
                 before = self.incremental.passes["incremental"]
-                fresh = self.run(copies, self.incremental)[index.to(self.output.device)]
+                fresh = self.run(copies, self.incremental)[index]
                 if self.incremental.passes["incremental"] > before and self.incremental.work is not None:
                     self.chain_work = [a + b for a, b in zip(self.chain_work, self.incremental.work)]
             else:
