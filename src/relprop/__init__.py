@@ -1,14 +1,16 @@
 """relprop: Layer-wise Relevance Propagation for any PyTorch model."""
-from . import attribution, canonizers, composites, neuralize, rules
-from .engine import UnsupportedOperation, UnsupportedOpWarning
-from .engine.batch import BatchMixingWarning
-from .ops.custom import register_function
-from .explanation import Explanation, Report
-from .attribution.lrp import LRP, explain
-from .compare import Comparison, compare
-from .correct import saved as _saved  # noqa: F401  registers a corrected model's model.json with load_model
+import importlib
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Everything loads on first use (PEP 562), so commands that never touch
+# a model (`relprop spray`, `relprop export` on a store) do not pay for importing torch: about 500 MiB of memory.
+_NAMES = {
+    "LRP": "attribution.lrp", "explain": "attribution.lrp", "compare": "compare", "Comparison": "compare",
+    "Explanation": "explanation", "Report": "explanation", "UnsupportedOperation": "engine",
+    "UnsupportedOpWarning": "engine", "BatchMixingWarning": "engine.batch", "register_function": "ops.custom",
+}
+_MODULES = ("rules", "composites", "canonizers", "attribution", "neuralize", "viz", "demo", "evaluate")
 
 __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "rules", "composites", "canonizers",
            "attribution", "neuralize", "viz", "UnsupportedOperation", "UnsupportedOpWarning", "BatchMixingWarning",
@@ -16,9 +18,14 @@ __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "
 
 
 def __getattr__(name):
-    # viz (matplotlib), demo and evaluate load on first use, so `import relprop` stays as quick as torch allows
-    if name in ("viz", "demo", "evaluate"):
-        import importlib
-
+    if name in _MODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_NAMES, *_MODULES})

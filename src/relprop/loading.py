@@ -5,12 +5,14 @@ planted "Clever Hans" watermark, relprop.demo.watermark), ``torchvision:NAME`` (
 a weights file is given), ``path/to/file.py:FACTORY`` (a function of no arguments returning an nn.Module) and
 ``path/to/model.json`` (a model corrected by ``relprop correct``). Model files that a part of relprop above this
 module knows how to read register their loader here (:func:`register_model_file`): relprop.correct.saved registers
-``.json``, and ``import relprop`` imports it, so this module stays below the tools whose files it opens.
+``.json``; the modules that do are named in ``MODEL_FILE_PROVIDERS`` and imported when a spec is first read, so
+this module stays below the tools whose files it opens and ``import relprop`` stays light.
 Every problem with what the user gave raises :class:`LoadError`, whose message names the problem and the fix.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import sys
 import warnings
@@ -101,6 +103,8 @@ class LoadedModel:
 # ---- models -----------------------------------------------------------------------------------------------------
 DEMO_MODELS = {"demo": "model", "demo-watermark": "watermark"}  # spec -> module of relprop.demo with load()
 MODEL_FILES: dict[str, Callable] = {}  # suffix -> load(path, weights) -> LoadedModel, see register_model_file
+# modules above this one that register model files when imported (a plug-in list, by name: no import cycle)
+MODEL_FILE_PROVIDERS = ("relprop.correct.saved",)
 
 
 def register_model_file(suffix: str, load: Callable) -> None:
@@ -116,6 +120,8 @@ def register_model_file(suffix: str, load: Callable) -> None:
 def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
     """The model a spec names, in eval mode, with the weights file applied when one is given."""
     is_factory = ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
+    for provider in MODEL_FILE_PROVIDERS:
+        importlib.import_module(provider)  # registers its suffix once; later calls find it in sys.modules
     for suffix, load_file in MODEL_FILES.items():  # e.g. a model corrected by `relprop correct` (model.json)
         if spec.endswith(suffix):
             return load_file(spec, weights)
@@ -125,8 +131,6 @@ def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
     if weights is not None:
         state = read_weights(weights)  # before building: a bad file should fail before a large model is made
     if spec in DEMO_MODELS:
-        import importlib
-
         from .demo import model as demo
 
         load = importlib.import_module(f"relprop.demo.{DEMO_MODELS[spec]}").load

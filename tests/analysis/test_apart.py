@@ -73,3 +73,18 @@ def test_with_two_clusters_both_maps_are_the_squared_difference_of_the_centroids
     expected = ((centres[0] - centres[1]) ** 2).reshape(4, 4)
     np.testing.assert_allclose(evidence.maps[0], expected, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(evidence.maps[1], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_large_clusters_are_explained_on_a_seeded_draw_of_their_members_close_to_all_of_them():
+    features = np.concatenate([two_strategies(seed=seed) for seed in range(20)])  # 600 samples, 360 with the mark
+    labels = np.tile(np.r_[np.zeros(18, int), np.ones(12, int)], 20)
+    everyone = apart.explain_clusters(features, labels, (4, 4), explained=None)
+    drawn = apart.explain_clusters(features, labels, (4, 4), explained=60)
+    assert drawn.members == everyone.members == [360, 240]  # counts and agreement come from every sample
+    assert drawn.agreement == everyone.agreement
+    assert not np.allclose(drawn.maps, everyone.maps, rtol=1e-9, atol=0)  # a draw, not everyone again
+    np.testing.assert_allclose(drawn.maps, everyone.maps, rtol=0.1, atol=0.02 * np.abs(everyone.maps).max())
+    again = apart.explain_clusters(features, labels, (4, 4), explained=60)
+    np.testing.assert_allclose(again.maps, drawn.maps, rtol=1e-12, atol=0)  # seeded: the same draw each time
+    whole = apart.explain_clusters(features, labels, (4, 4), explained=1000)  # more than any cluster has: all
+    np.testing.assert_allclose(whole.maps, everyone.maps, rtol=1e-12, atol=1e-15)

@@ -38,6 +38,18 @@ def test_pooling_sums_channels_averages_blocks_takes_signed_powers_and_scales_to
     np.testing.assert_allclose(spray.pool(heatmaps, 4, power=0.5), rooted, rtol=1e-5, atol=1e-6)
 
 
+def test_pooling_windows_that_do_not_divide_the_map_are_cut_as_adaptive_average_pooling_cuts_them():
+    import torch
+
+    maps = np.random.default_rng(3).normal(size=(4, 7, 10)).astype(np.float32)
+    for rows, columns in ((3, 3), (3, 4), (7, 10), (2, 6)):
+        expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(maps)[:, None], (rows, columns))[:, 0]
+        np.testing.assert_allclose(spray.adaptive_average(maps, rows, columns), expected.numpy(), rtol=1e-6,
+                                   atol=1e-6)
+    # by hand: the middle one of 3 rows over 7 spans rows 2..4 (floor(7/3) = 2 to ceil(14/3) = 5)
+    np.testing.assert_allclose(spray.adaptive_average(maps, 3, 1)[:, 1, 0], maps[:, 2:5].mean((1, 2)), rtol=1e-6)
+
+
 def test_knn_graph_equals_brute_force_neighbours_made_symmetric():
     points = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
     graph = spray.knn_affinity(points, 4)

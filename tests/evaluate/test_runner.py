@@ -68,8 +68,9 @@ def test_softmax_scores_are_the_targets_probability_and_predicted_takes_the_argm
 
 def test_targets_outside_the_classes_or_of_the_wrong_count_are_refused():
     x = torch.randn(2, 6, dtype=torch.float64)
+    runner = Runner(Counting(), x, target=3)  # the class count is known from the first pass, which runs when needed
     with pytest.raises(ValueError, match="out of range: the model has 3 classes"):
-        Runner(Counting(), x, target=3)
+        runner.output
     with pytest.raises(ValueError, match="3 class indices for 2 samples"):
         Runner(Counting(), x, target=[0, 1, 2])
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
@@ -88,7 +89,7 @@ class Named(torch.nn.Module):
 def test_a_model_returning_no_tensor_needs_output_to_pick_the_scores_which_then_works():
     x = torch.randn(2, 6, dtype=torch.float64)
     with pytest.raises(TypeError, match="returned dict, not a tensor; pass output="):
-        Runner(Named(), x, target=0)
+        Runner(Named(), x, target=0).clean
     model = Named()
     runner = Runner(model, x, target=0, output=lambda out: out["logits"])
     torch.testing.assert_close(runner.clean, model.inner(x)[:, 0].detach(), rtol=1e-12, atol=1e-12)
@@ -97,7 +98,7 @@ def test_a_model_returning_no_tensor_needs_output_to_pick_the_scores_which_then_
 def test_an_output_that_is_not_rows_by_classes_is_refused():
     x = torch.randn(2, 6, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"shape \(2, 3, 1\).*\(batch, classes\)"):
-        Runner(Counting(), x, target=0, output=lambda out: out.unsqueeze(-1))
+        Runner(Counting(), x, target=0, output=lambda out: out.unsqueeze(-1)).clean
 
 
 def test_of_returns_a_given_runner_for_the_same_input_and_refuses_it_for_another():

@@ -24,6 +24,9 @@ NOTE = ("what sets it apart: mean NEON relevance of membership in the cluster, o
         "heatmap)")
 
 
+EXPLAINED_PER_CLUSTER = 2000  # members per cluster whose relevance is averaged (explain_clusters)
+
+
 @dataclass
 class ClusterEvidence:
     """Per SpRAy cluster (noise left out), the mean relevance of its k-means membership over the pooled cells.
@@ -42,7 +45,7 @@ class ClusterEvidence:
 
 
 def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int, ...], beta: float = 1.0,
-                     seed: int = 0) -> ClusterEvidence:
+                     seed: int = 0, explained: int | None = EXPLAINED_PER_CLUSTER) -> ClusterEvidence:
     """NEON on k-means over pooled heatmaps (n, d), started from the clusters in labels (-1: noise, left out).
 
     Args:
@@ -50,7 +53,11 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
         labels: (n,) SpRAy cluster labels, -1 for noise.
         cells: The shape of one sample's pooled features (pooled_cells).
         beta: NEON's stiffness.
-        seed: Seeds k-means.
+        seed: Seeds k-means and the members drawn for the explanation.
+        explained: The most members of each refined cluster whose relevance is averaged (drawn at random, seeded;
+            k-means and the agreement still use every sample); None: all of them. A mean over 2,000 samples is
+            within about 2% of the whole cluster's (standard error), and at 100,000 samples explaining all of them
+            cost 6.6 s and 270 MiB of a report's 22 s and 1 GiB.
 
     Returns:
         A ClusterEvidence.
@@ -74,16 +81,24 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
     kmeans = KMeans(len(clusters), init=starts, n_init=1, random_state=seed).fit(points)
     spray_position = np.searchsorted(clusters, labels[kept])
     refined = kmeans.labels_
-    expl = lrp.explain(neuralize(kmeans), torch.from_numpy(points), target=torch.from_numpy(refined),
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for position in range(len(clusters)):
+        inside = np.flatnonzero(refined == position)
+        if explained is not None and len(inside) > explained:
+            inside = np.sort(rng.choice(inside, explained, replace=False))
+        drawn.append(inside)
+    chosen = np.concatenate(drawn)
+    expl = lrp.explain(neuralize(kmeans), torch.from_numpy(points[chosen]), target=torch.from_numpy(refined[chosen]),
                        composite="neon", beta=beta)
     relevance = expl.relevance.numpy()
     maps = np.zeros((len(clusters),) + tuple(cells))
-    members = []
-    for position in range(len(clusters)):
-        inside = refined == position
-        members.append(int(inside.sum()))
-        if inside.any():
-            maps[position] = relevance[inside].mean(0).reshape(cells)
+    members = [int((refined == position).sum()) for position in range(len(clusters))]
+    start = 0
+    for position, inside in enumerate(drawn):
+        if len(inside):
+            maps[position] = relevance[start:start + len(inside)].mean(0).reshape(cells)
+        start += len(inside)
     return ClusterEvidence(clusters, maps, members, float((refined == spray_position).mean()))
 
 
@@ -103,4 +118,4 @@ def pooled_cells(relevance_shape: tuple[int, ...], size: int) -> tuple[int, ...]
     return tuple(relevance_shape)
 
 
-__all__ = ["ClusterEvidence", "explain_clusters", "pooled_cells", "NOTE"]
+__all__ = ["ClusterEvidence", "explain_clusters", "pooled_cells", "NOTE", "EXPLAINED_PER_CLUSTER"]

@@ -89,21 +89,42 @@ def pool(relevance: np.ndarray, size: int, power: float = 1.0) -> np.ndarray:
     Raises:
         ValueError: for relevance of another shape.
     """
-    import torch
-
-    values = torch.from_numpy(np.asarray(relevance, dtype=np.float32))
+    values = np.asarray(relevance, dtype=np.float32)
     if values.ndim == 4:
-        values = values.sum(1)
+        values = values.sum(1, dtype=np.float32)
     if values.ndim == 3:
         height, width = values.shape[1:]
-        values = torch.nn.functional.adaptive_avg_pool2d(values[:, None], (min(size, height), min(size, width)))
+        values = adaptive_average(values, min(size, height), min(size, width))
     elif values.ndim != 2:
-        raise ValueError(f"SpRAy pools heatmaps (n, C, H, W), (n, H, W) or vectors (n, D); got {tuple(values.shape)}")
+        raise ValueError(f"SpRAy pools heatmaps (n, C, H, W), (n, H, W) or vectors (n, D); got {values.shape}")
     flat = values.reshape(len(values), -1)
     if power != 1.0:
-        flat = flat.sign() * flat.abs() ** power
-    norm = flat.norm(dim=1, keepdim=True)
-    return (flat / torch.where(norm > 0, norm, torch.ones_like(norm))).numpy()
+        flat = np.sign(flat) * np.abs(flat) ** np.float32(power)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return (flat / np.where(norm > 0, norm, np.float32(1))).astype(np.float32, copy=False)
+
+
+def adaptive_average(maps: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """(n, rows, columns): each cell the mean of its window of (n, H, W) maps, windows as adaptive average pooling
+    cuts them (cell i spans floor(i H / rows) to ceil((i + 1) H / rows)). NumPy, so reading a store's heatmaps never
+    imports torch.
+
+    Args:
+        maps: (n, H, W) maps.
+        rows: Output rows.
+        columns: Output columns.
+
+    Returns:
+        (n, rows, columns) float32.
+    """
+    height, width = maps.shape[1:]
+    pooled = np.empty((len(maps), rows, columns), dtype=np.float32)
+    for i in range(rows):
+        top, bottom = (i * height) // rows, -((-(i + 1) * height) // rows)
+        for j in range(columns):
+            left, right = (j * width) // columns, -((-(j + 1) * width) // columns)
+            pooled[:, i, j] = maps[:, top:bottom, left:right].mean((1, 2), dtype=np.float32)
+    return pooled
 
 
 def neighbor_search(n: int, search: str = "auto") -> str:

@@ -224,13 +224,12 @@ def _meta_share(model, x, box, functional_call):
     return done / full if full else None
 
 
-class _ShapesOnly(TorchFunctionMode):
+class _ShapesOnly(OpMode):
     """Element-wise ops and batch norm as an empty tensor of their output's shape: on the meta device torch works out
     their shapes in Python (reference decompositions), which took step_share longer than a plain pass of ResNet-50."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        short = classify(func)[0].rsplit(".", 1)[-1]
+    def op(self, func, name, family, args, kwargs):
+        short = name.rsplit(".", 1)[-1]
         handler = _LOCAL.get(short)
         tensors = list(_tensors(args, kwargs))
         if handler in (_elementwise, _batch_norm) and tensors and not short.endswith("_") \
