@@ -155,10 +155,17 @@ def _is_plain(terms, rule, bias) -> bool:
         bias is None or (term.bias and not rule.zero_bias))
 
 
-def _denominator(terms, weights, rule, lmap, x, bias, call):
+def _denominator(terms, weights, rule, lmap, x, bias, call, shift=None):
+    """The sum of the terms' outputs; shift = (value, channels): a constant the first term's bias takes up (the
+    stabilizer of a denominator known to be >= 0: no pass of its own)."""
     denominator = None
     for term, term_weight in zip(terms, weights):
         term_bias = None if (bias is None or not term.bias or rule.zero_bias) else term.weight(bias)
+        if shift is not None:
+            value, channels = shift
+            term_bias = (torch.full((channels,), value, dtype=x.dtype, device=x.device) if term_bias is None
+                         else term_bias + value)
+            shift = None
         part = lmap.forward(_select_input(term.input, x, call), term_weight, term_bias)
         if denominator is None:
             denominator = part if term.sign == 1 else part * term.sign
@@ -437,13 +444,19 @@ def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool, scale=None):
         s = z.abs()
         denominator = s + rule.stabilizer
         return s.div_(denominator).mul_(g)
-    denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
-    if scale is not None:
-        denominator = denominator * scale  # one output-sized buffer more, only under conserve_one_sided
-    if rule.stabilizer and _never_negative(terms, bias, rule, nonnegative):
-        stabilized = denominator.add_(rule.stabilizer)  # z+, flat, w^2 on x >= 0: the sign is known
+    known = bool(rule.stabilizer) and _never_negative(terms, bias, rule, nonnegative)
+    if known and scale is None and all(term.sign == 1 for term in terms):
+        # z+, flat, w^2 on x >= 0: the sign is known, and the stabilizer goes into the first term's bias
+        channels = z.shape[-1] if call.linear_map.channels_last else z.shape[1]
+        stabilized = _denominator(terms, weights, rule, call.linear_map, x, bias, call, (rule.stabilizer, channels))
     else:
-        stabilized = rule.stabilize(denominator, inplace=True)
+        denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
+        if scale is not None:
+            denominator = denominator * scale  # one output-sized buffer more, only under conserve_one_sided
+        if known:
+            stabilized = denominator.add_(rule.stabilizer)
+        else:
+            stabilized = _stabilize(rule, denominator)
     s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
     if rule.stabilizer == 0:
         s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # unstabilized: a zero denominator carries nothing
