@@ -301,6 +301,16 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         return _stabilize(rule, den)
 
     signals = [None, None]  # what W+^T and W-^T are applied to
+    g_in = None
+
+    def transpose(k, total):
+        """total + W+^T signal (k = 0) or W-^T signal (k = 1), the signal then freed (one buffer less at peak)."""
+        if signals[k] is None:
+            return total
+        part = lmap.transpose(signals[k], positive_weight if k == 0 else weights.modified(rules.negative), x)
+        signals[k] = None
+        return part if total is None else total.add_(part)
+
     by_sign = {group.where: (a, c, offset, shares, own) for group, terms, a, c, offset, shares, own in live}
     if len(live) == 2 and set(by_sign) == {"positive", "negative"}:  # one group per sign of z (gamma)
         # Float ops only (a bool mask in where or masked_fill costs several passes): h = 1 where z > 0, else 0.
@@ -335,7 +345,7 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         # Groups whose denominators are never negative first (their stabilizer and share go into the denominator),
         # so that the last one, which may take P's buffer, is the one that is stabilized by its sign.
         live.sort(key=lambda entry: not (rule.stabilizer and _never_negative(entry[1], bias, rule, True)))
-        for group, terms, a, c, offset, shares, _ in live:
+        for index, (group, terms, a, c, offset, shares, _) in enumerate(live):
             left_out = None  # after a ReLU only outputs > 0 carry relevance: no mask for the positive group
             if group.where is not None and not (rectified and group.where == "positive"):
                 left_out = z <= 0 if group.where == "positive" else z >= 0
@@ -349,6 +359,8 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
                     s.masked_fill_(left_out, 0)
                 signals[k] = s if signals[k] is None else signals[k].add_(s)
                 del s
+                if not any(later[5][k] for later in live[index + 1:]):  # complete: transposed now, and freed
+                    g_in = transpose(k, g_in)
                 continue
             s = stabilized(denominator(a, c, offset), terms)
             s = torch.div(z, s, out=s).mul_(g)  # z g / z', in the denominator's own buffer
@@ -363,12 +375,8 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
                     signals[k] = s * shares[k] if signals[k] is None else signals[k].add_(s, alpha=shares[k])
             del s
     del product
-    g_in = None
-    for signal, part_weight in zip(signals, (positive_weight, None)):
-        if signal is not None:
-            part = lmap.transpose(signal, part_weight if part_weight is not None else weights.modified(rules.negative),
-                                  x)
-            g_in = part if g_in is None else g_in.add_(part)
+    for k in (0, 1):
+        g_in = transpose(k, g_in)
     if g_in is None:
         g_in = torch.zeros_like(x)
     return g_in if not call.direct else x * g_in
