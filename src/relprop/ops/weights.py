@@ -5,8 +5,10 @@ explanation (ResNet-50 has 25M weights). An LRP object keeps them in a WeightCac
 built from. An entry is used only while each of those tensors is the same object with the same version counter and
 data pointer, so in-place updates (optimizer steps, ``load_state_dict``, writes under ``torch.no_grad()``) and
 replaced parameters rebuild it. Writes through ``param.data`` bypass version counters (autograd does not see them
-either); the LRP object compares each cached source's checksum too, so such writes are caught as well. Entries hold
-only weak references to their sources: they are dropped when the parameters are, and all go with the LRP object.
+either), so each source's sum is compared too (one read of it per explanation): that catches them unless they leave
+the sum as it was (a permutation of a weight's values). Entries hold only weak references to their sources: they are
+dropped when the parameters are, and all go with the LRP object. What is kept is about one to two copies of the
+convolution weights (ResNet-50: 89 MiB for epsilon_plus_flat, 179 MiB for epsilon_alpha2_beta1).
 """
 from __future__ import annotations
 
