@@ -314,7 +314,7 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
     by_sign = {group.where: (a, c, offset, shares, own) for group, terms, a, c, offset, shares, own in live}
     if len(live) == 2 and set(by_sign) == {"positive", "negative"}:  # one group per sign of z (gamma)
         # Float ops only (a bool mask in where or masked_fill costs several passes): h = 1 where z > 0, else 0.
-        chosen = (z > 0).to(z.dtype)
+        chosen = torch.gt(z, 0, out=torch.empty_like(z))  # written as floats: one pass, no bool tensor
         up, down = by_sign["positive"], by_sign["negative"]
         # Each denominator has the sign of z on the outputs it explains when it is z plus contributions of that
         # sign (gamma's); then the stabilizer is folded into its bias, else the chosen one is stabilized.
