@@ -246,7 +246,7 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
     positive_weight = weights.modified(rules.positive)
     product = lmap.forward(x, positive_weight, None)  # P = x W+
     shape = (-1,) if lmap.channels_last else (-1,) + (1,) * (z.dim() - 2)
-    live = []  # (group, terms, a, c, bias offset, shares of W+ and W-)
+    live = []  # (group, terms, a, c, bias offset, shares of W+ and W-, own bias)
     for group, terms in plan:
         if rectified and group.where == "negative":
             continue  # after a ReLU no relevance sits on outputs <= 0
