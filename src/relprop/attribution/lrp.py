@@ -28,6 +28,7 @@ from .. import diagnose
 from ..engine import Session, UnsupportedOperation, caller_level
 from ..engine.batch import BatchMixingWarning
 from ..engine.facts import Facts
+from ..ops.weights import WeightCache
 from ..explanation import Explanation, Report
 from ..stabilize import divide_or_zero
 from .targets import check_input, check_target_type, output_gradient, tensor_output
@@ -93,6 +94,7 @@ class LRP:
         self.forward = forward
         self.elementwise = tuple(elementwise)
         self._warned: set = set()
+        self._weights = WeightCache()  # modified weights kept between calls while the parameters are unchanged
 
     def copies_per_input(self, sample_shape: tuple) -> int:
         """How many model inputs explaining one sample takes: one.
@@ -148,7 +150,8 @@ class LRP:
         target = check_target_type(target)
         record = self.record if record is None else _check_record(self.model, record)
         session = Session(self.model, self.composite, self.canonizers, self.strict, record, report, self._warned,
-                          differentiable=create_graph, elementwise=self.elementwise, forward=self.forward)
+                          differentiable=create_graph, elementwise=self.elementwise, forward=self.forward,
+                          weights=self._weights)
         snapshot = _buffers_if_training(self.model)
         try:
             try:

@@ -16,6 +16,7 @@ from ..composites import Composite, Site
 from ..ops import custom, elementwise, load_families
 from ..ops.signatures import writes_first_argument
 from ..ops.table import HANDLERS, SIGN_KNOWN, module_handler
+from ..ops.weights import WeightCache
 from .batch import BatchAxes
 from .facts import KEEPS_SIGN, MAKES_NONNEGATIVE, Facts
 from .intercept import DataFlow, Interceptor, UnsupportedOperation, UnsupportedOpWarning, caller_level
@@ -32,7 +33,7 @@ class OpContext:
     def __init__(self, session: Session):
         self._session = session
         self.composite, self.differentiable = session.composite, session.differentiable
-        self.facts = session.facts
+        self.facts, self.weights = session.facts, session.weights
         self.active, self.touched, self.mark = session.flow.active, session.flow.touched, session.flow.mark
         recorder = session.recorder
         self.row, self.tap, self.tap_args, self.watch = recorder.row, recorder.tap, recorder.tap_args, recorder.watch
@@ -85,7 +86,7 @@ class Session:
 
     def __init__(self, model: torch.nn.Module, composite: Composite, canonizers=(), strict: bool = False,
                  record=(), report: bool = False, warned: set | None = None, differentiable: bool = False,
-                 elementwise=(), forward=None):
+                 elementwise=(), forward=None, weights: WeightCache | None = None):
         self.model, self.composite, self.strict = model, composite, strict
         self.handlers = {family: entry.lrp for family, entry in HANDLERS.items()}
         for canonizer in canonizers:
@@ -101,6 +102,8 @@ class Session:
         self.direct_leaf: torch.Tensor | None = None
         self.batch: BatchAxes | None = None  # where the samples lie, and whether an op mixes them
         self.warned = warned if warned is not None else set()
+        self.weights = weights if weights is not None else WeightCache()  # the caller's: kept between its calls
+        self.weights.begin()
         self.recorder = Recorder(report, self.facts, self.active, self.where)
         self.record = set(record)
         self.recorded: dict[str, list] = {}

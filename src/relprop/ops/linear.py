@@ -22,6 +22,7 @@ from . import pooling, reference
 from .kept import KeptOutput
 from .signatures import bind
 from .table import register
+from .weights import WeightCache, modifier_key
 
 
 @dataclass
@@ -88,6 +89,28 @@ def scale_output_channels(weight: torch.Tensor, scale: torch.Tensor, linear_map:
     return (grouped * factor).reshape(weight.shape)
 
 
+class LayerWeights:
+    """A layer's weight (merged with its batch norm, if any) and its modified versions (w+, w + gamma w+): each built
+    when first asked for, and kept between calls in the LRP object's cache where the layer's parameters allow."""
+
+    def __init__(self, build, cache: WeightCache | None = None, sources: tuple | None = None, key: tuple = ()):
+        self._build, self._value = build, None
+        self.cache, self.sources, self.key = cache, sources, key
+
+    def base(self) -> torch.Tensor:
+        """The weight itself."""
+        if self._value is None:
+            self._value = self._build()
+        return self._value
+
+    def modified(self, modifier) -> torch.Tensor:
+        """modifier(weight), from the cache when the modifier's result depends on the weight alone."""
+        key = modifier_key(modifier)
+        if key is None or self.cache is None or self.sources is None:
+            return modifier(self.base())
+        return self.cache.get(self.sources, self.key + key, lambda: modifier(self.base()))
+
+
 def merged_parameters(weight, bias, merge, linear_map):
     """Weight and bias of a linear-like op followed by an affine batch norm (scale, shift per channel)."""
     scale, shift = merge
@@ -112,6 +135,8 @@ class LinearCall(KeptOutput):
     bias: torch.Tensor | None = None
     row: Any = None  # its report row
     recorded: list = field(default_factory=list)  # records of its module, moved to a merged layer's output
+    cache: WeightCache | None = None  # the LRP object's modified weights
+    weight_key: tuple | None = None  # (sources, key): what the (merged) weight is built from, None: not kept
 
     def forget_inputs(self):
         """Once the backward has run, the input need not outlive the autograd node (which lives to the pass's end)."""
@@ -130,10 +155,17 @@ def _is_plain(terms, rule, bias) -> bool:
         bias is None or (term.bias and not rule.zero_bias))
 
 
-def _denominator(terms, weights, rule, lmap, x, bias, call):
+def _denominator(terms, weights, rule, lmap, x, bias, call, shift=None):
+    """The sum of the terms' outputs; shift = (value, channels): a constant the first term's bias takes up (the
+    stabilizer of a denominator known to be >= 0: no pass of its own)."""
     denominator = None
     for term, term_weight in zip(terms, weights):
         term_bias = None if (bias is None or not term.bias or rule.zero_bias) else term.weight(bias)
+        if shift is not None:
+            value, channels = shift
+            term_bias = (torch.full((channels,), value, dtype=x.dtype, device=x.device) if term_bias is None
+                         else term_bias + value)
+            shift = None
         part = lmap.forward(_select_input(term.input, x, call), term_weight, term_bias)
         if denominator is None:
             denominator = part if term.sign == 1 else part * term.sign
@@ -202,68 +234,174 @@ def _split_plan(groups, nonnegative: bool, rectified: bool):
     return plan if forwards > 1 else None
 
 
-def _split_on_nonnegative_input(call, plan, x, weight, bias, z, g, rectified: bool):
+def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: bool):
     """Any rule whose weights are a W+ + c W- per term, on x >= 0: every denominator follows from z and one extra
     op, P = x W+, since x W- = z - b - P; the backward needs W+^T and W-^T once each, whatever the groups
-    (alpha-beta and gamma: two forward and two backward ops in all, where the general path needs three forward)."""
+    (alpha-beta and gamma: two forward and two backward ops in all, where the general path needs three forward).
+
+    A group's denominator a P + c (z - b - P) + its bias is (a - c) P + c z + (its bias - c b): one or two output-
+    sized passes. Groups that each explain the outputs of one sign (gamma's) share one denominator, chosen per output
+    by the sign of z, and one signal, scaled per output by the group's shares."""
     rule, lmap = call.rule, call.linear_map
-    positive_weight = weight.clamp(min=0)
-    parts = [lmap.forward(x, positive_weight, None), None]  # x W+, x W-
+    positive_weight = weights.modified(rules.positive)
+    product = lmap.forward(x, positive_weight, None)  # P = x W+
     shape = (-1,) if lmap.channels_last else (-1,) + (1,) * (z.dim() - 2)
-    bias_view = None if (bias is None or rule.zero_bias) else bias.reshape(shape)
-    uses = [sum(term.weight.parts[k] != 0 for _, terms in plan for term in terms) for k in (0, 1)]
-    if uses[1]:
-        parts[1] = torch.sub(z if bias is None else z - bias.reshape(shape), parts[0])
-    signals = [None, None]  # what W+^T and W-^T are applied to
+    live = []  # (group, terms, a, c, bias offset, shares of W+ and W-, own bias)
     for group, terms in plan:
-        skip, left_out = _outputs_explained(group, z, g, rectified, False)
-        if skip:
-            continue
-        denominator = None
-        for term in terms:
-            part = None
-            for k, share in enumerate(term.weight.parts):
-                if not share:
-                    continue
-                uses[k] -= 1
-                if part is None:  # the last use of x W+ (x W-) may take its buffer
-                    part = parts[k].mul_(share) if uses[k] == 0 and share != 0 else parts[k] * share
-                else:
-                    part.add_(parts[k], alpha=share)
-            if term.bias and bias_view is not None:
-                part.add_(term.weight(bias).reshape(shape))
-            if denominator is None:
-                denominator = part if term.sign == 1 else part.mul_(term.sign)
-            else:
-                denominator.add_(part, alpha=term.sign)
-        if rule.stabilizer and _never_negative(terms, bias, rule, True):
-            stabilized = denominator.add_(rule.stabilizer)
+        if rectified and group.where == "negative":
+            continue  # after a ReLU no relevance sits on outputs <= 0
+        a = sum(term.sign * term.weight.parts[0] for term in terms)
+        c = sum(term.sign * term.weight.parts[1] for term in terms)
+        own_bias = None  # the group's bias, the sum of its terms' modified biases
+        if bias is not None and not rule.zero_bias:
+            for term in terms:
+                if term.bias:
+                    part = term.weight(bias) if term.sign == 1 else term.sign * term.weight(bias)
+                    own_bias = part if own_bias is None else own_bias + part
+        offset = own_bias
+        if bias is not None and c:
+            offset = -c * bias if offset is None else offset - c * bias
+        shares = (group.coefficient * a, group.coefficient * c)
+        live.append((group, terms, a, c, offset, shares, own_bias))
+    uses = sum(a - c != 0 for _, _, a, c, _, _, _ in live)
+
+    def denominator(a, c, offset, shift=0.0, scale=1.0):
+        """(a - c) P + c z + offset + shift, all divided by scale, in as few output-sized passes as can be."""
+        nonlocal uses
+        add = None if offset is None else offset.reshape(shape)
+        if shift:
+            add = shift if add is None else add + shift
+        if scale != 1:
+            a, c, add = a / scale, c / scale, None if add is None else add / scale
+        if a == c:
+            den = z * c
         else:
-            stabilized = rule.stabilize(denominator, inplace=True)
-        s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
+            uses -= 1
+            last = uses == 0  # the last use of P may take its buffer
+            if c == 0 and a == 1:
+                den = product if last else (product.clone() if add is None else torch.add(product, add))
+                if not last:
+                    add = None
+            elif c == 0 and not last and add is not None:
+                add = add if isinstance(add, torch.Tensor) else torch.tensor(add, dtype=z.dtype, device=z.device)
+                den, add = torch.add(add, product, alpha=a), None
+            elif c == 0:
+                den = product.mul_(a) if last else product * a
+            elif c == 1:
+                den = torch.add(z, product, alpha=a - c, out=product if last else None)
+            else:
+                den = torch.add(z * c, product, alpha=a - c, out=product if last else None)
+        if add is not None:
+            den.add_(add)
+        return den
+
+    def stabilized(den, terms):
+        if rule.stabilizer and _never_negative(terms, bias, rule, True):
+            return den.add_(rule.stabilizer)
+        return _stabilize(rule, den)
+
+    signals = [None, None]  # what W+^T and W-^T are applied to
+    g_in = None
+
+    def transpose(k, total):
+        """total + W+^T signal (k = 0) or W-^T signal (k = 1), the signal then freed (one buffer less at peak)."""
+        if signals[k] is None:
+            return total
+        part = lmap.transpose(signals[k], positive_weight if k == 0 else weights.modified(rules.negative), x)
+        signals[k] = None
+        return part if total is None else total.add_(part)
+
+    by_sign = {group.where: (a, c, offset, shares, own) for group, terms, a, c, offset, shares, own in live}
+    if len(live) == 2 and set(by_sign) == {"positive", "negative"}:  # one group per sign of z (gamma)
+        # Float ops only (a bool mask in where or masked_fill costs several passes): h = 1 where z > 0, else 0.
+        chosen = torch.gt(z, 0, out=torch.empty_like(z))  # written as floats: one pass, no bool tensor
+        up, down = by_sign["positive"], by_sign["negative"]
+        # Each denominator has the sign of z on the outputs it explains when it is z plus contributions of that
+        # sign (gamma's); then the stabilizer is folded into its bias, else the chosen one is stabilized.
+        signed = rule.stabilizer and _follows_sign(up, bias, 1) and _follows_sign(down, bias, -1)
+        shift = rule.stabilizer if signed else 0.0
+        den = denominator(up[0], up[1], up[2], shift)
+        other = denominator(down[0], down[1], down[2], -shift)
+        den = torch.lerp(other, den, chosen, out=other)  # exact for weights 0 and 1
+        if not signed:
+            den = _stabilize(rule, den)
+        s = torch.div(z, den, out=den).mul_(g)  # z g / z', in the denominator's own buffer; 0 where z = 0
         if rule.stabilizer == 0:
             s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        if left_out is not None:
-            s.masked_fill_(left_out, 0)
-        shares = [0.0, 0.0]
-        for term in terms:
-            for k, share in enumerate(term.weight.parts):
-                shares[k] += group.coefficient * term.sign * share
-        for k in (0, 1):
-            if shares[k] and signals[k] is None and not shares[1 - k]:
-                signals[k] = s.mul_(shares[k])  # the group's only signal: in its own buffer
-            elif shares[k]:
-                signals[k] = s * shares[k] if signals[k] is None else signals[k].add_(s, alpha=shares[k])
-        del s
-    del parts
-    g_in = None
-    for signal, part_weight in zip(signals, (positive_weight, None)):
-        if signal is not None:
-            part = lmap.transpose(signal, part_weight if part_weight is not None else weight.clamp(max=0), x)
-            g_in = part if g_in is None else g_in.add_(part)
+        # signal k = s (down share + (up share - down share) h)
+        needed = [k for k in (0, 1) if up[3][k] or down[3][k]]
+        for k in needed:
+            low, step = down[3][k], up[3][k] - down[3][k]
+            if k != needed[-1]:
+                signals[k] = torch.addcmul(s if low == 1 else s * low, s, chosen, value=step)
+            elif low == 0:
+                signals[k] = s.mul_(chosen).mul_(step)
+            else:
+                signals[k] = s.addcmul_(s, chosen, value=step / low) if step else s
+                if low != 1:
+                    signals[k].mul_(low)
+        del s, chosen
+    else:
+        # Groups whose denominators are never negative first (their stabilizer and share go into the denominator),
+        # so that the last one, which may take P's buffer, is the one that is stabilized by its sign.
+        live.sort(key=lambda entry: not (rule.stabilizer and _never_negative(entry[1], bias, rule, True)))
+        for index, (group, terms, a, c, offset, shares, _) in enumerate(live):
+            left_out = None  # after a ReLU only outputs > 0 carry relevance: no mask for the positive group
+            if group.where is not None and not (rectified and group.where == "positive"):
+                left_out = z <= 0 if group.where == "positive" else z >= 0
+            if rule.stabilizer and _never_negative(terms, bias, rule, True) and (shares[0] == 0) != (shares[1] == 0):
+                # z g / ((den + eps) / share): the group's only signal, in one pass fewer than stabilizing it and
+                # scaling s apart
+                k = 0 if shares[0] else 1
+                s = denominator(a, c, offset, rule.stabilizer, shares[k])
+                s = torch.div(z, s, out=s).mul_(g)
+                if left_out is not None:
+                    s.masked_fill_(left_out, 0)
+                signals[k] = s if signals[k] is None else signals[k].add_(s)
+                del s
+                if not any(later[5][k] for later in live[index + 1:]):  # complete: transposed now, and freed
+                    g_in = transpose(k, g_in)
+                continue
+            s = stabilized(denominator(a, c, offset), terms)
+            s = torch.div(z, s, out=s).mul_(g)  # z g / z', in the denominator's own buffer
+            if rule.stabilizer == 0:
+                s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            if left_out is not None:
+                s.masked_fill_(left_out, 0)
+            for k in (0, 1):
+                if shares[k] and signals[k] is None and not shares[1 - k]:
+                    signals[k] = s.mul_(shares[k]) if shares[k] != 1 else s  # the group's only signal
+                elif shares[k]:
+                    signals[k] = s * shares[k] if signals[k] is None else signals[k].add_(s, alpha=shares[k])
+            del s
+    del product
+    for k in (0, 1):
+        g_in = transpose(k, g_in)
     if g_in is None:
         g_in = torch.zeros_like(x)
     return g_in if not call.direct else x * g_in
+
+
+def _follows_sign(group, bias, sign) -> bool:
+    """On x >= 0 a group's denominator a x W+ + c x W- + its bias is z plus contributions of the given sign (so it has
+    z's sign wherever z has that sign) when a - 1, 1 - c and its bias minus b all have that sign."""
+    a, c, _, _, own_bias = group
+    if sign * (a - 1) < 0 or sign * (1 - c) < 0:
+        return False
+    if bias is None:
+        return True
+    difference = -bias if own_bias is None else own_bias - bias
+    return bool((sign * difference >= 0).all())
+
+
+def _stabilize(rule, denominator):
+    """rule.stabilize in two passes (d + copysign(eps, d), equal to copysign(|d| + eps, d) bit for bit), over d."""
+    if rule.stabilizer == 0:
+        return denominator
+    if type(rule).stabilize is not rules.LinearRule.stabilize:
+        return rule.stabilize(denominator, inplace=True)  # a rule with a stabilizer of its own
+    eps = torch.tensor(rule.stabilizer, dtype=denominator.dtype, device=denominator.device)
+    return torch.copysign(eps, denominator).add_(denominator)
 
 
 def _outputs_explained(group, z, g, rectified: bool, differentiable: bool):
@@ -278,7 +416,7 @@ def _outputs_explained(group, z, g, rectified: bool, differentiable: bool):
     return False, left_out
 
 
-def _one_sided_scales(call, groups, x, weight, bias, nonnegative: bool, nonpositive: bool):
+def _one_sided_scales(call, groups, x, weights, bias, nonnegative: bool, nonpositive: bool):
     """Per group, what its denominator is multiplied by under ``conserve_one_sided`` (None: nothing): its own
     coefficient on the outputs where every other group's denominator is zero, so that the coefficient cancels and
     the group alone explains those outputs' relevance; 1 elsewhere."""
@@ -288,7 +426,7 @@ def _one_sided_scales(call, groups, x, weight, bias, nonnegative: bool, nonposit
         if not terms:
             zero.append(None)  # no term survives on this input: zero everywhere
             continue
-        denominator = _denominator(terms, [term.weight(weight) for term in terms], call.rule, call.linear_map, x,
+        denominator = _denominator(terms, [weights.modified(term.weight) for term in terms], call.rule, call.linear_map, x,
                                    bias, call)
         zero.append(denominator == 0)
     scales = []
@@ -314,20 +452,26 @@ def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool, scale=None):
         s = z.abs()
         denominator = s + rule.stabilizer
         return s.div_(denominator).mul_(g)
-    denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
-    if scale is not None:
-        denominator = denominator * scale  # one output-sized buffer more, only under conserve_one_sided
-    if rule.stabilizer and _never_negative(terms, bias, rule, nonnegative):
-        stabilized = denominator.add_(rule.stabilizer)  # z+, flat, w^2 on x >= 0: the sign is known
+    known = bool(rule.stabilizer) and _never_negative(terms, bias, rule, nonnegative)
+    if known and scale is None and all(term.sign == 1 for term in terms):
+        # z+, flat, w^2 on x >= 0: the sign is known, and the stabilizer goes into the first term's bias
+        channels = z.shape[-1] if call.linear_map.channels_last else z.shape[1]
+        stabilized = _denominator(terms, weights, rule, call.linear_map, x, bias, call, (rule.stabilizer, channels))
     else:
-        stabilized = rule.stabilize(denominator, inplace=True)
+        denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
+        if scale is not None:
+            denominator = denominator * scale  # one output-sized buffer more, only under conserve_one_sided
+        if known:
+            stabilized = denominator.add_(rule.stabilizer)
+        else:
+            stabilized = _stabilize(rule, denominator)
     s = torch.div(z, stabilized, out=stabilized).mul_(g)  # z g / z', in the denominator's own buffer
     if rule.stabilizer == 0:
         s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # unstabilized: a zero denominator carries nothing
     return s
 
 
-def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: bool):
+def input_relevance(call: LinearCall, x, weights: LayerWeights, bias, z, g, differentiable: bool):
     """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output."""
     rule = call.rule
     lmap = call.linear_map
@@ -339,11 +483,11 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
     rectified = call.feeds_only_relu()
     scales = [None] * len(groups)
     if rule.conserve_one_sided:  # each group's denominator scaled per output: the general path
-        scales = _one_sided_scales(call, groups, x, weight, bias, nonnegative, nonpositive)
+        scales = _one_sided_scales(call, groups, x, weights, bias, nonnegative, nonpositive)
     else:
         plan = None if differentiable else _split_plan(groups, nonnegative, rectified and not differentiable)
         if plan is not None:
-            return _split_on_nonnegative_input(call, plan, x, weight, bias, z, g, rectified)
+            return _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified)
     # Accumulated W^T s per kind of input; combined into g (proportional) or relevance (the others) at the end.
     transposed: dict[str, torch.Tensor] = {}
     for group, scale in zip(groups, scales):
@@ -353,20 +497,20 @@ def input_relevance(call: LinearCall, x, weight, bias, z, g, differentiable: boo
         skip, left_out = _outputs_explained(group, z, g, rectified, differentiable)
         if skip:
             continue
-        weights = [term.weight(weight) for term in terms]  # `keep` returns the weight itself, no copy
+        modified = [weights.modified(term.weight) for term in terms]  # `keep`: the weight itself, no copy
         if differentiable:  # out-of-place ops only, so that relevance can be differentiated
             plain = scale is None and _is_plain(terms, rule, bias)
-            denominator = z if plain else _denominator(terms, weights, rule, lmap, x, bias, call)
+            denominator = z if plain else _denominator(terms, modified, rule, lmap, x, bias, call)
             if scale is not None:
                 denominator = denominator * scale
             s = z * g / rule.stabilize(denominator)
             if left_out is not None:
                 s = s.masked_fill(left_out, 0)
         else:
-            s = _signal(call, terms, weights, x, bias, z, g, nonnegative, scale)
+            s = _signal(call, terms, modified, x, bias, z, g, nonnegative, scale)
             if left_out is not None:
                 s.masked_fill_(left_out, 0)
-        _transpose_group(s, group, terms, weights, lmap, x, transposed)
+        _transpose_group(s, group, terms, modified, lmap, x, transposed)
         del s
 
     g_in = None
@@ -413,7 +557,8 @@ class RuleGradient(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         ctx.call.forget_inputs()
         z = ctx.call.linear_map.forward(x, weight, bias)
-        return input_relevance(ctx.call, x, weight, bias, z, g, True), None, None, None, None
+        weights = LayerWeights(lambda: weight)  # differentiable: the weights as they are, nothing kept
+        return input_relevance(ctx.call, x, weights, bias, z, g, True), None, None, None, None
 
 
 def apply_rule(x, weight, bias, call: LinearCall, differentiable: bool):
@@ -445,12 +590,17 @@ class LinearRuleFunction(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         call = ctx.call
         call.forget_inputs()
-        if call.merge is not None:  # merged weights exist only while this layer's backward runs
-            weight, bias = merged_parameters(weight, bias, call.merge, call.linear_map)
+        build = lambda: weight  # noqa: E731
+        if call.merge is not None:  # merged weights exist only while this layer's backward runs, or in the cache
+            scale, shift = call.merge
+            bias = shift if bias is None else bias * scale + shift
+            build = lambda: scale_output_channels(weight, scale, call.linear_map)  # noqa: E731
+        sources, key = call.weight_key if call.weight_key is not None else (None, ())
+        weights = LayerWeights(build, call.cache, sources, key)
         z = call.values(ctx.z)
         if z is None:  # changed in place where the engine could not see it: one recomputation
-            z = call.linear_map.forward(x, weight, bias)
-        return input_relevance(call, x, weight, bias, z, g, False), None, None, None
+            z = call.linear_map.forward(x, weights.base(), bias)
+        return input_relevance(call, x, weights, bias, z, g, False), None, None, None
 
 
 # ---- DeepLift: the gradient is exact for linear maps ------------------------------------------------------------
@@ -508,12 +658,15 @@ def linear_like(ctx, func, name, args, kwargs, kind):
         linear_map = conv_map(dims, kind == "conv_transpose", **extra)
     site = ctx.site(kind, name)
     rule = ctx.composite.rule_for(site)
-    return apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias)
+    return apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias,
+                             weight_key=((weight,), ()))
 
 
 def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, weight, bias, output=None, merge=None,
-                      row=None):
-    """Run one linear-like op (or merged op, given its output, batch norm and the op's report row) under rule."""
+                      row=None, weight_key=None):
+    """Run one linear-like op (or merged op, given its output, batch norm and the op's report row) under rule;
+    weight_key = (sources, key) says what the (merged) weight is built from, so that its modified versions can be kept
+    between calls (None: they are built on each call)."""
     if rule is None or rule.is_gradient:
         if output is not None:
             raise AssertionError("merged layers always carry a rule")
@@ -536,7 +689,8 @@ def apply_linear_rule(ctx, func, name, args, kwargs, rule, linear_map, site, x, 
     elif row is not None:  # the merged layer takes over the op's row: one row, named for both
         row.op = name + " + batch_norm (merged)"
     call = LinearCall(linear_map=linear_map, rule=rule, site=site, direct=direct, output=output, merge=merge,
-                      nonnegative=ctx.facts.is_nonnegative(x), x=x, weight=weight, bias=bias, row=row)
+                      nonnegative=ctx.facts.is_nonnegative(x), x=x, weight=weight, bias=bias, row=row,
+                      cache=getattr(ctx, "weights", None), weight_key=None if ctx.differentiable else weight_key)
     out = apply_rule(ctx.tap(x_in, row, direct), weight, bias, call, ctx.differentiable)
     if not ctx.differentiable:
         ctx.facts.set_call(out, call)

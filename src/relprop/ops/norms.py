@@ -178,9 +178,13 @@ def merged_batch_norm(ctx, func, name, args, kwargs):
     # The op lives on inside the merged layer, which takes over its report row under both modules' names. (The op's
     # own node stays in the graph, unused unless another op reads its output; the merged node reuses the batch
     # norm's value, so nothing is computed twice.)
+    weight_key = None  # the merged weight follows the parameters and running statistics, not batch statistics
+    if producer.weight_key is not None and not bool(bound["training"]) and bound["running_var"] is not None:
+        sources = producer.weight_key[0] + tuple(t for t in (bound["weight"], bound["running_var"]) if t is not None)
+        weight_key = (sources, producer.weight_key[1] + ("merged", float(bound["eps"]), bound["weight"] is None))
     out = linear.apply_linear_rule(ctx, func, producer.site.op, (), {}, producer.rule, producer.linear_map,
                                    producer.site, producer.x, producer.weight, producer.bias, output=value,
-                                   merge=(scale, shift), row=producer.row)
+                                   merge=(scale, shift), row=producer.row, weight_key=weight_key)
     _, bn_name = ctx.where()
     if producer.row is not None and producer.site.name and producer.site.name != bn_name:
         producer.row.module = f"{producer.site.name} + {bn_name}"

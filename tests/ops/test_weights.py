@@ -1,0 +1,88 @@
+import gc
+import weakref
+
+import pytest
+import torch
+
+import relprop
+from relprop import rules
+from relprop.ops.weights import WeightCache, modifier_key
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.BatchNorm2d(6),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 36, 5),
+    )
+    with torch.no_grad():
+        for norm in (model[3], model[6]):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.normal_()
+            norm.bias.normal_()
+    return model.eval()
+
+
+def _fresh(model, composite, x):
+    """What an LRP object that never ran before gives: nothing kept."""
+    return relprop.LRP(model, composite)(x, 1).relevance
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus_flat"])
+def test_kept_weights_give_the_numbers_of_a_first_call(composite):
+    model, x = _model(), torch.randn(2, 3, 6, 6)
+    lrp = relprop.LRP(model, composite)
+    first = lrp(x, 1).relevance
+    assert len(lrp._weights) > 0
+    assert torch.equal(lrp(x, 1).relevance, first)
+
+
+@pytest.mark.parametrize("change", ["data", "no_grad", "optimizer", "load_state_dict", "running_var"])
+def test_a_changed_parameter_rebuilds_its_kept_weights(change):
+    model, x = _model(), torch.randn(2, 3, 6, 6)
+    lrp = relprop.LRP(model, "epsilon_gamma_box")
+    before = lrp(x, 1).relevance
+    if change == "data":
+        model[5].weight.data.add_(1)  # version counters do not see this; the checksums do
+    elif change == "no_grad":
+        with torch.no_grad():
+            model[2].weight.mul_(-1)
+    elif change == "optimizer":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        model(x).sum().backward()
+        optimizer.step()
+    elif change == "load_state_dict":
+        state = {key: value + 0.5 if key.endswith("weight") else value for key, value in model.state_dict().items()}
+        model.load_state_dict(state)
+    else:
+        model[6].running_var.mul_(3)
+    after = lrp(x, 1).relevance
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, _fresh(model, "epsilon_gamma_box", x), rtol=0, atol=0)
+
+
+def test_kept_weights_do_not_keep_the_model_alive():
+    model, x = _model(), torch.randn(2, 3, 6, 6)
+    cache = WeightCache()
+    lrp = relprop.LRP(model, "epsilon_alpha2_beta1")
+    lrp._weights = cache
+    lrp(x, 1)
+    assert len(cache) > 0
+    alive = weakref.ref(model)
+    del lrp, model
+    gc.collect()
+    assert alive() is None
+    assert len(cache) == 0  # the entries went with the parameters they were built from
+
+
+def test_only_modifiers_that_depend_on_the_weight_alone_are_kept():
+    assert modifier_key(rules.keep) is None  # the weight itself: nothing to keep
+    assert modifier_key(lambda weight: weight.pow(2)) is None
+    up = rules.Gamma(0.25).groups()[0].terms[0].weight
+    again = rules.Gamma(0.25).groups()[0].terms[0].weight
+    assert modifier_key(up) == modifier_key(again)  # made anew per call, the same weights
+    assert modifier_key(up) != modifier_key(rules.Gamma(0.5).groups()[0].terms[0].weight)
+    assert modifier_key(rules.positive) != modifier_key(rules.negative)
