@@ -12,7 +12,8 @@ PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 def commands(group: click.Group, path=()):
     """(path, command) of every command that runs (groups such as `export` only hold others)."""
-    for name, command in sorted(group.commands.items()):
+    for name in group.list_commands(None):
+        command = group.get_command(None, name)
         if isinstance(command, click.Group):
             yield from commands(command, path + (name,))
         else:

@@ -37,3 +37,21 @@ def test_spray_and_its_report_on_a_store_do_not_import_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_line_loads_a_command_only_when_it_runs():
+    # `relprop spray --help` (and the spray run until its report) needs no torch; --help for all lists every command
+    code = (
+        "import sys\n"
+        "from relprop.cli import main, COMMANDS\n"
+        "try:\n"
+        "    main(['spray', '--help'], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert sorted(main.list_commands(None)) == sorted(COMMANDS)\n"
+        "assert all(main.get_command(None, name).name == name for name in COMMANDS)\n"
+        "assert main.get_command(None, 'nonesuch') is None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

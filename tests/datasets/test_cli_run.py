@@ -131,7 +131,7 @@ KEEPS_NUMBERS = {"store_path", "batch_size", "device", "chunk", "workers", "engi
 
 
 def test_every_run_option_is_classified():
-    options = {parameter.name for parameter in cli.main.commands["run"].params}
+    options = {parameter.name for parameter in cli.main.get_command(None, "run").params}
     assert options == set(CHANGES_NUMBERS) | KEEPS_NUMBERS
 
 

@@ -10,30 +10,41 @@ Outputs are written into a hidden folder beside --out that replaces it as a whol
 """
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from .concepts import concepts
-from .correct import correct
-from .demo import demo
-from .evaluate import evaluate_command
-from .explain import explain
-from .export import export
-from .import_heatmaps import import_heatmaps
-from .listing import list_composites, list_rules
 from .options import EXIT_SOME_FAILED, EXIT_USAGE, Failure
-from .run import run as run_command
-from .run import verify
-from .spray import spray
+
+# command name -> (module of this package, the click command in it). A command's module is imported when the command
+# runs (or when --help lists them all): `relprop spray` and `relprop export` read stores and never import torch, whose
+# import alone is about 500 MiB of memory on a CUDA build.
+COMMANDS = {
+    "explain": ("explain", "explain"), "demo": ("demo", "demo"), "run": ("run", "run"), "verify": ("run", "verify"),
+    "composites": ("listing", "list_composites"), "rules": ("listing", "list_rules"), "spray": ("spray", "spray"),
+    "import": ("import_heatmaps", "import_heatmaps"), "export": ("export", "export"),
+    "evaluate": ("evaluate", "evaluate_command"), "concepts": ("concepts", "concepts"),
+    "correct": ("correct", "correct"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The `relprop` group: its commands load on first use (see COMMANDS)."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="relprop", prog_name="relprop")
 def main():
     """Layer-wise Relevance Propagation from the command line."""
 
 
-for _command in (explain, demo, run_command, verify, list_composites, list_rules, spray, import_heatmaps, export,
-                 evaluate_command, concepts, correct):
-    main.add_command(_command)
-
-__all__ = ["main", "Failure", "EXIT_SOME_FAILED", "EXIT_USAGE"]
+__all__ = ["main", "Failure", "EXIT_SOME_FAILED", "EXIT_USAGE", "COMMANDS"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from ..loading import LoadError
-from .options import (EXIT_SOME_FAILED, METHODS, Failure, budget, build_method, load_for_command, output_picker,
-                      parse_parameters, refuse_composite_without_lrp, resolve_device)
+from .options import (EXIT_SOME_FAILED, Failure, budget, build_method, load_for_command, method_names,
+                      output_picker, parse_parameters, refuse_composite_without_lrp, resolve_device)
 
 
 @click.command()
@@ -18,7 +18,7 @@ from .options import (EXIT_SOME_FAILED, METHODS, Failure, budget, build_method, 
               help="demo | torchvision:NAME (e.g. torchvision:resnet50) | path/to/file.py:FACTORY")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="safetensors file or torch.save'd state dict (read with weights_only=True)")
-@click.option("--method", default="lrp", show_default=True, type=click.Choice(sorted(METHODS)),
+@click.option("--method", default="lrp", show_default=True, type=click.Choice(sorted(method_names())),
               help="lrp (with --composite), or another attribution method to compare with")
 @click.option("--composite", default="epsilon_plus_flat", show_default=True,
               help="see `relprop composites`")

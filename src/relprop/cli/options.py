@@ -15,8 +15,6 @@ from pathlib import Path
 
 import click
 
-from ..attribution import registry
-from ..loading import LoadError
 
 EXIT_SOME_FAILED, EXIT_USAGE = 1, 2
 
@@ -46,8 +44,13 @@ def floats(text: str | None) -> tuple | None:
 
 
 # ---- method parameters ------------------------------------------------------------------------------------------
-# --method's choices: lrp (relprop.LRP, its parameters are the composite's) and the registry's other methods
-METHODS = registry.names()
+def method_names() -> list[str]:
+    """--method's choices: lrp (relprop.LRP, its parameters are the composite's) and the registry's other methods."""
+    from ..attribution import registry  # torch: only for the commands that explain
+
+    return registry.names()
+
+
 SIZES = ("window", "stride")  # an int or one int per dimension: window=16 or window=16,16
 PER_CHANNEL = ("baseline", "low", "high")  # a number, or one per channel: baseline=0.1,0.2,0.3
 
@@ -65,6 +68,8 @@ def parse_parameters(texts) -> dict[str, str]:
 
 def parameter_list(factory) -> dict:
     """The parameters --param may set for a class or function: name -> inspect.Parameter."""
+    from ..attribution import registry
+
     return registry.settable(factory)
 
 
@@ -148,6 +153,8 @@ def _composite(name: str, parameters: dict[str, str], preprocessing):
 
 def build_method(method: str, composite: str, parameters: dict[str, str], model, preprocessing, output=None):
     """The attributor for --method with its --param texts (the composite's for lrp), and its parameters as used."""
+    from ..attribution import registry
+
     if method == "lrp":
         built, used = _composite(composite, parameters, preprocessing)
         return registry.build("lrp", model, composite=built, output=output), used
@@ -256,7 +263,7 @@ def _example_key(result) -> str:
 def load_for_command(model_spec: str, weights, size=None, mean=None, std=None, device=None):
     """--model and --weights loaded, with --size/--mean/--std applied and moved to the device; a model that cannot
     be loaded is the command's error, and random torchvision weights get a note on stderr."""
-    from ..loading import load_model
+    from ..loading import LoadError, load_model
 
     try:
         loaded = load_model(model_spec, weights)

@@ -9,7 +9,7 @@ import click
 
 from ..attribution import registry
 from ..loading import LoadError
-from .options import (EXIT_SOME_FAILED, METHODS, Failure, build_composite, load_for_command, one_line,
+from .options import (EXIT_SOME_FAILED, Failure, build_composite, load_for_command, method_names, one_line,
                       parameter_list, parse_class_map, parse_parameters, recorded, refuse_composite_without_lrp,
                       resolve_device, typed_parameters)
 
@@ -22,7 +22,7 @@ from .options import (EXIT_SOME_FAILED, METHODS, Failure, build_composite, load_
               help="the Zarr store to write; an existing one made with the same arguments is resumed")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="safetensors file or torch.save'd state dict (read with weights_only=True)")
-@click.option("--method", default="lrp", show_default=True, type=click.Choice(sorted(METHODS)),
+@click.option("--method", default="lrp", show_default=True, type=click.Choice(sorted(method_names())),
               help="lrp (with --composite), or another attribution method")
 @click.option("--composite", default="epsilon_plus_flat", show_default=True, help="see `relprop composites`")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
