@@ -55,3 +55,20 @@ def test_the_command_line_loads_a_command_only_when_it_runs():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_submodule_read_as_an_attribute_is_imported_then():
+    code = (
+        "import relprop\n"
+        "assert relprop.datasets.store.Store is relprop.datasets.Store\n"
+        "assert relprop.engine.intercept.OpMode is not None and relprop.rules.Epsilon is not None\n"
+        "for missing in ('nonesuch', '__wrapped__'):\n"
+        "    try:\n"
+        "        getattr(relprop, missing)\n"
+        "    except AttributeError as error:\n"
+        "        assert missing in str(error)\n"
+        "    else:\n"
+        "        raise AssertionError(missing)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -23,7 +23,19 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _submodule(name)
+
+
+def _submodule(name):
+    """A submodule read as an attribute (``relprop.datasets.store`` after ``import relprop``) is imported then."""
+    if name.startswith("__"):  # dunder lookups (copy, pickle, inspect) are never submodules
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise  # the submodule exists but needs something that is missing: say that
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def __dir__():
