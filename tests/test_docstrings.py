@@ -26,7 +26,7 @@ griffe = pytest.importorskip("griffe", reason="the docs extra (pip install -e .[
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC_MODULES = [
-    "relprop", "relprop.explanation", "relprop.compare", "relprop.rules", "relprop.composites",
+    "relprop", "relprop.explanation", "relprop.comparison", "relprop.rules", "relprop.composites",
     "relprop.canonizers", "relprop.neuralize", "relprop.gnn", "relprop.language", "relprop.memory",
     "relprop.outputs", "relprop.progress",
     "relprop.attribution", "relprop.attribution.registry", "relprop.attribution.lrp", "relprop.attribution.targets",

@@ -8,6 +8,15 @@ The names load on first use (PEP 562): reading a store (SpRAy, export) does not 
 modules need (about 500 MiB of memory on a CUDA build).
 """
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the names below are, for readers, type checkers and the reference pages
+    from .errors import StoreError
+    from .imported import from_arrays
+    from .pipeline import Summary, run
+    from .sources import SOURCES, Sample, Source, open_source
+    from .store import Store, open_store
+    from .work import ModelSpec, RunError
 
 # public name -> the module of this package that defines it
 _NAMES = {"from_arrays": "imported", "Summary": "pipeline", "run": "pipeline", "SOURCES": "sources", "Sample": "sources",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import relprop
-from relprop.compare import COLUMNS
+from relprop.comparison import COLUMNS
 
 FEATURES = ["age", "income", "debt"]
 # Two composites that differ on a dense model (z+ and alpha-beta act on convolutions: epsilon_plus is epsilon there)
