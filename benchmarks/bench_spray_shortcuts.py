@@ -23,7 +23,7 @@ import relprop
 from relprop.analysis import spray
 from relprop.demo import model as demo_model
 from relprop.demo import watermark
-from relprop.demo.tour.shortcut import marked_cluster
+from relprop.tour.shortcut import marked_cluster
 
 # name: (class marked, top row, left column, pattern (rows of 0/1; 1 takes the colour, 0 black), colour RGB)
 MARKS = {

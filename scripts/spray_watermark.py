@@ -16,7 +16,7 @@ import torch
 from relprop import datasets
 from relprop.analysis import pages, spray
 from relprop.demo import watermark
-from relprop.demo.tour.shortcut import marked_cluster
+from relprop.tour.shortcut import marked_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -38,7 +38,7 @@ PUBLIC_MODULES = [
     "relprop.correct", "relprop.correct.cav", "relprop.correct.clarc", "relprop.correct.finetune",
     "relprop.correct.metrics",
     "relprop.viz", "relprop.viz.colormaps",
-    "relprop.demo", "relprop.demo.watermark", "relprop.demo.tour.shortcut", "relprop.demo.tour.showcase",
+    "relprop.demo", "relprop.demo.watermark", "relprop.tour.shortcut", "relprop.tour.showcase",
 ]
 
 # methods named by a convention of the base class they override, whose meaning that base documents

@@ -214,7 +214,7 @@ def test_neuralizing_leaves_the_kmeans_model_untouched():
 # ---- deep clusters: k-means on a CNN's features, explained in pixels ------------------------------------------------
 def test_deep_clusters_of_the_demo_models_features_are_explained_by_pixel_maps_on_the_deciding_shape():
     from relprop.demo import model as demo, shapes
-    from relprop.demo.tour.showcase import positive_share_in_mask
+    from relprop.tour.showcase import positive_share_in_mask
 
     net = demo.load()
     images, _, masks = shapes.generate(48, seed=0)

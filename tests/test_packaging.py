@@ -66,7 +66,7 @@ def test_the_core_tests_pass_on_the_oldest_torch_from_the_installed_wheel(instal
 
 def test_the_demo_and_one_explanation_run_from_the_installed_wheel(installed):
     script = ("import torch, torchvision, relprop\n"
-              "from relprop.demo.tour import showcase\n"
+              "from relprop.tour import showcase\n"
               "result = showcase.run('demo', count=4, shortcut=False)\n"
               "model = torchvision.models.resnet18().eval()\n"
               "expl = relprop.explain(model, torch.randn(1, 3, 64, 64), target=3)\n"

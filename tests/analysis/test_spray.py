@@ -302,7 +302,7 @@ def test_defaults_find_a_small_local_mark_on_a_third_of_the_class_and_open_on_it
     """A mark holding 40% of the object's relevance on 35% of the maps: the clustering the report opens on (with
     the defaults of `relprop spray`) holds the marked maps in one cluster, with few others (3x3 pooling shares an
     edge's middle cell with the tail of an object off centre: purity 0.86 for the bar, 1.00 in a corner)."""
-    from relprop.demo.tour.shortcut import marked_cluster
+    from relprop.tour.shortcut import marked_cluster
 
     from .planted import MARKS, shortcut_maps
 

@@ -5,7 +5,7 @@ import torch
 import relprop
 from relprop.concepts import concept_relevance, conditional, top_concepts
 from relprop.demo import generate, load, normalize
-from relprop.demo.tour.showcase import positive_share_in_mask
+from relprop.tour.showcase import positive_share_in_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from relprop.demo import KINDS, generate, load, normalize
-from relprop.demo.tour import showcase
+from relprop.tour import showcase
 from relprop.demo.model import TRAINING, WEIGHTS
 from tests.browser import rendered
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import relprop
 from relprop.analysis import spray
 from relprop.demo import KINDS, normalize, watermark
-from relprop.demo.tour.shortcut import marked_cluster
+from relprop.tour.shortcut import marked_cluster
 from tests.analysis.stores import write_store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ def demo(out, composite_names, count, seed):
     """Explain generated images with the embedded model, no download: where does relevance land? Then explain a data
     set with a planted shortcut into a store and let SpRAy find it (watermark.zarr, spray/index.html)."""
     from .. import composites
-    from ..demo.tour import showcase
+    from ..tour import showcase
 
     for name in composite_names:
         if name not in composites.names():

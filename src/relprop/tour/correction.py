@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .. import model as demo_model
-from .. import watermark
+from ..demo import model as demo_model
+from ..demo import watermark
 
 LAYER = "features.9"  # the last convolution's ReLU: the pattern CAV there removed 99% of the dependence
 TEST_COUNT, TEST_SEED = 400, 5
@@ -22,7 +22,7 @@ TEST_COUNT, TEST_SEED = 400, 5
 
 def run(out, store, cluster: int, clustering: str = "kmeans-2") -> dict:
     """Correct with P-ClArC into out/correct; the figures for demo.json."""
-    from ...correct import metrics, pipeline, saved
+    from ..correct import metrics, pipeline, saved
 
     out = Path(out)
     started = time.perf_counter()

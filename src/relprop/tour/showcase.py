@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ... import viz
-from ...attribution.lrp import LRP
-from .. import model as demo_model
-from ..shapes import KINDS, generate
-from ..watermark import ELSEWHERE_SHARE as ELSEWHERE, MARKED_SHARE as MARKED
+from .. import viz
+from ..attribution.lrp import LRP
+from ..demo import model as demo_model
+from ..demo.shapes import KINDS, generate
+from ..demo.watermark import ELSEWHERE_SHARE as ELSEWHERE, MARKED_SHARE as MARKED
 from . import correction
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "epsilon")
@@ -61,14 +61,14 @@ def _balanced(count: int, seed: int):
 def run(out, composites=COMPOSITES, count: int = 8, seed: int = 7, shortcut: bool = True) -> dict:
     """Explain count generated images with each composite; write demo.png, index.html and demo.json into out; with
     shortcut, also explain the "Clever Hans" data set into a store and let SpRAy find its planted mark (see
-    relprop.demo.tour.shortcut: watermark.zarr and spray/index.html).
+    relprop.tour.shortcut: watermark.zarr and spray/index.html).
 
     Args:
         out: The output folder.
         composites: The composites' names.
         count: How many images.
         seed: The images' seed.
-        shortcut: Also run the "Clever Hans" part (relprop.demo.tour.shortcut).
+        shortcut: Also run the "Clever Hans" part (relprop.tour.shortcut).
 
     Returns:
         The figures written to demo.json, as a dict.

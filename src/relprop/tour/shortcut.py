@@ -5,7 +5,7 @@ demo explains ``demo-watermark:COUNT`` into a store (``relprop run``), runs Spec
 crosses' heatmaps (``relprop spray`` with its defaults), writes the interactive report, and checks what SpRAy found
 against the known truth: in the clustering the report opens on (the most separated one), the cluster holding the
 most marked samples should hold marked samples only (purity) and nearly all of them (recall). That cluster is then
-corrected away (P-ClArC, relprop.demo.tour.correction) and the correction verified.
+corrected away (P-ClArC, relprop.tour.correction) and the correction verified.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import watermark
+from ..demo import watermark
 
 COUNT = 480  # about 120 crosses, 95 of them marked: seconds on two cores
 
@@ -29,8 +29,8 @@ def run(out, count: int = COUNT) -> dict:
     Returns:
         The figures, as a dict.
     """
-    from ... import datasets
-    from ...analysis import pages, spray
+    from .. import datasets
+    from ..analysis import pages, spray
 
     out = Path(out)
     started = time.perf_counter()
