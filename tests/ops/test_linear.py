@@ -130,3 +130,34 @@ def test_deeplift_of_a_convolution_against_several_baselines_is_the_mean_of_weig
     (g,) = torch.autograd.grad(model(probe)[0, 1], probe)
     expected = torch.stack([((row - baselines) * g).mean(0) for row in x])
     torch.testing.assert_close(relevance, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_alpha2_beta1", "epsilon_gamma_box", "epsilon_plus_flat"])
+def test_large_outputs_explained_in_chunks_of_samples_give_the_relevance_of_the_whole_batch(composite, monkeypatch):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6),
+                          nn.ReLU(), nn.Conv2d(6, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        model[3].running_mean.normal_()
+    x = torch.randn(3, 3, 8, 8)
+    whole = relprop.LRP(model, composite)(x, 1).relevance
+    monkeypatch.setattr(linear, "_CHUNK_BYTES", 64)  # every layer in chunks: 3 samples, one per chunk
+    chunked = relprop.LRP(model, composite)(x, 1).relevance
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_gamma_after_a_relu_passes_nothing_from_an_output_whose_stabilized_denominator_is_zero():
+    # One output channel with no weights and bias -eps: z = -eps, and w + gamma w+ with b + gamma b+ adds nothing, so
+    # the denominator plus eps is exactly 0 there; the ReLU after it gives that output no relevance, and no 0 / 0.
+    torch.manual_seed(5)
+    eps = 2.0 ** -20
+    conv = nn.Conv2d(2, 2, 3)
+    with torch.no_grad():
+        conv.weight[1].zero_()
+        conv.bias.copy_(torch.tensor([0.5, -eps]))
+    model = nn.Sequential(nn.ReLU(), conv, nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+    composite = Composite(layer_map={"conv": rules.Gamma(0.25, stabilizer=eps), "linear": rules.Epsilon(1e-6)})
+    relevance = relprop.LRP(model, composite)(torch.rand(1, 2, 5, 5), 0).relevance
+    assert torch.isfinite(relevance).all()

@@ -35,6 +35,7 @@ class LinearMap:
     channels_last: bool = False  # outputs carry channels in the last dim (dense) rather than dim 1 (convolutions)
     groups: int = 1
     transposed: bool = False
+    spatial_dims: int = 0  # convolutions: 1, 2 or 3 (a batched input has spatial_dims + 2 dims)
 
 
 def dense_map() -> LinearMap:
@@ -75,7 +76,8 @@ def conv_map(dims: int, transposed: bool, stride=1, padding=0, dilation=1, group
                 [True, False, False],
             )[0]
 
-    return LinearMap(forward, transpose, out_channel_dim=1 if transposed else 0, groups=groups, transposed=transposed)
+    return LinearMap(forward, transpose, out_channel_dim=1 if transposed else 0, groups=groups, transposed=transposed,
+                     spatial_dims=dims)
 
 
 def scale_output_channels(weight: torch.Tensor, scale: torch.Tensor, linear_map: LinearMap) -> torch.Tensor:
@@ -102,6 +104,10 @@ class LayerWeights:
         if self._value is None:
             self._value = self._build()
         return self._value
+
+    def kept(self) -> bool:
+        """Whether modified weights are kept between calls (so a new one costs nothing after the first call)."""
+        return self.cache is not None and self.sources is not None
 
     def modified(self, modifier) -> torch.Tensor:
         """modifier(weight), from the cache when the modifier's result depends on the weight alone."""
@@ -204,6 +210,20 @@ def _transpose_group(s, group, terms, weights, lmap, x, transposed):
         transposed[kind] = transposed[kind] + part if kind in transposed else part
 
 
+def _at_least_output(terms, bias, rule, nonnegative: bool) -> bool:
+    """On x >= 0 the terms' sum is a x W+ + c x W- + a b+ + c b- (each a W+ + c W- modifier's bias taken): that is
+    z + (a - 1)(x W+ + b+) + (c - 1)(x W- + b-), at least z when a >= 1 >= c."""
+    if not nonnegative or (bias is not None and rule.zero_bias):
+        return False
+    a = c = 0.0
+    for term in terms:
+        parts = getattr(term.weight, "parts", None)
+        if term.input != "x" or parts is None or (bias is not None and not term.bias):
+            return False
+        a, c = a + term.sign * parts[0], c + term.sign * parts[1]
+    return a >= 1 >= c
+
+
 def _never_negative(terms, bias, rule, nonnegative: bool) -> bool:
     """The denominator is a sum of non-negative parts: non-negative inputs times non-negative weights."""
     for term in terms:
@@ -244,8 +264,10 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
     by the sign of z, and one signal, scaled per output by the group's shares."""
     rule, lmap = call.rule, call.linear_map
     positive_weight = weights.modified(rules.positive)
-    product = lmap.forward(x, positive_weight, None)  # P = x W+
     shape = (-1,) if lmap.channels_last else (-1,) + (1,) * (z.dim() - 2)
+    # Every term takes its bias (or there is none): a term's bias is then a b+ + c b-, a group's offset is (a - c) b+,
+    # and b+ goes into P's bias: P = x W+ + b+, and each denominator is (a - c) P + c z.
+    folded = bias is None or (not rule.zero_bias and all(term.bias for _, terms in plan for term in terms))
     live = []  # (group, terms, a, c, bias offset, shares of W+ and W-, own bias)
     for group, terms in plan:
         if rectified and group.where == "negative":
@@ -253,6 +275,9 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         a = sum(term.sign * term.weight.parts[0] for term in terms)
         c = sum(term.sign * term.weight.parts[1] for term in terms)
         own_bias = None  # the group's bias, the sum of its terms' modified biases
+        if folded:
+            live.append((group, terms, a, c, None, (group.coefficient * a, group.coefficient * c), folded))
+            continue
         if bias is not None and not rule.zero_bias:
             for term in terms:
                 if term.bias:
@@ -264,10 +289,28 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         shares = (group.coefficient * a, group.coefficient * c)
         live.append((group, terms, a, c, offset, shares, own_bias))
     uses = sum(a - c != 0 for _, _, a, c, _, _, _ in live)
+    by_sign = {group.where: (a, c, offset, shares, own) for group, terms, a, c, offset, shares, own in live}
+    gamma_like = len(live) == 2 and set(by_sign) == {"positive", "negative"}
+    # gamma's denominators have the sign of z where they explain it: the stabilizer goes into their biases
+    signed = gamma_like and bool(rule.stabilizer) and _follows_sign(by_sign["positive"], bias, 1) and _follows_sign(
+        by_sign["negative"], bias, -1)
+    shift = rule.stabilizer if signed else 0.0
+    product_bias = None
+    if folded and bias is not None:
+        product_bias = rules.positive(bias)
+    if signed and folded:
+        up, down = by_sign["positive"], by_sign["negative"]
+        if up[0] != up[1] and down[0] != down[1] and shift / (up[0] - up[1]) == -shift / (down[0] - down[1]):
+            # +eps and -eps are (a - c) times one constant for both groups (gamma: eps / gamma): into P's bias too
+            ratio = shift / (up[0] - up[1])
+            product_bias = (torch.full((z.shape[-1] if lmap.channels_last else z.shape[1],), ratio, dtype=z.dtype,
+                                       device=z.device) if product_bias is None else product_bias + ratio)
+            shift = 0.0
+    product = lmap.forward(x, positive_weight, product_bias)  # P = x W+ (+ b+, + the stabilizer's share)
 
     def denominator(a, c, offset, shift=0.0, scale=1.0):
         """(a - c) P + c z + offset + shift, all divided by scale, in as few output-sized passes as can be."""
-        nonlocal uses
+        nonlocal uses, product
         add = None if offset is None else offset.reshape(shape)
         if shift:
             add = shift if add is None else add + shift
@@ -289,8 +332,12 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
                 den = product.mul_(a) if last else product * a
             elif c == 1:
                 den = torch.add(z, product, alpha=a - c, out=product if last else None)
+            elif last:
+                den = product.mul_(a - c).add_(z, alpha=c)  # in P's buffer: no temporary for c z
             else:
-                den = torch.add(z * c, product, alpha=a - c, out=product if last else None)
+                den = torch.add(z * c, product, alpha=a - c)
+            if last:
+                product = None  # its buffer lives on in den only, and goes when den does (alpha-beta's peak)
         if add is not None:
             den.add_(add)
         return den
@@ -301,25 +348,36 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         return _stabilize(rule, den)
 
     signals = [None, None]  # what W+^T and W-^T are applied to
+    # The transposes' weights are (a W+ + c W-) given as (a, c): a signal's constant factor goes into a kept weight
+    # (no pass over the signal) where the LRP object keeps modified weights between calls.
+    factors = [(1.0, 0.0), (0.0, 1.0)]
+    kept = weights.kept()
     g_in = None
 
     def transpose(k, total):
-        """total + W+^T signal (k = 0) or W-^T signal (k = 1), the signal then freed (one buffer less at peak)."""
+        """total + the transpose of signal k by its weight (k = 0: W+, k = 1: W-, times any factor taken over), the
+        signal then freed (one buffer less at peak)."""
         if signals[k] is None:
             return total
-        part = lmap.transpose(signals[k], positive_weight if k == 0 else weights.modified(rules.negative), x)
+        weight = positive_weight if factors[k] == (1.0, 0.0) else weights.modified(_combination(*factors[k]))
+        part = lmap.transpose(signals[k], weight, x)
         signals[k] = None
         return part if total is None else total.add_(part)
 
-    by_sign = {group.where: (a, c, offset, shares, own) for group, terms, a, c, offset, shares, own in live}
-    if len(live) == 2 and set(by_sign) == {"positive", "negative"}:  # one group per sign of z (gamma)
+    def take(k, s, share):
+        """Signal k becomes s * share: the share goes into signal k's weight when that weight is kept."""
+        if kept and share != 1:
+            factors[k] = tuple(share * part for part in factors[k])
+            signals[k] = s
+        else:
+            signals[k] = s.mul_(share) if share != 1 else s
+
+    if gamma_like:  # one group per sign of z (gamma)
         # Float ops only (a bool mask in where or masked_fill costs several passes): h = 1 where z > 0, else 0.
         chosen = torch.gt(z, 0, out=torch.empty_like(z))  # written as floats: one pass, no bool tensor
         up, down = by_sign["positive"], by_sign["negative"]
         # Each denominator has the sign of z on the outputs it explains when it is z plus contributions of that
-        # sign (gamma's); then the stabilizer is folded into its bias, else the chosen one is stabilized.
-        signed = rule.stabilizer and _follows_sign(up, bias, 1) and _follows_sign(down, bias, -1)
-        shift = rule.stabilizer if signed else 0.0
+        # sign (gamma's); then the stabilizer is folded into its bias (or P's), else the chosen one is stabilized.
         den = denominator(up[0], up[1], up[2], shift)
         other = denominator(down[0], down[1], down[2], -shift)
         den = torch.lerp(other, den, chosen, out=other)  # exact for weights 0 and 1
@@ -330,6 +388,14 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
             s.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         # signal k = s (down share + (up share - down share) h)
         needed = [k for k in (0, 1) if up[3][k] or down[3][k]]
+        low, step = down[3][0], up[3][0] - down[3][0]
+        if kept and needed == [0, 1] and low == 1 and step and up[3][1] - down[3][1] == -step:
+            # gamma: signal 1 is (both lows) s - signal 0, so W+^T signal 0 + W-^T signal 1 is (W+ - W-)^T signal 0
+            # + (both lows) W-^T s: one pass for both signals
+            signals[0] = torch.addcmul(s, s, chosen, value=step)
+            factors[0] = (1.0, -1.0)
+            take(1, s, low + down[3][1])
+            needed = []
         for k in needed:
             low, step = down[3][k], up[3][k] - down[3][k]
             if k != needed[-1]:
@@ -357,7 +423,10 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
                 s = torch.div(z, s, out=s).mul_(g)
                 if left_out is not None:
                     s.masked_fill_(left_out, 0)
-                signals[k] = s if signals[k] is None else signals[k].add_(s)
+                if signals[k] is None:
+                    signals[k] = s
+                else:
+                    signals[k].add_(s, alpha=1 / (factors[k][0] + factors[k][1]))  # over a factor taken already
                 del s
                 if not any(later[5][k] for later in live[index + 1:]):  # complete: transposed now, and freed
                     g_in = transpose(k, g_in)
@@ -370,16 +439,33 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
                 s.masked_fill_(left_out, 0)
             for k in (0, 1):
                 if shares[k] and signals[k] is None and not shares[1 - k]:
-                    signals[k] = s.mul_(shares[k]) if shares[k] != 1 else s  # the group's only signal
-                elif shares[k]:
-                    signals[k] = s * shares[k] if signals[k] is None else signals[k].add_(s, alpha=shares[k])
+                    take(k, s, shares[k])  # the group's only signal
+                elif shares[k] and signals[k] is None:
+                    signals[k] = s * shares[k]
+                elif shares[k]:  # over a factor already taken into signal k's weight
+                    signals[k].add_(s, alpha=shares[k] / (factors[k][0] + factors[k][1]))
             del s
-    del product
+    product = None
     for k in (0, 1):
         g_in = transpose(k, g_in)
     if g_in is None:
         g_in = torch.zeros_like(x)
     return g_in if not call.direct else x * g_in
+
+
+def _combination(a: float, c: float):
+    """The weight modifier a W+ + c W- (kept between calls under its parts, like gamma's)."""
+    if (a, c) == (1.0, 0.0):
+        return rules.positive
+    if (a, c) == (0.0, 1.0):
+        return rules.negative
+
+    def combined(weight: torch.Tensor) -> torch.Tensor:
+        out = weight.clamp(min=0).mul_(a)
+        return out.add_(weight.clamp(max=0), alpha=c) if c else out
+
+    combined.parts = (a, c)
+    return combined
 
 
 def _follows_sign(group, bias, sign) -> bool:
@@ -388,7 +474,7 @@ def _follows_sign(group, bias, sign) -> bool:
     a, c, _, _, own_bias = group
     if sign * (a - 1) < 0 or sign * (1 - c) < 0:
         return False
-    if bias is None:
+    if bias is None or own_bias is True:  # True: its bias is a b+ + c b-, so its bias minus b is (a-1) b+ + (c-1) b-
         return True
     difference = -bias if own_bias is None else own_bias - bias
     return bool((sign * difference >= 0).all())
@@ -444,18 +530,27 @@ def _one_sided_scales(call, groups, x, weights, bias, nonnegative: bool, nonposi
     return scales
 
 
-def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool, scale=None):
-    """s = z g / stabilize(z'), with at most two output-sized buffers alive (big layers dominate peak memory)."""
+def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool, scale=None, rectified: bool = False):
+    """s = z g / stabilize(z'), with at most two output-sized buffers alive (big layers dominate peak memory);
+    rectified: g is zero wherever z <= 0 (the output feeds only ReLUs)."""
     rule = call.rule
     if scale is None and _is_plain(terms, rule, bias):
         # z g / (z + eps sign z) = g |z| / (|z| + eps): no relevance tensor, no sign tensor
         s = z.abs()
         denominator = s + rule.stabilizer
         return s.div_(denominator).mul_(g)
+    channels = z.shape[-1] if call.linear_map.channels_last else z.shape[1]
     known = bool(rule.stabilizer) and _never_negative(terms, bias, rule, nonnegative)
+    own_stabilize = type(rule).stabilize is not rules.LinearRule.stabilize
+    if (rectified and not known and scale is None and rule.stabilizer and terms[0].sign == 1 and not own_stabilize
+            and _at_least_output(terms, bias, rule, nonnegative)):
+        # gamma after a ReLU: where z > 0 the denominator is >= z > 0, so stabilizing it adds eps, which its bias
+        # takes; elsewhere g is zero and any positive denominator gives s = 0 (the clamp keeps 0 / 0 out)
+        stabilized = _denominator(terms, weights, rule, call.linear_map, x, bias, call, (rule.stabilizer, channels))
+        s = torch.div(z, stabilized.clamp_min_(rule.stabilizer), out=stabilized).mul_(g)
+        return s
     if known and scale is None and all(term.sign == 1 for term in terms):
         # z+, flat, w^2 on x >= 0: the sign is known, and the stabilizer goes into the first term's bias
-        channels = z.shape[-1] if call.linear_map.channels_last else z.shape[1]
         stabilized = _denominator(terms, weights, rule, call.linear_map, x, bias, call, (rule.stabilizer, channels))
     else:
         denominator = _denominator(terms, weights, rule, call.linear_map, x, bias, call)
@@ -471,8 +566,34 @@ def _signal(call, terms, weights, x, bias, z, g, nonnegative: bool, scale=None):
     return s
 
 
+_CHUNK_BYTES = 8 << 20  # an output above this is explained in chunks of samples
+
+
 def input_relevance(call: LinearCall, x, weights: LayerWeights, bias, z, g, differentiable: bool):
-    """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output."""
+    """The rule's backward: g (or relevance, for direct inputs) at the input, from g at the output.
+
+    A large output is explained in chunks of samples: the rule's output-sized temporaries (extra forward ops'
+    results, denominators, signals, a transpose's result and the workspace of the op itself) then exist for one
+    chunk at a time beside the input-sized result (alpha-beta on VGG-16's first layers at batch 2: two output-sized
+    buffers less at the peak). Samples are independent, so this changes nothing but float rounding."""
+    lmap = call.linear_map  # dim 0 indexes samples: a dense layer's leading dims, a batched convolution's first
+    batched = x.dim() >= 2 if lmap.channels_last else x.dim() == lmap.spatial_dims + 2
+    samples = x.shape[0] if batched else 1
+    chunks = 1 if differentiable else min(samples, -(-z.numel() * z.element_size() // _CHUNK_BYTES))
+    if chunks <= 1:
+        return _input_relevance(call, x, weights, bias, z, g, differentiable)
+    out = None
+    for part in torch.arange(samples).tensor_split(chunks):
+        rows = slice(int(part[0]), int(part[-1]) + 1)
+        value = _input_relevance(call, x[rows], weights, bias, z[rows], g[rows], differentiable)
+        if out is None:
+            out = value.new_empty((samples,) + tuple(value.shape[1:]))
+        out[rows] = value
+        del value
+    return out
+
+
+def _input_relevance(call: LinearCall, x, weights: LayerWeights, bias, z, g, differentiable: bool):
     rule = call.rule
     lmap = call.linear_map
     groups = rule.groups()
@@ -507,7 +628,7 @@ def input_relevance(call: LinearCall, x, weights: LayerWeights, bias, z, g, diff
             if left_out is not None:
                 s = s.masked_fill(left_out, 0)
         else:
-            s = _signal(call, terms, modified, x, bias, z, g, nonnegative, scale)
+            s = _signal(call, terms, modified, x, bias, z, g, nonnegative, scale, rectified)
             if left_out is not None:
                 s.masked_fill_(left_out, 0)
         _transpose_group(s, group, terms, modified, lmap, x, transposed)
