@@ -416,3 +416,19 @@ def test_steps_keep_what_the_rest_of_the_model_reads_of_the_layers_before_the_cu
         torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
     # the linear layer ran once on the 3 steps' rows; after a value read of an empty stand-in, once more, plainly
     assert recorder.linear_rows == ([6, 6] if read_value else [6])
+
+
+def test_steps_stack_no_more_rows_after_the_cut_than_max_tail_bytes_allows():
+    model, shape = models()["windows"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    incremental.max_tail_bytes = 0  # one step at a time: each step's linear layer on its own rows
+    chain = [x := patched(x, step) for step in range(3)]
+    with torch.inference_mode():
+        expected = [model(batch) for batch in chain]
+    with Recorder() as recorder:
+        outputs = incremental.steps(chain)
+    for output, plain in zip(outputs, expected):
+        torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
+    assert recorder.linear_rows == [shape[0]] * 3

@@ -15,6 +15,14 @@ way the engine cannot follow, just runs plain forward passes.
 
 Perturbation metrics that remove one patch per step (region perturbation, selectivity, IROF) and occlusion change a
 small region per pass, so the early layers, where a CNN does most of its work at high resolution, cost little.
+
+What every step runs in full (from the first op that is not local on: VGG-16's classifier, whose three linear layers
+read 494 MB of weights for a few rows) costs each step as much as a plain pass's. ``Incremental.steps`` runs a chain
+of steps whose inputs are known in advance: each step's pass stops at that op (the cut), keeping a copy of what the
+ops from the cut on read of the ops before it, and the ops from the cut on then run once on all the steps' rows
+stacked. Which outputs those are is read from the last full pass (which op read which op's output); the ops before
+the cut hand back their kept outputs, or an empty tensor of their shape where nothing after the cut reads them, and
+a value read of such a tensor runs a plain pass of the stacked inputs instead.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from ..ops.table import QUIET
 from .intercept import OpMode
 
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): step_share}: the share depends on shapes
+TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass
 STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
@@ -78,6 +87,8 @@ class Incremental:
         self.journal = None  # (kept, base input, writes, [bytes written]) since the checkpoint, see checkpoint()
         self.work = None  # the last pass's multiply-adds in convolutions and linear layers: (computed, a plain pass's)
         self.reads = None  # per op of the last full kept pass, the ops (-1: the input) whose outputs it read
+        self.out_bytes = None  # per op of the last full kept pass, the bytes of its output
+        self.max_tail_bytes = TAIL_BYTES  # steps stacked after their cut output at most this much (one at least)
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
@@ -117,7 +128,8 @@ class Incremental:
         ``incremental(x)`` does.
 
         Args:
-            inputs: The chain's batches, in order, shaped alike.
+            inputs: The chain's batches, in order, shaped alike. The ops from the cut on run for as many steps at
+                once as keep their outputs within ``max_tail_bytes`` (their bytes in the last full pass, per step).
 
         Returns:
             The model's output per input.
@@ -136,7 +148,9 @@ class Incremental:
         for position, x in enumerate(inputs):
             result = self(x, defer=True)
             if isinstance(result, _Cut):
-                if pending and (pending[0][1].cut != result.cut or pending[0][1].shapes != result.shapes):
+                tail = sum(self.out_bytes[result.cut:]) if self.out_bytes else 0
+                if pending and (pending[0][1].cut != result.cut or pending[0][1].shapes != result.shapes
+                                or (len(pending) + 1) * tail > self.max_tail_bytes):
                     flush()
                 pending.append((position, result))
             else:
@@ -230,6 +244,8 @@ class Incremental:
             if boxes is FULL:
                 mode.reads.append(tuple(mode.index_of(item) for item in _tensors((out,), {})))  # the output reads
                 self.reads = mode.reads
+                self.out_bytes = [sum(t.numel() * t.element_size() for t in _tensors((out,), {}))
+                                  for out in mode.outs]
             self.kept, self.base_input = mode.fresh, x.clone()
             size = self.kept_bytes()
             if self.journal is not None and self.journal[3][0] > size:

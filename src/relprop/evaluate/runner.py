@@ -23,7 +23,9 @@ device (``engine.incremental.step_share``, shapes only), and the chain's cost, a
 plus per step that share and STEP_OVERHEAD, is set against one plain pass per step. When it does not pay by
 CHAIN_MARGIN (ResNet-50 at 224x224 with 16 px patches: each step reaches 47% of the work), the steps run as plain
 passes of stacked copies and no activations are kept. Once incremental passes compute more than CHAIN_WORK of a
-plain pass's multiply-adds anyway, the rest of the chain runs as plain passes.
+plain pass's multiply-adds anyway, the rest of the chain runs as plain passes. An incremental chain's steps run
+up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what every step computes in full (the layers from
+the first one that is not local, such as VGG-16's classifier) runs once for those steps' rows stacked.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most t
 # linear layers, which every step runs in full). Chains must save a fifth over plain passes (CHAIN_MARGIN): plain
 # passes of stacked copies lose less to a busy machine.
 KEPT_COST, STEP_OVERHEAD, CHAIN_MARGIN = 1.6, 0.3, 1.25
+CHAIN_STACK = 64  # the most copies a chain builds at once for steps run together (Incremental.steps), batch_size
+# or more: 38 MB for 224x224 RGB float images; the stacked rows that reach the model's tail are bounded by the engine
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
@@ -366,13 +370,13 @@ class Runner:
                             break
                         if step == 0:
                             self._start_chain(group)
-                        # steps stacked in the passes' full tail: as many as a plain pass of batch_size holds; alone
+                        # steps stacked in the passes' full tail: CHAIN_STACK or batch_size copies at once; alone
                         # the first kept pass of a chain (the checkpoint is taken right after it) and, where the
                         # plan had no estimate, the first step (its work decides whether the chain goes on)
                         unmeasured = not self.chains_forced and self.chain_plan is not None \
                             and self.chain_plan["share"] is None and not self.chain_work[1]
                         alone = self.start_pending is not None or unmeasured
-                        count = 1 if alone else max(1, self.batch_size // len(group))
+                        count = 1 if alone else max(1, max(CHAIN_STACK, self.batch_size) // len(group))
                         block = range(step, min(steps, step + count))
                         copies = [perturb(group, torch.full_like(group, k)) for k in block]
                         for k, (score, classes_of) in zip(block, self._score_chain(group, copies)):
