@@ -24,8 +24,9 @@ plus per step that share and STEP_OVERHEAD, is set against one plain pass per st
 CHAIN_MARGIN (ResNet-50 at 224x224 with 16 px patches: each step reaches 47% of the work), the steps run as plain
 passes of stacked copies and no activations are kept. Once incremental passes compute more than CHAIN_WORK of a
 plain pass's multiply-adds anyway, the rest of the chain runs as plain passes. An incremental chain's steps run
-up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what every step computes in full (the layers from
-the first one that is not local, such as VGG-16's classifier) runs once for those steps' rows stacked.
+up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what every step computes
+in full (the layers from the first one that is not local, such as VGG-16's classifier) runs once for those steps'
+rows stacked.
 """
 from __future__ import annotations
 
