@@ -341,3 +341,94 @@ def test_no_meta_estimate_for_a_model_whose_control_flow_reads_the_data():
 
     x = torch.randn(2, 3, 8, 8)
     assert step_share(Branching(), x, [((1, 3), (1, 3)), None]) is None
+
+
+class Recorder(TorchFunctionMode):
+    """The number of rows each linear layer is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear_rows = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.linear:
+            self.linear_rows.append(len(args[0]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_steps_give_each_step_a_plain_pass_output_with_the_full_tail_run_once(name):
+    model, shape = models()[name]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    chain = []
+    for step in range(4):
+        x = patched(x, step)
+        chain.append(x)
+    with torch.inference_mode():
+        expected = [model(batch) for batch in chain]
+    with Recorder() as recorder:
+        outputs = incremental.steps(chain)
+    for output, plain in zip(outputs, expected):
+        torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
+    assert incremental.passes == {"full": 1, "incremental": 4}
+    if recorder.linear_rows:  # the layers from the cut on ran once, on the 4 steps' rows
+        assert recorder.linear_rows == [4 * shape[0]] * len(recorder.linear_rows)
+    # the base is the last step's: a later pass goes on from it
+    x = patched(x, 4)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+
+
+class TwoHeads(nn.Module):
+    """Returns a convolution's map beside the class scores, and reads a value of an early map after the linear layer:
+    what the layers after the cut read of the layers before it is kept, and a value read of anything else stops
+    the stacked pass (a plain pass runs instead)."""
+
+    def __init__(self, read_value=False):
+        super().__init__()
+        self.conv, self.pool, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Linear(16, 3)
+        self.read_value = read_value
+
+    def forward(self, x):
+        early = torch.relu(self.conv(x))
+        scores = self.head(self.pool(early).flatten(1))
+        if self.read_value and early.argmax() < 0:  # never true, but a value read of a map no op after the cut reads
+            scores = scores * 2
+        return (scores,) if self.read_value else (scores, early)
+
+
+@pytest.mark.parametrize("read_value", [False, True], ids=["kept", "value_read"])
+def test_steps_keep_what_the_rest_of_the_model_reads_of_the_layers_before_the_cut(read_value):
+    torch.manual_seed(0)
+    model = with_biases(TwoHeads(read_value)).eval()
+    x = torch.rand(2, 3, 12, 12)
+    incremental = Incremental(model)
+    incremental(x)
+    chain = [x := patched(x, step) for step in range(3)]
+    with torch.inference_mode():
+        expected = [model(batch) for batch in chain]
+    with Recorder() as recorder:
+        outputs = incremental.steps(chain)
+    for output, plain in zip(outputs, expected):
+        torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
+    # the linear layer ran once on the 3 steps' rows; after a value read of an empty stand-in, once more, plainly
+    assert recorder.linear_rows == ([6, 6] if read_value else [6])
+
+
+def test_steps_stack_no_more_rows_after_the_cut_than_max_tail_bytes_allows():
+    model, shape = models()["windows"]
+    x = torch.rand(shape)
+    incremental = Incremental(model)
+    incremental(x)
+    incremental.max_tail_bytes = 0  # one step at a time: each step's linear layer on its own rows
+    chain = [x := patched(x, step) for step in range(3)]
+    with torch.inference_mode():
+        expected = [model(batch) for batch in chain]
+    with Recorder() as recorder:
+        outputs = incremental.steps(chain)
+    for output, plain in zip(outputs, expected):
+        torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
+    assert recorder.linear_rows == [shape[0]] * 3

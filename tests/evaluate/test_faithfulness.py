@@ -176,7 +176,9 @@ def test_chains_run_fewer_samples_per_pass_when_their_activations_would_pass_the
     rows = []
     model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
     evaluate.region_perturbation(runner, x, torch.randn_like(x), patch_size=4, steps=3)
-    assert rows == [2] * 3 + [2] * 3 + [1] * 3  # 3 groups of at most 2 samples, 3 steps each
+    # 3 groups of at most 2 samples, 3 steps each: the first kept alone, the other two stopped at their cut (the
+    # linear layer) and their rest run once on both steps' rows stacked (at most batch_size rows)
+    assert rows == [2, 2, 2, 4] * 2 + [1, 1, 1, 2]
 
 
 def test_runner_streams_copies_in_chunks_of_batch_size():
@@ -442,3 +444,24 @@ def test_metrics_whose_numbers_do_not_need_f_of_x_make_no_clean_pass():
         ours = metric(model)
         assert sum(rows) == copies  # as many copies as Quantus passes, and no more
         torch.testing.assert_close(ours.scores, metric(evaluate.Runner(model, x, 1)).scores, rtol=0, atol=0)
+
+
+def test_chained_steps_run_the_linear_layers_once_for_several_steps_with_the_plain_passes_numbers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 5)).eval()
+    x, relevance = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    rows = []
+    model[-1].register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    for metric in (evaluate.region_perturbation, evaluate.selectivity):  # a runner each: no copy seen before
+        rows.clear()
+        chained = evaluate.Runner(model, x, 1, batch_size=12, softmax=True, incremental=True)
+        got = metric(chained, x, relevance, patch_size=4)
+        # the clean pass kept, then the classifier once for the 16 steps' rows (up to CHAIN_STACK copies at once)
+        assert rows == [3, 48]
+        plain = evaluate.Runner(model, x, 1, batch_size=12, softmax=True, incremental=False)
+        expected = metric(plain, x, relevance, patch_size=4)
+        for key in expected.curves:
+            torch.testing.assert_close(got.curves[key], expected.curves[key], rtol=1e-5, atol=1e-7)

@@ -15,6 +15,14 @@ way the engine cannot follow, just runs plain forward passes.
 
 Perturbation metrics that remove one patch per step (region perturbation, selectivity, IROF) and occlusion change a
 small region per pass, so the early layers, where a CNN does most of its work at high resolution, cost little.
+
+What every step runs in full (from the first op that is not local on: VGG-16's classifier, whose three linear layers
+read 494 MB of weights for a few rows) costs each step as much as a plain pass's. ``Incremental.steps`` runs a chain
+of steps whose inputs are known in advance: each step's pass stops at that op (the cut), keeping a copy of what the
+ops from the cut on read of the ops before it, and the ops from the cut on then run once on all the steps' rows
+stacked. Which outputs those are is read from the last full pass (which op read which op's output); the ops before
+the cut hand back their kept outputs, or an empty tensor of their shape where nothing after the cut reads them, and
+a value read of such a tensor runs a plain pass of the stacked inputs instead.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from ..ops.table import QUIET
 from .intercept import OpMode
 
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): step_share}: the share depends on shapes
+TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass
 STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
@@ -41,6 +50,22 @@ class _Diverged(Exception):
 
 class _Unfollowable(Exception):
     """The model used a tensor after writing into it in place, which an out-of-place run cannot reproduce."""
+
+
+class _Deferred(Exception):
+    """A deferred pass reached its cut: the first op it runs in full (see Incremental.steps)."""
+
+    def __init__(self, cut):
+        super().__init__()
+        self.cut = cut
+
+
+class _Cut:
+    """A kept pass stopped at op ``cut``: what the ops from there on read of the ops before (cloned), the shapes of
+    the earlier ops' outputs, and the pass's input."""
+
+    def __init__(self, cut, captures, shapes, x, work):
+        self.cut, self.captures, self.shapes, self.x, self.work = cut, captures, shapes, x, work
 
 
 class Incremental:
@@ -61,10 +86,13 @@ class Incremental:
         self.passes = {"full": 0, "incremental": 0}
         self.journal = None  # (kept, base input, writes, [bytes written]) since the checkpoint, see checkpoint()
         self.work = None  # the last pass's multiply-adds in convolutions and linear layers: (computed, a plain pass's)
+        self.reads = None  # per op of the last full kept pass, the ops (-1: the input) whose outputs it read
+        self.out_bytes = None  # per op of the last full kept pass, the bytes of its output
+        self.max_tail_bytes = TAIL_BYTES  # steps stacked after their cut output at most this much (one at least)
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
-        self.base_input, self.kept, self.journal = None, [], None
+        self.base_input, self.kept, self.journal, self.reads = None, [], None, None
 
     def kept_bytes(self) -> int:
         """What the base pass keeps, in bytes."""
@@ -89,13 +117,75 @@ class Incremental:
         self.kept, self.base_input = list(kept), base_input
         return True
 
-    def __call__(self, x: torch.Tensor, keep: bool = True):
+    def steps(self, inputs: list) -> list:
+        """The outputs of kept passes of each input in turn (a chain: each becomes the base of the next), with the
+        ops every step runs in full deferred and run once for all of them: each step's incremental pass stops at
+        its first op that would run in full (the cut) and keeps a copy of what the ops from there on read of the
+        earlier ones (for VGG-16, its last pooling's output); the ops from the cut on then run as one pass on the
+        steps' rows stacked, so that layers whose cost is reading their weights (VGG-16's classifier: 494 MB per
+        pass) read them once for all steps. The numbers are each step's plain pass's, to float rounding. Steps
+        that cannot stop at a cut (no base yet, a change too large, a model the engine cannot follow) run as
+        ``incremental(x)`` does.
+
+        Args:
+            inputs: The chain's batches, in order, shaped alike. The ops from the cut on run for as many steps at
+                once as keep their outputs within ``max_tail_bytes`` (their bytes in the last full pass, per step).
+
+        Returns:
+            The model's output per input.
+        """
+        outputs, pending, work = [None] * len(inputs), [], [0, 0]
+
+        def flush():
+            if pending:
+                cut_outputs, tail = self._replay([cut for _, cut in pending])
+                for (position, cut), out in zip(pending, cut_outputs):
+                    outputs[position] = out
+                    work[0] += cut.work[0] + tail[0]
+                    work[1] += cut.work[1] + tail[1]
+                pending.clear()
+
+        for position, x in enumerate(inputs):
+            result = self(x, defer=True)
+            if isinstance(result, _Cut):
+                tail = sum(self.out_bytes[result.cut:]) if self.out_bytes else 0
+                if pending and (pending[0][1].cut != result.cut or pending[0][1].shapes != result.shapes
+                                or (len(pending) + 1) * tail > self.max_tail_bytes):
+                    flush()
+                pending.append((position, result))
+            else:
+                outputs[position] = result
+                if self.work is not None:
+                    work = [a + b for a, b in zip(work, self.work)]
+        flush()
+        self.work = tuple(work)
+        return outputs
+
+    def _replay(self, cuts):
+        """The outputs of the stopped passes: the model run once on their inputs stacked, the ops before the cut
+        giving their captured outputs (stacked) or, where nothing after the cut reads them, empty tensors."""
+        count, rows = len(cuts), len(cuts[0].x)
+        stacked = torch.cat([cut.x for cut in cuts])
+        captured = {index: torch.cat([cut.captures[index] for cut in cuts]) for index in cuts[0].captures}
+        signatures = [signature for signature, _ in self.kept]
+        mode = _Replay(stacked, cuts[0].cut, captured, cuts[0].shapes, count, signatures)
+        try:
+            with torch.inference_mode(), mode:
+                out = self.model(stacked)
+            work = (mode.work[0] // count, mode.work[0] // count)
+        except _Diverged:
+            with torch.inference_mode():
+                out = self.model(stacked)
+            work = (0, 0)
+        return [_detached(_rows(out, i * rows, (i + 1) * rows)) for i in range(count)], work
+
+    def __call__(self, x: torch.Tensor, keep: bool = True, defer: bool = False):
         with torch.inference_mode():
             boxes = self._changed(x)
             if boxes is None:
                 return self._plain(x, keep)
             try:
-                out = self._run(x, boxes, keep)
+                out = self._run(x, boxes, keep, defer=defer and keep and self.reads is not None)
             except _Diverged:
                 return self._plain(x, keep)
             except _Unfollowable:
@@ -130,12 +220,16 @@ class Incremental:
             self.reset()
             return self.model(x)
 
-    def _run(self, x, boxes, keep):
+    def _run(self, x, boxes, keep, defer=False):
         mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None)
+        mode.reads_before = self.reads if defer else None
         try:
             # an incremental pass runs on one thread but for its whole ops (see _threads); a full one as torch is set
-            with mode, _threads(torch.get_num_threads() if boxes is FULL else 1):
-                out = self.model(x)
+            try:
+                with mode, _threads(torch.get_num_threads() if boxes is FULL else 1):
+                    out = self.model(x)
+            except _Deferred as stop:
+                return self._stopped(mode, x, stop.cut)
             if mode.is_stale(out):
                 raise _Unfollowable
             if not keep and len(mode.fresh) != len(self.kept):
@@ -147,6 +241,11 @@ class Incremental:
             raise
         self.work = tuple(mode.work)
         if keep:
+            if boxes is FULL:
+                mode.reads.append(tuple(mode.index_of(item) for item in _tensors((out,), {})))  # the output reads
+                self.reads = mode.reads
+                self.out_bytes = [sum(t.numel() * t.element_size() for t in _tensors((out,), {}))
+                                  for out in mode.outs]
             self.kept, self.base_input = mode.fresh, x.clone()
             size = self.kept_bytes()
             if self.journal is not None and self.journal[3][0] > size:
@@ -157,6 +256,28 @@ class Incremental:
         else:
             mode.undo()
         return _detached(out)
+
+
+    def _stopped(self, mode, x, cut):
+        """A kept pass stopped at its cut: its ops before the cut are the new base (those from the cut on were not
+        run, so their kept outputs are dropped: a later pass runs them in full), and what the rest reads is kept."""
+        later = {producer for reads in self.reads[cut:] for producer in reads if 0 <= producer < cut}
+        captures = {index: mode.outs[index].clone() for index in sorted(later)}
+        shapes = tuple(tuple(out.shape) for out in mode.outs)
+        self.kept = mode.fresh + [(signature, None) for signature, _ in self.kept[cut:]]
+        self.base_input = x.clone()
+        return _Cut(cut, captures, shapes, x, tuple(mode.work))
+
+
+def _rows(out, start, stop):
+    """Rows start to stop of each tensor in a model's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return out[start:stop]
+    if isinstance(out, (tuple, list)):
+        return type(out)(_rows(item, start, stop) for item in out)
+    if isinstance(out, dict):
+        return {key: _rows(value, start, stop) for key, value in out.items()}
+    return out
 
 
 def changed_boxes(x: torch.Tensor, base: torch.Tensor) -> list:
@@ -268,10 +389,19 @@ class _Pass(OpMode):
         super().__init__()
         self.kept, self.keep, self.journal = kept, keep, journal
         self.regions = {id(x): (x, boxes)}
+        self.rows = len(x)
         self.fresh: list = []  # this pass's ((name, argument shapes), output) per op, the next base when keep
         self.written: list = []  # (buffer, index, values before) to restore when not keep
         self.work = [0, 0]  # multiply-adds of convolutions and linear layers: computed, and in a plain pass
         self.threads = torch.get_num_threads()  # what torch was set to: the threads of this pass's whole ops
+        self.outs: list = []  # each op's output, in order
+        self.reads: list = []  # per op, the ops (-1: the input) whose outputs it read
+        self.producers = {id(x): (x, -1)}
+        self.reads_before = None  # a full kept pass's reads: stop at the first op run in full (Incremental.steps)
+
+    def index_of(self, tensor):
+        entry = self.producers.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else None
 
     def region(self, tensor):
         entry = self.regions.get(id(tensor))
@@ -301,6 +431,9 @@ class _Pass(OpMode):
         result = None
         if handler is not None and FULL not in regions:
             result = handler(self, short, func, args, kwargs, base)
+        if result is None and self.reads_before is not None and index < len(self.reads_before) and all(
+                isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == self.rows for out in self.outs):
+            raise _Deferred(index)
         if result is None:
             with _threads(self.threads):  # a whole op: as many threads as a plain pass gives it
                 out, boxes = func(*args, **kwargs), FULL
@@ -314,6 +447,10 @@ class _Pass(OpMode):
         if target is not None:
             self.regions[id(target)] = (target, STALE)
         self._mark(out, boxes)
+        self.reads.append(tuple(i for i in map(self.index_of, _tensors(args, kwargs)) if i is not None))
+        self.outs.append(out)
+        if isinstance(out, torch.Tensor):
+            self.producers[id(out)] = (out, index)
         # what the next pass reads of this op: its output where it computes boxes into it, else nothing
         self.fresh.append((signature, out if handler in _USES_BASE and isinstance(out, torch.Tensor) else None))
         return out
@@ -342,6 +479,60 @@ class _Pass(OpMode):
 
 
 _PREFIXES = ("torch.nn.functional.", "torch.Tensor.", "torch.")
+_SHAPE_READS = {"torch.Tensor." + name for name in (
+    "size", "dim", "numel", "shape.__get__", "dtype.__get__", "device.__get__", "ndim.__get__", "is_contiguous",
+    "stride", "storage_offset", "requires_grad.__get__", "grad_fn.__get__", "__len__", "element_size",
+    "is_floating_point", "layout.__get__", "is_cuda.__get__", "names.__get__", "is_complex", "get_device",
+    "output_nr.__get__", "_version.__get__", "__hash__", "_is_view")}
+
+
+class _Replay(OpMode):
+    """The ops from a cut on, run once on several stopped passes' rows stacked (see Incremental.steps): an op
+    before the cut gives its captured outputs, or an empty tensor of its output's shape where nothing after the cut
+    reads it; an op from the cut on runs as it is. A value read of an empty tensor, or ops other than the kept
+    pass's, stop the replay (the caller then runs a plain pass)."""
+
+    sees_quiet = True
+
+    def __init__(self, stacked, cut, captured, shapes, count, signatures):
+        super().__init__()
+        self.cut, self.captured, self.shapes, self.count, self.signatures = cut, captured, shapes, count, signatures
+        self.tracked: dict = {id(stacked): (stacked, False)}  # id -> (tensor, whether it is an empty stand-in)
+        self.index = 0
+        self.work = [0]
+
+    def op(self, func, name, family, args, kwargs):
+        tensors = list(_tensors(args, kwargs))
+        entries = [self.tracked.get(id(t)) for t in tensors]
+        entries = [entry for entry, t in zip(entries, tensors) if entry is not None and entry[0] is t]
+        if not entries:
+            return func(*args, **kwargs)
+        if name in QUIET:
+            if any(empty for _, empty in entries) and name not in _SHAPE_READS:
+                raise _Diverged
+            return func(*args, **kwargs)
+        index = self.index
+        self.index += 1
+        if index >= len(self.signatures) or self.signatures[index][0] != name:
+            raise _Diverged
+        if index < self.cut:
+            if index in self.captured:
+                out, empty = self.captured[index], False
+            else:
+                shape = self.shapes[index]
+                out, empty = torch.empty((shape[0] * self.count,) + shape[1:], dtype=tensors[0].dtype,
+                                         device=tensors[0].device), True
+            self.tracked[id(out)] = (out, empty)
+            return out
+        if any(empty for _, empty in entries):
+            raise _Diverged
+        out = func(*args, **kwargs)
+        per_output = _multiply_adds(name.rsplit(".", 1)[-1], args, kwargs)
+        if per_output and isinstance(out, torch.Tensor):
+            self.work[0] += out.numel() * per_output
+        for item in _tensors((out,), {}):
+            self.tracked[id(item)] = (item, False)
+        return out
 
 
 def _out_of_place(func, name, args, kwargs):

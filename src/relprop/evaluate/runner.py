@@ -23,7 +23,10 @@ device (``engine.incremental.step_share``, shapes only), and the chain's cost, a
 plus per step that share and STEP_OVERHEAD, is set against one plain pass per step. When it does not pay by
 CHAIN_MARGIN (ResNet-50 at 224x224 with 16 px patches: each step reaches 47% of the work), the steps run as plain
 passes of stacked copies and no activations are kept. Once incremental passes compute more than CHAIN_WORK of a
-plain pass's multiply-adds anyway, the rest of the chain runs as plain passes.
+plain pass's multiply-adds anyway, the rest of the chain runs as plain passes. An incremental chain's steps run
+up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what every step computes
+in full (the layers from the first one that is not local, such as VGG-16's classifier) runs once for those steps'
+rows stacked.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most t
 # linear layers, which every step runs in full). Chains must save a fifth over plain passes (CHAIN_MARGIN): plain
 # passes of stacked copies lose less to a busy machine.
 KEPT_COST, STEP_OVERHEAD, CHAIN_MARGIN = 1.6, 0.3, 1.25
+CHAIN_STACK = 64  # the most copies a chain builds at once for steps run together (Incremental.steps), batch_size
+# or more: 38 MB for 224x224 RGB float images; the stacked rows that reach the model's tail are bounded by the engine
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
@@ -359,18 +364,28 @@ class Runner:
                     self._set_output(self.run(self.x, self.incremental))
                     self._checkpoint(torch.arange(len(self.x)))
                 for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
-                    for step in range(steps):
+                    step = 0
+                    while step < steps:
                         if not self._chains_pay():  # the rest of the chains run as plain passes
                             plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
                             break
                         if step == 0:
                             self._start_chain(group)
-                        score, classes_of = self.score_copies(group, perturb(group, torch.full_like(group, step)),
-                                                              chained=True)
+                        # steps stacked in the passes' full tail: CHAIN_STACK or batch_size copies at once; alone
+                        # the first kept pass of a chain (the checkpoint is taken right after it) and, where the
+                        # plan had no estimate, the first step (its work decides whether the chain goes on)
+                        unmeasured = not self.chains_forced and self.chain_plan is not None \
+                            and self.chain_plan["share"] is None and not self.chain_work[1]
+                        alone = self.start_pending is not None or unmeasured
+                        count = 1 if alone else max(1, max(CHAIN_STACK, self.batch_size) // len(group))
+                        block = range(step, min(steps, step + count))
+                        copies = [perturb(group, torch.full_like(group, k)) for k in block]
+                        for k, (score, classes_of) in zip(block, self._score_chain(group, copies)):
+                            result[places, k], predicted[places, k] = score, classes_of
                         if self.start_pending is not None and self.incremental.base_input is not None:
                             self._checkpoint(self.start_pending)  # the first step's kept pass
                             self.start_pending = None
-                        result[places, step], predicted[places, step] = score, classes_of
+                        step = block.stop
             else:
                 plain.append(torch.arange(len(samples) * steps))
             flat_result, flat_predicted = result.view(-1), predicted.view(-1)
@@ -414,7 +429,28 @@ class Runner:
         done, full = self.chain_work
         return not full or done <= CHAIN_WORK * full
 
-    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False):
+    def _score_chain(self, rows: torch.Tensor, copies: list) -> list:
+        """score_copies of consecutive chain steps of the same samples, their passes run by the incremental engine's
+        ``steps`` (the ops every step runs in full run once for all of them); steps with nothing to pass (copies
+        equal to x or seen before) are left out of the chain, as score_copies leaves them."""
+        if len(copies) == 1:
+            return [self.score_copies(rows, copies[0], chained=True)]
+        todo = [j for j, chunk in enumerate(copies) if self._todo(rows, chunk)[2]]
+        engine = self.incremental
+        before = engine.passes["incremental"]
+        outputs = dict(zip(todo, engine.steps([copies[j] for j in todo]))) if todo else {}
+        if engine.passes["incremental"] > before and engine.work is not None:
+            self.chain_work = [a + b for a, b in zip(self.chain_work, engine.work)]
+        return [self.score_copies(rows, chunk, fresh=outputs.get(j)) for j, chunk in enumerate(copies)]
+
+    def _todo(self, rows, copies):
+        """Which copies equal their sample, their keys for the seen scores, and the positions left to pass."""
+        unchanged = (copies == self.x[rows.to(self.x.device)]).flatten(1).all(1).cpu()
+        keys = _digests(rows, copies) if copies.device.type == "cpu" else [None] * len(rows)
+        todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
+        return unchanged, keys, todo
+
+    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False, fresh=None):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
         equals its sample), this runner's earlier score of the same copy (CPU inputs), a forward pass (of the whole
         chunk, incremental from the chunk before, when chained).
@@ -423,22 +459,24 @@ class Runner:
             rows: The sample index of each copy.
             copies: The copies, shaped like x[rows].
             chained: The copies continue the chunk scored before (one chain step), so they can run incrementally.
+            fresh: The model's output on all of copies, already computed (a chain's stacked steps), or None.
 
         Returns:
             A pair of (len(rows),) tensors: target scores and predicted classes.
         """
-        unchanged = (copies == self.x[rows.to(self.x.device)]).flatten(1).all(1).cpu()
+        unchanged, keys, todo = self._todo(rows, copies)
         if self._output is not None or bool(unchanged.any()):  # copies equal to x: the clean pass, made once
             out = self.output[rows.to(self.output.device)]
             score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)
         else:  # no clean pass needed so far
             score = torch.empty(len(rows), dtype=torch.float64, device=self.x.device)
             predicted = torch.empty(len(rows), dtype=torch.long, device=self.x.device)
-        keys = _digests(rows, copies) if copies.device.type == "cpu" else [None] * len(rows)
-        todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
         if todo:
             index = torch.tensor(todo, device=copies.device)
-            if chained:
+            if fresh is not None:
+                given = fresh
+                fresh = self.run(copies, lambda _: given)[index]
+            elif chained:
                 before = self.incremental.passes["incremental"]
                 fresh = self.run(copies, self.incremental)[index]
                 if self.incremental.passes["incremental"] > before and self.incremental.work is not None:
