@@ -1,6 +1,7 @@
 """relprop: Layer-wise Relevance Propagation for any PyTorch model."""
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import attach
 
 if TYPE_CHECKING:  # what the names below are, for readers, type checkers and the reference pages
     from . import attribution, canonizers, composites, demo, evaluate, neuralize, rules, viz
@@ -27,25 +28,4 @@ __all__ = ["LRP", "explain", "compare", "Comparison", "Explanation", "Report", "
            "register_function", "__version__"]
 
 
-def __getattr__(name):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    return _submodule(name)
-
-
-def _submodule(name):
-    """A submodule read as an attribute (``relprop.datasets.store`` after ``import relprop``) is imported then."""
-    if name.startswith("__"):  # dunder lookups (copy, pickle, inspect) are never submodules
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as error:
-        if error.name != f"{__name__}.{name}":
-            raise  # the submodule exists but needs something that is missing: say that
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
-
-def __dir__():
-    return sorted({*globals(), *_NAMES, *_MODULES})
+__getattr__, __dir__ = attach(__name__, _NAMES, _MODULES)
