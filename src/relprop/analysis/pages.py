@@ -32,11 +32,7 @@ def _maps(block: np.ndarray) -> np.ndarray:
 
 
 def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import torch
-
-    if maps.shape[1:] == size:
-        return maps
-    return torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(maps)[:, None], size)[:, 0].numpy()
+    return maps if maps.shape[1:] == size else spray.adaptive_average(maps, *size)
 
 
 def _picture(preview: np.ndarray | None, heatmap: np.ndarray, cmap: str) -> np.ndarray:
