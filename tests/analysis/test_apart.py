@@ -1,4 +1,8 @@
 """What sets SpRAy's clusters apart: NEON on k-means over pooled heatmaps, started from the clusters."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -88,3 +92,35 @@ def test_large_clusters_are_explained_on_a_seeded_draw_of_their_members_close_to
     np.testing.assert_allclose(again.maps, drawn.maps, rtol=1e-12, atol=0)  # seeded: the same draw each time
     whole = apart.explain_clusters(features, labels, (4, 4), explained=1000)  # more than any cluster has: all
     np.testing.assert_allclose(whole.maps, everyone.maps, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 7.5])
+def test_numpy_neon_gives_the_numbers_of_lrp_on_the_neuralized_k_means(beta):
+    torch = pytest.importorskip("torch")
+    from relprop.attribution import lrp
+    from relprop.neuralize import neuralize
+
+    rng = np.random.default_rng(3)
+    centroids = rng.integers(-3, 4, size=(4, 6)).astype(float)  # integers: the midpoint below is exactly on the boundary
+    x = np.concatenate([centroids[k] + 0.4 * rng.normal(size=(25, 6)) for k in range(4)])
+    nearest = ((x[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    x[0] = (centroids[0] + centroids[1]) / 2  # on the boundary: h_01 = 0 carries no share
+    nearest[0] = 0
+    expected = lrp.explain(neuralize(torch.from_numpy(centroids)), torch.from_numpy(x),
+                           target=torch.from_numpy(nearest), composite="neon", beta=beta).relevance.numpy()
+    relevance = apart.neon_relevance(centroids, x, nearest, beta)
+    np.testing.assert_allclose(relevance, expected, rtol=1e-9, atol=1e-12)
+    f = np.stack([np.min([((x - centroids[k]) ** 2).sum(1) - ((x - centroids[c]) ** 2).sum(1)
+                          for k in range(4) if k != c], axis=0) for c in range(4)], 1)
+    np.testing.assert_allclose(relevance.sum(1), f[np.arange(len(x)), nearest], rtol=1e-9, atol=1e-12)
+
+
+def test_what_sets_clusters_apart_never_imports_torch(tmp_path):
+    code = ("import sys, numpy as np; from relprop.analysis import apart\n"
+            "from tests.analysis.test_apart import two_strategies\n"
+            "apart.explain_clusters(two_strategies(), np.r_[np.zeros(18, int), np.ones(12, int)], (4, 4))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(root, "src"), root]))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

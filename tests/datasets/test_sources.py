@@ -119,3 +119,22 @@ def test_items_that_are_not_pairs_are_refused():
     with pytest.raises(LoadError, match=r"return \(x, label\) or \(x, label, id\)"):
         source.read(0)
     assert source.spec == "python:TensorDataset"
+
+
+def test_a_store_s_data_set_is_reopened_with_the_run_s_size_mean_and_std(tmp_path):
+    from relprop.datasets import open_store, run
+    from relprop.datasets.sources import open_recorded_source
+    from relprop.demo.model import ShapeNet
+
+    for index in range(3):
+        save(tmp_path / "images" / f"{index}.png", index)
+    used = Preprocessing(32, (0.4, 0.5, 0.6), (0.2, 0.3, 0.4))  # the run's --size/--mean/--std, not the model's
+    source = open_source(str(tmp_path / "images"), used)
+    torch.manual_seed(0)
+    run(ShapeNet().eval(), source, tmp_path / "run.zarr", batch_size=3, progress=False)
+    attrs = open_store(tmp_path / "run.zarr").attrs
+    models_own = Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    reopened = open_recorded_source(attrs, models_own)
+    for index in range(3):
+        torch.testing.assert_close(reopened.read(index).x, source.read(index).x, rtol=0, atol=0)
+    assert open_recorded_source({"data": str(tmp_path / "images")}, models_own).read(0).x.shape == (3, 224, 224)

@@ -4,8 +4,9 @@ SpRAy's k-means runs on spectral embeddings, which come from the whole k-nearest
 formula for one sample, so they cannot be neuralized. The closest honest thing, and what is explained here: k-means
 on SpRAy's own pooled heatmap features (step 1 of relprop.analysis.spray), started from the means of SpRAy's
 clusters and refined; neuralized (relprop.neuralize), each sample's membership f_c of its refined cluster c is
-explained over the heatmap cells by the neon rules (exact: the features are the model input), and the relevance is
-averaged over the cluster's members. A cell with positive mean relevance is where that cluster's heatmaps differ
+explained over the heatmap cells by the neon rules (exact: the features are the model input; computed in NumPy by
+neon_relevance, which gives the numbers of relprop's LRP of the neuralized k-means without importing torch), and
+the relevance is averaged over the cluster's members. A cell with positive mean relevance is where that cluster's heatmaps differ
 from those of its nearest competing clusters in the direction that puts samples into it: relevance there that the
 others' heatmaps lack, or a lack of relevance the others have (a mark present in one cluster is red in both). The
 agreement, the share of samples whose refined cluster is their SpRAy cluster, says how closely the explained
@@ -65,11 +66,8 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
     Raises:
         ValueError: for fewer than two clusters outside noise.
     """
-    import torch
     from sklearn.cluster import KMeans
 
-    from ..attribution import lrp
-    from ..neuralize import neuralize
 
     labels = np.asarray(labels)
     kept = labels >= 0
@@ -89,9 +87,7 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
             inside = np.sort(rng.choice(inside, explained, replace=False))
         drawn.append(inside)
     chosen = np.concatenate(drawn)
-    expl = lrp.explain(neuralize(kmeans), torch.from_numpy(points[chosen]), target=torch.from_numpy(refined[chosen]),
-                       composite="neon", beta=beta)
-    relevance = expl.relevance.numpy()
+    relevance = neon_relevance(kmeans.cluster_centers_, points[chosen], refined[chosen], beta)
     maps = np.zeros((len(clusters),) + tuple(cells))
     members = [int((refined == position).sum()) for position in range(len(clusters))]
     start = 0
@@ -100,6 +96,41 @@ def explain_clusters(features: np.ndarray, labels: np.ndarray, cells: tuple[int,
             maps[position] = relevance[start:start + len(inside)].mean(0).reshape(cells)
         start += len(inside)
     return ClusterEvidence(clusters, maps, members, float((refined == spray_position).mean()))
+
+
+def neon_relevance(centroids: np.ndarray, x: np.ndarray, clusters: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """NEON relevance of each sample's membership f_c in its cluster c over its features, in NumPy.
+
+    The same numbers as ``lrp.explain(neuralize(centroids), x, target=clusters, composite="neon", beta=beta)``
+    (relprop.neuralize, ops/clusters.py), written out so that a SpRAy report never imports torch, which alone costs
+    about 470 MiB of memory: with h_ck = w_ck . x + b_ck, f_c = min_k h_ck is shared over the competitors k by
+    softmax(-beta h_c.), and each share R_ck goes to the features by the midpoint rule,
+    R_i = sum_k (x - m_ck)_i w_ck,i R_ck / h_ck, m_ck = (mu_c + mu_k) / 2 (a share whose h_ck is 0 carries none).
+
+    Args:
+        centroids: (K, D) cluster centroids.
+        x: (n, D) samples.
+        clusters: (n,) the cluster c of each sample whose membership is explained.
+        beta: NEON's stiffness, at least 0.
+
+    Returns:
+        (n, D) relevance; each row sums to f_c of its sample.
+    """
+    centroids = np.asarray(centroids, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    clusters = np.asarray(clusters)
+    relevance = np.zeros_like(x)
+    for cluster in np.unique(clusters):
+        rows = np.flatnonzero(clusters == cluster)
+        own, competitors = centroids[cluster], np.delete(centroids, cluster, axis=0)
+        weight = 2 * (own - competitors)  # (K - 1, D)
+        midpoints = (own + competitors) / 2
+        h = x[rows] @ weight.T + ((competitors ** 2).sum(1) - (own ** 2).sum())  # (n_c, K - 1)
+        shares = np.exp(-beta * (h - h.min(1, keepdims=True)))
+        shares *= h.min(1, keepdims=True) / shares.sum(1, keepdims=True)  # R_ck = softmin share of f_c
+        g = np.divide(shares, h, out=np.zeros_like(h), where=h != 0)
+        relevance[rows] = x[rows] * (g @ weight) - g @ (midpoints * weight)
+    return relevance
 
 
 def pooled_cells(relevance_shape: tuple[int, ...], size: int) -> tuple[int, ...]:
@@ -118,4 +149,4 @@ def pooled_cells(relevance_shape: tuple[int, ...], size: int) -> tuple[int, ...]
     return tuple(relevance_shape)
 
 
-__all__ = ["ClusterEvidence", "explain_clusters", "pooled_cells", "NOTE", "EXPLAINED_PER_CLUSTER"]
+__all__ = ["ClusterEvidence", "explain_clusters", "neon_relevance", "pooled_cells", "NOTE", "EXPLAINED_PER_CLUSTER"]

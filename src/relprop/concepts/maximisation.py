@@ -101,7 +101,8 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
 
 def store_recipe(opened, model, source):
     """(the model, or the spec each process loads it from, and the data set) of the store's run."""
-    from ..datasets import ModelSpec, open_source
+    from ..datasets import ModelSpec
+    from ..datasets.sources import open_recorded_source
 
     attrs = opened.attrs
     if attrs.get("method") != "lrp":
@@ -117,7 +118,7 @@ def store_recipe(opened, model, source):
     if source is None:
         if str(attrs["data"]).startswith("python:"):
             raise ValueError(f"{opened.path} was made from a Python data set ({attrs['data']}); pass it as source=")
-        source = open_source(attrs["data"], preprocessing)
+        source = open_recorded_source(attrs, preprocessing)
     if len(source) != opened.count:
         raise ValueError(f"the data set has {len(source)} samples but {opened.path} has {opened.count}; give the "
                          "data set the store was made from")

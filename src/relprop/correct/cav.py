@@ -578,9 +578,9 @@ def store_model_and_source(store, model=None, source=None):
     if source is None:
         if str(attrs["data"]).startswith("python:"):
             raise ValueError(f"{store} was made from a Python data set ({attrs['data']}); pass the source")
-        from ..datasets import open_source
+        from ..datasets.sources import open_recorded_source
 
-        source = open_source(attrs["data"], preprocessing)
+        source = open_recorded_source(attrs, preprocessing)
     if len(source) != int(attrs["count"]):
         raise ValueError(f"the data set has {len(source)} samples but {store} has {attrs['count']}; give the data "
                          "set the store was made from")

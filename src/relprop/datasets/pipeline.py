@@ -162,7 +162,7 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
                   "composite": _composite_label(settings, composite_name),
                   "parameters": recorded(parameters),
                   "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
-                  **_preprocessing_of(preprocessing), "class_map": None if class_map is None else dict(class_map),
+                  **_preprocessing_of(getattr(source, "preprocessing", None) or preprocessing), "class_map": None if class_map is None else dict(class_map),
                   "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
     side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
     wanted = Shapes(len(source), chunk or default_chunk(settings.batch_size, settings.keep, input_shape),

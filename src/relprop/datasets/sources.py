@@ -8,7 +8,7 @@ name in :data:`SOURCES`. Adding a source is one function ``(argument, preprocess
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -247,6 +247,28 @@ def _demo(name: str, watermark: bool):
 # name -> (argument after "name:" or None, preprocessing of the model) -> Source
 SOURCES: dict[str, Callable[[str | None, Preprocessing | None], Source]] = {
     "demo": _demo("demo", False), "demo-watermark": _demo("demo-watermark", True)}
+
+
+def open_recorded_source(attrs, preprocessing: Preprocessing | None = None) -> Source:
+    """The data set a store was made from, read as that run read it: its DATA spec with the recorded --size, --mean
+    and --std (which override the model's own preprocessing, as they did in the run).
+
+    Args:
+        attrs: The store's attributes (its recorded "data", "size", "mean", "std" and "input_shape").
+        preprocessing: The model's own preprocessing, for what the run did not record.
+
+    Returns:
+        A Source.
+
+    Raises:
+        LoadError: for a recorded spec that no longer names anything readable.
+    """
+    if any(attrs.get(name) is not None for name in ("size", "mean", "std")):
+        shape = attrs.get("input_shape") or []
+        base = preprocessing or Preprocessing(channels=int(shape[0]) if len(shape) == 3 else 3)
+        preprocessing = replace(base, size=attrs.get("size"),
+                                mean=tuple(attrs.get("mean") or base.mean), std=tuple(attrs.get("std") or base.std))
+    return open_source(attrs["data"], preprocessing)
 
 
 def open_source(spec, preprocessing: Preprocessing | None = None) -> Source:
