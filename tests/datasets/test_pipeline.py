@@ -171,6 +171,49 @@ def test_a_store_without_the_newer_records_is_refused_saying_an_older_relprop_ma
         datasets.run("demo", "demo:4", path, progress=False)
 
 
+def test_a_composite_object_with_other_parameters_is_refused_on_resume_and_the_same_one_resumes(tmp_path):
+    from relprop import composites
+
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:8", path, composite=composites.EpsilonPlusFlat(epsilon=0.25), batch_size=4, chunk=4,
+                 progress=False)
+    unfinished(path)
+    before = read_store(path)
+    with pytest.raises(datasets.StoreError, match=r"composite_rules \(the rules of a composite given as an object\)"
+                       r": the store has .*epsilon=0\.25.*this run .*epsilon=0\.5"):
+        datasets.run("demo", "demo:8", path, composite=composites.EpsilonPlusFlat(epsilon=0.5), batch_size=4,
+                     chunk=4, progress=False)
+    after = read_store(path)
+    assert all(np.array_equal(before[name], after[name]) for name in before if name != "id")
+    summary = datasets.run("demo", "demo:8", path, composite=composites.EpsilonPlusFlat(epsilon=0.25), batch_size=4,
+                           chunk=4, progress=False)
+    assert summary.explained == 4
+
+
+def test_a_composite_s_tensor_bounds_are_recorded_whole_not_abbreviated(tmp_path):
+    from relprop import composites
+    from relprop.datasets.pipeline import Settings, _composite_rules
+
+    low = torch.zeros(3, 32, 32)
+    changed = low.clone()
+    changed[1, 16, 16] = -0.5  # deep inside a tensor that repr would abbreviate
+    first, second = (_composite_rules(Settings("lrp", composites.EpsilonGammaBox(bounds, 1.0), {}, "label", "full",
+                                               4)) for bounds in (low, changed))
+    assert first.startswith("sha256:") and first != second
+    assert _composite_rules(Settings("lrp", "epsilon_plus_flat", {}, "label", "full", 4)) is None
+
+
+def test_a_store_from_before_a_newer_record_resumes_when_this_run_leaves_that_record_empty(tmp_path):
+    path = tmp_path / "run.zarr"
+    datasets.run("demo", "demo:8", path, batch_size=4, chunk=4, progress=False)
+    unfinished(path)
+    group = store_module.open_store(path, mode="r+").group
+    attributes = dict(group.attrs)
+    assert attributes.pop("composite_rules") is None  # a composite by name has no object to record
+    group.attrs.put(attributes)
+    assert datasets.run("demo", "demo:8", path, batch_size=4, chunk=4, progress=False).explained == 4
+
+
 def test_chunk_given_to_a_store_with_other_chunking_says_the_store_keeps_its_own(tmp_path, capsys):
     path = tmp_path / "run.zarr"
     datasets.run("demo", "demo:8", path, batch_size=4, chunk=4, progress=False)

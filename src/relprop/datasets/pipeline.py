@@ -160,9 +160,11 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     attributes = {"model": spec, "weights_sha256": weights_sha256, "model_sha256": model_sha256(model),
                   "dtype": _dtype_of(model), "method": settings.method,
                   "composite": _composite_label(settings, composite_name),
+                  "composite_rules": _composite_rules(settings),
                   "parameters": recorded(parameters),
                   "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
-                  **_preprocessing_of(getattr(source, "preprocessing", None) or preprocessing), "class_map": None if class_map is None else dict(class_map),
+                  **_preprocessing_of(getattr(source, "preprocessing", None) or preprocessing),
+                  "class_map": None if class_map is None else dict(class_map),
                   "input_shape": list(input_shape), "classes": classes, "class_names": source.class_names}
     side = min(PREVIEW_SIZE, input_shape[-2]) if has_pixels else None
     wanted = Shapes(len(source), chunk or default_chunk(settings.batch_size, settings.keep, input_shape),
@@ -328,6 +330,27 @@ def _composite_label(settings: Settings, composite_name: str | None):
     if isinstance(settings.composite, str):
         return settings.composite
     return composite_name or type(settings.composite).__name__
+
+
+def _composite_rules(settings: Settings) -> str | None:
+    """A composite given as an object: its rules and their parameters in full (its name alone would let a resumed
+    run mix numbers of two parameterisations); a SHA-256 of them when longer than a line of text. None for a name."""
+    if settings.method != "lrp" or isinstance(settings.composite, str):
+        return None
+    with _full_tensor_text():
+        text = repr(settings.composite)
+    return text if len(text) <= 500 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _full_tensor_text():
+    """Tensors written out whole by repr (bounds of a z^B rule, say), not abbreviated, while inside."""
+    saved = torch._tensor_str.PRINT_OPTS.threshold
+    torch.set_printoptions(threshold=sys.maxsize)
+    try:
+        yield
+    finally:
+        torch.set_printoptions(threshold=saved)
 
 
 def _settings(method, composite, parameters, target, keep, batch_size) -> Settings:

@@ -37,7 +37,8 @@ REQUIRED = ("relevance", "output", "label", "target", "done")  # arrays every st
 # of these agree; each is named by the argument that sets it. --batch-size and --device change only rounding (the
 # same arithmetic in another order), --chunk the layout (kept), --workers, --engine and --address nothing stored.
 IDENTITY = {"model": "--model", "weights_sha256": "--weights", "model_sha256": "the model's weights",
-            "dtype": "the model's dtype", "method": "--method", "composite": "--composite", "parameters": "--param",
+            "dtype": "the model's dtype", "method": "--method", "composite": "--composite",
+            "composite_rules": "the rules of a composite given as an object", "parameters": "--param",
             "target": "--target", "keep": "--keep", "data": "DATA", "count": "DATA", "size": "--size",
             "mean": "--mean", "std": "--std", "class_map": "--class-map", "input_shape": "DATA and --size",
             "classes": "--model"}
@@ -171,8 +172,9 @@ def differences(stored: dict, wanted: dict) -> list[str]:
     found = []
     for key, argument in IDENTITY.items():
         if key not in stored:
-            found.append(f"{key} ({argument}): not recorded in the store (an older relprop made it), this run "
-                         f"{wanted.get(key)!r}")
+            if wanted.get(key) is not None:  # a record added since, which this run leaves empty, agrees
+                found.append(f"{key} ({argument}): not recorded in the store (an older relprop made it), this run "
+                             f"{wanted.get(key)!r}")
             continue
         if _comparable(stored[key]) != _comparable(wanted.get(key)):
             found.append(f"{key} ({argument}): the store has {stored[key]!r}, this run {wanted.get(key)!r}"
