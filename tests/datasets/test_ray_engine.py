@@ -95,3 +95,40 @@ def test_a_token_the_cluster_refuses_is_told_from_other_failures_to_join():
     except ConnectionError as error:
         assert _refused_token(error)
     assert not _refused_token(ConnectionError("Could not find any running Ray instance"))
+
+
+GIVES_UP = """
+import os, sys
+from relprop.datasets import ray_engine
+from relprop.datasets.work import RunError
+
+ray_engine.PASSES_AFTER_LOSS = 1
+
+
+class Dies:  # every actor's process ends as a killed node's would, before any result
+    def __init__(self, job):
+        pass
+
+    def __call__(self, batch):
+        os._exit(1)
+
+
+rows = []
+try:
+    ray_engine.map_on_actors(Dies, None, [{"start": 0}, {"start": 4}], 1, None, rows.append,
+                             "chunks finished so far are kept", gpus=False)
+except RunError as error:
+    print("gave up:", error)
+    sys.exit(3 if rows else 0)
+sys.exit(4)
+"""
+
+
+def test_a_run_whose_actors_keep_dying_gives_up_after_its_passes_saying_what_is_kept(tmp_path):
+    done = subprocess.run([sys.executable, "-c", GIVES_UP], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr.count("relprop: a Ray actor was lost") == 1  # one new pool (PASSES_AFTER_LOSS = 1), no more
+    assert "mapping the 2 of 2 chunks without a result on a new pool of the nodes left (pass 2 of at most 2)" \
+        in done.stderr
+    assert "gave up: the Ray run failed:" in done.stdout and "chunks finished so far are kept" in done.stdout
