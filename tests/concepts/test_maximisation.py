@@ -207,3 +207,22 @@ def test_maximisation_killed_twice_then_resumed_equals_an_uninterrupted_pass_bit
     pages = [(tmp_path / folder / "index.html").read_text().replace(str(path), "STORE")
              for folder, path in (("atlas", store), ("clean-atlas", tmp_path / "clean.zarr"))]
     assert pages[0] == pages[1]  # the same reference samples, channel by channel
+
+
+def test_each_chunk_s_arrays_reach_the_disk_before_its_done_flags(small_run, monkeypatch):
+    from relprop.datasets import store as store_module
+
+    model, source, store = small_run
+    synced, real = [], store_module._fsync
+
+    def spy(path, flags):  # when a chunk's file is synced, its done flags must still be unset
+        relative = os.path.relpath(path, store).split(os.sep)
+        if relative[:2] == ["concepts", "features.3"] and len(relative) == 6:
+            chunk = int(relative[4])
+            done = zarr.open_group(str(store), mode="r")["concepts/features.3/done"][chunk * 4:chunk * 4 + 4]
+            synced.append((relative[2], chunk, bool(done.any())))
+        return real(path, flags)
+
+    monkeypatch.setattr(store_module, "_fsync", spy)
+    maximise(store, ["features.3"], model=model, source=source)
+    assert sorted(synced) == [(array, chunk, False) for array in ("activation", "relevance") for chunk in range(3)]

@@ -196,6 +196,8 @@ class Pass:
 
     def chunk(self, start):
         """Channel relevance and activation of the chunk's explained samples, written, then the chunk marked done."""
+        from ..datasets.store import sync_chunk
+
         opened, _, _, usable, _ = self.ready()
         layers = self.pending(start)
         stop = min(start + opened.chunk, opened.count)
@@ -213,6 +215,10 @@ class Pass:
         for name, group in groups.items():
             group["relevance"][start:stop] = relevance[name]
             group["activation"][start:stop] = activation[name]
+        # on disk before any done flag says so (local stores), as relprop run's chunks are
+        sync_chunk(opened.group, opened.path, [f"{GROUP}/{name}/{array}" for name in groups
+                                               for array in ("relevance", "activation")], start)
+        for group in groups.values():
             group["done"][start:stop] = True  # last: a chunk cut short is done again by the next call
 
 
