@@ -284,9 +284,8 @@ class Listed(torch.utils.data.Dataset):
 
 
 def demo_items(count, seed=5):
-    images, labels, _ = datasets.sources.Demo(count).read(0), None, None
-    return [(datasets.sources.Demo(count, seed=seed).read(i).x, datasets.sources.Demo(count, seed=seed).read(i).label)
-            for i in range(count)]
+    demo = datasets.sources.Demo(count, seed=seed)
+    return [(sample.x, sample.label) for sample in map(demo.read, range(count))]
 
 
 def test_labels_out_of_range_stop_the_run_and_keep_the_finished_chunks(tmp_path):
