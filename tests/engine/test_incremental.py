@@ -328,6 +328,23 @@ def test_the_meta_estimate_of_a_step_is_the_share_a_real_incremental_pass_comput
     assert all(not t.is_meta for t in list(model.parameters()) + list(model.buffers()))  # the model is untouched
 
 
+def test_the_meta_estimate_keeps_the_user_s_forward_hooks_out_and_puts_them_back():
+    from relprop.engine.incremental import changed_boxes, step_share
+
+    model, shape = models()["resnet"]
+    seen = []
+    handles = [module.register_forward_hook(lambda module, args, out: seen.append(out.device.type))
+               for module in model.modules() if isinstance(module, nn.Conv2d)]
+    handles.append(model.register_forward_pre_hook(lambda module, args: seen.append("pre")))
+    x = torch.randn(shape)
+    step = patched(x, 0)
+    assert step_share(model, x, changed_boxes(step, x)) is not None and seen == []  # the estimate ran unseen
+    model(x)
+    assert seen[0] == "pre" and set(seen[1:]) == {"cpu"} and len(seen) == len(handles)  # and they are back
+    for handle in handles:
+        handle.remove()
+
+
 def test_no_meta_estimate_for_a_model_whose_control_flow_reads_the_data():
     from relprop.engine.incremental import step_share
 

@@ -26,6 +26,7 @@ a value read of such a tensor runs a plain pass of the stacked inputs instead.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import weakref
@@ -336,13 +337,30 @@ def _meta_share(model, x, box, functional_call):
     engine = Incremental(lambda batch: functional_call(model, meta, (batch,)))
     shaped = torch.empty((1,) + tuple(x.shape[1:]), dtype=x.dtype, device="meta")  # one row: rows cost alike
     try:
-        with torch.inference_mode(), _ShapesOnly():
+        with torch.inference_mode(), _hooks_set_aside(model), _ShapesOnly():
             engine._run(shaped, FULL, keep=True)
             engine._run(shaped.clone(), [box], keep=False)
     except Exception:  # noqa: BLE001 - any failure on the meta device only means no estimate
         return None
     done, full = engine.work
     return done / full if full else None
+
+
+@contextlib.contextmanager
+def _hooks_set_aside(model: torch.nn.Module):
+    """The model's own forward hooks left out while inside: they are the user's, and would see the estimate's empty
+    meta tensors as if they were a pass (a hook that records activations would record them)."""
+    kinds = ("_forward_pre_hooks", "_forward_hooks")
+    saved = [(module, {kind: getattr(module, kind) for kind in kinds}) for module in model.modules()]
+    try:
+        for module, _ in saved:
+            for kind in kinds:
+                setattr(module, kind, type(getattr(module, kind))())
+        yield
+    finally:
+        for module, hooks in saved:
+            for kind, value in hooks.items():
+                setattr(module, kind, value)
 
 
 class _ShapesOnly(OpMode):
