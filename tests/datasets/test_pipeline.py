@@ -198,9 +198,11 @@ def test_a_composite_s_tensor_bounds_are_recorded_whole_not_abbreviated(tmp_path
     changed = low.clone()
     changed[1, 16, 16] = -0.5  # deep inside a tensor that repr would abbreviate
     first, second = (_composite_rules(Settings("lrp", composites.EpsilonGammaBox(bounds, 1.0), {}, "label", "full",
-                                               4)) for bounds in (low, changed))
+                                               4), None) for bounds in (low, changed))
     assert first.startswith("sha256:") and first != second
-    assert _composite_rules(Settings("lrp", "epsilon_plus_flat", {}, "label", "full", 4)) is None
+    assert _composite_rules(Settings("lrp", "epsilon_plus_flat", {}, "label", "full", 4), None) is None
+    named = Settings("lrp", composites.EpsilonPlusFlat(), {}, "label", "full", 4)  # as relprop run passes it
+    assert _composite_rules(named, "epsilon_plus_flat") is None
 
 
 def test_a_store_from_before_a_newer_record_resumes_when_this_run_leaves_that_record_empty(tmp_path):

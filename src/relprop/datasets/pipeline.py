@@ -160,7 +160,7 @@ def _run_locked(model, dataset, store, settings, engine, address, workers, chunk
     attributes = {"model": spec, "weights_sha256": weights_sha256, "model_sha256": model_sha256(model),
                   "dtype": _dtype_of(model), "method": settings.method,
                   "composite": _composite_label(settings, composite_name),
-                  "composite_rules": _composite_rules(settings),
+                  "composite_rules": _composite_rules(settings, composite_name),
                   "parameters": recorded(parameters),
                   "target": settings.target, "keep": settings.keep, "data": source.spec, "count": len(source),
                   **_preprocessing_of(getattr(source, "preprocessing", None) or preprocessing),
@@ -332,10 +332,12 @@ def _composite_label(settings: Settings, composite_name: str | None):
     return composite_name or type(settings.composite).__name__
 
 
-def _composite_rules(settings: Settings) -> str | None:
-    """A composite given as an object: its rules and their parameters in full (its name alone would let a resumed
-    run mix numbers of two parameterisations); a SHA-256 of them when longer than a line of text. None for a name."""
-    if settings.method != "lrp" or isinstance(settings.composite, str):
+def _composite_rules(settings: Settings, composite_name: str | None) -> str | None:
+    """A composite given as an object without a name: its rules and their parameters in full (its class name alone
+    would let a resumed run mix numbers of two parameterisations); a SHA-256 of them when longer than a line of
+    text. None for a composite by name, or an object given a name (composite_name: `relprop run` builds its
+    composite from --composite and records the name and --param), whose name and parameters identify it."""
+    if settings.method != "lrp" or isinstance(settings.composite, str) or composite_name is not None:
         return None
     with _full_tensor_text():
         text = repr(settings.composite)
