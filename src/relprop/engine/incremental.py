@@ -196,7 +196,11 @@ class Incremental:
             return out
 
     def whole_threads(self) -> int:
-        """The threads a full pass, a whole op or a stacked tail runs on: ``threads``, else torch's setting."""
+        """The threads a full pass, a whole op or a stacked tail runs on.
+
+        Returns:
+            ``threads`` where set (a runner sets it around a chain), else the count torch is set to.
+        """
         return self.threads or torch.get_num_threads()
 
     def _changed(self, x):
@@ -659,7 +663,11 @@ class on_threads:
     run on one thread and give their whole ops the threads of a full pass (``Incremental.threads``). Their crops,
     pads, concatenations and writes are many small ops of new shapes each pass, and every small op that torch runs
     on two threads waits for the second: on a busy 2-core machine (load 3-4) 8 steps on VGG-16 took 9.6x as long
-    on two threads as on one with every op on both, 1.25x with the crops on one (a plain forward: 1.45x)."""
+    on two threads as on one with every op on both, 1.25x with the crops on one (a plain forward: 1.45x).
+
+    Args:
+        count: The threads torch runs the block on.
+    """
 
     def __init__(self, count: int):
         self.count = count
