@@ -19,13 +19,19 @@ numbers Quantus returns) need no clean pass either. Metrics whose numbers differ
 (Quantus 0.6's monotonicity never restores x; sensitivity-n there removes features cumulatively where relprop draws
 random subsets as Ancona et al.; random subsets and noise drawn differently) are timed with the same number of
 forward passes and printed as "differ by definition"; the oracle tests check the ones that can agree. Quantus 0.6's
-ROAD fails on 3-channel images (it indexes the channel-broadcast relevance as pixels): its row says so.
+ROAD fails on 3-channel images (it indexes the channel-broadcast relevance as pixels): its row says so. Quantus 0.6's
+infidelity removes square patches (--selectivity-patch) cumulatively in raster order, where relprop's draws Gaussian
+perturbations (Yeh et al.'s noisy baseline): timed with one perturbation per patch (a pass each; Quantus makes one
+more), and "differ by definition". IROF runs on smooth random textures (SLIC finds a single superpixel in uniform
+noise, which Quantus refuses), to a baseline of 0 with Quantus's mask broadcast over the channels (its IROF asserts
+the mask is shaped like x), and relprop's score is compared as Quantus computes its own from the curve
+(L - trapezoid of f(x^(k)) / f(x), k = 1..L, the curves of samples with fewer superpixels padded with zeros).
 --channels-last runs relprop's plain passes as channels-last copies (Runner(..., channels_last=True), off by default)
 to measure what that layout gives.
 
-Patch-wise metrics (region perturbation, selectivity) are printed beside their floor: one plain forward pass (timed
-here, in the same process) for the clean pass, plus per step the share of a plain pass's multiply-adds that the
-step's patch reaches in each layer (counted by the incremental engine). Perturbation metrics run a few steps only
+Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
+(timed here, in the same process) for the clean pass, plus per step the share of a plain pass's multiply-adds that
+the step's patch reaches in each layer (counted by the incremental engine). Perturbation metrics run a few steps only
 (--steps; --regions for region perturbation), since each step is one forward pass of the batch in both libraries.
 """
 from __future__ import annotations
@@ -99,6 +105,52 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
         return evaluate.selectivity(source, x, explanation, target, patch_size=selectivity_patch, softmax=True,
                                     batch_size=batch_size)
 
+    textured = {}
+
+    def smooth():
+        """IROF's inputs: SLIC finds a single superpixel in uniform noise (Quantus then refuses the image), so IROF
+        runs on smooth random textures (8x8 noise, bicubic to the size: about 90 superpixels each), explained as the
+        others are; made once, when IROF first runs."""
+        if not textured:
+            generator = torch.Generator().manual_seed(1)
+            coarse = torch.rand(n, channels, 8, 8, generator=generator)
+            image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic",
+                                                    align_corners=False).clamp(0, 1).to(x.device)
+            with torch.inference_mode():
+                label = model(image).argmax(1)
+            explained = relprop.explain(model, image, target=label, composite="epsilon")
+            textured.update(x=image, target=label, explanation=explained,
+                            arrays=(image.cpu().numpy(), label.cpu().numpy(),
+                                    explained.relevance.detach().sum(1, keepdim=True).cpu().numpy()))
+        return textured
+
+    def irof(source):
+        t = smooth()
+        return evaluate.irof(source, t["x"], t["explanation"], t["target"], baseline=0.0, softmax=True,
+                             batch_size=batch_size)
+
+    def quantus_irof():
+        image, label, pooled_map = smooth()["arrays"]
+        metric = quantus.IROF(perturb_func=broadcast_mask, perturb_baseline=0.0, return_aggregate=False, **common)
+        return np.asarray(metric(model=model, x_batch=image, y_batch=label, a_batch=pooled_map, device=device,
+                                 channel_first=True, softmax=True), dtype=np.float64)
+
+    def broadcast_mask(arr, mask, **options):
+        """Quantus 0.6's IROF hands a (N, 1, H, W) mask to a perturbation that asserts it is shaped like x."""
+        return quantus.functions.perturb_func.baseline_replacement_by_mask(arr, np.broadcast_to(mask, arr.shape),
+                                                                            **options)
+
+    def irof_as_quantus(res):
+        """Quantus's IROF score from relprop's curve: L - trapezoid(f(x^(k)) / f(x), k = 1..L), the curves of samples
+        with fewer superpixels padded with zeros to the most any sample has, as Quantus pads them."""
+        counts = res.details["segments"].long().tolist()
+        curves = res.curves["morf"][:, 1:].double()
+        padded = torch.stack([torch.cat([curves[n, :count], curves.new_zeros(max(counts) - count)])
+                              for n, count in enumerate(counts)])
+        return torch.tensor(counts, dtype=torch.float64) - ((padded[:, 1:] + padded[:, :-1]) / 2).sum(1)
+
+    irof.inputs = lambda: (smooth()["x"], smooth()["target"])  # the floor's runners are built for these
+    blocks = (height // selectivity_patch) * (width // selectivity_patch)  # Quantus's infidelity: one pass per block
     drops = lambda res: res.curves["morf"][:, :1] - res.curves["morf"][:, 1:]  # noqa: E731  (Quantus's numbers)
     after = lambda res: res.details["perturbed"]  # noqa: E731  (the curve without f(x): no clean pass to read it)
     scores = lambda res: res.scores  # noqa: E731
@@ -123,6 +175,13 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
             r(lambda: selectivity(model), after),
             q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True),
             selectivity),
+        "irof (SLIC superpixels, baseline 0)": (
+            r(lambda: irof(model), irof_as_quantus), quantus_irof, irof),
+        f"infidelity ({blocks} perturbations)": (
+            r(lambda: evaluate.infidelity(model, x, explanation, target, n_perturb_samples=blocks, softmax=True,
+                                          batch_size=batch_size), unmatched),
+            q(quantus.Infidelity(perturb_patch_sizes=[selectivity_patch], n_perturb_samples=1, perturb_baseline="black",
+                                 **common), True), None),
         f"faithfulness_estimate ({steps} steps)": (
             r(lambda: evaluate.faithfulness_estimate(model, x, explanation, target, features_in_step=per_step,
                                                      channel_dim=None, softmax=True, batch_size=batch_size), scores),
@@ -263,6 +322,8 @@ def main():
                                                      args.device).items():
             if args.only and not any(metric.startswith(prefix) for prefix in args.only):
                 continue
+            if hasattr(chain, "inputs"):
+                chain.inputs()  # the metric's own inputs and their explanation, made outside the timers
             times = {"relprop": [], "quantus": []}
             rounds = args.rounds
             failed = None
@@ -284,7 +345,8 @@ def main():
             ours_s, theirs_s = statistics.median(times["relprop"]), statistics.median(times["quantus"])
             difference = "differ by definition" if mine is None else \
                 f"{float(np.max(np.abs(np.asarray(mine, dtype=np.float64) - reference))):.1e}"
-            lowest, reused, plan = floor(model, x, target, batch_size, chain, args.rounds) if chain else \
+            chain_x, chain_target = chain.inputs() if hasattr(chain, "inputs") else (x, target)
+            lowest, reused, plan = floor(model, chain_x, chain_target, batch_size, chain, args.rounds) if chain else \
                 (None, None, None)
             bound = "-" if lowest is None else f"{lowest:.3f}"
             ratio = "-" if lowest is None else f"{ours_s / lowest:.2f}"

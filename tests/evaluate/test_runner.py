@@ -120,3 +120,47 @@ def test_pair_generators_draw_the_same_numbers_for_a_pair_whatever_was_drawn_bef
         seed, sample, step = other
         drawn = torch.rand(4, generator=pair_generator(seed, sample, step, "cpu"))
         assert (drawn - first).abs().max() > 1e-3, other
+
+
+class ThreadsSeen(torch.nn.Module):
+    """A small CNN that remembers how many threads torch was set to when each pass began."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                          torch.nn.Linear(4 * 12 * 12, 3))
+        self.threads = []
+
+    def forward(self, x):
+        self.threads.append(torch.get_num_threads())
+        return self.layers(x)
+
+
+def test_a_chain_builds_its_copies_on_one_thread_runs_full_passes_on_torchs_threads_and_gives_the_count_back():
+    torch.manual_seed(0)
+    model = ThreadsSeen().eval()
+    x = torch.rand(2, 3, 12, 12)
+    perturb_threads = []
+
+    def remove_patches(rows, steps):  # step k removes the first k + 1 patches of 4x4
+        perturb_threads.append(torch.get_num_threads())
+        copies = x[rows].clone()
+        for copy, step in zip(copies, steps.tolist()):
+            for patch in range(step + 1):
+                copy[:, 4 * (patch // 3):4 * (patch // 3 + 1), 4 * (patch % 3):4 * (patch % 3 + 1)] = 0
+        return copies
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runner = Runner(model, x, target=0, batch_size=2, incremental=True)
+        scores = runner.scores(4, remove_patches, chain=True)
+        assert torch.get_num_threads() == 2
+        assert runner.incremental.threads is None and runner.threads is None
+    finally:
+        torch.set_num_threads(before)
+    assert perturb_threads and set(perturb_threads) == {1}  # the chain's own work: one thread
+    # the kept clean pass and the stacked tail run as torch was set, the incremental steps' crops on one thread
+    assert model.threads[0] == 2 and 2 in model.threads[1:] and 1 in model.threads
+    plain = Runner(model, x, target=0, batch_size=8, incremental=False).scores(4, remove_patches)
+    torch.testing.assert_close(scores, plain, rtol=1e-5, atol=1e-7)

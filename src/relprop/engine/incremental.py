@@ -90,6 +90,7 @@ class Incremental:
         self.reads = None  # per op of the last full kept pass, the ops (-1: the input) whose outputs it read
         self.out_bytes = None  # per op of the last full kept pass, the bytes of its output
         self.max_tail_bytes = TAIL_BYTES  # steps stacked after their cut output at most this much (one at least)
+        self.threads = None  # the threads of full passes, whole ops and stacked tails; None: torch's, at each pass
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
@@ -171,11 +172,11 @@ class Incremental:
         signatures = [signature for signature, _ in self.kept]
         mode = _Replay(stacked, cuts[0].cut, captured, cuts[0].shapes, count, signatures)
         try:
-            with torch.inference_mode(), mode:
+            with torch.inference_mode(), mode, on_threads(self.whole_threads()):
                 out = self.model(stacked)
             work = (mode.work[0] // count, mode.work[0] // count)
         except _Diverged:
-            with torch.inference_mode():
+            with torch.inference_mode(), on_threads(self.whole_threads()):
                 out = self.model(stacked)
             work = (0, 0)
         return [_detached(_rows(out, i * rows, (i + 1) * rows)) for i in range(count)], work
@@ -195,6 +196,14 @@ class Incremental:
             self.passes["incremental"] += 1
             return out
 
+    def whole_threads(self) -> int:
+        """The threads a full pass, a whole op or a stacked tail runs on.
+
+        Returns:
+            ``threads`` where set (a runner sets it around a chain), else the count torch is set to.
+        """
+        return self.threads or torch.get_num_threads()
+
     def _changed(self, x):
         """Per row, the box of spatial positions where x differs from the base input; None: run in full."""
         base = self.base_input
@@ -212,22 +221,24 @@ class Incremental:
         if not keep or not self.followable or x.dim() < 3:
             if keep:
                 self.reset()
-            return self.model(x)
+            with on_threads(self.whole_threads()):
+                return self.model(x)
         self.reset()
         try:
             return self._run(x, FULL, keep=True)
         except _Unfollowable:
             self.followable = False
             self.reset()
-            return self.model(x)
+            with on_threads(self.whole_threads()):
+                return self.model(x)
 
     def _run(self, x, boxes, keep, defer=False):
-        mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None)
+        mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None, self.whole_threads())
         mode.reads_before = self.reads if defer else None
         try:
-            # an incremental pass runs on one thread but for its whole ops (see _threads); a full one as torch is set
+            # an incremental pass runs on one thread but for its whole ops (see on_threads); a full one on all
             try:
-                with mode, _threads(torch.get_num_threads() if boxes is FULL else 1):
+                with mode, on_threads(mode.threads if boxes is FULL else 1):
                     out = self.model(x)
             except _Deferred as stop:
                 return self._stopped(mode, x, stop.cut)
@@ -403,7 +414,7 @@ class _Pass(OpMode):
 
     sees_quiet = True
 
-    def __init__(self, kept, x, boxes, keep, journal=None):
+    def __init__(self, kept, x, boxes, keep, journal=None, threads=None):
         super().__init__()
         self.kept, self.keep, self.journal = kept, keep, journal
         self.regions = {id(x): (x, boxes)}
@@ -411,7 +422,7 @@ class _Pass(OpMode):
         self.fresh: list = []  # this pass's ((name, argument shapes), output) per op, the next base when keep
         self.written: list = []  # (buffer, index, values before) to restore when not keep
         self.work = [0, 0]  # multiply-adds of convolutions and linear layers: computed, and in a plain pass
-        self.threads = torch.get_num_threads()  # what torch was set to: the threads of this pass's whole ops
+        self.threads = threads or torch.get_num_threads()  # the threads of this pass's whole ops
         self.outs: list = []  # each op's output, in order
         self.reads: list = []  # per op, the ops (-1: the input) whose outputs it read
         self.producers = {id(x): (x, -1)}
@@ -453,7 +464,7 @@ class _Pass(OpMode):
                 isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == self.rows for out in self.outs):
             raise _Deferred(index)
         if result is None:
-            with _threads(self.threads):  # a whole op: as many threads as a plain pass gives it
+            with on_threads(self.threads):  # a whole op: as many threads as a plain pass gives it
                 out, boxes = func(*args, **kwargs), FULL
         else:
             out, boxes = result
@@ -658,18 +669,23 @@ def _window(state, name, func, args, kwargs, base):
             flat_pads = [amount for pair in reversed(pads) for amount in pair]
             crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
         batch = torch.cat(crops)
-        values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see _threads)
+        values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see on_threads)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()
         _write_rows(state, base, group, values)
     return base, rows
 
 
-class _threads:
-    """torch's thread count set to count for a block, then back. Incremental passes run on one thread and give
-    their whole ops the threads torch was set to. Their crops, pads, concatenations and writes are many ops of new
-    shapes each pass: on a busy 2-core machine (load 4.5) a chain of 8 passes on VGG-16 took 4.1x as long on two
-    threads as on one when large crops had both threads, 1.5x with every crop on one (a plain forward: 1.6x)."""
+class on_threads:
+    """torch's thread count set to count for a block, then back (no call where it already is). Incremental passes
+    run on one thread and give their whole ops the threads of a full pass (``Incremental.threads``). Their crops,
+    pads, concatenations and writes are many small ops of new shapes each pass, and every small op that torch runs
+    on two threads waits for the second: on a busy 2-core machine (load 3-4) 8 steps on VGG-16 took 9.6x as long
+    on two threads as on one with every op on both, 1.25x with the crops on one (a plain forward: 1.45x).
+
+    Args:
+        count: The threads torch runs the block on.
+    """
 
     def __init__(self, count: int):
         self.count = count

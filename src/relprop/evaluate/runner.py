@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from ..attribution.targets import tensor_output
-from ..engine.incremental import Incremental, changed_boxes, step_share
+from ..engine.incremental import Incremental, changed_boxes, on_threads, step_share
 from .inputs import check_input
 
 CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most this share of a plain pass's work
@@ -103,6 +103,7 @@ class Runner:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
+        self.threads = None  # the threads of plain forward passes while a chain runs its own work on one (scores)
         self.chains_forced = incremental is True
         self.channels_last = bool(channels_last) and self.x.dim() == 4
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
@@ -301,7 +302,11 @@ class Runner:
             TypeError: when the model returns something other than a tensor and no output= picks it.
             ValueError: when the output is not (rows, classes) or changes shape.
         """
-        out = (forward or self.model)(chunk)
+        if forward is None:
+            with on_threads(self.threads or torch.get_num_threads()):
+                out = self.model(chunk)
+        else:
+            out = forward(chunk)
         if self.select is not None:
             out = self.select(out)
         tensor_output(out, "the class scores")
@@ -358,34 +363,16 @@ class Runner:
             if chain and self.incremental is not None:
                 self._plan_chain(steps, perturb, samples)
             if chain and self._chains_pay():
-                size = self._chain_rows()
-                if self._output is None and len(samples) == len(self.x) <= size:
-                    # the clean pass is still to be made: keep it, the base of the chain's first step
-                    self._set_output(self.run(self.x, self.incremental))
-                    self._checkpoint(torch.arange(len(self.x)))
-                for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
-                    step = 0
-                    while step < steps:
-                        if not self._chains_pay():  # the rest of the chains run as plain passes
-                            plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
-                            break
-                        if step == 0:
-                            self._start_chain(group)
-                        # steps stacked in the passes' full tail: CHAIN_STACK or batch_size copies at once; alone
-                        # the first kept pass of a chain (the checkpoint is taken right after it) and, where the
-                        # plan had no estimate, the first step (its work decides whether the chain goes on)
-                        unmeasured = not self.chains_forced and self.chain_plan is not None \
-                            and self.chain_plan["share"] is None and not self.chain_work[1]
-                        alone = self.start_pending is not None or unmeasured
-                        count = 1 if alone else max(1, max(CHAIN_STACK, self.batch_size) // len(group))
-                        block = range(step, min(steps, step + count))
-                        copies = [perturb(group, torch.full_like(group, k)) for k in block]
-                        for k, (score, classes_of) in zip(block, self._score_chain(group, copies)):
-                            result[places, k], predicted[places, k] = score, classes_of
-                        if self.start_pending is not None and self.incremental.base_input is not None:
-                            self._checkpoint(self.start_pending)  # the first step's kept pass
-                            self.start_pending = None
-                        step = block.stop
+                # the chain's own work (building copies, comparing and hashing them, the crops of incremental steps)
+                # is many small ops, which lose more to a second thread than they gain on a busy machine: one thread
+                # for them, torch's setting for the passes' whole work (full passes, whole ops, stacked tails)
+                engine, threads = self.incremental, torch.get_num_threads()
+                engine.threads = self.threads = threads
+                try:
+                    with on_threads(1):
+                        self._chains(samples, steps, perturb, result, predicted, plain)
+                finally:
+                    engine.threads = self.threads = None
             else:
                 plain.append(torch.arange(len(samples) * steps))
             flat_result, flat_predicted = result.view(-1), predicted.view(-1)
@@ -395,6 +382,38 @@ class Runner:
                 where = chunk.to(flat_result.device)
                 flat_result[where], flat_predicted[where] = score, classes_of
         return (result, predicted) if classes else result
+
+    def _chains(self, samples, steps, perturb, result, predicted, plain) -> None:
+        """scores' chains: each group of up to _chain_rows samples steps through the chain incrementally, its
+        scores written into result and predicted; the pairs left to plain passes go to plain (flat indices)."""
+        size = self._chain_rows()
+        if self._output is None and len(samples) == len(self.x) <= size:
+            # the clean pass is still to be made: keep it, the base of the chain's first step
+            self._set_output(self.run(self.x, self.incremental))
+            self._checkpoint(torch.arange(len(self.x)))
+        for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
+            step = 0
+            while step < steps:
+                if not self._chains_pay():  # the rest of the chains run as plain passes
+                    plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
+                    break
+                if step == 0:
+                    self._start_chain(group)
+                # steps stacked in the passes' full tail: CHAIN_STACK or batch_size copies at once; alone the first
+                # kept pass of a chain (the checkpoint is taken right after it) and, where the plan had no estimate,
+                # the first step (its work decides whether the chain goes on)
+                unmeasured = not self.chains_forced and self.chain_plan is not None \
+                    and self.chain_plan["share"] is None and not self.chain_work[1]
+                alone = self.start_pending is not None or unmeasured
+                count = 1 if alone else max(1, max(CHAIN_STACK, self.batch_size) // len(group))
+                block = range(step, min(steps, step + count))
+                copies = [perturb(group, torch.full_like(group, k)) for k in block]
+                for k, (score, classes_of) in zip(block, self._score_chain(group, copies)):
+                    result[places, k], predicted[places, k] = score, classes_of
+                if self.start_pending is not None and self.incremental.base_input is not None:
+                    self._checkpoint(self.start_pending)  # the first step's kept pass
+                    self.start_pending = None
+                step = block.stop
 
     def _plan_chain(self, steps: int, perturb: Callable, samples: torch.Tensor) -> None:
         """Before a chain's first pass: estimate what it costs incrementally and in plain passes, in plain forward
