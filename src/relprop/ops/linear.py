@@ -440,7 +440,7 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         if kept and needed == [0, 1] and low == 1 and step and up[3][1] - down[3][1] == -step:
             # gamma: signal 1 is (both lows) s - signal 0, so W+^T signal 0 + W-^T signal 1 is (W+ - W-)^T signal 0
             # + (both lows) W-^T s: one pass for both signals
-            signals[0] = torch.addcmul(s, s, chosen, value=step)
+            signals[0] = torch.addcmul(s, s, chosen, value=step, out=chosen)  # chosen is read where it is written
             factors[0] = (1.0, -1.0)
             take(1, s, low + down[3][1])
             needed = []
@@ -525,8 +525,9 @@ def _positive_and_negative_parts(call, live, x, weights, bias, z, g):
     g_in = lmap.transpose(s, weights.modified(_combination(share[(1.0, 0.0)], 0.0)), x)
     del s
     s = torch.sub(z, product, out=product)
+    del product
     s = torch.div(numerator, s, out=s)
-    del numerator, product
+    del numerator
     g_in.add_(lmap.transpose(s, weights.modified(_combination(0.0, share[(0.0, 1.0)])), x))
     return g_in if not call.direct else x * g_in
 
