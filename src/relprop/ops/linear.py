@@ -515,21 +515,20 @@ def _positive_and_negative(live, rule) -> bool:
 def _positive_and_negative_parts(call, live, x, weights, bias, z, g):
     """Alpha-beta on x >= 0 with every bias taken: P = x W+ + b+ + eps is > 0 and z - P = x W- + b- - eps < 0, each
     its group's stabilized denominator (no pass to stabilize either), and each group's share goes into its kept
-    transposed weight; s = z g / P and z g / (z - P) in four output-sized passes."""
+    transposed weight; s = z g / P and z g / (z - P) in five output-sized passes."""
     rule, lmap = call.rule, call.linear_map
     channels = z.shape[-1] if lmap.channels_last else z.shape[1]
     share = {(a, c): shares[0] + shares[1] for _, _, a, c, _, shares, _ in live}
     product_bias = (torch.full((channels,), rule.stabilizer, dtype=z.dtype, device=z.device) if bias is None
                     else rules.positive(bias) + rule.stabilizer)
     product = lmap.terms(x, weights.modified(rules.positive), product_bias)
-    numerator = z * g
-    s = torch.div(numerator, product)
-    g_in = lmap.transpose(s, weights.modified(_combination(share[(1.0, 0.0)], 0.0)), x)
-    del s
-    s = torch.sub(z, product, out=product)
+    s = torch.div(z, product)
+    negative = torch.sub(z, product, out=product)  # P's buffer: two output-sized buffers at most (VGG's peak)
     del product
-    s = torch.div(numerator, s, out=s)
-    del numerator
+    g_in = lmap.transpose(s.mul_(g), weights.modified(_combination(share[(1.0, 0.0)], 0.0)), x)
+    del s
+    s = torch.div(z, negative, out=negative).mul_(g)
+    del negative
     g_in.add_(lmap.transpose(s, weights.modified(_combination(0.0, share[(0.0, 1.0)])), x))
     return g_in if not call.direct else x * g_in
 
