@@ -36,6 +36,25 @@ def test_the_transpose_of_a_convolution_map_is_the_vector_jacobian_product_of_th
     assert lmap.out_channel_dim == (1 if transposed else 0)
 
 
+@pytest.mark.parametrize("channels, options", [
+    (3, dict(stride=1, padding=1, dilation=1)),  # an image's layer: one matrix product over unfolded windows
+    (3, dict(stride=1, padding=(2, 0), dilation=2)),
+    (3, dict(stride=2, padding=3, dilation=1)),  # strided: torch's own kernel
+    (8, dict(stride=1, padding=1, dilation=1)),  # many channels: torch's own kernel
+])
+def test_a_rules_terms_through_a_convolution_map_equal_the_convolution_and_their_transpose_its_gradient(channels,
+                                                                                                       options):
+    lmap = linear.conv_map(2, False, **options)
+    x = torch.randn(2, channels, 9, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, channels, 3, 3, dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64)
+    out = F.conv2d(x, weight, bias, **options)
+    torch.testing.assert_close(lmap.terms(x.detach(), weight, bias), out.detach(), rtol=1e-12, atol=1e-12)
+    v = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, v)
+    torch.testing.assert_close(lmap.transpose(v, weight, x.detach()), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_scaling_the_output_channels_of_a_grouped_transposed_convolution_scales_its_output_channels():
     lmap = linear.conv_map(2, True, stride=2, groups=2)
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
