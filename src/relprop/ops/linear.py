@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import rules
-from ..composites import Site
 from ..rules import PROPORTIONAL_INPUTS, LinearRule, keep, ones, positive, square
 from ..stabilize import divide_or_zero
 from .elementwise import pass_through
