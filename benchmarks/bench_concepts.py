@@ -10,8 +10,11 @@ relprop: one forward pass, the conditions as batched backwards of --batch. zenni
 conditions in one batch). The floor: one forward of the plain model (a copy with out-of-place ReLUs), the gradient
 of the target logit down to --layer, then the conditions' backward from the layer down as one batched plain gradient
 (``torch.autograd.grad`` with ``is_grads_batched``, as relprop batches its conditions) with no LRP rule: what any
-CRP must at least do. The time of a method is its median over --rounds interleaved rounds; peak memory is measured
-in a child process per method (--no-memory skips it), as in bench_lrp.py.
+CRP must at least do. A second floor row takes the same plain gradients one condition at a time (PyTorch's batched
+gradient has no batching rule for a convolution's backward, so it loops over the conditions inside and stacks the
+results). --no-peer leaves zennit-crp out (its rows take minutes per round at 224x224). The time of a method is its
+median over --rounds interleaved rounds (--clock cpu: the thread's CPU time, for a loaded machine); peak memory is
+measured in a child process per method (--no-memory skips it), as in bench_lrp.py.
 """
 from __future__ import annotations
 
@@ -21,16 +24,18 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
 import torchvision
 
+import bench_lrp
 import relprop
 from bench_lrp import measure
 from relprop.concepts import conditional
 
 
-def build_methods(size, count, layer, batch):
+def build_methods(size, count, layer, batch, peer=True):
     torch.manual_seed(0)
     model = torchvision.models.vgg16().eval()
     with torch.no_grad():
@@ -43,7 +48,10 @@ def build_methods(size, count, layer, batch):
     ours = [{"y": target, layer: [c]} for c in range(count)]
     lrp = relprop.LRP(model, "epsilon_plus_flat")
     methods = {f"relprop conditional (batch {batch})": lambda: conditional(lrp, x, None, ours, batch=batch).relevance,
-               f"floor: plain batched gradient ({count})": plain_floor(model, x, target, layer, count)}
+               f"floor: plain batched gradient ({count})": plain_floor(model, x, target, layer, count),
+               "floor: plain gradient per condition": plain_floor(model, x, target, layer, count, batched=False)}
+    if not peer:
+        return methods
     try:
         from crp.attribution import CondAttribution
         from zennit.composites import EpsilonPlusFlat
@@ -64,9 +72,10 @@ def build_methods(size, count, layer, batch):
     return methods
 
 
-def plain_floor(model, x, target, layer, count):
+def plain_floor(model, x, target, layer, count, batched=True):
     """One forward, the target's gradient down to ``layer``, then ``count`` channel conditions' gradients from the
-    layer to the input as one batched backward: no LRP rule, nothing but the convolutions' own backward."""
+    layer to the input as one batched backward (or one backward per condition): no LRP rule, nothing but the
+    convolutions' own backward."""
     plain = copy.deepcopy(model)
     for module in plain.modules():
         if isinstance(module, torch.nn.ReLU):
@@ -85,6 +94,9 @@ def plain_floor(model, x, target, layer, count):
         (above,) = torch.autograd.grad(output[0, target], activation, retain_graph=True)
         masks = torch.zeros((count, *activation.shape), dtype=activation.dtype)
         masks[torch.arange(count), :, torch.arange(count)] = 1  # condition c keeps channel c
+        if not batched:
+            return torch.stack([torch.autograd.grad(activation, inputs, grad_outputs=above * mask, retain_graph=True)[0]
+                                for mask in masks])
         (heatmaps,) = torch.autograd.grad(activation, inputs, grad_outputs=above * masks, is_grads_batched=True)
         return heatmaps
 
@@ -122,17 +134,22 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children (time only)")
+    parser.add_argument("--no-peer", action="store_true", help="leave zennit-crp out (relprop and the floors only)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the thread's CPU time, which a loaded machine stretches less (1 thread)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    methods = build_methods(args.size, args.count, args.layer, args.batch)
+    if args.clock == "cpu":
+        bench_lrp.CLOCK = time.thread_time
+    methods = build_methods(args.size, args.count, args.layer, args.batch, peer=not args.no_peer)
     if args.memory_child:
         fn = methods[args.memory_child]
         fn()
         print(f"{measure(fn)[1]:.1f}")
         return
     print(f"vgg16, 1 image {args.size}x{args.size}, {args.count} conditions on {args.layer}, "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}")
     check_agreement(methods)
     times = {name: [] for name in methods}
     for _ in range(args.rounds):

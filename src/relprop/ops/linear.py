@@ -703,9 +703,12 @@ def _input_relevance(call: LinearCall, x, weights: LayerWeights, bias, z, g, dif
             denominator = z if plain else _denominator(terms, modified, rule, lmap, x, bias, call)
             if scale is not None:
                 denominator = denominator * scale
-            s = z * g / rule.stabilize(denominator)
+            # z / denominator comes from the forward pass alone: one output-sized pass, then one pass over g (which
+            # holds every condition of a batched conditional backward), not two
+            ratio = z / rule.stabilize(denominator)
             if left_out is not None:
-                s = s.masked_fill(left_out, 0)
+                ratio = ratio.masked_fill(left_out, 0)
+            s = g * ratio
         else:
             s = _signal(call, terms, modified, x, bias, z, g, nonnegative, scale, rectified)
             if left_out is not None:
