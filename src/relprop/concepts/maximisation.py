@@ -102,27 +102,12 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
 def store_recipe(opened, model, source):
     """(the model, or the spec each process loads it from, and the data set) of the store's run."""
     from ..datasets import ModelSpec
-    from ..datasets.sources import open_recorded_source
+    from ..datasets.sources import recorded_model_and_source
 
-    attrs = opened.attrs
-    if attrs.get("method") != "lrp":
-        raise ValueError(f"{opened.path} holds {attrs.get('method')} attributions; concepts need an LRP run")
-    preprocessing = None
-    if model is None:
-        if str(attrs["model"]).startswith("python:"):
-            raise ValueError(f"{opened.path} was made with a Python model ({attrs['model']}); pass it as model=")
-        from ..loading import load_model
-
-        loaded = load_model(attrs["model"])
-        model, preprocessing = ModelSpec(attrs["model"], None, loaded.model), loaded.preprocessing
-    if source is None:
-        if str(attrs["data"]).startswith("python:"):
-            raise ValueError(f"{opened.path} was made from a Python data set ({attrs['data']}); pass it as source=")
-        source = open_recorded_source(attrs, preprocessing)
-    if len(source) != opened.count:
-        raise ValueError(f"the data set has {len(source)} samples but {opened.path} has {opened.count}; give the "
-                         "data set the store was made from")
-    return model, source
+    if opened.attrs.get("method") != "lrp":
+        raise ValueError(f"{opened.path} holds {opened.attrs.get('method')} attributions; concepts need an LRP run")
+    model, source, spec = recorded_model_and_source(opened.attrs, opened.path, model, source)
+    return (model if spec is None else ModelSpec(spec, None, model)), source
 
 
 def store_attributor(opened, model):

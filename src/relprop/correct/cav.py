@@ -564,26 +564,10 @@ def store_model_and_source(store, model=None, source=None):
         ValueError: when the store was made with a Python model or data set and none is given, or the data set's
             length differs.
     """
+    from ..datasets.sources import recorded_model_and_source
     from ..datasets.store import open_store
 
-    attrs = open_store(store).attrs
-    preprocessing = None
-    if model is None:
-        if str(attrs["model"]).startswith("python:"):
-            raise ValueError(f"{store} was made with a Python model ({attrs['model']}); pass the model")
-        from ..loading import load_model
-
-        loaded = load_model(attrs["model"])
-        model, preprocessing = loaded.model, loaded.preprocessing
-    if source is None:
-        if str(attrs["data"]).startswith("python:"):
-            raise ValueError(f"{store} was made from a Python data set ({attrs['data']}); pass the source")
-        from ..datasets.sources import open_recorded_source
-
-        source = open_recorded_source(attrs, preprocessing)
-    if len(source) != int(attrs["count"]):
-        raise ValueError(f"the data set has {len(source)} samples but {store} has {attrs['count']}; give the data "
-                         "set the store was made from")
+    model, source, _ = recorded_model_and_source(open_store(store).attrs, store, model, source)
     return model, source
 
 

@@ -271,6 +271,43 @@ def open_recorded_source(attrs, preprocessing: Preprocessing | None = None) -> S
     return open_source(attrs["data"], preprocessing)
 
 
+def recorded_model_and_source(attrs, where, model=None, source=None):
+    """The model and data set of a store's run: the ones given, else those its recorded --model and DATA specs name
+    (the data set read as the run read it, open_recorded_source).
+
+    Args:
+        attrs: The store's attributes.
+        where: The store's path, for messages.
+        model: The model; None: the one the recorded --model spec loads.
+        source: The data set (a Source or a DATA spec); None: the recorded one.
+
+    Returns:
+        (model, source, spec): spec is the recorded --model spec when the model was loaded from it, else None.
+
+    Raises:
+        ValueError: when the run's model or data set was a Python object and none is given, or the data set's length
+            is not the store's.
+    """
+    spec, preprocessing = None, None
+    if model is None:
+        if str(attrs["model"]).startswith("python:"):
+            raise ValueError(f"{where} was made with a Python model ({attrs['model']}); pass the model (model=)")
+        from ..loading import load_model
+
+        spec = attrs["model"]
+        loaded = load_model(spec)
+        model, preprocessing = loaded.model, loaded.preprocessing
+    if source is None:
+        if str(attrs["data"]).startswith("python:"):
+            raise ValueError(f"{where} was made from a Python data set ({attrs['data']}); pass the data set "
+                             "(source=)")
+        source = open_recorded_source(attrs, preprocessing)
+    if len(source) != int(attrs["count"]):
+        raise ValueError(f"the data set has {len(source)} samples but {where} has {attrs['count']}; give the data "
+                         "set the store was made from")
+    return model, source, spec
+
+
 def open_source(spec, preprocessing: Preprocessing | None = None) -> Source:
     """The source a DATA spec names (a registered name, file.py:FACTORY or an image folder) or a torch Dataset.
 
