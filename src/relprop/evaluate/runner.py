@@ -103,7 +103,6 @@ class Runner:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
         self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
         self.forward_passes = 0
-        self.threads = None  # the threads of plain forward passes while a chain runs its own work on one (scores)
         self.chains_forced = incremental is True
         self.channels_last = bool(channels_last) and self.x.dim() == 4
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
@@ -303,7 +302,8 @@ class Runner:
             ValueError: when the output is not (rows, classes) or changes shape.
         """
         if forward is None:
-            with on_threads(self.threads or torch.get_num_threads()):
+            # while a chain runs its own work on one thread (scores), its plain passes keep the chain's full count
+            with on_threads(torch.get_num_threads() if self.incremental is None else self.incremental.whole_threads()):
                 out = self.model(chunk)
         else:
             out = forward(chunk)
@@ -366,13 +366,12 @@ class Runner:
                 # the chain's own work (building copies, comparing and hashing them, the crops of incremental steps)
                 # is many small ops, which lose more to a second thread than they gain on a busy machine: one thread
                 # for them, torch's setting for the passes' whole work (full passes, whole ops, stacked tails)
-                engine, threads = self.incremental, torch.get_num_threads()
-                engine.threads = self.threads = threads
+                self.incremental.threads = torch.get_num_threads()
                 try:
                     with on_threads(1):
                         self._chains(samples, steps, perturb, result, predicted, plain)
                 finally:
-                    engine.threads = self.threads = None
+                    self.incremental.threads = None
             else:
                 plain.append(torch.arange(len(samples) * steps))
             flat_result, flat_predicted = result.view(-1), predicted.view(-1)
