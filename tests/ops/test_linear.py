@@ -55,6 +55,21 @@ def test_a_rules_terms_through_a_convolution_map_equal_the_convolution_and_their
     torch.testing.assert_close(lmap.transpose(v, weight, x.detach()), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride, size", [(1, (7, 6)), (2, (7, 6)), ((2, 3), (8, 7)), (2, (1, 1))])
+def test_the_transpose_of_a_pointwise_convolution_is_its_gradient_at_every_stride(stride, size):
+    lmap = linear.conv_map(2, False, stride=stride, padding=0)
+    x = torch.randn((3, 4) + size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 4, 1, 1, dtype=torch.float64)
+    out = F.conv2d(x, weight, torch.randn(6, dtype=torch.float64), stride=stride)
+    v = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, v)  # zero on the input positions a strided 1x1 window skips
+    torch.testing.assert_close(lmap.transpose(v, weight, x.detach()), expected, rtol=1e-12, atol=1e-12)
+    v_leaf = v.clone().requires_grad_(True)  # differentiable: relevance's own gradient flows through it
+    (through,) = torch.autograd.grad(lmap.transpose(v_leaf, weight, x.detach()).sum(), v_leaf)
+    torch.testing.assert_close(through, F.conv2d(torch.ones_like(x), weight, stride=stride).detach(), rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_scaling_the_output_channels_of_a_grouped_transposed_convolution_scales_its_output_channels():
     lmap = linear.conv_map(2, True, stride=2, groups=2)
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
