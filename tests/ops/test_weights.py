@@ -6,7 +6,7 @@ import torch
 
 import relprop
 from relprop import rules
-from relprop.ops.weights import WeightCache, modifier_key
+from relprop.ops.weights import WeightCache, checksums, modifier_key
 
 
 def _model():
@@ -62,6 +62,33 @@ def test_a_changed_parameter_rebuilds_its_kept_weights(change):
     after = lrp(x, 1).relevance
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, _fresh(model, "epsilon_gamma_box", x), rtol=0, atol=0)
+
+
+def test_a_write_through_data_that_keeps_the_float_sum_rebuilds_the_kept_weights():
+    model, x = _model(), torch.randn(2, 3, 6, 6)
+    weight = model[5].weight
+    with torch.no_grad():  # quarters: every partial sum is exact, so a float sum cannot tell an order apart
+        weight.copy_(torch.randint(-8, 8, weight.shape, generator=torch.Generator().manual_seed(1)) / 4)
+        weight[0, 0, 0, :2] = torch.tensor([2.0, -1.5])
+    lrp = relprop.LRP(model, "epsilon_gamma_box")
+    before = lrp(x, 1).relevance
+    float_sum = float(weight.detach().sum())
+    weight.data[0, 0, 0, :2] = torch.tensor([-1.5, 2.0])  # two values swapped within one 64-bit word
+    assert float(weight.detach().sum()) == float_sum  # a float sum does not see the swap
+    after = lrp(x, 1).relevance
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, _fresh(model, "epsilon_gamma_box", x), rtol=0, atol=0)
+
+
+def test_checksums_of_tensors_whose_bytes_are_not_aligned_words_fall_back_to_a_sum():
+    odd = torch.arange(7, dtype=torch.float32)  # 28 bytes: not whole 64-bit words
+    offset = torch.arange(9, dtype=torch.float32)[1:]  # 8 values starting 4 bytes in
+    strided = torch.arange(16, dtype=torch.float32)[::2]
+    sums = checksums([odd, offset, strided, torch.ones(4, dtype=torch.float64)])
+    assert sums[id(odd)] == 21.0 and sums[id(offset)] == 36.0 and sums[id(strided)] == 56.0
+    assert isinstance(sums[id(odd)], float)
+    words = torch.ones(4, dtype=torch.float64).view(torch.int64)
+    assert sums[next(iter(sums.keys() - {id(odd), id(offset), id(strided)}))] == int(words.sum())
 
 
 def test_kept_weights_do_not_keep_the_model_alive():

@@ -5,8 +5,9 @@ explanation (ResNet-50 has 25M weights). An LRP object keeps them in a WeightCac
 built from. An entry is used only while each of those tensors is the same object with the same version counter and
 data pointer, so in-place updates (optimizer steps, ``load_state_dict``, writes under ``torch.no_grad()``) and
 replaced parameters rebuild it. Writes through ``param.data`` bypass version counters (autograd does not see them
-either), so each source's sum is compared too (one read of it per explanation): that catches them unless they leave
-the sum as it was (a permutation of a weight's values). Entries hold only weak references to their sources: they are
+either), so each source's checksum is compared too (one read of it per explanation, the wrap-around sum of its
+bytes as 64-bit words): that catches any one changed value, and misses only changes that cancel in that sum
+(some permutations of a weight's values). Entries hold only weak references to their sources: they are
 dropped when the parameters are, and all go with the LRP object. What is kept is about one to two copies of the
 convolution weights (ResNet-50: 89 MiB for epsilon_plus_flat, 179 MiB for epsilon_alpha2_beta1).
 """
@@ -84,13 +85,43 @@ class WeightCache:
         return value
 
     def _checksums(self, sources) -> tuple:
-        """A sum per source (one read, once per explanation): catches writes through ``.data``, which leave version
-        counters as they were."""
-        sums = []
-        for source in sources:
-            total = self._sums.get(id(source))
-            if total is None:
-                with torch.no_grad():
-                    total = self._sums[id(source)] = float(source.sum()) if source.is_floating_point() else 0.0
-            sums.append(total)
-        return tuple(sums)
+        """A checksum per source (one read, once per explanation): catches writes through ``.data``, which leave
+        version counters as they were. The first source unsummed in an explanation sums every source the cache
+        knows, with one synchronisation for all."""
+        if any(id(source) not in self._sums for source in sources):
+            unsummed = {id(source): source for source in sources if id(source) not in self._sums}
+            for references, *_ in self._entries.values():
+                for reference in references:
+                    source = reference()
+                    if source is not None and id(source) not in self._sums:
+                        unsummed.setdefault(id(source), source)
+            self._sums.update(checksums(list(unsummed.values())))
+        return tuple(self._sums[id(source)] for source in sources)
+
+
+def checksums(tensors: list) -> dict:
+    """id -> checksum of each tensor's bytes: the wrap-around sum of its 64-bit words, which changes whenever one value
+    does (a float sum can round a small change away) and reads no more than a float sum (ResNet-50's 25M weights:
+    about 5 ms on one thread against 9 ms); a float sum where the bytes do not split into aligned words."""
+    sums, words = {}, {}
+    with torch.no_grad():
+        for tensor in tensors:
+            bits = _words(tensor.detach())
+            if bits is None:
+                sums[id(tensor)] = float(tensor.detach().sum()) if tensor.is_floating_point() else 0.0
+            else:
+                words.setdefault(bits.device, []).append((id(tensor), bits.sum()))
+        for pairs in words.values():
+            values = torch.stack([total for _, total in pairs]).tolist()  # one synchronisation per device
+            sums.update((key, value) for (key, _), value in zip(pairs, values))
+    return sums
+
+
+def _words(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The tensor's bytes as 64-bit integers, or None when they are not contiguous and 8-byte aligned."""
+    if not tensor.is_contiguous() or tensor.dtype in (torch.bool, torch.complex64, torch.complex128):
+        return None
+    size = tensor.element_size()
+    if (tensor.numel() * size) % 8 or (tensor.storage_offset() * size) % 8 or tensor.numel() == 0:
+        return None
+    return tensor.reshape(-1).view(torch.uint8).view(torch.int64)
