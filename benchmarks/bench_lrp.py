@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/bench_lrp.py --quick          # batch 2, 112x112, for a smoke run
 
 Runs are interleaved (each round runs every method once) and the median is reported, so that drifting load on a
-shared machine touches all methods alike. Each relprop composite also gets a measured floor: one gradient x input
+shared machine touches all methods alike. relprop and its floors run in one set of rounds, the peers in another, each
+set with its own gradient x input (a peer that writes the model's parameters would otherwise make every relprop call
+rebuild its kept weights); a "first call" row per composite times a new LRP object per call, weights built in it. Each relprop composite also gets a measured floor: one gradient x input
 call plus, run bare as plain torch ops on the layers' own inputs and weights, the convolutions and linear maps its
 rules need beyond the gradient's one forward and one backward per layer (``extra_ops`` says how many, per rule). Its
 rows show relprop / gradient, floor / gradient and relprop / floor. Peak memory is measured apart, one child process per method (so that
@@ -164,6 +166,11 @@ def relprop_method(model, x, target, composite):
     return lambda: lrp(x, target).relevance
 
 
+def first_call_method(model, x, target, composite):
+    """A new LRP object each call: what explaining a model once costs (its modified weights are built in the call)."""
+    return lambda: relprop.LRP(model, composite)(x, target).relevance
+
+
 def zennit_method(model, x, target, composite_name):
     from zennit import composites as zc
     from zennit.attribution import Gradient
@@ -203,6 +210,7 @@ def build_methods(name, batch, size, peers, floors=True):
     with torch.no_grad():
         target = model(x).argmax(1)
     methods = {"gradient x input": gradient_x_input(model, x, target)}
+    methods["gradient x input"].setup = (model, x, target)
     for composite in COMPOSITES:
         methods[f"relprop {composite}"] = relprop_method(model, x, target, composite)
         if floors:
@@ -224,8 +232,13 @@ def build_methods(name, batch, size, peers, floors=True):
 
 def child_memory(name, batch, size, method):
     """Run in a child process: peak extra MiB of one call of method (after one warm-up call)."""
-    fn = build_methods(name, batch, size, peers=not method.startswith(("relprop", "gradient")),
-                       floors=method.startswith("floor"))[method]
+    methods = build_methods(name, batch, size, peers=not method.startswith(("relprop", "gradient")),
+                            floors=method.startswith("floor"))
+    if method.endswith(", first call"):
+        model, x, target = methods["gradient x input"].setup
+        fn = first_call_method(model, x, target, method[len("relprop "):-len(", first call")])
+    else:
+        fn = methods[method]
     fn()
     print(f"{measure(fn)[1]:.1f}")
 
@@ -240,42 +253,61 @@ def memory_in_child(name, batch, size, method):
         return float("nan")
 
 
-def bench_model(name, batch, size, rounds, peers, floors=True):
-    methods = build_methods(name, batch, size, peers, floors)
+def _timed_rounds(methods, rounds, failed):
+    """Median seconds per method over interleaved rounds (round 0 warms up); a method that raises is left out."""
     times = {key: [] for key in methods}
-    memory = {}
-    failed = {}
-    for round_index in range(rounds + 1):  # round 0 warms up
+    for round_index in range(rounds + 1):
         for key, fn in methods.items():
             if key in failed:
                 continue
             try:
-                seconds, mib = measure(fn)
+                seconds, _ = measure(fn)
             except Exception as error:  # a peer that cannot explain this model is reported, not fatal
                 failed[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
                 continue
             if round_index:
                 times[key].append(seconds)
-    for key in methods:
-        if key not in failed and not key.startswith("floor"):  # the floor's memory is the gradient's
+    return {key: statistics.median(values) for key, values in times.items() if values}
+
+
+def bench_model(name, batch, size, rounds, peers, floors=True):
+    """Two sets of interleaved rounds in one process, each with its own gradient x input: relprop's composites with
+    their floors, then the peers. Apart, because a peer that writes the model's parameters (captum's LRP bumps
+    every parameter's version counter) would make each relprop call that follows it rebuild its kept weights: a
+    user calling relprop again on an unchanged model does not pay that. What a first call pays is its own row (a new
+    LRP object each call)."""
+    methods = build_methods(name, batch, size, peers, floors)
+    ours = {key: fn for key, fn in methods.items() if not key.startswith(("zennit", "captum"))}
+    model, x, target = methods["gradient x input"].setup
+    for composite in COMPOSITES:
+        ours[f"relprop {composite}, first call"] = first_call_method(model, x, target, composite)
+    theirs = {key: fn for key, fn in methods.items() if key == "gradient x input" or key.startswith(("zennit", "captum"))}
+    failed = {}
+    times = _timed_rounds(ours, rounds, failed)
+    peer_times = _timed_rounds(theirs, rounds, failed) if len(theirs) > 1 else {}
+    memory = {}
+    for key in list(ours) + list(theirs):
+        if key not in failed and not key.startswith("floor") and key not in memory:  # a floor's memory: the gradient's
             memory[key] = memory_in_child(name, batch, size, key)
-    base_time = statistics.median(times["gradient x input"])
     base_memory = memory["gradient x input"]
     rows = []
-    for key in methods:
+    for key in list(ours) + [key for key in theirs if key != "gradient x input"]:
         if key in failed:
             rows.append((name, key, "fails", "", "", "", "", "", failed[key]))
             continue
         if key.startswith("floor"):
             continue
-        t, m = statistics.median(times[key]), memory[key]
-        floor_key = "floor " + key[len("relprop "):]
+        source = peer_times if key in theirs and key != "gradient x input" else times
+        t, base_time = source[key], source["gradient x input"]
         floor, versus = "", ""
-        if floor_key in times and times[floor_key]:
-            floor_time = statistics.median(times[floor_key])
-            floor, versus = f"{floor_time / base_time:.2f}x", f"{t / floor_time:.2f}x"
-        rows.append((name, key, f"{t:.3f}", f"{t / base_time:.2f}x", floor, versus, f"{m:.0f}",
-                     f"{m / base_memory:.2f}x", ""))
+        floor_key = "floor " + key[len("relprop "):]
+        if floor_key in times:
+            floor, versus = f"{times[floor_key] / base_time:.2f}x", f"{t / times[floor_key]:.2f}x"
+        m = memory.get(key)
+        note = "peers' rounds" if source is peer_times else ("weights built in the call" if key.endswith("first call")
+                                                             else "")
+        rows.append((name, key, f"{t:.3f}", f"{t / base_time:.2f}x", floor, versus,
+                     "" if m is None else f"{m:.0f}", "" if m is None else f"{m / base_memory:.2f}x", note))
     return rows
 
 
@@ -302,7 +334,8 @@ def main():
     if args.quick:
         args.batch, args.size, args.rounds = 2, 112, 2
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {args.batch}, {args.size}x{args.size}, "
-          f"median of {args.rounds} interleaved rounds, {args.clock} clock, CPU\n")
+          f"median of {args.rounds} interleaved rounds, {args.clock} clock, CPU; relprop and its floors in one set of "
+          "rounds, the peers in another, each with its own gradient\n")
     print("| model | method | time (s) | time / gradient | floor / gradient | time / floor | peak MiB | "
           "memory / gradient | note |")
     print("|---|---|---|---|---|---|---|---|---|")
