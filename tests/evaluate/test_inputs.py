@@ -131,6 +131,49 @@ class RowCounter(torch.nn.Module):
         return self.model(x)
 
 
+def test_on_a_cpu_passes_hold_fewer_copies_where_batch_size_would_make_large_activations(monkeypatch):
+    from relprop.evaluate import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PASS_BYTES", 8192)  # small, for a small model: conv outputs 2 KiB a row
+    model = RowCounter(small_cnn())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 1, batch_size=64)
+    shifts = torch.linspace(0.1, 0.6, 6, dtype=torch.float64)
+
+    def perturb(rows, steps):
+        return x[rows] + shifts[steps].view(-1, 1, 1, 1)
+
+    scores = runner.scores(6, perturb)
+    with torch.no_grad():
+        expected = torch.stack([model.model(x + shift)[:, 1] for shift in shifts], 1)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    # the first pass holds x's 2 rows and finds 2 KiB per row at most: 4 rows fit 8 KiB
+    assert runner.pass_rows == 4 and model.passes == [2, 4, 4, 2]
+
+
+def test_passes_hold_at_least_as_many_rows_as_x_whatever_their_activations(monkeypatch):
+    from relprop.evaluate import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PASS_BYTES", 1024)
+    model = RowCounter(small_cnn())
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    runner = evaluate.Runner(model, x, 1, batch_size=64)
+    runner.scores(4, lambda rows, steps: x[rows] * (2 + steps.view(-1, 1, 1, 1)))  # no copy equals its sample
+    assert runner.pass_rows == 3 and model.passes == [3, 3, 3, 3]
+
+
+def test_the_largest_activation_counts_tensors_a_pass_allocates_for_its_rows_not_views():
+    from relprop.evaluate.runner import _LargestOutput
+
+    x, weight = torch.randn(4, 3, 5, 5), torch.randn(4, 1000)
+    with _LargestOutput(4) as largest:
+        flat = x.flatten(1)  # a view: nothing allocated
+        weight.t()  # a view of a weight, rows first by chance
+        torch.ones(3, 1000)  # not the pass's rows
+        wide = flat * 2  # 4 rows x 75 values
+    assert largest.bytes == wide.numel() * wide.element_size()
+
+
 def test_copies_equal_to_their_sample_take_the_clean_output_without_a_forward_pass():
     model = RowCounter(small_cnn())
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)

@@ -2,8 +2,10 @@
 
 A metric says which copies it needs as (sample, step) pairs and how to build a chunk of them; the runner builds at
 most ``batch_size`` copies at a time, runs one forward pass per chunk and keeps only the target's score, so memory
-is bounded by ``batch_size`` whatever the number of steps. The unperturbed output is computed once per runner and
-shared by every metric that is given the same runner. Nothing here writes into the model or into x.
+is bounded by ``batch_size`` whatever the number of steps. On a CPU a chunk holds fewer copies where ``batch_size``
+of them would make an activation larger than PASS_BYTES (``pass_rows``): such passes are slower per copy, not
+faster (ResNet-50 at 224x224: 64 copies per pass took 1.6x as long as passes of 4). The unperturbed output is
+computed once per runner and shared by every metric that is given the same runner. Nothing here writes into the model or into x.
 
 A copy equal to its unperturbed sample (its removed values already equal the baseline's, e.g. a black background
 under a black baseline, or every location restored) takes that sample's clean output instead of a forward pass, and
@@ -37,6 +39,7 @@ import torch
 
 from ..attribution.targets import tensor_output
 from ..engine.incremental import Incremental, changed_boxes, on_threads, step_share
+from ..engine.intercept import OpMode
 from .inputs import check_input
 
 CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most this share of a plain pass's work
@@ -48,6 +51,13 @@ CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most t
 KEPT_COST, STEP_OVERHEAD, CHAIN_MARGIN = 1.6, 0.3, 1.25
 CHAIN_STACK = 64  # the most copies a chain builds at once for steps run together (Incremental.steps), batch_size
 # or more: 38 MB for 224x224 RGB float images; the stacked rows that reach the model's tail are bounded by the engine
+# On a CPU a plain pass holds at most as many rows as keep its largest activation within PASS_BYTES, and at least
+# as many as x has (a batch the caller made); the first pass, of x's rows at most, finds that size: glibc maps every
+# block over 32 MiB fresh from the system and returns it when freed, so each pass of larger activations pays page
+# faults on all of them. One thread, 64 images at 224x224 in passes of 2 to 64 rows: ResNet-50 (3 MiB per row)
+# 4.9-5.0 s up to 6 rows, 5.3 s at 10, 7.0 s at 20, 8.2 s at 60 (5.6 s at 64 with glibc's mmap threshold raised);
+# VGG-16 (12 MiB per row) 8.4-8.7 s for 32 images at any size.
+PASS_BYTES = 16 << 20
 SEEN_LIMIT = 2 ** 18  # copies a runner remembers the score of (about 270 bytes each: 70 MiB at most)
 
 
@@ -101,7 +111,10 @@ class Runner:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int (copies per forward pass), got {batch_size!r}")
-        self.model, self.x, self.batch_size, self.softmax, self.select = model, check_input(x), batch_size, softmax, output
+        self.model, self.x, self.batch_size, self.softmax = model, check_input(x), batch_size, softmax
+        self.select = output
+        # rows per plain forward pass (see pass_rows): on a CPU found by the first pass
+        self._pass_rows = None if self.x.device.type == "cpu" else batch_size
         self.forward_passes = 0
         self.chains_forced = incremental is True
         self.channels_last = bool(channels_last) and self.x.dim() == 4
@@ -228,6 +241,28 @@ class Runner:
             self.incremental.checkpoint()
             self.checkpoint_rows = rows.cpu()
 
+    @property
+    def pass_rows(self) -> int | None:
+        """Rows per plain forward pass: batch_size; on a CPU fewer where batch_size rows would make an activation
+        larger than PASS_BYTES, but as many as x has at least. None on a CPU before the first plain pass, which
+        holds as many rows as x at most and finds the largest activation per row."""
+        return self._pass_rows
+
+    def _chunks(self, items):
+        """items (rows, or indices of copies) split into the plain passes' chunks of pass_rows. While pass_rows is
+        unknown the first chunk holds batch_size items where their inputs are small (within PASS_BYTES / 64: no
+        activation of a model that expands its input less than 64-fold passes PASS_BYTES), else as many as x has
+        rows at most; that pass finds pass_rows."""
+        start = 0
+        while start < len(items):
+            size = self._pass_rows
+            if size is None:
+                size = min(self.batch_size, len(items))
+                if size * self.x[:1].numel() * self.x.element_size() > PASS_BYTES // 64:
+                    size = min(size, len(self.x))
+            yield items[start:start + size]
+            start += size
+
     def _chain_rows(self) -> int:
         """Samples per pass of a chain: batch_size, or fewer once a kept base showed that the activations of
         batch_size samples would pass the incremental engine's max_bytes."""
@@ -265,7 +300,7 @@ class Runner:
         return index
 
     def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's class scores for inputs, in forward passes of at most batch_size rows, checked for shape.
+        """The model's class scores for inputs, in forward passes of at most pass_rows rows, checked for shape.
 
         Args:
             inputs: Rows shaped like x's.
@@ -274,12 +309,24 @@ class Runner:
             (rows, classes) scores.
         """
         with torch.inference_mode():
-            return torch.cat([self._plain(chunk) for chunk in inputs.split(self.batch_size)])
+            return torch.cat([self._plain(chunk) for chunk in self._chunks(inputs)])
 
     def _plain(self, chunk: torch.Tensor) -> torch.Tensor:
         """One plain forward pass, of a channels-last copy of the chunk where channels_last is on. A model that cannot
         take one (``.view`` on an activation, which channels-last makes non-contiguous) raises; the runner then
-        turns channels_last off and runs this and every later chunk as given."""
+        turns channels_last off and runs this and every later chunk as given. The first pass on a CPU also finds
+        pass_rows."""
+        if self._pass_rows is None:
+            with _LargestOutput(len(chunk)) as largest:
+                out = self._plain_as_set(chunk)
+            rows, least = self.batch_size, min(self.batch_size, len(self.x))
+            if largest.bytes:
+                rows = min(rows, max(least, PASS_BYTES * len(chunk) // largest.bytes))
+            self._pass_rows = rows
+            return out
+        return self._plain_as_set(chunk)
+
+    def _plain_as_set(self, chunk: torch.Tensor) -> torch.Tensor:
         if self.channels_last and chunk.dim() == 4:
             try:
                 return self.run(chunk.contiguous(memory_format=torch.channels_last))
@@ -375,7 +422,7 @@ class Runner:
             else:
                 plain.append(torch.arange(len(samples) * steps))
             flat_result, flat_predicted = result.view(-1), predicted.view(-1)
-            for chunk in (torch.cat(plain).split(self.batch_size) if plain else ()):
+            for chunk in (self._chunks(torch.cat(plain)) if plain else ()):
                 rows = samples[chunk // steps]
                 score, classes_of = self.score_copies(rows, perturb(rows, chunk % steps))
                 where = chunk.to(flat_result.device)
@@ -528,6 +575,21 @@ def _explained_output(relevance, x, output) -> torch.Tensor | None:
     if scores.dim() != 2 or scores.shape[0] != len(x) or scores.device != x.device or scores.dtype != x.dtype:
         return None
     return scores
+
+
+class _LargestOutput(OpMode):
+    """Watches one pass of ``rows`` rows: the bytes of the largest activation a torch call allocated (a tensor with
+    the pass's rows first; views, such as a weight's transpose or a flattened activation, allocate nothing)."""
+
+    def __init__(self, rows: int):
+        super().__init__()
+        self.rows, self.bytes = rows, 0
+
+    def op(self, func, name, family, args, kwargs):
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dim() and out.shape[0] == self.rows and not out._is_view():
+            self.bytes = max(self.bytes, out.numel() * out.element_size())
+        return out
 
 
 def _is_predicted(target) -> bool:
