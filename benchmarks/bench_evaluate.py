@@ -72,6 +72,7 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
     run on a given Runner or None)."""
     import quantus
 
+    sized = {} if batch_size is None else {"batch_size": batch_size}  # relprop's default unless --batch-size
     n, channels, height, width = x.shape
     locations = height * width
     relevance = explanation.relevance.detach()
@@ -99,11 +100,11 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
 
     def region(source):
         return evaluate.region_perturbation(source, x, explanation, target, patch_size=patch, steps=regions,
-                                            softmax=True, batch_size=batch_size)
+                                            softmax=True, **sized)
 
     def selectivity(source):
         return evaluate.selectivity(source, x, explanation, target, patch_size=selectivity_patch, softmax=True,
-                                    batch_size=batch_size)
+                                    **sized)
 
     textured = {}
 
@@ -127,7 +128,7 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
     def irof(source):
         t = smooth()
         return evaluate.irof(source, t["x"], t["explanation"], t["target"], baseline=0.0, softmax=True,
-                             batch_size=batch_size)
+                             **sized)
 
     def quantus_irof():
         image, label, pooled_map = smooth()["arrays"]
@@ -158,12 +159,12 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
     return {
         f"pixel_flipping ({steps} steps)": (
             r(lambda: evaluate.pixel_flipping(model, x, explanation, target, regions_per_step=per_step, softmax=True,
-                                              channel_dim=None, batch_size=batch_size), after),
+                                              channel_dim=None, **sized), after),
             q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
             None),
         f"pixel_flipping ({steps} steps), relevance as a tensor": (
             r(lambda: evaluate.pixel_flipping(model, x, relevance, target, regions_per_step=per_step, softmax=True,
-                                              channel_dim=None, batch_size=batch_size), after),
+                                              channel_dim=None, **sized), after),
             q(quantus.PixelFlipping(features_in_step=per_step, perturb_baseline="black", **common), True, full),
             None),
         f"region_perturbation ({patch}px patches, {regions} regions)": (
@@ -179,36 +180,36 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
             r(lambda: irof(model), irof_as_quantus), quantus_irof, irof),
         f"infidelity ({blocks} perturbations)": (
             r(lambda: evaluate.infidelity(model, x, explanation, target, n_perturb_samples=blocks, softmax=True,
-                                          batch_size=batch_size), unmatched),
+                                          **sized), unmatched),
             q(quantus.Infidelity(perturb_patch_sizes=[selectivity_patch], n_perturb_samples=1, perturb_baseline="black",
                                  **common), True), None),
         f"faithfulness_estimate ({steps} steps)": (
             r(lambda: evaluate.faithfulness_estimate(model, x, explanation, target, features_in_step=per_step,
-                                                     channel_dim=None, softmax=True, batch_size=batch_size), scores),
+                                                     channel_dim=None, softmax=True, **sized), scores),
             q(quantus.FaithfulnessEstimate(features_in_step=per_step, perturb_baseline="black", **common), True,
               full), None),
         f"monotonicity ({steps} steps)": (
             r(lambda: evaluate.monotonicity(model, x, explanation, target, features_in_step=per_step, channel_dim=None,
-                                            softmax=True, batch_size=batch_size), unmatched),
+                                            softmax=True, **sized), unmatched),
             q(quantus.Monotonicity(features_in_step=per_step, perturb_baseline="black", normalise=False, abs=True,
                                    disable_warnings=True), True, full), None),
         f"sensitivity_n ({steps} subsets)": (
             r(lambda: evaluate.sensitivity_n(model, x, explanation, target, n=per_step, nr_runs=steps,
-                                             channel_dim=None, softmax=True, batch_size=batch_size), unmatched),
+                                             channel_dim=None, softmax=True, **sized), unmatched),
             q(quantus.SensitivityN(features_in_step=per_step, n_max_percentage=1.0, perturb_baseline="black",
                                    return_aggregate=False, **common), True, full), None),
         f"road ({steps} percentages)": (
             r(lambda: evaluate.road(model, x, explanation, target, percentages=road_percentages, noise=0.01,
-                                    softmax=True, batch_size=batch_size), unmatched),
+                                    softmax=True, **sized), unmatched),
             q(quantus.ROAD(noise=0.01, percentages=list(road_percentages), **common), True), None),
         f"faithfulness_correlation ({steps} subsets)": (
             r(lambda: evaluate.faithfulness_correlation(model, x, explanation, target, nr_runs=steps,
                                                         subset_size=height, channel_dim=None, softmax=True,
-                                                        batch_size=batch_size), unmatched),
+                                                        **sized), unmatched),
             q(quantus.FaithfulnessCorrelation(nr_runs=steps, subset_size=height, perturb_baseline="black",
                                               return_aggregate=False, **common), True, full), None),
         "sufficiency": (
-            r(lambda: evaluate.sufficiency(model, x, spread, target, distance="seuclidean", batch_size=batch_size),
+            r(lambda: evaluate.sufficiency(model, x, spread, target, distance="seuclidean", **sized),
               scores),
             q(quantus.Sufficiency(threshold=0.6, distance_func="seuclidean", **common), True), None),
         "relevance_mass_accuracy": (
@@ -245,11 +246,12 @@ def floor(model, x, target, batch_size, chain_metric, rounds):
     multiply-adds that the step's patch reaches, counted on a runner whose chains run incrementally throughout. The
     reused Runner is one as benchmark() builds it, its clean pass outside the timer."""
     forward_seconds = plain_forward(model, x, rounds)
-    counting = evaluate.Runner(model, x, target, batch_size=batch_size, softmax=True, chains=True, incremental=True)
+    sized = {} if batch_size is None else {"batch_size": batch_size}
+    counting = evaluate.Runner(model, x, target, **sized, softmax=True, chains=True, incremental=True)
     chain_metric(counting)
     done, full = counting.chain_work
     lowest = forward_seconds * (1 + counting.incremental.passes["incremental"] * done / full) if full else None
-    runner = evaluate.Runner(model, x, target, batch_size=batch_size, softmax=True, chains=True)
+    runner = evaluate.Runner(model, x, target, **sized, softmax=True, chains=True)
     runner.output  # noqa: B018  (its clean pass, outside the timer, as benchmark() makes it)
     elapsed, _ = timed(lambda: chain_metric(runner))
     return lowest, elapsed, runner.chain_plan
@@ -288,7 +290,7 @@ def main():
     parser.add_argument("--selectivity-patch", type=int, default=32,
                         help="selectivity's patch size (Quantus removes every patch)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="relprop's copies per forward pass (default: --count, the size of Quantus's passes)")
+                        help="relprop's copies per forward pass (default: relprop's own default, as users call it)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: both libraries run there")
     parser.add_argument("--quick", action="store_true")
@@ -299,7 +301,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.models, args.size, args.patch, args.selectivity_patch = ["resnet18"], 64, 8, 16
-    batch_size = args.batch_size or args.count
+    batch_size = args.batch_size  # None: relprop's default, as a user calls it
     if args.channels_last:
         build = evaluate.Runner.__init__
         evaluate.Runner.__init__ = lambda self, *a, **k: build(self, *a, **{**k, "channels_last": True})
