@@ -5,7 +5,8 @@ most ``batch_size`` copies at a time, runs one forward pass per chunk and keeps 
 is bounded by ``batch_size`` whatever the number of steps. On a CPU a chunk holds fewer copies where ``batch_size``
 of them would make an activation larger than PASS_BYTES (``pass_rows``): such passes are slower per copy, not
 faster (ResNet-50 at 224x224: 64 copies per pass took 1.6x as long as passes of 4). The unperturbed output is
-computed once per runner and shared by every metric that is given the same runner. Nothing here writes into the model or into x.
+computed once per runner and shared by every metric that is given the same runner. Nothing here writes into the
+model or into x.
 
 A copy equal to its unperturbed sample (its removed values already equal the baseline's, e.g. a black background
 under a black baseline, or every location restored) takes that sample's clean output instead of a forward pass, and
