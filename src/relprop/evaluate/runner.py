@@ -78,6 +78,9 @@ class Runner:
             from a contiguous pass's by float rounding); a model that cannot take them (``.view`` on an activation)
             is run as given from its first failure on. Off by default: on a 2-core CPU it was 2.5x slower on
             ResNet-18 at 64x64 and no faster on ResNet-50 at 224x224 (docs/benchmarks-evaluation.md).
+        checkpoints: Let a later chain of the same samples return to the start of the first (the engine then logs
+            what each kept pass overwrites, a copy of every box a step writes); False for a runner that runs one
+            chain, as a metric's own runner does (``of``).
 
     Raises:
         TypeError: when model is not a torch.nn.Module or x not a tensor.
@@ -96,7 +99,7 @@ class Runner:
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
                  incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, checkpoints: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -111,6 +114,7 @@ class Runner:
         self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
+        self.checkpoints = checkpoints
         self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
         self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
         self._output = self._clean = self._target = self._classes = None  # made when first read
@@ -191,7 +195,8 @@ class Runner:
                 computed again.
             scored: The metric scores the target, so relevance without a target (a plain tensor) needs target= or a
                 runner built with one.
-            chains: The metric runs chains of local perturbations (see the class).
+            chains: The metric runs one chain of local perturbations (see the class): a runner built here then
+                keeps no checkpoint to return to (nothing else runs a chain on it).
 
         Returns:
             A Runner.
@@ -220,11 +225,13 @@ class Runner:
         if scored and target is None and explained is None:
             raise ValueError(_NO_TARGET)
         return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
-                   explained_target=explained, chains=chains, clean_output=_explained_output(relevance, x, output))
+                   explained_target=explained, chains=chains, clean_output=_explained_output(relevance, x, output),
+                   checkpoints=not chains)
 
     def _checkpoint(self, rows: torch.Tensor) -> None:
         """Let the chains of these samples return to the engine's present base (see Incremental.checkpoint)."""
-        if self.incremental.base_input is not None and len(self.incremental.base_input) == len(rows):
+        base = self.incremental.base_input
+        if self.checkpoints and base is not None and len(base) == len(rows):
             self.incremental.checkpoint()
             self.checkpoint_rows = rows.cpu()
 
