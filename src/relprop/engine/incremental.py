@@ -32,7 +32,6 @@ import math
 import weakref
 
 import torch
-import torch.nn.functional as F
 
 from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
@@ -692,17 +691,24 @@ def _window(state, name, func, args, kwargs, base):
         crop_args["stride"] = stride
         crop_args.pop("return_indices", None)
     for group in _crop_groups(rows, outputs):
-        crops = []
+        crops, extent = [], None  # per row: where its crop lies in source and in the batch (past the padding)
         for row, _, wide in group:
-            index, pads = [row, slice(None)], []
+            index, place = [row, slice(None)], [slice(None)]
+            extent = []
             for (low, high), k, s, p, d, size in zip(wide, kernel, stride, padding, dilation, sizes):
                 first, last = low * s - p, (high - 1) * s - p + (k - 1) * d + 1
                 index.append(slice(max(first, 0), min(last, size)))
-                pads.append((max(-first, 0), max(last - size, 0)))
-            crop = source[tuple(index)].unsqueeze(0)
-            flat_pads = [amount for pair in reversed(pads) for amount in pair]
-            crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
-        batch = torch.cat(crops)
+                place.append(slice(max(-first, 0), max(-first, 0) + min(last, size) - max(first, 0)))
+                extent.append(last - first)
+            crops.append((tuple(index), tuple(place)))
+        padded = any((part.start, part.stop) != (0, n) for _, place in crops for part, n in zip(place[1:], extent))
+        if len(crops) == 1 and not padded:
+            batch = source[crops[0][0]].unsqueeze(0)
+        else:  # the crops written once into one batch, its padding filled as the op pads
+            shape = (len(crops), source.shape[1], *extent)
+            batch = source.new_full(shape, fill) if padded else source.new_empty(shape)
+            for position, (index, place) in enumerate(crops):
+                batch[(position,) + place] = source[index]
         values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see on_threads)
         if names is _CONV:  # the work of the positions the change reaches (a widened crop computes more)
             reached = sum(math.prod(high - low for low, high in box) for _, box, _ in group)

@@ -460,13 +460,14 @@ class Runner:
         equal to x or seen before) are left out of the chain, as score_copies leaves them."""
         if len(copies) == 1:
             return [self.score_copies(rows, copies[0], chained=True)]
-        todo = [j for j, chunk in enumerate(copies) if self._todo(rows, chunk)[2]]
+        found = [self._todo(rows, chunk) for chunk in copies]  # compared and hashed once, for both uses
+        todo = [j for j, (_, _, left) in enumerate(found) if left]
         engine = self.incremental
         before = engine.passes["incremental"]
         outputs = dict(zip(todo, engine.steps([copies[j] for j in todo]))) if todo else {}
         if engine.passes["incremental"] > before and engine.work is not None:
             self.chain_work = [a + b for a, b in zip(self.chain_work, engine.work)]
-        return [self.score_copies(rows, chunk, fresh=outputs.get(j)) for j, chunk in enumerate(copies)]
+        return [self.score_copies(rows, chunk, fresh=outputs.get(j), found=found[j]) for j, chunk in enumerate(copies)]
 
     def _todo(self, rows, copies):
         """Which copies equal their sample, their keys for the seen scores, and the positions left to pass."""
@@ -475,7 +476,7 @@ class Runner:
         todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
         return unchanged, keys, todo
 
-    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False, fresh=None):
+    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False, fresh=None, found=None):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
         equals its sample), this runner's earlier score of the same copy (CPU inputs), a forward pass (of the whole
         chunk, incremental from the chunk before, when chained).
@@ -485,11 +486,12 @@ class Runner:
             copies: The copies, shaped like x[rows].
             chained: The copies continue the chunk scored before (one chain step), so they can run incrementally.
             fresh: The model's output on all of copies, already computed (a chain's stacked steps), or None.
+            found: What ``_todo`` found for these copies, when it already ran (None: it runs here).
 
         Returns:
             A pair of (len(rows),) tensors: target scores and predicted classes.
         """
-        unchanged, keys, todo = self._todo(rows, copies)
+        unchanged, keys, todo = self._todo(rows, copies) if found is None else found
         if self._output is not None or bool(unchanged.any()):  # copies equal to x: the clean pass, made once
             out = self.output[rows.to(self.output.device)]
             score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)
