@@ -230,7 +230,7 @@ def test_a_kept_pass_keeps_in_place_relus_in_their_input_s_buffer():
         assert torch.equal(outputs[0], torch.relu(model[0](x)))
 
 
-def test_rows_whose_changes_reach_boxes_of_different_sizes_run_each_convolution_once():
+def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
     torch.manual_seed(0)
     model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
                                       nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, 2))).eval()
@@ -238,16 +238,15 @@ def test_rows_whose_changes_reach_boxes_of_different_sizes_run_each_convolution_
     incremental = Incremental(model)
     incremental(x)
     copy = x.clone()
-    copy[0, :, 4:6, 4:6] = 0  # reaches a 4x4 box in the first layer's output, 6x6 in the second's
-    copy[1, :, 0:2, 9:12] = 0  # at the border: 3x5, then 4x7
+    copy[0, :, 0:2, 7:9] = 0  # at the top border: a 3x4 box in the first layer's output, 4x6 in the second's
+    copy[1, :, 0:2, 3:5] = 0  # the same sizes elsewhere on the border; row 2 unchanged
     with Shapes() as seen:
         out = incremental(copy, keep=False)
-    # each layer's crops widened to the largest box (the second row's crops shifted to stay inside the image)
-    assert seen.shapes == [(2, 3, 6, 7), (2, 4, 8, 9)]
+    # each layer's two crops in one batch, a row of zero padding above them
+    assert seen.shapes == [(2, 3, 5, 6), (2, 4, 6, 8)]
     with torch.inference_mode():
         torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
-    # the work counted is the boxes' the change reaches, not the widened crops' (and the linear layer's, in full)
-    assert incremental.work[0] == (4 * 4 + 3 * 5) * 4 * 27 + (6 * 6 + 4 * 7) * 4 * 36 + 3 * 2 * 4 * 16 * 16
+        torch.testing.assert_close(incremental(x.clone(), keep=False), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_training_mode_batch_norm_and_dropout_run_in_full_as_in_a_plain_pass():

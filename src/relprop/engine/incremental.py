@@ -11,7 +11,9 @@ differ from the base input, and each local op computes only its box and writes i
 known to be local (linear layers, global pooling, norms over positions, reshapes, unknown ops) takes its whole
 input, and everything after it runs in full. So the result is a plain forward pass's, to float rounding (a crop sums
 in another order), whatever the model; a model whose ops differ between passes, or that writes into a tensor in a
-way the engine cannot follow, just runs plain forward passes.
+way the engine cannot follow, just runs plain forward passes. An in-place element-wise op on an output that no op read
+before it (``ReLU(inplace=True)`` after a convolution) runs in place, as in the model: its kept output shares its
+input's buffer, and an incremental pass applies it to the box just written there.
 
 Perturbation metrics that remove one patch per step (region perturbation, selectivity, IROF) and occlusion change a
 small region per pass, so the early layers, where a CNN does most of its work at high resolution, cost little.
@@ -40,7 +42,6 @@ from .intercept import OpMode
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): step_share}: the share depends on shapes
 TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
-MERGE_POSITIONS = 40  # output positions a crop may be widened by per convolution call it saves (see _crop_groups)
 FULL = "full"  # recomputed in full this pass
 STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
 
@@ -690,12 +691,12 @@ def _window(state, name, func, args, kwargs, base):
         crop_args["ceil_mode"] = False
         crop_args["stride"] = stride
         crop_args.pop("return_indices", None)
-    for group in _crop_groups(rows, outputs):
-        crops, extent = [], None  # per row: where its crop lies in source and in the batch (past the padding)
-        for row, _, wide in group:
+    for group in _same_sizes(rows):
+        crops = []  # per row: where its crop lies in source and in the batch (past the padding)
+        for row, box in group:
             index, place = [row, slice(None)], [slice(None)]
             extent = []
-            for (low, high), k, s, p, d, size in zip(wide, kernel, stride, padding, dilation, sizes):
+            for (low, high), k, s, p, d, size in zip(box, kernel, stride, padding, dilation, sizes):
                 first, last = low * s - p, (high - 1) * s - p + (k - 1) * d + 1
                 index.append(slice(max(first, 0), min(last, size)))
                 place.append(slice(max(-first, 0), max(-first, 0) + min(last, size) - max(first, 0)))
@@ -710,12 +711,9 @@ def _window(state, name, func, args, kwargs, base):
             for position, (index, place) in enumerate(crops):
                 batch[(position,) + place] = source[index]
         values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see on_threads)
-        if names is _CONV:  # the work of the positions the change reaches (a widened crop computes more)
-            reached = sum(math.prod(high - low for low, high in box) for _, box, _ in group)
-            state.work[0] += reached * values.shape[1] * op["weight"][0].numel()
-        for value, (row, box, wide) in zip(values, group):
-            inner = tuple(slice(low - start, high - start) for (low, high), (start, _) in zip(box, wide))
-            state.write(base, (row, slice(None)) + _slices(box), value[(slice(None),) + inner])
+        if names is _CONV:
+            state.work[0] += values.numel() * op["weight"][0].numel()
+        _write_rows(state, base, group, values)
     return base, rows
 
 
@@ -760,29 +758,6 @@ def _same_sizes(rows):
         if box is not None:
             groups.setdefault(tuple(high - low for low, high in box), []).append((row, box))
     return list(groups.values())
-
-
-def _crop_groups(rows, outputs):
-    """The rows with a box, in groups whose crops run as one batch: (row, box, computed box) each. Rows whose boxes
-    differ in size are computed on boxes widened to the largest one's size (shifted to stay inside the output, only
-    the box written back) where that adds at most MERGE_POSITIONS output positions per call it saves: each call of a
-    convolution reads all its weights (a 512-channel 3x3 one on a 12x11 crop took 3.9 ms for one row, 3.0 ms a row
-    for four), and rows of the same step at different places reach boxes of many sizes in deep layers."""
-    groups = _same_sizes(rows)
-    if len(groups) > 1:
-        boxes = [box for group in groups for _, box in group]
-        common = [max(high - low for low, high in dims) for dims in zip(*boxes)]
-        extra = sum(math.prod(common) - math.prod(high - low for low, high in box) for box in boxes)
-        if extra <= MERGE_POSITIONS * (len(groups) - 1):
-            widened = []
-            for row, box in sorted(item for group in groups for item in group):
-                wide = []
-                for (low, high), size, limit in zip(box, common, outputs):
-                    start = min(low, limit - size)
-                    wide.append((start, start + size))
-                widened.append((row, box, tuple(wide)))
-            return [widened]
-    return [[(row, box, box) for row, box in group] for group in groups]
 
 
 def _write_rows(state, base, group, values):
