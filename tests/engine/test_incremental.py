@@ -141,7 +141,8 @@ class Branching(nn.Module):
 
 
 class WritesAndReads(nn.Module):
-    """Writes into a tensor without taking the result, then reads it: an out-of-place run would read stale values."""
+    """Reads a tensor, writes into it without taking the result, then reads it again: the write cannot run in place
+    (the first read saw the values before it), and an out-of-place run would read stale values."""
 
     def __init__(self):
         super().__init__()
@@ -149,8 +150,23 @@ class WritesAndReads(nn.Module):
 
     def forward(self, x):
         x = self.conv(x)
+        doubled = x * 2
         x.relu_()
-        return x.flatten(1)
+        return (x + doubled).flatten(1)
+
+
+class ReadsAfterInPlace(nn.Module):
+    """Writes into a tensor without taking the result, then reads it: nothing read it before, so the engine runs the
+    write in place, as the model does, and follows the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.second = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x.relu_()
+        return self.second(x).flatten(1)
 
 
 class Cropping(nn.Module):
@@ -183,6 +199,54 @@ def test_models_it_cannot_follow_still_get_plain_forward_outputs(model):
         assert not incremental.followable and incremental.passes["incremental"] == 0
     else:  # the branch differs between the passes: each change of branch is found and run in full
         assert incremental.passes == {"full": 3, "incremental": 0}
+
+
+def test_an_in_place_relu_on_an_output_nothing_read_before_runs_in_place_and_is_followed():
+    torch.manual_seed(0)
+    model = with_biases(ReadsAfterInPlace()).eval()
+    x = torch.rand(2, 1, 12, 12) - 0.5
+    incremental = Incremental(model)
+    for step in range(3):
+        x = patched(x, step)
+        with torch.inference_mode():
+            expected = model(x)
+        torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.followable and incremental.passes == {"full": 1, "incremental": 2}
+    relu, conv = incremental.kept[1][1], incremental.kept[0][1]
+    assert relu is conv  # the ReLU's kept output is the convolution's buffer, written in place
+
+
+def test_a_kept_pass_keeps_in_place_relus_in_their_input_s_buffer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    incremental = Incremental(model)
+    incremental(x)
+    outputs = [output for _, output in incremental.kept if output is not None]
+    assert len(outputs) == 4 and outputs[0] is outputs[1] and outputs[2] is not outputs[3]
+    assert incremental.kept_bytes() == 3 * 2 * 4 * 8 * 8 * 4  # the out-of-place ReLU has a buffer of its own
+    with torch.inference_mode():
+        assert torch.equal(outputs[0], torch.relu(model[0](x)))
+
+
+def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
+    torch.manual_seed(0)
+    model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, 2))).eval()
+    x = torch.rand(3, 3, 16, 16)
+    incremental = Incremental(model)
+    incremental(x)
+    copy = x.clone()
+    copy[0, :, 0:2, 7:9] = 0  # at the top border: a 3x4 box in the first layer's output, 4x6 in the second's
+    copy[1, :, 0:2, 3:5] = 0  # the same sizes elsewhere on the border; row 2 unchanged
+    with Shapes() as seen:
+        out = incremental(copy, keep=False)
+    # each layer's two crops in one batch, a row of zero padding above them
+    assert seen.shapes == [(2, 3, 5, 6), (2, 4, 6, 8)]
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(incremental(x.clone(), keep=False), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_training_mode_batch_norm_and_dropout_run_in_full_as_in_a_plain_pass():

@@ -131,6 +131,24 @@ def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_
     assert len(engine_passes) == 1 + 3  # the clean pass, kept as the base of the chain, and one pass per step
 
 
+def test_a_metric_s_own_runner_keeps_no_checkpoint_and_a_shared_one_does(monkeypatch):
+    from relprop.engine.incremental import Incremental
+
+    checkpoints, engine_passes = [], []
+    take, run = Incremental.checkpoint, Incremental.__call__
+    monkeypatch.setattr(Incremental, "checkpoint", lambda self: checkpoints.append(1) or take(self))
+    monkeypatch.setattr(Incremental, "__call__", lambda self, *a, **k: engine_passes.append(1) or run(self, *a, **k))
+    model = small_cnn(size=16)
+    x, relevance = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    own = evaluate.region_perturbation(model, x, relevance, 0, patch_size=4, steps=3)
+    assert len(engine_passes) == 1 + 3  # the chain ran through the engine
+    assert checkpoints == []  # one chain on a runner nothing else can reach: no log of what its steps overwrite
+    runner = evaluate.Runner(model, x, 0, incremental=True)
+    shared = evaluate.region_perturbation(runner, x, relevance, patch_size=4, steps=3)
+    assert checkpoints and runner.incremental.journal is not None
+    torch.testing.assert_close(own.curves["morf"], shared.curves["morf"], rtol=0, atol=1e-12)
+
+
 def test_chains_whose_patches_reach_most_of_the_model_run_plain_passes_without_keeping_activations():
     torch.manual_seed(0)
     wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 15, padding=7), torch.nn.ReLU(), torch.nn.Flatten(),

@@ -11,7 +11,9 @@ differ from the base input, and each local op computes only its box and writes i
 known to be local (linear layers, global pooling, norms over positions, reshapes, unknown ops) takes its whole
 input, and everything after it runs in full. So the result is a plain forward pass's, to float rounding (a crop sums
 in another order), whatever the model; a model whose ops differ between passes, or that writes into a tensor in a
-way the engine cannot follow, just runs plain forward passes.
+way the engine cannot follow, just runs plain forward passes. An in-place element-wise op on an output that no op read
+before it (``ReLU(inplace=True)`` after a convolution) runs in place, as in the model: its kept output shares its
+input's buffer, and an incremental pass applies it to the box just written there.
 
 Perturbation metrics that remove one patch per step (region perturbation, selectivity, IROF) and occlusion change a
 small region per pass, so the early layers, where a CNN does most of its work at high resolution, cost little.
@@ -32,7 +34,6 @@ import math
 import weakref
 
 import torch
-import torch.nn.functional as F
 
 from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
@@ -427,6 +428,7 @@ class _Pass(OpMode):
         self.reads: list = []  # per op, the ops (-1: the input) whose outputs it read
         self.producers = {id(x): (x, -1)}
         self.reads_before = None  # a full kept pass's reads: stop at the first op run in full (Incremental.steps)
+        self.read_from: set = set()  # the ops whose outputs an op of this pass has read
 
     def index_of(self, tensor):
         entry = self.producers.get(id(tensor))
@@ -454,18 +456,23 @@ class _Pass(OpMode):
             if index >= len(self.kept) or self.kept[index][0] != signature:
                 raise _Diverged
             base = self.kept[index][1]
+        model_call = func, args, kwargs
         func, args, kwargs, target = _out_of_place(func, name, args, kwargs)
         short = name.rsplit(".", 1)[-1]
         handler = _LOCAL.get(short) if name.startswith(_PREFIXES) else None
+        in_place = target is not None and self._in_place(handler, target, model_call, base)
         result = None
-        if handler is not None and FULL not in regions:
+        if in_place and FULL not in regions:
+            result = self._in_place_boxes(model_call, target)
+        elif handler is not None and FULL not in regions:
             result = handler(self, short, func, args, kwargs, base)
         if result is None and self.reads_before is not None and index < len(self.reads_before) and all(
                 isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == self.rows for out in self.outs):
             raise _Deferred(index)
         if result is None:
+            call, call_args, call_kwargs = model_call if in_place else (func, args, kwargs)
             with on_threads(self.threads):  # a whole op: as many threads as a plain pass gives it
-                out, boxes = func(*args, **kwargs), FULL
+                out, boxes = call(*call_args, **call_kwargs), FULL
         else:
             out, boxes = result
         per_output = _multiply_adds(short, args, kwargs)
@@ -473,16 +480,43 @@ class _Pass(OpMode):
             self.work[1] += out.numel() * per_output
             if result is None:
                 self.work[0] += out.numel() * per_output
-        if target is not None:
+        if target is not None and not in_place:
             self.regions[id(target)] = (target, STALE)
         self._mark(out, boxes)
-        self.reads.append(tuple(i for i in map(self.index_of, _tensors(args, kwargs)) if i is not None))
+        reads = tuple(i for i in map(self.index_of, _tensors(args, kwargs)) if i is not None)
+        self.reads.append(reads)
+        self.read_from.update(reads)
         self.outs.append(out)
         if isinstance(out, torch.Tensor):
             self.producers[id(out)] = (out, index)
         # what the next pass reads of this op: its output where it computes boxes into it, else nothing
         self.fresh.append((signature, out if handler in _USES_BASE and isinstance(out, torch.Tensor) else None))
         return out
+
+    def _in_place(self, handler, target, model_call, base) -> bool:
+        """Whether an in-place op runs in place, as the model asked, instead of out of place into a buffer of its own:
+        an element-wise op of one tensor (ReLU(inplace=True)) on the kept output of an earlier op of this pass that
+        no op has read before it. Its kept output is then that op's buffer: a pass that keeps every output touches no
+        fresh memory for it, and an incremental pass applies it to the box that op just wrote, with no crop, copy or
+        write (the producer's write already logged what the box held, for undo and rollback)."""
+        func, args, kwargs = model_call
+        if handler is not _elementwise or not args or args[0] is not target:
+            return False
+        if any(t is not target for t in _tensors(args, kwargs)):
+            return False
+        producer = self.index_of(target)
+        if producer is None or producer < 0 or producer in self.read_from or self.fresh[producer][1] is not target:
+            return False
+        return base is None or base is target or self.region(target) is FULL
+
+    def _in_place_boxes(self, model_call, target):
+        """An in-place op of one tensor applied to the box of each row of target that changed, in place."""
+        func, args, kwargs = model_call
+        rows = self.region(target)
+        for row, box in enumerate(rows):
+            if box is not None:
+                func(target[(row, slice(None)) + _slices(box)], *args[1:], **kwargs)
+        return target, rows
 
     def _mark(self, out, boxes):
         if isinstance(out, torch.Tensor):
@@ -658,17 +692,24 @@ def _window(state, name, func, args, kwargs, base):
         crop_args["stride"] = stride
         crop_args.pop("return_indices", None)
     for group in _same_sizes(rows):
-        crops = []
+        crops = []  # per row: where its crop lies in source and in the batch (past the padding)
         for row, box in group:
-            index, pads = [row, slice(None)], []
+            index, place = [row, slice(None)], [slice(None)]
+            extent = []
             for (low, high), k, s, p, d, size in zip(box, kernel, stride, padding, dilation, sizes):
                 first, last = low * s - p, (high - 1) * s - p + (k - 1) * d + 1
                 index.append(slice(max(first, 0), min(last, size)))
-                pads.append((max(-first, 0), max(last - size, 0)))
-            crop = source[tuple(index)].unsqueeze(0)
-            flat_pads = [amount for pair in reversed(pads) for amount in pair]
-            crops.append(F.pad(crop, flat_pads, value=fill) if any(flat_pads) else crop)
-        batch = torch.cat(crops)
+                place.append(slice(max(-first, 0), max(-first, 0) + min(last, size) - max(first, 0)))
+                extent.append(last - first)
+            crops.append((tuple(index), tuple(place)))
+        padded = any((part.start, part.stop) != (0, n) for _, place in crops for part, n in zip(place[1:], extent))
+        if len(crops) == 1 and not padded:
+            batch = source[crops[0][0]].unsqueeze(0)
+        else:  # the crops written once into one batch, its padding filled as the op pads
+            shape = (len(crops), source.shape[1], *extent)
+            batch = source.new_full(shape, fill) if padded else source.new_empty(shape)
+            for position, (index, place) in enumerate(crops):
+                batch[(position,) + place] = source[index]
         values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see on_threads)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()

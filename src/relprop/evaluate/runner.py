@@ -89,6 +89,9 @@ class Runner:
             from a contiguous pass's by float rounding); a model that cannot take them (``.view`` on an activation)
             is run as given from its first failure on. Off by default: on a 2-core CPU it was 2.5x slower on
             ResNet-18 at 64x64 and no faster on ResNet-50 at 224x224 (docs/benchmarks-evaluation.md).
+        checkpoints: Let a later chain of the same samples return to the start of the first (the engine then logs
+            what each kept pass overwrites, a copy of every box a step writes); False for a runner that runs one
+            chain, as a metric's own runner does (``of``).
 
     Raises:
         TypeError: when model is not a torch.nn.Module or x not a tensor.
@@ -107,7 +110,7 @@ class Runner:
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
                  incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, checkpoints: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -125,6 +128,7 @@ class Runner:
         self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
+        self.checkpoints = checkpoints
         self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
         self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
         self._output = self._clean = self._target = self._classes = None  # made when first read
@@ -205,7 +209,8 @@ class Runner:
                 computed again.
             scored: The metric scores the target, so relevance without a target (a plain tensor) needs target= or a
                 runner built with one.
-            chains: The metric runs chains of local perturbations (see the class).
+            chains: The metric runs one chain of local perturbations (see the class): a runner built here then
+                keeps no checkpoint to return to (nothing else runs a chain on it).
 
         Returns:
             A Runner.
@@ -234,11 +239,13 @@ class Runner:
         if scored and target is None and explained is None:
             raise ValueError(_NO_TARGET)
         return cls(model, x, target, batch_size=batch_size, softmax=bool(softmax), output=output,
-                   explained_target=explained, chains=chains, clean_output=_explained_output(relevance, x, output))
+                   explained_target=explained, chains=chains, clean_output=_explained_output(relevance, x, output),
+                   checkpoints=not chains)
 
     def _checkpoint(self, rows: torch.Tensor) -> None:
         """Let the chains of these samples return to the engine's present base (see Incremental.checkpoint)."""
-        if self.incremental.base_input is not None and len(self.incremental.base_input) == len(rows):
+        base = self.incremental.base_input
+        if self.checkpoints and base is not None and len(base) == len(rows):
             self.incremental.checkpoint()
             self.checkpoint_rows = rows.cpu()
 
@@ -501,13 +508,14 @@ class Runner:
         equal to x or seen before) are left out of the chain, as score_copies leaves them."""
         if len(copies) == 1:
             return [self.score_copies(rows, copies[0], chained=True)]
-        todo = [j for j, chunk in enumerate(copies) if self._todo(rows, chunk)[2]]
+        found = [self._todo(rows, chunk) for chunk in copies]  # compared and hashed once, for both uses
+        todo = [j for j, (_, _, left) in enumerate(found) if left]
         engine = self.incremental
         before = engine.passes["incremental"]
         outputs = dict(zip(todo, engine.steps([copies[j] for j in todo]))) if todo else {}
         if engine.passes["incremental"] > before and engine.work is not None:
             self.chain_work = [a + b for a, b in zip(self.chain_work, engine.work)]
-        return [self.score_copies(rows, chunk, fresh=outputs.get(j)) for j, chunk in enumerate(copies)]
+        return [self.score_copies(rows, chunk, fresh=outputs.get(j), found=found[j]) for j, chunk in enumerate(copies)]
 
     def _todo(self, rows, copies):
         """Which copies equal their sample, their keys for the seen scores, and the positions left to pass."""
@@ -516,7 +524,7 @@ class Runner:
         todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
         return unchanged, keys, todo
 
-    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False, fresh=None):
+    def score_copies(self, rows: torch.Tensor, copies: torch.Tensor, chained: bool = False, fresh=None, found=None):
         """Target scores and predicted classes of copies of x[rows], each from the first of: the clean output (the copy
         equals its sample), this runner's earlier score of the same copy (CPU inputs), a forward pass (of the whole
         chunk, incremental from the chunk before, when chained).
@@ -526,11 +534,12 @@ class Runner:
             copies: The copies, shaped like x[rows].
             chained: The copies continue the chunk scored before (one chain step), so they can run incrementally.
             fresh: The model's output on all of copies, already computed (a chain's stacked steps), or None.
+            found: What ``_todo`` found for these copies, when it already ran (None: it runs here).
 
         Returns:
             A pair of (len(rows),) tensors: target scores and predicted classes.
         """
-        unchanged, keys, todo = self._todo(rows, copies)
+        unchanged, keys, todo = self._todo(rows, copies) if found is None else found
         if self._output is not None or bool(unchanged.any()):  # copies equal to x: the clean pass, made once
             out = self.output[rows.to(self.output.device)]
             score, predicted = self.pick(out, self.target[rows.to(self.target.device)]), out.argmax(1)
