@@ -203,18 +203,20 @@ def captum_method(model, x, target):
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 
 
-def build_methods(name, batch, size, peers, floors=True):
+def build_methods(name, batch, size, peers, floors=True, first_calls=True):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(batch, 3, size, size)
     with torch.no_grad():
         target = model(x).argmax(1)
     methods = {"gradient x input": gradient_x_input(model, x, target)}
-    methods["gradient x input"].setup = (model, x, target)
     for composite in COMPOSITES:
         methods[f"relprop {composite}"] = relprop_method(model, x, target, composite)
         if floors:
             methods[f"floor {composite}"] = floor_method(model, x, target, composite)
+    if first_calls:
+        for composite in COMPOSITES:
+            methods[f"relprop {composite}, first call"] = first_call_method(model, x, target, composite)
     if peers:
         try:
             import zennit  # noqa: F401
@@ -232,13 +234,8 @@ def build_methods(name, batch, size, peers, floors=True):
 
 def child_memory(name, batch, size, method):
     """Run in a child process: peak extra MiB of one call of method (after one warm-up call)."""
-    methods = build_methods(name, batch, size, peers=not method.startswith(("relprop", "gradient")),
-                            floors=method.startswith("floor"))
-    if method.endswith(", first call"):
-        model, x, target = methods["gradient x input"].setup
-        fn = first_call_method(model, x, target, method[len("relprop "):-len(", first call")])
-    else:
-        fn = methods[method]
+    fn = build_methods(name, batch, size, peers=not method.startswith(("relprop", "gradient")),
+                       floors=method.startswith("floor"), first_calls=method.endswith(", first call"))[method]
     fn()
     print(f"{measure(fn)[1]:.1f}")
 
@@ -278,20 +275,18 @@ def bench_model(name, batch, size, rounds, peers, floors=True):
     LRP object each call)."""
     methods = build_methods(name, batch, size, peers, floors)
     ours = {key: fn for key, fn in methods.items() if not key.startswith(("zennit", "captum"))}
-    model, x, target = methods["gradient x input"].setup
-    for composite in COMPOSITES:
-        ours[f"relprop {composite}, first call"] = first_call_method(model, x, target, composite)
-    theirs = {key: fn for key, fn in methods.items() if key == "gradient x input" or key.startswith(("zennit", "captum"))}
+    theirs = {key: fn for key, fn in methods.items()
+              if key == "gradient x input" or key.startswith(("zennit", "captum"))}
     failed = {}
     times = _timed_rounds(ours, rounds, failed)
     peer_times = _timed_rounds(theirs, rounds, failed) if len(theirs) > 1 else {}
     memory = {}
-    for key in list(ours) + list(theirs):
-        if key not in failed and not key.startswith("floor") and key not in memory:  # a floor's memory: the gradient's
+    for key in methods:
+        if key not in failed and not key.startswith("floor"):  # the floor's memory is the gradient's
             memory[key] = memory_in_child(name, batch, size, key)
     base_memory = memory["gradient x input"]
     rows = []
-    for key in list(ours) + [key for key in theirs if key != "gradient x input"]:
+    for key in methods:  # ours, then the peers
         if key in failed:
             rows.append((name, key, "fails", "", "", "", "", "", failed[key]))
             continue
@@ -303,11 +298,11 @@ def bench_model(name, batch, size, rounds, peers, floors=True):
         floor_key = "floor " + key[len("relprop "):]
         if floor_key in times:
             floor, versus = f"{times[floor_key] / base_time:.2f}x", f"{t / times[floor_key]:.2f}x"
-        m = memory.get(key)
+        m = memory[key]
         note = "peers' rounds" if source is peer_times else ("weights built in the call" if key.endswith("first call")
                                                              else "")
         rows.append((name, key, f"{t:.3f}", f"{t / base_time:.2f}x", floor, versus,
-                     "" if m is None else f"{m:.0f}", "" if m is None else f"{m / base_memory:.2f}x", note))
+                     f"{m:.0f}", f"{m / base_memory:.2f}x", note))
     return rows
 
 
