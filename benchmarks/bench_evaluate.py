@@ -67,12 +67,11 @@ def setup(name, size, count, seed=0):
     return model, x, target, explanation, masks
 
 
-def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regions, selectivity_patch, device):
+def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, selectivity_patch, device):
     """name -> (relprop whole call returning numbers, Quantus whole call returning the same numbers, chain metric
-    run on a given Runner or None)."""
+    run on a given Runner or None); sized: the keyword arguments that set relprop's batch_size ({}: its default)."""
     import quantus
 
-    sized = {} if batch_size is None else {"batch_size": batch_size}  # relprop's default unless --batch-size
     n, channels, height, width = x.shape
     locations = height * width
     relevance = explanation.relevance.detach()
@@ -240,13 +239,12 @@ def metrics(model, x, target, explanation, masks, steps, batch_size, patch, regi
     }
 
 
-def floor(model, x, target, batch_size, chain_metric, rounds):
+def floor(model, x, target, sized, chain_metric, rounds):
     """(floor in seconds, seconds on a reused Runner, its chain plan). The floor: the clean pass as one plain forward
     (timed again here, beside the metric, as the load changes), plus per step the share of a plain pass's
     multiply-adds that the step's patch reaches, counted on a runner whose chains run incrementally throughout. The
     reused Runner is one as benchmark() builds it, its clean pass outside the timer."""
     forward_seconds = plain_forward(model, x, rounds)
-    sized = {} if batch_size is None else {"batch_size": batch_size}
     counting = evaluate.Runner(model, x, target, **sized, softmax=True, chains=True, incremental=True)
     chain_metric(counting)
     done, full = counting.chain_work
@@ -301,7 +299,8 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.models, args.size, args.patch, args.selectivity_patch = ["resnet18"], 64, 8, 16
-    batch_size = args.batch_size  # None: relprop's default, as a user calls it
+    # relprop's metrics get batch_size only when --batch-size says one: else their default, as a user calls them
+    sized = {} if args.batch_size is None else {"batch_size": args.batch_size}
     if args.channels_last:
         build = evaluate.Runner.__init__
         evaluate.Runner.__init__ = lambda self, *a, **k: build(self, *a, **{**k, "channels_last": True})
@@ -319,7 +318,7 @@ def main():
         forward = plain_forward(model, x, args.rounds)
         print(f"| {name} | one plain forward pass of the {args.count} images | {forward:.3f} | - | - | - | - | - |",
               flush=True)
-        for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, batch_size,
+        for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, sized,
                                                      args.patch, args.regions, args.selectivity_patch,
                                                      args.device).items():
             if args.only and not any(metric.startswith(prefix) for prefix in args.only):
@@ -348,7 +347,7 @@ def main():
             difference = "differ by definition" if mine is None else \
                 f"{float(np.max(np.abs(np.asarray(mine, dtype=np.float64) - reference))):.1e}"
             chain_x, chain_target = chain.inputs() if hasattr(chain, "inputs") else (x, target)
-            lowest, reused, plan = floor(model, chain_x, chain_target, batch_size, chain, args.rounds) if chain else \
+            lowest, reused, plan = floor(model, chain_x, chain_target, sized, chain, args.rounds) if chain else \
                 (None, None, None)
             bound = "-" if lowest is None else f"{lowest:.3f}"
             ratio = "-" if lowest is None else f"{ours_s / lowest:.2f}"
