@@ -320,21 +320,21 @@ class Runner:
             return torch.cat([self._plain(chunk) for chunk in self._chunks(inputs)])
 
     def _plain(self, chunk: torch.Tensor) -> torch.Tensor:
-        """One plain forward pass, of a channels-last copy of the chunk where channels_last is on. A model that cannot
-        take one (``.view`` on an activation, which channels-last makes non-contiguous) raises; the runner then
-        turns channels_last off and runs this and every later chunk as given. The first pass on a CPU also finds
-        pass_rows."""
+        """One plain forward pass (``_in_layout``); the first on a CPU also finds pass_rows."""
         if self._pass_rows is None:
             with _LargestOutput(len(chunk)) as largest:
-                out = self._plain_as_set(chunk)
+                out = self._in_layout(chunk)
             rows, least = self.batch_size, min(self.batch_size, len(self.x))
             if largest.bytes:
                 rows = min(rows, max(least, PASS_BYTES * len(chunk) // largest.bytes))
             self._pass_rows = rows
             return out
-        return self._plain_as_set(chunk)
+        return self._in_layout(chunk)
 
-    def _plain_as_set(self, chunk: torch.Tensor) -> torch.Tensor:
+    def _in_layout(self, chunk: torch.Tensor) -> torch.Tensor:
+        """One forward pass, of a channels-last copy of the chunk where channels_last is on. A model that cannot take
+        one (``.view`` on an activation, which channels-last makes non-contiguous) raises; the runner then turns
+        channels_last off and runs this and every later chunk as given."""
         if self.channels_last and chunk.dim() == 4:
             try:
                 return self.run(chunk.contiguous(memory_format=torch.channels_last))
