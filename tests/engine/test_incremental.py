@@ -60,16 +60,22 @@ def patched(x, step, size=3):
     return out
 
 
-@pytest.mark.parametrize("name", list(models()))
-def test_a_chain_of_patches_gives_a_plain_forward_pass_outputs(name):
-    model, shape = models()[name]
-    x = torch.rand(shape)
+def checked_chain(model, x, steps):
+    """An Incremental after kept passes of x with one more patch each (patched), each output checked against a plain
+    forward pass."""
     incremental = Incremental(model)
-    for step in range(4):
+    for step in range(steps):
         x = patched(x, step)
         with torch.inference_mode():
             expected = model(x)
         torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    return incremental
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_a_chain_of_patches_gives_a_plain_forward_pass_outputs(name):
+    model, shape = models()[name]
+    incremental = checked_chain(model, torch.rand(shape), 4)
     assert incremental.passes == {"full": 1, "incremental": 3}
 
 
@@ -204,13 +210,7 @@ def test_models_it_cannot_follow_still_get_plain_forward_outputs(model):
 def test_an_in_place_relu_on_an_output_nothing_read_before_runs_in_place_and_is_followed():
     torch.manual_seed(0)
     model = with_biases(ReadsAfterInPlace()).eval()
-    x = torch.rand(2, 1, 12, 12) - 0.5
-    incremental = Incremental(model)
-    for step in range(3):
-        x = patched(x, step)
-        with torch.inference_mode():
-            expected = model(x)
-        torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    incremental = checked_chain(model, torch.rand(2, 1, 12, 12) - 0.5, 3)
     assert incremental.followable and incremental.passes == {"full": 1, "incremental": 2}
     relu, conv = incremental.kept[1][1], incremental.kept[0][1]
     assert relu is conv  # the ReLU's kept output is the convolution's buffer, written in place

@@ -131,6 +131,14 @@ class RowCounter(torch.nn.Module):
         return self.model(x)
 
 
+def assert_shifted_scores(runner, model, x, shifts):
+    """The runner's class-1 scores of x shifted by each of shifts (step k: x + shifts[k]) are the model's own."""
+    scores = runner.scores(len(shifts), lambda rows, steps: x[rows] + shifts[steps].view(-1, 1, 1, 1))
+    with torch.no_grad():
+        expected = torch.stack([model(x + shift)[:, 1] for shift in shifts], 1)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+
+
 def test_on_a_cpu_passes_hold_fewer_copies_where_batch_size_would_make_large_activations(monkeypatch):
     from relprop.evaluate import runner as runner_module
 
@@ -138,15 +146,7 @@ def test_on_a_cpu_passes_hold_fewer_copies_where_batch_size_would_make_large_act
     model = RowCounter(small_cnn())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     runner = evaluate.Runner(model, x, 1, batch_size=64)
-    shifts = torch.linspace(0.1, 0.6, 6, dtype=torch.float64)
-
-    def perturb(rows, steps):
-        return x[rows] + shifts[steps].view(-1, 1, 1, 1)
-
-    scores = runner.scores(6, perturb)
-    with torch.no_grad():
-        expected = torch.stack([model.model(x + shift)[:, 1] for shift in shifts], 1)
-    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    assert_shifted_scores(runner, model.model, x, torch.linspace(0.1, 0.6, 6, dtype=torch.float64))
     # the first pass holds x's 2 rows and finds 2 KiB per row at most: 4 rows fit 8 KiB
     assert runner.pass_rows == 4 and model.passes == [2, 4, 4, 2]
 
@@ -179,14 +179,7 @@ def test_copies_equal_to_their_sample_take_the_clean_output_without_a_forward_pa
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     runner = evaluate.Runner(model, x, 1, batch_size=8)
     shifts = torch.tensor([0.0, 0.5, 0.0, 1.0], dtype=torch.float64)  # steps 0 and 2 leave the sample as it is
-
-    def perturb(rows, steps):
-        return x[rows] + shifts[steps].view(-1, 1, 1, 1)
-
-    scores = runner.scores(4, perturb)
-    with torch.no_grad():
-        expected = torch.stack([model.model(x + shift)[:, 1] for shift in shifts], 1)
-    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    assert_shifted_scores(runner, model.model, x, shifts)
     # x, then chunks of 8 and 4 (sample, step) pairs, of which only the shifted half runs
     assert model.passes == [3, 4, 2]
 
