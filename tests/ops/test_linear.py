@@ -138,6 +138,45 @@ def test_rules_on_a_convolution_after_a_relu_equal_their_formula_and_the_same_in
     np.testing.assert_allclose(direct.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("with_batch_norm", [False, True])
+def test_stabilized_gamma_on_outputs_of_both_signs_equals_its_formula_on_every_call(with_batch_norm, monkeypatch):
+    # After a ReLU, on a layer whose outputs of both signs carry relevance, with kept weights and an eps: the path
+    # that runs on the denominators' magnitudes (five output-sized passes) must give the formula's relevance, the
+    # denominators stabilized away from zero by eps in z's sign, on the first call and on one with kept weights.
+    torch.manual_seed(21)
+    gamma, eps = 0.25, 0.05
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    layers = [nn.ReLU(), conv]
+    if with_batch_norm:
+        norm = nn.BatchNorm2d(3).double().eval()
+        with torch.no_grad():
+            norm.weight.copy_(torch.tensor([1.5, -0.7, 0.9], dtype=torch.float64))
+            norm.bias.copy_(torch.tensor([-0.2, 0.3, 0.1], dtype=torch.float64))
+            norm.running_mean.copy_(torch.tensor([0.1, -0.3, 0.2], dtype=torch.float64))
+            norm.running_var.copy_(torch.tensor([0.5, 2.0, 1.2], dtype=torch.float64))
+        layers.append(norm)
+    with torch.no_grad():
+        conv.bias.copy_(torch.tensor([0.5, -0.4, 0.3], dtype=torch.float64))
+    model = nn.Sequential(*layers).eval()
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    R = torch.randn(1, 3, 3, 3, dtype=torch.float64)
+    used = []
+    original = linear._gamma_by_magnitude
+    monkeypatch.setattr(linear, "_gamma_by_magnitude", lambda *args: used.append(1) or original(*args))
+    lrp = relprop.LRP(model, Composite(layer_map={"conv": rules.Gamma(gamma, stabilizer=eps)}))
+    first, second = lrp(x, R).relevance, lrp(x, R).relevance
+    assert len(used) == 2
+    M, b = explicit(model[1:], (2, 5, 5))  # with the batch norm merged into the convolution's weights and bias
+    a = F.relu(x).flatten().numpy()
+    z = M @ a + b
+    up = np.where(z[:, None] > 0, M + gamma * np.clip(M, 0, None), M + gamma * np.clip(M, None, 0))
+    up_bias = np.where(z > 0, b + gamma * np.clip(b, 0, None), b + gamma * np.clip(b, None, 0))
+    denominator = up @ a + up_bias + eps * np.where(z > 0, 1.0, -1.0)
+    expected = a * (up.T @ (R.flatten().numpy() / denominator))
+    np.testing.assert_allclose(first.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(second.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_average_pooling_under_a_layer_rule_is_the_linear_map_with_one_over_the_window_size_per_input():
     pool = nn.AvgPool2d(2, stride=1)
     x = torch.randn(1, 1, 3, 4, dtype=torch.float64)

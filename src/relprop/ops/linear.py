@@ -361,6 +361,9 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
     signed = gamma_like and bool(rule.stabilizer) and _follows_sign(by_sign["positive"], bias, 1) and _follows_sign(
         by_sign["negative"], bias, -1)
     shift = rule.stabilizer if signed else 0.0
+    gamma = _gamma_of(by_sign) if signed and folded and weights.kept() else 0.0
+    if gamma and type(rule).stabilize is rules.LinearRule.stabilize:
+        return _gamma_by_magnitude(call, x, weights, bias, z, g, gamma, rule.stabilizer)
     product_bias = None
     if folded and bias is not None:
         product_bias = rules.positive(bias)
@@ -518,6 +521,41 @@ def _split_on_nonnegative_input(call, plan, x, weights, bias, z, g, rectified: b
         g_in = transpose(k, g_in)
     if g_in is None:
         g_in = torch.zeros_like(x)
+    return g_in if not call.direct else x * g_in
+
+
+def _gamma_of(by_sign) -> float:
+    """gamma when the groups are gamma's (w + gamma w+ on outputs > 0, w + gamma w- on the others, each with its
+    bias), else 0."""
+    (a, c, _, up_shares, _), (a_down, c_down, _, down_shares, _) = by_sign["positive"], by_sign["negative"]
+    gamma = a - c
+    if gamma <= 0 or c != 1 or a_down != 1 or c_down - a_down != gamma:
+        return 0.0
+    return gamma if up_shares == (a, c) and down_shares == (a_down, c_down) else 0.0
+
+
+def _gamma_by_magnitude(call, x, weights, bias, z, g, gamma: float, eps: float):
+    """Gamma on x >= 0 where outputs of both signs carry relevance, in five output-sized passes.
+
+    With P = x W+ + b+ and q = |z| + gamma max(-z, 0) (one leaky ReLU of slope -(1 + gamma)), every output's
+    stabilized denominator has the magnitude D = q + gamma P + eps: z + gamma P + eps where z > 0, and
+    (1 + gamma) z - gamma P - eps = -D elsewhere. The input's g is then W^T (q g / D) + gamma W+^T (z g / D): where
+    z > 0 both signals are s = z g / D, which gives (W + gamma W+)^T s; elsewhere q = -(1 + gamma) z, which gives
+    (W + gamma W-)^T (z g / -D)."""
+    lmap = call.linear_map
+    scaled_positive = weights.modified(_combination(gamma, 0.0))  # gamma W+: the extra forward's and a transpose's
+    channels = z.shape[-1] if lmap.channels_last else z.shape[1]
+    offset = torch.full((channels,), eps, dtype=z.dtype, device=z.device)
+    if bias is not None:
+        offset.add_(rules.positive(bias), alpha=gamma)
+    magnitude = F.leaky_relu(z, -(1.0 + gamma))
+    ratio = lmap.terms(x, scaled_positive, offset).add_(magnitude)  # D
+    ratio = torch.div(g, ratio, out=ratio)
+    signal = magnitude.mul_(ratio)  # q g / D
+    ratio.mul_(z)  # z g / D
+    g_in = lmap.transpose(signal, weights.modified(_combination(1.0, 1.0)), x)
+    del signal
+    g_in.add_(lmap.transpose(ratio, scaled_positive, x))
     return g_in if not call.direct else x * g_in
 
 
