@@ -138,16 +138,19 @@ def test_rules_on_a_convolution_after_a_relu_equal_their_formula_and_the_same_in
     np.testing.assert_allclose(direct.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("with_batch_norm", [False, True])
-def test_stabilized_gamma_on_outputs_of_both_signs_equals_its_formula_on_every_call(with_batch_norm, monkeypatch):
+@pytest.mark.parametrize("layer", ["convolution", "convolution and batch norm", "dense"])
+def test_stabilized_gamma_on_outputs_of_both_signs_equals_its_formula_on_every_call(layer, monkeypatch):
     # After a ReLU, on a layer whose outputs of both signs carry relevance, with kept weights and an eps: the path
     # that runs on the denominators' magnitudes (five output-sized passes) must give the formula's relevance, the
     # denominators stabilized away from zero by eps in z's sign, on the first call and on one with kept weights.
     torch.manual_seed(21)
     gamma, eps = 0.25, 0.05
-    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
-    layers = [nn.ReLU(), conv]
-    if with_batch_norm:
+    if layer == "dense":
+        linear_layer, shape = nn.Linear(6, 3).double(), (6,)
+    else:
+        linear_layer, shape = nn.Conv2d(2, 3, 3, stride=2, padding=1).double(), (2, 5, 5)
+    layers = [nn.ReLU(), linear_layer]
+    if layer == "convolution and batch norm":
         norm = nn.BatchNorm2d(3).double().eval()
         with torch.no_grad():
             norm.weight.copy_(torch.tensor([1.5, -0.7, 0.9], dtype=torch.float64))
@@ -156,19 +159,21 @@ def test_stabilized_gamma_on_outputs_of_both_signs_equals_its_formula_on_every_c
             norm.running_var.copy_(torch.tensor([0.5, 2.0, 1.2], dtype=torch.float64))
         layers.append(norm)
     with torch.no_grad():
-        conv.bias.copy_(torch.tensor([0.5, -0.4, 0.3], dtype=torch.float64))
+        linear_layer.bias.copy_(torch.tensor([0.5, -0.4, 0.3], dtype=torch.float64))
     model = nn.Sequential(*layers).eval()
-    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
-    R = torch.randn(1, 3, 3, 3, dtype=torch.float64)
+    x = torch.randn((1,) + shape, dtype=torch.float64)
+    R = model(torch.randn((1,) + shape, dtype=torch.float64)).detach()  # the output relevance, of both signs
     used = []
     original = linear._gamma_by_magnitude
     monkeypatch.setattr(linear, "_gamma_by_magnitude", lambda *args: used.append(1) or original(*args))
-    lrp = relprop.LRP(model, Composite(layer_map={"conv": rules.Gamma(gamma, stabilizer=eps)}))
+    rule = rules.Gamma(gamma, stabilizer=eps)
+    lrp = relprop.LRP(model, Composite(layer_map={"conv": rule, "linear": rule}))
     first, second = lrp(x, R).relevance, lrp(x, R).relevance
     assert len(used) == 2
-    M, b = explicit(model[1:], (2, 5, 5))  # with the batch norm merged into the convolution's weights and bias
+    M, b = explicit(model[1:], shape)  # with the batch norm merged into the convolution's weights and bias
     a = F.relu(x).flatten().numpy()
     z = M @ a + b
+    assert (z > 0).any() and (z < 0).any()  # both halves of the rule are exercised
     up = np.where(z[:, None] > 0, M + gamma * np.clip(M, 0, None), M + gamma * np.clip(M, None, 0))
     up_bias = np.where(z > 0, b + gamma * np.clip(b, 0, None), b + gamma * np.clip(b, None, 0))
     denominator = up @ a + up_bias + eps * np.where(z > 0, 1.0, -1.0)
