@@ -89,13 +89,15 @@ class Incremental:
         self.journal = None  # (kept, base input, writes, [bytes written]) since the checkpoint, see checkpoint()
         self.work = None  # the last pass's multiply-adds in convolutions and linear layers: (computed, a plain pass's)
         self.reads = None  # per op of the last full kept pass, the ops (-1: the input) whose outputs it read
+        self.readers = None  # per op of the last full kept pass, the ops that read its output (the model's: len(reads))
+        self.value_reads = set()  # the ops of the last full kept pass whose outputs a value read (item, ==) read
         self.out_bytes = None  # per op of the last full kept pass, the bytes of its output
         self.max_tail_bytes = TAIL_BYTES  # steps stacked after their cut output at most this much (one at least)
         self.threads = None  # the threads of full passes, whole ops and stacked tails; None: torch's, at each pass
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
-        self.base_input, self.kept, self.journal, self.reads = None, [], None, None
+        self.base_input, self.kept, self.journal, self.reads, self.readers = None, [], None, None, None
 
     def kept_bytes(self) -> int:
         """What the base pass keeps, in bytes."""
@@ -236,13 +238,17 @@ class Incremental:
     def _run(self, x, boxes, keep, defer=False):
         mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None, self.whole_threads())
         mode.reads_before = self.reads if defer else None
+        if boxes is not FULL and self.readers is not None:
+            mode.readers, mode.value_reads = self.readers, self.value_reads
         try:
             # an incremental pass runs on one thread but for its whole ops (see on_threads); a full one on all
             try:
                 with mode, on_threads(mode.threads if boxes is FULL else 1):
                     out = self.model(x)
             except _Deferred as stop:
+                mode.settle_rest(None)
                 return self._stopped(mode, x, stop.cut)
+            mode.settle_rest(out)
             if mode.is_stale(out):
                 raise _Unfollowable
             if not keep and len(mode.fresh) != len(self.kept):
@@ -257,6 +263,11 @@ class Incremental:
             if boxes is FULL:
                 mode.reads.append(tuple(mode.index_of(item) for item in _tensors((out,), {})))  # the output reads
                 self.reads = mode.reads
+                self.readers = {}
+                for reader, producers in enumerate(mode.reads):
+                    for producer in producers:
+                        self.readers.setdefault(producer, set()).add(reader)
+                self.value_reads = mode.value_read
                 self.out_bytes = [sum(t.numel() * t.element_size() for t in _tensors((out,), {}))
                                   for out in mode.outs]
             self.kept, self.base_input = mode.fresh, x.clone()
@@ -429,6 +440,12 @@ class _Pass(OpMode):
         self.producers = {id(x): (x, -1)}
         self.reads_before = None  # a full kept pass's reads: stop at the first op run in full (Incremental.steps)
         self.read_from: set = set()  # the ops whose outputs an op of this pass has read
+        self.pending: dict = {}  # id(buffer) -> (buffer, {group: values}): boxes computed, not yet written (defer)
+        self.kept_to: dict = {}  # op -> the ops of this pass that took its boxes as computed, at no other position
+        self.value_read: set = set()  # the ops whose outputs a value read (item, ==, numpy) read in this pass
+        self.readers = None  # the last full kept pass's readers per op (Incremental.readers), None: write every box
+        self.value_reads = set()  # the last full kept pass's value-read ops
+        self.index = -1  # the op being run
 
     def index_of(self, tensor):
         entry = self.producers.get(id(tensor))
@@ -448,8 +465,11 @@ class _Pass(OpMode):
         if STALE in regions:
             raise _Unfollowable
         if name in QUIET:
+            if name not in _SHAPE_READS:
+                self.value_read.update(i for i in map(self.index_of, _tensors(args, kwargs)) if i is not None)
+                self._settle_arguments(args, kwargs)
             return func(*args, **kwargs)
-        index = len(self.fresh)
+        index = self.index = len(self.fresh)
         signature = (name,) + tuple(t.shape for t in _tensors(args, kwargs))
         base = None
         if self.kept:
@@ -465,11 +485,14 @@ class _Pass(OpMode):
         if in_place and FULL not in regions:
             result = self._in_place_boxes(model_call, target)
         elif handler is not None and FULL not in regions:
+            if handler not in _TAKES_DEFERRED:
+                self._settle_arguments(args, kwargs)
             result = handler(self, short, func, args, kwargs, base)
         if result is None and self.reads_before is not None and index < len(self.reads_before) and all(
                 isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == self.rows for out in self.outs):
             raise _Deferred(index)
         if result is None:
+            self._settle_arguments(args, kwargs)
             call, call_args, call_kwargs = model_call if in_place else (func, args, kwargs)
             with on_threads(self.threads):  # a whole op: as many threads as a plain pass gives it
                 out, boxes = call(*call_args, **call_kwargs), FULL
@@ -510,13 +533,82 @@ class _Pass(OpMode):
         return base is None or base is target or self.region(target) is FULL
 
     def _in_place_boxes(self, model_call, target):
-        """An in-place op of one tensor applied to the box of each row of target that changed, in place."""
+        """An in-place op of one tensor applied to the box of each row of target that changed, in place (to the
+        boxes' values where they are still to be written)."""
         func, args, kwargs = model_call
         rows = self.region(target)
+        deferred = self.pending.get(id(target))
+        if deferred is not None:
+            for values in deferred[1].values():
+                func(values, *args[1:], **kwargs)
+            self.took(target)
+            return target, rows
         for row, box in enumerate(rows):
             if box is not None:
                 func(target[(row, slice(None)) + _slices(box)], *args[1:], **kwargs)
         return target, rows
+
+    # --- deferred writes: an op's boxes are kept as the batch it computed them in until something reads its output
+    # otherwise (crops with a margin, a whole op, a value read, the pass's end); an output that every reader takes
+    # as computed, at no other position, in this pass and the last full one (a convolution read by its batch norm
+    # only), is never written: its kept output is never read again
+
+    def defer(self, buffer, group, values):
+        """buffer's box in each (row, box) of group is the next row of values, written when first needed."""
+        entry = self.pending.get(id(buffer))
+        if entry is None:
+            entry = self.pending[id(buffer)] = (buffer, {})
+        entry[1][tuple(group)] = values
+
+    def deferred(self, tensor, group):
+        """The values of tensor's boxes in group's rows, as computed and not yet written, or None."""
+        entry = self.pending.get(id(tensor))
+        return None if entry is None or entry[0] is not tensor else entry[1].get(tuple(group))
+
+    def took(self, tensor):
+        """The op being run took tensor's boxes as computed and reads no other position of it."""
+        producer = self.index_of(tensor)
+        if producer is not None:
+            self.kept_to.setdefault(producer, set()).add(self.index)
+
+    def settle(self, tensor):
+        """Write tensor's deferred boxes into it."""
+        entry = self.pending.get(id(tensor))
+        if entry is not None and entry[0] is tensor:
+            del self.pending[id(tensor)]
+            for group, values in entry[1].items():
+                _write_rows(self, tensor, group, values)
+
+    def _settle_arguments(self, args, kwargs):
+        if self.pending:
+            for value in _tensors(args, kwargs):
+                self.settle(value)
+
+    def settle_rest(self, out):
+        """At the pass's end (or its cut): write what is still deferred, but for outputs no pass reads again."""
+        if not self.pending:
+            return
+        returned = {id(item) for item in _tensors((out,), {})}
+        this_pass = {}
+        for reader, producers in enumerate(self.reads):
+            for producer in producers:
+                this_pass.setdefault(producer, set()).add(reader)
+        with on_threads(1):
+            for buffer, _ in list(self.pending.values()):
+                owners = [index for index, out in enumerate(self.outs) if out is buffer]
+                if id(buffer) in returned or not owners or not all(
+                        self._unread(index, this_pass.get(index, ())) for index in owners):
+                    self.settle(buffer)
+            self.pending.clear()
+
+    def _unread(self, index, readers) -> bool:
+        """Whether no pass reads op index's kept output: every op that read it, in this pass and in the last full
+        one, took only its boxes as computed (in every pass, as the boxes of one input pass through such ops)."""
+        if self.readers is None or index in self.value_reads or index in self.value_read:
+            return False
+        took = self.kept_to.get(index, set())
+        full = self.readers.get(index)
+        return bool(full) and full <= took and set(readers) <= took
 
     def _mark(self, out, boxes):
         if isinstance(out, torch.Tensor):
@@ -691,7 +783,19 @@ def _window(state, name, func, args, kwargs, base):
         crop_args["ceil_mode"] = False
         crop_args["stride"] = stride
         crop_args.pop("return_indices", None)
-    for group in _same_sizes(rows):
+    groups = _same_sizes(rows)
+    if names is _CONV and all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(padding):
+        # a pointwise convolution reads its input's boxes and nothing else: the batches they were computed in
+        batches = [state.deferred(source, group) for group in groups]
+        if groups and all(batch is not None for batch in batches):
+            state.took(source)
+            for group, batch in zip(groups, batches):
+                values = func(batch, **crop_args)
+                state.work[0] += values.numel() * op["weight"][0].numel()
+                state.defer(base, group, values)
+            return base, rows
+    state.settle(source)
+    for group in groups:
         crops = []  # per row: where its crop lies in source and in the batch (past the padding)
         for row, box in group:
             index, place = [row, slice(None)], [slice(None)]
@@ -713,7 +817,7 @@ def _window(state, name, func, args, kwargs, base):
         values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see on_threads)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()
-        _write_rows(state, base, group, values)
+        state.defer(base, group, values)
     return base, rows
 
 
@@ -789,14 +893,25 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
         return None  # the same for every row
 
     def batched(value, group):
+        if id(value) in direct:
+            return state.deferred(value, group)
         crops = [crop(value, row, box) for row, box in group]
         return value if crops[0] is None else torch.cat(crops)
 
     rows = _row_union([state.region(t) for t in tracked])
-    for group in _same_sizes(rows):
+    groups = _same_sizes(rows)
+    direct = set()  # the inputs whose boxes are this op's, in batches as computed
+    for value in tracked:
+        if all(state.deferred(value, group) is not None for group in groups):
+            direct.add(id(value))
+        else:
+            state.settle(value)
+    if len(tracked) == 1 and direct:
+        state.took(tracked[0])  # one input: in any pass, the boxes it reads are its input's
+    for group in groups:
         out = func(*[batched(value, group) for value in args],
                    **{key: batched(value, group) for key, value in kwargs.items()})
-        _write_rows(state, base, group, out)
+        state.defer(base, group, out)
     return base, rows
 
 
@@ -812,6 +927,7 @@ def _dropout(state, name, func, args, kwargs, base):
     op = bind(("input", "p", "training"), args, kwargs, {"p": 0.5, "training": True})
     if op["training"]:
         return None
+    state.took(op["input"])
     return op["input"], state.region(op["input"])
 
 
@@ -869,3 +985,4 @@ _LOCAL.update({f"adaptive_{kind}_pool{d}d": _adaptive for kind in ("max", "avg")
 _LOCAL.update({"batch_norm": _batch_norm, "dropout": _dropout, "dropout1d": _dropout, "dropout2d": _dropout,
                "dropout3d": _dropout, "cat": _cat, "concat": _cat, "concatenate": _cat})
 _USES_BASE = {_window, _elementwise, _batch_norm}
+_TAKES_DEFERRED = {_window, _elementwise, _batch_norm, _dropout}  # the handlers that write what they read first
