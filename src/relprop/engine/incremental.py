@@ -91,6 +91,7 @@ class Incremental:
         self.reads = None  # per op of the last full kept pass, the ops (-1: the input) whose outputs it read
         self.readers = None  # per op of the last full kept pass, the ops that read its output (the model's: len(reads))
         self.value_reads = set()  # the ops of the last full kept pass whose outputs a value read (item, ==) read
+        self.stale = {}  # id -> a kept output that a pass did not write, as no later pass reads it (Pass.settle_rest)
         self.out_bytes = None  # per op of the last full kept pass, the bytes of its output
         self.max_tail_bytes = TAIL_BYTES  # steps stacked after their cut output at most this much (one at least)
         self.threads = None  # the threads of full passes, whole ops and stacked tails; None: torch's, at each pass
@@ -98,6 +99,7 @@ class Incremental:
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
         self.base_input, self.kept, self.journal, self.reads, self.readers = None, [], None, None, None
+        self.stale = {}
 
     def kept_bytes(self) -> int:
         """What the base pass keeps, in bytes."""
@@ -239,7 +241,7 @@ class Incremental:
         mode = _Pass(self.kept, x, boxes, keep, self.journal if keep else None, self.whole_threads())
         mode.reads_before = self.reads if defer else None
         if boxes is not FULL and self.readers is not None:
-            mode.readers, mode.value_reads = self.readers, self.value_reads
+            mode.readers, mode.value_reads, mode.stale = self.readers, self.value_reads, self.stale
         try:
             # an incremental pass runs on one thread but for its whole ops (see on_threads); a full one on all
             try:
@@ -286,6 +288,8 @@ class Incremental:
         """A kept pass stopped at its cut: its ops before the cut are the new base (those from the cut on were not
         run, so their kept outputs are dropped: a later pass runs them in full), and what the rest reads is kept."""
         later = {producer for reads in self.reads[cut:] for producer in reads if 0 <= producer < cut}
+        if any(self.stale.get(id(mode.outs[index])) is mode.outs[index] for index in later):
+            raise _Diverged
         captures = {index: mode.outs[index].clone() for index in sorted(later)}
         shapes = tuple(tuple(out.shape) for out in mode.outs)
         self.kept = mode.fresh + [(signature, None) for signature, _ in self.kept[cut:]]
@@ -446,6 +450,7 @@ class _Pass(OpMode):
         self.readers = None  # the last full kept pass's readers per op (Incremental.readers), None: write every box
         self.value_reads = set()  # the last full kept pass's value-read ops
         self.index = -1  # the op being run
+        self.stale: dict = {}  # id -> kept output that an earlier pass left outdated (Incremental.stale)
 
     def index_of(self, tensor):
         entry = self.producers.get(id(tensor))
@@ -543,6 +548,7 @@ class _Pass(OpMode):
                 func(values, *args[1:], **kwargs)
             self.took(target)
             return target, rows
+        self.settle(target)
         for row, box in enumerate(rows):
             if box is not None:
                 func(target[(row, slice(None)) + _slices(box)], *args[1:], **kwargs)
@@ -572,7 +578,13 @@ class _Pass(OpMode):
             self.kept_to.setdefault(producer, set()).add(self.index)
 
     def settle(self, tensor):
-        """Write tensor's deferred boxes into it."""
+        """Make tensor readable at any position: its deferred boxes written into it. A kept output that an earlier
+        pass did not write (see settle_rest) holds outdated values: the pass stops, to run in full."""
+        if self.stale and self.stale.get(id(tensor)) is tensor:
+            raise _Diverged
+        self._write_deferred(tensor)
+
+    def _write_deferred(self, tensor):
         entry = self.pending.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             del self.pending[id(tensor)]
@@ -598,12 +610,15 @@ class _Pass(OpMode):
                 owners = [index for index, out in enumerate(self.outs) if out is buffer]
                 if id(buffer) in returned or not owners or not all(
                         self._unread(index, this_pass.get(index, ())) for index in owners):
-                    self.settle(buffer)
+                    self._write_deferred(buffer)
+                elif self.keep:
+                    self.stale[id(buffer)] = buffer  # outdated where this pass changed it: read no more
             self.pending.clear()
 
     def _unread(self, index, readers) -> bool:
-        """Whether no pass reads op index's kept output: every op that read it, in this pass and in the last full
-        one, took only its boxes as computed (in every pass, as the boxes of one input pass through such ops)."""
+        """Whether later passes will not read op index's kept output: every op that read it, in this pass and in
+        the last full one, took its boxes as computed (a batch norm of a convolution, a residual sum whose other
+        input changed inside them), so they take the next pass's boxes too; one that does not ends that pass."""
         if self.readers is None or index in self.value_reads or index in self.value_read:
             return False
         took = self.kept_to.get(index, set())
@@ -814,11 +829,30 @@ def _window(state, name, func, args, kwargs, base):
             batch = source.new_full(shape, fill) if padded else source.new_empty(shape)
             for position, (index, place) in enumerate(crops):
                 batch[(position,) + place] = source[index]
-        values = func(batch, **crop_args)  # on the pass's one thread, however large the crop (see on_threads)
+        # on the pass's one thread, however large the crop (see on_threads); a strided convolution's crop without
+        # oneDNN, whose per-call setup (a primitive per new crop shape, the weights reordered per call) cost ResNet-50's
+        # strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows
+        with _without_onednn(names is _CONV and any(step > 1 for step in stride)):
+            values = func(batch, **crop_args)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()
         state.defer(base, group, values)
     return base, rows
+
+
+class _without_onednn:
+    """torch's oneDNN (mkldnn) convolutions off for a block where ``off``, then back."""
+
+    def __init__(self, off: bool):
+        self.off = off and torch._C._get_mkldnn_enabled()
+
+    def __enter__(self):
+        if self.off:
+            torch._C._set_mkldnn_enabled(False)
+
+    def __exit__(self, *exc):
+        if self.off:
+            torch._C._set_mkldnn_enabled(True)
 
 
 class on_threads:
@@ -906,8 +940,12 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
             direct.add(id(value))
         else:
             state.settle(value)
-    if len(tracked) == 1 and direct:
-        state.took(tracked[0])  # one input: in any pass, the boxes it reads are its input's
+    for value in tracked:
+        # it takes an input's boxes as computed, in any pass: alone, or where the other inputs changed inside them
+        # (a residual sum's convolution branch grows the boxes of the identity)
+        if id(value) in direct and (len(tracked) == 1 or any(
+                state.region(other) != state.region(value) for other in tracked)):
+            state.took(value)
     for group in groups:
         out = func(*[batched(value, group) for value in args],
                    **{key: batched(value, group) for key, value in kwargs.items()})
