@@ -479,6 +479,17 @@ def test_the_meta_estimate_of_a_step_is_the_share_a_real_incremental_pass_comput
     assert all(not t.is_meta for t in list(model.parameters()) + list(model.buffers()))  # the model is untouched
 
 
+def test_the_meta_estimate_counts_the_ops_a_step_runs_per_multiply_add_of_a_plain_pass_of_one_row():
+    from relprop.engine.incremental import changed_boxes, step_ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2)).eval()
+    x = torch.rand(3, 3, 8, 8)
+    plain = 8 * 8 * 4 * 27 + 8 * 8 * 4 * 36 + 2 * 256  # one row's multiply-adds: two convolutions, a linear layer
+    assert step_ops(model, x, changed_boxes(patched(x, 0), x)) == pytest.approx(5 / plain, rel=1e-12)
+
+
 def test_the_meta_estimate_keeps_the_user_s_forward_hooks_out_and_puts_them_back():
     from relprop.engine.incremental import changed_boxes, step_share
 

@@ -39,7 +39,7 @@ from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
 from .intercept import OpMode
 
-_SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): step_share}: the share depends on shapes
+_SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): (share, ops per multiply-add)}
 TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
 FULL = "full"  # recomputed in full this pass
@@ -347,6 +347,23 @@ def step_share(model, x: torch.Tensor, boxes) -> float | None:
     Returns:
         The computed share, 0 to 1, or None.
     """
+    estimate = _estimate(model, x, boxes)
+    return None if estimate is None else estimate[0]
+
+
+def step_ops(model, x: torch.Tensor, boxes) -> float | None:
+    """The ops an incremental pass of ``model`` runs (on crops or whole) per multiply-add of a plain pass of one row,
+    from the same pass on the meta device as ``step_share``: each op costs a step about the same whatever its size
+    (Python, a crop and a write per row, a call per crop), so the smaller the model's pass, the more they weigh.
+
+    Returns:
+        The ratio, or None where ``step_share`` is None.
+    """
+    estimate = _estimate(model, x, boxes)
+    return None if estimate is None else estimate[1]
+
+
+def _estimate(model, x, boxes):
     from torch.func import functional_call
 
     changed = [box for box in boxes if box is not None]
@@ -370,7 +387,7 @@ def _meta_share(model, x, box, functional_call):
     except Exception:  # noqa: BLE001 - any failure on the meta device only means no estimate
         return None
     done, full = engine.work
-    return done / full if full else None
+    return (done / full, len(engine.kept) / full) if full else None
 
 
 @contextlib.contextmanager
