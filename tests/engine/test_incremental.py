@@ -232,25 +232,29 @@ def test_a_kept_pass_keeps_in_place_relus_in_their_input_s_buffer():
 
 class Residual(nn.Module):
     """A convolution only its batch norm reads, summed with a pointwise convolution of the input, whose boxes lie
-    inside the 3x3 branch's; with ``wide`` set, the sum takes a 7x7 convolution instead, whose boxes are wider."""
+    inside the 3x3 branch's; with ``wide`` set, the sum takes a 7x7 convolution instead, whose boxes are wider;
+    ``in_place``: the sum written into the branch, as torchvision's ResNet blocks do."""
 
-    def __init__(self):
+    def __init__(self, in_place=False):
         super().__init__()
         self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
         self.identity, self.wider = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 7, padding=3)
         self.head = nn.Linear(4, 2)
-        self.wide = False
+        self.wide, self.in_place = False, in_place
 
     def forward(self, x):
         branch = self.norm(self.conv(x))
         identity, wider = self.identity(x), self.wider(x)
+        if self.in_place:
+            branch += wider if self.wide else identity
+            return self.head(torch.relu(branch).mean((2, 3)))
         return self.head(torch.relu(branch + (wider if self.wide else identity)).mean((2, 3)))
 
 
-def residual_chain(steps):
+def residual_chain(steps, in_place=False):
     """A Residual model, its input after ``steps`` patches, and an Incremental that ran them (checked_chain)."""
     torch.manual_seed(0)
-    model = with_biases(Residual()).eval()
+    model = with_biases(Residual(in_place)).eval()
     x = torch.rand(2, 3, 16, 16)
     incremental = checked_chain(model, x, steps)
     for step in range(steps):
@@ -283,6 +287,36 @@ def test_a_later_pass_that_reads_an_output_left_unwritten_runs_in_full():
         expected = model(x)
     torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
     assert incremental.passes == {"full": 2, "incremental": 2}
+
+
+class Concatenations(TorchFunctionMode):
+    """Counts the concatenations that run."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") == "cat"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["identity_inside", "wider_later"])
+def test_a_sum_written_into_its_branch_adds_the_identity_row_by_row_into_the_branch_s_boxes(wide):
+    model, x, incremental = residual_chain(2, in_place=True)
+    x = patched(x, 2)
+    with Concatenations() as seen:
+        out = incremental(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+    assert seen.count == 0  # the identity's rows added into the branch's batch: no batch of crops
+    assert id(incremental.kept[1][1]) in incremental.stale  # the branch's kept output: never written
+    model.wide = wide  # a later sum reading the branch around its boxes runs in full
+    x = patched(x, 3)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.passes == ({"full": 2, "incremental": 2} if wide else {"full": 1, "incremental": 3})
 
 
 def test_strided_convolutions_on_crops_run_without_onednn_and_give_plain_outputs():

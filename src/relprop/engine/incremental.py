@@ -467,6 +467,7 @@ class _Pass(OpMode):
         self.readers = None  # the last full kept pass's readers per op (Incremental.readers), None: write every box
         self.value_reads = set()  # the last full kept pass's value-read ops
         self.index = -1  # the op being run
+        self.model_call = None  # the op being run as the model called it, where that writes into its first argument
         self.stale: dict = {}  # id -> kept output that an earlier pass left outdated (Incremental.stale)
 
     def index_of(self, tensor):
@@ -509,6 +510,7 @@ class _Pass(OpMode):
         elif handler is not None and FULL not in regions:
             if handler not in _TAKES_DEFERRED:
                 self._settle_arguments(args, kwargs)
+            self.model_call = model_call if target is not None else None
             result = handler(self, short, func, args, kwargs, base)
         if result is None and self.reads_before is not None and index < len(self.reads_before) and all(
                 isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == self.rows for out in self.outs):
@@ -607,6 +609,12 @@ class _Pass(OpMode):
             del self.pending[id(tensor)]
             for group, values in entry[1].items():
                 _write_rows(self, tensor, group, values)
+
+    def drop(self, tensor):
+        """Forget tensor's deferred boxes, never to be written: a kept pass leaves its kept output stale."""
+        self.pending.pop(id(tensor), None)
+        if self.keep:
+            self.stale[id(tensor)] = tensor
 
     def _settle_arguments(self, args, kwargs):
         if self.pending:
@@ -963,11 +971,41 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
         if id(value) in direct and (len(tracked) == 1 or any(
                 state.region(other) != state.region(value) for other in tracked)):
             state.took(value)
+    written = state.model_call[1][0] if state.model_call is not None and state.model_call[1] else None
+    if written is not None and id(written) in direct and state.index in state.kept_to.get(state.index_of(written), ()):
+        # the model writes into an input whose boxes it takes (out += identity): its batches take the result in
+        # place, each other input added row by row, with no batch of crops; the input is read no more (the engine
+        # ran the model's write out of place, so the input is stale to it) and its kept output is not written
+        call, model_args, model_kwargs = state.model_call
+        for group in groups:
+            values = state.deferred(written, group)
+
+            def part(value, position, row, box):
+                if id(value) in direct:
+                    return state.deferred(value, group)[position:position + 1]
+                return _row_crop(value, row, box, shape)
+
+            for position, (row, box) in enumerate(group):
+                call(values[position:position + 1], *[part(value, position, row, box) for value in model_args[1:]],
+                     **{key: part(value, position, row, box) for key, value in model_kwargs.items()})
+            state.defer(base, group, values)
+        state.drop(written)
+        return base, rows
     for group in groups:
         out = func(*[batched(value, group) for value in args],
                    **{key: batched(value, group) for key, value in kwargs.items()})
         state.defer(base, group, out)
     return base, rows
+
+
+def _row_crop(value, row, box, shape):
+    """What an element-wise op with output ``shape`` reads of value for one row's box: its row where it has one per
+    row, its positions where it has the output's (others are broadcast, as are scalars)."""
+    if not isinstance(value, torch.Tensor) or value.dim() != len(shape):
+        return value
+    rows = slice(row, row + 1) if value.shape[0] == shape[0] > 1 else slice(None)
+    return value[(rows, slice(None)) + tuple(slice(low, high) if size == full else slice(None)
+                                              for (low, high), size, full in zip(box, value.shape[2:], shape[2:]))]
 
 
 def _batch_norm(state, name, func, args, kwargs, base):
