@@ -15,6 +15,14 @@ way the engine cannot follow, just runs plain forward passes. An in-place elemen
 before it (``ReLU(inplace=True)`` after a convolution) runs in place, as in the model: its kept output shares its
 input's buffer, and an incremental pass applies it to the box just written there.
 
+An op's boxes are written over its kept output only when something reads that output otherwise than as the batch
+they were computed in (``_Pass.defer``): a batch norm, a pointwise convolution or an in-place ReLU takes the batch
+itself (no crops, no concatenation), and ``out += identity`` adds the identity's rows into the branch's batch. An
+output that every reader took so, in this pass and in the last full one (a ResNet block's convolutions, read by their
+batch norms only), is never written: its kept output is outdated where earlier passes changed it, and a later pass
+that would read it there runs in full instead. On ResNet-50 at 224x224 (4 images, 7 steps of 16 px patches) the
+writes and concatenations took 0.42 s before, 0.10 s now.
+
 Perturbation metrics that remove one patch per step (region perturbation, selectivity, IROF) and occlusion change a
 small region per pass, so the early layers, where a CNN does most of its work at high resolution, cost little.
 
