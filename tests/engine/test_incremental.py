@@ -230,6 +230,127 @@ def test_a_kept_pass_keeps_in_place_relus_in_their_input_s_buffer():
         assert torch.equal(outputs[0], torch.relu(model[0](x)))
 
 
+class Residual(nn.Module):
+    """A convolution only its batch norm reads, summed with a pointwise convolution of the input, whose boxes lie
+    inside the 3x3 branch's; with ``wide`` set, the sum takes a 7x7 convolution instead, whose boxes are wider;
+    ``in_place``: the sum written into the branch, as torchvision's ResNet blocks do."""
+
+    def __init__(self, in_place=False):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.identity, self.wider = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 7, padding=3)
+        self.head = nn.Linear(4, 2)
+        self.wide, self.in_place = False, in_place
+
+    def forward(self, x):
+        branch = self.norm(self.conv(x))
+        identity, wider = self.identity(x), self.wider(x)
+        if self.in_place:
+            branch += wider if self.wide else identity
+            return self.head(torch.relu(branch).mean((2, 3)))
+        return self.head(torch.relu(branch + (wider if self.wide else identity)).mean((2, 3)))
+
+
+def residual_chain(steps, in_place=False):
+    """A Residual model, its input after ``steps`` patches, and an Incremental that ran them (checked_chain)."""
+    torch.manual_seed(0)
+    model = with_biases(Residual(in_place)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    incremental = checked_chain(model, x, steps)
+    for step in range(steps):
+        x = patched(x, step)
+    return model, x, incremental
+
+
+def test_an_output_every_reader_takes_as_computed_is_not_written_and_the_outputs_stay_plain():
+    model, x, incremental = residual_chain(3)
+    assert incremental.passes == {"full": 1, "incremental": 2}
+    conv, norm = incremental.kept[0][1], incremental.kept[1][1]
+    with torch.inference_mode():
+        assert not torch.allclose(conv, model.conv(x))  # the batch norm took its boxes; the first pass's values
+        assert not torch.allclose(norm, model.norm(model.conv(x)))  # the sum took them: the identity's lie inside
+        identity = incremental.kept[2][1]
+        torch.testing.assert_close(identity, model.identity(x))  # the sum read it around its boxes: written
+    assert {id(conv), id(norm)} <= set(incremental.stale)
+
+
+def test_a_later_pass_that_reads_an_output_left_unwritten_runs_in_full():
+    model, x, incremental = residual_chain(2)
+    model.wide = True  # the sum now reads the branch around its boxes, where the kept values are outdated
+    x = patched(x, 2)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.passes == {"full": 2, "incremental": 1} and not incremental.stale
+    x = patched(x, 3)  # the full pass is the new base: the next pass runs incrementally again
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.passes == {"full": 2, "incremental": 2}
+
+
+class Concatenations(TorchFunctionMode):
+    """Counts the concatenations that run."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") == "cat"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["identity_inside", "wider_later"])
+def test_a_sum_written_into_its_branch_adds_the_identity_row_by_row_into_the_branch_s_boxes(wide):
+    model, x, incremental = residual_chain(2, in_place=True)
+    x = patched(x, 2)
+    with Concatenations() as seen:
+        out = incremental(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+    assert seen.count == 0  # the identity's rows added into the branch's batch: no batch of crops
+    assert id(incremental.kept[1][1]) in incremental.stale  # the branch's kept output: never written
+    model.wide = wide  # a later sum reading the branch around its boxes runs in full
+    x = patched(x, 3)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(incremental(x), expected, rtol=1e-5, atol=1e-6)
+    assert incremental.passes == ({"full": 2, "incremental": 2} if wide else {"full": 1, "incremental": 3})
+
+
+def test_strided_convolutions_on_crops_run_without_onednn_and_give_plain_outputs():
+    torch.manual_seed(0)
+    model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1, stride=2),
+                                      nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))).eval()
+    x = torch.rand(2, 3, 16, 16)
+    incremental = Incremental(model)
+    incremental(x)
+    copy = patched(x, 0)
+    with Onednn() as seen:  # entered first, it sees the calls the engine makes, on crops
+        out = incremental(copy)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
+    assert sorted(set(seen.calls)) == [(1, True), (2, False)]
+    assert torch._C._get_mkldnn_enabled()
+
+
+class Onednn(TorchFunctionMode):
+    """Records each convolution's stride and whether torch's oneDNN convolutions were on for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == "conv2d":
+            stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
+            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+            self.calls.append((stride, torch._C._get_mkldnn_enabled()))
+        return func(*args, **kwargs)
+
+
 def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
     torch.manual_seed(0)
     model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
@@ -390,6 +511,17 @@ def test_the_meta_estimate_of_a_step_is_the_share_a_real_incremental_pass_comput
     assert step_share(model, x, boxes) == pytest.approx(one_row.work[0] / one_row.work[1], rel=1e-12)
     assert 0 < step_share(model, x, boxes) <= 1 and computed < plain
     assert all(not t.is_meta for t in list(model.parameters()) + list(model.buffers()))  # the model is untouched
+
+
+def test_the_meta_estimate_counts_the_ops_a_step_runs_per_multiply_add_of_a_plain_pass_of_one_row():
+    from relprop.engine.incremental import changed_boxes, step_ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2)).eval()
+    x = torch.rand(3, 3, 8, 8)
+    plain = 8 * 8 * 4 * 27 + 8 * 8 * 4 * 36 + 2 * 256  # one row's multiply-adds: two convolutions, a linear layer
+    assert step_ops(model, x, changed_boxes(patched(x, 0), x)) == pytest.approx(5 / plain, rel=1e-12)
 
 
 def test_the_meta_estimate_keeps_the_user_s_forward_hooks_out_and_puts_them_back():

@@ -116,7 +116,9 @@ def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
 
 def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_chains_keep_nothing(monkeypatch):
     from relprop.engine.incremental import Incremental
+    from relprop.evaluate import runner as runner_module
 
+    monkeypatch.setattr(runner_module, "OP_COST", 0.0)  # a model this small runs chains in plain passes otherwise
     engine_passes = []
     plain_call = Incremental.__call__
     monkeypatch.setattr(Incremental, "__call__", lambda self, *a, **k: engine_passes.append(1) or plain_call(self, *a, **k))
@@ -133,7 +135,9 @@ def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_
 
 def test_a_metric_s_own_runner_keeps_no_checkpoint_and_a_shared_one_does(monkeypatch):
     from relprop.engine.incremental import Incremental
+    from relprop.evaluate import runner as runner_module
 
+    monkeypatch.setattr(runner_module, "OP_COST", 0.0)  # a model this small runs chains in plain passes otherwise
     checkpoints, engine_passes = [], []
     take, run = Incremental.checkpoint, Incremental.__call__
     monkeypatch.setattr(Incremental, "checkpoint", lambda self: checkpoints.append(1) or take(self))
@@ -425,22 +429,41 @@ def test_metrics_work_on_token_sequences_with_channels_last():
     assert result.curves["morf"][0, 2].item() == pytest.approx(model(copy)[0, 0].item())
 
 
-def test_a_chain_plan_decides_before_any_pass_and_both_choices_give_the_same_curve():
+def deep_cnn(channels):
     torch.manual_seed(0)
-    deep = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
-                               torch.nn.Flatten(), torch.nn.Linear(8, 3)).double().eval()
+    return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(channels, 3)).double().eval()
+
+
+def test_a_chain_plan_decides_before_any_pass_and_both_choices_give_the_same_curve():
+    deep = deep_cnn(48)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     relevance = torch.randn_like(x)
     chosen = evaluate.Runner(deep, x, 1, chains=True)
     incremental = evaluate.region_perturbation(chosen, x, relevance, patch_size=2, steps=8)
-    # a 2x2 patch reaches a few percent of the work: the chain pays, and the clean pass is kept as its base
+    # a 2x2 patch reaches a few percent of the work, and the 8 ops' own cost is under half a plain pass (44 million
+    # multiply-adds a row): the chain pays, and the clean pass is kept as its base
     assert chosen.chain_plan["choice"] == "incremental" and chosen.chain_plan["share"] < 0.1
+    assert chosen.chain_plan["overhead"] == pytest.approx(8 * 2.5e6 / (32 * 32 * 9 * (3 * 48 + 2 * 48 * 48) + 48 * 3))
     assert chosen.incremental.passes == {"full": 1, "incremental": 8}
     plain = evaluate.Runner(deep, x, 1, incremental=False)
     torch.testing.assert_close(incremental.curves["morf"], evaluate.region_perturbation(
         plain, x, relevance, patch_size=2, steps=8).curves["morf"], rtol=0, atol=1e-12)
+
+
+def test_a_chain_whose_ops_cost_more_than_the_work_they_save_runs_plain_passes():
+    deep = deep_cnn(8)  # 2.4 million multiply-adds a row: each of its 8 ops costs a step about a plain pass
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    runner = evaluate.Runner(deep, x, 1, chains=True)
+    curve = evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=8).curves["morf"]
+    assert runner.chain_plan["share"] < 0.1 and runner.chain_plan["overhead"] > 1
+    assert runner.chain_plan["choice"] == "plain" and runner.incremental.passes == {"full": 0, "incremental": 0}
+    plain = evaluate.Runner(deep, x, 1, incremental=False)
+    torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2, steps=8)
+                               .curves["morf"], rtol=0, atol=1e-12)
 
 
 def test_metrics_whose_numbers_do_not_need_f_of_x_make_no_clean_pass():

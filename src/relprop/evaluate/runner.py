@@ -23,10 +23,12 @@ in a patch per sample, and runs it through ``engine.incremental``, which recompu
 (the numbers of a plain forward pass, to float rounding). Whether that pays is decided before any pass of the chain
 (``chain_plan``): the share of a plain pass's multiply-adds the first step's patch reaches is counted on the meta
 device (``engine.incremental.step_share``, shapes only), and the chain's cost, a kept pass (KEPT_COST plain passes)
-plus per step that share and STEP_OVERHEAD, is set against one plain pass per step. When it does not pay by
-CHAIN_MARGIN (ResNet-50 at 224x224 with 16 px patches: each step reaches 47% of the work), the steps run as plain
-passes of stacked copies and no activations are kept. Once incremental passes compute more than CHAIN_WORK of a
-plain pass's multiply-adds anyway, the rest of the chain runs as plain passes. An incremental chain's steps run
+plus per step that share and OP_COST multiply-adds per op the step runs (``step_ops``), is set against one plain pass
+per step. When it does not pay by CHAIN_MARGIN (ResNet-50 at 112x112 with 8 px patches: each step reaches 65% of
+the work, and its 175 ops weigh 0.41 of a plain pass), the steps run as plain passes of stacked copies and no
+activations are kept. Once incremental passes compute more of a plain pass's multiply-adds than a step may for the
+chain to pay (CHAIN_WORK where the plan has no estimate), the rest of the chain runs as plain passes. An incremental
+chain's steps run
 up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what every step computes
 in full (the layers from the first one that is not local, such as VGG-16's classifier) runs once for those steps'
 rows stacked.
@@ -39,17 +41,18 @@ from typing import Callable
 import torch
 
 from ..attribution.targets import tensor_output
-from ..engine.incremental import Incremental, changed_boxes, on_threads, step_share
+from ..engine.incremental import Incremental, changed_boxes, on_threads, step_ops, step_share
 from ..engine.intercept import OpMode
 from .inputs import check_input
 
-CHAIN_WORK = 0.5  # chains stay incremental while their passes compute at most this share of a plain pass's work
-# The cost of a chain in plain forward passes, measured on a 2-core CPU, one thread, 4 images at 224x224: a pass that
-# keeps its activations took 1.5x (ResNet-50) to 1.8x (VGG-16) a plain one; an incremental step took its share of
-# the multiply-adds plus 0.2-0.3 of a plain pass (crops, writes, and layers that are memory-bound, such as VGG-16's
-# linear layers, which every step runs in full). Chains must save a fifth over plain passes (CHAIN_MARGIN): plain
-# passes of stacked copies lose less to a busy machine.
-KEPT_COST, STEP_OVERHEAD, CHAIN_MARGIN = 1.6, 0.3, 1.25
+CHAIN_WORK = 0.5  # without an estimate, chains stay incremental while their passes compute at most this share
+# The cost of a chain in plain forward passes, measured on a 2-core CPU, one thread, 4 images, against whole calls
+# of the same metric in plain passes: a pass that keeps its activations took 1.5x (ResNet-50 at 224x224) to 1.0x
+# (VGG-16) a plain one; an incremental step took its share of the multiply-adds plus what its ops cost whatever
+# their size (Python, a crop and a write per row, a call per crop), 1.4-3.4 million multiply-adds' worth per op
+# (ResNet-50 at 224x224: 0.06-0.08 of a plain pass; at 112x112: 0.55; ResNet-18 at 64x64: 1.0-1.1). Chains must
+# save a fifth over plain passes (CHAIN_MARGIN): plain passes of stacked copies lose less to a busy machine.
+KEPT_COST, OP_COST, CHAIN_MARGIN = 1.5, 2.5e6, 1.25
 CHAIN_STACK = 64  # the most copies a chain builds at once for steps run together (Incremental.steps), batch_size
 # or more: 38 MB for 224x224 RGB float images; the stacked rows that reach the model's tail are bounded by the engine
 # On a CPU a plain pass holds at most as many rows as keep its largest activation within PASS_BYTES, and at least
@@ -473,26 +476,30 @@ class Runner:
         """Before a chain's first pass: estimate what it costs incrementally and in plain passes, in plain forward
         passes, and record both and the choice in ``chain_plan`` (forced: incremental=True)."""
         if self.chains_forced:
-            self.chain_plan = {"share": None, "incremental": None, "plain": None, "choice": "incremental"}
+            self.chain_plan = {"share": None, "overhead": None, "incremental": None, "plain": None,
+                               "choice": "incremental"}
             return
         rows = samples[:self._chain_rows()]
         first = perturb(rows, torch.zeros_like(rows))
-        share = step_share(self.model, first, changed_boxes(first, self.x[rows.to(self.x.device)]))
+        boxes = changed_boxes(first, self.x[rows.to(self.x.device)])
+        share = step_share(self.model, first, boxes)
         clean_pending = self._output is None
+        overhead = None if share is None else OP_COST * (step_ops(self.model, first, boxes) or 0.0)
         if share is None:
             incremental = plain = None
         else:  # the kept pass is the clean pass when that is still to be made, else the chain's first step
-            incremental = KEPT_COST + (steps - (0 if clean_pending else 1)) * (share + STEP_OVERHEAD)
+            incremental = KEPT_COST + (steps - (0 if clean_pending else 1)) * (share + overhead)
             plain = steps + clean_pending
         pays = self.chains_forced or share is None or incremental * CHAIN_MARGIN <= plain
-        self.chain_plan = {"share": share, "incremental": incremental, "plain": plain,
+        self.chain_plan = {"share": share, "overhead": overhead, "incremental": incremental, "plain": plain,
                            "choice": "incremental" if pays else "plain"}
 
     def _chains_pay(self) -> bool:
         """Whether chains run incrementally: asked for (incremental=True), or, by default, where the chain's plan
-        chose it and while the incremental passes so far computed at most CHAIN_WORK of a plain pass's multiply-adds.
-        Above that, one step costs about as much as running its copies in plain passes of batch_size, which stack
-        many steps and need no crops."""
+        chose it and while the incremental passes so far computed at most the share of a plain pass's multiply-adds
+        at which a step, with its ops' cost, still saves CHAIN_MARGIN over a plain pass (CHAIN_WORK where the plan
+        had no estimate). Above that, one step costs about as much as running its copies in plain passes of
+        batch_size, which stack many steps and need no crops."""
         if self.incremental is None:
             return False
         if self.chains_forced:
@@ -500,7 +507,9 @@ class Runner:
         if self.chain_plan is not None and self.chain_plan["choice"] == "plain":
             return False
         done, full = self.chain_work
-        return not full or done <= CHAIN_WORK * full
+        overhead = None if self.chain_plan is None else self.chain_plan.get("overhead")
+        limit = CHAIN_WORK if overhead is None else 1 / CHAIN_MARGIN - overhead
+        return not full or done <= limit * full
 
     def _score_chain(self, rows: torch.Tensor, copies: list) -> list:
         """score_copies of consecutive chain steps of the same samples, their passes run by the incremental engine's
