@@ -370,6 +370,44 @@ def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
         torch.testing.assert_close(incremental(x.clone(), keep=False), model(x), rtol=1e-5, atol=1e-6)
 
 
+class Layouts(TorchFunctionMode):
+    """Records whether each convolution's input and weight are channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.layouts = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "conv2d":
+            kwargs = kwargs or {}
+            tensors = (args[0], args[1] if len(args) > 1 else kwargs["weight"])
+            self.layouts.append(tuple(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                                      for t in tensors))
+            return func(*args, **kwargs)
+        return func(*args, **(kwargs or {}))
+
+
+def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_changed_in_place_is_copied_again():
+    torch.manual_seed(0)
+    model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(),
+                                      nn.Linear(4 * 8 * 8, 2))).eval()
+    x = torch.rand(2, 3, 16, 16)
+    incremental = Incremental(model)
+    incremental(x)
+    copy = x.clone()
+    copy[0, :, 4:6, 4:6] = 0
+    with Layouts() as seen:
+        out = incremental(copy, keep=False)
+    assert seen.layouts == [(True, True), (False, False)]  # the strided one as it was (see _without_onednn)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
+        model[0].weight.mul_(2)
+        incremental = Incremental(model)
+        incremental(x)
+        torch.testing.assert_close(incremental(copy, keep=False), model(copy), rtol=1e-5, atol=1e-6)
+
+
 def test_training_mode_batch_norm_and_dropout_run_in_full_as_in_a_plain_pass():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Conv2d(4, 4, 3),
