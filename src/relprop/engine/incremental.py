@@ -273,10 +273,7 @@ class Incremental:
             if boxes is FULL:
                 mode.reads.append(tuple(mode.index_of(item) for item in _tensors((out,), {})))  # the output reads
                 self.reads = mode.reads
-                self.readers = {}
-                for reader, producers in enumerate(mode.reads):
-                    for producer in producers:
-                        self.readers.setdefault(producer, set()).add(reader)
+                self.readers = _readers(mode.reads)
                 self.value_reads = mode.value_read
                 self.out_bytes = [sum(t.numel() * t.element_size() for t in _tensors((out,), {}))
                                   for out in mode.outs]
@@ -634,10 +631,7 @@ class _Pass(OpMode):
         if not self.pending:
             return
         returned = {id(item) for item in _tensors((out,), {})}
-        this_pass = {}
-        for reader, producers in enumerate(self.reads):
-            for producer in producers:
-                this_pass.setdefault(producer, set()).add(reader)
+        this_pass = _readers(self.reads)
         with on_threads(1):
             for buffer, _ in list(self.pending.values()):
                 owners = [index for index, out in enumerate(self.outs) if out is buffer]
@@ -1031,6 +1025,15 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
                    **{key: batched(value, group) for key, value in kwargs.items()})
         state.defer(base, group, out)
     return base, rows
+
+
+def _readers(reads) -> dict:
+    """op -> the ops that read its output, from reads (per op, the ops whose outputs it read; -1: the input)."""
+    readers: dict = {}
+    for reader, producers in enumerate(reads):
+        for producer in producers:
+            readers.setdefault(producer, set()).add(reader)
+    return readers
 
 
 def _row_crop(value, row, box, shape):

@@ -28,10 +28,9 @@ per step. When it does not pay by CHAIN_MARGIN (ResNet-50 at 112x112 with 8 px p
 the work, and its 175 ops weigh 0.41 of a plain pass), the steps run as plain passes of stacked copies and no
 activations are kept. Once incremental passes compute more of a plain pass's multiply-adds than a step may for the
 chain to pay (CHAIN_WORK where the plan has no estimate), the rest of the chain runs as plain passes. An incremental
-chain's steps run
-up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what every step computes
-in full (the layers from the first one that is not local, such as VGG-16's classifier) runs once for those steps'
-rows stacked.
+chain's steps run up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what
+every step computes in full (the layers from the first one that is not local, such as VGG-16's classifier) runs once
+for those steps' rows stacked.
 """
 from __future__ import annotations
 
