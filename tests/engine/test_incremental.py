@@ -96,17 +96,29 @@ def test_copies_of_one_base_leave_the_base_as_it_was(name):
     assert incremental.passes["incremental"] == 4
 
 
-class Shapes(TorchFunctionMode):
-    """Records the input shape of every convolution that runs."""
+class Convolutions(TorchFunctionMode):
+    """Records the input and weight of every 2-D convolution that runs."""
 
     def __init__(self):
         super().__init__()
-        self.shapes = []
+        self.calls = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if getattr(func, "__name__", "") == "conv2d":
-            self.shapes.append(tuple(args[0].shape))
-        return func(*args, **(kwargs or {}))
+            self.calls.append((args[0], args[1] if len(args) > 1 else kwargs["weight"]))
+        return func(*args, **kwargs)
+
+    @property
+    def shapes(self):
+        """Each convolution's input shape."""
+        return [tuple(x.shape) for x, _ in self.calls]
+
+    @property
+    def layouts(self):
+        """Whether each convolution's input and weight are channels-last (and not also contiguous)."""
+        return [tuple(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in call)
+                for call in self.calls]
 
 
 def test_only_the_receptive_field_of_the_change_is_computed():
@@ -117,7 +129,7 @@ def test_only_the_receptive_field_of_the_change_is_computed():
     incremental(x)
     copy = x.clone()
     copy[1, :, 10:12, 20:22] = 0  # row 0 unchanged
-    with Shapes() as seen:
+    with Convolutions() as seen:
         out = incremental(copy)
     # the first conv's 4x4 outputs around the 2x2 patch need a 6x6 input crop, the second's 6x6 an 8x8 crop of row 1
     assert seen.shapes == [(1, 3, 6, 6), (1, 4, 8, 8)]
@@ -361,30 +373,13 @@ def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
     copy = x.clone()
     copy[0, :, 0:2, 7:9] = 0  # at the top border: a 3x4 box in the first layer's output, 4x6 in the second's
     copy[1, :, 0:2, 3:5] = 0  # the same sizes elsewhere on the border; row 2 unchanged
-    with Shapes() as seen:
+    with Convolutions() as seen:
         out = incremental(copy, keep=False)
     # each layer's two crops in one batch, a row of zero padding above them
     assert seen.shapes == [(2, 3, 5, 6), (2, 4, 6, 8)]
     with torch.inference_mode():
         torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(incremental(x.clone(), keep=False), model(x), rtol=1e-5, atol=1e-6)
-
-
-class Layouts(TorchFunctionMode):
-    """Records whether each convolution's input and weight are channels-last."""
-
-    def __init__(self):
-        super().__init__()
-        self.layouts = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "conv2d":
-            kwargs = kwargs or {}
-            tensors = (args[0], args[1] if len(args) > 1 else kwargs["weight"])
-            self.layouts.append(tuple(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-                                      for t in tensors))
-            return func(*args, **kwargs)
-        return func(*args, **(kwargs or {}))
 
 
 def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_changed_in_place_is_copied_again():
@@ -397,7 +392,7 @@ def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_chan
     incremental(x)
     copy = x.clone()
     copy[0, :, 4:6, 4:6] = 0
-    with Layouts() as seen:
+    with Convolutions() as seen:
         out = incremental(copy, keep=False)
     assert seen.layouts == [(True, True), (False, False)]  # the strided one as it was (see _without_onednn)
     with torch.inference_mode():
