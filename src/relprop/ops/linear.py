@@ -85,7 +85,7 @@ def conv_map(dims: int, transposed: bool, stride=1, padding=0, dilation=1, group
                 return _pointwise_transpose(v, weight, x, stride)
             if unfoldable(weight, v):
                 return _folded_transpose(v, weight, x, stride, padding_, dilation)
-            return torch.ops.aten.convolution_backward(
+            return torch.ops.aten.convolution_backward.default(
                 v, x, weight, None, stride, padding_, dilation, transposed, output_padding_, groups,
                 [True, False, False],
             )[0]
@@ -571,7 +571,8 @@ def _positive_and_negative(live, rule) -> bool:
 def _positive_and_negative_parts(call, live, x, weights, bias, z, g):
     """Alpha-beta on x >= 0 with every bias taken: P = x W+ + b+ + eps is > 0 and z - P = x W- + b- - eps < 0, each
     its group's stabilized denominator (no pass to stabilize either), and each group's share goes into its kept
-    transposed weight; s = z g / P and z g / (z - P) in five output-sized passes."""
+    transposed weight; s = z g / P and z g / (z - P) in five output-sized passes (four, with z g once, took VGG-16's
+    peak memory from 1.20x to 1.28x the gradient's for no time that could be told from noise)."""
     rule, lmap = call.rule, call.linear_map
     channels = z.shape[-1] if lmap.channels_last else z.shape[1]
     share = {(a, c): shares[0] + shares[1] for _, _, a, c, _, shares, _ in live}
