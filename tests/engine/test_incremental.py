@@ -403,6 +403,28 @@ def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_chan
         torch.testing.assert_close(incremental(copy, keep=False), model(copy), rtol=1e-5, atol=1e-6)
 
 
+def test_a_weight_written_through_data_between_two_evaluations_is_not_taken_from_the_first_ones_copy():
+    # .data writes leave the version counter as it was: channels-last copies kept beyond one Incremental (they were
+    # kept per weight for the process) handed the second evaluation the old weight, 0.018 off the model's output
+    torch.manual_seed(0)
+    model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                      nn.Flatten(), nn.Linear(4 * 16 * 16, 2))).eval()
+    x = torch.rand(2, 3, 16, 16)
+    copy = x.clone()
+    copy[0, :, 4:6, 4:6] = 0
+    first = Incremental(model)
+    first(x)
+    first(copy, keep=False)
+    model[2].weight.data.mul_(2)
+    second = Incremental(model)
+    second(x)
+    with Convolutions() as seen:
+        out = second(copy, keep=False)
+    assert (True, True) in seen.layouts  # the crops ran channels-last, from a copy
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
+
+
 def test_training_mode_batch_norm_and_dropout_run_in_full_as_in_a_plain_pass():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Conv2d(4, 4, 3),
