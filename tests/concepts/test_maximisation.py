@@ -226,3 +226,36 @@ def test_each_chunk_s_arrays_reach_the_disk_before_its_done_flags(small_run, mon
     monkeypatch.setattr(store_module, "_fsync", spy)
     maximise(store, ["features.3"], model=model, source=source)
     assert sorted(synced) == [(array, chunk, False) for array in ("activation", "relevance") for chunk in range(3)]
+
+
+def test_a_store_made_with_a_composite_object_is_maximised_with_that_composite(tmp_path):
+    # Its name is not in the store (the class name and rules are): a built-in composite with the recorded rules is
+    # found by them, any other must be given, and is checked; before, every such store failed with "unknown
+    # composite 'EpsilonGammaBox'"
+    torch.manual_seed(0)
+    model = with_biases(ShapeNet()).eval()
+    source = Demo(count=6)
+    built_in, changed = relprop.composites.get("epsilon_gamma_box"), relprop.composites.get("epsilon_gamma_box",
+                                                                                            gamma=0.5)
+    by_name, by_object, other = tmp_path / "name.zarr", tmp_path / "object.zarr", tmp_path / "other.zarr"
+    run(model, source, by_name, composite="epsilon_gamma_box", batch_size=3, progress=False)
+    run(model, source, by_object, composite=built_in, batch_size=3, progress=False)
+    run(model, source, other, composite=changed, batch_size=3, progress=False)
+    expected = maximise(by_name, "features.6", k=2, model=model, source=source)["features.6"]
+    found = maximise(by_object, "features.6", k=2, model=model, source=source)["features.6"]
+    np.testing.assert_allclose(found.relevance_value, expected.relevance_value, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="given as an object .*pass the same composite"):
+        maximise(other, "features.6", k=2, model=model, source=source)
+    with pytest.raises(ValueError, match="other rules than the one"):
+        maximise(other, "features.6", k=2, model=model, source=source, composite=built_in)
+    given = maximise(other, "features.6", k=2, model=model, source=source, composite=changed)["features.6"]
+    targets = open_store(other)["target"][:]
+    lrp = relprop.LRP(model, changed)
+    sums = np.stack([lrp(source.read(i).x[None], int(targets[i]), record=["features.6"]).layers["features.6"][0]
+                     .sum((1, 2)).numpy() for i in range(len(source))])
+    np.testing.assert_allclose(given.relevance_value, -np.sort(-sums.T, 1)[:, :2], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(given.relevance_value, expected.relevance_value, rtol=1e-3)
+    again = maximise(by_name, "features.6", k=2, model=model, source=source, composite=built_in)["features.6"]
+    np.testing.assert_allclose(again.relevance_value, expected.relevance_value, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="other rules than the one"):
+        maximise(by_name, "features.6", k=2, model=model, source=source, composite=changed)

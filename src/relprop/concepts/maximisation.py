@@ -45,7 +45,7 @@ class References:
 
 
 def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int = 16, engine: str = "local",
-             workers: int | None = None, address: str | None = None) -> dict[str, References]:
+             workers: int | None = None, address: str | None = None, composite=None) -> dict[str, References]:
     """Per layer, the top-k reference samples of every channel over the explained samples of a relprop run store.
 
     The results are written into the store as well, so reports and later calls read them.
@@ -62,13 +62,16 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
             does).
         workers: How many Ray actors.
         address: A Ray cluster to join; None: a local Ray.
+        composite: The Composite the store's run was given as an object (its name is not in the store); None: the
+            store's composite by name, or the built-in one with the rules the store records.
 
     Returns:
         Layer name -> References.
 
     Raises:
         ValueError: for no layers, a k that is not positive, an unknown engine, a store without explained samples or
-            not made by LRP, or a data set of another length.
+            not made by LRP, a data set of another length, or a composite the store cannot rebuild (or other than
+            the one it records).
     """
     from ..datasets import open_store
     from ..datasets.store import writing
@@ -87,7 +90,7 @@ def maximise(store, layers, k: int = 8, model=None, source=None, batch_size: int
             raise ValueError(f"{store} has no explained samples (an empty data set, or a run not yet done); run "
                              "`relprop run` on the data set first")
         recipe, source = store_recipe(opened, model, source)
-        work = Pass(store, recipe, source, layers, batch_size)
+        work = Pass(store, recipe, source, layers, batch_size, composite)
         work.create_arrays()
         starts = [start for start in range(0, opened.count, opened.chunk) if work.pending(start)]
         if engine == "local":
@@ -110,12 +113,41 @@ def store_recipe(opened, model, source):
     return (model if spec is None else ModelSpec(spec, None, model)), source
 
 
-def store_attributor(opened, model):
-    """The store's LRP attributor (its composite and parameters) on model (a module, or a spec that loads one)."""
+def store_attributor(opened, model, composite=None):
+    """The store's LRP attributor (its composite and parameters) on model (a module, or a spec that loads one).
+
+    A store made with a composite given as an object records its class and rules (``composite_rules``), not a name
+    to build it by: a built-in composite with the rules recorded is found by them; any other must be given as
+    composite, and is checked against the record."""
+    from .. import composites
+    from ..datasets.pipeline import rules_record
     from ..datasets.work import Settings, build_attributor
 
     model = model.load() if hasattr(model, "load") else model
     attrs = opened.attrs
+    recorded = attrs.get("composite_rules")
+    if composite is not None:
+        if isinstance(composite, str):
+            raise TypeError("composite is the Composite object the store's run was given; a store made with a "
+                            "composite by name rebuilds it by itself (leave composite out)")
+        if recorded is None:  # made with a composite by name
+            recorded = rules_record(composites.get(attrs["composite"], **dict(attrs.get("parameters") or {})))
+        if rules_record(composite) != recorded:
+            raise ValueError(f"composite {type(composite).__name__} has other rules than the one {opened.path}'s "
+                             f"relevance was computed with (recorded: {recorded}); pass that composite")
+        return build_attributor(model, Settings("lrp", composite, {}))
+    if recorded is not None:
+        for name in composites.names():
+            try:
+                candidate = composites.get(name)
+            except (TypeError, ValueError):
+                continue  # a composite that needs arguments (explainiverse's rule, say)
+            if rules_record(candidate) == recorded:
+                return build_attributor(model, Settings("lrp", name, {}))
+        raise ValueError(f"{opened.path} was made with a composite given as an object ({attrs['composite']}, rules "
+                         f"{recorded}), which the store cannot rebuild: pass the same composite (composite=...), or "
+                         "make the store with a composite by name (relprop run --composite NAME, or "
+                         "datasets.run(..., composite='epsilon_gamma_box'))")
     return build_attributor(model, Settings("lrp", attrs["composite"], dict(attrs.get("parameters") or {})))
 
 
@@ -123,8 +155,9 @@ class Pass:
     """One pass of relevance maximisation over a store, a chunk at a time: what each engine's worker runs. It
     pickles without its open store and attributor (and a ModelSpec without its module): each process makes its own."""
 
-    def __init__(self, store, recipe, source, layers, batch_size: int):
+    def __init__(self, store, recipe, source, layers, batch_size: int, composite=None):
         self.store, self.recipe, self.source, self.layers, self.batch_size = store, recipe, source, layers, batch_size
+        self.composite = composite
         self._ready = None
 
     def __getstate__(self):
@@ -136,7 +169,7 @@ class Pass:
             from ..datasets import open_store
 
             opened = open_store(self.store, mode="r+")
-            lrp = store_attributor(opened, self.recipe)
+            lrp = store_attributor(opened, self.recipe, self.composite)
             modules = dict(lrp.model.named_modules())
             for name in self.layers:
                 check_layer(modules, name)

@@ -54,16 +54,18 @@ class ReferenceDrawer:
         source: The data set the store was made from (a relprop.datasets Source); None: opened from the store's data
             spec.
         cmap: The colormap of the heatmaps.
+        composite: The Composite the store's run was given as an object (see maximise); None: rebuilt from the store.
     """
 
-    def __init__(self, opened, layer: str, heatmaps: bool, model=None, source=None, cmap: str = "bwr"):
+    def __init__(self, opened, layer: str, heatmaps: bool, model=None, source=None, cmap: str = "bwr",
+                 composite=None):
         if "preview" not in opened.group:
             raise ValueError(f"{opened.path} keeps no previews (not an image data set); its reference samples cannot "
                              "be shown")
         self.previews, self.layer, self.heatmaps, self.cmap = opened.group["preview"], layer, heatmaps, cmap
         if heatmaps:
             model, self.source = store_recipe(opened, model, source)
-            self.lrp, self.targets = store_attributor(opened, model), np.asarray(opened["target"][:])
+            self.lrp, self.targets = store_attributor(opened, model, composite), np.asarray(opened["target"][:])
 
     def tags(self, channel: int, samples: list[int], folder: Path, stem: str, cut: bool = True) -> list[str]:
         """One <img> tag (or a crop and heatmap pair) per sample, files named stem-channel-sample.
@@ -165,7 +167,7 @@ def image_page(lrp: LRP, x: torch.Tensor, pixels, layer: str, out, target=None, 
 
 
 def atlas_page(store, layer: str, out, references, title: str = "relprop concept atlas", model=None, source=None,
-               heatmaps: bool = True, cmap: str = "bwr") -> Path:
+               heatmaps: bool = True, cmap: str = "bwr", composite=None) -> Path:
     """Write out/index.html: per channel of the layer, its reference samples by relevance and by activation.
 
     Args:
@@ -179,6 +181,8 @@ def atlas_page(store, layer: str, out, references, title: str = "relprop concept
             spec.
         heatmaps: Show each reference sample cut to the channel's receptive field beside its conditional heatmap.
         cmap: The colormap of the heatmaps.
+        composite: The Composite the store's run was given as an object (see maximise); None: rebuilt from the
+            store.
 
     Returns:
         The page's path.
@@ -188,7 +192,7 @@ def atlas_page(store, layer: str, out, references, title: str = "relprop concept
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     opened = open_store(store)
-    drawer = ReferenceDrawer(opened, layer, heatmaps, model, source, cmap)
+    drawer = ReferenceDrawer(opened, layer, heatmaps, model, source, cmap, composite)
     names = opened.class_names
     rows = []
     for channel in range(len(references.relevance_index)):

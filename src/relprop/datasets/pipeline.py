@@ -339,8 +339,14 @@ def _composite_rules(settings: Settings, composite_name: str | None) -> str | No
     composite from --composite and records the name and --param), whose name and parameters identify it."""
     if settings.method != "lrp" or isinstance(settings.composite, str) or composite_name is not None:
         return None
+    return rules_record(settings.composite)
+
+
+def rules_record(composite) -> str:
+    """What a store records of a composite object: its repr (every rule and parameter) in full, or a SHA-256 of it
+    when longer than a line of text."""
     with _full_tensor_text():
-        text = repr(settings.composite)
+        text = repr(composite)
     return text if len(text) <= 500 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
