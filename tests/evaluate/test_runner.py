@@ -164,3 +164,24 @@ def test_a_chain_builds_its_copies_on_one_thread_runs_full_passes_on_torchs_thre
     assert model.threads[0] == 2 and 2 in model.threads[1:] and 1 in model.threads
     plain = Runner(model, x, target=0, batch_size=8, incremental=False).scores(4, remove_patches)
     torch.testing.assert_close(scores, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_a_runner_whose_model_changed_after_it_was_built_is_refused_by_the_next_metric():
+    # its kept scores (and clean pass) are the old model's: a metric given it would have mixed the two models' numbers
+    from relprop import evaluate
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    model = Counting()
+    runner = Runner(model, x, target=1)
+    relevance = torch.randn(3, 6, dtype=torch.float64)
+    first = evaluate.pixel_flipping(runner, x, relevance, steps=2)
+    again = evaluate.pixel_flipping(runner, x, relevance, steps=2)  # unchanged: accepted, the same numbers
+    torch.testing.assert_close(torch.as_tensor(again.scores), torch.as_tensor(first.scores), rtol=0, atol=0)
+    with torch.no_grad():
+        model.linear.weight.add_(0.5)  # an optimizer step, say
+    with pytest.raises(ValueError, match="parameters changed since this Runner was built.*build a new Runner"):
+        evaluate.pixel_flipping(runner, x, relevance, steps=2)
+    model.linear.weight = torch.nn.Parameter(model.linear.weight.detach().clone())  # replaced
+    with pytest.raises(ValueError, match="parameters changed"):
+        evaluate.pixel_flipping(Runner.of(runner, x, target=1), x, relevance, steps=2)

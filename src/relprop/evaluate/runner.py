@@ -130,6 +130,7 @@ class Runner:
         self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
+        self._parameters = _parameter_state(model)  # what the kept scores and passes were computed with
         self.checkpoints = checkpoints
         self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
         self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
@@ -223,6 +224,10 @@ class Runner:
         """
         explained = getattr(relevance, "target", None)
         if isinstance(model, Runner):
+            if _parameter_state(model.model) != model._parameters:
+                raise ValueError("the model's parameters changed since this Runner was built (a training step, "
+                                 "load_state_dict, an in-place write), and its scores and kept passes are the old "
+                                 "model's; build a new Runner for the changed model")
             if x is not None and x is not model.x and (x.shape != model.x.shape or not torch.equal(x, model.x)):
                 raise ValueError("this runner was built for another input x; build a Runner for this x")
             if target is not None and not torch.equal(model._targets_or_predicted(target), model.target):
@@ -608,6 +613,13 @@ class _LargestOutput(OpMode):
         if isinstance(out, torch.Tensor) and out.dim() and out.shape[0] == self.rows and not out._is_view():
             self.bytes = max(self.bytes, out.numel() * out.element_size())
         return out
+
+
+def _parameter_state(model: torch.nn.Module) -> tuple:
+    """Each parameter's identity, storage and version: changes with every in-place update (an optimizer step,
+    load_state_dict, a write under torch.no_grad()) and with replaced parameters; writes through ``.data`` leave it as
+    it was. Buffers are left out: a model in training mode updates its batch norms' on every pass."""
+    return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
 
 
 def _is_predicted(target) -> bool:
