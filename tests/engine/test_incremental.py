@@ -498,7 +498,7 @@ def test_torchvision_architectures_give_plain_outputs_in_chains_and_copies(name)
     assert incremental.passes == {"full": 1, "incremental": 4}
 
 
-def test_a_checkpoint_brings_the_base_back_after_later_passes_without_copying_it():
+def test_a_checkpoint_brings_the_base_back_after_later_passes():
     model, shape = models()["windows"]
     x = torch.rand(shape)
     incremental = Incremental(model)
@@ -512,7 +512,7 @@ def test_a_checkpoint_brings_the_base_back_after_later_passes_without_copying_it
     copy = patched(x, 2)
     with torch.inference_mode():
         torch.testing.assert_close(incremental(copy), model(copy), rtol=1e-5, atol=1e-6)
-    assert incremental.rollback()  # the pass after the rollback was logged too
+    assert incremental.rollback()  # the pass after the rollback wrote into outputs saved already
     with torch.inference_mode():
         torch.testing.assert_close(incremental(x.clone()), model(x), rtol=1e-5, atol=1e-6)
     incremental.reset()
@@ -700,3 +700,47 @@ def test_steps_stack_no_more_rows_after_the_cut_than_max_tail_bytes_allows():
     for output, plain in zip(outputs, expected):
         torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
     assert recorder.linear_rows == [shape[0]] * 3
+
+
+class Clones(TorchFunctionMode):
+    """The bytes of every clone made while inside (the engine's copies of what its passes overwrite among them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.clone:
+            self.bytes += out.numel() * out.element_size()
+        return out
+
+
+def test_a_checkpoint_copies_at_most_the_base_however_many_steps_overwrite_it():
+    model, shape = models()["windows"]
+    x = torch.rand(shape)
+    chain = [x := patched(x, step) for step in range(1, 31)]  # 30 steps: their boxes cover the base many times over
+    copied = {}
+    for checkpoint in (False, True):
+        incremental = Incremental(model)
+        incremental(chain[0])
+        if checkpoint:
+            incremental.checkpoint()
+            kept = [output.clone() for _, output in incremental.kept if output is not None]
+        with Clones() as clones:
+            outputs = incremental.steps(chain[1:])  # the stacked path: each step's pass stops at its cut
+        copied[checkpoint] = clones.bytes
+    with torch.inference_mode():
+        for output, batch in zip(outputs, chain[1:]):
+            torch.testing.assert_close(output, model(batch), rtol=1e-5, atol=1e-6)
+    # what the checkpoint added: each kept output at most once, whole (a log of every box overwritten held 3x that)
+    assert 0 < copied[True] - copied[False] <= incremental.kept_bytes()
+    assert incremental.rollback()
+    assert all(torch.equal(a, b) for a, b in zip(kept, [o for _, o in incremental.kept if o is not None]))
+    copy = patched(chain[0], 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(copy), model(copy), rtol=1e-5, atol=1e-6)
+    assert incremental.rollback()  # the copies serve every later rollback
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(chain[1]), model(chain[1]), rtol=1e-5, atol=1e-6)
+    assert incremental.passes == {"full": 1, "incremental": 31}

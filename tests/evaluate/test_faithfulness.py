@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from relprop import evaluate
+from tests.engine.test_incremental import Clones
+from tests.models import TinyResNet, with_biases
 from .models import linear_rows, scores, small_cnn
 
 
@@ -146,10 +148,10 @@ def test_a_metric_s_own_runner_keeps_no_checkpoint_and_a_shared_one_does(monkeyp
     x, relevance = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.randn(2, 3, 16, 16, dtype=torch.float64)
     own = evaluate.region_perturbation(model, x, relevance, 0, patch_size=4, steps=3)
     assert len(engine_passes) == 1 + 3  # the chain ran through the engine
-    assert checkpoints == []  # one chain on a runner nothing else can reach: no log of what its steps overwrite
+    assert checkpoints == []  # one chain on a runner nothing else can reach: no copy of what its steps overwrite
     runner = evaluate.Runner(model, x, 0, incremental=True)
     shared = evaluate.region_perturbation(runner, x, relevance, patch_size=4, steps=3)
-    assert checkpoints and runner.incremental.journal is not None
+    assert checkpoints and runner.incremental.saved is not None
     torch.testing.assert_close(own.curves["morf"], shared.curves["morf"], rtol=0, atol=1e-12)
 
 
@@ -506,3 +508,28 @@ def test_chained_steps_run_the_linear_layers_once_for_several_steps_with_the_pla
         expected = metric(plain, x, relevance, patch_size=4)
         for key in expected.curves:
             torch.testing.assert_close(got.curves[key], expected.curves[key], rtol=1e-5, atol=1e-7)
+
+
+def test_a_shared_runner_copies_at_most_its_base_for_later_chains_and_they_score_as_fresh_runners(monkeypatch):
+    from relprop.evaluate import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "OP_COST", 0.0)  # a model this small runs chains in plain passes otherwise
+    torch.manual_seed(0)
+    model = with_biases(TinyResNet()).double().eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    first, second = torch.randn_like(x), torch.randn_like(x)
+    copied, runners = {}, {}
+    for checkpoints in (False, True):
+        runner = runners[checkpoints] = evaluate.Runner(model, x, 0, checkpoints=checkpoints)
+        runner.output  # noqa: B018  (the clean pass, outside what is counted, as benchmark() makes it)
+        with Clones() as clones:
+            shared = evaluate.region_perturbation(runner, x, first, patch_size=4)
+        copied[checkpoints] = clones.bytes
+    engine = runners[True].incremental
+    # the checkpoint copies each kept output at most once, whole; a log of every box 16 steps overwrote held 1.6x that
+    assert 0 < copied[True] - copied[False] <= engine.kept_bytes()
+    later = evaluate.region_perturbation(runners[True], x, second, patch_size=4)
+    assert engine.passes["full"] == 1  # the second chain started from the checkpoint, not from a fresh base
+    for result, relevance in ((shared, first), (later, second)):
+        alone = evaluate.region_perturbation(model, x, relevance, 0, patch_size=4)
+        torch.testing.assert_close(result.curves["morf"], alone.curves["morf"], rtol=0, atol=1e-12)

@@ -91,9 +91,9 @@ class Runner:
             from a contiguous pass's by float rounding); a model that cannot take them (``.view`` on an activation)
             is run as given from its first failure on. Off by default: on a 2-core CPU it was 2.5x slower on
             ResNet-18 at 64x64 and no faster on ResNet-50 at 224x224 (docs/benchmarks-evaluation.md).
-        checkpoints: Let a later chain of the same samples return to the start of the first (the engine then logs
-            what each kept pass overwrites, a copy of every box a step writes); False for a runner that runs one
-            chain, as a metric's own runner does (``of``).
+        checkpoints: Let a later chain of the same samples return to the start of the first (the engine then
+            copies each kept output the first time a pass writes into it: at most the base, once, and none of it per
+            step); False for a runner that runs one chain, as a metric's own runner does (``of``).
 
     Raises:
         TypeError: when model is not a torch.nn.Module or x not a tensor.
