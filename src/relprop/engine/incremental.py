@@ -108,9 +108,6 @@ class _Checkpoint:
             self.outputs[key].copy_(self.copies[key])
         self.written.clear()
 
-    def copied_bytes(self) -> int:
-        return sum(copy.numel() * copy.element_size() for copy in self.copies.values())
-
 
 class Incremental:
     """Forward passes of ``model`` that reuse its last kept pass where the input did not change.
