@@ -143,7 +143,7 @@ def store_attributor(opened, model, composite=None):
             except (TypeError, ValueError):
                 continue  # a composite that needs arguments (explainiverse's rule, say)
             if rules_record(candidate) == recorded:
-                return build_attributor(model, Settings("lrp", name, {}))
+                return build_attributor(model, Settings("lrp", candidate, {}))
         raise ValueError(f"{opened.path} was made with a composite given as an object ({attrs['composite']}, rules "
                          f"{recorded}), which the store cannot rebuild: pass the same composite (composite=...), or "
                          "make the store with a composite by name (relprop run --composite NAME, or "
