@@ -403,6 +403,48 @@ def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_chan
         torch.testing.assert_close(incremental(copy, keep=False), model(copy), rtol=1e-5, atol=1e-6)
 
 
+class ViewsActivations(nn.Module):
+    """Calls .view on an activation, which a channels-last batch cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        z = torch.relu(self.conv(x))
+        return self.head(z.view(len(z), -1))
+
+
+def test_an_image_model_in_eval_mode_keeps_its_outputs_channels_last_and_gives_plain_outputs():
+    torch.manual_seed(0)
+    model = with_biases(TinyResNet()).eval()
+    incremental = checked_chain(model, torch.rand(3, 3, 16, 16), 3)
+    kept = [out for _, out in incremental.kept if out is not None and out.dim() == 4]
+    assert kept and all(out.is_contiguous(memory_format=torch.channels_last) for out in kept)
+    assert incremental.base_input.is_contiguous()  # the input as given, to compare the next one with
+
+
+def test_a_model_that_cannot_take_a_channels_last_batch_runs_as_given_with_plain_outputs():
+    torch.manual_seed(0)
+    model = with_biases(ViewsActivations()).eval()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="view"):
+        model(x.contiguous(memory_format=torch.channels_last))
+    incremental = checked_chain(model, x, 3)
+    assert not incremental.channels_last and incremental.passes == {"full": 1, "incremental": 2}
+    assert all(out.is_contiguous() for _, out in incremental.kept if out is not None)
+
+
+def test_a_model_in_training_mode_keeps_its_outputs_as_it_makes_them():
+    torch.manual_seed(0)
+    model = with_biases(TinyResNet()).eval()
+    model.stem.train()  # one module in training mode is enough: its random or batch-wise ops follow memory order
+    incremental = Incremental(model)
+    with torch.inference_mode():
+        incremental(torch.rand(3, 3, 16, 16))
+    assert incremental.channels_last and all(out.is_contiguous() for _, out in incremental.kept if out is not None)
+
+
 def test_a_weight_written_through_data_between_two_evaluations_is_not_taken_from_the_first_ones_copy():
     # .data writes leave the version counter as it was: channels-last copies kept beyond one Incremental (they were
     # kept per weight for the process) handed the second evaluation the old weight, 0.018 off the model's output
