@@ -382,7 +382,7 @@ def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
         torch.testing.assert_close(incremental(x.clone(), keep=False), model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_changed_in_place_is_copied_again():
+def test_convolutions_run_their_crops_channels_last_and_a_weight_changed_in_place_is_copied_again():
     torch.manual_seed(0)
     model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
                                       nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(),
@@ -394,7 +394,7 @@ def test_stride_one_convolutions_run_their_crops_channels_last_and_a_weight_chan
     copy[0, :, 4:6, 4:6] = 0
     with Convolutions() as seen:
         out = incremental(copy, keep=False)
-    assert seen.layouts == [(True, True), (False, False)]  # the strided one as it was (see _without_onednn)
+    assert seen.layouts == [(True, True), (True, True)]  # the strided one too, without oneDNN (see _window)
     with torch.inference_mode():
         torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
         model[0].weight.mul_(2)
