@@ -269,8 +269,27 @@ def test_plain_passes_run_channels_last_and_fall_back_for_a_model_that_cannot_ta
     model.register_forward_pre_hook(lambda module, args: layouts.append(args[0].is_contiguous()))
     fast = evaluate.pixel_flipping(evaluate.Runner(model, x, 1, channels_last=True), x, relevance, regions_per_step=16)
     assert layouts == [False]  # one pass of 8 channels-last copies
-    plain = evaluate.pixel_flipping(model, x, relevance, 1, regions_per_step=16)  # as given, by default
+    plain = evaluate.pixel_flipping(model, x, relevance, 1, regions_per_step=16)  # as given, by default (8 px)
     torch.testing.assert_close(fast.curves["morf"], plain.curves["morf"], rtol=1e-12, atol=0)
+
+
+def test_plain_passes_run_channels_last_by_default_for_large_images_on_a_cpu_in_eval_mode():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 8, stride=8), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(2, 3)).eval()
+    large = torch.rand(1, 3, evaluate.runner.CHANNELS_LAST_FROM, evaluate.runner.CHANNELS_LAST_FROM + 8)
+    small = large[..., :-16, :]  # one side below the threshold
+    assert evaluate.Runner(model, large, 0).channels_last
+    assert not evaluate.Runner(model, small, 0).channels_last
+    assert not evaluate.Runner(model, large, 0, channels_last=False).channels_last
+    assert evaluate.Runner(model, small, 0, channels_last=True).channels_last
+    assert not evaluate.Runner(model, large.flatten(2), 0).channels_last  # not an image batch
+    model[0].train()  # a module in training mode: its layout stays
+    assert not evaluate.Runner(model, large, 0).channels_last
+    model.eval()
+    layouts = []
+    model.register_forward_pre_hook(lambda module, args: layouts.append(args[0].is_contiguous()))
+    evaluate.Runner(model, large, 0).clean  # noqa: B018 (the clean pass)
+    assert layouts == [False]
 
 
 def test_a_target_outside_the_classes_is_refused_on_the_first_pass_that_tells_the_classes():

@@ -52,6 +52,11 @@ CHAIN_WORK = 0.5  # without an estimate, chains stay incremental while their pas
 # (ResNet-50 at 224x224: 0.06-0.08 of a plain pass; at 112x112: 0.55; ResNet-18 at 64x64: 1.0-1.1). Chains must
 # save a fifth over plain passes (CHAIN_MARGIN): plain passes of stacked copies lose less to a busy machine.
 KEPT_COST, OP_COST, CHAIN_MARGIN = 1.5, 2.5e6, 1.25
+# plain passes of image batches at least this many pixels a side run channels-last by default (on a CPU): a forward
+# pass of 4 images on one thread, channels-last against as given, at 64/96/128/160/224 px: ResNet-18 0.62/0.74/0.85/
+# 1.02/1.14x, ResNet-50 0.83/0.89/0.91/0.99/1.07x, VGG-16 0.96/1.06/1.15/1.18/1.19x, MobileNetV2, DenseNet-121,
+# EfficientNet-B0 and ConvNeXt-T 1.00-1.30x at every size
+CHANNELS_LAST_FROM = 224
 CHAIN_STACK = 64  # the most copies a chain builds at once for steps run together (Incremental.steps), batch_size
 # or more: 38 MB for 224x224 RGB float images; the stacked rows that reach the model's tail are bounded by the engine
 # On a CPU a plain pass holds at most as many rows as keep its largest activation within PASS_BYTES, and at least
@@ -89,8 +94,10 @@ class Runner:
             pass unless chains need its activations.
         channels_last: Run plain passes of image batches (N, C, H, W) as channels-last copies (the numbers differ
             from a contiguous pass's by float rounding); a model that cannot take them (``.view`` on an activation)
-            is run as given from its first failure on. Off by default: on a 2-core CPU it was 2.5x slower on
-            ResNet-18 at 64x64 and no faster on ResNet-50 at 224x224 (docs/benchmarks-evaluation.md).
+            is run as given from its first failure on. None: on a CPU, for images of at least
+            ``CHANNELS_LAST_FROM`` pixels a side, when no module is in training mode (dropout draws its mask in
+            memory order). Seven torchvision models on one thread ran 1.01-1.22x faster so at 224x224, but ResNets
+            up to 1.6x slower at 64x64 (docs/benchmarks-evaluation.md).
         checkpoints: Let a later chain of the same samples return to the start of the first (the engine then
             copies each kept output the first time a pass writes into it: at most the base, once, and none of it per
             step); False for a runner that runs one chain, as a metric's own runner does (``of``).
@@ -112,7 +119,7 @@ class Runner:
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
                  incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None,
-                 channels_last: bool = False, checkpoints: bool = True):
+                 channels_last: bool | None = None, checkpoints: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -123,6 +130,9 @@ class Runner:
         self._pass_rows = None if self.x.device.type == "cpu" else batch_size
         self.forward_passes = 0
         self.chains_forced = incremental is True
+        if channels_last is None:
+            channels_last = (self.x.device.type == "cpu" and min(self.x.shape[2:], default=0) >= CHANNELS_LAST_FROM
+                             and not any(module.training for module in model.modules()))
         self.channels_last = bool(channels_last) and self.x.dim() == 4
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
