@@ -30,9 +30,10 @@ the mask is shaped like x), and relprop's score is compared as Quantus computes 
 channels_last=True); by default the Runner does so from 224 px on, see evaluate.runner.CHANNELS_LAST_FROM).
 
 Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
-(timed here, in the same process, in the faster of the two layouts, as given and channels-last) for the clean pass, plus per step the share of a plain pass's multiply-adds that
-the step's patch reaches in each layer (counted by the incremental engine). Perturbation metrics run a few steps only
-(--steps; --regions for region perturbation), since each step is one forward pass of the batch in both libraries.
+(timed here, in the same process, in the faster of the two layouts, as given and channels-last) for the clean pass,
+plus per step the share of a plain pass's multiply-adds that the step's patch reaches in each layer (counted by the
+incremental engine). Perturbation metrics run a few steps only (--steps; --regions for region perturbation), since
+each step is one forward pass of the batch in both libraries.
 """
 from __future__ import annotations
 
@@ -322,9 +323,8 @@ def main():
         model, x, target, masks = (t.to(args.device) for t in (model, x, target, masks))
         explanation = _to(explanation, args.device)
         forward = plain_forward(model, x, args.rounds)
-        print(f"| {name} | one plain forward pass of the {args.count} images (the faster layout) | {forward:.3f} | - | - "
-              "| - | - | - |",
-              flush=True)
+        print(f"| {name} | one plain forward pass of the {args.count} images (the faster layout) | {forward:.3f} "
+              "| - | - | - | - | - |", flush=True)
         for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, sized,
                                                      args.patch, args.regions, args.selectivity_patch,
                                                      args.device).items():

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from ..attribution.targets import tensor_output
-from ..engine.incremental import Incremental, changed_boxes, on_threads, step_ops, step_share
+from ..engine.incremental import Incremental, changed_boxes, in_training, on_threads, step_ops, step_share
 from ..engine.intercept import OpMode
 from .inputs import check_input
 
@@ -132,7 +132,7 @@ class Runner:
         self.chains_forced = incremental is True
         if channels_last is None:
             channels_last = (self.x.device.type == "cpu" and min(self.x.shape[2:], default=0) >= CHANNELS_LAST_FROM
-                             and not any(module.training for module in model.modules()))
+                             and not in_training(model))
         self.channels_last = bool(channels_last) and self.x.dim() == 4
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
