@@ -12,22 +12,23 @@ epsilon-LRP (flat rules would give ties, which the libraries order differently),
 numbers are compared (largest absolute difference) and both whole calls are timed alternately, --rounds times
 (median). relprop's whole call builds its own Runner (the clean forward pass inside the timer, as Quantus's is);
 rows named "Runner reused" time the metric on a Runner built beforehand, as benchmark() shares one per batch.
-relprop's perturbation metrics are given the Explanation (as a user who just explained calls them), whose output is
-the model's output on x, so they make no clean pass where their steps do not need its activations; the row "relevance
-as a tensor" times pixel flipping given the relevance tensor alone: its perturbed scores (details["perturbed"], the
-numbers Quantus returns) need no clean pass either. Metrics whose numbers differ from Quantus's by definition
-(Quantus 0.6's monotonicity never restores x; sensitivity-n there removes features cumulatively where relprop draws
-random subsets as Ancona et al.; random subsets and noise drawn differently) are timed with the same number of
-forward passes and printed as "differ by definition"; the oracle tests check the ones that can agree. Quantus 0.6's
-ROAD fails on 3-channel images (it indexes the channel-broadcast relevance as pixels): its row says so. Quantus 0.6's
-infidelity removes square patches (--selectivity-patch) cumulatively in raster order, where relprop's draws Gaussian
-perturbations (Yeh et al.'s noisy baseline): timed with one perturbation per patch (a pass each; Quantus makes one
-more), and "differ by definition". IROF runs on smooth random textures (SLIC finds a single superpixel in uniform
-noise, which Quantus refuses), to a baseline of 0 with Quantus's mask broadcast over the channels (its IROF asserts
-the mask is shaped like x), and relprop's score is compared as Quantus computes its own from the curve
-(L - trapezoid of f(x^(k)) / f(x), k = 1..L, the curves of samples with fewer superpixels padded with zeros).
---channels-last runs relprop's plain passes as channels-last copies at every image size (Runner(...,
-channels_last=True); by default the Runner does so from 224 px on, see evaluate.runner.CHANNELS_LAST_FROM).
+relprop's perturbation metrics are given the Explanation (as a user who just explained calls them), whose output is the
+model's output on x, so they make no clean pass where their steps do not need its activations; the rows "relevance as a
+tensor" give the relevance tensor alone: pixel flipping's perturbed scores (details["perturbed"], the numbers Quantus
+returns) need no clean pass either, and the patch-wise metrics make their clean pass as the kept base their steps start
+from (their floor and reused row are the rows above). Metrics whose numbers differ from Quantus's by definition (Quantus
+0.6's monotonicity never restores x; sensitivity-n there removes features cumulatively where relprop draws random
+subsets as Ancona et al.; random subsets and noise drawn differently) are timed with the same number of forward passes
+and printed as "differ by definition"; the oracle tests check the ones that can agree. Quantus 0.6's ROAD fails on
+3-channel images (it indexes the channel-broadcast relevance as pixels): its row says so. Quantus 0.6's infidelity
+removes square patches (--selectivity-patch) cumulatively in raster order, where relprop's draws Gaussian perturbations
+(Yeh et al.'s noisy baseline): timed with one perturbation per patch (a pass each; Quantus makes one more), and "differ
+by definition". IROF runs on smooth random textures (SLIC finds a single superpixel in uniform noise, which Quantus
+refuses), to a baseline of 0 with Quantus's mask broadcast over the channels (its IROF asserts the mask is shaped like
+x), and relprop's score is compared as Quantus computes its own from the curve (L - trapezoid of f(x^(k)) / f(x), k =
+1..L, the curves of samples with fewer superpixels padded with zeros). --channels-last runs relprop's plain passes as
+channels-last copies at every image size (Runner(..., channels_last=True); by default the Runner does so from 224 px on,
+see evaluate.runner.CHANNELS_LAST_FROM).
 
 Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
 (timed here, in the same process, in the faster of the two layouts, as given and channels-last) for the clean pass,
@@ -98,12 +99,12 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
             return None if numbers is None else numbers.cpu().numpy()
         return whole
 
-    def region(source):
-        return evaluate.region_perturbation(source, x, explanation, target, patch_size=patch, steps=regions,
+    def region(source, given=explanation):
+        return evaluate.region_perturbation(source, x, given, target, patch_size=patch, steps=regions,
                                             softmax=True, **sized)
 
-    def selectivity(source):
-        return evaluate.selectivity(source, x, explanation, target, patch_size=selectivity_patch, softmax=True,
+    def selectivity(source, given=explanation):
+        return evaluate.selectivity(source, x, given, target, patch_size=selectivity_patch, softmax=True,
                                     **sized)
 
     textured = {}
@@ -172,8 +173,17 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
             q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline="black",
                                          **common), True),
             region),
-        f"selectivity ({selectivity_patch}px patches, all {(height // selectivity_patch) ** 2})": (
+        f"region_perturbation ({patch}px patches, {regions} regions), relevance as a tensor": (
+            r(lambda: region(model, relevance), drops),
+            q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline="black",
+                                         **common), True),
+            region),
+        f"selectivity ({selectivity_patch}px patches, all {blocks})": (
             r(lambda: selectivity(model), after),
+            q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True),
+            selectivity),
+        f"selectivity ({selectivity_patch}px patches, all {blocks}), relevance as a tensor": (
+            r(lambda: selectivity(model, relevance), after),
             q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True),
             selectivity),
         "irof (SLIC superpixels, baseline 0)": (
@@ -323,6 +333,7 @@ def main():
         model, x, target, masks = (t.to(args.device) for t in (model, x, target, masks))
         explanation = _to(explanation, args.device)
         forward = plain_forward(model, x, args.rounds)
+        floors = {}
         print(f"| {name} | one plain forward pass of the {args.count} images (the faster layout) | {forward:.3f} "
               "| - | - | - | - | - |", flush=True)
         for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, sized,
@@ -354,8 +365,11 @@ def main():
             difference = "differ by definition" if mine is None else \
                 f"{float(np.max(np.abs(np.asarray(mine, dtype=np.float64) - reference))):.1e}"
             chain_x, chain_target = chain.inputs() if hasattr(chain, "inputs") else (x, target)
-            lowest, reused, plan = floor(model, chain_x, chain_target, sized, chain, args.rounds) if chain else \
-                (None, None, None)
+            first = chain is not None and chain not in floors  # a metric's rows share one floor and one reused row
+            if first:
+                floors[chain] = floor(model, chain_x, chain_target, sized, chain, args.rounds)
+            lowest, reused, plan = floors[chain] if chain else (None, None, None)
+            reused = reused if first else None
             bound = "-" if lowest is None else f"{lowest:.3f}"
             ratio = "-" if lowest is None else f"{ours_s / lowest:.2f}"
             print(f"| {name} | {metric} | {ours_s:.3f} | {theirs_s:.3f} | {theirs_s / ours_s:.2f}x | {bound} | "

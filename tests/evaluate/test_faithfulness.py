@@ -533,3 +533,16 @@ def test_a_shared_runner_copies_at_most_its_base_for_later_chains_and_they_score
     for result, relevance in ((shared, first), (later, second)):
         alone = evaluate.region_perturbation(model, x, relevance, 0, patch_size=4)
         torch.testing.assert_close(result.curves["morf"], alone.curves["morf"], rtol=0, atol=1e-12)
+
+
+def test_a_metrics_own_runner_steps_its_first_chain_from_the_clean_pass_it_kept():
+    deep = deep_cnn(48)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    # as a metric builds its own runner for relevance given as a tensor: no checkpoints, the clean pass still to make
+    own = evaluate.Runner(deep, x, 1, chains=True, checkpoints=False)
+    curve = evaluate.region_perturbation(own, x, relevance, patch_size=2, steps=8).curves["morf"]
+    assert own.incremental.passes == {"full": 1, "incremental": 8}  # the clean pass, then every step from it
+    plain = evaluate.Runner(deep, x, 1, incremental=False)
+    torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2, steps=8)
+                               .curves["morf"], rtol=0, atol=1e-12)

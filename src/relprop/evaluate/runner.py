@@ -458,18 +458,21 @@ class Runner:
         """scores' chains: each group of up to _chain_rows samples steps through the chain incrementally, its
         scores written into result and predicted; the pairs left to plain passes go to plain (flat indices)."""
         size = self._chain_rows()
+        clean_base = None  # the samples whose clean kept pass is the engine's base, untouched since
         if self._output is None and len(samples) == len(self.x) <= size:
             # the clean pass is still to be made: keep it, the base of the chain's first step
             self._set_output(self.run(self.x, self.incremental))
             self._checkpoint(torch.arange(len(self.x)))
+            clean_base = torch.arange(len(self.x))
         for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
             step = 0
             while step < steps:
                 if not self._chains_pay():  # the rest of the chains run as plain passes
                     plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
                     break
-                if step == 0:
-                    self._start_chain(group)
+                if step == 0 and not (clean_base is not None and torch.equal(group.cpu(), clean_base)):
+                    self._start_chain(group)  # else the first step runs on the clean pass, as the plan counted
+                clean_base = None
                 # steps stacked in the passes' full tail: CHAIN_STACK or batch_size copies at once; alone the first
                 # kept pass of a chain (the checkpoint is taken right after it) and, where the plan had no estimate,
                 # the first step (its work decides whether the chain goes on)
