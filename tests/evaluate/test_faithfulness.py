@@ -546,3 +546,22 @@ def test_a_metrics_own_runner_steps_its_first_chain_from_the_clean_pass_it_kept(
     plain = evaluate.Runner(deep, x, 1, incremental=False)
     torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2, steps=8)
                                .curves["morf"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("checkpoints", [True, False])
+def test_a_runner_told_of_chains_keeps_its_clean_pass_and_the_first_chain_steps_from_it(checkpoints):
+    deep = deep_cnn(48)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    runner = evaluate.Runner(deep, x, 1, chains=True, checkpoints=checkpoints)
+    clean = runner.output  # read first, as benchmark() reads it for the predicted class
+    assert runner.incremental.passes == {"full": 1, "incremental": 0} and runner.forward_passes == 1
+    curve = evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=8).curves["morf"]
+    assert runner.incremental.passes == {"full": 1, "incremental": 8}
+    plain = evaluate.Runner(deep, x, 1, incremental=False)
+    torch.testing.assert_close(clean, plain.output, rtol=0, atol=1e-12)
+    torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2, steps=8)
+                               .curves["morf"], rtol=0, atol=1e-12)
+    if checkpoints:  # a second chain of the same samples returns to the clean pass
+        evaluate.region_perturbation(runner, x, -relevance, patch_size=2, steps=8)
+        assert runner.incremental.passes == {"full": 1, "incremental": 16}

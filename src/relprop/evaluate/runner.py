@@ -88,8 +88,9 @@ class Runner:
         incremental: Run chains of local perturbations through ``engine.incremental``, which keeps one pass's
             activations. None: on a CPU, where a chain's estimated cost says it pays (``chain_plan``) and while its
             passes save enough work (see _chains_pay); True: always; False: never.
-        chains: Kept for callers that say chains will run on this runner; the clean pass is deferred in any case,
-            and a chain that runs incrementally makes it the base of its first step when it is still to be made.
+        chains: Chains will run on this runner: its clean pass, made when first read (or by the first chain that
+            runs incrementally), is kept by the incremental engine when x fits one chain pass, and the first step
+            of every chain of all of x starts from it instead of running in full.
         clean_output: The model's output on x, already computed (an Explanation's output): then there is no clean
             pass unless chains need its activations.
         channels_last: Run plain passes of image batches (N, C, H, W) as channels-last copies (the numbers differ
@@ -141,8 +142,9 @@ class Runner:
         self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
         self._parameters = _parameter_state(model)  # what the kept scores and passes were computed with
-        self.checkpoints = checkpoints
+        self.chains, self.checkpoints = chains, checkpoints
         self.checkpoint_rows = None  # the samples whose chains the engine can roll back to the start of
+        self.clean_base = False  # the engine's base is the clean pass of all of x, no step run on it yet
         self.start_pending = None  # a chain's samples whose first kept pass becomes their checkpoint
         self._output = self._clean = self._target = self._classes = None  # made when first read
         self._unchecked = None  # targets said before the number of classes was known, checked on the first pass
@@ -163,8 +165,28 @@ class Runner:
     def output(self) -> torch.Tensor:
         """(N, classes) float64: the model's class scores on x, from the clean forward pass (made when first read)."""
         if self._output is None:
-            self._set_output(self.outputs(self.x))
+            engine, plan = self.incremental, self.chain_plan
+            if (self.chains and engine is not None and engine.base_input is None and len(self.x) <= self._chain_rows()
+                    and (plan is None or plan["choice"] == "incremental")):
+                with torch.inference_mode():
+                    self._keep_clean_pass()  # before any chain's plan, in the hope that chains will pay
+            else:
+                self._set_output(self.outputs(self.x))
         return self._output
+
+    def _keep_clean_pass(self) -> None:
+        """The clean pass through the incremental engine, kept as the base that chains of all of x start from
+        (about one plain pass: its outputs are kept instead of freed)."""
+        engine = self.incremental
+        whole = engine.threads
+        engine.threads = torch.get_num_threads() if whole is None else whole  # as _chains runs it
+        try:
+            with on_threads(1):
+                self._set_output(self.run(self.x, engine))
+        finally:
+            engine.threads = whole
+        self._checkpoint(torch.arange(len(self.x)))
+        self.clean_base = True
 
     def _set_output(self, output: torch.Tensor) -> None:
         self._output = output
@@ -300,6 +322,9 @@ class Runner:
         """Before a chain's first step: back to the checkpoint of these samples, else a fresh base (the first step
         runs in full and is kept), which later chains of the same samples return to."""
         engine = self.incremental
+        clean_base, self.clean_base = self.clean_base, False
+        if clean_base and torch.equal(rows.cpu(), torch.arange(len(self.x))):
+            return  # the clean pass is the base, as the chain's plan counted
         if self.checkpoint_rows is not None and torch.equal(rows.cpu(), self.checkpoint_rows) and engine.rollback():
             return
         engine.reset()
@@ -458,21 +483,16 @@ class Runner:
         """scores' chains: each group of up to _chain_rows samples steps through the chain incrementally, its
         scores written into result and predicted; the pairs left to plain passes go to plain (flat indices)."""
         size = self._chain_rows()
-        clean_base = None  # the samples whose clean kept pass is the engine's base, untouched since
         if self._output is None and len(samples) == len(self.x) <= size:
-            # the clean pass is still to be made: keep it, the base of the chain's first step
-            self._set_output(self.run(self.x, self.incremental))
-            self._checkpoint(torch.arange(len(self.x)))
-            clean_base = torch.arange(len(self.x))
+            self._keep_clean_pass()  # the clean pass is still to be made: keep it, the base of the first step
         for places, group in zip(torch.arange(len(samples)).split(size), samples.split(size)):
             step = 0
             while step < steps:
                 if not self._chains_pay():  # the rest of the chains run as plain passes
                     plain.append((places.view(-1, 1) * steps + torch.arange(step, steps)).flatten())
                     break
-                if step == 0 and not (clean_base is not None and torch.equal(group.cpu(), clean_base)):
-                    self._start_chain(group)  # else the first step runs on the clean pass, as the plan counted
-                clean_base = None
+                if step == 0:
+                    self._start_chain(group)
                 # steps stacked in the passes' full tail: CHAIN_STACK or batch_size copies at once; alone the first
                 # kept pass of a chain (the checkpoint is taken right after it) and, where the plan had no estimate,
                 # the first step (its work decides whether the chain goes on)
