@@ -565,3 +565,18 @@ def test_a_runner_told_of_chains_keeps_its_clean_pass_and_the_first_chain_steps_
     if checkpoints:  # a second chain of the same samples returns to the clean pass
         evaluate.region_perturbation(runner, x, -relevance, patch_size=2, steps=8)
         assert runner.incremental.passes == {"full": 1, "incremental": 16}
+
+
+def test_a_kept_clean_pass_larger_than_the_engines_limit_is_no_base_and_the_curve_is_unchanged():
+    deep = deep_cnn(8)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    relevance = torch.randn_like(x)
+    runner = evaluate.Runner(deep, x, 1, chains=True, incremental=True)
+    runner.incremental.max_bytes = 1  # every kept pass is dropped at once
+    runner.output  # noqa: B018
+    assert runner.incremental.passes["full"] == 1 and runner.incremental.base_input is None
+    assert not runner.clean_base
+    curve = evaluate.region_perturbation(runner, x, relevance, patch_size=2, steps=4).curves["morf"]
+    plain = evaluate.Runner(deep, x, 1, incremental=False)
+    torch.testing.assert_close(curve, evaluate.region_perturbation(plain, x, relevance, patch_size=2, steps=4)
+                               .curves["morf"], rtol=0, atol=1e-12)

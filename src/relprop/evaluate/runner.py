@@ -186,7 +186,7 @@ class Runner:
         finally:
             engine.threads = whole
         self._checkpoint(torch.arange(len(self.x)))
-        self.clean_base = True
+        self.clean_base = engine.base_input is not None  # None: the pass kept more than max_bytes, and nothing
 
     def _set_output(self, output: torch.Tensor) -> None:
         self._output = output
