@@ -25,10 +25,11 @@ def test_nan_relevance_is_refused_naming_the_samples():
 def test_a_model_whose_output_shape_changes_is_refused():
     class Moody(torch.nn.Module):
         def forward(self, x):
-            return torch.zeros(len(x), 3 if len(x) == 2 else 4, dtype=x.dtype) + x.flatten(1).sum(1, keepdim=True)
+            return torch.zeros(len(x), 3 if len(x) < 5 else 4, dtype=x.dtype) + x.flatten(1).sum(1, keepdim=True)
 
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="returned 3 classes for 2 inputs but 4 on an earlier pass"):
+    # 32 copies in passes of at most 5: 5 first, then the 27 left as 5, 5, 5, 4, 4, 4
+    with pytest.raises(ValueError, match="returned 3 classes for 4 inputs but 4 on an earlier pass"):
         evaluate.pixel_flipping(Moody(), x, torch.randn_like(x), 0, batch_size=5)
 
 
@@ -147,8 +148,9 @@ def test_on_a_cpu_passes_hold_fewer_copies_where_batch_size_would_make_large_act
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     runner = evaluate.Runner(model, x, 1, batch_size=64)
     assert_shifted_scores(runner, model.model, x, torch.linspace(0.1, 0.6, 6, dtype=torch.float64))
-    # the first pass holds x's 2 rows and finds 2 KiB per row at most: 4 rows fit 8 KiB
-    assert runner.pass_rows == 4 and model.passes == [2, 4, 4, 2]
+    # the first pass holds x's 2 rows and finds 2 KiB per row at most: 4 rows fit 8 KiB; the 10 copies left take
+    # 3 passes of at most 4 rows, balanced (no pass of 2 at the end)
+    assert runner.pass_rows == 4 and model.passes == [2, 4, 3, 3]
 
 
 def test_passes_hold_at_least_as_many_rows_as_x_whatever_their_activations(monkeypatch):
