@@ -35,6 +35,7 @@ for those steps' rows stacked.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -178,15 +179,23 @@ class Runner:
         """The clean pass through the incremental engine, kept as the base that chains of all of x start from
         (about one plain pass: its outputs are kept instead of freed)."""
         engine = self.incremental
-        whole = engine.threads
-        engine.threads = torch.get_num_threads() if whole is None else whole  # as _chains runs it
-        try:
-            with on_threads(1):
-                self._set_output(self.run(self.x, engine))
-        finally:
-            engine.threads = whole
+        with self._chain_threads():
+            self._set_output(self.run(self.x, engine))
         self._checkpoint(torch.arange(len(self.x)))
         self.clean_base = engine.base_input is not None  # None: the pass kept more than max_bytes, and nothing
+
+    @contextmanager
+    def _chain_threads(self):
+        """The threads a chain's passes run on: its own work on one thread, the engine's full passes, whole ops and
+        stacked tails on torch's setting (kept where an enclosing block set it already)."""
+        engine = self.incremental
+        whole = engine.threads
+        engine.threads = torch.get_num_threads() if whole is None else whole
+        try:
+            with on_threads(1):
+                yield
+        finally:
+            engine.threads = whole
 
     def _set_output(self, output: torch.Tensor) -> None:
         self._output = output
@@ -311,7 +320,8 @@ class Runner:
                 if size * self.x[:1].numel() * self.x.element_size() > PASS_BYTES // 64:
                     size = min(size, len(self.x))
             else:
-                size = -(-left // -(-left // size))  # left over ceil(left / size) passes, rounded up
+                passes = -(-left // size)  # as many as pass_rows needs
+                size = -(-left // passes)
             yield items[start:start + size]
             start += size
 
@@ -468,12 +478,8 @@ class Runner:
                 # the chain's own work (building copies, comparing and hashing them, the crops of incremental steps)
                 # is many small ops, which lose more to a second thread than they gain on a busy machine: one thread
                 # for them, torch's setting for the passes' whole work (full passes, whole ops, stacked tails)
-                self.incremental.threads = torch.get_num_threads()
-                try:
-                    with on_threads(1):
-                        self._chains(samples, steps, perturb, result, predicted, plain)
-                finally:
-                    self.incremental.threads = None
+                with self._chain_threads():
+                    self._chains(samples, steps, perturb, result, predicted, plain)
             else:
                 plain.append(torch.arange(len(samples) * steps))
             flat_result, flat_predicted = result.view(-1), predicted.view(-1)
