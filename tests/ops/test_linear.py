@@ -70,6 +70,29 @@ def test_the_transpose_of_a_pointwise_convolution_is_its_gradient_at_every_strid
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("stride, size", [(1, (7, 6)), (2, (7, 6)), ((2, 3), (8, 7)), (2, (1, 1))])
+def test_a_pointwise_convolution_transposed_by_its_flipped_weight_is_its_gradient_at_every_stride(stride, size):
+    lmap = linear.conv_map(2, False, stride=stride, padding=0)
+    x = torch.randn((3, 4) + size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 4, 1, 1, dtype=torch.float64)
+    out = F.conv2d(x, weight, None, stride=stride)
+    v = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, v)
+    flipped = linear._flip(weight)
+    assert flipped.shape == (4, 6, 1, 1) and flipped.is_contiguous()
+    torch.testing.assert_close(lmap.flipped_transpose(v, flipped, x.detach()), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_only_unpadded_ungrouped_two_dimensional_convolutions_have_a_flipped_transpose():
+    assert linear.conv_map(2, False, stride=2).flipped_transpose is not None
+    assert linear.conv_map(2, False, padding=1).flipped_transpose is None
+    assert linear.conv_map(2, False, groups=2).flipped_transpose is None
+    assert linear.conv_map(2, False, padding="same").flipped_transpose is None
+    assert linear.conv_map(1, False).flipped_transpose is None
+    assert linear.conv_map(2, True).flipped_transpose is None
+    assert linear.dense_map().flipped_transpose is None
+
+
 def test_scaling_the_output_channels_of_a_grouped_transposed_convolution_scales_its_output_channels():
     lmap = linear.conv_map(2, True, stride=2, groups=2)
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)

@@ -113,3 +113,59 @@ def test_only_modifiers_that_depend_on_the_weight_alone_are_kept():
     assert modifier_key(up) == modifier_key(again)  # made anew per call, the same weights
     assert modifier_key(up) != modifier_key(rules.Gamma(0.5).groups()[0].terms[0].weight)
     assert modifier_key(rules.positive) != modifier_key(rules.negative)
+
+
+def test_a_derived_form_is_kept_with_its_weight_and_built_again_when_the_weight_is():
+    cache, source, builds = WeightCache(), torch.randn(4, 3), []
+
+    def flip(weight):
+        builds.append(weight)
+        return weight.t().contiguous()
+
+    cache.begin()
+    kept = cache.get((source,), ("positive",), lambda: source.clamp(min=0))
+    assert cache.derived(source.clamp(min=0), "flipped", flip) is None  # not a weight the cache keeps
+    flipped = cache.derived(kept, "flipped", flip)
+    assert flipped is cache.derived(kept, "flipped", flip) and len(builds) == 1
+    torch.testing.assert_close(flipped, source.clamp(min=0).t(), rtol=0, atol=0)
+    with torch.no_grad():
+        source.mul_(-1)
+    cache.begin()
+    rebuilt = cache.get((source,), ("positive",), lambda: source.clamp(min=0))
+    assert rebuilt is not kept
+    assert cache.derived(kept, "flipped", flip) is None  # the old weight is no longer kept, nor its forms
+    torch.testing.assert_close(cache.derived(rebuilt, "flipped", flip), source.clamp(min=0).t(), rtol=0, atol=0)
+    assert len(builds) == 2
+
+
+def _pointwise_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 8, 1, stride=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 6, 1), torch.nn.BatchNorm2d(6),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 9, 5),
+    )
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_()
+            if getattr(module, "bias", None) is not None:
+                module.bias.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus_flat"])
+def test_pointwise_convolutions_transposed_by_kept_flipped_weights_give_the_relevance_of_the_plain_transpose(
+        composite, monkeypatch):
+    model, x = _pointwise_model(), torch.randn(2, 3, 6, 6)
+    lrp = relprop.LRP(model, composite)
+    kept = lrp(x, 1).relevance
+    flipped = sum(len(entry[4]) for entry in lrp._weights._entries.values())
+    assert flipped >= 3  # every 1x1 convolution's transpose went through a kept flipped weight
+    monkeypatch.setattr(WeightCache, "derived", lambda self, weight, key, build: None)
+    plain = relprop.LRP(model, composite)(x, 1).relevance
+    torch.testing.assert_close(kept, plain, rtol=1e-5, atol=1e-6)

@@ -8,8 +8,10 @@ replaced parameters rebuild it. Writes through ``param.data`` bypass version cou
 either), so each source's checksum is compared too (one read of it per explanation, the wrap-around sum of its
 bytes as 64-bit words): that catches any one changed value, and misses only changes that cancel in that sum
 (some permutations of a weight's values). Entries hold only weak references to their sources: they are
-dropped when the parameters are, and all go with the LRP object. What is kept is about one to two copies of the
-convolution weights (ResNet-50: 89 MiB for epsilon_plus_flat, 179 MiB for epsilon_alpha2_beta1).
+dropped when the parameters are, and all go with the LRP object. A kept weight may carry forms derived from it
+(``derived``: a 1x1 convolution's weight transposed, for its backward), which go when it does. What is kept is
+one to three copies of the convolution weights and a transposed copy of the 1x1 ones (ResNet-50: 89 + 46 MiB for
+epsilon_plus_flat, 149 + 76 MiB for epsilon_gamma_box, 268 + 93 MiB for epsilon_alpha2_beta1).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class WeightCache:
     def __init__(self):
         self._entries: dict = {}
         self._sums: dict = {}  # id -> checksum, for the sources seen in this explanation
+        self._held: dict = {}  # id of a kept weight -> its entry's identity (for derived forms of it)
 
     def begin(self):
         """A new explanation: sources are checksummed again (once each) before their weights are used."""
@@ -51,6 +54,20 @@ class WeightCache:
     def clear(self):
         """Drop every kept weight."""
         self._entries.clear()
+        self._held.clear()
+
+    def derived(self, weight: torch.Tensor, key, build: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+        """build(weight), kept beside weight while it is kept; None when weight is not one this cache keeps (then the
+        caller uses weight as it is)."""
+        identity = self._held.get(id(weight))
+        entry = self._entries.get(identity) if identity is not None else None
+        if entry is None or entry[3] is not weight:  # not kept (or an id reused after its weight was dropped)
+            return None
+        forms = entry[4]
+        if key not in forms:
+            with torch.no_grad():
+                forms[key] = build(weight)
+        return forms[key]
 
     def get(self, sources: tuple, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The weight that build() makes from sources, built again only when a source changed.
@@ -67,7 +84,7 @@ class WeightCache:
         stamp = tuple((source._version, source.data_ptr()) for source in sources)
         entry = self._entries.get(identity)
         if entry is not None:
-            references, kept_stamp, sums, value = entry
+            references, kept_stamp, sums, value, _ = entry
             if (kept_stamp == stamp and all(reference() is source for reference, source in zip(references, sources))
                     and self._checksums(sources) == sums):
                 return value
@@ -78,10 +95,15 @@ class WeightCache:
         def forget(_, identity=identity):
             cache = this()
             if cache is not None:
-                cache._entries.pop(identity, None)
+                dropped = cache._entries.pop(identity, None)
+                if dropped is not None:
+                    cache._held.pop(id(dropped[3]), None)
 
         references = tuple(weakref.ref(source, forget) for source in sources)
-        self._entries[identity] = (references, stamp, self._checksums(sources), value)
+        if entry is not None:
+            self._held.pop(id(entry[3]), None)
+        self._entries[identity] = (references, stamp, self._checksums(sources), value, {})
+        self._held[id(value)] = identity
         return value
 
     def _checksums(self, sources) -> tuple:
