@@ -101,12 +101,13 @@ class Convolutions(TorchFunctionMode):
 
     def __init__(self):
         super().__init__()
-        self.calls = []
+        self.calls, self.paddings = [], []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") == "conv2d":
             self.calls.append((args[0], args[1] if len(args) > 1 else kwargs["weight"]))
+            self.paddings.append(kwargs.get("padding", args[4] if len(args) > 4 else 0))
         return func(*args, **kwargs)
 
     @property
@@ -352,7 +353,7 @@ class Onednn(TorchFunctionMode):
 
     def __init__(self):
         super().__init__()
-        self.calls = []
+        self.calls, self.paddings = [], []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -380,6 +381,33 @@ def test_crops_at_the_border_run_in_one_batch_padded_as_the_op_pads():
     with torch.inference_mode():
         torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(incremental(x.clone(), keep=False), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_crops_over_a_whole_map_run_with_the_op_s_own_padding_and_give_plain_outputs():
+    torch.manual_seed(0)
+    model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(4, 4, 3, padding=(1, 2), dilation=(1, 2)), nn.Flatten(),
+                                      nn.Linear(4 * 6 * 6, 2))).eval()
+    x = torch.rand(3, 3, 6, 6)
+    incremental = Incremental(model)
+    incremental(x)
+    copy = x.clone()
+    copy[0, :, 2:4, 2:4] = 0  # the first layer's output changes in rows and columns 1-4, the second's everywhere
+    copy[1, :, 2:4, 2:4] = 1
+    with Convolutions() as seen:
+        out = incremental(copy, keep=False)
+    # the first layer's crop needs no padding; the others cover their whole input, which the op pads (no padded copy)
+    assert seen.shapes == [(2, 3, 6, 6), (2, 4, 6, 6), (2, 4, 6, 6)]
+    assert [tuple(padding) if padding else 0 for padding in seen.paddings] == [0, (1, 1), (1, 2)]
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
+    copy[0, :, 0:2, 2:4] = 0.5  # row 0 reaches the top border: a row of padding above only, written out
+    with Convolutions() as seen:
+        out = incremental(copy, keep=False)
+    assert (seen.shapes[0], seen.paddings[0]) == ((1, 3, 7, 6), 0)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
 
 
 def test_convolutions_run_their_crops_channels_last_and_a_weight_changed_in_place_is_copied_again():
