@@ -69,7 +69,7 @@ def conv_map(dims: int, transposed: bool, stride=1, padding=0, dilation=1, group
     def forward(x, weight, bias):
         return fn(x, weight, bias, **kwargs)
 
-    term_forward = None
+    term_forward = flipped_transpose = None
     if isinstance(padding, str):
         # 'same'/'valid' padding: the transpose goes through autograd on one more forward (rare in practice).
         def transpose(v, weight, x):
@@ -104,12 +104,11 @@ def conv_map(dims: int, transposed: bool, stride=1, padding=0, dilation=1, group
         if all(step == 1 for step in stride):  # strided: torch's own kernels were as fast or faster (see below)
             term_forward = unfolded_terms
 
-        def flipped_transpose(v, flipped, x):
-            return _placed(F.conv2d(v, flipped), x, stride)
+        if pointwise:
+            flipped_transpose = lambda v, flipped, x: _placed(F.conv2d(v, flipped), x, stride)  # noqa: E731
 
     return LinearMap(forward, transpose, out_channel_dim=1 if transposed else 0, groups=groups, transposed=transposed,
-                     spatial_dims=dims, term_forward=term_forward,
-                     flipped_transpose=flipped_transpose if not isinstance(padding, str) and pointwise else None)
+                     spatial_dims=dims, term_forward=term_forward, flipped_transpose=flipped_transpose)
 
 
 # A 2-D convolution over this few input channels (an image's) runs as one matrix product over its unfolded windows
