@@ -41,6 +41,7 @@ a value read of such a tensor runs a plain pass of the stacked inputs instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import weakref
@@ -806,13 +807,22 @@ def _out_of_place(func, name, args, kwargs):
     if plain is not None and not name.startswith("torch.nn.functional."):
         return plain, args, kwargs, target
     try:
-        bound = inspect.signature(func).bind(*args, **kwargs)
+        signature = _signature(func)
+        bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError):
         raise _Unfollowable from None
-    if "inplace" not in bound.arguments and "inplace" not in inspect.signature(func).parameters:
+    if "inplace" not in bound.arguments and "inplace" not in signature.parameters:
         raise _Unfollowable
     bound.arguments["inplace"] = False
     return func, bound.args, bound.kwargs, target
+
+
+
+@functools.lru_cache(maxsize=256)
+def _signature(func) -> inspect.Signature:
+    """func's signature, looked up once: an in-place functional op (``F.relu(x, inplace=True)``) is bound at every op
+    of every pass, and inspect.signature took 7 microseconds a call, twice an op (ResNet-50: 49 ReLUs a step)."""
+    return inspect.signature(func)
 
 
 # --- boxes -------------------------------------------------------------------------------------------------------

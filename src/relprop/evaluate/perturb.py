@@ -110,18 +110,28 @@ class Removal:
             (len(x),) + tuple(labels.shape))
         self.labels = self.labels.to(x.device)
         self.rank, self.counts = rank, torch.as_tensor(counts, device=x.device)
+        self._chunk = None  # (rows, each location's place in the order, x[rows], baseline[rows]) of the last rows
+
+    def _rows(self, rows):
+        """What every step of these rows reads, gathered once: a chain asks for the same rows at each of its steps
+        (IROF: 95 on 4 images at 224 px, where gathering them again took 1.3 ms of the 5.7 ms a step spent building,
+        comparing and hashing its copies)."""
+        rows = rows.to(self.x.device)
+        if self._chunk is None or not torch.equal(self._chunk[0], rows):
+            labels = self.labels[rows]
+            positions = self.rank[rows].gather(1, labels.flatten(1)).view(labels.shape)
+            self._chunk = (rows, positions, self.x[rows], self.baseline[rows])
+        return self._chunk
 
     def mask(self, rows, steps) -> torch.Tensor:
         """(n, *locations) bool: which locations are removed in each copy."""
-        rows = rows.to(self.x.device)
-        positions = self.rank[rows].gather(1, self.labels[rows].flatten(1)).view(self.labels[rows].shape)
+        positions = self._rows(rows)[1]
         limit = self.counts[steps.to(self.x.device)].view((-1,) + (1,) * (positions.dim() - 1))
         return positions < limit
 
     def __call__(self, rows, steps) -> torch.Tensor:
-        removed = expand_locations(self.mask(rows, steps), self.x, self.axis)
-        rows = rows.to(self.x.device)
-        return torch.where(removed, self.baseline[rows], self.x[rows])
+        _, _, kept, baseline = self._rows(rows)
+        return torch.where(expand_locations(self.mask(rows, steps), self.x, self.axis), baseline, kept)
 
 
 def masked_copies(x, baseline, axis, rows, masks) -> torch.Tensor:

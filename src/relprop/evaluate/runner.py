@@ -576,7 +576,10 @@ class Runner:
 
     def _todo(self, rows, copies):
         """Which copies equal their sample, their keys for the seen scores, and the positions left to pass."""
-        unchanged = (copies == self.x[rows.to(self.x.device)]).flatten(1).all(1).cpu()
+        # row by row: torch.equal stops at the first difference, where comparing the whole chunk took a millisecond
+        # a step on 4 images at 224 px
+        unchanged = torch.tensor([torch.equal(copy, self.x[row]) for row, copy in zip(rows.tolist(), copies)],
+                                 dtype=torch.bool)
         keys = _digests(rows, copies) if copies.device.type == "cpu" else [None] * len(rows)
         todo = [i for i in range(len(rows)) if not unchanged[i] and keys[i] not in self.seen]
         return unchanged, keys, todo
