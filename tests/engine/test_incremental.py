@@ -590,31 +590,78 @@ def test_a_checkpoint_brings_the_base_back_after_later_passes():
     assert incremental.passes == {"full": 1, "incremental": 3}
 
 
-def test_incremental_passes_run_on_one_thread_whole_ops_on_all_and_the_thread_count_comes_back(monkeypatch):
+class Cores:
+    """Stands in for engine.cores.FreeCores: this many cores free, whatever the machine does."""
+
+    def __init__(self, free):
+        self.free, self.looks = free, 0
+
+    def look(self):
+        self.looks += 1
+        return self.free
+
+    def threads(self, most):
+        self.looks += 1
+        return max(1, min(most, self.free))
+
+
+@pytest.fixture
+def switches(monkeypatch):
+    """torch set to two threads for the test (then back), and the counts it is set to from the first pass on."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    plain_set = torch.set_num_threads
+    try:
+        yield seen, lambda: monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or plain_set(n))
+    finally:
+        plain_set(threads)
+
+
+def windows_on_free_cores(free):
     model, shape = models()["windows"]
     x = torch.rand(shape)
     incremental = Incremental(model)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        incremental(x)
-        seen = []
-        plain_set = torch.set_num_threads
-        monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or plain_set(n))
-        moved = patched(x, 0)
-        with torch.inference_mode():
-            torch.testing.assert_close(incremental(moved), model(moved), rtol=1e-5, atol=1e-6)
-        assert incremental.passes["incremental"] == 1
-        assert seen[0] == 1 and seen[-1] == 2  # the pass starts on one thread and gives the count back at its end
-        assert 2 in seen[1:-1]  # the ops after the flatten run whole, with both threads
-        assert all(a != b for a, b in zip(seen, seen[1:]))  # each switch changes the count: no idle calls
-        assert torch.get_num_threads() == 2
-        seen.clear()
-        incremental.reset()
-        incremental(x)  # a full pass (a new base) runs as torch is set
-        assert 1 not in seen and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    incremental.cores = Cores(free=free)
+    incremental(x)
+    return model, x, incremental
+
+
+def test_incremental_passes_on_a_busy_machine_run_crops_on_one_thread_whole_ops_on_all_and_give_the_count_back(
+        switches):
+    seen, watch = switches
+    model, x, incremental = windows_on_free_cores(1)  # another process holds the second core
+    watch()
+    moved = patched(x, 0)
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(moved), model(moved), rtol=1e-5, atol=1e-6)
+    assert incremental.passes["incremental"] == 1
+    assert seen[0] == 1 and seen[-1] == 2  # the pass starts on one thread and gives the count back at its end
+    assert 2 in seen[1:-1]  # the ops after the flatten run whole, with both threads
+    assert all(a != b for a, b in zip(seen, seen[1:]))  # each switch changes the count: no idle calls
+    assert torch.get_num_threads() == 2
+    seen.clear()
+    incremental.reset()
+    incremental(x)  # a full pass (a new base) runs as torch is set
+    assert 1 not in seen and torch.get_num_threads() == 2
+
+
+def test_incremental_passes_run_their_crops_on_the_cores_other_processes_leave_free(switches):
+    seen, watch = switches
+    model, x, incremental = windows_on_free_cores(2)
+    looks = incremental.cores.looks
+    watch()
+    moved = patched(x, 0)
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(moved), model(moved), rtol=1e-5, atol=1e-6)
+    assert incremental.passes["incremental"] == 1
+    assert incremental.cores.looks == looks + 1  # one look a pass
+    assert seen == []  # crops and whole ops alike on torch's two threads: never switched
+    torch.set_num_threads(4)
+    seen.clear()
+    with torch.inference_mode():
+        torch.testing.assert_close(incremental(patched(x, 1)), model(patched(x, 1)), rtol=1e-5, atol=1e-6)
+    assert seen[0] == 2 and seen[-1] == 4  # the crops on the two free cores, the whole ops on torch's four
 
 
 @pytest.mark.parametrize("name", ["windows", "resnet", "unet", "dense"])

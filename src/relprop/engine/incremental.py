@@ -50,6 +50,7 @@ import torch
 
 from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
+from .cores import FreeCores
 from .intercept import OpMode
 
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): (share, ops per multiply-add)}
@@ -139,6 +140,7 @@ class Incremental:
         self.out_bytes = None  # per op of the last full kept pass, the bytes of its output
         self.max_tail_bytes = TAIL_BYTES  # steps stacked after their cut output at most this much (one at least)
         self.threads = None  # the threads of full passes, whole ops and stacked tails; None: torch's, at each pass
+        self.cores = FreeCores()  # how many cores other processes leave free: the threads of incremental passes' crops
         self.weight_copies: dict = {}  # id(weight) -> channels-last copy of a convolution weight (see _channels_last)
         self.channels_last = True  # image batches run channels-last (see _layout); off once the model cannot
 
@@ -305,17 +307,26 @@ class Incremental:
         return (self.channels_last and x.dim() == 4 and x.is_floating_point()
                 and isinstance(self.model, torch.nn.Module) and not in_training(self.model))
 
+    def crop_threads(self) -> int:
+        """The threads an incremental pass runs its crops on: as many as other processes left cores free since the
+        last pass, at most ``whole_threads`` (one where that cannot be told; see engine.cores)."""
+        return self.cores.threads(self.whole_threads())
+
     def _run(self, x, boxes, keep, defer=False):
         given, x = x, self._layout(x)
         mode = _Pass(self.kept, x, boxes, keep, self.saved if keep else None, self.whole_threads())
+        mode.crop_threads = mode.threads if boxes is FULL else self.crop_threads()
+        if boxes is FULL:
+            self.cores.look()  # a span starts here, so that the first step after a kept pass can tell
         mode.weight_copies = self.weight_copies
         mode.reads_before = self.reads if defer else None
         if boxes is not FULL and self.readers is not None:
             mode.readers, mode.value_reads, mode.stale = self.readers, self.value_reads, self.stale
         try:
-            # an incremental pass runs on one thread but for its whole ops (see on_threads); a full one on all
+            # an incremental pass runs its crops on the cores left free (one on a busy machine) and its whole ops on
+            # all (see on_threads); a full one on all
             try:
-                with mode, on_threads(mode.threads if boxes is FULL else 1):
+                with mode, on_threads(mode.crop_threads):
                     out = self.model(x)
             except _Deferred as stop:
                 mode.settle_rest(None)
@@ -527,6 +538,7 @@ class _Pass(OpMode):
         self.written: list = []  # (buffer, index, values before) to restore when not keep
         self.work = [0, 0]  # multiply-adds of convolutions and linear layers: computed, and in a plain pass
         self.threads = threads or torch.get_num_threads()  # the threads of this pass's whole ops
+        self.crop_threads = 1  # the threads of its crops, writes and copies (Incremental.crop_threads)
         self.weight_copies: dict = {}  # the Incremental's channels-last weight copies (see _channels_last)
         self.outs: list = []  # each op's output, in order
         self.reads: list = []  # per op, the ops (-1: the input) whose outputs it read
@@ -699,7 +711,7 @@ class _Pass(OpMode):
             return
         returned = {id(item) for item in _tensors((out,), {})}
         this_pass = _readers(self.reads)
-        with on_threads(1):
+        with on_threads(self.crop_threads):
             for buffer, _ in list(self.pending.values()):
                 owners = [index for index, out in enumerate(self.outs) if out is buffer]
                 if id(buffer) in returned or not owners or not all(
@@ -948,7 +960,7 @@ def _window(state, name, func, args, kwargs, base):
                 batch[(position,) + place] = source[index]
         if last and names is _CONV:
             crop_args["weight"] = _channels_last(op["weight"], state.weight_copies)
-        # on the pass's one thread, however large the crop (see on_threads); a strided convolution's crop without
+        # on the pass's crop threads, however large the crop (see on_threads); a strided convolution's crop without
         # oneDNN, whose per-call setup (a primitive per new crop shape, the weights reordered per call) cost ResNet-50's
         # strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows
         with _without_onednn(strided):
@@ -1008,10 +1020,11 @@ class _without_onednn:
 
 class on_threads:
     """torch's thread count set to count for a block, then back (no call where it already is). Incremental passes
-    run on one thread and give their whole ops the threads of a full pass (``Incremental.threads``). Their crops,
-    pads, concatenations and writes are many small ops of new shapes each pass, and every small op that torch runs
-    on two threads waits for the second: on a busy 2-core machine (load 3-4) 8 steps on VGG-16 took 9.6x as long
-    on two threads as on one with every op on both, 1.25x with the crops on one (a plain forward: 1.45x).
+    give their whole ops the threads of a full pass (``Incremental.threads``) and run their crops, pads,
+    concatenations and writes on the cores other processes leave free (``Incremental.crop_threads``): those are many
+    small ops of new shapes each pass, and every small op that torch runs on two threads waits for the second where
+    another process holds a core: on a busy 2-core machine (load 3-4) 8 steps on VGG-16 took 9.6x as long on two
+    threads as on one with every op on both, 1.25x with the crops on one (a plain forward: 1.45x).
 
     Args:
         count: The threads torch runs the block on.

@@ -475,9 +475,10 @@ class Runner:
             if chain and self.incremental is not None:
                 self._plan_chain(steps, perturb, samples)
             if chain and self._chains_pay():
-                # the chain's own work (building copies, comparing and hashing them, the crops of incremental steps)
-                # is many small ops, which lose more to a second thread than they gain on a busy machine: one thread
-                # for them, torch's setting for the passes' whole work (full passes, whole ops, stacked tails)
+                # the chain's own work (building copies, comparing and hashing them) is many small ops, which lose
+                # more to a second thread than they gain on a busy machine: one thread for them, torch's setting for
+                # the passes' whole work (full passes, whole ops, stacked tails), the cores other processes leave
+                # free for the steps' crops (engine.cores)
                 with self._chain_threads():
                     self._chains(samples, steps, perturb, result, predicted, plain)
             else:
