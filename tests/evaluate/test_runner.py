@@ -136,6 +136,16 @@ class ThreadsSeen(torch.nn.Module):
         return self.layers(x)
 
 
+class BusyMachine:
+    """Stands in for engine.cores.FreeCores where another process holds every core but one."""
+
+    def look(self):
+        return 1.0
+
+    def threads(self, most):
+        return 1
+
+
 def test_a_chain_builds_its_copies_on_one_thread_runs_full_passes_on_torchs_threads_and_gives_the_count_back():
     torch.manual_seed(0)
     model = ThreadsSeen().eval()
@@ -154,13 +164,15 @@ def test_a_chain_builds_its_copies_on_one_thread_runs_full_passes_on_torchs_thre
     torch.set_num_threads(2)
     try:
         runner = Runner(model, x, target=0, batch_size=2, incremental=True)
+        runner.incremental.cores = BusyMachine()  # the steps' crops then run on one thread, whatever this machine does
         scores = runner.scores(4, remove_patches, chain=True)
         assert torch.get_num_threads() == 2
         assert runner.incremental.threads is None
     finally:
         torch.set_num_threads(before)
     assert perturb_threads and set(perturb_threads) == {1}  # the chain's own work: one thread
-    # the kept clean pass and the stacked tail run as torch was set, the incremental steps' crops on one thread
+    # the kept clean pass and the stacked tail run as torch was set, the incremental steps' crops on the one core
+    # another process leaves free
     assert model.threads[0] == 2 and 2 in model.threads[1:] and 1 in model.threads
     plain = Runner(model, x, target=0, batch_size=8, incremental=False).scores(4, remove_patches)
     torch.testing.assert_close(scores, plain, rtol=1e-5, atol=1e-7)
