@@ -315,9 +315,11 @@ class Incremental:
     def _run(self, x, boxes, keep, defer=False):
         given, x = x, self._layout(x)
         mode = _Pass(self.kept, x, boxes, keep, self.saved if keep else None, self.whole_threads())
-        mode.crop_threads = mode.threads if boxes is FULL else self.crop_threads()
         if boxes is FULL:
+            mode.crop_threads = mode.threads
             self.cores.look()  # a span starts here, so that the first step after a kept pass can tell
+        else:
+            mode.crop_threads = self.crop_threads()
         mode.weight_copies = self.weight_copies
         mode.reads_before = self.reads if defer else None
         if boxes is not FULL and self.readers is not None:
@@ -827,7 +829,6 @@ def _out_of_place(func, name, args, kwargs):
         raise _Unfollowable
     bound.arguments["inplace"] = False
     return func, bound.args, bound.kwargs, target
-
 
 
 @functools.lru_cache(maxsize=256)

@@ -125,13 +125,15 @@ class Removal:
 
     def mask(self, rows, steps) -> torch.Tensor:
         """(n, *locations) bool: which locations are removed in each copy."""
-        positions = self._rows(rows)[1]
+        return self._removed(self._rows(rows)[1], steps)
+
+    def _removed(self, positions, steps) -> torch.Tensor:
         limit = self.counts[steps.to(self.x.device)].view((-1,) + (1,) * (positions.dim() - 1))
         return positions < limit
 
     def __call__(self, rows, steps) -> torch.Tensor:
-        _, _, kept, baseline = self._rows(rows)
-        return torch.where(expand_locations(self.mask(rows, steps), self.x, self.axis), baseline, kept)
+        _, positions, kept, baseline = self._rows(rows)
+        return torch.where(expand_locations(self._removed(positions, steps), self.x, self.axis), baseline, kept)
 
 
 def masked_copies(x, baseline, axis, rows, masks) -> torch.Tensor:
