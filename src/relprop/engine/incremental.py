@@ -52,6 +52,8 @@ from ..ops.signatures import bind, plain_variant, writes_first_argument
 from ..ops.table import QUIET
 from .cores import FreeCores
 from .intercept import OpMode
+from .winograd import Transforms
+from .winograd import conv2d as winograd_conv2d
 
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): (share, ops per multiply-add)}
 TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
@@ -143,6 +145,8 @@ class Incremental:
         self.cores = FreeCores()  # how many cores other processes leave free: the threads of incremental passes' crops
         self.weight_copies: dict = {}  # id(weight) -> channels-last copy of a convolution weight (see _channels_last)
         self.channels_last = True  # image batches run channels-last (see _layout); off once the model cannot
+        self.transforms = Transforms()  # Winograd-transformed weights of the wide 3x3 convolutions (engine.winograd)
+        self.winograd = True  # compute those convolutions so, in full and on crops; False: torch's own
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
@@ -321,6 +325,7 @@ class Incremental:
         else:
             mode.crop_threads = self.crop_threads()
         mode.weight_copies = self.weight_copies
+        mode.transforms = self.transforms if self.winograd else None
         mode.reads_before = self.reads if defer else None
         if boxes is not FULL and self.readers is not None:
             mode.readers, mode.value_reads, mode.stale = self.readers, self.value_reads, self.stale
@@ -542,6 +547,7 @@ class _Pass(OpMode):
         self.threads = threads or torch.get_num_threads()  # the threads of this pass's whole ops
         self.crop_threads = 1  # the threads of its crops, writes and copies (Incremental.crop_threads)
         self.weight_copies: dict = {}  # the Incremental's channels-last weight copies (see _channels_last)
+        self.transforms: Transforms | None = None  # the Incremental's Winograd weights; None: torch's convolutions
         self.outs: list = []  # each op's output, in order
         self.reads: list = []  # per op, the ops (-1: the input) whose outputs it read
         self.producers = {id(x): (x, -1)}
@@ -605,7 +611,12 @@ class _Pass(OpMode):
             self._settle_arguments(args, kwargs)
             call, call_args, call_kwargs = model_call if in_place else (func, args, kwargs)
             with on_threads(self.threads):  # a whole op: as many threads as a plain pass gives it
-                out, boxes = call(*call_args, **call_kwargs), FULL
+                out = None
+                if short == "conv2d" and self.transforms is not None:
+                    out = winograd_conv2d(self.transforms, *call_args, **call_kwargs)
+                if out is None:
+                    out = call(*call_args, **call_kwargs)
+                boxes = FULL
         else:
             out, boxes = result
         per_output = _multiply_adds(short, args, kwargs)
@@ -964,8 +975,13 @@ def _window(state, name, func, args, kwargs, base):
         # on the pass's crop threads, however large the crop (see on_threads); a strided convolution's crop without
         # oneDNN, whose per-call setup (a primitive per new crop shape, the weights reordered per call) cost ResNet-50's
         # strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows
-        with _without_onednn(strided):
-            values = func(batch, **crop_args)
+        values = None
+        if names is _CONV and not strided and state.transforms is not None:
+            values = winograd_conv2d(state.transforms, batch, op["weight"], op["bias"], 1, crop_args["padding"],
+                                     op["dilation"], op["groups"])
+        if values is None:
+            with _without_onednn(strided):
+                values = func(batch, **crop_args)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()
         state.defer(base, group, values)

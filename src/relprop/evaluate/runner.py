@@ -35,7 +35,7 @@ for those steps' rows stacked.
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import torch
@@ -43,6 +43,7 @@ import torch
 from ..attribution.targets import tensor_output
 from ..engine.incremental import Incremental, changed_boxes, in_training, on_threads, step_ops, step_share
 from ..engine.intercept import OpMode
+from ..engine.winograd import Transforms, WinogradPasses
 from .inputs import check_input
 
 CHAIN_WORK = 0.5  # without an estimate, chains stay incremental while their passes compute at most this share
@@ -100,6 +101,10 @@ class Runner:
             ``CHANNELS_LAST_FROM`` pixels a side, when no module is in training mode (dropout draws its mask in
             memory order). Seven torchvision models on one thread ran 1.01-1.22x faster so at 224x224, but ResNets
             up to 1.6x slower at 64x64 (docs/benchmarks-evaluation.md).
+        winograd: Compute 3x3 stride-1 convolutions of 256 channels or more in and out by Winograd's F(2x2, 3x3)
+            (``engine.winograd``: 2.25x fewer multiply-adds, float32 on a CPU, channels-last passes), in plain,
+            kept and incremental passes; the numbers differ from torch's convolution by float rounding. False:
+            torch's own convolutions throughout.
         checkpoints: Let a later chain of the same samples return to the start of the first (the engine then
             copies each kept output the first time a pass writes into it: at most the base, once, and none of it per
             step); False for a runner that runs one chain, as a metric's own runner does (``of``).
@@ -121,7 +126,7 @@ class Runner:
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, target=None, *, batch_size: int = 64,
                  softmax: bool = False, output: Callable | None = None, explained_target=None,
                  incremental: bool | None = None, chains: bool = False, clean_output: torch.Tensor | None = None,
-                 channels_last: bool | None = None, checkpoints: bool = True):
+                 channels_last: bool | None = None, checkpoints: bool = True, winograd: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -139,6 +144,11 @@ class Runner:
         if incremental is None:  # untested on a GPU, where many small crops mean many kernel launches
             incremental = self.x.device.type == "cpu"
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
+        self.transforms = Transforms() if winograd else None  # Winograd weights, shared with the engine
+        if self.incremental is not None:
+            self.incremental.winograd = winograd
+            if winograd:
+                self.incremental.transforms = self.transforms
         self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
@@ -415,7 +425,9 @@ class Runner:
         """
         if forward is None:
             # while a chain runs its own work on one thread (scores), its plain passes keep the chain's full count
-            with on_threads(torch.get_num_threads() if self.incremental is None else self.incremental.whole_threads()):
+            fast = self.transforms is not None and chunk.dim() == 4 and chunk.device.type == "cpu"
+            with (on_threads(torch.get_num_threads() if self.incremental is None else self.incremental.whole_threads()),
+                  WinogradPasses(self.transforms) if fast else nullcontext()):
                 out = self.model(chunk)
         else:
             out = forward(chunk)

@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+
+from relprop import evaluate
+from relprop.engine import winograd
+from relprop.engine.incremental import Incremental
+from relprop.engine.winograd import Transforms, WinogradPasses, applies, convolve, transformed
+
+
+def direct(x, weight, bias, padding):
+    """A 3x3 stride-1 convolution in float64 numpy, from its definition: out[n, o, i, j] = bias[o] +
+    sum over c, a, b of weight[o, c, a, b] * padded[n, c, i + a, j + b]."""
+    top, left = padding
+    xs = np.pad(x.double().numpy(), ((0, 0), (0, 0), (top, top), (left, left)))
+    w = weight.double().numpy()
+    rows, columns = xs.shape[2] - 2, xs.shape[3] - 2
+    out = np.zeros((x.shape[0], w.shape[0], rows, columns))
+    for a in range(3):
+        for b in range(3):
+            out += np.einsum("oc,ncij->noij", w[:, :, a, b], xs[:, :, a:a + rows, b:b + columns])
+    if bias is not None:
+        out += bias.double().numpy()[None, :, None, None]
+    return torch.from_numpy(out)
+
+
+def channels_last(*shape, generator):
+    return torch.randn(*shape, generator=generator).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("rows,columns,padding", [(7, 7, (1, 1)), (9, 10, (0, 0)), (5, 6, (1, 0)), (3, 3, (0, 0)),
+                                                  (1, 1, (1, 1)), (8, 5, (0, 1))])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_a_winograd_convolution_equals_the_direct_sum(rows, columns, padding, with_bias):
+    generator = torch.Generator().manual_seed(rows * 31 + columns)
+    x = channels_last(2, 5, rows, columns, generator=generator)
+    weight = torch.randn(4, 5, 3, 3, generator=generator)
+    bias = torch.randn(4, generator=generator) if with_bias else None
+    out = convolve(x, transformed(weight), bias, padding)
+    expected = direct(x, weight, bias, padding)
+    assert out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_bands_of_tile_rows_give_the_whole_map(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    x = channels_last(3, 6, 11, 9, generator=generator)
+    weight, bias = torch.randn(5, 6, 3, 3, generator=generator), torch.randn(5, generator=generator)
+    whole = convolve(x, transformed(weight), bias, 1)
+    monkeypatch.setattr(winograd, "BAND_BYTES", 1)  # one tile row per band
+    banded = convolve(x, transformed(weight), bias, 1)
+    expected = direct(x, weight, bias, (1, 1))
+    for out in (whole, banded):
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_only_wide_3x3_stride_1_inference_convolutions_of_channels_last_float_maps_apply(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+    monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)
+    x = torch.zeros(1, 4, 4, 4).contiguous(memory_format=torch.channels_last)
+    weight = torch.zeros(4, 4, 3, 3)
+    with torch.inference_mode():
+        assert applies(x, weight, 1, 1, 1)
+        assert applies(x, weight, (1, 1), (1, 1), 1)
+        assert not applies(x, weight, 2, 1, 1)  # strided
+        assert not applies(x, weight, 1, 2, 1)  # dilated
+        assert not applies(x, torch.zeros(4, 2, 3, 3), 1, 1, 2)  # grouped
+        assert not applies(x, torch.zeros(4, 4, 5, 5), 1, 1, 1)  # another kernel
+        assert not applies(x.contiguous(), weight, 1, 1, 1)  # not channels-last
+        assert not applies(x.double(), weight.double(), 1, 1, 1)
+        assert not applies(torch.zeros(1, 4, 3, 3).contiguous(memory_format=torch.channels_last), weight, 1, 1, 1)
+        assert not applies(torch.zeros(1, 2, 4, 4).contiguous(memory_format=torch.channels_last),
+                           torch.zeros(4, 2, 3, 3), 1, 1, 1)  # too few channels in
+    assert not applies(x, weight, 1, 1, 1)  # gradients recorded
+
+
+def test_transforms_are_kept_per_weight_and_made_again_after_an_in_place_change():
+    weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3))
+    transforms = Transforms()
+    first = transforms(weight)
+    assert transforms(weight) is first
+    with torch.no_grad():
+        weight.mul_(2)
+    again = transforms(weight)
+    assert again is not first
+    torch.testing.assert_close(again, 2 * first)
+
+
+def wide_model(generator):
+    """Convolutions of 256 channels (the ones computed by Winograd's method) between narrow ones, with biases."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 256, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(256, 5)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * (2 / parameter[0].numel()) ** 0.5)
+    return model
+
+
+def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_numbers():
+    generator = torch.Generator().manual_seed(5)
+    model = wide_model(generator)
+    x = channels_last(2, 3, 12, 12, generator=generator)
+    calls = []
+    original = winograd.convolve
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    with torch.inference_mode():
+        expected = model(x)
+        winograd.convolve, saved = counted, winograd.convolve
+        try:
+            with WinogradPasses(Transforms()):
+                out = model(x)
+        finally:
+            winograd.convolve = saved
+    assert len(calls) == 2  # the two 256-channel convolutions, not the 3-channel one
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
+    generator = torch.Generator().manual_seed(6)
+    model = wide_model(generator)
+    x = channels_last(2, 3, 16, 16, generator=generator)
+    changed = x.clone()
+    changed[0, :, 2:5, 3:6] = 0
+    changed[1, :, 10:14, 9:12] = 0
+    engine = Incremental(model)
+    with torch.inference_mode():
+        engine(x)
+        out = engine(changed)
+        expected = model(changed)
+    assert engine.passes["incremental"] == 1
+    assert engine.transforms.entries  # the crops went through Winograd's method
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_runner_told_no_winograd_runs_torch_convolutions():
+    generator = torch.Generator().manual_seed(7)
+    model = wide_model(generator)
+    x = torch.rand(2, 3, 12, 12, generator=generator)
+    relevance = torch.rand(2, 3, 12, 12, generator=generator)
+    patch = dict(patch_size=4, steps=3)
+    torch_only = evaluate.Runner(model, x, 0, channels_last=True, winograd=False)
+    plain = evaluate.region_perturbation(torch_only, x, relevance, **patch)
+    fast_runner = evaluate.Runner(model, x, 0, channels_last=True)
+    fast = evaluate.region_perturbation(fast_runner, x, relevance, **patch)
+    assert torch_only.transforms is None and not torch_only.incremental.transforms.entries
+    assert fast_runner.transforms.entries
+    torch.testing.assert_close(fast.curves["morf"], plain.curves["morf"], rtol=1e-5, atol=1e-6)
