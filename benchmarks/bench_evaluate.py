@@ -31,7 +31,8 @@ channels-last copies at every image size (Runner(..., channels_last=True); by de
 see evaluate.runner.CHANNELS_LAST_FROM).
 
 Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
-(timed here, in the same process, in the faster of the two layouts, as given and channels-last) for the clean pass,
+(timed here, in the same process, the fastest of as given, channels-last and channels-last with Winograd's
+convolutions, see engine.winograd) for the clean pass,
 plus per step the share of a plain pass's multiply-adds that the step's patch reaches in each layer (counted by the
 incremental engine). Perturbation metrics run a few steps only (--steps; --regions for region perturbation), since
 each step is one forward pass of the batch in both libraries.
@@ -39,6 +40,7 @@ each step is one forward pass of the batch in both libraries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -50,6 +52,7 @@ import torchvision
 
 import relprop
 from relprop import evaluate
+from relprop.engine.winograd import Transforms, WinogradPasses
 
 
 def setup(name, size, count, seed=0):
@@ -289,16 +292,21 @@ FORWARD_ROUNDS = 5  # the least timings of a plain forward pass the floor's unit
 
 def plain_forward(model, x, rounds):
     """Seconds of one plain forward pass of x (the least of max(rounds, FORWARD_ROUNDS) timings: the floor's unit), in
-    the faster of the layouts relprop's passes may use: as given and, for an image batch, channels-last (see
-    evaluate.runner.CHANNELS_LAST_FROM and engine.incremental), so that the floor stays below what either layout
-    allows. With --rounds 1 the unit was a single timing: ResNet-50's IROF floor once read 18.2 s, a unit of 0.467 s,
-    where the same run's table timed the pass at 0.391 s (a floor of 15.3 s)."""
-    layouts = [x] + ([x.contiguous(memory_format=torch.channels_last)] if x.dim() == 4 else [])
+    the fastest of the ways relprop's passes may run it: as given and, for an image batch, channels-last (see
+    evaluate.runner.CHANNELS_LAST_FROM and engine.incremental), also with its wide 3x3 convolutions by Winograd's
+    method (engine.winograd, the weights transformed before the timer), so that the floor stays below what any of
+    them allows. With --rounds 1 the unit was a single timing: ResNet-50's IROF floor once read 18.2 s, a unit of
+    0.467 s, where the same run's table timed the pass at 0.391 s (a floor of 15.3 s)."""
+    layouts = [(x, contextlib.nullcontext)]
+    if x.dim() == 4:
+        last, transforms = x.contiguous(memory_format=torch.channels_last), Transforms()
+        layouts += [(last, contextlib.nullcontext), (last, lambda: WinogradPasses(transforms))]
     seconds = []
     with torch.inference_mode():
-        for batch in layouts:
-            model(batch)
-            seconds.append(min(timed(lambda: model(batch))[0] for _ in range(max(rounds, FORWARD_ROUNDS))))
+        for batch, mode in layouts:
+            with mode():
+                model(batch)
+                seconds.append(min(timed(lambda: model(batch))[0] for _ in range(max(rounds, FORWARD_ROUNDS))))
     return min(seconds)
 
 
@@ -343,7 +351,7 @@ def main():
         explanation = _to(explanation, args.device)
         forward = plain_forward(model, x, args.rounds)
         floors = {}
-        print(f"| {name} | one plain forward pass of the {args.count} images (the faster layout) | {forward:.3f} "
+        print(f"| {name} | one plain forward pass of the {args.count} images (the fastest way) | {forward:.3f} "
               "| - | - | - | - | - |", flush=True)
         for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, sized,
                                                      args.patch, args.regions, args.selectivity_patch,

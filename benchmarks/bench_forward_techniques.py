@@ -4,7 +4,8 @@
 
 Times ``evaluate.pixel_flipping`` (3 steps of 4 images at 224x224, given a relevance tensor, so 3 forward passes and
 no clean pass) as a user calls it, the variants interleaved (their order reversed every other round), median of the
-rounds: the model as given; the Runner's channels-last option (the input as channels-last copies); a channels-last
+rounds: the model as given; the Runner's channels-last option (the input as channels-last copies); that and its wide
+3x3 convolutions by Winograd's method (Runner(winograd=True), engine.winograd: the Runner's defaults); a channels-last
 copy of the model made in the call; a copy with every batch norm that follows a convolution folded into it (eval
 mode; models with batch norms only); a copy whose convolutions hold oneDNN-prepacked weights
 (torch.utils.mkldnn.MkldnnConv2d, dense in and out). The copies are made inside the timed call, as a metric would
@@ -72,9 +73,10 @@ def main():
     target = model(x).argmax(1)
     relevance = relprop.explain(model, x, target=target, composite="epsilon").relevance.detach()
 
-    def call(make, channels_last=False):
+    def call(make, channels_last=False, winograd=False):
         def whole():
-            runner = evaluate.Runner(make(), x, target, batch_size=4, softmax=True, channels_last=channels_last)
+            runner = evaluate.Runner(make(), x, target, batch_size=4, softmax=True, channels_last=channels_last,
+                                     winograd=winograd)
             # a third of the 3 x 224 x 224 values per step, as bench_evaluate.py's pixel flipping
             return evaluate.pixel_flipping(runner, x, relevance, target, regions_per_step=224 * 224, steps=3,
                                            channel_dim=None).details["perturbed"]
@@ -83,6 +85,8 @@ def main():
     variants = {
         "as given": call(lambda: model),
         "input channels-last (Runner(channels_last=True))": call(lambda: model, True),
+        "input channels-last, wide 3x3 convolutions by Winograd's method (the Runner's defaults at 224 px)": call(
+            lambda: model, True, True),
         "a channels-last copy of the model, made in the call": call(
             lambda: copy.deepcopy(model).to(memory_format=torch.channels_last), True),
         "oneDNN-prepacked convolutions, a copy made in the call": call(lambda: prepacked(model)),
