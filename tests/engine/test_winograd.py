@@ -55,24 +55,34 @@ def test_bands_of_tile_rows_give_the_whole_map(monkeypatch):
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
 
-def test_only_wide_3x3_stride_1_inference_convolutions_of_channels_last_float_maps_apply(monkeypatch):
+def test_only_large_enough_3x3_stride_1_inference_convolutions_of_channels_last_float_maps_apply(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+    monkeypatch.setattr(winograd, "MIN_PRODUCT", 4 * 4 * 4)  # 4 tiles (a 4x4 map padded by 1) of 4 channels to 4
     monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)
     x = torch.zeros(1, 4, 4, 4).contiguous(memory_format=torch.channels_last)
     weight = torch.zeros(4, 4, 3, 3)
+    same = (1, 1)
     with torch.inference_mode():
-        assert applies(x, weight, 1, 1, 1)
-        assert applies(x, weight, (1, 1), (1, 1), 1)
-        assert not applies(x, weight, 2, 1, 1)  # strided
-        assert not applies(x, weight, 1, 2, 1)  # dilated
-        assert not applies(x, torch.zeros(4, 2, 3, 3), 1, 1, 2)  # grouped
-        assert not applies(x, torch.zeros(4, 4, 5, 5), 1, 1, 1)  # another kernel
-        assert not applies(x.contiguous(), weight, 1, 1, 1)  # not channels-last
-        assert not applies(x.double(), weight.double(), 1, 1, 1)
-        assert not applies(torch.zeros(1, 4, 3, 3).contiguous(memory_format=torch.channels_last), weight, 1, 1, 1)
+        assert applies(x, weight, 1, same, 1, 1)
+        assert applies(x, weight, (1, 1), same, (1, 1), 1)
+        assert not applies(x, weight, 2, same, 1, 1)  # strided
+        assert not applies(x, weight, 1, same, 2, 1)  # dilated
+        assert not applies(x, torch.zeros(4, 2, 3, 3), 1, same, 1, 2)  # grouped
+        assert not applies(x, torch.zeros(4, 4, 5, 5), 1, same, 1, 1)  # another kernel
+        assert not applies(x.contiguous(), weight, 1, same, 1, 1)  # not channels-last
+        assert not applies(x.double(), weight.double(), 1, same, 1, 1)
+        assert not applies(x, weight, 1, (0, 0), 1, 1)  # a 2x2 map, one tile: too few positions, too small a product
+        monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
+        assert not applies(x, weight, 1, (0, 0), 1, 1)  # too small a product
+        monkeypatch.setattr(winograd, "MIN_PRODUCT", 1)
+        assert applies(x, weight, 1, (0, 0), 1, 1)
+        monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)
+        assert not applies(x, weight, 1, (0, 0), 1, 1)  # too few positions
+        monkeypatch.setattr(winograd, "MIN_PRODUCT", 4 * 4 * 4)
         assert not applies(torch.zeros(1, 2, 4, 4).contiguous(memory_format=torch.channels_last),
-                           torch.zeros(4, 2, 3, 3), 1, 1, 1)  # too few channels in
-    assert not applies(x, weight, 1, 1, 1)  # gradients recorded
+                           torch.zeros(4, 2, 3, 3), 1, same, 1, 1)  # too few channels in
+        assert not applies(x, torch.zeros(4, 4, 3, 3), 1, same, 1, 1)  # a weight made in inference mode
+    assert not applies(x, weight, 1, same, 1, 1)  # gradients recorded
 
 
 def test_transforms_are_kept_per_weight_and_made_again_after_an_in_place_change():
@@ -85,6 +95,15 @@ def test_transforms_are_kept_per_weight_and_made_again_after_an_in_place_change(
     again = transforms(weight)
     assert again is not first
     torch.testing.assert_close(again, 2 * first)
+
+
+def test_transforms_go_with_their_weights():
+    transforms = Transforms()
+    for _ in range(3):  # as a parametrization makes its weight anew each pass
+        weight = torch.randn(4, 4, 3, 3)
+        transforms(weight)
+        del weight
+    assert len(transforms.entries) == 0
 
 
 def wide_model(generator):
@@ -124,6 +143,7 @@ def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_num
 
 
 def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_PRODUCT", 1)
     monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
     generator = torch.Generator().manual_seed(6)
     model = wide_model(generator)

@@ -22,7 +22,8 @@ maps in one band ran at 0.85-1.26x), single crops of 12x12 1.3-1.5x, 7x7 maps 1.
 Transforming a weight takes about 10 ms for 512 channels, once per evaluation. In whole calls VGG-16's metrics ran
 1.13-1.25x faster (13 layers, 9 of them wide) and ResNet-50's 0.96-1.09x, within their spread: its wide layers are
 its 14x14 and 7x7 stages, whose transforms its few passes do not repay. ``applies`` holds the rule: both channel
-counts at least ``MIN_CHANNELS``, at least ``MIN_POSITIONS`` input positions per row.
+counts at least ``MIN_CHANNELS``, maps of at least ``MIN_POSITIONS`` outputs, matrix products of at least
+``MIN_PRODUCT`` multiply-adds.
 """
 from __future__ import annotations
 
@@ -33,21 +34,29 @@ import torch
 from .intercept import OpMode
 
 BAND_BYTES = 8 << 20  # the most the 16 matrices' input rows of one band of tile rows hold (see convolve)
-MIN_POSITIONS = 64  # the fewest input positions per row (8x8): ResNet-50's 7x7 stage gained nothing in whole calls
+MIN_PRODUCT = 1 << 22  # the fewest multiply-adds per matrix product: smaller ones ran slower than torch's (see above)
+MIN_POSITIONS = 64  # the fewest output positions per row: ResNet-50's 7x7 stage (its tiles cover 8x8) gained nothing
 MIN_CHANNELS = 256  # the fewest channels in and out a layer must have to be computed so (see the module docstring)
 
 
-def applies(source: torch.Tensor, weight: torch.Tensor, stride, dilation, groups) -> bool:
+def applies(source: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
     """Whether a convolution of source by weight is computed here: a 2-D 3x3 kernel at stride and dilation 1,
     ungrouped, float32 on the CPU, channels-last input (the layout of relprop's passes over images, so the output
     keeps the layout the direct convolution would give it), both channel counts at least MIN_CHANNELS, at least
-    MIN_POSITIONS positions per row, and no gradient recorded (the passes of metrics run in inference mode)."""
-    return (source.dim() == 4 and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3)
+    MIN_POSITIONS output positions per row, matrix products of at least MIN_PRODUCT multiply-adds (tiles x channels
+    in x channels out), no gradient recorded (the
+    passes of metrics run in inference mode), and a weight made outside inference mode (an inference tensor has no
+    version to tell an in-place change of it by, so its transform could not be kept)."""
+    if not (source.dim() == 4 and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3)
             and source.device.type == "cpu" and source.dtype == torch.float32 and weight.dtype == torch.float32
             and groups == 1 and _ones(stride) and _ones(dilation)
             and weight.shape[0] >= MIN_CHANNELS and weight.shape[1] >= MIN_CHANNELS
-            and source.shape[1] == weight.shape[1] and source.shape[2] * source.shape[3] >= MIN_POSITIONS
-            and source.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled())
+            and source.shape[1] == weight.shape[1] and not weight.is_inference()
+            and source.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()):
+        return False
+    rows, columns = source.shape[2] + 2 * padding[0] - 2, source.shape[3] + 2 * padding[1] - 2
+    tiles = len(source) * -(-rows // 2) * -(-columns // 2)
+    return rows * columns >= MIN_POSITIONS and tiles * weight.shape[0] * weight.shape[1] >= MIN_PRODUCT
 
 
 def _ones(value) -> bool:
@@ -66,19 +75,29 @@ def transformed(weight: torch.Tensor) -> torch.Tensor:
 
 class Transforms:
     """The transformed weights of one evaluation (id -> (a weak reference to the weight, its version, the transform)),
-    made again after a weight changed in place; like a Runner's channels-last weight copies, nothing outlives it."""
+    made again after a weight changed in place and dropped with their weight; like a Runner's channels-last weight
+    copies, nothing outlives it."""
 
     def __init__(self):
         self.entries: dict = {}
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        if weight.is_inference():  # no version to tell an in-place change by
-            return transformed(weight)
         key = id(weight)
         entry = self.entries.get(key)
         if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-            entry = self.entries[key] = (weakref.ref(weight), weight._version, transformed(weight))
+            entry = self.entries[key] = (weakref.ref(weight, self._forget(key)), weight._version, transformed(weight))
         return entry[2]
+
+    def _forget(self, key):
+        """A callback that drops key's entry once its weight is gone (a weight a parametrization makes anew each
+        pass leaves no transforms behind), unless the key was taken by a newer weight since."""
+        owner = weakref.ref(self)
+
+        def forget(reference):
+            transforms = owner()
+            if transforms is not None and transforms.entries.get(key, (None,))[0] is reference:
+                del transforms.entries[key]
+        return forget
 
 
 def convolve(source: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding) -> torch.Tensor:
@@ -140,10 +159,10 @@ class WinogradPasses(OpMode):
 
 def conv2d(transforms: Transforms, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """conv2d's result by ``convolve`` where it ``applies`` (and the padding is numeric), else None."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2:
-        padding = tuple(padding)
-    elif not isinstance(padding, int):
+    if isinstance(padding, int):
+        padding = (padding, padding)
+    elif not (isinstance(padding, (tuple, list)) and len(padding) == 2):
         return None  # "same", "valid" or one value in a tuple: torch's own
-    if not applies(input, weight, stride, dilation, groups):
+    if not applies(input, weight, stride, tuple(padding), dilation, groups):
         return None
-    return convolve(input, transforms(weight), bias, padding)
+    return convolve(input, transforms(weight), bias, tuple(padding))
