@@ -28,7 +28,9 @@ refuses), to a baseline of 0 with Quantus's mask broadcast over the channels (it
 x), and relprop's score is compared as Quantus computes its own from the curve (L - trapezoid of f(x^(k)) / f(x), k =
 1..L, the curves of samples with fewer superpixels padded with zeros). --channels-last runs relprop's plain passes as
 channels-last copies at every image size (Runner(..., channels_last=True); by default the Runner does so from 224 px on,
-see evaluate.runner.CHANNELS_LAST_FROM).
+see evaluate.runner.CHANNELS_LAST_FROM). --no-winograd runs relprop's passes with torch's own convolutions instead of
+Winograd's for the wide 3x3 ones (Runner(..., winograd=False); see engine.winograd); the floor's unit still takes
+the fastest plain pass.
 
 Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
 (timed here, in the same process, the fastest of as given, channels-last and channels-last with Winograd's
@@ -328,6 +330,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--channels-last", action="store_true",
                         help="relprop's plain passes as channels-last copies (to measure what that layout gives)")
+    parser.add_argument("--no-winograd", action="store_true",
+                        help="relprop's passes with torch's own convolutions (Runner(..., winograd=False))")
     parser.add_argument("--only", nargs="+", default=None, metavar="METRIC",
                         help="run only the metrics whose names start with these (e.g. auc sparseness)")
     args = parser.parse_args()
@@ -338,6 +342,9 @@ def main():
     if args.channels_last:
         build = evaluate.Runner.__init__
         evaluate.Runner.__init__ = lambda self, *a, **k: build(self, *a, **{**k, "channels_last": True})
+    if args.no_winograd:  # the metrics build their own Runners: every one of them told so
+        make = evaluate.Runner.__init__
+        evaluate.Runner.__init__ = lambda self, *a, **k: make(self, *a, **{**k, "winograd": False})
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch threads {args.threads}, device {args.device}, {args.count} images at {args.size}x{args.size}, "

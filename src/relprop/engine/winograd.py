@@ -15,15 +15,15 @@ halves, so the numbers are a direct convolution's to float rounding: on 512 chan
 against float64, where torch's own channels-last convolution gave 2.3e-6.
 
 Where it pays (one thread, an AMD EPYC with AVX-512, float32, torch 2.14.1): the matrix products run at 40-46
-billion multiply-adds a second where torch's convolution runs at about 56, and the transforms are element-wise
-passes over the input and output, so it pays only where channels are many: 256 to 512 channels in and out on 4 rows
-were 1.2-1.6x faster from 14x14 to 56x56 (transforms in bands of tile rows that stay in cache: ``BAND_BYTES``; 56x56
-maps in one band ran at 0.85-1.26x), single crops of 12x12 1.3-1.5x, 7x7 maps 1.0-1.2x, 128 channels 0.5-1.2x.
-Transforming a weight takes about 10 ms for 512 channels, once per evaluation. In whole calls VGG-16's metrics ran
-1.13-1.25x faster (13 layers, 9 of them wide) and ResNet-50's 0.96-1.09x, within their spread: its wide layers are
-its 14x14 and 7x7 stages, whose transforms its few passes do not repay. ``applies`` holds the rule: both channel
-counts at least ``MIN_CHANNELS``, maps of at least ``MIN_POSITIONS`` outputs, matrix products of at least
-``MIN_PRODUCT`` multiply-adds.
+billion multiply-adds a second where torch's convolution runs at about 56, and the transforms read and write every
+tile, so it pays only where channels are many and products large: on 512 channels 1.74x for 4 rows of 14x14 and
+1.2-1.4x for single crops of 9x9 to 12x12; on 256 channels 1.13-1.29x for 4 rows of 14x14 to 56x56 (in bands of
+tile rows that stay in cache: ``BAND_BYTES``), 1.0-1.2x for single crops of 10x10 to 12x12 and 0.54x at 8x8; below
+256 channels 0.5-1.1x. Transforming a weight takes about 10 ms for 512 channels, once per Runner. In whole calls
+(4 images at 224 px, with and without alternating in one process) VGG-16's region perturbation and selectivity ran
+1.13-1.26x faster; ResNet-50, whose wide layers are its 14x14 and 7x7 stages, ran 0.92-1.04x under a first rule
+(256 channels, 8x8 inputs), hence the rule ``applies`` holds now: both channel counts at least ``MIN_CHANNELS``,
+maps of at least ``MIN_POSITIONS`` outputs, matrix products of at least ``MIN_PRODUCT`` multiply-adds.
 """
 from __future__ import annotations
 
