@@ -145,8 +145,9 @@ class Incremental:
         self.cores = FreeCores()  # how many cores other processes leave free: the threads of incremental passes' crops
         self.weight_copies: dict = {}  # id(weight) -> channels-last copy of a convolution weight (see _channels_last)
         self.channels_last = True  # image batches run channels-last (see _layout); off once the model cannot
-        self.transforms = Transforms()  # Winograd-transformed weights of the wide 3x3 convolutions (engine.winograd)
-        self.winograd = True  # compute those convolutions so, in full and on crops; False: torch's own
+        # Winograd-transformed weights of the wide 3x3 convolutions, which passes then compute so, in full and on
+        # crops (engine.winograd); None: torch's own convolutions
+        self.transforms: Transforms | None = Transforms()
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
@@ -325,7 +326,7 @@ class Incremental:
         else:
             mode.crop_threads = self.crop_threads()
         mode.weight_copies = self.weight_copies
-        mode.transforms = self.transforms if self.winograd else None
+        mode.transforms = self.transforms
         mode.reads_before = self.reads if defer else None
         if boxes is not FULL and self.readers is not None:
             mode.readers, mode.value_reads, mode.stale = self.readers, self.value_reads, self.stale

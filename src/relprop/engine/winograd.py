@@ -44,9 +44,9 @@ def applies(source: torch.Tensor, weight: torch.Tensor, stride, padding, dilatio
     ungrouped, float32 on the CPU, channels-last input (the layout of relprop's passes over images, so the output
     keeps the layout the direct convolution would give it), both channel counts at least MIN_CHANNELS, at least
     MIN_POSITIONS output positions per row, matrix products of at least MIN_PRODUCT multiply-adds (tiles x channels
-    in x channels out), no gradient recorded (the
-    passes of metrics run in inference mode), and a weight made outside inference mode (an inference tensor has no
-    version to tell an in-place change of it by, so its transform could not be kept)."""
+    in x channels out), no gradient recorded (the passes of metrics run in inference mode), and a weight made outside
+    inference mode (an inference tensor has no version to tell an in-place change of it by, so its transform could
+    not be kept)."""
     if not (source.dim() == 4 and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3)
             and source.device.type == "cpu" and source.dtype == torch.float32 and weight.dtype == torch.float32
             and groups == 1 and _ones(stride) and _ones(dilation)

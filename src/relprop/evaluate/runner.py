@@ -146,9 +146,7 @@ class Runner:
         self.incremental = Incremental(model) if incremental and self.x.dim() >= 3 else None
         self.transforms = Transforms() if winograd else None  # Winograd weights, shared with the engine
         if self.incremental is not None:
-            self.incremental.winograd = winograd
-            if winograd:
-                self.incremental.transforms = self.transforms
+            self.incremental.transforms = self.transforms
         self.chain_work = [0, 0]  # multiply-adds of this runner's incremental chain passes: computed, plain
         self.chain_plan = None  # the last chain's estimate and choice (see _plan_chain), None before any chain
         self.seen = {}  # (sample, hash of a copy) -> (target score, predicted class)
