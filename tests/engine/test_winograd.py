@@ -5,7 +5,8 @@ import torch
 from relprop import evaluate
 from relprop.engine import winograd
 from relprop.engine.incremental import Incremental
-from relprop.engine.winograd import Transforms, WinogradPasses, applies, convolve, transformed
+from relprop.engine.winograd import (Transforms, WinogradPasses, applies, applies_crops, convolve, convolve_crops,
+                                     transformed)
 
 
 def direct(x, weight, bias, padding):
@@ -53,6 +54,48 @@ def test_bands_of_tile_rows_give_the_whole_map(monkeypatch):
     expected = direct(x, weight, bias, (1, 1))
     for out in (whole, banded):
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("run_bytes", [None, 1, 16 * 5 * 4 * 6])
+def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypatch, run_bytes):
+    """Batches of different sizes and paddings in one set of matrix products (or, with run_bytes, in runs of a few
+    tiles, or each alone where it is larger than a run)."""
+    if run_bytes is not None:
+        monkeypatch.setattr(winograd, "BAND_BYTES", run_bytes)
+    generator = torch.Generator().manual_seed(8)
+    weight, bias = torch.randn(4, 5, 3, 3, generator=generator), torch.randn(4, generator=generator)
+    sources = [(channels_last(1, 5, 6, 7, generator=generator), (0, 0)),
+               (channels_last(2, 5, 5, 5, generator=generator), (1, 1)),
+               (channels_last(1, 5, 3, 9, generator=generator), (1, 0)),
+               (channels_last(3, 5, 4, 4, generator=generator), (0, 1))]
+    outs = convolve_crops(sources, transformed(weight), bias)
+    assert len(outs) == len(sources)
+    for out, (x, padding) in zip(outs, sources):
+        expected = direct(x, weight, bias, padding)
+        assert out.shape == expected.shape
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_crops_apply_together_by_their_tiles_and_positions_per_row(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+    monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)  # on 4 channels; 8 on 8 channels
+    monkeypatch.setattr(winograd, "MIN_PRODUCT", 8 * 4 * 4)  # 8 tiles of 4 channels to 4
+    weight, wide = torch.zeros(4, 4, 3, 3), torch.zeros(8, 8, 3, 3)
+    crop = lambda rows, columns, n=1: torch.zeros(n, 4, rows, columns).contiguous(  # noqa: E731
+        memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert not applies_crops([(crop(6, 6), (0, 0))], weight, 1, 1, 1)  # 4 tiles alone: too small a product
+        assert applies_crops([(crop(6, 6), (0, 0)), (crop(6, 6), (0, 0))], weight, 1, 1, 1)  # 8 together
+        # 16 and 4 positions: 10 a row on average, too few on 4 channels; enough on 8 (the same tiles, 4x the product)
+        assert not applies_crops([(crop(6, 6, 2), (0, 0)), (crop(4, 4, 2), (0, 0))], weight, 1, 1, 1)
+        wider = lambda rows, columns: torch.zeros(2, 8, rows, columns).contiguous(  # noqa: E731
+            memory_format=torch.channels_last)
+        assert applies_crops([(wider(6, 6), (0, 0)), (wider(4, 4), (0, 0))], wide, 1, 1, 1)
+        assert not applies_crops([(wider(6, 6), (0, 0)), (wider(4, 4), (0, 0))], wide, 2, 1, 1)  # strided
+        assert not applies_crops([(crop(6, 6), (0, 0)), (crop(6, 6).contiguous(), (0, 0))], weight, 1, 1, 1)
+        assert not applies_crops([(crop(6, 6), (0, 0)), (crop(2, 2), (0, 0))], weight, 1, 1, 1)  # an empty output
+        assert not applies_crops([], weight, 1, 1, 1)
 
 
 def test_only_large_enough_3x3_stride_1_inference_convolutions_of_channels_last_float_maps_apply(monkeypatch):
@@ -152,12 +195,17 @@ def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch):
     changed[0, :, 2:5, 3:6] = 0
     changed[1, :, 10:14, 9:12] = 0
     engine = Incremental(model)
+    together = []
+    convolve_crops = winograd.convolve_crops
+    monkeypatch.setattr(winograd, "convolve_crops", lambda sources, *rest: together.append(len(sources)) or
+                        convolve_crops(sources, *rest))
     with torch.inference_mode():
         engine(x)
         out = engine(changed)
         expected = model(changed)
     assert engine.passes["incremental"] == 1
     assert engine.transforms.entries  # the crops went through Winograd's method
+    assert 2 in together  # the rows' boxes differ in size: two batches of crops, in one call
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

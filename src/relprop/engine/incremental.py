@@ -54,6 +54,7 @@ from .cores import FreeCores
 from .intercept import OpMode
 from .winograd import Transforms
 from .winograd import conv2d as winograd_conv2d
+from .winograd import conv2d_crops as winograd_crops
 
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): (share, ops per multiply-add)}
 TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
@@ -937,6 +938,10 @@ def _window(state, name, func, args, kwargs, base):
                 state.defer(base, group, values)
             return base, rows
     state.settle(source)
+    strided = names is _CONV and any(step > 1 for step in stride)
+    image = source.dim() == 4
+    layout = torch.channels_last if image else torch.contiguous_format
+    prepared = []  # per group of same-sized boxes: (the group, its batch of crops, the convolution's padding of it)
     for group in groups:
         crops = []  # per row: where its crop lies in source and in the batch (past the padding)
         for row, box in group:
@@ -951,18 +956,15 @@ def _window(state, name, func, args, kwargs, base):
         if names is _CONV:
             crops, extent, crop_args["padding"] = _own_padding(crops, extent, padding)
         padded = any((part.start, part.stop) != (0, n) for _, place in crops for part, n in zip(place[1:], extent))
-        strided = names is _CONV and any(step > 1 for step in stride)
         # 2-D crops in channels-last order, a convolution's weights too (copied once per weight), like the kept
         # outputs (Incremental._layout): on one thread VGG-16's convolution crops in IROF ran at 31-57 billion
         # multiply-adds a second channels-first, 46-70 so; strided ones and pooling too (torch's own kernels take
         # them so), which spares a transposing copy at each gather and write: ResNet-50's strided blocks made
         # region perturbation 8% and selectivity 3% faster (4 images at 224 px), VGG-16's max pooling on crops took
         # 20 ms in place of 48 (8 regions of 16 px)
-        last = source.dim() == 4
-        layout = torch.channels_last if last else torch.contiguous_format
         if len(crops) == 1 and not padded:
             batch = source[crops[0][0]].unsqueeze(0)
-            if last:
+            if image:
                 batch = batch.contiguous(memory_format=layout)
         else:  # the crops written once into one batch, its padding filled as the op pads
             shape = (len(crops), source.shape[1], *extent)
@@ -971,16 +973,24 @@ def _window(state, name, func, args, kwargs, base):
                 batch.fill_(fill)
             for position, (index, place) in enumerate(crops):
                 batch[(position,) + place] = source[index]
-        if last and names is _CONV:
-            crop_args["weight"] = _channels_last(op["weight"], state.weight_copies)
-        # on the pass's crop threads, however large the crop (see on_threads); a strided convolution's crop without
-        # oneDNN, whose per-call setup (a primitive per new crop shape, the weights reordered per call) cost ResNet-50's
-        # strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows
-        values = None
-        if names is _CONV and not strided and state.transforms is not None:
-            values = winograd_conv2d(state.transforms, batch, op["weight"], op["bias"], 1, crop_args["padding"],
-                                     op["dilation"], op["groups"])
-        if values is None:
+        prepared.append((group, batch, crop_args.get("padding")))
+    computed = None
+    if names is _CONV and not strided and state.transforms is not None:
+        # the groups' crops together, in one set of Winograd's matrix products where it applies: each group alone
+        # would read the weights once more (engine.winograd.convolve_crops)
+        computed = winograd_crops(state.transforms, [(batch, padding) for _, batch, padding in prepared],
+                                  op["weight"], op["bias"], op["dilation"], op["groups"])
+    for position, (group, batch, padding) in enumerate(prepared):
+        if computed is not None:
+            values = computed[position]
+        else:
+            if names is _CONV:
+                crop_args["padding"] = padding
+                if image:
+                    crop_args["weight"] = _channels_last(op["weight"], state.weight_copies)
+            # on the pass's crop threads, however large the crop (see on_threads); a strided convolution's crop
+            # without oneDNN, whose per-call setup (a primitive per new crop shape, the weights reordered per call)
+            # cost ResNet-50's strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows
             with _without_onednn(strided):
                 values = func(batch, **crop_args)
         if names is _CONV:
