@@ -108,6 +108,10 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
         return evaluate.region_perturbation(source, x, given, target, patch_size=patch, steps=regions,
                                             softmax=True, **sized)
 
+    def region_lerf(source, given=explanation):
+        return evaluate.region_perturbation(source, x, given, target, patch_size=patch, steps=regions,
+                                            order="lerf", softmax=True, **sized)
+
     def selectivity(source, given=explanation):
         return evaluate.selectivity(source, x, given, target, patch_size=selectivity_patch, softmax=True,
                                     **sized)
@@ -159,6 +163,7 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
     irof.inputs = lambda: (smooth()["x"], smooth()["target"])  # the floor's runners are built for these
     blocks = (height // selectivity_patch) * (width // selectivity_patch)  # Quantus's infidelity: one pass per block
     drops = lambda res: res.curves["morf"][:, :1] - res.curves["morf"][:, 1:]  # noqa: E731  (Quantus's numbers)
+    drops_lerf = lambda res: res.curves["lerf"][:, :1] - res.curves["lerf"][:, 1:]  # noqa: E731
     after = lambda res: res.details["perturbed"]  # noqa: E731  (the curve without f(x): no clean pass to read it)
     scores = lambda res: res.scores  # noqa: E731
     unmatched = lambda res: None  # noqa: E731  (numbers that differ by definition: timed, not compared)
@@ -183,6 +188,11 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
             q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline="black",
                                          **common), True),
             region),
+        f"region_perturbation LeRF ({patch}px patches, {regions} regions)": (
+            r(lambda: region_lerf(model), drops_lerf),
+            q(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline="black",
+                                         order="lerf", **common), True),
+            region_lerf),
         f"selectivity ({selectivity_patch}px patches, all {blocks})": (
             r(lambda: selectivity(model), after),
             q(quantus.Selectivity(patch_size=selectivity_patch, perturb_baseline="black", **common), True),
