@@ -5,8 +5,8 @@ import torch
 from relprop import evaluate
 from relprop.engine import winograd
 from relprop.engine.incremental import Incremental
-from relprop.engine.winograd import (Transforms, WinogradPasses, applies, applies_crops, convolve, convolve_crops,
-                                     transformed)
+from relprop.engine.winograd import (Transforms, WinogradPasses, applies, applies_crops, applies_large, convolve,
+                                     convolve_crops, transformed)
 
 
 def direct(x, weight, bias, padding):
@@ -32,25 +32,30 @@ def channels_last(*shape, generator):
 @pytest.mark.parametrize("rows,columns,padding", [(7, 7, (1, 1)), (9, 10, (0, 0)), (5, 6, (1, 0)), (3, 3, (0, 0)),
                                                   (1, 1, (1, 1)), (8, 5, (0, 1))])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_a_winograd_convolution_equals_the_direct_sum(rows, columns, padding, with_bias):
+@pytest.mark.parametrize("size", [2, 4])
+def test_a_winograd_convolution_equals_the_direct_sum(rows, columns, padding, with_bias, size):
+    """In output tiles of 2x2 (F(2x2, 3x3)) and of 4x4 (F(4x4, 3x3)), maps smaller than a tile included."""
     generator = torch.Generator().manual_seed(rows * 31 + columns)
     x = channels_last(2, 5, rows, columns, generator=generator)
     weight = torch.randn(4, 5, 3, 3, generator=generator)
     bias = torch.randn(4, generator=generator) if with_bias else None
-    out = convolve(x, transformed(weight), bias, padding)
+    u = transformed(weight, size)
+    assert u.shape == ((size + 2) ** 2, 5, 4)
+    out = convolve(x, u, bias, padding)
     expected = direct(x, weight, bias, padding)
     assert out.shape == expected.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
 
-def test_bands_of_tile_rows_give_the_whole_map(monkeypatch):
+@pytest.mark.parametrize("size", [2, 4])
+def test_bands_of_tile_rows_give_the_whole_map(monkeypatch, size):
     generator = torch.Generator().manual_seed(3)
     x = channels_last(3, 6, 11, 9, generator=generator)
     weight, bias = torch.randn(5, 6, 3, 3, generator=generator), torch.randn(5, generator=generator)
-    whole = convolve(x, transformed(weight), bias, 1)
+    whole = convolve(x, transformed(weight, size), bias, 1)
     monkeypatch.setattr(winograd, "BAND_BYTES", 1)  # one tile row per band
-    banded = convolve(x, transformed(weight), bias, 1)
+    banded = convolve(x, transformed(weight, size), bias, 1)
     expected = direct(x, weight, bias, (1, 1))
     for out in (whole, banded):
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
@@ -128,6 +133,35 @@ def test_only_large_enough_3x3_stride_1_inference_convolutions_of_channels_last_
     assert not applies(x, weight, 1, same, 1, 1)  # gradients recorded
 
 
+def test_only_wide_enough_convolutions_of_large_maps_go_in_4x4_tiles(monkeypatch):
+    monkeypatch.setattr(winograd, "LARGE_MIN_CHANNELS", 4)
+    monkeypatch.setattr(winograd, "LARGE_MIN_POSITIONS", 36)  # 6x6 outputs per row
+    monkeypatch.setattr(winograd, "MIN_PRODUCT", 8 * 4 * 4)  # 8 tiles of 4 channels to 4
+    weight, narrow = torch.zeros(4, 4, 3, 3), torch.zeros(4, 3, 3, 3)
+    x = torch.zeros(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)  # 8x8 outputs padded by 1: 2x2 tiles
+    same = (1, 1)
+    with torch.inference_mode():
+        assert applies_large(x, weight, 1, same, 1, 1)
+        assert not applies_large(x[:1], weight, 1, same, 1, 1)  # one row: 4 tiles, too small a product
+        assert not applies_large(x, weight, 2, same, 1, 1)  # strided
+        assert not applies_large(x, weight, 1, same, 2, 1)  # dilated
+        assert not applies_large(x.contiguous(), weight, 1, same, 1, 1)  # not channels-last
+        assert not applies_large(torch.zeros(1, 3, 8, 8).contiguous(memory_format=torch.channels_last), narrow, 1,
+                                 same, 1, 1)  # too few channels in
+        assert not applies_large(x[:, :, :5, :5], weight, 1, same, 1, 1)  # 5x5 outputs: too few positions
+        monkeypatch.setattr(winograd, "MIN_PRODUCT", 1)
+        assert applies_large(x[:1], weight, 1, same, 1, 1)
+    assert not applies_large(x, weight, 1, same, 1, 1)  # gradients recorded
+
+
+def test_transforms_are_kept_per_tile_size():
+    weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3))
+    transforms = Transforms()
+    small, large = transforms(weight), transforms(weight, 4)
+    assert small.shape[0] == 16 and large.shape[0] == 36
+    assert transforms(weight) is small and transforms(weight, 4) is large
+
+
 def test_transforms_are_kept_per_weight_and_made_again_after_an_in_place_change():
     weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3))
     transforms = Transforms()
@@ -162,7 +196,12 @@ def wide_model(generator):
     return model
 
 
-def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_numbers():
+@pytest.mark.parametrize("large_from", [None, 100])
+def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_numbers(monkeypatch, large_from):
+    """In 2x2 tiles, or (large_from: the fewest positions per row in 4x4 tiles, which 12x12 maps have) in 4x4."""
+    if large_from is not None:
+        monkeypatch.setattr(winograd, "LARGE_MIN_POSITIONS", large_from)
+        monkeypatch.setattr(winograd, "MIN_PRODUCT", 1)  # 18 tiles of 256 channels to 256
     generator = torch.Generator().manual_seed(5)
     model = wide_model(generator)
     x = channels_last(2, 3, 12, 12, generator=generator)
@@ -170,7 +209,7 @@ def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_num
     original = winograd.convolve
 
     def counted(*args):
-        calls.append(args[0].shape)
+        calls.append(args[1].shape[0])
         return original(*args)
 
     with torch.inference_mode():
@@ -181,7 +220,7 @@ def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_num
                 out = model(x)
         finally:
             winograd.convolve = saved
-    assert len(calls) == 2  # the two 256-channel convolutions, not the 3-channel one
+    assert calls == [16 if large_from is None else 36] * 2  # the two 256-channel convolutions, not the 3-channel one
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

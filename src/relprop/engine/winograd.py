@@ -1,7 +1,11 @@
 """Winograd convolutions F(2x2, 3x3) for the CPU passes of evaluation metrics: a 3x3 stride-1 convolution computed as
 16 matrix products over 4x4 input tiles, one per 2x2 output tile (Lavin and Gray, "Fast algorithms for convolutional
 neural networks", 2016), which needs 16 multiply-adds per input channel and tile where the direct convolution needs
-36: 2.25x fewer.
+36: 2.25x fewer. Plain passes over large maps use F(4x4, 3x3) (36 products over 6x6 tiles, 4x fewer multiply-adds;
+``applies_large``): VGG-16's plain pass of 4 images at 224 px took 0.843 s so, 1.056 s in 2x2 tiles alone and 1.258 s
+by torch's convolutions (one thread), with its probabilities as close to float64's as torch's (2.9e-7 relative, torch
+3.8e-7); ResNet-50's, whose only such layers are four of 128 channels at 28x28, was no faster (0.399 s, 0.394 s in 2x2
+tiles alone).
 
 With a kernel g (3x3), an input tile d (4x4) and the transforms
 
@@ -44,6 +48,8 @@ BAND_BYTES = 8 << 20  # the most the 16 matrices' input rows of one band of tile
 MIN_PRODUCT = 1 << 22  # the fewest multiply-adds per matrix product: smaller ones ran slower than torch's (see above)
 MIN_POSITIONS = 64  # the fewest output positions per row on MIN_CHANNELS channels (proportionally fewer on more)
 MIN_CHANNELS = 256  # the fewest channels in and out a layer must have to be computed so (see the module docstring)
+LARGE_MIN_CHANNELS = 128  # F(4x4, 3x3): the fewest channels in and out (see applies_large)
+LARGE_MIN_POSITIONS = 28 * 28  # F(4x4, 3x3): the fewest output positions per row
 
 
 def applies(source: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
@@ -60,15 +66,12 @@ def applies(source: torch.Tensor, weight: torch.Tensor, stride, padding, dilatio
 def applies_crops(sources, weight: torch.Tensor, stride, dilation, groups) -> bool:
     """``applies`` for batches of crops convolved together (``convolve_crops``: a list of (source, padding)): each
     batch as there, their positions per row on average and their tiles together."""
-    if not (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and weight.dtype == torch.float32
-            and groups == 1 and _ones(stride) and _ones(dilation)
-            and weight.shape[0] >= MIN_CHANNELS and weight.shape[1] >= MIN_CHANNELS
-            and not weight.is_inference() and not torch.is_grad_enabled()):
+    if not (_kernel_applies(weight, stride, dilation, groups)
+            and weight.shape[0] >= MIN_CHANNELS and weight.shape[1] >= MIN_CHANNELS):
         return False
     tiles = positions = rows = 0
     for source, padding in sources:
-        if not (source.dim() == 4 and source.device.type == "cpu" and source.dtype == torch.float32
-                and source.shape[1] == weight.shape[1] and source.is_contiguous(memory_format=torch.channels_last)):
+        if not _source_applies(source, weight):
             return False
         _, _, out_rows, out_columns, tiles_down, tiles_across = _geometry(source, padding)
         if out_rows < 1 or out_columns < 1:
@@ -80,33 +83,74 @@ def applies_crops(sources, weight: torch.Tensor, stride, dilation, groups) -> bo
             and tiles * weight.shape[0] * weight.shape[1] >= MIN_PRODUCT)
 
 
+def applies_large(source: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
+    """Whether a convolution is computed in output tiles of 4x4 (F(4x4, 3x3): 36 multiply-adds per input channel and
+    tile where the direct sum needs 144, 4x fewer): as ``applies``, but channels in and out at least
+    LARGE_MIN_CHANNELS and at least LARGE_MIN_POSITIONS output positions per row, where its larger transforms pay
+    (one thread, 4 rows, caches cleared: VGG-16's 512 channels at 28x28 1.42x faster than in 2x2 tiles, 256 at 56x56
+    1.31x, 128 to 256 at 56x56 1.50x faster than torch's convolution, 128 at 112x112 1.16x; 512 at 14x14 no faster
+    than 2x2 tiles, 64 at 56x56 slower than torch's). Its transforms scale by up to 5 and 1/24, so its numbers are
+    further from the exact sum than 2x2 tiles' (5e-6 to 1e-5 of the largest output, against float64, where torch's
+    own convolution gave 1e-6 to 2e-6 and 2x2 tiles 3e-7 to 5e-7), still float32 rounding."""
+    if not (_kernel_applies(weight, stride, dilation, groups) and _source_applies(source, weight)
+            and min(weight.shape[:2]) >= LARGE_MIN_CHANNELS):
+        return False
+    _, _, out_rows, out_columns, tiles_down, tiles_across = _geometry(source, padding, 4)
+    return (out_rows * out_columns >= LARGE_MIN_POSITIONS
+            and len(source) * tiles_down * tiles_across * weight.shape[0] * weight.shape[1] >= MIN_PRODUCT)
+
+
+def _kernel_applies(weight, stride, dilation, groups) -> bool:
+    return (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and weight.dtype == torch.float32
+            and groups == 1 and _ones(stride) and _ones(dilation)
+            and not weight.is_inference() and not torch.is_grad_enabled())
+
+
+def _source_applies(source, weight) -> bool:
+    return (source.dim() == 4 and source.device.type == "cpu" and source.dtype == torch.float32
+            and source.shape[1] == weight.shape[1] and source.is_contiguous(memory_format=torch.channels_last))
+
+
 def _ones(value) -> bool:
     return all(item == 1 for item in (value if isinstance(value, (tuple, list)) else (value,)))
 
 
-def transformed(weight: torch.Tensor) -> torch.Tensor:
-    """(16, channels in, channels out), a transposed view: G g G^T per kernel, G's rows applied as sums and halvings
-    of the kernel's rows, then of its columns (on a 512-channel layer 10 ms, one thread)."""
+def transformed(weight: torch.Tensor, size: int = 2) -> torch.Tensor:
+    """(16 or 36, channels in, channels out), a transposed view: G g G^T per kernel for F(size x size, 3x3), G's rows
+    applied as sums and scalings of the kernel's rows, then of its columns (on a 512-channel layer 10 ms, one
+    thread)."""
     out, channels = weight.shape[:2]
     k = weight.detach().reshape(out * channels, 9).t().contiguous().view(3, 3, out, channels)
-    r = torch.stack((k[0], (k[0] + k[1] + k[2]) * 0.5, (k[0] - k[1] + k[2]) * 0.5, k[2]))
-    u = torch.stack((r[:, 0], (r[:, 0] + r[:, 1] + r[:, 2]) * 0.5, (r[:, 0] - r[:, 1] + r[:, 2]) * 0.5, r[:, 2]), 1)
-    return u.view(16, out, channels).transpose(1, 2)
+    rows = _G2 if size == 2 else _G4
+    r = torch.stack(rows(k[0], k[1], k[2]))
+    u = torch.stack(rows(r[:, 0], r[:, 1], r[:, 2]), 1)
+    return u.view((size + 2) ** 2, out, channels).transpose(1, 2)
+
+
+def _G2(k0, k1, k2):
+    return k0, (k0 + k1 + k2) * 0.5, (k0 - k1 + k2) * 0.5, k2
+
+
+def _G4(k0, k1, k2):
+    """G of F(4x4, 3x3) (interpolation points 0, 1, -1, 2, -2 and infinity)."""
+    return (k0 * 0.25, (k0 + k1 + k2) * (-1 / 6), (k0 - k1 + k2) * (-1 / 6), k0 * (1 / 24) + k1 * (1 / 12) + k2 / 6,
+            k0 * (1 / 24) - k1 * (1 / 12) + k2 / 6, k2)
 
 
 class Transforms:
-    """The transformed weights of one evaluation (id -> (a weak reference to the weight, its version, the transform)),
-    made again after a weight changed in place and dropped with their weight; like a Runner's channels-last weight
-    copies, nothing outlives it."""
+    """The transformed weights of one evaluation ((id, output tile size) -> (a weak reference to the weight, its
+    version, the transform)), made again after a weight changed in place and dropped with their weight; like a
+    Runner's channels-last weight copies, nothing outlives it."""
 
     def __init__(self):
         self.entries: dict = {}
 
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        key = id(weight)
+    def __call__(self, weight: torch.Tensor, size: int = 2) -> torch.Tensor:
+        key = (id(weight), size)
         entry = self.entries.get(key)
         if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-            entry = self.entries[key] = (weakref.ref(weight, self._forget(key)), weight._version, transformed(weight))
+            entry = self.entries[key] = (weakref.ref(weight, self._forget(key)), weight._version,
+                                         transformed(weight, size))
         return entry[2]
 
     def _forget(self, key):
@@ -122,72 +166,115 @@ class Transforms:
 
 
 def convolve(source: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding) -> torch.Tensor:
-    """A 3x3 stride-1 convolution of source (N, C, H, W, channels-last) with transformed weights u, zero-padded by
-    padding (an int or (rows, columns)); channels-last output, as torch's convolution gives for such an input."""
-    geometry = _geometry(source, padding)
+    """A 3x3 stride-1 convolution of source (N, C, H, W, channels-last) with transformed weights u (16 matrices:
+    F(2x2, 3x3); 36: F(4x4, 3x3)), zero-padded by padding (an int or (rows, columns)); channels-last output, as
+    torch's convolution gives for such an input."""
+    size = _SIZES[u.shape[0]]
+    geometry = _geometry(source, padding, size)
     tiles_down, tiles_across = geometry[4:]
     n, channels = source.shape[:2]
-    padded = _padded(source, geometry)
-    tiles = source.new_empty((n, tiles_down, 2, tiles_across, 2, u.shape[-1]))
-    band = max(1, BAND_BYTES // (n * tiles_across * channels * 64))  # tile rows per band
+    padded = _padded(source, geometry, size)
+    tiles = source.new_empty((n, tiles_down, size, tiles_across, size, u.shape[-1]))
+    band = max(1, BAND_BYTES // (n * tiles_across * channels * 4 * u.shape[0]))  # tile rows per band
     for first in range(0, tiles_down, band):
         last = min(first + band, tiles_down)
-        _band(padded[:, 2 * first:2 * last + 2], u, tiles[:, first:last])
+        _band(padded[:, size * first:size * last + 2], u, tiles[:, first:last])
     return _finished(tiles, geometry, bias)
 
 
 def _band(padded, u, tiles):
-    """The output tiles (N, tile rows, 2, tile columns, 2, out) of a band of padded input (N, 2 rows + 2, W, C)."""
-    n, tiles_down, _, tiles_across, _, _ = tiles.shape
-    channels = padded.shape[-1]
-    v = padded.new_empty((4, 4, n, tiles_down, tiles_across, channels))
+    """The output tiles (N, tile rows, m, tile columns, m, out) of a band of padded input (N, m rows + 2, W, C)."""
+    n, tiles_down, size, tiles_across, _, _ = tiles.shape
+    channels, side = padded.shape[-1], size + 2
+    v = padded.new_empty((side, side, n, tiles_down, tiles_across, channels))
     _input_tiles(padded, v)
-    m = torch.bmm(v.view(16, -1, channels), u).view(4, 4, n, tiles_down, tiles_across, u.shape[-1])
+    m = torch.bmm(v.view(side * side, -1, channels), u).view(side, side, n, tiles_down, tiles_across, u.shape[-1])
     _output_tiles(m, tiles)
 
 
 def _input_tiles(padded, v):
-    """B^T d B of every 4x4 tile of padded (N, 2 tile rows + 2, 2 tile columns + 2, C) into v (4, 4, N, tile rows,
-    tile columns, C): along rows, then along columns."""
-    tiles_down, tiles_across = v.shape[3:5]
-    r = [padded[:, k::2][:, :tiles_down] for k in range(4)]
-    along_rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
-    for a, t in enumerate(along_rows):
-        c = [t[:, :, k::2][:, :, :tiles_across] for k in range(4)]
-        torch.sub(c[0], c[2], out=v[a, 0])
-        torch.add(c[1], c[2], out=v[a, 1])
-        torch.sub(c[2], c[1], out=v[a, 2])
-        torch.sub(c[1], c[3], out=v[a, 3])
+    """B^T d B of every tile of padded (N, m tile rows + 2, m tile columns + 2, C) into v (m + 2, m + 2, N, tile
+    rows, tile columns, C): along rows, then along columns."""
+    side, tiles_down, tiles_across = v.shape[0], v.shape[3], v.shape[4]
+    step, rows_of = side - 2, _BT2 if side == 4 else _BT4
+    r = [padded[:, k::step][:, :tiles_down] for k in range(side)]
+    for a, t in enumerate(rows_of(r)):
+        c = [t[:, :, k::step][:, :, :tiles_across] for k in range(side)]
+        rows_of(c, out=v[a])
+
+
+def _BT2(d, out=None):
+    """The rows of B^T of F(2x2, 3x3) applied to the 4 slices d: d0 - d2, d1 + d2, d2 - d1, d1 - d3."""
+    if out is None:
+        return d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]
+    torch.sub(d[0], d[2], out=out[0])
+    torch.add(d[1], d[2], out=out[1])
+    torch.sub(d[2], d[1], out=out[2])
+    torch.sub(d[1], d[3], out=out[3])
+
+
+def _BT4(d, out=None):
+    """The rows of B^T of F(4x4, 3x3) applied to the 6 slices d: 4 d0 - 5 d2 + d4, -4 (d1 + d2) + d3 + d4,
+    4 (d1 - d2) - d3 + d4, 2 (d3 - d1) - d2 + d4, 2 (d1 - d3) - d2 + d4, 4 d1 - 5 d3 + d5."""
+    sums, differences = torch.add(d[4], d[2], alpha=-4), torch.add(d[3], d[1], alpha=-4)
+    even, odd = d[4] - d[2], (d[3] - d[1]) * 2
+    rows = (torch.add(d[4], d[0], alpha=4).add_(d[2], alpha=-5), sums + differences, sums - differences, even + odd,
+            even - odd, torch.add(d[5], d[1], alpha=4).add_(d[3], alpha=-5))
+    if out is None:
+        return rows
+    for a, row in enumerate(rows):
+        out[a].copy_(row)
 
 
 def _output_tiles(m, tiles):
-    """A^T M A of the products m (4, 4, N, tile rows, tile columns, out): along rows, then along columns, each 2x2
-    output tile into its place in tiles (N, tile rows, 2, tile columns, 2, out)."""
-    for i, s in enumerate((m[0] + m[1] + m[2], m[1] - m[2] - m[3])):
-        torch.add(s[0] + s[1], s[2], out=tiles[:, :, i, :, 0])
-        torch.sub(s[1] - s[2], s[3], out=tiles[:, :, i, :, 1])
+    """A^T M A of the products m (m + 2, m + 2, N, tile rows, tile columns, out): along rows, then along columns,
+    each output tile into its place in tiles (N, tile rows, m, tile columns, m, out)."""
+    rows_of = _AT2 if len(m) == 4 else _AT4
+    for i, s in enumerate(rows_of(m)):
+        for j, value in enumerate(rows_of(s)):
+            tiles[:, :, i, :, j] = value
 
 
-def _geometry(source, padding):
-    """(top, left, output rows, output columns, tile rows, tile columns) of a 3x3 convolution padded so."""
+def _AT2(m):
+    """The rows of A^T of F(2x2, 3x3): m0 + m1 + m2, m1 - m2 - m3."""
+    return m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+
+
+def _AT4(m):
+    """The rows of A^T of F(4x4, 3x3): m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2 (m3 - m4), (m1 + m2) + 4 (m3 + m4),
+    (m1 - m2) + 8 (m3 - m4) + m5."""
+    sums, differences = m[1] + m[2], m[1] - m[2]
+    far_sums, far_differences = m[3] + m[4], m[3] - m[4]
+    return (m[0] + sums + far_sums, torch.add(differences, far_differences, alpha=2),
+            torch.add(sums, far_sums, alpha=4), torch.add(differences, far_differences, alpha=8).add_(m[5]))
+
+
+_SIZES = {16: 2, 36: 4}  # matrices per transform -> output tile size
+
+
+def _geometry(source, padding, size=2):
+    """(top, left, output rows, output columns, tile rows, tile columns) of a 3x3 convolution padded so, in output
+    tiles of size x size."""
     top, left = (padding, padding) if isinstance(padding, int) else tuple(padding)
     rows, columns = source.shape[2] + 2 * top - 2, source.shape[3] + 2 * left - 2
-    return top, left, rows, columns, -(-rows // 2), -(-columns // 2)
+    return top, left, rows, columns, -(-rows // size), -(-columns // size)
 
 
-def _padded(source, geometry):
+def _padded(source, geometry, size=2):
     """source (N, C, H, W) zero-padded to whole tiles, as (N, H', W', C): channels innermost, as in memory."""
     top, left, _, _, tiles_down, tiles_across = geometry
     height, width = source.shape[2:]
-    padded = torch.nn.functional.pad(source, (left, 2 * tiles_across + 2 - width - left,
-                                              top, 2 * tiles_down + 2 - height - top))
+    padded = torch.nn.functional.pad(source, (left, size * tiles_across + 2 - width - left,
+                                              top, size * tiles_down + 2 - height - top))
     return padded.permute(0, 2, 3, 1)
 
 
 def _finished(tiles, geometry, bias):
-    """The output (N, out, rows, columns, channels-last) from its tiles, the bias added."""
+    """The output (N, out, rows, columns, channels-last) from its tiles (N, tile rows, m, tile columns, m, out), the
+    bias added."""
     _, _, rows, columns, tiles_down, tiles_across = geometry
-    out = tiles.view(len(tiles), 2 * tiles_down, 2 * tiles_across, -1)[:, :rows, :columns]
+    size = tiles.shape[2]
+    out = tiles.view(len(tiles), size * tiles_down, size * tiles_across, -1)[:, :rows, :columns]
     out = out + bias if bias is not None else out.contiguous()
     return out.permute(0, 3, 1, 2)
 
@@ -254,14 +341,18 @@ class WinogradPasses(OpMode):
 
 
 def conv2d(transforms: Transforms, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """conv2d's result by ``convolve`` where it ``applies`` (and the padding is numeric), else None."""
+    """conv2d's result by ``convolve`` where it ``applies_large`` (in 4x4 output tiles) or ``applies`` (2x2), and
+    the padding is numeric; else None."""
     if isinstance(padding, int):
         padding = (padding, padding)
     elif not (isinstance(padding, (tuple, list)) and len(padding) == 2):
         return None  # "same", "valid" or one value in a tuple: torch's own
-    if not applies(input, weight, stride, tuple(padding), dilation, groups):
+    padding = tuple(padding)
+    if applies_large(input, weight, stride, padding, dilation, groups):
+        return convolve(input, transforms(weight, 4), bias, padding)
+    if not applies(input, weight, stride, padding, dilation, groups):
         return None
-    return convolve(input, transforms(weight), bias, tuple(padding))
+    return convolve(input, transforms(weight), bias, padding)
 
 
 def conv2d_crops(transforms: Transforms, sources, weight, bias=None, dilation=1, groups=1):
