@@ -214,35 +214,46 @@ def _BT4(d, out=None):
     4 (d1 - d2) - d3 + d4, 2 (d3 - d1) - d2 + d4, 2 (d1 - d3) - d2 + d4, 4 d1 - 5 d3 + d5."""
     sums, differences = torch.add(d[4], d[2], alpha=-4), torch.add(d[3], d[1], alpha=-4)
     even, odd = d[4] - d[2], (d[3] - d[1]) * 2
-    rows = (torch.add(d[4], d[0], alpha=4).add_(d[2], alpha=-5), sums + differences, sums - differences, even + odd,
-            even - odd, torch.add(d[5], d[1], alpha=4).add_(d[3], alpha=-5))
     if out is None:
-        return rows
-    for a, row in enumerate(rows):
-        out[a].copy_(row)
+        return (torch.add(d[4], d[0], alpha=4).add_(d[2], alpha=-5), sums + differences, sums - differences,
+                even + odd, even - odd, torch.add(d[5], d[1], alpha=4).add_(d[3], alpha=-5))
+    torch.add(d[4], d[0], alpha=4, out=out[0]).add_(d[2], alpha=-5)
+    torch.add(sums, differences, out=out[1])
+    torch.sub(sums, differences, out=out[2])
+    torch.add(even, odd, out=out[3])
+    torch.sub(even, odd, out=out[4])
+    torch.add(d[5], d[1], alpha=4, out=out[5]).add_(d[3], alpha=-5)
 
 
 def _output_tiles(m, tiles):
     """A^T M A of the products m (m + 2, m + 2, N, tile rows, tile columns, out): along rows, then along columns,
     each output tile into its place in tiles (N, tile rows, m, tile columns, m, out)."""
     rows_of = _AT2 if len(m) == 4 else _AT4
+    size = tiles.shape[2]
     for i, s in enumerate(rows_of(m)):
-        for j, value in enumerate(rows_of(s)):
-            tiles[:, :, i, :, j] = value
+        rows_of(s, out=[tiles[:, :, i, :, j] for j in range(size)])
 
 
-def _AT2(m):
+def _AT2(m, out=None):
     """The rows of A^T of F(2x2, 3x3): m0 + m1 + m2, m1 - m2 - m3."""
-    return m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+    if out is None:
+        return m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+    torch.add(m[0] + m[1], m[2], out=out[0])
+    torch.sub(m[1] - m[2], m[3], out=out[1])
 
 
-def _AT4(m):
+def _AT4(m, out=None):
     """The rows of A^T of F(4x4, 3x3): m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2 (m3 - m4), (m1 + m2) + 4 (m3 + m4),
     (m1 - m2) + 8 (m3 - m4) + m5."""
     sums, differences = m[1] + m[2], m[1] - m[2]
     far_sums, far_differences = m[3] + m[4], m[3] - m[4]
-    return (m[0] + sums + far_sums, torch.add(differences, far_differences, alpha=2),
-            torch.add(sums, far_sums, alpha=4), torch.add(differences, far_differences, alpha=8).add_(m[5]))
+    if out is None:
+        return (m[0] + sums + far_sums, torch.add(differences, far_differences, alpha=2),
+                torch.add(sums, far_sums, alpha=4), torch.add(differences, far_differences, alpha=8).add_(m[5]))
+    torch.add(m[0] + sums, far_sums, out=out[0])
+    torch.add(differences, far_differences, alpha=2, out=out[1])
+    torch.add(sums, far_sums, alpha=4, out=out[2])
+    torch.add(differences, far_differences, alpha=8, out=out[3]).add_(m[5])
 
 
 _SIZES = {16: 2, 36: 4}  # matrices per transform -> output tile size
