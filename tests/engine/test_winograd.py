@@ -6,7 +6,7 @@ from relprop import evaluate
 from relprop.engine import winograd
 from relprop.engine.incremental import Incremental
 from relprop.engine.winograd import (Transforms, WinogradPasses, applies, applies_crops, applies_large, convolve,
-                                     convolve_crops, transformed)
+                                     convolve_crops, large_tiles_pay, transformed)
 
 
 def direct(x, weight, bias, padding):
@@ -62,9 +62,10 @@ def test_bands_of_tile_rows_give_the_whole_map(monkeypatch, size):
 
 
 @pytest.mark.parametrize("run_bytes", [None, 1, 16 * 5 * 4 * 6])
-def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypatch, run_bytes):
+@pytest.mark.parametrize("size", [2, 4])
+def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypatch, run_bytes, size):
     """Batches of different sizes and paddings in one set of matrix products (or, with run_bytes, in runs of a few
-    tiles, or each alone where it is larger than a run)."""
+    tiles, or each alone where it is larger than a run), in 2x2 and 4x4 tiles."""
     if run_bytes is not None:
         monkeypatch.setattr(winograd, "BAND_BYTES", run_bytes)
     generator = torch.Generator().manual_seed(8)
@@ -73,7 +74,7 @@ def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypa
                (channels_last(2, 5, 5, 5, generator=generator), (1, 1)),
                (channels_last(1, 5, 3, 9, generator=generator), (1, 0)),
                (channels_last(3, 5, 4, 4, generator=generator), (0, 1))]
-    outs = convolve_crops(sources, transformed(weight), bias)
+    outs = convolve_crops(sources, transformed(weight, size), bias)
     assert len(outs) == len(sources)
     for out, (x, padding) in zip(outs, sources):
         expected = direct(x, weight, bias, padding)
@@ -101,6 +102,17 @@ def test_crops_apply_together_by_their_tiles_and_positions_per_row(monkeypatch):
         assert not applies_crops([(crop(6, 6), (0, 0)), (crop(6, 6).contiguous(), (0, 0))], weight, 1, 1, 1)
         assert not applies_crops([(crop(6, 6), (0, 0)), (crop(2, 2), (0, 0))], weight, 1, 1, 1)  # an empty output
         assert not applies_crops([], weight, 1, 1, 1)
+
+
+def test_crops_go_in_4x4_tiles_where_they_are_large_and_fill_the_tiles():
+    crop = lambda rows, columns, channels: torch.zeros(1, channels, rows, columns)  # noqa: E731
+    wide, narrower = torch.zeros(512, 512, 3, 3), torch.zeros(256, 256, 3, 3)
+    assert large_tiles_pay([(crop(14, 14, 512), (0, 0))], wide)  # 12x12 outputs: 9 whole tiles of 4x4
+    assert not large_tiles_pay([(crop(12, 12, 512), (0, 0))], wide)  # 10x10: 9 tiles, 0.81 of 2x2 tiles' work
+    assert not large_tiles_pay([(crop(12, 12, 512), (0, 0)), (crop(10, 10, 512), (0, 0))], wide)  # 82 outputs a row
+    assert large_tiles_pay([(crop(14, 14, 512), (1, 1)), (crop(12, 14, 512), (0, 0))], wide)
+    assert not large_tiles_pay([(crop(14, 14, 256), (0, 0))], narrower)  # 144 outputs a row: 288 needed on 256
+    assert large_tiles_pay([(crop(22, 22, 256), (0, 0))], narrower)  # 20x20
 
 
 def test_only_large_enough_3x3_stride_1_inference_convolutions_of_channels_last_float_maps_apply(monkeypatch):
@@ -224,9 +236,13 @@ def test_plain_passes_compute_the_wide_convolutions_by_winograd_and_keep_the_num
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch):
+@pytest.mark.parametrize("large", [False, True])
+def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch, large):
+    """The crops in 2x2 tiles, or (large) in 4x4."""
     monkeypatch.setattr(winograd, "MIN_PRODUCT", 1)
     monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
+    monkeypatch.setattr(winograd, "LARGE_CROP_POSITIONS", 1 if large else 10 ** 9)
+    monkeypatch.setattr(winograd, "LARGE_CROP_WORK", 10.0)
     generator = torch.Generator().manual_seed(6)
     model = wide_model(generator)
     x = channels_last(2, 3, 16, 16, generator=generator)
@@ -236,15 +252,15 @@ def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch):
     engine = Incremental(model)
     together = []
     convolve_crops = winograd.convolve_crops
-    monkeypatch.setattr(winograd, "convolve_crops", lambda sources, *rest: together.append(len(sources)) or
-                        convolve_crops(sources, *rest))
+    monkeypatch.setattr(winograd, "convolve_crops", lambda sources, u, *rest: together.append((len(sources), len(u)))
+                        or convolve_crops(sources, u, *rest))
     with torch.inference_mode():
         engine(x)
         out = engine(changed)
         expected = model(changed)
     assert engine.passes["incremental"] == 1
     assert engine.transforms.entries  # the crops went through Winograd's method
-    assert 2 in together  # the rows' boxes differ in size: two batches of crops, in one call
+    assert (2, 36 if large else 16) in together  # the rows' boxes differ in size: two batches of crops, one call
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
