@@ -101,10 +101,11 @@ class Runner:
             ``CHANNELS_LAST_FROM`` pixels a side, when no module is in training mode (dropout draws its mask in
             memory order). Seven torchvision models on one thread ran 1.01-1.22x faster so at 224x224, but ResNets
             up to 1.6x slower at 64x64 (docs/benchmarks-evaluation.md).
-        winograd: Compute 3x3 stride-1 convolutions of 256 channels or more in and out by Winograd's F(2x2, 3x3)
-            (``engine.winograd``: 2.25x fewer multiply-adds, float32 on a CPU, channels-last passes), in plain,
-            kept and incremental passes; the numbers differ from torch's convolution by float rounding. False:
-            torch's own convolutions throughout.
+        winograd: Compute wide 3x3 stride-1 convolutions by Winograd's method (``engine.winograd``, float32 on a
+            CPU, channels-last passes): F(2x2, 3x3) on 256 channels or more in and out (2.25x fewer multiply-adds),
+            F(4x4, 3x3) on 128 or more over maps of 28x28 or more and on large crops (4x fewer), in plain, kept and
+            incremental passes; the numbers differ from torch's convolution by float rounding. False: torch's own
+            convolutions throughout.
         checkpoints: Let a later chain of the same samples return to the start of the first (the engine then
             copies each kept output the first time a pass writes into it: at most the base, once, and none of it per
             step); False for a runner that runs one chain, as a metric's own runner does (``of``).
