@@ -104,7 +104,7 @@ def test_crops_apply_together_by_their_tiles_and_positions_per_row(monkeypatch):
         assert not applies_crops([], weight, 1, 1, 1)
 
 
-def test_crops_go_in_4x4_tiles_where_they_are_large_and_fill_the_tiles():
+def test_crops_go_in_4x4_tiles_where_they_are_large_and_fill_the_tiles(monkeypatch):
     crop = lambda rows, columns, channels: torch.zeros(1, channels, rows, columns)  # noqa: E731
     wide, narrower = torch.zeros(512, 512, 3, 3), torch.zeros(256, 256, 3, 3)
     assert large_tiles_pay([(crop(14, 14, 512), (0, 0))], wide)  # 12x12 outputs: 9 whole tiles of 4x4
@@ -113,6 +113,9 @@ def test_crops_go_in_4x4_tiles_where_they_are_large_and_fill_the_tiles():
     assert large_tiles_pay([(crop(14, 14, 512), (1, 1)), (crop(12, 14, 512), (0, 0))], wide)
     assert not large_tiles_pay([(crop(14, 14, 256), (0, 0))], narrower)  # 144 outputs a row: 288 needed on 256
     assert large_tiles_pay([(crop(22, 22, 256), (0, 0))], narrower)  # 20x20
+    monkeypatch.setattr(winograd, "LARGE_CROP_POSITIONS", 1)  # the share of multiply-adds alone
+    assert not large_tiles_pay([(crop(11, 11, 512), (0, 0))], wide)  # 9x9 outputs: 9 tiles of 4x4, 0.81 of 2x2's
+    assert large_tiles_pay([(crop(10, 10, 512), (0, 0))], wide)  # 8x8: 4 whole tiles, 0.56
 
 
 def test_only_large_enough_3x3_stride_1_inference_convolutions_of_channels_last_float_maps_apply(monkeypatch):
