@@ -23,13 +23,13 @@ billion multiply-adds a second where torch's convolution runs at about 56, and t
 tile, so it pays only where channels are many and products large: on 512 channels 1.74x for 4 rows of 14x14 and
 1.2-1.4x for single crops of 9x9 to 12x12; on 256 channels 1.13-1.29x for 4 rows of 14x14 to 56x56 (in bands of
 tile rows that stay in cache: ``BAND_BYTES``), 1.0-1.2x for single crops of 10x10 to 12x12 and 0.54x at 8x8; below
-256 channels 0.5-1.1x. Transforming a weight takes about 10 ms for 512 channels, once per Runner. In whole calls
-(4 images at 224 px, with and without alternating in one process) VGG-16's region perturbation and selectivity ran
-1.13-1.26x faster; ResNet-50, whose wide layers are its 14x14 and 7x7 stages, ran 0.92-1.04x under a first rule
-(256 channels, 8x8 inputs), hence the rule ``applies`` holds now: both channel counts at least ``MIN_CHANNELS``,
-maps of at least ``MIN_POSITIONS`` outputs per row on that many channels (on 512, half as many: ResNet-50's 7x7 stage,
-4 rows in 8.4 ms against torch's 9.5 with the caches cleared), matrix products of at least ``MIN_PRODUCT``
-multiply-adds.
+256 channels 0.5-1.1x. Transforming a 512-channel weight takes 2.7 ms (24 ms for 4x4 tiles; ``transformed``), once
+per Runner. In whole calls (4 images at 224 px, with and without alternating in one process) VGG-16's region
+perturbation and selectivity ran 1.13-1.26x faster; ResNet-50, whose wide layers are its 14x14 and 7x7 stages, ran
+0.92-1.04x under a first rule (256 channels, 8x8 inputs), hence the rule ``applies`` holds now: both channel counts at
+least ``MIN_CHANNELS``, maps of at least ``MIN_POSITIONS`` outputs per row on that many channels (on 512, half as
+many: ResNet-50's 7x7 stage, 4 rows in 8.4 ms against torch's 9.5 with the caches cleared), matrix products of at
+least ``MIN_PRODUCT`` multiply-adds.
 
 The incremental engine's crops of one convolution, one batch per size of box, go through ``convolve_crops`` together:
 their tiles side by side in one set of matrix products, so the transformed weights (16 MiB for 512 channels, read
@@ -44,7 +44,7 @@ import torch
 
 from .intercept import OpMode
 
-BAND_BYTES = 8 << 20  # the most the 16 matrices' input rows of one band of tile rows hold (see convolve)
+BAND_BYTES = 8 << 20  # the most the matrices' input rows of one band of tile rows (or one run of crops) hold
 MIN_PRODUCT = 1 << 22  # the fewest multiply-adds per matrix product: smaller ones ran slower than torch's (see above)
 MIN_POSITIONS = 64  # the fewest output positions per row on MIN_CHANNELS channels (proportionally fewer on more)
 MIN_CHANNELS = 256  # the fewest channels in and out a layer must have to be computed so (see the module docstring)
@@ -120,8 +120,9 @@ def _ones(value) -> bool:
 def transformed(weight: torch.Tensor, size: int = 2) -> torch.Tensor:
     """(16 or 36, channels in, channels out), a transposed view: G g G^T per kernel for F(size x size, 3x3), as one
     matrix product of the Kronecker product G x G (16 or 36 by 9) with the kernels (9 by channels out x in): on a
-    512-channel layer 3-5 ms, one thread, where applying G's rows as sums took 7 ms in 2x2 tiles and 40 ms in 4x4
-    (VGG-16's transforms are made in each metric's call)."""
+    512-channel layer, one thread, 2.7 ms in 2x2 tiles and 24 ms in 4x4 (most of it the first touch of the 38 MB it
+    writes), where applying G's rows as sums took 7 ms and 40 ms (VGG-16's transforms are made in each metric's
+    call)."""
     out, channels = weight.shape[:2]
     g = torch.tensor(_G[size], dtype=torch.float64)
     kron = torch.kron(g, g).to(weight.dtype)
@@ -290,10 +291,10 @@ def _finished(tiles, geometry, bias):
 
 def convolve_crops(sources, u: torch.Tensor, bias: torch.Tensor | None) -> list:
     """``convolve`` of several batches of crops (a list of (source, padding), of any sizes) by one weight: their
-    tiles side by side in one set of matrix products (16 or 36, as u holds), in runs of at most BAND_BYTES of tiles, where each batch
-    alone would read the weights once more. One thread, four single-row crops of 9x9 to 14x14 on 512 channels, the
-    caches cleared before each call as a pass leaves them: 9.3-15.2 ms together, 13.6-20.2 ms one by one, 21.2-28.0
-    ms by torch's convolution. A batch larger than a run is convolved alone (in bands)."""
+    tiles side by side in one set of matrix products (16 or 36, as u holds), in runs of at most BAND_BYTES of tiles,
+    where each batch alone would read the weights once more. One thread, four single-row crops of 9x9 to 14x14 on 512
+    channels, the caches cleared before each call as a pass leaves them: 9.3-15.2 ms together, 13.6-20.2 ms one by
+    one, 21.2-28.0 ms by torch's convolution. A batch larger than a run is convolved alone (in bands)."""
     channels, size = u.shape[1], _SIZES[u.shape[0]]
     side = size + 2
     per_tile = side * side * channels * 4
