@@ -30,7 +30,8 @@ x), and relprop's score is compared as Quantus computes its own from the curve (
 channels-last copies at every image size (Runner(..., channels_last=True); by default the Runner does so from 224 px on,
 see evaluate.runner.CHANNELS_LAST_FROM). --no-winograd runs relprop's passes with torch's own convolutions instead of
 Winograd's for the wide 3x3 ones (Runner(..., winograd=False); see engine.winograd); the floor's unit still takes
-the fastest plain pass.
+the fastest plain pass. --steps-one-by-one runs each step of a chain as a pass of its own (Incremental.stepwise =
+False), where by default up to 16 steps run as one pass, each op computing all their boxes (engine.together).
 
 Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
 (timed here, in the same process, the fastest of as given, channels-last and channels-last with Winograd's
@@ -342,6 +343,8 @@ def main():
                         help="relprop's plain passes as channels-last copies (to measure what that layout gives)")
     parser.add_argument("--no-winograd", action="store_true",
                         help="relprop's passes with torch's own convolutions (Runner(..., winograd=False))")
+    parser.add_argument("--steps-one-by-one", action="store_true",
+                        help="relprop's chain steps in a pass each, not several in one (see engine.together)")
     parser.add_argument("--only", nargs="+", default=None, metavar="METRIC",
                         help="run only the metrics whose names start with these (e.g. auc sparseness)")
     args = parser.parse_args()
@@ -355,6 +358,15 @@ def main():
     if args.no_winograd:  # the metrics build their own Runners: every one of them told so
         make = evaluate.Runner.__init__
         evaluate.Runner.__init__ = lambda self, *a, **k: make(self, *a, **{**k, "winograd": False})
+    if args.steps_one_by_one:  # every Incremental the metrics' Runners build runs its steps alone
+        from relprop.engine.incremental import Incremental
+
+        start = Incremental.__init__
+
+        def one_by_one(self, *given, **options):
+            start(self, *given, **options)
+            self.stepwise = False
+        Incremental.__init__ = one_by_one
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch threads {args.threads}, device {args.device}, {args.count} images at {args.size}x{args.size}, "

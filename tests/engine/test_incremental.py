@@ -791,6 +791,7 @@ def test_steps_keep_what_the_rest_of_the_model_reads_of_the_layers_before_the_cu
     model = with_biases(TwoHeads(read_value)).eval()
     x = torch.rand(2, 3, 12, 12)
     incremental = Incremental(model)
+    incremental.stepwise = False  # one pass per step, each stopped at its cut (engine.together's passes: test_together)
     incremental(x)
     chain = [x := patched(x, step) for step in range(3)]
     with torch.inference_mode():
@@ -861,3 +862,4 @@ def test_a_checkpoint_copies_at_most_the_base_however_many_steps_overwrite_it():
     with torch.inference_mode():
         torch.testing.assert_close(incremental(chain[1]), model(chain[1]), rtol=1e-5, atol=1e-6)
     assert incremental.passes == {"full": 1, "incremental": 31}
+

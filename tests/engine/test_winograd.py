@@ -113,6 +113,11 @@ def test_crops_go_in_4x4_tiles_where_they_are_large_and_fill_the_tiles(monkeypat
     assert large_tiles_pay([(crop(14, 14, 512), (1, 1)), (crop(12, 14, 512), (0, 0))], wide)
     assert not large_tiles_pay([(crop(14, 14, 256), (0, 0))], narrower)  # 144 outputs a row: 288 needed on 256
     assert large_tiles_pay([(crop(22, 22, 256), (0, 0))], narrower)  # 20x20
+    many = winograd.LARGE_CROP_MANY_ROWS  # so many crops read the larger weights once: smaller crops pay
+    assert not large_tiles_pay([(crop(10, 10, 512), (0, 0))] * (many - 1), wide)  # 8x8 outputs: 64 a row
+    assert large_tiles_pay([(crop(10, 10, 512), (0, 0))] * many, wide)
+    assert not large_tiles_pay([(crop(12, 12, 512), (0, 0))] * many, wide)  # 10x10: 0.81 of 2x2 tiles' work still
+    assert not large_tiles_pay([(crop(10, 10, 256), (0, 0))] * many, narrower)  # 64 outputs: 128 needed on 256
     monkeypatch.setattr(winograd, "LARGE_CROP_POSITIONS", 1)  # the share of multiply-adds alone
     assert not large_tiles_pay([(crop(11, 11, 512), (0, 0))], wide)  # 9x9 outputs: 9 tiles of 4x4, 0.81 of 2x2's
     assert large_tiles_pay([(crop(10, 10, 512), (0, 0))], wide)  # 8x8: 4 whole tiles, 0.56

@@ -116,14 +116,29 @@ def test_patches_run_as_incremental_passes_with_the_curves_of_plain_passes():
             torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
 
 
-def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_chains_keep_nothing(monkeypatch):
+def counted_passes(monkeypatch) -> list:
+    """A list that gets an item per pass of the incremental engine (a kept pass, or a step: alone, or with others in
+    one pass, see engine.together)."""
+    from relprop.engine import together
     from relprop.engine.incremental import Incremental
+
+    passes, run, stacked = [], Incremental.__call__, together.together
+    monkeypatch.setattr(Incremental, "__call__", lambda self, *a, **k: passes.append(1) or run(self, *a, **k))
+
+    def steps_together(engine, inputs):
+        cuts = stacked(engine, inputs)
+        passes.extend([1] * len(cuts or ()))
+        return cuts
+
+    monkeypatch.setattr(together, "together", steps_together)
+    return passes
+
+
+def test_a_runner_without_chains_makes_one_plain_clean_pass_and_metrics_without_chains_keep_nothing(monkeypatch):
     from relprop.evaluate import runner as runner_module
 
     monkeypatch.setattr(runner_module, "OP_COST", 0.0)  # a model this small runs chains in plain passes otherwise
-    engine_passes = []
-    plain_call = Incremental.__call__
-    monkeypatch.setattr(Incremental, "__call__", lambda self, *a, **k: engine_passes.append(1) or plain_call(self, *a, **k))
+    engine_passes = counted_passes(monkeypatch)
     model = small_cnn(size=16)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     runner = evaluate.Runner(model, x, 0, batch_size=8)
@@ -140,10 +155,9 @@ def test_a_metric_s_own_runner_keeps_no_checkpoint_and_a_shared_one_does(monkeyp
     from relprop.evaluate import runner as runner_module
 
     monkeypatch.setattr(runner_module, "OP_COST", 0.0)  # a model this small runs chains in plain passes otherwise
-    checkpoints, engine_passes = [], []
-    take, run = Incremental.checkpoint, Incremental.__call__
+    checkpoints, engine_passes = [], counted_passes(monkeypatch)
+    take = Incremental.checkpoint
     monkeypatch.setattr(Incremental, "checkpoint", lambda self: checkpoints.append(1) or take(self))
-    monkeypatch.setattr(Incremental, "__call__", lambda self, *a, **k: engine_passes.append(1) or run(self, *a, **k))
     model = small_cnn(size=16)
     x, relevance = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.randn(2, 3, 16, 16, dtype=torch.float64)
     own = evaluate.region_perturbation(model, x, relevance, 0, patch_size=4, steps=3)
@@ -200,9 +214,10 @@ def test_chains_run_fewer_samples_per_pass_when_their_activations_would_pass_the
     rows = []
     model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
     evaluate.region_perturbation(runner, x, torch.randn_like(x), patch_size=4, steps=3)
-    # 3 groups of at most 2 samples, 3 steps each: the first kept alone, the other two stopped at their cut (the
-    # linear layer) and their rest run once on both steps' rows stacked (at most batch_size rows)
-    assert rows == [2, 2, 2, 4] * 2 + [1, 1, 1, 2]
+    # 3 groups of at most 2 samples, 3 steps each: the first kept alone, the other two in one pass stopped at its cut
+    # (the linear layer, see engine.together) and their rest run once on both steps' rows stacked (at most
+    # batch_size rows)
+    assert rows == [2, 2, 4] * 2 + [1, 1, 2]
 
 
 def test_runner_streams_copies_in_chunks_of_batch_size():

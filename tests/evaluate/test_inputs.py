@@ -194,15 +194,15 @@ def test_a_copy_the_runner_scored_before_costs_no_second_forward_pass(incrementa
     shared = evaluate.Runner(model, x, 1, batch_size=64, incremental=incremental)
     aopc = evaluate.region_perturbation(shared, x, relevance, patch_size=4)
     # 4 regions removed one by one for 3 samples: in one pass (the clean pass waits until the curve is read), or
-    # (incremental) x kept, then a pass per step, each stopped before the linear layer, which runs once for all
-    # 4 steps' rows
-    assert model.passes == ([3, 3, 3, 3, 3, 12] if incremental else [12])
+    # (incremental) x kept, then one pass of the 4 steps stopped before the linear layer (engine.together), which
+    # runs once for all 4 steps' rows
+    assert model.passes == ([3, 3, 12] if incremental else [12])
     selectivity = evaluate.selectivity(shared, x, relevance, patch_size=4)  # the same copies: no pass at all
     lerf = evaluate.region_perturbation(shared, x, relevance, patch_size=4, order="lerf")
-    morf = [3, 3, 3, 3, 3, 12]
-    assert model.passes == (morf + [3, 3, 3, 9] if incremental else [12, 9])  # LeRF's last copy is MoRF's
+    morf = [3, 3, 12]
+    assert model.passes == (morf + [3, 9] if incremental else [12, 9])  # LeRF's last copy is MoRF's
     aopc.scores
-    assert model.passes == (morf + [3, 3, 3, 9] if incremental else [12, 9, 3])  # AOPC starts from f(x)
+    assert model.passes == (morf + [3, 9] if incremental else [12, 9, 3])  # AOPC starts from f(x)
     fresh = evaluate.Runner(small_cnn(), x, 1, incremental=incremental)
     # a fresh runner of the model in eval mode keeps its outputs channels-last (RowCounter is in training mode): float
     # rounding apart

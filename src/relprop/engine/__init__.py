@@ -14,6 +14,7 @@ that an op knows which module it belongs to. The backward pass then carries g wi
   batch.py              the batch axis followed op by op, to warn when samples mix
   steps.py              recurrent layers as their time steps, for plain gradients (no cuDNN backward)
   incremental.py        forward passes that recompute only what a changed patch reaches
+  together.py           several steps of a chain in one incremental pass, each op computing all their boxes
 
 A new op family is one file in ``relprop/ops`` (see ``ops/table.py``); nothing here changes. The engine imports ops;
 ops import nothing from the engine (what an op is, by name and arguments, is ``ops/signatures.py``).

@@ -36,7 +36,9 @@ of steps whose inputs are known in advance: each step's pass stops at that op (t
 ops from the cut on read of the ops before it, and the ops from the cut on then run once on all the steps' rows
 stacked. Which outputs those are is read from the last full pass (which op read which op's output); the ops before
 the cut hand back their kept outputs, or an empty tensor of their shape where nothing after the cut reads them, and
-a value read of such a tensor runs a plain pass of the stacked inputs instead.
+a value read of such a tensor runs a plain pass of the stacked inputs instead. The steps' passes before the cut run as
+one pass of up to ``together.MAX_STEPS`` steps where every op can (``engine.together``): each op computes all the
+steps' boxes in one batch, reading for each step the earlier ops' outputs as that step left them.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ from .winograd import conv2d_crops as winograd_crops
 _SHARES = weakref.WeakKeyDictionary()  # model -> {(row shape, dtype, box): (share, ops per multiply-add)}
 TAIL_BYTES = 2 ** 28  # the most the stacked ops from a cut on may output, all together (see Incremental.steps)
 KEEP_BYTES = 2 ** 31  # the most a base pass may keep: 2 GiB (per 224x224 image VGG-16 keeps 109 MiB, ResNet-50 143)
+TOGETHER_BYTES = 2 ** 32  # the most a pass of several steps holds beside the base (engine.together): 4 GiB
 FULL = "full"  # recomputed in full this pass
 STALE = "stale"  # written in place by the model; the engine ran the op out of place, so this object is outdated
 
@@ -69,6 +72,10 @@ class _Diverged(Exception):
 
 class _Unfollowable(Exception):
     """The model used a tensor after writing into it in place, which an out-of-place run cannot reproduce."""
+
+
+class _NotTogether(Exception):
+    """A pass of several chain steps at once met an op it cannot run per step (see engine.together)."""
 
 
 class _Deferred(Exception):
@@ -149,6 +156,10 @@ class Incremental:
         # Winograd-transformed weights of the wide 3x3 convolutions, which passes then compute so, in full and on
         # crops (engine.winograd); None: torch's own convolutions
         self.transforms: Transforms | None = Transforms()
+        self.stepwise = True  # steps(): several steps in one pass where they can (engine.together); False: one by one
+        self.together_passes = 0  # the passes that ran several steps at once
+        self.together_bytes = TOGETHER_BYTES  # the most such a pass holds beside the base (see _together)
+        self.step_bytes = None  # what such a pass held per step, the last time one ran
 
     def reset(self):
         """Forget the base pass (and any checkpoint)."""
@@ -203,8 +214,9 @@ class Incremental:
                     work[1] += cut.work[1] + tail[1]
                 pending.clear()
 
+        together = self._together(inputs)
         for position, x in enumerate(inputs):
-            result = self(x, defer=True)
+            result = together[position] if together and together[position] is not None else self(x, defer=True)
             if isinstance(result, _Cut):
                 tail = sum(self.out_bytes[result.cut:]) if self.out_bytes else 0
                 if pending and (pending[0][1].cut != result.cut or pending[0][1].shapes != result.shapes
@@ -218,6 +230,27 @@ class Incremental:
         flush()
         self.work = tuple(work)
         return outputs
+
+    def _together(self, inputs: list):
+        """The inputs' stopped passes, from passes of up to together.MAX_STEPS steps at once where they can run so
+        (engine.together), else None (each then runs alone)."""
+        if not self.stepwise or len(inputs) < 2:
+            return None
+        from .together import MAX_STEPS, together
+
+        cuts, start = [], 0
+        while start < len(inputs):
+            # as many steps as keep what the pass holds (each step's boxes and the values they overwrote) within
+            # together_bytes: as measured on the last such pass, else as if a step held the whole base
+            per_step = self.step_bytes or self.kept_bytes()
+            count = max(2, min(MAX_STEPS, self.together_bytes // max(1, per_step)))
+            block = inputs[start:start + count]
+            done = together(self, block) if len(block) > 1 else None
+            if done is None:
+                return cuts + [None] * (len(inputs) - start) if cuts else None  # the rest one by one
+            cuts.extend(done)
+            start += len(block)
+        return cuts
 
     def _replay(self, cuts):
         """The outputs of the stopped passes: the model run once on their inputs stacked, the ops before the cut
@@ -537,6 +570,7 @@ class _Pass(OpMode):
     It sees quiet calls too: a value read (item, argmax) of a tensor written in place must stop the pass."""
 
     sees_quiet = True
+    versioned = False  # rows are the steps' rows of one pass of several steps (engine.together), read per step
 
     def __init__(self, kept, x, boxes, keep, saved=None, threads=None):
         super().__init__()
@@ -575,6 +609,30 @@ class _Pass(OpMode):
     def is_stale(self, out):
         return any(self.region(item) is STALE for item in _tensors((out,), {}))
 
+    def real(self, row: int) -> int:
+        """The batch row a pass row reads (engine.together's passes have a row per step and sample)."""
+        return row
+
+    def read(self, tensor, index):
+        """tensor[index], index's first item a pass row (an int, or a slice of one row)."""
+        return tensor[index]
+
+    def gather(self, tensor, reads):
+        """Each (batch, position, index, place) of reads: batch[(position,) + place] = tensor[index]."""
+        for batch, position, index, place in reads:
+            batch[(position,) + place] = tensor[index]
+
+    def mutates(self, tensor):
+        """A handler is about to change tensor's deferred values in place."""
+
+    def whole(self):
+        """An op is about to run in full."""
+
+    def reads_values(self, args, kwargs):
+        """A value read (item, ==, numpy) of tracked tensors: their deferred boxes written first."""
+        self.value_read.update(i for i in map(self.index_of, _tensors(args, kwargs)) if i is not None)
+        self._settle_arguments(args, kwargs)
+
     def op(self, func, name, family, args, kwargs):
         regions = [self.region(t) for t in _tensors(args, kwargs)]
         if not any(region is not None for region in regions):
@@ -583,8 +641,7 @@ class _Pass(OpMode):
             raise _Unfollowable
         if name in QUIET:
             if name not in _SHAPE_READS:
-                self.value_read.update(i for i in map(self.index_of, _tensors(args, kwargs)) if i is not None)
-                self._settle_arguments(args, kwargs)
+                self.reads_values(args, kwargs)
             return func(*args, **kwargs)
         index = self.index = len(self.fresh)
         signature = (name,) + tuple(t.shape for t in _tensors(args, kwargs))
@@ -610,6 +667,7 @@ class _Pass(OpMode):
                 isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == self.rows for out in self.outs):
             raise _Deferred(index)
         if result is None:
+            self.whole()
             self._settle_arguments(args, kwargs)
             call, call_args, call_kwargs = model_call if in_place else (func, args, kwargs)
             with on_threads(self.threads):  # a whole op: as many threads as a plain pass gives it
@@ -662,10 +720,13 @@ class _Pass(OpMode):
         rows = self.region(target)
         deferred = self.pending.get(id(target))
         if deferred is not None:
+            self.mutates(target)
             for values in deferred[1].values():
                 func(values, *args[1:], **kwargs)
             self.took(target)
             return target, rows
+        if self.versioned:
+            raise _NotTogether  # in place on the kept output itself, which holds one step at a time
         self.settle(target)
         for row, box in enumerate(rows):
             if box is not None:
@@ -942,6 +1003,7 @@ def _window(state, name, func, args, kwargs, base):
     image = source.dim() == 4
     layout = torch.channels_last if image else torch.contiguous_format
     prepared = []  # per group of same-sized boxes: (the group, its batch of crops, the convolution's padding of it)
+    reads = []  # (batch, position, where the crop lies in source, where in the batch): copied together, in row order
     for group in groups:
         crops = []  # per row: where its crop lies in source and in the batch (past the padding)
         for row, box in group:
@@ -962,7 +1024,7 @@ def _window(state, name, func, args, kwargs, base):
         # them so), which spares a transposing copy at each gather and write: ResNet-50's strided blocks made
         # region perturbation 8% and selectivity 3% faster (4 images at 224 px), VGG-16's max pooling on crops took
         # 20 ms in place of 48 (8 regions of 16 px)
-        if len(crops) == 1 and not padded:
+        if len(crops) == 1 and not padded and not state.versioned:
             batch = source[crops[0][0]].unsqueeze(0)
             if image:
                 batch = batch.contiguous(memory_format=layout)
@@ -971,9 +1033,9 @@ def _window(state, name, func, args, kwargs, base):
             batch = torch.empty(shape, dtype=source.dtype, device=source.device, memory_format=layout)
             if padded:
                 batch.fill_(fill)
-            for position, (index, place) in enumerate(crops):
-                batch[(position,) + place] = source[index]
+            reads.extend((batch, position, index, place) for position, (index, place) in enumerate(crops))
         prepared.append((group, batch, crop_args.get("padding")))
+    state.gather(source, reads)
     computed = None
     if names is _CONV and not strided and state.transforms is not None:
         # the groups' crops together, in one set of Winograd's matrix products where it applies: each group alone
@@ -1113,9 +1175,13 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
     def crop(value, row, box):
         if isinstance(value, torch.Tensor) and value.shape == shape and (
                 not crop_first_only or state.region(value) is not None):
-            return value[(slice(row, row + 1), slice(None)) + _slices(box)]
+            if (id(value), row) in gathered:
+                return gathered[id(value), row]
+            real = state.real(row)
+            return value[(slice(real, real + 1), slice(None)) + _slices(box)]
         if isinstance(value, torch.Tensor) and value.dim() == len(shape) and value.shape[0] == shape[0] > 1:
-            return value[row:row + 1]
+            real = state.real(row)
+            return value[real:real + 1]
         return None  # the same for every row
 
     def batched(value, group):
@@ -1132,6 +1198,13 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
             direct.add(id(value))
         else:
             state.settle(value)
+    gathered = {}  # (id, row) -> a tracked input's crop, read per step (engine.together), in row order
+    if state.versioned:
+        for row, box in sorted(item for group in groups for item in group):
+            for value in tracked:
+                if id(value) not in direct:
+                    index = (slice(row, row + 1), slice(None)) + _slices(box)
+                    gathered[id(value), row] = state.read(value, index).clone()
     for value in tracked:
         # it takes an input's boxes as computed, in any pass: alone, or where the other inputs changed inside them
         # (a residual sum's convolution branch grows the boxes of the identity)
@@ -1144,13 +1217,16 @@ def _elementwise(state, name, func, args, kwargs, base, crop_first_only=False):
         # place, each other input added row by row, with no batch of crops; the input is read no more (the engine
         # ran the model's write out of place, so the input is stale to it) and its kept output is not written
         call, model_args, model_kwargs = state.model_call
+        state.mutates(written)
         for group in groups:
             values = state.deferred(written, group)
 
             def part(value, position, row, box):
                 if id(value) in direct:
                     return state.deferred(value, group)[position:position + 1]
-                return _row_crop(value, row, box, shape)
+                if (id(value), row) in gathered:
+                    return gathered[id(value), row]
+                return _row_crop(value, state.real(row), box, shape)
 
             for position, (row, box) in enumerate(group):
                 call(values[position:position + 1], *[part(value, position, row, box) for value in model_args[1:]],
@@ -1202,6 +1278,8 @@ def _dropout(state, name, func, args, kwargs, base):
 
 def _adaptive(state, name, func, args, kwargs, base):
     """Adaptive pooling: computed in full (it is cheap), outputs whose windows meet the box marked as changed."""
+    if state.versioned:
+        return None  # a whole op: the cut of a pass of several steps
     source = args[0] if args else kwargs["input"]
     out = func(*args, **kwargs)
     if not isinstance(out, torch.Tensor):
@@ -1230,7 +1308,7 @@ def _cat(state, name, func, args, kwargs, base):
     tensors = args[0] if args else kwargs.get("tensors")
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     first = tensors[0]
-    if first.dim() < 3 or dim % first.dim() != 1:
+    if first.dim() < 3 or dim % first.dim() != 1 or state.versioned:
         return None
     tracked = [state.region(t) for t in tensors if state.region(t) is not None]
     if any(t.shape[2:] != first.shape[2:] for t in tensors):

@@ -30,7 +30,7 @@ activations are kept. Once incremental passes compute more of a plain pass's mul
 chain to pay (CHAIN_WORK where the plan has no estimate), the rest of the chain runs as plain passes. An incremental
 chain's steps run up to ``max(CHAIN_STACK, batch_size) // samples`` at a time through ``Incremental.steps``: what
 every step computes in full (the layers from the first one that is not local, such as VGG-16's classifier) runs once
-for those steps' rows stacked.
+for those steps' rows stacked, and the layers before it as one pass of up to 16 steps (``engine.together``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,222 @@
+"""Several steps of a chain in one incremental pass, layer by layer: each op computes the boxes of every step at once.
+
+A chain's steps (``Incremental.steps``) depend on each other: step k's pass reads, around its own boxes, the outputs
+step k - 1 left. Run one after another, each step's crops of a convolution are a few small matrix products that read
+the layer's weights again (VGG-16's 512-channel layers: 9.4 MiB, 16.8 MiB as Winograd's transforms) and pay the
+engine's per-op cost again. Here the model runs once for all the steps: a pass row per step and sample, and each op
+computes every step's boxes in one batch. What step k reads of an earlier op's output is that output as step k left
+it: its kept values with the boxes of steps 1 to k written over them (``_Steps.read``), so the numbers are each step's
+own pass's, to float rounding. Steps write over each kept output in order, each write's old values saved, so that a
+second reader of the output (a residual sum) winds it back and reads it again step by step; what is left at the end is
+the last step's pass, the base of the next one, as a chain of single steps leaves it.
+
+The pass stops at its cut (the first op it would run in full, as ``Incremental.steps``'s single passes do), keeping
+per step what the ops from there on read, and the ops from the cut on run on the steps' rows stacked; a model with no
+such op (a map out of convolutions) gives each step's output as that step left it. An op it cannot run per step (a
+value read, an in-place op on a kept output) winds every output back and the steps run one by one, as before.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .incremental import (FULL, _Cut, _Deferred, _Diverged, _NotTogether, _Pass, _Unfollowable, _slices,
+                          changed_boxes, on_threads)
+
+MAX_STEPS = 16  # the most steps one pass runs together (the kept outputs' boxes of all of them are held till the end)
+
+
+def together(engine, inputs: list):
+    """The steps' stopped passes (``_Cut``s, as ``Incremental.steps`` replays them), computed in one pass of all the
+    steps, or None where that cannot be (the engine's state then is as it was).
+
+    Args:
+        engine: The Incremental whose base the first input continues.
+        inputs: The chain's batches, in order (at least two).
+    """
+    base = engine.base_input
+    if len(inputs) < 2 or base is None or engine.reads is None or not engine.followable or not engine.kept:
+        return None
+    boxes, before = [], base
+    for x in inputs:
+        if (x.shape != base.shape or x.dtype != base.dtype or x.device != base.device or x.dim() < 3
+                or not x.is_floating_point()):
+            return None
+        changed = changed_boxes(x, before)
+        volume = sum(math.prod(stop - start for start, stop in box) for box in changed if box is not None)
+        if volume > engine.threshold * math.prod(x.shape[2:]) * len(x):
+            return None
+        boxes.extend(changed)
+        before = x
+    laid = [engine._layout(x) for x in inputs]
+    mode = _Steps(engine.kept, laid, boxes, engine.saved, engine.whole_threads())
+    mode.crop_threads = engine.crop_threads()
+    mode.weight_copies, mode.transforms = engine.weight_copies, engine.transforms
+    mode.reads_before = engine.reads
+    mode.readers, mode.value_reads, mode.stale = engine.readers, engine.value_reads, engine.stale
+    stale = dict(engine.stale)
+    try:
+        try:
+            with torch.inference_mode(), mode, on_threads(mode.crop_threads):
+                out = engine.model(laid[-1])
+            cut = None
+        except _Deferred as stop:
+            cut = stop.cut
+        with torch.inference_mode(), on_threads(mode.crop_threads):
+            if cut is None:  # no op ran in full (a map out of convolutions): each step's output read from the last
+                outputs = mode.outputs(out)
+            else:
+                captures = mode.captures(engine.reads, cut)
+            held = mode.held_bytes()
+            mode.settle_rest(out if cut is None else None)
+            if cut is None and mode.is_stale(out):
+                raise _Unfollowable
+    except (_NotTogether, _Diverged, _Unfollowable):
+        mode.wind_back()
+        engine.stale.clear()
+        engine.stale.update(stale)
+        return None
+    except BaseException:
+        mode.wind_back()
+        engine.reset()
+        raise
+    engine.passes["incremental"] += len(inputs)
+    engine.together_passes += 1
+    engine.step_bytes = -(-held // len(inputs))
+    engine.base_input = inputs[-1].clone()
+    work = (mode.work[0] // len(inputs), mode.work[1])  # per step; the ops ran once, for every step's boxes
+    if cut is None:
+        engine.kept, engine.work = mode.fresh, work
+        size = engine.kept_bytes()
+        engine.row_bytes = -(-size // len(inputs[-1]))
+        if size > engine.max_bytes:
+            engine.reset()
+        return outputs
+    engine.kept = mode.fresh + [(signature, None) for signature, _ in engine.kept[cut:]]
+    shapes = tuple(tuple(item.shape) for item in mode.outs)
+    return [_Cut(cut, step, shapes, x, work) for step, x in zip(captures, inputs)]
+
+
+class _Steps(_Pass):
+    """One pass of several steps: pass row ``step * samples + sample``; reads of a tracked tensor see it as that
+    step left it (``read``), kept outputs written step by step (``_at``) with their old values saved."""
+
+    versioned = True
+
+    def __init__(self, kept, inputs, boxes, saved, threads):
+        super().__init__(kept, inputs[-1], boxes, True, saved, threads)
+        self.inputs, self.x, self.samples = inputs, inputs[-1], len(inputs[-1])
+        self.versions: dict = {}  # id -> [tensor, writes (row, index, values) in row order, applied, old values]
+
+    def real(self, row: int) -> int:
+        return row % self.samples
+
+    def read(self, tensor, index):
+        head = index[0]
+        row = head if isinstance(head, int) else head.start
+        step, sample = divmod(row, self.samples)
+        head = sample if isinstance(head, int) else slice(sample, sample + 1)
+        index = (head,) + tuple(index[1:])
+        if tensor is self.x:
+            return self.inputs[step][index]
+        self._at(tensor, step)
+        return tensor[index]
+
+    def gather(self, tensor, reads):
+        for batch, position, index, place in sorted(reads, key=lambda item: item[2][0]):
+            batch[(position,) + place] = self.read(tensor, index)
+
+    def _at(self, tensor, step):
+        """tensor as step left it: the boxes of steps up to it written, those of later steps not."""
+        entry = self.versions.get(id(tensor))
+        if entry is None:
+            pending = self.pending.get(id(tensor))
+            if pending is None or pending[0] is not tensor:
+                raise _NotTogether  # changed, yet no boxes to write: not an output this pass computes by boxes
+            writes = sorted(((row, (self.real(row), slice(None)) + _slices(box), values[position])
+                             for group, values in pending[1].items() for position, (row, box) in enumerate(group)),
+                            key=lambda write: write[0])
+            entry = self.versions[id(tensor)] = [tensor, writes, 0, []]
+        _, writes, applied, old = entry
+        if applied and writes[applied - 1][0] // self.samples > step:
+            self._wind(entry)
+            applied = 0
+        if applied < len(writes) and self.saved is not None:
+            self.saved.before_write(tensor)
+        while applied < len(writes) and writes[applied][0] // self.samples <= step:
+            _, index, values = writes[applied]
+            old.append((index, tensor[index].clone()))
+            tensor[index] = values
+            applied += 1
+        entry[2] = applied
+
+    @staticmethod
+    def _wind(entry):
+        tensor, _, _, old = entry
+        for index, values in reversed(old):
+            tensor[index] = values
+        old.clear()
+        entry[2] = 0
+
+    def wind_back(self):
+        """Every kept output as it was before this pass (the pass is given up)."""
+        with torch.inference_mode():
+            for entry in self.versions.values():
+                self._wind(entry)
+
+    def settle(self, tensor):
+        if self.stale and self.stale.get(id(tensor)) is tensor:
+            raise _Diverged  # reads are per step (read): nothing to write before
+
+    def _write_deferred(self, tensor):
+        entry = self.pending.get(id(tensor))
+        if entry is not None and entry[0] is tensor:
+            self._at(tensor, len(self.inputs) - 1)
+            del self.pending[id(tensor)]
+
+    def defer(self, buffer, group, values):
+        self.mutates(buffer)
+        super().defer(buffer, group, values)
+
+    def mutates(self, tensor):
+        if id(tensor) in self.versions:
+            raise _NotTogether  # read per step already: its boxes are being written
+
+    def whole(self):
+        raise _NotTogether
+
+    def reads_values(self, args, kwargs):
+        raise _NotTogether
+
+    def outputs(self, out) -> list:
+        """Per step, the model's output (a tensor computed by boxes, or one no step changed) as that step left it."""
+        if not isinstance(out, torch.Tensor) or self.region(out) is FULL:
+            raise _NotTogether
+        steps = []
+        for step in range(len(self.inputs)):
+            if self.region(out) is not None:
+                self._at(out, step)
+            steps.append(out.clone())
+        return steps
+
+    def held_bytes(self) -> int:
+        """What the pass holds beyond the kept outputs, before its deferred boxes are settled: every step's computed
+        boxes and the values they overwrote."""
+        computed = [values for _, groups in self.pending.values() for values in groups.values()]
+        old = [values for entry in self.versions.values() for _, values in entry[3]]
+        return sum(values.numel() * values.element_size() for values in computed + old)
+
+    def captures(self, reads, cut) -> list:
+        """Per step, what the ops from the cut on read of the ops before it, as that step left them (cloned)."""
+        later = sorted({producer for ops in reads[cut:] for producer in ops if 0 <= producer < cut})
+        if any(self.stale.get(id(self.outs[index])) is self.outs[index] for index in later):
+            raise _Diverged
+        steps = [{} for _ in self.inputs]
+        for index in later:
+            out = self.outs[index]
+            for step, kept in enumerate(steps):
+                if self.region(out) is not None:
+                    self._at(out, step)
+                kept[index] = out.clone()
+        return steps
