@@ -791,7 +791,6 @@ def test_steps_keep_what_the_rest_of_the_model_reads_of_the_layers_before_the_cu
     model = with_biases(TwoHeads(read_value)).eval()
     x = torch.rand(2, 3, 12, 12)
     incremental = Incremental(model)
-    incremental.stepwise = False  # one pass per step, each stopped at its cut (engine.together's passes: test_together)
     incremental(x)
     chain = [x := patched(x, step) for step in range(3)]
     with torch.inference_mode():

@@ -63,7 +63,7 @@ def test_steps_in_one_pass_give_each_step_its_plain_output_and_the_last_step_s_b
     steps = chain(x, 5)
     with torch.inference_mode():
         expected = [model(batch) for batch in steps]
-    outputs, one_by_one = engine.steps(steps), alone.steps(steps)
+    outputs, one_by_one = together.steps(engine, steps), together.steps(alone, steps)
     for output, single, plain in zip(outputs, one_by_one, expected):
         torch.testing.assert_close(output, plain, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(output, single, rtol=1e-5, atol=1e-6)
@@ -87,7 +87,7 @@ def test_a_residual_block_reads_its_input_step_by_step_twice_and_a_map_comes_out
     model = with_biases(Segmenter()).eval()
     engine, x = kept(model, (3, 3, 16, 16), seed=1)
     steps = chain(x, 6)
-    assert_plain(model, engine.steps(steps), steps)
+    assert_plain(model, together.steps(engine, steps), steps)
     assert engine.together_passes == 1
 
 
@@ -96,7 +96,7 @@ def test_more_steps_than_one_pass_takes_run_in_passes_of_max_steps(monkeypatch):
     model = with_biases(TinyResNet()).eval()
     engine, x = kept(model, (2, 3, 16, 16))
     steps = chain(x, 7)
-    assert_plain(model, engine.steps(steps), steps)
+    assert_plain(model, together.steps(engine, steps), steps)
     assert engine.together_passes == 2  # 3 and 3 steps; the seventh alone, as a single pass
     assert engine.passes == {"full": 1, "incremental": 7}
 
@@ -106,10 +106,10 @@ def test_a_pass_takes_as_many_steps_as_keep_what_it_holds_within_together_bytes(
     engine, x = kept(model, (2, 3, 16, 16))
     steps = chain(x, 9)
     engine.together_bytes = 3 * engine.kept_bytes()  # before any such pass, a step counts as the whole base: 3 steps
-    assert_plain(model, engine.steps(steps[:3]), steps[:3])
+    assert_plain(model, together.steps(engine, steps[:3]), steps[:3])
     assert engine.together_passes == 1 and 0 < engine.step_bytes < engine.kept_bytes()
     engine.together_bytes = 2 * engine.step_bytes  # then as measured: the 6 steps left in passes of 2
-    assert_plain(model, engine.steps(steps[3:]), steps[3:])
+    assert_plain(model, together.steps(engine, steps[3:]), steps[3:])
     assert engine.together_passes == 4 and engine.passes == {"full": 1, "incremental": 9}
 
 
@@ -131,7 +131,7 @@ def test_a_pass_given_up_leaves_every_kept_output_as_it_was_and_the_steps_run_on
     after = [output for _, output in engine.kept if output is not None]
     assert all(torch.equal(a, b) for a, b in zip(before, after))  # copies back, no arithmetic
     assert engine.stale == stale and engine.together_passes == 0
-    assert_plain(model, engine.steps(steps), steps)  # given up again, so one by one
+    assert_plain(model, together.steps(engine, steps), steps)  # given up again, so one by one
     assert engine.passes == {"full": 1, "incremental": 4} and engine.together_passes == 0
 
 
@@ -140,11 +140,11 @@ def test_a_checkpoint_taken_before_steps_run_together_brings_the_base_back():
     engine, x = kept(model, (2, 3, 16, 16))
     engine.checkpoint()
     base = [output.clone() for _, output in engine.kept if output is not None]
-    engine.steps(chain(x, 4))
+    together.steps(engine, chain(x, 4))
     assert engine.together_passes == 1 and engine.rollback()
     assert all(torch.equal(a, b) for a, b in zip(base, [o for _, o in engine.kept if o is not None]))
     again = chain(x, 3, start=5)
-    assert_plain(model, engine.steps(again), again)
+    assert_plain(model, together.steps(engine, again), again)
 
 
 @pytest.mark.parametrize("metric", ["region_perturbation", "irof"])

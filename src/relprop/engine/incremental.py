@@ -36,9 +36,9 @@ of steps whose inputs are known in advance: each step's pass stops at that op (t
 ops from the cut on read of the ops before it, and the ops from the cut on then run once on all the steps' rows
 stacked. Which outputs those are is read from the last full pass (which op read which op's output); the ops before
 the cut hand back their kept outputs, or an empty tensor of their shape where nothing after the cut reads them, and
-a value read of such a tensor runs a plain pass of the stacked inputs instead. The steps' passes before the cut run as
-one pass of up to ``together.MAX_STEPS`` steps where every op can (``engine.together``): each op computes all the
-steps' boxes in one batch, reading for each step the earlier ops' outputs as that step left them.
+a value read of such a tensor runs a plain pass of the stacked inputs instead. ``engine.together.steps`` runs the
+steps' passes before the cut as one pass of up to ``together.MAX_STEPS`` steps where every op can: each op computes
+all the steps' boxes in one batch, reading for each step the earlier ops' outputs as that step left them.
 """
 from __future__ import annotations
 
@@ -156,9 +156,9 @@ class Incremental:
         # Winograd-transformed weights of the wide 3x3 convolutions, which passes then compute so, in full and on
         # crops (engine.winograd); None: torch's own convolutions
         self.transforms: Transforms | None = Transforms()
-        self.stepwise = True  # steps(): several steps in one pass where they can (engine.together); False: one by one
+        self.stepwise = True  # together.steps: several steps in one pass where they can; False: one by one
         self.together_passes = 0  # the passes that ran several steps at once
-        self.together_bytes = TOGETHER_BYTES  # the most such a pass holds beside the base (see _together)
+        self.together_bytes = TOGETHER_BYTES  # the most such a pass holds beside the base (see together.steps)
         self.step_bytes = None  # what such a pass held per step, the last time one ran
 
     def reset(self):
@@ -186,7 +186,7 @@ class Incremental:
         self.kept, self.base_input, self.stale = list(self.saved.kept), self.saved.base_input, dict(self.saved.stale)
         return True
 
-    def steps(self, inputs: list) -> list:
+    def steps(self, inputs: list, stopped: list | None = None) -> list:
         """The outputs of kept passes of each input in turn (a chain: each becomes the base of the next), with the
         ops every step runs in full deferred and run once for all of them: each step's incremental pass stops at
         its first op that would run in full (the cut) and keeps a copy of what the ops from there on read of the
@@ -199,6 +199,8 @@ class Incremental:
         Args:
             inputs: The chain's batches, in order, shaped alike. The ops from the cut on run for as many steps at
                 once as keep their outputs within ``max_tail_bytes`` (their bytes in the last full pass, per step).
+            stopped: Per input, its pass already run and stopped at its cut, or its output (``together.steps``
+                runs several steps in one pass so), or None to run it here; None: all run here.
 
         Returns:
             The model's output per input.
@@ -214,9 +216,8 @@ class Incremental:
                     work[1] += cut.work[1] + tail[1]
                 pending.clear()
 
-        together = self._together(inputs)
         for position, x in enumerate(inputs):
-            result = together[position] if together and together[position] is not None else self(x, defer=True)
+            result = stopped[position] if stopped and stopped[position] is not None else self(x, defer=True)
             if isinstance(result, _Cut):
                 tail = sum(self.out_bytes[result.cut:]) if self.out_bytes else 0
                 if pending and (pending[0][1].cut != result.cut or pending[0][1].shapes != result.shapes
@@ -230,27 +231,6 @@ class Incremental:
         flush()
         self.work = tuple(work)
         return outputs
-
-    def _together(self, inputs: list):
-        """The inputs' stopped passes, from passes of up to together.MAX_STEPS steps at once where they can run so
-        (engine.together), else None (each then runs alone)."""
-        if not self.stepwise or len(inputs) < 2:
-            return None
-        from .together import MAX_STEPS, together
-
-        cuts, start = [], 0
-        while start < len(inputs):
-            # as many steps as keep what the pass holds (each step's boxes and the values they overwrote) within
-            # together_bytes: as measured on the last such pass, else as if a step held the whole base
-            per_step = self.step_bytes or self.kept_bytes()
-            count = max(2, min(MAX_STEPS, self.together_bytes // max(1, per_step)))
-            block = inputs[start:start + count]
-            done = together(self, block) if len(block) > 1 else None
-            if done is None:
-                return cuts + [None] * (len(inputs) - start) if cuts else None  # the rest one by one
-            cuts.extend(done)
-            start += len(block)
-        return cuts
 
     def _replay(self, cuts):
         """The outputs of the stopped passes: the model run once on their inputs stacked, the ops before the cut

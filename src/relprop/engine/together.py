@@ -1,6 +1,6 @@
 """Several steps of a chain in one incremental pass, layer by layer: each op computes the boxes of every step at once.
 
-A chain's steps (``Incremental.steps``) depend on each other: step k's pass reads, around its own boxes, the outputs
+A chain's steps (``Incremental.steps``, run here by ``steps``) depend on each other: step k's pass reads, around its own boxes, the outputs
 step k - 1 left. Run one after another, each step's crops of a convolution are a few small matrix products that read
 the layer's weights again (VGG-16's 512-channel layers: 9.4 MiB, 16.8 MiB as Winograd's transforms) and pay the
 engine's per-op cost again. Here the model runs once for all the steps: a pass row per step and sample, and each op
@@ -25,6 +25,24 @@ from .incremental import (FULL, _Cut, _Deferred, _Diverged, _NotTogether, _Pass,
                           changed_boxes, on_threads)
 
 MAX_STEPS = 16  # the most steps one pass runs together (the kept outputs' boxes of all of them are held till the end)
+
+
+def steps(engine, inputs: list) -> list:
+    """``engine.steps(inputs)`` (the outputs of kept passes of each input in turn), their passes before the cut run
+    several steps at once where they can: as many steps a pass as keep what it holds (each step's boxes and the values
+    they overwrote) within ``engine.together_bytes``, as measured on the last such pass, else as if a step held the
+    whole base, at most MAX_STEPS; one by one from the first pass that cannot, or where ``engine.stepwise`` is off."""
+    stopped, start = [], 0
+    while engine.stepwise and len(inputs) - start > 1:
+        per_step = engine.step_bytes or engine.kept_bytes()
+        count = max(2, min(MAX_STEPS, engine.together_bytes // max(1, per_step)))
+        block = inputs[start:start + count]
+        done = together(engine, block) if len(block) > 1 else None
+        if done is None:
+            break
+        stopped.extend(done)
+        start += len(block)
+    return engine.steps(inputs, stopped + [None] * (len(inputs) - len(stopped)))
 
 
 def together(engine, inputs: list):

@@ -42,6 +42,7 @@ import torch
 
 from ..attribution.targets import tensor_output
 from ..engine.incremental import Incremental, changed_boxes, in_training, on_threads, step_ops, step_share
+from ..engine import together
 from ..engine.intercept import OpMode
 from ..engine.winograd import Transforms, WinogradPasses
 from .inputs import check_input
@@ -581,7 +582,7 @@ class Runner:
         todo = [j for j, (_, _, left) in enumerate(found) if left]
         engine = self.incremental
         before = engine.passes["incremental"]
-        outputs = dict(zip(todo, engine.steps([copies[j] for j in todo]))) if todo else {}
+        outputs = dict(zip(todo, together.steps(engine, [copies[j] for j in todo]))) if todo else {}
         if engine.passes["incremental"] > before and engine.work is not None:
             self.chain_work = [a + b for a, b in zip(self.chain_work, engine.work)]
         return [self.score_copies(rows, chunk, fresh=outputs.get(j), found=found[j]) for j, chunk in enumerate(copies)]
