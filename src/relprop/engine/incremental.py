@@ -273,9 +273,10 @@ class Incremental:
         """
         return self.threads or torch.get_num_threads()
 
-    def _changed(self, x):
-        """Per row, the box of spatial positions where x differs from the base input; None: run in full."""
-        base = self.base_input
+    def _changed(self, x, base=None):
+        """Per row, the box of spatial positions where x differs from base (None: the base input); None: run in
+        full."""
+        base = self.base_input if base is None else base
         if (base is None or not self.followable or x.shape != base.shape or x.dtype != base.dtype
                 or x.device != base.device or x.dim() < 3 or not x.is_floating_point()):
             return None
@@ -333,17 +334,8 @@ class Incremental:
 
     def _run(self, x, boxes, keep, defer=False):
         given, x = x, self._layout(x)
-        mode = _Pass(self.kept, x, boxes, keep, self.saved if keep else None, self.whole_threads())
-        if boxes is FULL:
-            mode.crop_threads = mode.threads
-            self.cores.look()  # a span starts here, so that the first step after a kept pass can tell
-        else:
-            mode.crop_threads = self.crop_threads()
-        mode.weight_copies = self.weight_copies
-        mode.transforms = self.transforms
-        mode.reads_before = self.reads if defer else None
-        if boxes is not FULL and self.readers is not None:
-            mode.readers, mode.value_reads, mode.stale = self.readers, self.value_reads, self.stale
+        mode = self._prepared(_Pass(self.kept, x, boxes, keep, self.saved if keep else None, self.whole_threads()),
+                              boxes, defer)
         try:
             # an incremental pass runs its crops on the cores left free (one on a busy machine) and its whole ops on
             # all (see on_threads); a full one on all
@@ -372,14 +364,33 @@ class Incremental:
                 self.value_reads = mode.value_read
                 self.out_bytes = [sum(t.numel() * t.element_size() for t in _tensors((out,), {}))
                                   for out in mode.outs]
-            self.kept, self.base_input = mode.fresh, given.clone()
-            size = self.kept_bytes()
-            self.row_bytes = -(-size // len(x))
-            if size > self.max_bytes:
-                self.reset()
+            self._keep(mode.fresh, given)
         else:
             mode.undo()
         return _detached(out)
+
+    def _prepared(self, mode, boxes, defer: bool):
+        """mode (a pass of this engine's kept outputs) given the engine's threads, weight copies, transforms and, for
+        an incremental pass, what the last full pass found of who reads what; defer: stop at the cut."""
+        if boxes is FULL:
+            mode.crop_threads = mode.threads
+            self.cores.look()  # a span starts here, so that the first step after a kept pass can tell
+        else:
+            mode.crop_threads = self.crop_threads()
+        mode.weight_copies = self.weight_copies
+        mode.transforms = self.transforms
+        mode.reads_before = self.reads if defer else None
+        if boxes is not FULL and self.readers is not None:
+            mode.readers, mode.value_reads, mode.stale = self.readers, self.value_reads, self.stale
+        return mode
+
+    def _keep(self, fresh, x):
+        """fresh (a whole pass's kept outputs) and x the base, unless they keep more than max_bytes."""
+        self.kept, self.base_input = fresh, x.clone()
+        size = self.kept_bytes()
+        self.row_bytes = -(-size // len(x))
+        if size > self.max_bytes:
+            self.reset()
 
 
     def _stopped(self, mode, x, cut):

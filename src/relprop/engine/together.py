@@ -1,14 +1,15 @@
 """Several steps of a chain in one incremental pass, layer by layer: each op computes the boxes of every step at once.
 
-A chain's steps (``Incremental.steps``, run here by ``steps``) depend on each other: step k's pass reads, around its own boxes, the outputs
-step k - 1 left. Run one after another, each step's crops of a convolution are a few small matrix products that read
-the layer's weights again (VGG-16's 512-channel layers: 9.4 MiB, 16.8 MiB as Winograd's transforms) and pay the
-engine's per-op cost again. Here the model runs once for all the steps: a pass row per step and sample, and each op
-computes every step's boxes in one batch. What step k reads of an earlier op's output is that output as step k left
-it: its kept values with the boxes of steps 1 to k written over them (``_Steps.read``), so the numbers are each step's
-own pass's, to float rounding. Steps write over each kept output in order, each write's old values saved, so that a
-second reader of the output (a residual sum) winds it back and reads it again step by step; what is left at the end is
-the last step's pass, the base of the next one, as a chain of single steps leaves it.
+A chain's steps (``Incremental.steps``, run here by ``steps``) depend on each other: step k's pass reads, around its
+own boxes, the outputs step k - 1 left. Run one after another, each step's crops of a convolution are a few small
+matrix products that read the layer's weights again (VGG-16's 512-channel layers: 9.4 MiB, 16.8 MiB as Winograd's
+transforms) and pay the engine's per-op cost again. Here the model runs once for all the steps: a pass row per step
+and sample, and each op computes every step's boxes in one batch. What step k reads of an earlier op's output is
+that output as step k left it: its kept values with the boxes of steps 1 to k written over them (``_Steps.read``),
+so the numbers are each step's own pass's, to float rounding. Steps write over each kept output in order, each
+write's old values saved, so that a second reader of the output (a residual sum) winds it back and reads it again
+step by step; what is left at the end is the last step's pass, the base of the next one, as a chain of single steps
+leaves it.
 
 The pass stops at its cut (the first op it would run in full, as ``Incremental.steps``'s single passes do), keeping
 per step what the ops from there on read, and the ops from the cut on run on the steps' rows stacked; a model with no
@@ -17,12 +18,9 @@ value read, an in-place op on a kept output) winds every output back and the ste
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .incremental import (FULL, _Cut, _Deferred, _Diverged, _NotTogether, _Pass, _Unfollowable, _slices,
-                          changed_boxes, on_threads)
+from .incremental import FULL, _Cut, _Deferred, _Diverged, _NotTogether, _Pass, _Unfollowable, _slices, on_threads
 
 MAX_STEPS = 16  # the most steps one pass runs together (the kept outputs' boxes of all of them are held till the end)
 
@@ -37,7 +35,7 @@ def steps(engine, inputs: list) -> list:
         per_step = engine.step_bytes or engine.kept_bytes()
         count = max(2, min(MAX_STEPS, engine.together_bytes // max(1, per_step)))
         block = inputs[start:start + count]
-        done = together(engine, block) if len(block) > 1 else None
+        done = together(engine, block)
         if done is None:
             break
         stopped.extend(done)
@@ -53,26 +51,17 @@ def together(engine, inputs: list):
         engine: The Incremental whose base the first input continues.
         inputs: The chain's batches, in order (at least two).
     """
-    base = engine.base_input
-    if len(inputs) < 2 or base is None or engine.reads is None or not engine.followable or not engine.kept:
+    if len(inputs) < 2 or engine.reads is None or not engine.kept:
         return None
-    boxes, before = [], base
+    boxes, before = [], engine.base_input
     for x in inputs:
-        if (x.shape != base.shape or x.dtype != base.dtype or x.device != base.device or x.dim() < 3
-                or not x.is_floating_point()):
-            return None
-        changed = changed_boxes(x, before)
-        volume = sum(math.prod(stop - start for start, stop in box) for box in changed if box is not None)
-        if volume > engine.threshold * math.prod(x.shape[2:]) * len(x):
+        changed = engine._changed(x, before)  # None: no base, a model it cannot follow, or a change too large
+        if changed is None:
             return None
         boxes.extend(changed)
         before = x
     laid = [engine._layout(x) for x in inputs]
-    mode = _Steps(engine.kept, laid, boxes, engine.saved, engine.whole_threads())
-    mode.crop_threads = engine.crop_threads()
-    mode.weight_copies, mode.transforms = engine.weight_copies, engine.transforms
-    mode.reads_before = engine.reads
-    mode.readers, mode.value_reads, mode.stale = engine.readers, engine.value_reads, engine.stale
+    mode = engine._prepared(_Steps(engine.kept, laid, boxes, engine.saved, engine.whole_threads()), boxes, True)
     stale = dict(engine.stale)
     try:
         try:
@@ -102,16 +91,13 @@ def together(engine, inputs: list):
     engine.passes["incremental"] += len(inputs)
     engine.together_passes += 1
     engine.step_bytes = -(-held // len(inputs))
-    engine.base_input = inputs[-1].clone()
     work = (mode.work[0] // len(inputs), mode.work[1])  # per step; the ops ran once, for every step's boxes
     if cut is None:
-        engine.kept, engine.work = mode.fresh, work
-        size = engine.kept_bytes()
-        engine.row_bytes = -(-size // len(inputs[-1]))
-        if size > engine.max_bytes:
-            engine.reset()
+        engine.work = work
+        engine._keep(mode.fresh, inputs[-1])
         return outputs
     engine.kept = mode.fresh + [(signature, None) for signature, _ in engine.kept[cut:]]
+    engine.base_input = inputs[-1].clone()
     shapes = tuple(tuple(item.shape) for item in mode.outs)
     return [_Cut(cut, step, shapes, x, work) for step, x in zip(captures, inputs)]
 

@@ -41,8 +41,8 @@ from typing import Callable
 import torch
 
 from ..attribution.targets import tensor_output
-from ..engine.incremental import Incremental, changed_boxes, in_training, on_threads, step_ops, step_share
 from ..engine import together
+from ..engine.incremental import Incremental, changed_boxes, in_training, on_threads, step_ops, step_share
 from ..engine.intercept import OpMode
 from ..engine.winograd import Transforms, WinogradPasses
 from .inputs import check_input
