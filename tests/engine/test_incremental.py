@@ -861,4 +861,3 @@ def test_a_checkpoint_copies_at_most_the_base_however_many_steps_overwrite_it():
     with torch.inference_mode():
         torch.testing.assert_close(incremental(chain[1]), model(chain[1]), rtol=1e-5, atol=1e-6)
     assert incremental.passes == {"full": 1, "incremental": 31}
-
