@@ -333,6 +333,7 @@ def test_a_sum_written_into_its_branch_adds_the_identity_row_by_row_into_the_bra
 
 
 def test_strided_convolutions_on_crops_run_without_onednn_and_give_plain_outputs():
+    nnpack = torch._C._get_nnpack_enabled()
     torch.manual_seed(0)
     model = with_biases(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1, stride=2),
                                       nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))).eval()
@@ -345,15 +346,16 @@ def test_strided_convolutions_on_crops_run_without_onednn_and_give_plain_outputs
     with torch.inference_mode():
         torch.testing.assert_close(out, model(copy), rtol=1e-5, atol=1e-6)
     assert sorted(set(seen.calls)) == [(1, True), (2, False)]
-    assert torch._C._get_mkldnn_enabled()
+    assert torch._C._get_mkldnn_enabled() and torch._C._get_nnpack_enabled() == nnpack
 
 
 class Onednn(TorchFunctionMode):
-    """Records each convolution's stride and whether torch's oneDNN convolutions were on for it."""
+    """Records each convolution's stride and whether torch's oneDNN convolutions were on for it (calls), and its
+    rows, stride and whether NNPACK was on (rows)."""
 
     def __init__(self):
         super().__init__()
-        self.calls, self.paddings = [], []
+        self.calls, self.paddings, self.rows = [], [], []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -361,6 +363,7 @@ class Onednn(TorchFunctionMode):
             stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
             stride = stride[0] if isinstance(stride, (tuple, list)) else stride
             self.calls.append((stride, torch._C._get_mkldnn_enabled()))
+            self.rows.append((len(args[0]), stride, torch._C._get_nnpack_enabled()))
         return func(*args, **kwargs)
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from relprop import evaluate
 from relprop.engine import together
 from relprop.engine.incremental import _Diverged, Incremental
-from tests.engine.test_incremental import Residual, models, patched
+from tests.engine.test_incremental import Onednn, Residual, models, patched
 from tests.models import Block, TinyResNet, with_biases
 
 
@@ -89,6 +89,25 @@ def test_a_residual_block_reads_its_input_step_by_step_twice_and_a_map_comes_out
     steps = chain(x, 6)
     assert_plain(model, together.steps(engine, steps), steps)
     assert engine.together_passes == 1
+
+
+def test_strided_crops_of_16_rows_or_more_run_by_torch_s_own_unfolding_not_nnpack():
+    """With oneDNN off, torch gives a batch of 16 rows or more to NNPACK (several times slower on ResNet-50's strided
+    crops): a pass of 4 steps of 8 samples makes such batches, and runs them with both off."""
+    torch.manual_seed(0)
+    model = with_biases(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                      nn.Flatten(), nn.Linear(8 * 16 * 16, 2))).eval()
+    engine, x = kept(model, (8, 3, 32, 32))
+    steps = chain(x, 4)
+    nnpack = torch._C._get_nnpack_enabled()
+    with Onednn() as seen:
+        outputs = together.steps(engine, steps)
+    assert_plain(model, outputs, steps)
+    assert engine.together_passes == 1
+    strided = [(rows, enabled) for rows, stride, enabled in seen.rows if stride == 2 and rows >= 16]
+    assert strided and not any(enabled for _, enabled in strided)
+    assert all(enabled == nnpack for rows, stride, enabled in seen.rows if stride == 1)
+    assert torch._C._get_nnpack_enabled() == nnpack and torch._C._get_mkldnn_enabled()
 
 
 def test_more_steps_than_one_pass_takes_run_in_passes_of_max_steps(monkeypatch):
