@@ -1043,8 +1043,9 @@ def _window(state, name, func, args, kwargs, base):
                     crop_args["weight"] = _channels_last(op["weight"], state.weight_copies)
             # on the pass's crop threads, however large the crop (see on_threads); a strided convolution's crop
             # without oneDNN, whose per-call setup (a primitive per new crop shape, the weights reordered per call)
-            # cost ResNet-50's strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows
-            with _without_onednn(strided):
+            # cost ResNet-50's strided layers 1.3-1.6x torch's own unfolding and matrix product on crops of a few rows,
+            # and without NNPACK, which torch would pick for 16 rows or more instead (see _without_onednn_or_nnpack)
+            with _without_onednn_or_nnpack(strided):
                 values = func(batch, **crop_args)
         if names is _CONV:
             state.work[0] += values.numel() * op["weight"][0].numel()
@@ -1084,12 +1085,12 @@ def _channels_last(weight, copies: dict):
     return entry[2]
 
 
-class _without_onednn:
+class _without_onednn_or_nnpack:
     """torch's oneDNN (mkldnn) and NNPACK convolutions off for a block where ``off``, then back: torch's own unfolding
     and matrix product run. With oneDNN off, torch hands a batch of 16 rows or more to NNPACK, which a pass of several
-    steps (engine.together) makes: ResNet-50's 7 strided convolutions took 357 ms of a 1.5 s region perturbation so
-    (8 steps of 4 images, 32 rows a crop batch; one thread), and the metric ran 1.13x faster without it, selectivity
-    1.09x (alternating, 2 rounds each)."""
+    steps (engine.together) makes: ResNet-50's 7 strided convolutions took 357 ms of its region perturbation's 1.5 s
+    of steps so (8 steps of 4 images, 32 rows a crop batch; one thread). Without it, whole calls alternating, 3
+    rounds: region perturbation 1.09x faster (1.15x given a tensor), selectivity 1.05x (1.10x), LeRF 1.02x."""
 
     def __init__(self, off: bool):
         self.onednn = off and torch._C._get_mkldnn_enabled()
