@@ -39,8 +39,8 @@ convolutions, see engine.winograd) for the clean pass,
 plus per step the share of a plain pass's multiply-adds that the step's patch reaches in each layer (counted by the
 incremental engine). "call / floor" divides the median whole call by the floor; "fastest call / floor" divides the
 fastest round, like for like with the floor's unit (the fastest of its timings): on a shared machine, where other jobs
-only ever add time, the two bracket the ratio. Perturbation metrics run a few steps only (--steps; --regions for region perturbation), since
-each step is one forward pass of the batch in both libraries.
+only ever add time, the two bracket the ratio. Perturbation metrics run a few steps only (--steps; --regions for
+region perturbation), since each step is one forward pass of the batch in both libraries.
 """
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_a_pass_given_up_leaves_every_kept_output_as_it_was_and_the_steps_run_on
     stale = dict(engine.stale)
     given_up = []
 
-    def diverges(self, reads, cut):
+    def diverges(self, later):
         given_up.append(sum(len(entry[3]) for entry in self.versions.values()))  # boxes written over kept outputs
         raise _Diverged
 

@@ -394,16 +394,25 @@ class Incremental:
 
 
     def _stopped(self, mode, x, cut):
-        """A kept pass stopped at its cut: its ops before the cut are the new base (those from the cut on were not
-        run, so their kept outputs are dropped: a later pass runs them in full), and what the rest reads is kept."""
-        later = {producer for reads in self.reads[cut:] for producer in reads if 0 <= producer < cut}
+        """A kept pass stopped at its cut: its ops before the cut are the new base, and what the rest reads is kept."""
+        captures = {index: mode.outs[index].clone() for index in self._read_after(mode, cut)}
+        return _Cut(cut, captures, self._cut_base(mode, x, cut), x, tuple(mode.work))
+
+    def _read_after(self, mode, cut) -> list:
+        """The ops before the cut (in order) whose outputs in mode the ops from the cut on read; _Diverged where one of
+        them is stale (not written by the pass)."""
+        later = sorted({producer for reads in self.reads[cut:] for producer in reads if 0 <= producer < cut})
         if any(self.stale.get(id(mode.outs[index])) is mode.outs[index] for index in later):
             raise _Diverged
-        captures = {index: mode.outs[index].clone() for index in sorted(later)}
-        shapes = tuple(tuple(out.shape) for out in mode.outs)
+        return later
+
+    def _cut_base(self, mode, x, cut) -> tuple:
+        """The base after mode, a kept pass of x stopped at its cut: its ops before the cut (those from the cut on did
+        not run, so their kept outputs are dropped: a later pass runs them in full). Returns the pass's output
+        shapes."""
         self.kept = mode.fresh + [(signature, None) for signature, _ in self.kept[cut:]]
         self.base_input = x.clone()
-        return _Cut(cut, captures, shapes, x, tuple(mode.work))
+        return tuple(tuple(out.shape) for out in mode.outs)
 
 
 def in_training(model: torch.nn.Module) -> bool:

@@ -74,7 +74,7 @@ def together(engine, inputs: list):
             if cut is None:  # no op ran in full (a map out of convolutions): each step's output read from the last
                 outputs = mode.outputs(out)
             else:
-                captures = mode.captures(engine.reads, cut)
+                captures = mode.captures(engine._read_after(mode, cut))
             held = mode.held_bytes()
             mode.settle_rest(out if cut is None else None)
             if cut is None and mode.is_stale(out):
@@ -96,9 +96,7 @@ def together(engine, inputs: list):
         engine.work = work
         engine._keep(mode.fresh, inputs[-1])
         return outputs
-    engine.kept = mode.fresh + [(signature, None) for signature, _ in engine.kept[cut:]]
-    engine.base_input = inputs[-1].clone()
-    shapes = tuple(tuple(item.shape) for item in mode.outs)
+    shapes = engine._cut_base(mode, inputs[-1], cut)
     return [_Cut(cut, step, shapes, x, work) for step, x in zip(captures, inputs)]
 
 
@@ -197,12 +195,16 @@ class _Steps(_Pass):
         """Per step, the model's output (a tensor computed by boxes, or one no step changed) as that step left it."""
         if not isinstance(out, torch.Tensor) or self.region(out) is FULL:
             raise _NotTogether
-        steps = []
+        return self._each_step(out)
+
+    def _each_step(self, out) -> list:
+        """out as each step left it, in step order (cloned)."""
+        copies = []
         for step in range(len(self.inputs)):
             if self.region(out) is not None:
                 self._at(out, step)
-            steps.append(out.clone())
-        return steps
+            copies.append(out.clone())
+        return copies
 
     def held_bytes(self) -> int:
         """What the pass holds beyond the kept outputs, before its deferred boxes are settled: every step's computed
@@ -211,16 +213,11 @@ class _Steps(_Pass):
         old = [values for entry in self.versions.values() for _, values in entry[3]]
         return sum(values.numel() * values.element_size() for values in computed + old)
 
-    def captures(self, reads, cut) -> list:
-        """Per step, what the ops from the cut on read of the ops before it, as that step left them (cloned)."""
-        later = sorted({producer for ops in reads[cut:] for producer in ops if 0 <= producer < cut})
-        if any(self.stale.get(id(self.outs[index])) is self.outs[index] for index in later):
-            raise _Diverged
+    def captures(self, later) -> list:
+        """Per step, the outputs of the ops later (what the ops from the cut on read, Incremental._read_after) as
+        that step left them (cloned)."""
         steps = [{} for _ in self.inputs]
         for index in later:
-            out = self.outs[index]
-            for step, kept in enumerate(steps):
-                if self.region(out) is not None:
-                    self._at(out, step)
-                kept[index] = out.clone()
+            for kept, copy in zip(steps, self._each_step(self.outs[index])):
+                kept[index] = copy
         return steps
