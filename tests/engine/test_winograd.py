@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from relprop import evaluate
 from relprop.engine import winograd
 from relprop.engine.incremental import Incremental
 from relprop.engine.winograd import (Transforms, WinogradPasses, applies, applies_crops, applies_large, convolve,
-                                     convolve_crops, large_tiles_pay, transformed)
+                                     convolve_crops, large_tiles_pay, transform_seconds, transformed)
 
 
 def direct(x, weight, bias, padding):
@@ -174,6 +176,51 @@ def test_only_wide_enough_convolutions_of_large_maps_go_in_4x4_tiles(monkeypatch
     assert not applies_large(x, weight, 1, same, 1, 1)  # gradients recorded
 
 
+def test_a_4x4_transform_is_made_once_the_savings_passed_up_for_it_would_pay_for_it():
+    weight = torch.nn.Parameter(torch.randn(8, 8, 3, 3))
+    transforms = Transforms()
+    cost = winograd.transform_seconds(weight, 4)
+    assert cost == pytest.approx(36 * 8 * 8 * 4 / winograd.TRANSFORM_RATE)
+    assert not transforms.worth(weight, 4, 0.4 * cost)  # rent: this call's saving would not repay it
+    assert not transforms.worth(weight, 4, 0.4 * cost)  # 0.8 of it passed up so far
+    assert transforms.worth(weight, 4, 0.4 * cost)  # 1.2: buy
+    transforms(weight, 4)
+    assert transforms.made(weight, 4) and transforms.worth(weight, 4, 0.0)  # made: always worth using
+    assert not transforms.forgone
+    other = torch.nn.Parameter(torch.randn(8, 8, 3, 3))
+    assert not transforms.worth(other, 4, 0.9 * cost)  # each weight's savings counted apart
+    with torch.no_grad():
+        weight.add_(1)
+    assert not transforms.made(weight, 4)  # changed in place: its transform is out of date
+    assert transforms.worth(weight, 4, cost) and not transforms.worth(weight, 2, 0.5 * transform_seconds(weight, 2))
+
+
+def test_crops_go_in_2x2_tiles_until_the_4x4_transform_pays_for_itself(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.nn.Parameter(torch.randn(512, 512, 3, 3, generator=generator) / 40)
+    bias = torch.randn(512, generator=generator)
+    sources = [(channels_last(1, 512, 14, 14, generator=generator), (0, 0))]  # 12x12 outputs: large tiles pay
+    assert large_tiles_pay(sources, weight)
+    transforms = Transforms()
+    transforms(weight)  # the 2x2 transform made (a plain pass over the full map made it), the 4x4 not
+    saving = winograd.large_tiles_saving(sources, weight, transforms)
+    assert 0 < saving < winograd.transform_seconds(weight, 4)
+    expected = direct(sources[0][0], weight.detach(), bias, (0, 0))
+    calls = 0
+    with torch.inference_mode():
+        while not transforms.made(weight, 4):
+            out = winograd.conv2d_crops(transforms, sources, weight, bias)[0]
+            torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-4)
+            calls += 1
+    needed = math.ceil(winograd.transform_seconds(weight, 4) / saving)
+    assert calls == needed  # calls 1 to needed - 1 in 2x2 tiles, the last made the 4x4 transform
+    assert not transforms.forgone
+    made_first = transforms(weight, 4)
+    with torch.inference_mode():
+        winograd.conv2d_crops(transforms, sources, weight, bias)
+    assert transforms(weight, 4) is made_first
+
+
 def test_transforms_are_kept_per_tile_size():
     weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3))
     transforms = Transforms()
@@ -251,6 +298,7 @@ def test_incremental_crops_by_winograd_equal_a_plain_pass(monkeypatch, large):
     monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
     monkeypatch.setattr(winograd, "LARGE_CROP_POSITIONS", 1 if large else 10 ** 9)
     monkeypatch.setattr(winograd, "LARGE_CROP_WORK", 10.0)
+    monkeypatch.setattr(winograd, "TRANSFORM_RATE", math.inf)  # the 4x4 transform repays itself at once
     generator = torch.Generator().manual_seed(6)
     model = wide_model(generator)
     x = channels_last(2, 3, 16, 16, generator=generator)

@@ -3,6 +3,7 @@ again, targets, softmax scores, and the checks on what the model returns."""
 import pytest
 import torch
 
+from relprop.evaluate import runner as runner_module
 from relprop.evaluate.runner import Runner, pair_generator
 
 
@@ -54,6 +55,25 @@ def test_a_copy_equal_to_its_sample_or_scored_before_takes_that_score_without_a_
     again = runner.scores(2, scaled_copies(x))
     assert runner.forward_passes == passes  # every copy was scored before
     torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(runner_module._HASHES))
+def test_copies_are_keyed_by_sample_and_a_128_bit_hash_of_their_bytes_in_either_hash(monkeypatch, name):
+    assert runner_module._hash() in runner_module._HASHES.values()  # the faster on this CPU, chosen once
+    monkeypatch.setattr(runner_module, "_CHOSEN", [runner_module._HASHES[name]])
+    copies = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(4))
+    flipped = copies.clone()
+    flipped.view(torch.int32)[1, 1, 4] ^= 1  # the lowest bit of one float
+    keys, again, other = (runner_module._digests(torch.tensor([0, 1, 1]), c) for c in (copies, copies.clone(), flipped))
+    assert keys == again and all(len(digest) == 16 for _, digest in keys)
+    assert [row for row, _ in keys] == [0, 1, 1] and keys[1][1] != keys[2][1]
+    assert other[0] == keys[0] and other[2] == keys[2] and other[1] != keys[1]
+    x = torch.randn(3, 6, dtype=torch.float64)
+    runner = Runner(Counting(), x, target=1)
+    first = runner.scores(2, scaled_copies(x))
+    passes = runner.forward_passes
+    torch.testing.assert_close(runner.scores(2, scaled_copies(x)), first, rtol=0, atol=0)
+    assert runner.forward_passes == passes
 
 
 def test_softmax_scores_are_the_targets_probability_and_predicted_takes_the_argmax():

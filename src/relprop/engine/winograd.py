@@ -54,6 +54,8 @@ LARGE_CROP_POSITIONS = 12 * 12  # F(4x4, 3x3) on crops: the fewest outputs a row
 LARGE_CROP_POSITIONS_MANY = 8 * 8  # the same from LARGE_CROP_MANY_ROWS crops on (their weights read once for all)
 LARGE_CROP_MANY_ROWS = 16
 LARGE_CROP_WORK = 0.75  # F(4x4, 3x3) on crops: its products' multiply-adds at most this share of F(2x2, 3x3)'s
+SAVING_RATE = 90e9  # multiply-adds 4x4 tiles leave out per second they save on crops (see large_tiles_saving)
+TRANSFORM_RATE = 1.6e9  # bytes a second written by transformed (4x4 tiles of 512 channels, 38 MB: 22-24 ms)
 
 
 def applies(source: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
@@ -119,6 +121,11 @@ def _ones(value) -> bool:
     return all(item == 1 for item in (value if isinstance(value, (tuple, list)) else (value,)))
 
 
+def transform_seconds(weight: torch.Tensor, size: int) -> float:
+    """About what making weight's transform for size x size tiles takes, in seconds (TRANSFORM_RATE)."""
+    return (size + 2) ** 2 * weight.shape[0] * weight.shape[1] * weight.element_size() / TRANSFORM_RATE
+
+
 def transformed(weight: torch.Tensor, size: int = 2) -> torch.Tensor:
     """(16 or 36, channels in, channels out), a transposed view: G g G^T per kernel for F(size x size, 3x3), as one
     matrix product of the Kronecker product G x G (16 or 36 by 9) with the kernels (9 by channels out x in): on a
@@ -145,14 +152,36 @@ class Transforms:
 
     def __init__(self):
         self.entries: dict = {}
+        self.forgone: dict = {}  # (id, size) -> (a weak reference to the weight, seconds saved but for its transform)
 
     def __call__(self, weight: torch.Tensor, size: int = 2) -> torch.Tensor:
         key = (id(weight), size)
-        entry = self.entries.get(key)
-        if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-            entry = self.entries[key] = (weakref.ref(weight, self._forget(key)), weight._version,
-                                         transformed(weight, size))
-        return entry[2]
+        if not self.made(weight, size):
+            self.entries[key] = (weakref.ref(weight, self._forget(key)), weight._version, transformed(weight, size))
+            self.forgone.pop(key, None)
+        return self.entries[key][2]
+
+    def made(self, weight: torch.Tensor, size: int) -> bool:
+        """Whether weight's transform for size x size tiles is kept, and made since its last in-place change."""
+        entry = self.entries.get((id(weight), size))
+        return entry is not None and entry[0]() is weight and entry[1] == weight._version
+
+    def worth(self, weight: torch.Tensor, size: int, saving: float) -> bool:
+        """Whether to compute by weight's transform for size x size tiles where that saves ``saving`` seconds over
+        the transform at hand: made already, or once the savings passed up so far for want of it (this one
+        included) reach what making it costs (``transform_seconds``). Rent until the rent paid would buy: a
+        transform made for one pass that cannot repay it (VGG-16's region perturbation made two 512-channel ones for
+        one pass of its 8 steps, 24 ms each, saving 12 and 21 ms) is not made, and chains of many passes (IROF)
+        make it after a pass or two, never paying more than twice the better choice."""
+        if self.made(weight, size):
+            return True
+        key = (id(weight), size)
+        owner, before = self.forgone.get(key, (None, 0.0))
+        forgone = (before if owner is not None and owner() is weight else 0.0) + saving
+        if forgone >= transform_seconds(weight, size):
+            return True
+        self.forgone[key] = (weakref.ref(weight), forgone)
+        return False
 
     def _forget(self, key):
         """A callback that drops key's entry once its weight is gone (a weight a parametrization makes anew each
@@ -377,7 +406,9 @@ def conv2d_crops(transforms: Transforms, sources, weight, bias=None, dilation=1,
         return None
     if not applies_crops(sources, weight, 1, dilation, groups):
         return None
-    return convolve_crops(sources, transforms(weight, 4 if large_tiles_pay(sources, weight) else 2), bias)
+    large = large_tiles_pay(sources, weight) and transforms.worth(weight, 4, large_tiles_saving(sources, weight,
+                                                                                               transforms))
+    return convolve_crops(sources, transforms(weight, 4 if large else 2), bias)
 
 
 def large_tiles_pay(sources, weight: torch.Tensor) -> bool:
@@ -391,6 +422,25 @@ def large_tiles_pay(sources, weight: torch.Tensor) -> bool:
     the 2.25x larger transformed weights once for all of them, LARGE_CROP_POSITIONS_MANY outputs a row suffice: 24
     crops on 512 channels, 8x8 outputs 1.14x faster in 4x4 tiles (4 crops: 0.85x), 12x12 1.33x; on 256 channels
     12x12 as fast, 16x16 1.13x; VGG-16's IROF (95 steps, 16 a pass) took 13.7 s against 14.3 s without."""
+    small, large, positions, rows = _tile_work(sources)
+    least = LARGE_CROP_POSITIONS_MANY if rows >= LARGE_CROP_MANY_ROWS else LARGE_CROP_POSITIONS
+    return positions * min(weight.shape[:2]) >= rows * least * 512 and large <= LARGE_CROP_WORK * small
+
+
+def large_tiles_saving(sources, weight: torch.Tensor, transforms: Transforms) -> float:
+    """About the seconds crops that ``large_tiles_pay`` takes save in 4x4 tiles over 2x2 ones: the matrix products'
+    multiply-adds left out at SAVING_RATE, and the 2x2 transform where it is not made yet (``Transforms.worth`` weighs
+    this against making the 4x4 one). 4x4 tiles' products are fewer but have fewer rows each, and read 2.25x the
+    weights: on VGG-16's region perturbation (one pass of 8 steps, 512 channels, one thread, the transforms made
+    before) the four batches of crops that ``large_tiles_pay`` takes saved 10 to 26 ms in 4x4 tiles, 0.28 to 0.62 of
+    their left-out multiply-adds at the products' 43 billion a second; SAVING_RATE counts about half (0.48)."""
+    small, large = _tile_work(sources)[:2]
+    saving = (small - large) * weight.shape[0] * weight.shape[1] / SAVING_RATE
+    return saving + (0.0 if transforms.made(weight, 2) else transform_seconds(weight, 2))
+
+
+def _tile_work(sources) -> tuple:
+    """(matrix elements per channel pair in 2x2 tiles, the same in 4x4 tiles, output positions, rows) of crops."""
     small = large = positions = rows = 0
     for source, padding in sources:
         _, _, out_rows, out_columns, tiles_down, tiles_across = _geometry(source, padding, 2)
@@ -399,5 +449,4 @@ def large_tiles_pay(sources, weight: torch.Tensor) -> bool:
         large += len(source) * tiles_down * tiles_across * 36
         positions += len(source) * out_rows * out_columns
         rows += len(source)
-    least = LARGE_CROP_POSITIONS_MANY if rows >= LARGE_CROP_MANY_ROWS else LARGE_CROP_POSITIONS
-    return positions * min(weight.shape[:2]) >= rows * least * 512 and large <= LARGE_CROP_WORK * small
+    return small, large, positions, rows

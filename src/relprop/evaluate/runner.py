@@ -35,6 +35,8 @@ for those steps' rows stacked, and the layers before it as one pass of up to 16 
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable
 
@@ -687,10 +689,33 @@ def _is_predicted(target) -> bool:
 
 
 def _digests(rows: torch.Tensor, copies: torch.Tensor) -> list:
-    """One key per copy: its sample and a 128-bit hash of its values."""
+    """One key per copy: its sample and a 128-bit hash of its values (``_hash``)."""
     values = copies.contiguous().flatten(1).view(torch.uint8).numpy()  # bytes: any dtype, bfloat16 too
-    return [(int(row), hashlib.blake2b(memoryview(value), digest_size=16).digest())
-            for row, value in zip(rows.tolist(), values)]
+    digest = _hash()
+    return [(int(row), digest(memoryview(value))) for row, value in zip(rows.tolist(), values)]
+
+
+_HASHES = {"sha256": lambda data: hashlib.sha256(data).digest()[:16],
+           "blake2b": lambda data: hashlib.blake2b(data, digest_size=16).digest()}
+_CHOSEN: list = []  # the hash _hash chose, once
+
+
+def _hash() -> Callable:
+    """Of SHA-256 (its first 128 bits) and BLAKE2b (128 bits), the one this CPU computes faster on 1 MiB, timed once:
+    SHA-256 where the CPU has instructions for it (AMD since Zen, Intel since Ice Lake, Arm's crypto extensions:
+    1.75 GB/s on an AMD EPYC, where BLAKE2b hashes 0.72 GB/s), else BLAKE2b. Every copy a chain scores is hashed
+    (IROF on 4 images at 224 px: 380 copies, 229 MB, 0.32 s in BLAKE2b). Either keys the seen scores alike; the
+    choice holds for the process, so keys stay comparable."""
+    if not _CHOSEN:
+        block = bytes(range(256)) * 4096
+        seconds = {}
+        for name, digest in _HASHES.items():
+            for _ in range(2):  # the faster of two: the first may pay for warming up
+                start = time.perf_counter()
+                digest(block)
+                seconds[name] = min(seconds.get(name, math.inf), time.perf_counter() - start)
+        _CHOSEN.append(_HASHES[min(seconds, key=seconds.get)])
+    return _CHOSEN[0]
 
 
 def pair_generator(seed: int, sample: int, step: int, device) -> torch.Generator:
