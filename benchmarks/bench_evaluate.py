@@ -35,12 +35,13 @@ False), where by default up to 16 steps run as one pass, each op computing all t
 
 Patch-wise metrics (region perturbation, selectivity, IROF) are printed beside their floor: one plain forward pass
 (timed here, in the same process, the fastest of as given, channels-last and channels-last with Winograd's
-convolutions, see engine.winograd) for the clean pass,
-plus per step the share of a plain pass's multiply-adds that the step's patch reaches in each layer (counted by the
-incremental engine). "call / floor" divides the median whole call by the floor; "fastest call / floor" divides the
-fastest round, like for like with the floor's unit (the fastest of its timings): on a shared machine, where other jobs
-only ever add time, the two bracket the ratio. Perturbation metrics run a few steps only (--steps; --regions for
-region perturbation), since each step is one forward pass of the batch in both libraries.
+convolutions, see engine.winograd, their weights transformed in the timer as one pass from scratch must) for the clean
+pass, plus per step the share of a plain pass's multiply-adds that the step's patch reaches in each layer (counted by
+the incremental engine), at the rate of a plain pass whose weights were transformed before. "call / floor" divides
+the median whole call by the floor; "fastest call / floor" divides the fastest round, like for like with the floor's
+unit (the fastest of its timings): on a shared machine, where other jobs only ever add time, the two bracket the
+ratio. Perturbation metrics run a few steps only (--steps; --regions for region perturbation), since each step is one
+forward pass of the batch in both libraries.
 """
 from __future__ import annotations
 
@@ -270,16 +271,19 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
 
 def floor(model, x, target, sized, chain_metric, rounds):
     """(floor in seconds, seconds on a reused Runner, its chain plan). The floor: the clean pass as one plain forward
-    (timed again here, beside the metric, as the load changes), plus per step the share of a plain pass's
-    multiply-adds that the step's patch reaches, counted on a runner whose chains run incrementally throughout. The
+    from scratch (``plain_forward(fresh=True)``: Winograd's weights transformed in its timer, as any one forward by
+    that method transforms them), plus per step the share of a plain pass's multiply-adds that the step's patch
+    reaches, counted on a runner whose chains run incrementally throughout, at the rate of a plain forward whose
+    weights were transformed before (both timed again here, beside the metric, as the load changes). The
     reused Runner is one as benchmark() builds it, its clean pass outside the timer: a new one each round, the median
     of the rounds (timed once, right after the counting run, ResNet-50's region perturbation read 2.446 s against the
     whole call's 1.980 s; in 3 rounds alternating with whole calls, 1.672 s against 1.853 s)."""
-    forward_seconds = plain_forward(model, x, rounds)
+    forward_seconds, fresh_seconds = plain_forward(model, x, rounds), plain_forward(model, x, rounds, fresh=True)
     counting = evaluate.Runner(model, x, target, **sized, softmax=True, chains=True, incremental=True)
     chain_metric(counting)
     done, full = counting.chain_work
-    lowest = forward_seconds * (1 + counting.incremental.passes["incremental"] * done / full) if full else None
+    steps = counting.incremental.passes["incremental"] * done / full if full else None
+    lowest = None if steps is None else fresh_seconds + steps * forward_seconds
     elapsed = []
     for _ in range(rounds):
         runner = evaluate.Runner(model, x, target, **sized, softmax=True, chains=True)
@@ -305,17 +309,20 @@ def timed(call):
 FORWARD_ROUNDS = 5  # the least timings of a plain forward pass the floor's unit takes, whatever --rounds says
 
 
-def plain_forward(model, x, rounds):
+def plain_forward(model, x, rounds, fresh=False):
     """Seconds of one plain forward pass of x (the least of max(rounds, FORWARD_ROUNDS) timings: the floor's unit), in
     the fastest of the ways relprop's passes may run it: as given and, for an image batch, channels-last (see
     evaluate.runner.CHANNELS_LAST_FROM and engine.incremental), also with its wide 3x3 convolutions by Winograd's
-    method (engine.winograd, the weights transformed before the timer), so that the floor stays below what any of
-    them allows. With --rounds 1 the unit was a single timing: ResNet-50's IROF floor once read 18.2 s, a unit of
-    0.467 s, where the same run's table timed the pass at 0.391 s (a floor of 15.3 s)."""
+    method (engine.winograd), so that the floor stays below what any of them allows. The weights are transformed for
+    Winograd's method before the timer (the rate of many passes), or with fresh in it (one pass from scratch, as a
+    metric's call makes its clean pass: VGG-16's transforms took 40-65 ms of a 0.77 s pass on 4 images at 224 px).
+    With --rounds 1 the unit was a single timing: ResNet-50's IROF floor once read 18.2 s, a unit of 0.467 s, where
+    the same run's table timed the pass at 0.391 s (a floor of 15.3 s)."""
     layouts = [(x, contextlib.nullcontext)]
     if x.dim() == 4:
         last, transforms = x.contiguous(memory_format=torch.channels_last), Transforms()
-        layouts += [(last, contextlib.nullcontext), (last, lambda: WinogradPasses(transforms))]
+        layouts += [(last, contextlib.nullcontext),
+                    (last, lambda: WinogradPasses(Transforms() if fresh else transforms))]
     seconds = []
     with torch.inference_mode():
         for batch, mode in layouts:
@@ -380,9 +387,11 @@ def main():
         model, x, target, explanation, masks = setup(name, args.size, args.count)
         model, x, target, masks = (t.to(args.device) for t in (model, x, target, masks))
         explanation = _to(explanation, args.device)
-        forward = plain_forward(model, x, args.rounds)
+        forward, fresh = plain_forward(model, x, args.rounds), plain_forward(model, x, args.rounds, fresh=True)
         floors = {}
         print(f"| {name} | one plain forward pass of the {args.count} images (the fastest way) | {forward:.3f} "
+              "| - | - | - | - | - | - |", flush=True)
+        print(f"| {name} | the same from scratch (Winograd's weights transformed in the timer) | {fresh:.3f} "
               "| - | - | - | - | - | - |", flush=True)
         for metric, (ours, theirs, chain) in metrics(model, x, target, explanation, masks, args.steps, sized,
                                                      args.patch, args.regions, args.selectivity_patch,
