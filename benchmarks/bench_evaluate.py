@@ -315,9 +315,10 @@ def plain_forward(model, x, rounds, fresh=False):
     evaluate.runner.CHANNELS_LAST_FROM and engine.incremental), also with its wide 3x3 convolutions by Winograd's
     method (engine.winograd), so that the floor stays below what any of them allows. The weights are transformed for
     Winograd's method before the timer (the rate of many passes), or with fresh in it (one pass from scratch, as a
-    metric's call makes its clean pass: VGG-16's transforms took 40-65 ms of a 0.77 s pass on 4 images at 224 px).
-    With --rounds 1 the unit was a single timing: ResNet-50's IROF floor once read 18.2 s, a unit of 0.467 s, where
-    the same run's table timed the pass at 0.391 s (a floor of 15.3 s)."""
+    metric's call makes its clean pass: VGG-16's 4 images at 224 px took 0.767-0.771 s so against 0.727-0.749 s in
+    one process, 0.776 s against 0.771 s in another). With --rounds 1 the unit was a single timing: ResNet-50's IROF
+    floor once read 18.2 s, a unit of 0.467 s, where the same run's table timed the pass at 0.391 s (a floor of
+    15.3 s)."""
     layouts = [(x, contextlib.nullcontext)]
     if x.dim() == 4:
         last, transforms = x.contiguous(memory_format=torch.channels_last), Transforms()
