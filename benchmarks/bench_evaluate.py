@@ -46,7 +46,6 @@ forward pass of the batch in both libraries.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
 import time
@@ -271,14 +270,14 @@ def metrics(model, x, target, explanation, masks, steps, sized, patch, regions, 
 
 def floor(model, x, target, sized, chain_metric, rounds):
     """(floor in seconds, seconds on a reused Runner, its chain plan). The floor: the clean pass as one plain forward
-    from scratch (``plain_forward(fresh=True)``: Winograd's weights transformed in its timer, as any one forward by
+    from scratch (``plain_forward``'s fresh unit: Winograd's weights transformed in its timer, as any one forward by
     that method transforms them), plus per step the share of a plain pass's multiply-adds that the step's patch
     reaches, counted on a runner whose chains run incrementally throughout, at the rate of a plain forward whose
     weights were transformed before (both timed again here, beside the metric, as the load changes). The
     reused Runner is one as benchmark() builds it, its clean pass outside the timer: a new one each round, the median
     of the rounds (timed once, right after the counting run, ResNet-50's region perturbation read 2.446 s against the
     whole call's 1.980 s; in 3 rounds alternating with whole calls, 1.672 s against 1.853 s)."""
-    forward_seconds, fresh_seconds = plain_forward(model, x, rounds), plain_forward(model, x, rounds, fresh=True)
+    forward_seconds, fresh_seconds = plain_forward(model, x, rounds)
     counting = evaluate.Runner(model, x, target, **sized, softmax=True, chains=True, incremental=True)
     chain_metric(counting)
     done, full = counting.chain_work
@@ -309,28 +308,35 @@ def timed(call):
 FORWARD_ROUNDS = 5  # the least timings of a plain forward pass the floor's unit takes, whatever --rounds says
 
 
-def plain_forward(model, x, rounds, fresh=False):
-    """Seconds of one plain forward pass of x (the least of max(rounds, FORWARD_ROUNDS) timings: the floor's unit), in
-    the fastest of the ways relprop's passes may run it: as given and, for an image batch, channels-last (see
-    evaluate.runner.CHANNELS_LAST_FROM and engine.incremental), also with its wide 3x3 convolutions by Winograd's
-    method (engine.winograd), so that the floor stays below what any of them allows. The weights are transformed for
-    Winograd's method before the timer (the rate of many passes), or with fresh in it (one pass from scratch, as a
-    metric's call makes its clean pass: VGG-16's 4 images at 224 px took 0.767-0.771 s so against 0.727-0.749 s in
-    one process, 0.776 s against 0.771 s in another). With --rounds 1 the unit was a single timing: ResNet-50's IROF
-    floor once read 18.2 s, a unit of 0.467 s, where the same run's table timed the pass at 0.391 s (a floor of
-    15.3 s)."""
-    layouts = [(x, contextlib.nullcontext)]
-    if x.dim() == 4:
-        last, transforms = x.contiguous(memory_format=torch.channels_last), Transforms()
-        layouts += [(last, contextlib.nullcontext),
-                    (last, lambda: WinogradPasses(Transforms() if fresh else transforms))]
-    seconds = []
+def plain_forward(model, x, rounds):
+    """(steady, fresh): seconds of one plain forward pass of x (each the least of max(rounds, FORWARD_ROUNDS)
+    timings: the floor's units), in the fastest of the ways relprop's passes may run it: as given and, for an image
+    batch, channels-last (see evaluate.runner.CHANNELS_LAST_FROM and engine.incremental), also with its wide 3x3
+    convolutions by Winograd's method (engine.winograd), so that the floor stays below what any of them allows.
+    Steady: Winograd's weights transformed before the timer (the rate of many passes). Fresh: each timed pass makes
+    its own transforms (one pass from scratch, as a metric's call makes its clean pass); torch's own layers need no
+    set-up, so their timings serve both. With --rounds 1 the unit was a single timing: ResNet-50's IROF floor once
+    read 18.2 s, a unit of 0.467 s, where the same run's table timed the pass at 0.391 s (a floor of 15.3 s)."""
+    count = max(rounds, FORWARD_ROUNDS)
+    batches = [x] + ([x.contiguous(memory_format=torch.channels_last)] if x.dim() == 4 else [])
+    plain, steady, fresh = [], [], []
     with torch.inference_mode():
-        for batch, mode in layouts:
-            with mode():
-                model(batch)
-                seconds.append(min(timed(lambda: model(batch))[0] for _ in range(max(rounds, FORWARD_ROUNDS))))
-    return min(seconds)
+        for batch in batches:
+            model(batch)
+            plain.append(min(timed(lambda: model(batch))[0] for _ in range(count)))
+        if x.dim() == 4:
+            last = batches[-1]
+            with WinogradPasses(Transforms()):
+                model(last)
+                steady.append(min(timed(lambda: model(last))[0] for _ in range(count)))
+            fresh.append(min(timed(lambda: _from_scratch(model, last))[0] for _ in range(count)))
+    return min(plain + steady), min(plain + fresh)
+
+
+def _from_scratch(model, batch):
+    """A plain pass with Winograd's convolutions whose weights it transforms itself."""
+    with WinogradPasses(Transforms()):
+        return model(batch)
 
 
 def main():
@@ -388,7 +394,7 @@ def main():
         model, x, target, explanation, masks = setup(name, args.size, args.count)
         model, x, target, masks = (t.to(args.device) for t in (model, x, target, masks))
         explanation = _to(explanation, args.device)
-        forward, fresh = plain_forward(model, x, args.rounds), plain_forward(model, x, args.rounds, fresh=True)
+        forward, fresh = plain_forward(model, x, args.rounds)
         floors = {}
         print(f"| {name} | one plain forward pass of the {args.count} images (the fastest way) | {forward:.3f} "
               "| - | - | - | - | - | - |", flush=True)
