@@ -85,6 +85,37 @@ def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypa
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("size", [2, 4])
+def test_a_run_of_crops_is_transformed_in_one_go_whatever_the_number_of_batches(size):
+    """Each batch adds its padding, views and two or three copies, not a transform of its own (IROF's crops come
+    in batches of a row or two): 20 batches of odd sizes cost 15 ops each beyond 2 batches, counted at torch's
+    dispatch, and each batch still equals the direct sum."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    generator = torch.Generator().manual_seed(21)
+    weight, bias = torch.randn(6, 5, 3, 3, generator=generator), torch.randn(6, generator=generator)
+    u = transformed(weight, size)
+    sources = [(channels_last(1 + k % 2, 5, 4 + k % 5, 5 + k % 3, generator=generator), (k % 2, 0)) for k in range(20)]
+    counts = []
+    for batches in (sources[:2], sources):
+        with Count() as count:
+            outs = convolve_crops(batches, u, bias)
+        counts.append(count.ops)
+    assert counts[1] - counts[0] <= 18 * 20  # 15 a batch here; a transform apart was 60 (2x2) to 129 (4x4)
+    for out, (x, padding) in zip(outs, sources):
+        expected = direct(x, weight, bias, padding)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
 def test_crops_apply_together_by_their_tiles_and_positions_per_row(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
     monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)  # on 4 channels; 8 on 8 channels
