@@ -65,10 +65,15 @@ def test_bands_of_tile_rows_give_the_whole_map(monkeypatch, size):
 
 @pytest.mark.parametrize("run_bytes", [None, 1, 16 * 5 * 4 * 6])
 @pytest.mark.parametrize("size", [2, 4])
-def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypatch, run_bytes, size):
+@pytest.mark.parametrize("small_batch_tiles", [0, 10 ** 6])
+def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypatch, run_bytes, size,
+                                                                       small_batch_tiles):
     """Batches of different sizes and paddings in one set of matrix products (or, with run_bytes, in runs of a few
-    tiles, or each alone where it is larger than a run), in 2x2 and 4x4 tiles."""
+    tiles, or each alone where it is larger than a run), in 2x2 and 4x4 tiles, each batch's tiles transformed apart
+    or, as runs of small batches are, the run's together."""
+    monkeypatch.setattr(winograd, "SMALL_BATCH_TILES", small_batch_tiles)
     if run_bytes is not None:
+        monkeypatch.setattr(winograd, "RUN_BYTES", run_bytes)
         monkeypatch.setattr(winograd, "BAND_BYTES", run_bytes)
     generator = torch.Generator().manual_seed(8)
     weight, bias = torch.randn(4, 5, 3, 3, generator=generator), torch.randn(4, generator=generator)
@@ -86,10 +91,11 @@ def test_crops_of_several_sizes_convolved_together_equal_the_direct_sum(monkeypa
 
 
 @pytest.mark.parametrize("size", [2, 4])
-def test_a_run_of_crops_is_transformed_in_one_go_whatever_the_number_of_batches(size):
-    """Each batch adds its padding, views and two or three copies, not a transform of its own (IROF's crops come
-    in batches of a row or two): 20 batches of odd sizes cost 15 ops each beyond 2 batches, counted at torch's
-    dispatch, and each batch still equals the direct sum."""
+def test_a_run_of_small_batches_is_transformed_in_one_go_with_the_numbers_of_batch_by_batch(monkeypatch, size):
+    """A batch transformed apart costs 129 ops in 2x2 tiles and 360 in 4x4, counted at torch's dispatch, whatever
+    its size; in a run of small batches (IROF's crops come a row or two to a batch) each adds 35 and 54: its
+    padding, the rows of its tiles' transform, the copy into place. The numbers are those of batch by batch, bit
+    for bit."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -105,15 +111,23 @@ def test_a_run_of_crops_is_transformed_in_one_go_whatever_the_number_of_batches(
     weight, bias = torch.randn(6, 5, 3, 3, generator=generator), torch.randn(6, generator=generator)
     u = transformed(weight, size)
     sources = [(channels_last(1 + k % 2, 5, 4 + k % 5, 5 + k % 3, generator=generator), (k % 2, 0)) for k in range(20)]
-    counts = []
-    for batches in (sources[:2], sources):
-        with Count() as count:
-            outs = convolve_crops(batches, u, bias)
-        counts.append(count.ops)
-    assert counts[1] - counts[0] <= 18 * 20  # 15 a batch here; a transform apart was 60 (2x2) to 129 (4x4)
-    for out, (x, padding) in zip(outs, sources):
+    tiles = sum(len(x) * math.prod(winograd._geometry(x, padding, size)[4:]) for x, padding in sources)
+    assert tiles < winograd.SMALL_BATCH_TILES * len(sources)  # small batches: transformed as one run by default
+    counts, outs = {}, {}
+    for name, least in (("together", 10 ** 6), ("apart", 0)):
+        monkeypatch.setattr(winograd, "SMALL_BATCH_TILES", least)
+        for batches in (sources[:2], sources):
+            with Count() as count:
+                outs[name] = convolve_crops(batches, u, bias)
+            counts.setdefault(name, []).append(count.ops)
+    added = {name: (ops[1] - ops[0]) / 18 for name, ops in counts.items()}  # ops per batch
+    assert added["together"] * 2 < added["apart"]
+    together, apart = outs["together"], outs["apart"]
+    for one, other, (x, padding) in zip(together, apart, sources):
+        assert one.shape == other.shape and one.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(one, other)  # the same sums in the same order
         expected = direct(x, weight, bias, padding)
-        torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+        torch.testing.assert_close(one.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
 
 def test_crops_apply_together_by_their_tiles_and_positions_per_row(monkeypatch):

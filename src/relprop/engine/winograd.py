@@ -34,9 +34,10 @@ least ``MIN_PRODUCT`` multiply-adds.
 The incremental engine's crops of one convolution, one batch per size of box, go through ``convolve_crops`` together:
 their tiles side by side in one set of matrix products, so the transformed weights (16 MiB for 512 channels, read
 from memory, not cache, in a pass) are read once for all of them. IROF's 95 steps of small crops ran 1.34x faster so
-on VGG-16 and 1.06x on ResNet-50 (4 images at 224 px, one thread). Their tiles are gathered and transformed in one go,
-so a run costs a few dozen ops whatever the number of batches: VGG-16's IROF (a batch per superpixel's box size)
-16.8 -> 14.9 s, the numbers bit for bit the same.
+on VGG-16 and 1.06x on ResNet-50 (4 images at 224 px, one thread). The crops' convolutions of one call each, replayed
+on random data of their shapes with the caches cleared between calls (the least of 3-7 rounds), in runs of 16 MiB
+(RUN_BYTES) where they were 8 (BAND_BYTES) and runs of small batches transformed as one (``_small_batches``): VGG-16's
+region perturbation 683 -> 595 ms, its IROF 9.78 -> 7.72 s, the numbers bit for bit the same.
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ import torch
 
 from .intercept import OpMode
 
-BAND_BYTES = 8 << 20  # the most the matrices' input rows of one band of tile rows (or one run of crops) hold
+BAND_BYTES = 8 << 20  # the most the matrices' input rows of one band of tile rows hold
+RUN_BYTES = 16 << 20  # the same for one run of crops (convolve_crops): they are read once per run, not per band
+SMALL_BATCH_TILES = 32  # runs of crops whose batches average fewer tiles are transformed as one (_small_batches)
 MIN_PRODUCT = 1 << 22  # the fewest multiply-adds per matrix product: smaller ones ran slower than torch's (see above)
 MIN_POSITIONS = 64  # the fewest output positions per row on MIN_CHANNELS channels (proportionally fewer on more)
 MIN_CHANNELS = 256  # the fewest channels in and out a layer must have to be computed so (see the module docstring)
@@ -324,15 +327,13 @@ def _finished(tiles, geometry, bias):
 
 def convolve_crops(sources, u: torch.Tensor, bias: torch.Tensor | None) -> list:
     """``convolve`` of several batches of crops (a list of (source, padding), of any sizes) by one weight: their
-    tiles side by side in one set of matrix products (16 or 36, as u holds), in runs of at most BAND_BYTES of tiles,
+    tiles side by side in one set of matrix products (16 or 36, as u holds), in runs of at most RUN_BYTES of tiles,
     where each batch alone would read the weights once more. One thread, four single-row crops of 9x9 to 14x14 on 512
     channels, the caches cleared before each call as a pass leaves them: 9.3-15.2 ms together, 13.6-20.2 ms one by
-    one, 21.2-28.0 ms by torch's convolution. A run's tiles are gathered first (each tile's overlapping input copied
-    out) and transformed in one go, so a run costs a few dozen ops however many batches it holds, and two copies a
-    batch: IROF's crops come in batches of a row or two (each superpixel's box its own size), and transforming each
-    batch apart made 0.15 million small ops a call on VGG-16 (4 images at 224 px). A batch larger than a run is
-    convolved alone (in bands)."""
-    channels, outputs, size = u.shape[1], u.shape[2], _SIZES[u.shape[0]]
+    one, 21.2-28.0 ms by torch's convolution. A batch larger than a run is convolved alone (in bands). A run of small
+    batches (fewer than SMALL_BATCH_TILES tiles each on average) has its tiles' rows transformed batch by batch
+    and the rest in one go (``_small_batches``)."""
+    channels, size = u.shape[1], _SIZES[u.shape[0]]
     side = size + 2
     per_tile = side * side * channels * 4
     geometries = [_geometry(source, padding, size) for source, padding in sources]
@@ -343,76 +344,83 @@ def convolve_crops(sources, u: torch.Tensor, bias: torch.Tensor | None) -> list:
     def flush():
         if not run:
             return
-        total, first = sum(counts[i] for i in run), sources[run[0]][0]
-        gathered = first.new_empty((total, side, side, channels))
+        total = sum(counts[i] for i in run)
+        batches = [(sources[i][0], geometries[i]) for i in run]
+        if total < SMALL_BATCH_TILES * len(run):
+            for i, out in zip(run, _small_batches(batches, total, u, bias)):
+                outs[i] = out
+            run.clear()
+            return
+        v = sources[run[0]][0].new_empty((side, side, total, channels))
         start = 0
         for i in run:
             source, g = sources[i][0], geometries[i]
-            gathered[start:start + counts[i]].view(len(source), g[4], g[5], side, side, channels).copy_(
-                _overlapping(_padded(source, g, size), g, size))
+            _input_tiles(_padded(source, g, size),
+                         v[:, :, start:start + counts[i]].view(side, side, len(source), g[4], g[5], channels))
             start += counts[i]
-        v = first.new_empty((side, side, total, channels))
-        _gathered_input_tiles(gathered, v)
-        m = torch.bmm(v.view(side * side, total, channels), u).view(side, side, total, outputs)
-        tiles = first.new_empty((total, size, size, outputs))
-        _gathered_output_tiles(m, tiles)
-        if bias is not None:
-            tiles += bias
+        m = torch.bmm(v.view(side * side, total, channels), u).view(side, side, total, u.shape[-1])
         start = 0
         for i in run:
-            outs[i] = _placed(tiles[start:start + counts[i]], geometries[i], len(sources[i][0]))
+            source, g = sources[i][0], geometries[i]
+            tiles = source.new_empty((len(source), g[4], size, g[5], size, u.shape[-1]))
+            _output_tiles(m[:, :, start:start + counts[i]].view(side, side, len(source), g[4], g[5], -1), tiles)
+            outs[i] = _finished(tiles, g, bias)
             start += counts[i]
         run.clear()
 
     for i, (source, padding) in enumerate(sources):
-        if counts[i] * per_tile > BAND_BYTES:
+        if counts[i] * per_tile > RUN_BYTES:
             outs[i] = convolve(source, u, bias, padding)
             continue
-        if sum(counts[j] for j in run) + counts[i] > BAND_BYTES // per_tile:
+        if sum(counts[j] for j in run) + counts[i] > RUN_BYTES // per_tile:
             flush()
         run.append(i)
     flush()
     return outs
 
 
-def _overlapping(padded, geometry, size):
-    """The input tiles of padded (N, H', W', C), overlapping by 2, as a view (N, tile rows, tile columns, m + 2,
-    m + 2, C)."""
-    tiles_down, tiles_across = geometry[4:]
-    n, _, _, channels = padded.shape
-    batch, down, across, inner = padded.stride()
-    return padded.as_strided((n, tiles_down, tiles_across, size + 2, size + 2, channels),
-                             (batch, size * down, size * across, down, across, inner))
-
-
-def _gathered_input_tiles(gathered, v):
-    """B^T d B of every tile of gathered (tiles, m + 2, m + 2, C) into v (m + 2, m + 2, tiles, C): along rows, then
-    along columns, as ``_input_tiles`` does in place."""
-    side = gathered.shape[1]
-    rows_of = _BT2 if side == 4 else _BT4
-    for a, t in enumerate(rows_of([gathered[:, k] for k in range(side)])):
-        rows_of([t[:, k] for k in range(side)], out=v[a])
-
-
-def _gathered_output_tiles(m, tiles):
-    """A^T M A of the products m (m + 2, m + 2, tiles, out) into tiles (tiles, m, m, out)."""
-    rows_of = _AT2 if len(m) == 4 else _AT4
-    size = tiles.shape[1]
-    for i, s in enumerate(rows_of(m)):
-        rows_of(s, out=[tiles[:, i, j] for j in range(size)])
-
-
-def _placed(tiles, geometry, n):
-    """The output (N, out, rows, columns, channels-last) of one batch from its output tiles (N * tile rows * tile
-    columns, m, m, out), each put in its place."""
-    _, _, rows, columns, tiles_down, tiles_across = geometry
-    size, outputs = tiles.shape[1], tiles.shape[3]
-    grid = tiles.view(n, tiles_down, tiles_across, size, size, outputs).permute(0, 1, 3, 2, 4, 5)
-    whole = tiles.new_empty((n, tiles_down * size, tiles_across * size, outputs))
-    whole.view(n, tiles_down, size, tiles_across, size, outputs).copy_(grid)
-    if rows != tiles_down * size or columns != tiles_across * size:
-        whole = whole[:, :rows, :columns].contiguous()
-    return whole.permute(0, 3, 1, 2)
+def _small_batches(batches, total, u, bias) -> list:
+    """The outputs of a run of small batches (a list of (source, geometry)), ``total`` tiles in all: each batch's
+    tiles combined along their rows by B^T, read as overlapping windows of its padded source and written side by
+    side, then every transform after that in one go for the run, each batch's output tiles copied into place: 54 ops
+    a batch in 4x4 tiles where a batch transformed apart costs 360 (35 and 129 in 2x2 tiles), whatever its size.
+    IROF's crops come a row or two to a batch (a batch per superpixel's box size), 15-45 tiles each; region
+    perturbation's 4 rows of a patch, 45-145. Reading each batch's rows as overlapping windows costs more than the
+    ops it saves on large batches, hence SMALL_BATCH_TILES."""
+    channels, outputs, size = u.shape[1], u.shape[2], _SIZES[u.shape[0]]
+    side, rows_of, first = size + 2, _BT2 if size == 2 else _BT4, batches[0][0]
+    combined = first.new_empty((side, total, side, channels))  # per row of B^T: (tiles, tile columns, channels)
+    start = 0
+    for source, g in batches:
+        padded, n, count = _padded(source, g, size), len(source), len(source) * g[4] * g[5]
+        batch, down, across, inner = padded.stride()
+        windows = [padded[:, k:].as_strided((n, g[4], g[5], side, channels), (batch, size * down, size * across,
+                                                                               across, inner)) for k in range(side)]
+        rows_of(windows, out=[combined[a, start:start + count].view(n, g[4], g[5], side, channels)
+                              for a in range(side)])
+        start += count
+    v = first.new_empty((side, side, total, channels))
+    for a in range(side):
+        rows_of([combined[a][:, k] for k in range(side)], out=v[a])
+    m = torch.bmm(v.view(side * side, total, channels), u).view(side, side, total, outputs)
+    tiles = first.new_empty((total, size, size, outputs))
+    at = _AT2 if size == 2 else _AT4
+    for i, s in enumerate(at(m)):
+        at(s, out=[tiles[:, i, j] for j in range(size)])
+    if bias is not None:
+        tiles += bias
+    placed, start = [], 0
+    for source, g in batches:
+        n, count = len(source), len(source) * g[4] * g[5]
+        _, _, rows, columns, tiles_down, tiles_across = g
+        whole = first.new_empty((n, tiles_down * size, tiles_across * size, outputs))
+        whole.view(n, tiles_down, size, tiles_across, size, outputs).copy_(
+            tiles[start:start + count].view(n, tiles_down, tiles_across, size, size, outputs).permute(0, 1, 3, 2, 4, 5))
+        if rows != tiles_down * size or columns != tiles_across * size:
+            whole = whole[:, :rows, :columns].contiguous()
+        placed.append(whole.permute(0, 3, 1, 2))
+        start += count
+    return placed
 
 
 class WinogradPasses(OpMode):
