@@ -345,8 +345,8 @@ def convolve_crops(sources, u: torch.Tensor, bias: torch.Tensor | None) -> list:
         if not run:
             return
         total = sum(counts[i] for i in run)
-        batches = [(sources[i][0], geometries[i]) for i in run]
         if total < SMALL_BATCH_TILES * len(run):
+            batches = [(sources[i][0], geometries[i]) for i in run]
             for i, out in zip(run, _small_batches(batches, total, u, bias)):
                 outs[i] = out
             run.clear()
@@ -402,23 +402,17 @@ def _small_batches(batches, total, u, bias) -> list:
     v = first.new_empty((side, side, total, channels))
     for a in range(side):
         rows_of([combined[a][:, k] for k in range(side)], out=v[a])
-    m = torch.bmm(v.view(side * side, total, channels), u).view(side, side, total, outputs)
-    tiles = first.new_empty((total, size, size, outputs))
-    at = _AT2 if size == 2 else _AT4
-    for i, s in enumerate(at(m)):
-        at(s, out=[tiles[:, i, j] for j in range(size)])
+    m = torch.bmm(v.view(side * side, total, channels), u).view(side, side, total, 1, 1, outputs)
+    tiles = first.new_empty((total, 1, size, 1, size, outputs))  # every tile a batch of one, as _output_tiles takes
+    _output_tiles(m, tiles)
     if bias is not None:
-        tiles += bias
+        tiles += bias  # once for the run, not per batch
     placed, start = [], 0
     for source, g in batches:
         n, count = len(source), len(source) * g[4] * g[5]
-        _, _, rows, columns, tiles_down, tiles_across = g
-        whole = first.new_empty((n, tiles_down * size, tiles_across * size, outputs))
-        whole.view(n, tiles_down, size, tiles_across, size, outputs).copy_(
-            tiles[start:start + count].view(n, tiles_down, tiles_across, size, size, outputs).permute(0, 1, 3, 2, 4, 5))
-        if rows != tiles_down * size or columns != tiles_across * size:
-            whole = whole[:, :rows, :columns].contiguous()
-        placed.append(whole.permute(0, 3, 1, 2))
+        grid = first.new_empty((n, g[4], size, g[5], size, outputs))
+        grid.copy_(tiles[start:start + count].view(n, g[4], g[5], size, size, outputs).permute(0, 1, 3, 2, 4, 5))
+        placed.append(_finished(grid, g, None))
         start += count
     return placed
 
